@@ -1,0 +1,620 @@
+package ripple
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+// DefaultURL is the transport Open uses for an empty URL: an embedded,
+// durable SQLite file in the working directory.
+const DefaultURL = "sqlite://ripple.db"
+
+// modulePath is used in error messages that name an import to add.
+const modulePath = "github.com/ripplehq/ripple"
+
+// transportPackages maps URL schemes to the package that registers them.
+var transportPackages = map[string]string{
+	"sqlite": "transport/sqlite",
+	"memory": "transport/memory",
+	"redis":  "transport/redis",
+	"rediss": "transport/redis",
+	"nats":   "transport/nats",
+	"amqp":   "transport/amqp",
+	"amqps":  "transport/amqp",
+	"kafka":  "transport/kafka",
+}
+
+// Bus publishes events and runs handlers over one transport. Create it
+// with Open (from a URL) or New (from a driver). A Bus is safe for
+// concurrent use.
+type Bus struct {
+	driver transport.Driver
+	caps   transport.Capabilities
+	cfg    busConfig
+	log    *slog.Logger
+
+	publishHooks []PublishHook
+	handleHooks  []HandleHook
+
+	mu       sync.Mutex
+	handlers map[string]*runner
+	order    []string // registration order, for stable listings
+	started  bool
+	closed   bool
+	stopOnce sync.Once
+	stopped  chan struct{}
+	stopErr  error
+}
+
+// Open connects to the transport named by url's scheme and returns a bus.
+// An empty url means DefaultURL. The transport's package must be imported
+// (for example `import _ "github.com/ripplehq/ripple/transport/sqlite"`,
+// or transport/all for every one); otherwise Open fails with an error
+// naming the import.
+func Open(ctx context.Context, url string, opts ...Option) (*Bus, error) {
+	if url == "" {
+		url = DefaultURL
+	}
+	scheme, err := transport.Scheme(url)
+	if err != nil {
+		return nil, fmt.Errorf("ripple: %w", err)
+	}
+	open, ok := transport.Lookup(scheme)
+	if !ok {
+		if pkg, known := transportPackages[scheme]; known {
+			return nil, fmt.Errorf("ripple: %w %q: add `import _ \"%s/%s\"` (or %s/transport/all) to your program",
+				ErrUnknownTransport, scheme, modulePath, pkg, modulePath)
+		}
+		return nil, fmt.Errorf("ripple: %w %q in %q: known schemes are %s", ErrUnknownTransport, scheme, redactURL(url), strings.Join(knownSchemes(), ", "))
+	}
+	cfg, err := buildConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	d, err := open(ctx, url, cfg.transportConfig())
+	if err != nil {
+		return nil, fmt.Errorf("ripple: open %s: %w", redactURL(url), err)
+	}
+	return newBus(d, cfg), nil
+}
+
+// New returns a bus over an already opened driver. Most programs use Open;
+// New is for drivers built by hand and for tests.
+func New(d transport.Driver, opts ...Option) (*Bus, error) {
+	if d == nil {
+		return nil, invalidOption("New(nil driver)")
+	}
+	cfg, err := buildConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	return newBus(d, cfg), nil
+}
+
+func buildConfig(opts []Option) (busConfig, error) {
+	cfg := busConfig{
+		logger:          slog.Default(),
+		maxEventSize:    DefaultMaxEventSize,
+		shutdownTimeout: DefaultShutdownTimeout,
+	}
+	if host, err := os.Hostname(); err == nil && host != "" {
+		cfg.source = "ripple://" + host
+	} else {
+		cfg.source = "ripple://localhost"
+	}
+	for _, o := range opts {
+		if o == nil {
+			return cfg, invalidOption("nil Option passed to Open")
+		}
+		if err := o(&cfg); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+func (c busConfig) transportConfig() transport.Config {
+	return transport.Config{
+		Retention: transport.Retention{
+			CompletedCount: c.keepCompleted.count,
+			CompletedAge:   c.keepCompleted.age,
+			DeadCount:      c.keepDead.count,
+			DeadAge:        c.keepDead.age,
+			DedupWindow:    c.dedupWindow,
+		},
+		MaxMessageSize: c.maxEventSize,
+	}
+}
+
+func newBus(d transport.Driver, cfg busConfig) *Bus {
+	b := &Bus{
+		driver:   d,
+		caps:     d.Capabilities(),
+		cfg:      cfg,
+		log:      cfg.logger,
+		handlers: make(map[string]*runner),
+		stopped:  make(chan struct{}),
+	}
+	for _, h := range cfg.hooks {
+		if ph, ok := h.(PublishHook); ok {
+			b.publishHooks = append(b.publishHooks, ph)
+		}
+		if hh, ok := h.(HandleHook); ok {
+			b.handleHooks = append(b.handleHooks, hh)
+		}
+	}
+	return b
+}
+
+func knownSchemes() []string {
+	seen := map[string]bool{}
+	for _, s := range transport.Schemes() {
+		seen[s] = true
+	}
+	for s := range transportPackages {
+		seen[s] = true
+	}
+	out := make([]string, 0, len(seen))
+	for s := range seen {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// redactURL hides a password in a URL so that errors and logs never carry
+// credentials.
+func redactURL(url string) string {
+	scheme, rest, ok := strings.Cut(url, "://")
+	if !ok {
+		return url
+	}
+	at := strings.LastIndex(rest, "@")
+	slash := strings.Index(rest, "/")
+	if at < 0 || (slash >= 0 && slash < at) {
+		return url
+	}
+	userinfo := rest[:at]
+	if user, _, hasPass := strings.Cut(userinfo, ":"); hasPass {
+		userinfo = user + ":xxxxx"
+	}
+	return scheme + "://" + userinfo + rest[at:]
+}
+
+// TransportName is the name of the bus's transport, such as "sqlite".
+func (b *Bus) TransportName() string { return b.driver.Name() }
+
+// As sets target to the bus's native driver value when target is a
+// pointer to a type the driver has (see each transport's documentation),
+// and reports whether it did. It is the escape hatch to transport-specific
+// features.
+func (b *Bus) As(target any) bool {
+	if a, ok := b.driver.(interface{ As(any) bool }); ok {
+		return a.As(target)
+	}
+	if p, ok := target.(*transport.Driver); ok {
+		*p = b.driver
+		return true
+	}
+	return false
+}
+
+// Publish stores an event of the given type with data encoded as JSON
+// (json.RawMessage is used as is; []byte is stored raw) and returns the
+// stored event. When Publish returns nil the event is durable to the
+// degree the transport documents. Inside a handler, pass the handler's ctx:
+// the new event then carries the handled event's correlation id and has
+// its id as causation id.
+func (b *Bus) Publish(ctx context.Context, eventType string, data any, opts ...PublishOption) (Event, error) {
+	ev, err := b.publish(ctx, eventType, data, opts)
+	for _, h := range b.publishHooks {
+		h.OnPublish(ctx, ev, err)
+	}
+	return ev, err
+}
+
+func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []PublishOption) (Event, error) {
+	if b.isClosed() {
+		return Event{}, ErrClosed
+	}
+	if err := ValidateName(eventType); err != nil {
+		return Event{Type: eventType}, err
+	}
+	var pc publishConfig
+	for _, o := range opts {
+		if o == nil {
+			return Event{Type: eventType}, invalidOption("nil PublishOption")
+		}
+		if err := o(&pc); err != nil {
+			return Event{Type: eventType}, err
+		}
+	}
+	body, contentType, err := encodeData(data)
+	if err != nil {
+		return Event{Type: eventType}, err
+	}
+	if len(body) > b.cfg.maxEventSize {
+		return Event{Type: eventType}, fmt.Errorf("ripple: %w: %s payload is %d bytes, over the %d-byte limit; store large data elsewhere and publish a reference, or raise MaxEventSize",
+			ErrTooLarge, eventType, len(body), b.cfg.maxEventSize)
+	}
+	if pc.contentType != "" {
+		contentType = pc.contentType
+	}
+	now := time.Now()
+	delay := pc.delay
+	if !pc.at.IsZero() {
+		delay = max(pc.at.Sub(now), 0)
+	}
+	if err := b.checkPublishCaps(&pc, delay); err != nil {
+		return Event{Type: eventType}, err
+	}
+	ev := Event{
+		ID:              pc.id,
+		Type:            eventType,
+		Source:          pc.source,
+		Time:            now,
+		DataContentType: contentType,
+		DataVersion:     pc.version,
+		CorrelationID:   pc.correlationID,
+		CausationID:     pc.causationID,
+		Key:             pc.key,
+		Priority:        pc.priority,
+		Headers:         pc.headers,
+		Data:            body,
+	}
+	if ev.ID == "" {
+		ev.ID = newID()
+	}
+	if ev.Source == "" {
+		ev.Source = b.cfg.source
+	}
+	if parent := eventFromContext(ctx); parent != nil {
+		if ev.CorrelationID == "" {
+			ev.CorrelationID = parent.CorrelationID
+		}
+		if ev.CausationID == "" {
+			ev.CausationID = parent.ID
+		}
+		if ev.TraceParent == "" {
+			ev.TraceParent = parent.TraceParent
+		}
+	}
+	if ev.CorrelationID == "" {
+		ev.CorrelationID = ev.ID
+	}
+	if err := b.driver.Publish(ctx, []*transport.Message{ev.toMessage(delay)}); err != nil {
+		return ev, b.wrapDriverErr("publish "+eventType, err)
+	}
+	return ev, nil
+}
+
+func (b *Bus) checkPublishCaps(pc *publishConfig, delay time.Duration) error {
+	name := b.driver.Name()
+	switch {
+	case pc.setPriority && pc.priority != 0 && !b.caps.Priority:
+		return &NotSupportedError{Transport: name, Option: "WithPriority", Hint: "publish urgent events under their own type and give that handler more concurrency"}
+	case delay > 0 && !b.caps.Delay:
+		return &NotSupportedError{Transport: name, Option: "WithDelay/WithTime"}
+	case pc.id != "" && !b.caps.Dedup:
+		return &NotSupportedError{Transport: name, Option: "WithID (publish deduplication)", Hint: "use Idempotent() on handlers to absorb duplicates"}
+	}
+	return nil
+}
+
+// wrapDriverErr maps a driver's closed error to ErrClosed and adds context.
+func (b *Bus) wrapDriverErr(op string, err error) error {
+	if b.isClosed() && !errors.Is(err, ErrClosed) {
+		return fmt.Errorf("ripple: %s: %w (%v)", op, ErrClosed, err)
+	}
+	return fmt.Errorf("ripple: %s on %s: %w", op, b.driver.Name(), err)
+}
+
+func (b *Bus) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// HandlerFunc handles one event. Returning nil acknowledges it; returning
+// an error retries it with backoff, or dead-letters it when the error is
+// Permanent or the attempts are used up. Handlers never acknowledge by
+// hand. ctx is cancelled when the attempt's Timeout passes or the bus
+// stops hard; a handler should return promptly then.
+type HandlerFunc func(ctx context.Context, e Event) error
+
+// On registers fn under a durable handler name for events matching
+// pattern ("user.signup.completed", "user.*", "order.>"). Every handler
+// name gets every matching event (fan-out); processes that register the
+// same name share its events (competing consumers). On may be called
+// before or after Start. It fails for an invalid pattern or name, a name
+// already registered on this bus, an invalid option, or an option the
+// transport cannot honour (matching ErrNotSupported).
+func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) error {
+	if err := ValidatePattern(pattern); err != nil {
+		return err
+	}
+	if err := ValidateHandlerName(name); err != nil {
+		return err
+	}
+	if fn == nil {
+		return invalidOption("On(%q, %q): handler func is nil", pattern, name)
+	}
+	cfg := defaultHandlerConfig()
+	for _, o := range opts {
+		if o == nil {
+			return invalidOption("nil HandlerOption for handler %q", name)
+		}
+		if err := o(&cfg); err != nil {
+			return fmt.Errorf("handler %q: %w", name, err)
+		}
+	}
+	if cfg.ordered && !b.caps.Ordered {
+		return &NotSupportedError{Transport: b.driver.Name(), Option: "Ordered", Hint: "use Concurrency(1) for a handler that must see events one at a time"}
+	}
+	if cfg.idempotent {
+		if _, ok := b.driver.(transport.Claimer); !ok {
+			return &NotSupportedError{Transport: b.driver.Name(), Option: "Idempotent"}
+		}
+	}
+	r := newRunner(b, pattern, name, fn, cfg)
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	if old, dup := b.handlers[name]; dup {
+		return fmt.Errorf("ripple: %w: %q is already registered for %q on this bus; give each handler its own name", ErrDuplicateHandler, name, old.pattern)
+	}
+	if b.started {
+		if err := r.start(context.Background()); err != nil {
+			return err
+		}
+	}
+	b.handlers[name] = r
+	b.order = append(b.order, name)
+	return nil
+}
+
+// Start subscribes every registered handler and starts running them in
+// the background; it returns once the subscriptions exist. ctx bounds only
+// that setup. Stop the bus with Shutdown or Close.
+func (b *Bus) Start(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	if b.started {
+		return nil
+	}
+	for i, name := range b.order {
+		if err := b.handlers[name].start(ctx); err != nil {
+			for _, started := range b.order[:i] {
+				b.handlers[started].stopReceiving()
+			}
+			return err
+		}
+	}
+	b.started = true
+	return nil
+}
+
+// Run starts the bus and blocks until ctx is done, then shuts down
+// gracefully within ShutdownTimeout. It returns nil after a clean stop.
+func (b *Bus) Run(ctx context.Context) error {
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case <-b.stopped:
+		return b.stopErr
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), b.cfg.shutdownTimeout)
+	defer cancel()
+	err := b.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("ripple: handlers still running after ShutdownTimeout %s: %w", b.cfg.shutdownTimeout, err)
+	}
+	return err
+}
+
+// Shutdown stops taking new events, waits for running handlers to finish,
+// and closes the transport. If ctx ends first, handlers' contexts are
+// cancelled, their events are released for redelivery without using an
+// attempt, and Shutdown returns ctx.Err(). It is safe to call more than
+// once; later calls wait for the first to finish.
+func (b *Bus) Shutdown(ctx context.Context) error {
+	b.stopOnce.Do(func() {
+		b.mu.Lock()
+		b.closed = true
+		runners := make([]*runner, 0, len(b.handlers))
+		for _, name := range b.order {
+			runners = append(runners, b.handlers[name])
+		}
+		b.mu.Unlock()
+
+		for _, r := range runners {
+			r.stopReceiving()
+		}
+		var err error
+		for _, r := range runners {
+			if werr := r.wait(ctx); werr != nil && err == nil {
+				err = werr
+			}
+		}
+		if err != nil {
+			// Out of time: cancel handlers and hand their events back.
+			for _, r := range runners {
+				r.abort()
+			}
+		}
+		if cerr := b.driver.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("ripple: close %s: %w", b.driver.Name(), cerr)
+		}
+		b.stopErr = err
+		close(b.stopped)
+	})
+	select {
+	case <-b.stopped:
+		return b.stopErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close is Shutdown bounded by ShutdownTimeout (default 10 s), for defer.
+func (b *Bus) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.shutdownTimeout)
+	defer cancel()
+	return b.Shutdown(ctx)
+}
+
+// Stopped is closed once the bus has shut down.
+func (b *Bus) Stopped() <-chan struct{} { return b.stopped }
+
+// Handlers lists the handler names registered on this bus.
+func (b *Bus) Handlers() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.order...)
+}
+
+// HandlerStats are one handler's counts as the transport keeps them.
+type HandlerStats struct {
+	Handler   string `json:"handler"`
+	Pattern   string `json:"pattern"`
+	Waiting   int64  `json:"waiting"`
+	Active    int64  `json:"active"`
+	Delayed   int64  `json:"delayed"`
+	Completed int64  `json:"completed"`
+	Failed    int64  `json:"failed"`
+	Dead      int64  `json:"dead"`
+	// OldestWaiting is the age of the oldest event waiting to be handled.
+	OldestWaiting time.Duration `json:"oldest_waiting_ns"`
+}
+
+// Stats returns per-handler counts for every handler the transport knows,
+// including handlers registered by other processes.
+func (b *Bus) Stats(ctx context.Context) ([]HandlerStats, error) {
+	in, ok := b.driver.(transport.Inspector)
+	if !ok {
+		return nil, &NotSupportedError{Transport: b.driver.Name(), Option: "Stats"}
+	}
+	ts, err := in.Stats(ctx)
+	if err != nil {
+		return nil, b.wrapDriverErr("stats", err)
+	}
+	out := make([]HandlerStats, len(ts))
+	for i, s := range ts {
+		out[i] = HandlerStats(s)
+	}
+	return out, nil
+}
+
+// DeadLetter is an event in a handler's dead-letter queue.
+type DeadLetter struct {
+	Event    Event     `json:"event"`
+	Handler  string    `json:"handler"`
+	Attempts int       `json:"attempts"`
+	Error    string    `json:"error"`
+	First    time.Time `json:"first_attempt"`
+	DeadAt   time.Time `json:"dead_at"`
+}
+
+func (b *Bus) dlq() (transport.DeadLetterQueue, error) {
+	q, ok := b.driver.(transport.DeadLetterQueue)
+	if !ok {
+		return nil, &NotSupportedError{Transport: b.driver.Name(), Option: "dead-letter administration"}
+	}
+	return q, nil
+}
+
+// DeadLetters lists up to limit events in the handler's dead-letter queue,
+// oldest first. limit <= 0 means 100.
+func (b *Bus) DeadLetters(ctx context.Context, handler string, limit int) ([]DeadLetter, error) {
+	q, err := b.dlq()
+	if err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = 100
+	}
+	ds, err := q.DeadLetters(ctx, handler, limit)
+	if err != nil {
+		return nil, b.adminErr("list dead letters of", handler, err)
+	}
+	out := make([]DeadLetter, len(ds))
+	for i := range ds {
+		out[i] = DeadLetter{
+			Event:    eventFromMessage(&ds[i].Message),
+			Handler:  ds[i].Handler,
+			Attempts: ds[i].Attempts,
+			Error:    ds[i].Error,
+			First:    ds[i].FirstAttempt,
+			DeadAt:   ds[i].DeadAt,
+		}
+	}
+	return out, nil
+}
+
+// RequeueDead moves dead letters of the handler (all of them when no ids
+// are given) back to its queue with a fresh attempt budget, and returns
+// how many moved.
+func (b *Bus) RequeueDead(ctx context.Context, handler string, ids ...string) (int, error) {
+	q, err := b.dlq()
+	if err != nil {
+		return 0, err
+	}
+	n, err := q.Requeue(ctx, handler, ids)
+	if err != nil {
+		return n, b.adminErr("requeue dead letters of", handler, err)
+	}
+	return n, nil
+}
+
+// PurgeDead deletes dead letters of the handler (all of them when no ids
+// are given) and returns how many were deleted.
+func (b *Bus) PurgeDead(ctx context.Context, handler string, ids ...string) (int, error) {
+	q, err := b.dlq()
+	if err != nil {
+		return 0, err
+	}
+	n, err := q.Purge(ctx, handler, ids)
+	if err != nil {
+		return n, b.adminErr("purge dead letters of", handler, err)
+	}
+	return n, nil
+}
+
+// Replay delivers again to the handler every retained event matching its
+// pattern that was published at or after since, and returns how many were
+// scheduled. Transports without history return ErrNotSupported.
+func (b *Bus) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
+	r, ok := b.driver.(transport.Replayer)
+	if !ok {
+		return 0, &NotSupportedError{Transport: b.driver.Name(), Option: "Replay", Hint: "this transport keeps no history"}
+	}
+	n, err := r.Replay(ctx, handler, since)
+	if err != nil {
+		return n, b.adminErr("replay", handler, err)
+	}
+	return n, nil
+}
+
+func (b *Bus) adminErr(op, handler string, err error) error {
+	if errors.Is(err, transport.ErrNotFound) {
+		return fmt.Errorf("ripple: %s %q: %w: no handler of that name has subscribed on this %s transport", op, handler, ErrUnknownHandler, b.driver.Name())
+	}
+	return b.wrapDriverErr(op+" "+handler, err)
+}

@@ -1,0 +1,480 @@
+package ripple
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+	"golang.org/x/time/rate"
+)
+
+// abandonGrace is how long past its Timeout a handler may keep running
+// before Ripple stops waiting for it.
+const abandonGrace = 2 * time.Second
+
+// maxReceiveBatch caps how many deliveries one Receive call leases.
+const maxReceiveBatch = 64
+
+// runner runs one registered handler: it receives leased deliveries,
+// runs the handler under the configured policies and settles the outcome.
+type runner struct {
+	bus     *Bus
+	pattern string
+	name    string
+	fn      HandlerFunc
+	cfg     handlerConfig
+	limiter *rate.Limiter
+	shared  transport.RateLimiter
+	claimer transport.Claimer
+
+	sub        transport.Subscription
+	slots      chan struct{}
+	recvCtx    context.Context
+	recvCancel context.CancelFunc
+	// runCtx is the parent of handler contexts; cancelled only on abort.
+	runCtx    context.Context
+	runCancel context.CancelFunc
+	loopDone  chan struct{}
+	handlers  sync.WaitGroup
+
+	mu       sync.Mutex
+	inflight map[*transport.Delivery]struct{}
+	aborted  bool
+}
+
+func newRunner(b *Bus, pattern, name string, fn HandlerFunc, cfg handlerConfig) *runner {
+	r := &runner{bus: b, pattern: pattern, name: name, fn: fn, cfg: cfg,
+		slots:    make(chan struct{}, cfg.concurrency),
+		inflight: make(map[*transport.Delivery]struct{}),
+		loopDone: make(chan struct{}),
+	}
+	if cfg.rateN > 0 {
+		if rl, ok := b.driver.(transport.RateLimiter); ok && b.caps.SharedRateLimit {
+			r.shared = rl
+		} else {
+			r.limiter = rate.NewLimiter(rate.Every(cfg.ratePer/time.Duration(cfg.rateN)), cfg.rateN)
+		}
+	}
+	if cfg.idempotent {
+		r.claimer, _ = b.driver.(transport.Claimer)
+	}
+	return r
+}
+
+func (r *runner) start(ctx context.Context) error {
+	sub, err := r.bus.driver.Subscribe(ctx, transport.SubscriptionSpec{
+		Name:        r.name,
+		Pattern:     r.pattern,
+		Ordered:     r.cfg.ordered,
+		Lease:       r.cfg.lease,
+		MaxAttempts: r.cfg.maxAttempts,
+	})
+	if err != nil {
+		return r.bus.wrapDriverErr("subscribe "+r.name, err)
+	}
+	r.sub = sub
+	r.recvCtx, r.recvCancel = context.WithCancel(context.Background())
+	r.runCtx, r.runCancel = context.WithCancel(context.Background())
+	go r.loop()
+	go r.heartbeat()
+	return nil
+}
+
+// stopReceiving stops leasing new deliveries; running handlers go on.
+func (r *runner) stopReceiving() {
+	if r.recvCancel != nil {
+		r.recvCancel()
+	}
+}
+
+// wait blocks until the receive loop and every handler have finished, or
+// ctx ends.
+func (r *runner) wait(ctx context.Context) error {
+	if r.sub == nil {
+		return nil
+	}
+	done := make(chan struct{})
+	go func() {
+		<-r.loopDone
+		r.handlers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return r.sub.Close()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// abort cancels running handlers and releases their deliveries without
+// counting the attempt, so a shutdown does not burn retries.
+func (r *runner) abort() {
+	if r.sub == nil {
+		return
+	}
+	r.mu.Lock()
+	r.aborted = true
+	var pending []transport.Settlement
+	for d := range r.inflight {
+		pending = append(pending, transport.Settlement{Delivery: d, Outcome: transport.Release})
+	}
+	clear(r.inflight)
+	r.mu.Unlock()
+	r.runCancel()
+	if len(pending) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := r.sub.Settle(ctx, pending); err != nil {
+			r.bus.log.Warn("ripple: could not release events at shutdown; they return after their lease",
+				"handler", r.name, "events", len(pending), "err", err)
+		}
+		cancel()
+	}
+	_ = r.sub.Close()
+}
+
+func (r *runner) loop() {
+	defer close(r.loopDone)
+	failures := 0
+	for {
+		select {
+		case r.slots <- struct{}{}:
+		case <-r.recvCtx.Done():
+			return
+		}
+		want := 1
+		if r.limiter == nil && r.shared == nil {
+		fill:
+			for want < maxReceiveBatch {
+				select {
+				case r.slots <- struct{}{}:
+					want++
+				default:
+					break fill
+				}
+			}
+		} else if err := r.waitRate(); err != nil {
+			<-r.slots
+			if r.recvCtx.Err() != nil {
+				return
+			}
+			r.bus.log.Error("ripple: rate limiter failed", "handler", r.name, "err", err)
+			failures++
+			r.sleep(failureBackoff(failures))
+			continue
+		}
+		ds, err := r.sub.Receive(r.recvCtx, want)
+		for range want - len(ds) {
+			<-r.slots
+		}
+		if err != nil {
+			if r.recvCtx.Err() != nil {
+				return
+			}
+			failures++
+			r.bus.log.Error("ripple: receive failed; retrying", "handler", r.name, "transport", r.bus.driver.Name(), "err", err)
+			r.sleep(failureBackoff(failures))
+			continue
+		}
+		failures = 0
+		r.mu.Lock()
+		for _, d := range ds {
+			r.inflight[d] = struct{}{}
+		}
+		r.mu.Unlock()
+		r.handlers.Add(len(ds))
+		for _, d := range ds {
+			go r.handle(d)
+		}
+	}
+}
+
+func (r *runner) waitRate() error {
+	if r.limiter != nil {
+		return r.limiter.Wait(r.recvCtx)
+	}
+	d, err := r.shared.Reserve(r.recvCtx, r.name, r.cfg.rateN, r.cfg.ratePer)
+	if err != nil {
+		return err
+	}
+	r.sleep(d)
+	return r.recvCtx.Err()
+}
+
+func (r *runner) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.recvCtx.Done():
+	}
+}
+
+func failureBackoff(n int) time.Duration {
+	d := 50 * time.Millisecond << min(n, 6)
+	return min(d, 5*time.Second)
+}
+
+// heartbeat renews the leases of running handlers every third of a lease.
+func (r *runner) heartbeat() {
+	t := time.NewTicker(r.cfg.lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-r.loopDone:
+			// Keep renewing while handlers drain after the loop stopped.
+			if r.idle() {
+				return
+			}
+			select {
+			case <-t.C:
+			case <-r.runCtx.Done():
+				return
+			}
+		case <-r.runCtx.Done():
+			return
+		}
+		r.mu.Lock()
+		ds := make([]*transport.Delivery, 0, len(r.inflight))
+		for d := range r.inflight {
+			ds = append(ds, d)
+		}
+		r.mu.Unlock()
+		if len(ds) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.lease/3)
+		if err := r.sub.Extend(ctx, ds, r.cfg.lease); err != nil {
+			r.bus.log.Warn("ripple: lease renewal failed; events may be delivered twice", "handler", r.name, "err", err)
+		}
+		cancel()
+	}
+}
+
+func (r *runner) idle() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.inflight) == 0
+}
+
+// handle runs one delivery and settles it.
+func (r *runner) handle(d *transport.Delivery) {
+	defer r.handlers.Done()
+	defer func() { <-r.slots }()
+
+	ev := eventFromMessage(&d.Message)
+	ev.Attempt = d.Attempt
+	ev.Handler = r.name
+
+	if r.claimer != nil {
+		res, err := r.claimer.Claim(r.runCtx, r.name, ev.ID, r.cfg.timeout+abandonGrace)
+		switch {
+		case err != nil:
+			r.bus.log.Warn("ripple: idempotency claim failed; event released", "handler", r.name, "event", ev.ID, "err", err)
+			r.settle(d, transport.Settlement{Outcome: transport.Release, Delay: time.Second})
+			return
+		case res == transport.Done:
+			r.settle(d, transport.Settlement{Outcome: transport.Complete})
+			return
+		case res == transport.Busy:
+			r.settle(d, transport.Settlement{Outcome: transport.Release, Delay: min(r.cfg.timeout, time.Second)})
+			return
+		}
+	}
+
+	start := time.Now()
+	err, abandoned := r.run(&ev)
+	elapsed := time.Since(start)
+
+	if r.claimer != nil && !abandoned {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if ferr := r.claimer.Finish(ctx, r.name, ev.ID, err == nil); ferr != nil {
+			r.bus.log.Warn("ripple: could not record idempotency claim", "handler", r.name, "event", ev.ID, "err", ferr)
+		}
+		cancel()
+	}
+
+	s := transport.Settlement{Outcome: transport.Complete}
+	outcome := OutcomeSuccess
+	if err != nil {
+		if r.isAborted() && !abandoned {
+			// Stopped by shutdown, not by a failure: hand the event back.
+			r.settle(d, transport.Settlement{Outcome: transport.Release})
+			return
+		}
+		s.Error = err.Error()
+		switch {
+		case IsPermanent(err) || d.Attempt >= r.cfg.maxAttempts:
+			s.Outcome, outcome = transport.Dead, OutcomeDead
+			r.bus.log.Error("ripple: event dead-lettered", "handler", r.name, "event", ev.ID, "type", ev.Type,
+				"attempt", d.Attempt, "err", err)
+		default:
+			s.Outcome, outcome = transport.Retry, OutcomeRetry
+			if delay, ok := retryDelay(err); ok {
+				s.Delay = delay
+			} else {
+				s.Delay = backoff(d.Attempt, r.cfg.backoffMin, r.cfg.backoffMax)
+			}
+			r.bus.log.Warn("ripple: handler failed; will retry", "handler", r.name, "event", ev.ID, "type", ev.Type,
+				"attempt", d.Attempt, "retry_in", s.Delay, "err", err)
+		}
+	}
+	r.settle(d, s)
+	if len(r.bus.handleHooks) > 0 {
+		res := HandleResult{Handler: r.name, Event: ev, Outcome: outcome, Err: err, Duration: elapsed, Latency: time.Since(ev.Time)}
+		for _, h := range r.bus.handleHooks {
+			h.OnHandle(res)
+		}
+	}
+}
+
+// run calls the handler with a timeout and panic recovery. abandoned is
+// true when the handler ignored its cancelled ctx past the grace period.
+func (r *runner) run(ev *Event) (err error, abandoned bool) {
+	ctx, cancel := context.WithTimeout(withEvent(r.runCtx, ev), r.cfg.timeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				r.bus.log.Error("ripple: handler panicked", "handler", r.name, "event", ev.ID, "panic", p, "stack", string(debug.Stack()))
+				done <- fmt.Errorf("handler panicked: %v", p)
+			}
+		}()
+		done <- r.fn(ctx, *ev)
+	}()
+	select {
+	case err = <-done:
+		if err != nil && ctx.Err() == context.DeadlineExceeded && errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("handler timed out after %s: %w", r.cfg.timeout, err)
+		}
+		return err, false
+	case <-ctx.Done():
+	}
+	grace := time.NewTimer(abandonGrace)
+	defer grace.Stop()
+	select {
+	case err = <-done:
+		// Returned late but within the grace period: keep its result.
+		return err, false
+	case <-grace.C:
+		r.bus.log.Error("ripple: handler ignored its cancelled context and was abandoned; its slot is freed and the attempt counts as failed",
+			"handler", r.name, "event", ev.ID, "timeout", r.cfg.timeout)
+		return fmt.Errorf("handler did not return within %s of its %s timeout", abandonGrace, r.cfg.timeout), true
+	}
+}
+
+func (r *runner) isAborted() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.aborted
+}
+
+// settle records an outcome unless abort already released the delivery.
+func (r *runner) settle(d *transport.Delivery, s transport.Settlement) {
+	r.mu.Lock()
+	_, mine := r.inflight[d]
+	delete(r.inflight, d)
+	r.mu.Unlock()
+	if !mine {
+		return
+	}
+	s.Delivery = d
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.sub.Settle(ctx, []transport.Settlement{s}); err != nil {
+		r.bus.log.Error("ripple: could not record outcome; the event will be delivered again after its lease",
+			"handler", r.name, "event", d.ID, "outcome", s.Outcome.String(), "err", err)
+	}
+}
+
+// backoff returns the wait before attempt+1: min doubled per failed
+// attempt, capped at max, with ±20% jitter so mass failures spread out.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	d := lo
+	for i := 1; i < attempt && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	jitter := time.Duration(float64(d) * (rand.Float64()*0.4 - 0.2))
+	return max(d+jitter, 0)
+}
+
+// ---- context ----
+
+type eventKey struct{}
+
+func withEvent(ctx context.Context, e *Event) context.Context {
+	return context.WithValue(ctx, eventKey{}, e)
+}
+
+func eventFromContext(ctx context.Context) *Event {
+	e, _ := ctx.Value(eventKey{}).(*Event)
+	return e
+}
+
+// EventFromContext returns the event being handled, when ctx is (or
+// derives from) a handler's context.
+func EventFromContext(ctx context.Context) (Event, bool) {
+	if e := eventFromContext(ctx); e != nil {
+		return *e, true
+	}
+	return Event{}, false
+}
+
+// ---- hooks ----
+
+// Outcome is how one handler attempt ended.
+type Outcome string
+
+// Attempt outcomes, as used in the ripple_handler_events_total metric.
+const (
+	OutcomeSuccess Outcome = "success"
+	OutcomeRetry   Outcome = "retry"
+	OutcomeDead    Outcome = "dead"
+)
+
+// HandleResult describes one finished handler attempt.
+type HandleResult struct {
+	Handler  string
+	Event    Event
+	Outcome  Outcome
+	Err      error
+	Duration time.Duration // time spent in the handler
+	Latency  time.Duration // from publish to the end of this attempt
+}
+
+// PublishHook observes publishes. err is nil for a stored event.
+type PublishHook interface {
+	OnPublish(ctx context.Context, e Event, err error)
+}
+
+// HandleHook observes finished handler attempts. It runs on the handler's
+// goroutine, so it must be quick.
+type HandleHook interface {
+	OnHandle(res HandleResult)
+}
+
+// ---- typed handlers ----
+
+// Handle registers a handler whose payload is decoded into T before fn
+// runs. A payload that does not decode goes to the dead-letter queue
+// without retries, since no retry can fix it.
+func Handle[T any](b *Bus, pattern, name string, fn func(ctx context.Context, data T, e Event) error, opts ...HandlerOption) error {
+	if fn == nil {
+		return invalidOption("Handle(%q, %q): handler func is nil", pattern, name)
+	}
+	return b.On(pattern, name, func(ctx context.Context, e Event) error {
+		var v T
+		if err := e.Decode(&v); err != nil {
+			return Permanent(err)
+		}
+		return fn(ctx, v, e)
+	}, opts...)
+}

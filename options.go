@@ -1,0 +1,449 @@
+package ripple
+
+import (
+	"log/slog"
+	"math"
+	"time"
+)
+
+// Defaults. Each option's documentation repeats the default it replaces.
+const (
+	DefaultConcurrency     = 10
+	DefaultMaxAttempts     = 5
+	DefaultBackoffMin      = time.Second
+	DefaultBackoffMax      = 5 * time.Minute
+	DefaultTimeout         = time.Minute
+	DefaultMaxEventSize    = 1 << 20
+	DefaultShutdownTimeout = 10 * time.Second
+	DefaultLease           = 30 * time.Second
+)
+
+// ---- Bus options ----
+
+// Option configures a bus in Open or New.
+type Option func(*busConfig) error
+
+type busConfig struct {
+	logger          *slog.Logger
+	source          string
+	maxEventSize    int
+	shutdownTimeout time.Duration
+	keepCompleted   keep
+	keepDead        keep
+	dedupWindow     time.Duration
+	hooks           []any
+}
+
+type keep struct {
+	count int
+	age   time.Duration
+}
+
+// WithLogger sets the logger for handler failures, panics and background
+// errors. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(c *busConfig) error {
+		if l == nil {
+			return invalidOption("WithLogger(nil); pass slog.Default() or a discarding logger")
+		}
+		c.logger = l
+		return nil
+	}
+}
+
+// DefaultSource sets the CloudEvents source of events this bus publishes.
+// Default: "ripple://" followed by the host name.
+func DefaultSource(source string) Option {
+	return func(c *busConfig) error {
+		if source == "" {
+			return invalidOption("DefaultSource(\"\"); a CloudEvents source must not be empty")
+		}
+		c.source = source
+		return nil
+	}
+}
+
+// MaxEventSize sets the largest payload Publish accepts, in bytes.
+// Default: 1 MiB, which every transport can carry.
+func MaxEventSize(n int) Option {
+	return func(c *busConfig) error {
+		if n <= 0 {
+			return invalidOption("MaxEventSize(%d); the size limit must be positive", n)
+		}
+		c.maxEventSize = n
+		return nil
+	}
+}
+
+// ShutdownTimeout bounds how long Close waits for in-flight handlers.
+// Default: 10 s. Shutdown(ctx) takes its bound from ctx instead.
+func ShutdownTimeout(d time.Duration) Option {
+	return func(c *busConfig) error {
+		if d <= 0 {
+			return invalidOption("ShutdownTimeout(%s); the timeout must be positive", d)
+		}
+		c.shutdownTimeout = d
+		return nil
+	}
+}
+
+// KeepCompleted bounds the history of completed deliveries each handler
+// keeps, like BullMQ's removeOnComplete: at most count entries, none older
+// than age. Zero for either means the transport's default (1,000 and 24 h
+// on sqlite and memory); KeepCompleted(0, 0) is therefore the default and
+// negative values keep nothing.
+func KeepCompleted(count int, age time.Duration) Option {
+	return func(c *busConfig) error {
+		c.keepCompleted = keep{count, age}
+		return nil
+	}
+}
+
+// KeepDead bounds each handler's dead-letter queue, like BullMQ's
+// removeOnFail: at most count entries, none older than age. Zero means the
+// transport's default (10,000 and 7 days on sqlite and memory).
+func KeepDead(count int, age time.Duration) Option {
+	return func(c *busConfig) error {
+		c.keepDead = keep{count, age}
+		return nil
+	}
+}
+
+// DedupWindow sets how long a published event id is remembered, so that
+// publishing the same id again stores nothing. Default: 24 h.
+func DedupWindow(d time.Duration) Option {
+	return func(c *busConfig) error {
+		if d < 0 {
+			return invalidOption("DedupWindow(%s); the window must not be negative", d)
+		}
+		c.dedupWindow = d
+		return nil
+	}
+}
+
+// WithHooks adds observers. A hook is any value implementing one or more
+// of PublishHook and HandleHook; new hook interfaces can be added without
+// breaking existing hooks.
+func WithHooks(hooks ...any) Option {
+	return func(c *busConfig) error {
+		for _, h := range hooks {
+			switch h.(type) {
+			case PublishHook, HandleHook:
+			default:
+				return invalidOption("WithHooks: %T implements neither PublishHook nor HandleHook", h)
+			}
+		}
+		c.hooks = append(c.hooks, hooks...)
+		return nil
+	}
+}
+
+// ---- Publish options ----
+
+// PublishOption configures one Publish call.
+type PublishOption func(*publishConfig) error
+
+type publishConfig struct {
+	id            string
+	key           string
+	delay         time.Duration
+	at            time.Time
+	priority      int
+	setPriority   bool
+	headers       map[string]string
+	source        string
+	version       int
+	correlationID string
+	causationID   string
+	contentType   string
+}
+
+// WithKey sets the event's partition key. Handlers registered with
+// Ordered handle events with the same key one at a time, in publish order.
+func WithKey(key string) PublishOption {
+	return func(c *publishConfig) error {
+		if len(key) > MaxNameLength {
+			return invalidOption("WithKey: key is %d bytes; the limit is %d", len(key), MaxNameLength)
+		}
+		c.key = key
+		return nil
+	}
+}
+
+// WithDelay delivers the event no sooner than d from now.
+func WithDelay(d time.Duration) PublishOption {
+	return func(c *publishConfig) error {
+		if d < 0 {
+			return invalidOption("WithDelay(%s); a delay must not be negative", d)
+		}
+		c.delay = d
+		return nil
+	}
+}
+
+// WithTime delivers the event no sooner than t. A time in the past
+// delivers at once.
+func WithTime(t time.Time) PublishOption {
+	return func(c *publishConfig) error {
+		if t.IsZero() {
+			return invalidOption("WithTime(zero time); pass the time to deliver at")
+		}
+		c.at = t
+		return nil
+	}
+}
+
+// WithPriority orders waiting events: a handler takes higher priorities
+// first. Default 0; negative values sink below it.
+func WithPriority(p int) PublishOption {
+	return func(c *publishConfig) error {
+		if p > math.MaxInt32 || p < math.MinInt32 {
+			return invalidOption("WithPriority(%d); priority must fit in 32 bits", p)
+		}
+		c.priority = p
+		c.setPriority = true
+		return nil
+	}
+}
+
+// WithID sets the event id. Publishing an id the transport still
+// remembers (see DedupWindow) stores nothing, so a retried publish with the
+// same id is safe.
+func WithID(id string) PublishOption {
+	return func(c *publishConfig) error {
+		if id == "" || len(id) > MaxNameLength {
+			return invalidOption("WithID(%q); an id must be 1 to %d bytes", id, MaxNameLength)
+		}
+		for _, r := range id {
+			if r < 0x21 || r > 0x7e {
+				return invalidOption("WithID(%q); an id may hold only printable ASCII without spaces", id)
+			}
+		}
+		c.id = id
+		return nil
+	}
+}
+
+// WithHeader sets an extension attribute. Names follow CloudEvents:
+// lowercase a-z and 0-9, at most 20 characters, not a reserved attribute.
+func WithHeader(name, value string) PublishOption {
+	return func(c *publishConfig) error {
+		if err := validateHeaderName(name); err != nil {
+			return err
+		}
+		if c.headers == nil {
+			c.headers = make(map[string]string)
+		}
+		c.headers[name] = value
+		return nil
+	}
+}
+
+var reservedAttrs = map[string]bool{
+	"id": true, "type": true, "source": true, "time": true, "specversion": true,
+	"datacontenttype": true, "dataschema": true, "subject": true, "data": true,
+	"data_base64": true, attrDataVersion: true, attrCorrelationID: true,
+	attrCausationID: true, "partitionkey": true, attrTraceParent: true,
+}
+
+func validateHeaderName(name string) error {
+	if name == "" || len(name) > 20 {
+		return invalidOption("WithHeader(%q); a header name is 1 to 20 characters", name)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
+			return invalidOption("WithHeader(%q); a header name may hold only a-z and 0-9 (CloudEvents extension naming)", name)
+		}
+	}
+	if reservedAttrs[name] {
+		return invalidOption("WithHeader(%q); %q is a reserved attribute, set by its own option", name, name)
+	}
+	return nil
+}
+
+// WithSource sets the CloudEvents source of this event, overriding the
+// bus's DefaultSource.
+func WithSource(source string) PublishOption {
+	return func(c *publishConfig) error {
+		if source == "" {
+			return invalidOption("WithSource(\"\"); a source must not be empty")
+		}
+		c.source = source
+		return nil
+	}
+}
+
+// WithVersion sets the payload's schema version (extension
+// "dataversion"), so handlers can decode old and new shapes.
+func WithVersion(v int) PublishOption {
+	return func(c *publishConfig) error {
+		if v < 0 {
+			return invalidOption("WithVersion(%d); a version must not be negative", v)
+		}
+		c.version = v
+		return nil
+	}
+}
+
+// WithCorrelationID sets the correlation id. Inside a handler it defaults
+// to the handled event's correlation id; elsewhere to the event's own id.
+func WithCorrelationID(id string) PublishOption {
+	return func(c *publishConfig) error {
+		if id == "" {
+			return invalidOption("WithCorrelationID(\"\"); pass a non-empty id")
+		}
+		c.correlationID = id
+		return nil
+	}
+}
+
+// WithCausationID sets the causation id. Inside a handler it defaults to
+// the handled event's id.
+func WithCausationID(id string) PublishOption {
+	return func(c *publishConfig) error {
+		if id == "" {
+			return invalidOption("WithCausationID(\"\"); pass a non-empty id")
+		}
+		c.causationID = id
+		return nil
+	}
+}
+
+// WithContentType sets the media type of a []byte payload. Default:
+// "application/octet-stream" for []byte, "application/json" otherwise.
+func WithContentType(mediaType string) PublishOption {
+	return func(c *publishConfig) error {
+		if mediaType == "" {
+			return invalidOption("WithContentType(\"\"); pass a media type such as \"text/plain\"")
+		}
+		c.contentType = mediaType
+		return nil
+	}
+}
+
+// ---- Handler options ----
+
+// HandlerOption configures a handler registered with On.
+type HandlerOption func(*handlerConfig) error
+
+type handlerConfig struct {
+	concurrency int
+	rateN       int
+	ratePer     time.Duration
+	maxAttempts int
+	backoffMin  time.Duration
+	backoffMax  time.Duration
+	timeout     time.Duration
+	idempotent  bool
+	ordered     bool
+	lease       time.Duration
+}
+
+func defaultHandlerConfig() handlerConfig {
+	return handlerConfig{
+		concurrency: DefaultConcurrency,
+		maxAttempts: DefaultMaxAttempts,
+		backoffMin:  DefaultBackoffMin,
+		backoffMax:  DefaultBackoffMax,
+		timeout:     DefaultTimeout,
+		lease:       DefaultLease,
+	}
+}
+
+// Concurrency sets how many events this handler runs at once in this
+// process. Default: 10. Processes running the same handler add up.
+func Concurrency(n int) HandlerOption {
+	return func(c *handlerConfig) error {
+		if n < 1 {
+			return invalidOption("Concurrency(%d); a handler needs at least 1", n)
+		}
+		c.concurrency = n
+		return nil
+	}
+}
+
+// RateLimit starts at most n events per period, with bursts up to n.
+// Default: no limit. On transports that declare a shared rate limit it
+// holds across every process running the handler; on others (memory,
+// sqlite) it holds per process.
+func RateLimit(n int, per time.Duration) HandlerOption {
+	return func(c *handlerConfig) error {
+		if n < 1 || per <= 0 {
+			return invalidOption("RateLimit(%d, %s); both the count and the period must be positive", n, per)
+		}
+		c.rateN, c.ratePer = n, per
+		return nil
+	}
+}
+
+// MaxAttempts sets how many times an event is tried before it moves to
+// the dead-letter queue. Default: 5. MaxAttempts(1) never retries.
+func MaxAttempts(n int) HandlerOption {
+	return func(c *handlerConfig) error {
+		if n < 1 {
+			return invalidOption("MaxAttempts(%d); at least 1 attempt is needed", n)
+		}
+		c.maxAttempts = n
+		return nil
+	}
+}
+
+// Backoff sets the wait before retries: min after the first failure,
+// doubling each time up to max, with jitter so that many failing events do
+// not retry in lock-step. Default: 1 s to 5 min.
+func Backoff(min, max time.Duration) HandlerOption {
+	return func(c *handlerConfig) error {
+		if min <= 0 || max < min {
+			return invalidOption("Backoff(%s, %s); need 0 < min <= max", min, max)
+		}
+		c.backoffMin, c.backoffMax = min, max
+		return nil
+	}
+}
+
+// Timeout bounds one attempt: the handler's ctx is cancelled after d. A
+// handler that ignores its ctx is abandoned shortly after, its attempt
+// counted as failed and its concurrency slot freed. Default: 1 min.
+func Timeout(d time.Duration) HandlerOption {
+	return func(c *handlerConfig) error {
+		if d <= 0 {
+			return invalidOption("Timeout(%s); the timeout must be positive", d)
+		}
+		c.timeout = d
+		return nil
+	}
+}
+
+// Idempotent makes the handler run to success at most once per event id,
+// even when the transport delivers an event twice: an attempt first claims
+// (handler, event id) atomically, and a completed claim skips the handler.
+func Idempotent() HandlerOption {
+	return func(c *handlerConfig) error {
+		c.idempotent = true
+		return nil
+	}
+}
+
+// Ordered handles events with the same key (WithKey) one at a time in
+// publish order. A failing event holds back only its own key; events
+// without a key are not ordered.
+func Ordered() HandlerOption {
+	return func(c *handlerConfig) error {
+		c.ordered = true
+		return nil
+	}
+}
+
+// Lease sets how long an event handed to this process stays reserved for
+// it. While the handler runs the lease is renewed every third of d; if the
+// process dies, the event is delivered again once the lease runs out, so
+// d bounds the redelivery delay after a crash. Default: 30 s.
+func Lease(d time.Duration) HandlerOption {
+	return func(c *handlerConfig) error {
+		if d < 10*time.Millisecond {
+			return invalidOption("Lease(%s); a lease must be at least 10ms", d)
+		}
+		c.lease = d
+		return nil
+	}
+}

@@ -1,0 +1,816 @@
+// Package memory is Ripple's in-process transport, for tests, demos and
+// programs that accept losing queued events when the process exits.
+//
+// # URL
+//
+//	memory://            a new, private store
+//	memory://NAME        the store named NAME, shared by every bus in this
+//	                     process that opens the same URL (until all close it)
+//
+// # Delivery semantics
+//
+// Events live in the process's memory: nothing survives the process, so
+// Capabilities().Durable is false. Within the process it gives every
+// semantic of Ripple's contract: fan-out per handler, competing consumers
+// between buses sharing a named store, leases with redelivery, delays,
+// priority, per-key ordering, publish deduplication, idempotency claims,
+// dead letters, retention and replay of retained events. The rate limit is
+// per bus.
+//
+// # Limits
+//
+// Retained history (for deduplication and replay) is bounded by the
+// dedup window and by MaxHistory events, whichever is reached first.
+package memory
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+func init() { transport.Register("memory", Open) }
+
+// MaxHistory bounds how many published events a store remembers for
+// deduplication and replay.
+const MaxHistory = 100_000
+
+// ErrClosed is returned by calls on a closed driver.
+var ErrClosed = errors.New("memory transport is closed")
+
+// Defaults for retention, matching the sqlite transport.
+const (
+	defaultCompletedCount = 1000
+	defaultCompletedAge   = 24 * time.Hour
+	defaultDeadCount      = 10_000
+	defaultDeadAge        = 7 * 24 * time.Hour
+	defaultDedupWindow    = 24 * time.Hour
+)
+
+var (
+	namedMu sync.Mutex
+	named   = map[string]*store{}
+)
+
+// Open opens a memory driver for a memory:// URL.
+func Open(_ context.Context, url string, cfg transport.Config) (transport.Driver, error) {
+	name, ok := strings.CutPrefix(url, "memory://")
+	if !ok {
+		return nil, fmt.Errorf("memory transport: URL %q must start with memory://", url)
+	}
+	if strings.ContainsAny(name, "/?#") {
+		return nil, fmt.Errorf("memory transport: URL %q: the store name must not contain '/', '?' or '#'; use memory://NAME", url)
+	}
+	if name == "" {
+		return &driver{s: newStore(cfg.Retention, "")}, nil
+	}
+	namedMu.Lock()
+	defer namedMu.Unlock()
+	s := named[name]
+	if s == nil {
+		s = newStore(cfg.Retention, name)
+		named[name] = s
+	}
+	s.refs++
+	return &driver{s: s}, nil
+}
+
+// New returns a driver over a new private store.
+func New(r transport.Retention) transport.Driver {
+	return &driver{s: newStore(r, "")}
+}
+
+type retention struct {
+	completedCount int
+	completedAge   time.Duration
+	deadCount      int
+	deadAge        time.Duration
+	dedup          time.Duration
+}
+
+func resolve(v int, def int) int {
+	switch {
+	case v < 0:
+		return 0
+	case v == 0:
+		return def
+	}
+	return v
+}
+
+func resolveDur(v, def time.Duration) time.Duration {
+	switch {
+	case v < 0:
+		return 0
+	case v == 0:
+		return def
+	}
+	return v
+}
+
+type store struct {
+	name string
+	refs int
+	ret  retention
+
+	mu      sync.Mutex
+	subs    map[string]*sub
+	history []histEntry // publish order, for dedup expiry and replay
+	ids     map[string]struct{}
+	claims  map[claimKey]*claim
+	seq     uint64
+	now     func() time.Time
+}
+
+type histEntry struct {
+	msg *transport.Message
+	at  time.Time
+	seq uint64
+}
+
+type claimKey struct{ handler, id string }
+
+type claim struct {
+	done  bool
+	until time.Time
+}
+
+func newStore(r transport.Retention, name string) *store {
+	return &store{
+		name: name,
+		refs: 1,
+		ret: retention{
+			completedCount: resolve(r.CompletedCount, defaultCompletedCount),
+			completedAge:   resolveDur(r.CompletedAge, defaultCompletedAge),
+			deadCount:      resolve(r.DeadCount, defaultDeadCount),
+			deadAge:        resolveDur(r.DeadAge, defaultDeadAge),
+			dedup:          resolveDur(r.DedupWindow, defaultDedupWindow),
+		},
+		subs:   map[string]*sub{},
+		ids:    map[string]struct{}{},
+		claims: map[claimKey]*claim{},
+		now:    time.Now,
+	}
+}
+
+type driver struct {
+	s      *store
+	mu     sync.Mutex
+	closed bool
+}
+
+func (d *driver) Name() string { return "memory" }
+
+func (d *driver) Capabilities() transport.Capabilities {
+	return transport.Capabilities{Delay: true, Priority: true, Ordered: true, Dedup: true}
+}
+
+func (d *driver) isClosed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
+
+func (d *driver) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.mu.Unlock()
+	if d.s.name != "" {
+		namedMu.Lock()
+		d.s.refs--
+		if d.s.refs == 0 && named[d.s.name] == d.s {
+			delete(named, d.s.name)
+		}
+		namedMu.Unlock()
+	}
+	return nil
+}
+
+func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
+	if d.isClosed() {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	s.expireHistory(now)
+	for _, m := range msgs {
+		if _, dup := s.ids[m.ID]; dup {
+			continue
+		}
+		s.seq++
+		s.ids[m.ID] = struct{}{}
+		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq})
+		for _, sb := range s.subs {
+			if transport.Match(sb.pattern, m.Type) {
+				sb.add(&entry{msg: m, seq: s.seq, runAt: now.Add(m.Delay), published: now}, now)
+			}
+		}
+	}
+	for _, sb := range s.subs {
+		sb.wake()
+	}
+	return nil
+}
+
+func (s *store) expireHistory(now time.Time) {
+	cut := 0
+	for cut < len(s.history) && (len(s.history)-cut > MaxHistory || now.Sub(s.history[cut].at) > s.ret.dedup) {
+		delete(s.ids, s.history[cut].msg.ID)
+		cut++
+	}
+	if cut > 0 {
+		s.history = append(s.history[:0:0], s.history[cut:]...)
+	}
+}
+
+func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec) (transport.Subscription, error) {
+	if d.isClosed() {
+		return nil, ErrClosed
+	}
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sb := s.subs[spec.Name]
+	if sb == nil {
+		sb = newSub(s, spec)
+		s.subs[spec.Name] = sb
+	} else if sb.pattern != spec.Pattern || sb.ordered != spec.Ordered {
+		return nil, fmt.Errorf("memory transport: handler %q is already subscribed to %q (ordered=%v); another bus in this process registered it differently (%q, ordered=%v)",
+			spec.Name, sb.pattern, sb.ordered, spec.Pattern, spec.Ordered)
+	}
+	return &receiver{d: d, sb: sb, lease: spec.Lease}, nil
+}
+
+// ---- subscriptions ----
+
+type state int
+
+const (
+	stReady state = iota
+	stDelayed
+	stActive
+	stBlocked // ordered: waiting behind an earlier event of its key
+	stDone
+	stDead
+)
+
+type entry struct {
+	msg       *transport.Message
+	seq       uint64
+	state     state
+	attempts  int
+	runAt     time.Time
+	leaseEnd  time.Time
+	gen       uint64
+	published time.Time
+	first     time.Time
+	lastErr   string
+	failures  int
+	finished  time.Time
+	index     int // position in the heap it is in, or -1
+}
+
+type sub struct {
+	s       *store
+	name    string
+	pattern string
+	ordered bool
+
+	ready   entryHeap // by priority desc, seq asc
+	delayed timeHeap  // by runAt
+	active  timeHeap  // by leaseEnd
+	keys    map[string][]*entry
+	done    []*entry
+	dead    []*entry
+	changed chan struct{}
+	waiters int
+}
+
+func newSub(s *store, spec transport.SubscriptionSpec) *sub {
+	return &sub{
+		s: s, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered,
+		ready:   entryHeap{},
+		delayed: timeHeap{at: func(e *entry) time.Time { return e.runAt }},
+		active:  timeHeap{at: func(e *entry) time.Time { return e.leaseEnd }},
+		keys:    map[string][]*entry{},
+		changed: make(chan struct{}),
+	}
+}
+
+func (sb *sub) wake() {
+	if sb.waiters > 0 {
+		close(sb.changed)
+		sb.changed = make(chan struct{})
+		sb.waiters = 0
+	}
+}
+
+// add places a new entry, honouring per-key order.
+func (sb *sub) add(e *entry, now time.Time) {
+	e.index = -1
+	if sb.ordered && e.msg.Key != "" {
+		q := sb.keys[e.msg.Key]
+		sb.keys[e.msg.Key] = append(q, e)
+		if len(q) > 0 {
+			e.state = stBlocked
+			return
+		}
+	}
+	sb.schedule(e, now)
+}
+
+// schedule puts an entry in the ready or delayed heap by its runAt.
+func (sb *sub) schedule(e *entry, now time.Time) {
+	if e.runAt.After(now) {
+		e.state = stDelayed
+		heap.Push(&sb.delayed, e)
+	} else {
+		e.state = stReady
+		heap.Push(&sb.ready, e)
+	}
+}
+
+// promote moves due delayed entries and expired leases to ready.
+func (sb *sub) promote(now time.Time) {
+	for sb.delayed.Len() > 0 && !sb.delayed.items[0].runAt.After(now) {
+		e := heap.Pop(&sb.delayed).(*entry)
+		e.state = stReady
+		heap.Push(&sb.ready, e)
+	}
+	for sb.active.Len() > 0 && sb.active.items[0].leaseEnd.Before(now) {
+		e := heap.Pop(&sb.active).(*entry)
+		e.gen++ // the old lease can no longer settle
+		e.state = stReady
+		heap.Push(&sb.ready, e)
+	}
+}
+
+// nextWake is when something becomes deliverable without a publish.
+func (sb *sub) nextWake() time.Time {
+	var t time.Time
+	if sb.delayed.Len() > 0 {
+		t = sb.delayed.items[0].runAt
+	}
+	if sb.active.Len() > 0 {
+		if a := sb.active.items[0].leaseEnd; t.IsZero() || a.Before(t) {
+			t = a
+		}
+	}
+	return t
+}
+
+// finish removes an entry from its key queue and schedules the next one.
+func (sb *sub) finish(e *entry, now time.Time) {
+	if !sb.ordered || e.msg.Key == "" {
+		return
+	}
+	q := sb.keys[e.msg.Key]
+	for i, x := range q {
+		if x == e {
+			q = append(q[:i], q[i+1:]...)
+			break
+		}
+	}
+	if len(q) == 0 {
+		delete(sb.keys, e.msg.Key)
+		return
+	}
+	sb.keys[e.msg.Key] = q
+	if q[0].state == stBlocked {
+		sb.schedule(q[0], now)
+	}
+}
+
+func (sb *sub) retain(now time.Time) {
+	r := sb.s.ret
+	sb.done = trim(sb.done, r.completedCount, r.completedAge, now)
+	sb.dead = trim(sb.dead, r.deadCount, r.deadAge, now)
+}
+
+func trim(list []*entry, count int, age time.Duration, now time.Time) []*entry {
+	cut := 0
+	for cut < len(list) && (len(list)-cut > count || now.Sub(list[cut].finished) > age) {
+		cut++
+	}
+	if cut == 0 {
+		return list
+	}
+	clear(list[:cut])
+	return list[cut:]
+}
+
+// ---- receiver ----
+
+type receiver struct {
+	d     *driver
+	sb    *sub
+	lease time.Duration
+}
+
+type token struct {
+	e   *entry
+	gen uint64
+}
+
+func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Delivery, error) {
+	s := r.sb.s
+	for {
+		if r.d.isClosed() {
+			return nil, ErrClosed
+		}
+		s.mu.Lock()
+		now := s.now()
+		r.sb.promote(now)
+		if n := min(r.sb.ready.Len(), limit); n > 0 {
+			out := make([]*transport.Delivery, n)
+			for i := range out {
+				e := heap.Pop(&r.sb.ready).(*entry)
+				e.state = stActive
+				e.attempts++
+				e.gen++
+				e.leaseEnd = now.Add(r.lease)
+				if e.first.IsZero() {
+					e.first = now
+				}
+				heap.Push(&r.sb.active, e)
+				out[i] = &transport.Delivery{Message: *e.msg, Attempt: e.attempts, FirstDelivered: e.first, Token: token{e, e.gen}}
+			}
+			s.mu.Unlock()
+			return out, nil
+		}
+		ch := r.sb.changed
+		r.sb.waiters++
+		wakeAt := r.sb.nextWake()
+		s.mu.Unlock()
+
+		var timer *time.Timer
+		var due <-chan time.Time
+		if !wakeAt.IsZero() {
+			timer = time.NewTimer(max(time.Until(wakeAt), 0) + time.Millisecond)
+			due = timer.C
+		}
+		select {
+		case <-ch:
+		case <-due:
+		case <-ctx.Done():
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (r *receiver) Settle(ctx context.Context, ss []transport.Settlement) error {
+	if r.d.isClosed() {
+		return ErrClosed
+	}
+	s := r.sb.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	woke := false
+	for _, st := range ss {
+		tk, ok := st.Delivery.Token.(token)
+		if !ok || tk.e.gen != tk.gen || tk.e.state != stActive {
+			continue // lease lost to another receiver
+		}
+		e := tk.e
+		heap.Remove(&r.sb.active, e.index)
+		e.gen++
+		switch st.Outcome {
+		case transport.Complete:
+			e.state, e.finished = stDone, now
+			r.sb.done = append(r.sb.done, e)
+			r.sb.finish(e, now)
+			woke = true
+		case transport.Dead:
+			e.state, e.finished, e.lastErr = stDead, now, st.Error
+			r.sb.dead = append(r.sb.dead, e)
+			r.sb.finish(e, now)
+			woke = true
+		case transport.Retry, transport.Release:
+			if st.Outcome == transport.Release {
+				e.attempts--
+			} else {
+				e.failures++
+				e.lastErr = st.Error
+			}
+			e.runAt = now.Add(st.Delay)
+			r.sb.schedule(e, now)
+			woke = true
+		default:
+			return fmt.Errorf("memory transport: unknown outcome %d", st.Outcome)
+		}
+	}
+	r.sb.retain(now)
+	if woke {
+		r.sb.wake()
+	}
+	return nil
+}
+
+func (r *receiver) Extend(ctx context.Context, ds []*transport.Delivery, lease time.Duration) error {
+	if r.d.isClosed() {
+		return ErrClosed
+	}
+	s := r.sb.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	for _, d := range ds {
+		tk, ok := d.Token.(token)
+		if !ok || tk.e.gen != tk.gen || tk.e.state != stActive {
+			continue
+		}
+		tk.e.leaseEnd = now.Add(lease)
+		heap.Fix(&r.sb.active, tk.e.index)
+	}
+	return nil
+}
+
+func (r *receiver) Close() error { return nil }
+
+// ---- optional interfaces ----
+
+func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
+	if d.isClosed() {
+		return nil, ErrClosed
+	}
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	out := make([]transport.Stats, 0, len(s.subs))
+	for _, sb := range s.subs {
+		sb.promote(now)
+		st := transport.Stats{
+			Handler: sb.name, Pattern: sb.pattern,
+			Waiting:   int64(sb.ready.Len()),
+			Active:    int64(sb.active.Len()),
+			Delayed:   int64(sb.delayed.Len()),
+			Completed: int64(len(sb.done)),
+			Dead:      int64(len(sb.dead)),
+		}
+		for _, q := range sb.keys {
+			for _, e := range q {
+				if e.state == stBlocked {
+					st.Waiting++
+				}
+			}
+		}
+		var oldest time.Time
+		for _, e := range sb.ready.items {
+			if oldest.IsZero() || e.published.Before(oldest) {
+				oldest = e.published
+			}
+		}
+		if !oldest.IsZero() {
+			st.OldestWaiting = now.Sub(oldest)
+		}
+		for _, list := range [][]*entry{sb.ready.items, sb.delayed.items, sb.active.items, sb.done, sb.dead} {
+			for _, e := range list {
+				st.Failed += int64(e.failures)
+			}
+		}
+		out = append(out, st)
+	}
+	sortStats(out)
+	return out, nil
+}
+
+func sortStats(s []transport.Stats) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j].Handler < s[j-1].Handler; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+func (d *driver) lookup(handler string) (*sub, error) {
+	if d.isClosed() {
+		return nil, ErrClosed
+	}
+	sb := d.s.subs[handler]
+	if sb == nil {
+		return nil, fmt.Errorf("memory transport: handler %q: %w", handler, transport.ErrNotFound)
+	}
+	return sb, nil
+}
+
+func (d *driver) DeadLetters(ctx context.Context, handler string, limit int) ([]transport.DeadLetter, error) {
+	d.s.mu.Lock()
+	defer d.s.mu.Unlock()
+	sb, err := d.lookup(handler)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]transport.DeadLetter, 0, min(limit, len(sb.dead)))
+	for _, e := range sb.dead {
+		if len(out) == limit {
+			break
+		}
+		out = append(out, transport.DeadLetter{Message: *e.msg, Handler: handler, Attempts: e.attempts, Error: e.lastErr, FirstAttempt: e.first, DeadAt: e.finished})
+	}
+	return out, nil
+}
+
+func selected(ids []string) func(string) bool {
+	if len(ids) == 0 {
+		return func(string) bool { return true }
+	}
+	set := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		set[id] = true
+	}
+	return func(id string) bool { return set[id] }
+}
+
+func (d *driver) Requeue(ctx context.Context, handler string, ids []string) (int, error) {
+	d.s.mu.Lock()
+	defer d.s.mu.Unlock()
+	sb, err := d.lookup(handler)
+	if err != nil {
+		return 0, err
+	}
+	want := selected(ids)
+	now := d.s.now()
+	keep := sb.dead[:0]
+	n := 0
+	for _, e := range sb.dead {
+		if !want(e.msg.ID) {
+			keep = append(keep, e)
+			continue
+		}
+		n++
+		sb.add(&entry{msg: e.msg, seq: e.seq, runAt: now, published: e.published}, now)
+	}
+	clear(sb.dead[len(keep):])
+	sb.dead = keep
+	sb.wake()
+	return n, nil
+}
+
+func (d *driver) Purge(ctx context.Context, handler string, ids []string) (int, error) {
+	d.s.mu.Lock()
+	defer d.s.mu.Unlock()
+	sb, err := d.lookup(handler)
+	if err != nil {
+		return 0, err
+	}
+	want := selected(ids)
+	keep := sb.dead[:0]
+	for _, e := range sb.dead {
+		if !want(e.msg.ID) {
+			keep = append(keep, e)
+		}
+	}
+	n := len(sb.dead) - len(keep)
+	clear(sb.dead[len(keep):])
+	sb.dead = keep
+	return n, nil
+}
+
+func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
+	d.s.mu.Lock()
+	defer d.s.mu.Unlock()
+	sb, err := d.lookup(handler)
+	if err != nil {
+		return 0, err
+	}
+	now := d.s.now()
+	n := 0
+	for _, h := range d.s.history {
+		if h.at.Before(since) || !transport.Match(sb.pattern, h.msg.Type) {
+			continue
+		}
+		sb.add(&entry{msg: h.msg, seq: h.seq, runAt: now, published: h.at}, now)
+		n++
+	}
+	sb.wake()
+	return n, nil
+}
+
+func (d *driver) Claim(ctx context.Context, handler, eventID string, lease time.Duration) (transport.ClaimResult, error) {
+	if d.isClosed() {
+		return 0, ErrClosed
+	}
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	k := claimKey{handler, eventID}
+	c := s.claims[k]
+	switch {
+	case c == nil:
+		s.claims[k] = &claim{until: now.Add(lease)}
+		return transport.Claimed, nil
+	case c.done:
+		return transport.Done, nil
+	case c.until.After(now):
+		return transport.Busy, nil
+	}
+	c.until = now.Add(lease)
+	return transport.Claimed, nil
+}
+
+func (d *driver) Finish(ctx context.Context, handler, eventID string, success bool) error {
+	if d.isClosed() {
+		return ErrClosed
+	}
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := claimKey{handler, eventID}
+	if success {
+		// Done claims are remembered for the dedup window.
+		s.claims[k] = &claim{done: true, until: s.now().Add(s.ret.dedup)}
+		s.pruneClaims()
+	} else {
+		delete(s.claims, k)
+	}
+	return nil
+}
+
+// pruneClaims drops expired claims once the map has grown, amortised.
+func (s *store) pruneClaims() {
+	if len(s.claims) < 2*MaxHistory {
+		return
+	}
+	now := s.now()
+	for k, c := range s.claims {
+		if c.until.Before(now) {
+			delete(s.claims, k)
+		}
+	}
+}
+
+// ---- heaps ----
+
+type entryHeap struct{ items []*entry }
+
+func (h entryHeap) Len() int { return len(h.items) }
+func (h entryHeap) Less(i, j int) bool {
+	a, b := h.items[i], h.items[j]
+	if a.msg.Priority != b.msg.Priority {
+		return a.msg.Priority > b.msg.Priority
+	}
+	return a.seq < b.seq
+}
+func (h entryHeap) Swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.items[i].index, h.items[j].index = i, j
+}
+func (h *entryHeap) Push(x any) { e := x.(*entry); e.index = len(h.items); h.items = append(h.items, e) }
+func (h *entryHeap) Pop() any {
+	n := len(h.items) - 1
+	e := h.items[n]
+	h.items[n] = nil
+	h.items = h.items[:n]
+	e.index = -1
+	return e
+}
+
+type timeHeap struct {
+	items []*entry
+	at    func(*entry) time.Time
+}
+
+func (h timeHeap) Len() int { return len(h.items) }
+func (h timeHeap) Less(i, j int) bool {
+	a, b := h.at(h.items[i]), h.at(h.items[j])
+	if !a.Equal(b) {
+		return a.Before(b)
+	}
+	return h.items[i].seq < h.items[j].seq
+}
+func (h timeHeap) Swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.items[i].index, h.items[j].index = i, j
+}
+func (h *timeHeap) Push(x any) { e := x.(*entry); e.index = len(h.items); h.items = append(h.items, e) }
+func (h *timeHeap) Pop() any {
+	n := len(h.items) - 1
+	e := h.items[n]
+	h.items[n] = nil
+	h.items = h.items[:n]
+	e.index = -1
+	return e
+}

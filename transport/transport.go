@@ -1,0 +1,292 @@
+// Package transport defines the contract between Ripple's core and the
+// backends that store and move events (SQLite, memory, Redis, NATS, RabbitMQ,
+// Kafka), and the registry that maps URL schemes to them.
+//
+// Application code never calls this package: it uses package ripple. The
+// contract is deliberately small and batch-shaped. A driver stores bytes,
+// hands out leased deliveries and records their outcome; it does not retry,
+// back off, time out handlers or count metrics. Those policies live once in
+// the core so that every backend behaves the same way.
+//
+// # Semantics a driver must give
+//
+//   - Publish returns nil only once the messages are durable to the degree
+//     the driver documents, and are visible to every subscription whose
+//     pattern matches their type and that existed when they were published.
+//   - Each subscription (a handler name) sees every matching message once
+//     (fan-out); concurrent receivers of the same subscription, in one
+//     process or many, share its messages (competing consumers).
+//   - A received delivery is leased. Until it is settled or its lease runs
+//     out no other receiver gets it; after the lease runs out it is delivered
+//     again with its attempt count increased.
+//   - Settle records Complete, Retry (after a delay), Release (put back
+//     without using an attempt) or Dead (move to the dead-letter queue).
+//
+// Optional behaviour (priority, ordering, delay, replay, dead-letter
+// administration, idempotency claims, statistics) is declared in
+// [Capabilities] and implemented through the optional interfaces in this
+// package. The core refuses options a driver does not declare, with an error
+// that matches ripple.ErrNotSupported.
+//
+// Conformance is checked by package transporttest, which every driver's
+// tests run.
+package transport
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Message is an event as a driver stores it: the routing fields a driver
+// needs, the remaining CloudEvents attributes as strings, and opaque data.
+type Message struct {
+	// ID is the event id, unique per event. Publishing an ID that the
+	// driver still remembers stores nothing (publish deduplication).
+	ID string
+	// Type is the event name, for example "user.signup.completed".
+	Type string
+	// Key is the partition/ordering key; empty means none.
+	Key string
+	// Priority orders waiting messages of one subscription: higher first.
+	Priority int
+	// Time is when the event happened (CloudEvents "time").
+	Time time.Time
+	// Delay postpones the first delivery by this long, measured on the
+	// driver's clock when the message is stored. Zero delivers at once.
+	Delay time.Duration
+	// Attrs holds the other CloudEvents attributes and extensions
+	// (source, datacontenttype, dataversion, correlationid, causationid,
+	// traceparent, user headers).
+	Attrs map[string]string
+	// Data is the payload.
+	Data []byte
+}
+
+// Delivery is one leased attempt at handling a message for a subscription.
+type Delivery struct {
+	Message
+	// Attempt is the 1-based number of this attempt.
+	Attempt int
+	// FirstDelivered is when the message was first delivered to this
+	// subscription; zero if the driver does not know.
+	FirstDelivered time.Time
+	// Token is driver-private state identifying this lease (for example a
+	// row id and lease generation). The core passes it back untouched.
+	Token any
+}
+
+// Outcome is what the core decided about a delivery.
+type Outcome int
+
+const (
+	// Complete acknowledges the delivery: the handler succeeded.
+	Complete Outcome = iota + 1
+	// Retry makes the message deliverable again after Settlement.Delay;
+	// the failed attempt counts.
+	Retry
+	// Release makes the message deliverable again after Settlement.Delay
+	// without counting the attempt (shutdown, idempotency claim held
+	// elsewhere, rate limiting).
+	Release
+	// Dead moves the message to the subscription's dead-letter queue.
+	Dead
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Complete:
+		return "complete"
+	case Retry:
+		return "retry"
+	case Release:
+		return "release"
+	case Dead:
+		return "dead"
+	}
+	return "unknown"
+}
+
+// Settlement records the outcome of one delivery.
+type Settlement struct {
+	Delivery *Delivery
+	Outcome  Outcome
+	// Delay is how long to wait before the next attempt (Retry, Release).
+	Delay time.Duration
+	// Error is the handler's error text (Retry, Dead).
+	Error string
+}
+
+// SubscriptionSpec describes a durable subscription: one handler name.
+type SubscriptionSpec struct {
+	// Name is the handler name; it identifies the subscription durably.
+	Name string
+	// Pattern is the event pattern: dot-separated segments where "*"
+	// matches one segment and ">" (last) one or more trailing segments.
+	Pattern string
+	// Ordered asks for per-key ordering: among messages with the same
+	// non-empty key only the oldest unsettled one is deliverable, and a
+	// message waiting for a retry holds back only its own key.
+	Ordered bool
+	// Lease is how long a delivery stays leased before it is redelivered,
+	// unless extended.
+	Lease time.Duration
+	// MaxAttempts is the core's attempt budget. Drivers that enforce a
+	// delivery limit natively must not be stricter than this.
+	MaxAttempts int
+}
+
+// Driver is an open connection to a backend. It is safe for concurrent use.
+type Driver interface {
+	// Name is the transport's name as used in errors ("sqlite", "redis").
+	Name() string
+	// Capabilities declares which optional semantics the driver gives.
+	Capabilities() Capabilities
+	// Publish stores messages durably. It returns nil only when every
+	// message is stored (or was a duplicate of one still remembered).
+	Publish(ctx context.Context, msgs []*Message) error
+	// Subscribe creates the subscription if it does not exist (durably:
+	// messages published after this returns are kept for it even while
+	// no process receives) and returns a receiver for it.
+	Subscribe(ctx context.Context, spec SubscriptionSpec) (Subscription, error)
+	// Close releases the driver's resources. Leased deliveries not yet
+	// settled are redelivered after their leases run out.
+	Close() error
+}
+
+// Subscription receives and settles deliveries of one subscription. Its
+// methods are safe for concurrent use.
+type Subscription interface {
+	// Receive leases up to max deliverable messages. It blocks until at
+	// least one is available or ctx is done (then it returns ctx.Err()).
+	Receive(ctx context.Context, max int) ([]*Delivery, error)
+	// Settle records outcomes. A settlement whose lease has already been
+	// lost (taken over by another receiver) is ignored without error.
+	Settle(ctx context.Context, s []Settlement) error
+	// Extend renews the leases of deliveries still being handled.
+	Extend(ctx context.Context, d []*Delivery, lease time.Duration) error
+	// Close stops receiving; it does not delete the subscription.
+	Close() error
+}
+
+// Capabilities declares the optional semantics a driver gives. The zero
+// value is a driver with none of them.
+type Capabilities struct {
+	// Durable: a published message survives a crash of the process.
+	Durable bool
+	// Delay: Message.Delay and Settlement.Delay are honoured.
+	Delay bool
+	// Priority: Message.Priority orders waiting messages.
+	Priority bool
+	// Ordered: SubscriptionSpec.Ordered is honoured.
+	Ordered bool
+	// Dedup: publishing a remembered Message.ID stores nothing.
+	Dedup bool
+	// SharedRateLimit: the driver implements RateLimiter, so a handler's
+	// rate limit holds across processes.
+	SharedRateLimit bool
+}
+
+// Stats are a subscription's counts, as kept by the backend.
+type Stats struct {
+	Handler   string
+	Pattern   string
+	Waiting   int64 // deliverable now
+	Active    int64 // leased
+	Delayed   int64 // waiting for a delay or retry backoff
+	Completed int64 // completed and still retained
+	Failed    int64 // attempts that failed, across retained history
+	Dead      int64 // in the dead-letter queue
+	// OldestWaiting is the age of the oldest deliverable message.
+	OldestWaiting time.Duration
+}
+
+// DeadLetter is a message in a subscription's dead-letter queue.
+type DeadLetter struct {
+	Message
+	Handler  string
+	Attempts int
+	Error    string
+	// FirstAttempt and DeadAt bound the time the message was retried.
+	FirstAttempt time.Time
+	DeadAt       time.Time
+}
+
+// Inspector is implemented by drivers that report statistics.
+type Inspector interface {
+	Stats(ctx context.Context) ([]Stats, error)
+}
+
+// DeadLetterQueue is implemented by drivers that keep dead letters.
+type DeadLetterQueue interface {
+	// DeadLetters lists up to limit dead letters of a handler, oldest first.
+	DeadLetters(ctx context.Context, handler string, limit int) ([]DeadLetter, error)
+	// Requeue makes the given dead letters (all when ids is empty)
+	// deliverable again with a fresh attempt budget. It returns how many.
+	Requeue(ctx context.Context, handler string, ids []string) (int, error)
+	// Purge deletes the given dead letters (all when ids is empty).
+	Purge(ctx context.Context, handler string, ids []string) (int, error)
+}
+
+// Replayer is implemented by drivers that keep history.
+type Replayer interface {
+	// Replay makes every retained message of the handler's pattern
+	// published at or after since deliverable to the handler again. It
+	// returns how many were scheduled.
+	Replay(ctx context.Context, handler string, since time.Time) (int, error)
+}
+
+// ClaimResult is the answer to an idempotency claim.
+type ClaimResult int
+
+const (
+	// Claimed: the caller holds the claim and may run the handler.
+	Claimed ClaimResult = iota + 1
+	// Done: the handler already succeeded for this event.
+	Done
+	// Busy: another attempt holds an unexpired claim.
+	Busy
+)
+
+// Claimer is implemented by drivers that can keep idempotency claims
+// atomically. A claim is keyed by (handler, event id).
+type Claimer interface {
+	// Claim atomically takes the claim for lease, unless it is done or
+	// held by another unexpired claim.
+	Claim(ctx context.Context, handler, eventID string, lease time.Duration) (ClaimResult, error)
+	// Finish marks the claim done (success) or drops it so that a later
+	// attempt may claim again.
+	Finish(ctx context.Context, handler, eventID string, success bool) error
+}
+
+// RateLimiter is implemented by drivers with SharedRateLimit: a limit of n
+// handler starts per period shared by every process of the handler.
+type RateLimiter interface {
+	// Reserve takes one slot and returns how long the caller must wait
+	// before using it (zero when it may start now).
+	Reserve(ctx context.Context, handler string, n int, per time.Duration) (time.Duration, error)
+}
+
+// Retention bounds the history a driver keeps. Zero fields mean the
+// driver's default; negative means keep nothing.
+type Retention struct {
+	CompletedCount int
+	CompletedAge   time.Duration
+	DeadCount      int
+	DeadAge        time.Duration
+	// DedupWindow is how long a published id is remembered.
+	DedupWindow time.Duration
+}
+
+// Config is what the core passes when opening a driver.
+type Config struct {
+	Retention Retention
+	// MaxMessageSize is the largest Data the core will publish.
+	MaxMessageSize int
+}
+
+// Opener opens a driver from a URL.
+type Opener func(ctx context.Context, url string, cfg Config) (Driver, error)
+
+// ErrNotFound is returned by administration calls for an unknown handler.
+var ErrNotFound = errors.New("not found")
