@@ -335,7 +335,10 @@ type HandlerFunc func(ctx context.Context, e Event) error
 // pattern ("user.signup.completed", "user.*", "order.>"). Every handler
 // name gets every matching event (fan-out); processes that register the
 // same name share its events (competing consumers). On may be called
-// before or after Start. It fails for an invalid pattern or name, a name
+// before or after Start. The durable subscription is created when the bus
+// starts (or by On on a started bus); events published before a handler's
+// subscription first existed are not delivered to it, so start handlers
+// before their first events are published. It fails for an invalid pattern or name, a name
 // already registered on this bus, an invalid option, or an option the
 // transport cannot honour (matching ErrNotSupported).
 func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) error {
@@ -409,8 +412,9 @@ func (b *Bus) Start(ctx context.Context) error {
 	return nil
 }
 
-// Run starts the bus and blocks until ctx is done, then shuts down
-// gracefully within ShutdownTimeout. It returns nil after a clean stop.
+// Run starts the bus (if Start has not) and blocks until ctx is done, then
+// shuts down gracefully within ShutdownTimeout. It returns nil after a
+// clean stop.
 func (b *Bus) Run(ctx context.Context) error {
 	if err := b.Start(ctx); err != nil {
 		return err
