@@ -132,6 +132,7 @@ func (c busConfig) transportConfig() transport.Config {
 			DedupWindow:    c.dedupWindow,
 		},
 		MaxMessageSize: c.maxEventSize,
+		Logger:         c.logger,
 	}
 }
 

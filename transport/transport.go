@@ -35,6 +35,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 )
 
@@ -283,6 +284,10 @@ type Config struct {
 	Retention Retention
 	// MaxMessageSize is the largest Data the core will publish.
 	MaxMessageSize int
+	// Logger receives what a driver must report but cannot return as an
+	// error (entries lost to trimming, foreign entries, background
+	// failures). Never nil when the core opens a driver.
+	Logger *slog.Logger
 }
 
 // Opener opens a driver from a URL.
