@@ -24,10 +24,12 @@
 package memory
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -74,10 +76,11 @@ func Open(_ context.Context, url string, cfg transport.Config) (transport.Driver
 	defer namedMu.Unlock()
 	s := named[name]
 	if s == nil {
-		s = newStore(cfg.Retention, name)
+		s = newStore(cfg.Retention, name) // holds this driver's reference
 		named[name] = s
+	} else {
+		s.refs++
 	}
-	s.refs++
 	return &driver{s: s}, nil
 }
 
@@ -212,6 +215,8 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		if _, dup := s.ids[m.ID]; dup {
 			continue
 		}
+		// The store keeps its own copy: the caller may reuse its buffers.
+		m = copyMessage(m)
 		s.seq++
 		s.ids[m.ID] = struct{}{}
 		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq})
@@ -225,6 +230,17 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		sb.wake()
 	}
 	return nil
+}
+
+// copyMessage returns a deep copy of m, so that what one party does to
+// its message (a publisher reusing a buffer, a handler writing to its
+// event's data) is never seen by another handler, a retry or a replay, as
+// on transports that serialise messages.
+func copyMessage(m *transport.Message) *transport.Message {
+	c := *m
+	c.Data = bytes.Clone(m.Data)
+	c.Attrs = maps.Clone(m.Attrs)
+	return &c
 }
 
 func (s *store) expireHistory(now time.Time) {
@@ -448,7 +464,7 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 					e.first = now
 				}
 				heap.Push(&r.sb.active, e)
-				out[i] = &transport.Delivery{Message: *e.msg, Attempt: e.attempts, FirstDelivered: e.first, Token: token{e, e.gen}}
+				out[i] = &transport.Delivery{Message: *copyMessage(e.msg), Attempt: e.attempts, FirstDelivered: e.first, Token: token{e, e.gen}}
 			}
 			s.mu.Unlock()
 			return out, nil
@@ -627,7 +643,7 @@ func (d *driver) DeadLetters(ctx context.Context, handler string, limit int) ([]
 		if len(out) == limit {
 			break
 		}
-		out = append(out, transport.DeadLetter{Message: *e.msg, Handler: handler, Attempts: e.attempts, Error: e.lastErr, FirstAttempt: e.first, DeadAt: e.finished})
+		out = append(out, transport.DeadLetter{Message: *copyMessage(e.msg), Handler: handler, Attempts: e.attempts, Error: e.lastErr, FirstAttempt: e.first, DeadAt: e.finished})
 	}
 	return out, nil
 }
@@ -778,7 +794,11 @@ func (h entryHeap) Swap(i, j int) {
 	h.items[i], h.items[j] = h.items[j], h.items[i]
 	h.items[i].index, h.items[j].index = i, j
 }
-func (h *entryHeap) Push(x any) { e := x.(*entry); e.index = len(h.items); h.items = append(h.items, e) }
+func (h *entryHeap) Push(x any) {
+	e := x.(*entry)
+	e.index = len(h.items)
+	h.items = append(h.items, e)
+}
 func (h *entryHeap) Pop() any {
 	n := len(h.items) - 1
 	e := h.items[n]

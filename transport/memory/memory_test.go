@@ -1,0 +1,56 @@
+package memory_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/ripplehq/ripple/transport"
+	"github.com/ripplehq/ripple/transport/memory"
+)
+
+// A named store lives while a driver has it open, and is freed when the
+// last one closes, so that a long-running process opening many names
+// does not keep them all.
+func TestNamedStoreLifetime(t *testing.T) {
+	ctx := context.Background()
+	url := "memory://lifetime-test"
+	open := func() transport.Driver {
+		t.Helper()
+		d, err := memory.Open(ctx, url, transport.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	subscribe := func(d transport.Driver) {
+		t.Helper()
+		if _, err := d.Subscribe(ctx, transport.SubscriptionSpec{Name: "h", Pattern: "a.b", Lease: 1e9, MaxAttempts: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	handlers := func(d transport.Driver) int {
+		t.Helper()
+		st, err := d.(transport.Inspector).Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(st)
+	}
+
+	a := open()
+	subscribe(a)
+	b := open()
+	if n := handlers(b); n != 1 {
+		t.Fatalf("a second driver on %s sees %d handlers, want the first driver's 1", url, n)
+	}
+	_ = a.Close()
+	if n := handlers(b); n != 1 {
+		t.Fatalf("after one of two drivers closed, the store has %d handlers, want 1", n)
+	}
+	_ = b.Close()
+	c := open()
+	defer c.Close()
+	if n := handlers(c); n != 0 {
+		t.Errorf("after every driver closed, reopening %s found %d handlers, want a fresh store", url, n)
+	}
+}

@@ -1,0 +1,318 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+// Stats reports every registered subscription's counts, read from Redis
+// itself (XINFO GROUPS, XLEN, ZCARD), so every process sees the same.
+// Completed is the number of acknowledged entries still retained.
+func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
+	if d.isClosed() {
+		return nil, ErrClosed
+	}
+	subs, err := d.client.HGetAll(ctx, d.subsKey()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis transport: stats: %w", err)
+	}
+	names := make([]string, 0, len(subs))
+	for n := range subs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]transport.Stats, 0, len(names))
+	for _, name := range names {
+		res, err := statsScript.Run(ctx, d.client, nil, d.prefix, name).Int64Slice()
+		if err != nil {
+			return nil, fmt.Errorf("redis transport: stats of %q: %w", name, err)
+		}
+		if len(res) != 7 {
+			return nil, fmt.Errorf("redis transport: stats of %q: unexpected script reply %v", name, res)
+		}
+		xlen, pending, waiting, oldest := res[0], res[1], res[2], res[3]
+		st := transport.Stats{
+			Handler: name, Pattern: subs[name],
+			Waiting: waiting, Active: pending, Delayed: res[4],
+			Completed: max(xlen-pending-waiting, 0),
+			Failed:    res[6], Dead: res[5],
+		}
+		if oldest > 0 {
+			st.OldestWaiting = max(time.Since(time.UnixMilli(oldest)), 0)
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func (d *Driver) known(ctx context.Context, handler string) error {
+	if d.isClosed() {
+		return ErrClosed
+	}
+	ok, err := d.client.HExists(ctx, d.subsKey(), handler).Result()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("redis transport: handler %q: %w", handler, transport.ErrNotFound)
+	}
+	return nil
+}
+
+// DeadLetters lists up to limit dead letters of a handler, oldest first.
+func (d *Driver) DeadLetters(ctx context.Context, handler string, limit int) ([]transport.DeadLetter, error) {
+	if err := d.known(ctx, handler); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	msgs, err := d.client.XRangeN(ctx, d.deadKey(handler), "-", "+", int64(limit)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis transport: dead letters of %q: %w", handler, err)
+	}
+	out := make([]transport.DeadLetter, 0, len(msgs))
+	for _, m := range msgs {
+		out = append(out, deadLetter(handler, m))
+	}
+	return out, nil
+}
+
+func deadLetter(handler string, m goredis.XMessage) transport.DeadLetter {
+	f := make(map[string]string, len(m.Values))
+	for k, v := range m.Values {
+		f[k], _ = v.(string)
+	}
+	msg, _, _, ok := parseEntry(f)
+	if !ok {
+		// A foreign entry: its stream id stands in for the event id.
+		msg = transport.Message{ID: m.ID, Type: f[fieldType]}
+	}
+	dl := transport.DeadLetter{Message: msg, Handler: handler, Error: f["x_error"]}
+	dl.Attempts, _ = strconv.Atoi(f["x_attempts"])
+	if ms, err := strconv.ParseInt(f["x_first"], 10, 64); err == nil && ms > 0 {
+		dl.FirstAttempt = time.UnixMilli(ms)
+	}
+	if ms, err := strconv.ParseInt(f["x_dead"], 10, 64); err == nil && ms > 0 {
+		dl.DeadAt = time.UnixMilli(ms)
+	}
+	return dl
+}
+
+// deadIDs maps event ids to dead-letter stream ids (all when ids is
+// empty).
+func (d *Driver) deadIDs(ctx context.Context, handler string, ids []string) ([]string, error) {
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	var out []string
+	from := "-"
+	for {
+		msgs, err := d.client.XRangeN(ctx, d.deadKey(handler), from, "+", 1000).Result()
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			id, _ := m.Values[fieldID].(string)
+			if id == "" {
+				id = m.ID
+			}
+			if len(ids) == 0 || want[id] {
+				out = append(out, m.ID)
+			}
+		}
+		if len(msgs) < 1000 {
+			return out, nil
+		}
+		from = "(" + msgs[len(msgs)-1].ID
+	}
+}
+
+// Requeue moves dead letters back to the handler's stream with a fresh
+// attempt budget.
+func (d *Driver) Requeue(ctx context.Context, handler string, ids []string) (int, error) {
+	if err := d.known(ctx, handler); err != nil {
+		return 0, err
+	}
+	xids, err := d.deadIDs(ctx, handler, ids)
+	if err != nil {
+		return 0, fmt.Errorf("redis transport: requeue dead letters of %q: %w", handler, err)
+	}
+	n := 0
+	for len(xids) > 0 {
+		chunk := xids[:min(len(xids), 500)]
+		xids = xids[len(chunk):]
+		args := []any{d.prefix, handler}
+		for _, id := range chunk {
+			args = append(args, id)
+		}
+		k, err := requeueScript.Run(ctx, d.client, nil, args...).Int()
+		n += k
+		if err != nil {
+			return n, fmt.Errorf("redis transport: requeue dead letters of %q: %w", handler, err)
+		}
+	}
+	return n, nil
+}
+
+// Purge deletes dead letters.
+func (d *Driver) Purge(ctx context.Context, handler string, ids []string) (int, error) {
+	if err := d.known(ctx, handler); err != nil {
+		return 0, err
+	}
+	xids, err := d.deadIDs(ctx, handler, ids)
+	if err != nil {
+		return 0, fmt.Errorf("redis transport: purge dead letters of %q: %w", handler, err)
+	}
+	n := int64(0)
+	for len(xids) > 0 {
+		chunk := xids[:min(len(xids), 1000)]
+		xids = xids[len(chunk):]
+		k, err := d.client.XDel(ctx, d.deadKey(handler), chunk...).Result()
+		n += k
+		if err != nil {
+			return int(n), fmt.Errorf("redis transport: purge dead letters of %q: %w", handler, err)
+		}
+	}
+	return int(n), nil
+}
+
+// Replay appends a fresh copy of every retained entry of the handler's
+// stream added at or after since (one per event id) to the stream, so the
+// handler sees those events again. The stream retains completed entries
+// per Retention, plus everything not yet completed.
+func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
+	if err := d.known(ctx, handler); err != nil {
+		return 0, err
+	}
+	pattern, err := d.client.HGet(ctx, d.subsKey(), handler).Result()
+	if err != nil {
+		return 0, fmt.Errorf("redis transport: replay %q: %w", handler, err)
+	}
+	stream := d.streamKey(handler)
+	// Stop at the last entry that exists now, so the copies appended
+	// below are not replayed again.
+	last, err := d.client.XRevRangeN(ctx, stream, "+", "-", 1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("redis transport: replay %q: %w", handler, err)
+	}
+	if len(last) == 0 {
+		return 0, nil
+	}
+	end := last[0].ID
+	from := "-"
+	if ms := since.UnixMilli(); ms > 0 {
+		from = strconv.FormatInt(ms, 10)
+	}
+	seen := map[string]bool{}
+	n := 0
+	for {
+		msgs, err := d.client.XRangeN(ctx, stream, from, end, 500).Result()
+		if err != nil {
+			return n, fmt.Errorf("redis transport: replay %q: %w", handler, err)
+		}
+		pipe := d.client.Pipeline()
+		queued := 0
+		for _, m := range msgs {
+			id, _ := m.Values[fieldID].(string)
+			typ, _ := m.Values[fieldType].(string)
+			if id == "" || typ == "" || seen[id] || !transport.Match(pattern, typ) {
+				continue
+			}
+			seen[id] = true
+			vals := make([]any, 0, 2*len(m.Values))
+			for k, v := range m.Values {
+				if k == fieldAttempts || k == fieldFirst {
+					continue
+				}
+				vals = append(vals, k, v)
+			}
+			pipe.XAdd(ctx, &goredis.XAddArgs{Stream: stream, Values: vals})
+			queued++
+		}
+		if queued > 0 {
+			if _, err := pipe.Exec(ctx); err != nil {
+				return n, fmt.Errorf("redis transport: replay %q: %w", handler, err)
+			}
+			n += queued
+		}
+		if len(msgs) < 500 {
+			return n, nil
+		}
+		from = "(" + msgs[len(msgs)-1].ID
+	}
+}
+
+// Claim takes an idempotency claim with SET-if-absent semantics in a Lua
+// script, so two processes can never both hold it.
+func (d *Driver) Claim(ctx context.Context, handler, eventID string, lease time.Duration) (transport.ClaimResult, error) {
+	if d.isClosed() {
+		return 0, ErrClosed
+	}
+	r, err := claimScript.Run(ctx, d.client, nil, d.claimKey(handler, eventID), max(lease.Milliseconds(), 1)).Int()
+	if err != nil {
+		return 0, fmt.Errorf("redis transport: claim %s for %q: %w", eventID, handler, err)
+	}
+	switch r {
+	case 1:
+		return transport.Claimed, nil
+	case 2:
+		return transport.Done, nil
+	case 3:
+		return transport.Busy, nil
+	}
+	return 0, fmt.Errorf("redis transport: claim %s for %q: unexpected reply %d", eventID, handler, r)
+}
+
+// Finish marks a claim done, remembered for the dedup window (24h when
+// the window is off), or drops it after a failure.
+func (d *Driver) Finish(ctx context.Context, handler, eventID string, success bool) error {
+	if d.isClosed() {
+		return ErrClosed
+	}
+	keep := d.ret.dedup
+	if keep <= 0 {
+		keep = defaultDedupWindow
+	}
+	flag := "0"
+	if success {
+		flag = "1"
+	}
+	if err := finishScript.Run(ctx, d.client, nil, d.claimKey(handler, eventID), flag, keep.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("redis transport: finish claim %s for %q: %w", eventID, handler, err)
+	}
+	return nil
+}
+
+// Reserve takes one start slot of a rate limit shared by every process of
+// the handler (a GCRA limiter kept in Redis) and returns how long to wait.
+func (d *Driver) Reserve(ctx context.Context, handler string, n int, per time.Duration) (time.Duration, error) {
+	if d.isClosed() {
+		return 0, ErrClosed
+	}
+	if n <= 0 || per <= 0 {
+		return 0, errors.New("redis transport: rate limit needs n > 0 and a positive period")
+	}
+	us, err := reserveScript.Run(ctx, d.client, nil, d.rateKey(handler), n, per.Microseconds()).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("redis transport: rate limit of %q: %w", handler, err)
+	}
+	return time.Duration(us) * time.Microsecond, nil
+}
+
+var (
+	_ transport.Inspector       = (*Driver)(nil)
+	_ transport.DeadLetterQueue = (*Driver)(nil)
+	_ transport.Replayer        = (*Driver)(nil)
+	_ transport.Claimer         = (*Driver)(nil)
+	_ transport.RateLimiter     = (*Driver)(nil)
+)

@@ -1,0 +1,157 @@
+// Package redis is Ripple's Redis transport, built on Redis Streams and
+// consumer groups, for teams that already run Redis. Importing the package
+// registers the "redis" and "rediss" (TLS) URL schemes:
+//
+//	import _ "github.com/ripplehq/ripple/transport/redis"
+//
+//	bus, err := ripple.Open(ctx, "redis://localhost:6379/0")
+//
+// It needs Redis 7 or newer and uses github.com/redis/go-redis/v9.
+//
+// # URL form
+//
+//	redis://[USER:PASSWORD@]HOST[:PORT][/DB][?PARAMS]
+//	rediss://…                             the same over TLS
+//
+//	redis://localhost:6379/0
+//	redis://:secret@cache.internal:6379/2?prefix=billing
+//	rediss://app:secret@redis.example.com:6380/0
+//
+// The port defaults to 6379 and the database to 0. Ripple's own query
+// parameters are:
+//
+//	prefix=NAME           key namespace (default "ripple"): every key Ripple
+//	                      writes starts with "NAME:", so several applications
+//	                      (or test runs) can share one Redis database.
+//	                      Letters, digits and _ - . : only.
+//	allow_eviction=true   accept a server whose maxmemory-policy evicts keys
+//	                      (see below).
+//
+// Every other parameter goes to go-redis (dial_timeout, read_timeout,
+// write_timeout, pool_size, client_name, protocol, skip_verify, …); an
+// unknown one is rejected by name, so a typo never silently changes
+// behaviour.
+//
+// Open connects before it returns and fails with an error saying what to
+// fix when the server cannot be reached, wants a password the URL lacks,
+// rejects the credentials, is older than Redis 7, or has a maxmemory-policy
+// other than noeviction. An evicting Redis deletes keys when memory runs
+// out, which would silently lose queued events and dedup and idempotency
+// records; with noeviction a full Redis instead makes Publish fail loudly.
+// Add allow_eviction=true only if you accept that risk.
+//
+// # Durability
+//
+// Publish returns nil once Redis has executed the publish script, so what
+// an acknowledged publish survives depends on the server's persistence:
+//
+//   - No persistence (appendonly no, no save): a crash of the application
+//     process loses nothing, but a restart of Redis loses every queued event.
+//   - RDB snapshots only (save …): a Redis crash or restart loses what was
+//     written since the last snapshot, typically minutes.
+//   - AOF with appendfsync everysec (the usual production setting): a Redis
+//     crash loses at most about the last second of writes; a clean restart
+//     loses nothing.
+//   - AOF with appendfsync always: every write is on disk before Redis
+//     replies, so an acknowledged publish (and settle) survives a Redis crash
+//     and a power loss. Writes are slower (one fsync per Redis event-loop
+//     turn, shared by all commands in it).
+//
+// Replication is asynchronous: a failover to a replica can lose the most
+// recent writes.
+//
+// # Delivery semantics
+//
+// Each handler name is a subscription with its own stream (PREFIX:s:NAME)
+// and a consumer group of the same name; the registry of subscriptions
+// and their patterns is the hash PREFIX:subs. Publish runs one Lua script
+// (one round trip, atomic) that appends each event to the stream of every
+// subscription whose pattern matches its type, so an event reaches all
+// matching handlers or none. An event published before a subscription
+// existed is not delivered to it. Concurrent Publish calls of one driver
+// are grouped into one script call.
+//
+// Receivers of one handler, in one process or many, compete in its
+// consumer group: each event goes to one of them. Events published while
+// every process of a handler is down wait in its stream. Receive blocks in
+// XREADGROUP on a dedicated connection (waking at once for new entries,
+// and at least every 250ms for delayed entries and expired leases), and
+// before that runs one script that moves due delayed entries into the
+// stream, reclaims entries whose lease ran out with XAUTOCLAIM (min-idle =
+// the handler's lease) and reads new ones. Delivery is therefore at least
+// once: an event whose process crashed or hung is delivered again after
+// its lease, with its attempt count increased. Lease renewals use XCLAIM
+// JUSTID, which resets the idle time without counting a delivery. A
+// settlement from a receiver that lost its lease is ignored.
+//
+// A retry (and a Release) acknowledges and deletes the entry and puts a
+// copy, carrying its attempt count, into the handler's delayed set
+// (PREFIX:d:NAME, a sorted set by due time) in the same script, so a
+// backoff never holds up other events. Release does not count an attempt.
+// A dead event moves to the handler's dead-letter stream (PREFIX:x:NAME)
+// with its error, attempt count, first-attempt and dead times. Delays are
+// measured on the Redis server's clock, so processes with skewed clocks
+// agree.
+//
+// Entries in a subscription stream that Ripple did not write (no id and
+// type fields) are moved to the dead-letter stream with an explanatory
+// error instead of being retried. Entries deleted from a stream while
+// pending (by an XTRIM or XDEL from outside Ripple) are reported by
+// XAUTOCLAIM; they are dropped with a warning on slog's default logger,
+// never retried in a loop.
+//
+// If Redis loses a consumer group or the subscription registry (a restart
+// without persistence, a FLUSHDB), the next Receive recreates them; the
+// group is recreated from the start of the stream, preferring duplicates
+// to loss. go-redis reconnects by itself after a Redis restart; calls made
+// during the outage fail and the core retries them.
+//
+// # Capabilities
+//
+// Durable (in the sense above), Delay, Dedup and SharedRateLimit are
+// supported. Priority and Ordered are not: a stream is delivered in append
+// order and its consumer group has no per-key lock, so WithPriority and
+// Ordered() fail with an error matching ripple.ErrNotSupported. The driver
+// implements transport.Inspector, transport.DeadLetterQueue,
+// transport.Replayer, transport.Claimer and transport.RateLimiter:
+//
+//   - Dedup: the publish script remembers each event id with SET NX PX
+//     for the dedup window (default 24h). Because of it, go-redis's retry
+//     of a publish whose reply was lost stores the event only once.
+//   - Idempotent(): claims are keys set atomically by a Lua script
+//     (PREFIX:c:HANDLER:ID); a done claim is kept for the dedup window.
+//   - Rate limits (RateLimit) are shared by every process of a handler: a
+//     GCRA limiter in one Redis key per handler.
+//   - Stats come from Redis itself: waiting is the group's lag, active its
+//     pending count, delayed the size of the delayed set, dead the length of
+//     the dead-letter stream, completed the acknowledged entries still in
+//     the stream, failed a per-handler counter.
+//   - Replay appends a fresh copy of each retained entry of the handler's
+//     stream added at or after the given time.
+//
+// Retention (Config.Retention; defaults as the sqlite transport: completed
+// 1000 and 24h, dead 10000 and 7 days, dedup 24h) trims a handler's stream
+// with XTRIM MINID, only below its oldest pending or undelivered entry, so
+// retention never removes work; the count is kept within about 6% to
+// amortise trimming, and age is measured from when the entry was added.
+//
+// # Multi-process use
+//
+// Any number of processes may open the same URL: they share each
+// handler's work and see the same statistics and dead letters. A process
+// killed in the middle of a handler leaves its entries pending in the
+// group; another receiver reclaims them once the lease runs out. A handler
+// removed from the code keeps its subscription, and events keep
+// accumulating in its stream; delete PREFIX:s:NAME, PREFIX:d:NAME,
+// PREFIX:x:NAME and its field in PREFIX:subs to retire it. Scripts build
+// their key names from the prefix, so Redis Cluster is not supported; a
+// single server, or a primary with replicas and Sentinel in front of it
+// reached through one address, is.
+//
+// # As
+//
+// Bus.As (and Driver.As) expose the go-redis client: pass a
+// *(*redis.Client), a *redis.UniversalClient or a *redis.Cmdable, where
+// redis is github.com/redis/go-redis/v9. Use it for your own commands; do
+// not write to Ripple's keys.
+package redis

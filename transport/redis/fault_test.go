@@ -1,0 +1,263 @@
+package redis
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+// Environment of the child process started by TestKilledWorkerIsReclaimed.
+const (
+	envChildURL = "RIPPLE_REDIS_TEST_CHILD_URL"
+)
+
+// TestMain lets the test binary play a worker process that takes one
+// delivery and then hangs until it is killed.
+func TestMain(m *testing.M) {
+	if u := os.Getenv(envChildURL); u != "" {
+		os.Exit(hangingWorker(u))
+	}
+	os.Exit(m.Run())
+}
+
+func hangingWorker(u string) int {
+	ctx := context.Background()
+	d, err := Open(ctx, u, transport.Config{})
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	s, err := d.Subscribe(ctx, transport.SubscriptionSpec{Name: "worker", Pattern: "job.*", Lease: 500 * time.Millisecond})
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	ds, err := s.Receive(ctx, 1)
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	fmt.Printf("handling %s attempt %d\n", ds[0].ID, ds[0].Attempt)
+	select {} // mid-handler, until SIGKILL
+}
+
+func TestKilledWorkerIsReclaimed(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	d := openURL(t, u, transport.Config{})
+	// The subscription must exist before the publish so the event is kept.
+	if _, err := d.Subscribe(context.Background(), transport.SubscriptionSpec{Name: "worker", Pattern: "job.*", Lease: 500 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	m := msg("job.run")
+	publish(t, d, m)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envChildURL+"="+u)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		if sc.Scan() {
+			line <- sc.Text()
+		}
+		close(line)
+	}()
+	select {
+	case l := <-line:
+		if want := "handling " + m.ID + " attempt 1"; l != want {
+			_ = cmd.Process.Kill()
+			t.Fatalf("child said %q, want %q", l, want)
+		}
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("child did not take the event")
+	}
+	if err := cmd.Process.Kill(); err != nil { // SIGKILL mid-handler
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+
+	s := subscribe(t, d, "worker", "job.*", 500*time.Millisecond)
+	start := time.Now()
+	got := receive(t, s, 1, 5*time.Second)[0]
+	if got.ID != m.ID || got.Attempt != 2 {
+		t.Fatalf("after the kill: got %s attempt %d, want %s attempt 2", got.ID, got.Attempt, m.ID)
+	}
+	t.Logf("reclaimed %v after the kill", time.Since(start))
+	settle(t, s, transport.Complete, 0, got)
+	if st := stats(t, d, "worker"); st.Completed != 1 || st.Active != 0 || st.Waiting != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestRedisRestart kills a private redis-server (AOF always) in the middle
+// of a run and starts it again: every acknowledged publish is delivered,
+// and driver and receivers reconnect by themselves.
+func TestRedisRestart(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	d := openURL(t, withParams(srv.url(), "prefix", "restart"), transport.Config{})
+	s := subscribe(t, d, "h", "a.*", 2*time.Second)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pubCtx, stopPublishing := context.WithCancel(ctx)
+	defer stopPublishing()
+	var (
+		mu       sync.Mutex
+		acked    = map[string]bool{}
+		received = map[string]bool{}
+		pubErrs  atomic.Int64
+		recvErrs atomic.Int64
+	)
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		for pubCtx.Err() == nil {
+			m := msg("a.b")
+			pctx, pcancel := context.WithTimeout(pubCtx, 2*time.Second)
+			err := d.Publish(pctx, []*transport.Message{m})
+			pcancel()
+			if err != nil {
+				pubErrs.Add(1)
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			mu.Lock()
+			acked[m.ID] = true
+			mu.Unlock()
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	recvDone := make(chan struct{})
+	go func() {
+		defer close(recvDone)
+		for ctx.Err() == nil {
+			ds, err := s.Receive(ctx, 16)
+			if err != nil {
+				if ctx.Err() == nil {
+					recvErrs.Add(1)
+					time.Sleep(50 * time.Millisecond)
+				}
+				continue
+			}
+			mu.Lock()
+			for _, d := range ds {
+				received[d.ID] = true
+			}
+			mu.Unlock()
+			_ = s.Settle(context.Background(), completeAll(ds))
+		}
+	}()
+
+	time.Sleep(500 * time.Millisecond)
+	srv.kill()
+	// Longer than go-redis's own retries, so some calls fail and the
+	// callers see errors, as they would in a real outage.
+	time.Sleep(1500 * time.Millisecond)
+	srv.start()
+	time.Sleep(700 * time.Millisecond)
+	// Stop the publisher, then wait for every acknowledged event.
+	stopPublishing()
+	<-pubDone
+	stopPub := time.Now()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		mu.Lock()
+		missing := 0
+		for id := range acked {
+			if !received[id] {
+				missing++
+			}
+		}
+		total := len(acked)
+		mu.Unlock()
+		if missing == 0 && time.Since(stopPub) > 200*time.Millisecond {
+			t.Logf("%d acknowledged events all delivered; %d publish and %d receive errors during the outage", total, pubErrs.Load(), recvErrs.Load())
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acknowledged events never delivered after the restart", missing, total)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if pubErrs.Load()+recvErrs.Load() == 0 {
+		t.Errorf("the outage caused %d publish and %d receive errors; the test did not exercise it", pubErrs.Load(), recvErrs.Load())
+	}
+	cancel()
+	<-recvDone
+	// After the restart the driver still publishes and receives.
+	m := msg("a.c")
+	publish(t, d, m)
+	if got := receive(t, s, 1, 5*time.Second); got[0].ID != m.ID {
+		t.Fatalf("after restart got %s", got[0].ID)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	t.Parallel()
+	base := serverURL(t)
+	ctx := context.Background()
+	cases := []struct{ url, want string }{
+		{"redis://", "has no host"},
+		{"http://localhost:6379", "must start with redis://"},
+		{withParams(base, "prefx", "a"), "unexpected option: prefx"},
+		{withParams(base, "prefix", "has space"), "prefix"},
+		{withParams(base, "prefix", ""), "prefix must be 1 to 64"},
+		{withParams(base, "allow_eviction", "maybe"), "allow_eviction must be true or false"},
+		{"redis://127.0.0.1:1/0?dial_timeout=1s", "cannot reach Redis"},
+		{"redis://127.0.0.1:6379/x", "invalid database number"},
+	}
+	for _, c := range cases {
+		_, err := Open(ctx, c.url, transport.Config{})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Open(%q) = %v, want an error containing %q", c.url, err, c.want)
+		}
+	}
+}
+
+func TestOpenRefusesUnsafeServers(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, "--requirepass", "s3cret", "--maxmemory-policy", "allkeys-lru")
+	ctx := context.Background()
+	_, err := Open(ctx, srv.url(), transport.Config{})
+	if err == nil || !strings.Contains(err.Error(), "requires a password") {
+		t.Fatalf("no password: %v", err)
+	}
+	withPass := fmt.Sprintf("redis://:wrong@127.0.0.1:%d/0", srv.port)
+	_, err = Open(ctx, withPass, transport.Config{})
+	if err == nil || !strings.Contains(err.Error(), "rejected the user name or password") || strings.Contains(err.Error(), "wrong") {
+		t.Fatalf("wrong password: %v (the password must not appear)", err)
+	}
+	good := fmt.Sprintf("redis://:s3cret@127.0.0.1:%d/0", srv.port)
+	_, err = Open(ctx, good, transport.Config{})
+	if err == nil || !strings.Contains(err.Error(), "maxmemory-policy allkeys-lru") || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("evicting server: %v", err)
+	}
+	d, err := Open(ctx, withParams(good, "allow_eviction", "true"), transport.Config{})
+	if err != nil {
+		t.Fatalf("allow_eviction=true: %v", err)
+	}
+	d.Close()
+	if err := d.Publish(ctx, []*transport.Message{msg("a.b")}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Publish after Close: %v", err)
+	}
+}

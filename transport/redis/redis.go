@@ -1,0 +1,313 @@
+package redis
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+func init() {
+	transport.Register("redis", Open)
+	transport.Register("rediss", Open)
+}
+
+// DefaultPrefix is the key namespace used when the URL has no prefix
+// parameter.
+const DefaultPrefix = "ripple"
+
+// Defaults for retention, the same as the sqlite transport's.
+const (
+	defaultCompletedCount = 1000
+	defaultCompletedAge   = 24 * time.Hour
+	defaultDeadCount      = 10_000
+	defaultDeadAge        = 7 * 24 * time.Hour
+	defaultDedupWindow    = 24 * time.Hour
+)
+
+// ErrClosed is returned by calls on a closed driver.
+var ErrClosed = errors.New("redis transport is closed")
+
+// minVersion is the oldest Redis the driver accepts: XAUTOCLAIM's report
+// of deleted entries and exclusive XRANGE bounds arrived in 7.0.
+const minVersion = 7
+
+type retention struct {
+	completedCount int64
+	completedAge   time.Duration
+	deadCount      int64
+	deadAge        time.Duration
+	dedup          time.Duration
+}
+
+func resolveCount(v, def int) int64 {
+	switch {
+	case v < 0:
+		return 0
+	case v == 0:
+		return int64(def)
+	}
+	return int64(v)
+}
+
+func resolveAge(v, def time.Duration) time.Duration {
+	switch {
+	case v < 0:
+		return 0
+	case v == 0:
+		return def
+	}
+	return v
+}
+
+// Driver is the redis transport's transport.Driver. Its As method exposes
+// the underlying go-redis client.
+type Driver struct {
+	client  *goredis.Client
+	opts    *goredis.Options
+	prefix  string
+	ret     retention
+	maxSize int
+	log     *slog.Logger
+
+	pub publisher
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*subscription]struct{}
+}
+
+// Open opens a driver for a redis:// or rediss:// URL. It connects, and
+// checks the server's version and eviction policy, before it returns.
+func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.Driver, error) {
+	opts, prefix, allowEviction, err := parseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{
+		client: goredis.NewClient(opts),
+		opts:   opts,
+		prefix: prefix,
+		ret: retention{
+			completedCount: resolveCount(cfg.Retention.CompletedCount, defaultCompletedCount),
+			completedAge:   resolveAge(cfg.Retention.CompletedAge, defaultCompletedAge),
+			deadCount:      resolveCount(cfg.Retention.DeadCount, defaultDeadCount),
+			deadAge:        resolveAge(cfg.Retention.DeadAge, defaultDeadAge),
+			dedup:          resolveAge(cfg.Retention.DedupWindow, defaultDedupWindow),
+		},
+		maxSize: cfg.MaxMessageSize,
+		log:     cmp.Or(cfg.Logger, slog.Default()).With("transport", "redis", "prefix", prefix),
+		subs:    map[*subscription]struct{}{},
+	}
+	d.pub.d = d
+	if err := d.check(ctx, redactURL(rawURL), allowEviction); err != nil {
+		_ = d.client.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// parseURL splits Ripple's own query parameters off the URL and hands the
+// rest to go-redis, which rejects parameters it does not know.
+func parseURL(rawURL string) (*goredis.Options, string, bool, error) {
+	shown := redactURL(rawURL)
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, "", false, fmt.Errorf("redis transport: URL %q is not a valid URL: %v; write it as redis://[user:password@]host:port/db", shown, errors.Unwrap(err))
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return nil, "", false, fmt.Errorf("redis transport: URL %q must start with redis:// or rediss:// (TLS)", shown)
+	}
+	if u.Host == "" {
+		return nil, "", false, fmt.Errorf("redis transport: URL %q has no host; write it as redis://host:port/db, for example redis://localhost:6379/0", shown)
+	}
+	q := u.Query()
+	prefix := DefaultPrefix
+	if vs, ok := q["prefix"]; ok {
+		prefix = vs[len(vs)-1]
+		if err := validPrefix(prefix); err != nil {
+			return nil, "", false, fmt.Errorf("redis transport: URL %q: %w", shown, err)
+		}
+		q.Del("prefix")
+	}
+	allowEviction := false
+	if vs, ok := q["allow_eviction"]; ok {
+		b, err := strconv.ParseBool(vs[len(vs)-1])
+		if err != nil {
+			return nil, "", false, fmt.Errorf("redis transport: URL %q: allow_eviction must be true or false, not %q", shown, vs[len(vs)-1])
+		}
+		allowEviction = b
+		q.Del("allow_eviction")
+	}
+	u.RawQuery = q.Encode()
+	opts, err := goredis.ParseURL(u.String())
+	if err != nil {
+		msg := strings.TrimPrefix(err.Error(), "redis: ")
+		return nil, "", false, fmt.Errorf("redis transport: URL %q: %s; Ripple's parameters are prefix and allow_eviction, the others are go-redis connection options such as dial_timeout, read_timeout, pool_size, client_name, protocol and skip_verify", shown, msg)
+	}
+	return opts, prefix, allowEviction, nil
+}
+
+func validPrefix(p string) error {
+	if p == "" || len(p) > 64 {
+		return fmt.Errorf("prefix must be 1 to 64 characters, got %d", len(p))
+	}
+	for _, r := range p {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_-.:", r)) {
+			return fmt.Errorf("prefix %q contains %q; use only letters, digits, '_', '-', '.' and ':'", p, r)
+		}
+	}
+	return nil
+}
+
+// redactURL hides the password of a URL shown in an error.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		if err != nil {
+			if at := strings.LastIndex(raw, "@"); at >= 0 {
+				if i := strings.Index(raw, "://"); i >= 0 && i < at {
+					return raw[:i+3] + "xxxxx" + raw[at:]
+				}
+			}
+		}
+		return raw
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// check connects and refuses servers Ripple cannot run on safely.
+func (d *Driver) check(ctx context.Context, shown string, allowEviction bool) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, err := d.client.Info(cctx, "server", "memory").Result()
+	if err != nil {
+		return d.connectErr(shown, err)
+	}
+	fields := map[string]string{}
+	for line := range strings.SplitSeq(info, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			fields[k] = v
+		}
+	}
+	version := fields["redis_version"]
+	major, _, _ := strings.Cut(version, ".")
+	if n, err := strconv.Atoi(major); err != nil || n < minVersion {
+		return fmt.Errorf("redis transport: the server at %s is Redis %q; Ripple needs Redis %d or newer (for XAUTOCLAIM and stream lag), so upgrade the server", d.opts.Addr, version, minVersion)
+	}
+	if policy := fields["maxmemory_policy"]; policy != "" && policy != "noeviction" && !allowEviction {
+		return fmt.Errorf("redis transport: the server at %s has maxmemory-policy %s: when memory is full Redis would evict keys and silently lose queued events, dedup and idempotency records; set maxmemory-policy noeviction (then a full Redis fails publishes loudly), or add allow_eviction=true to the URL to accept the risk", d.opts.Addr, policy)
+	}
+	if err := d.loadScripts(cctx); err != nil {
+		return fmt.Errorf("redis transport: loading Lua scripts on %s: %w", d.opts.Addr, err)
+	}
+	return nil
+}
+
+func (d *Driver) connectErr(shown string, err error) error {
+	msg := err.Error()
+	var nerr net.Error
+	switch {
+	case strings.Contains(msg, "NOAUTH") || strings.Contains(msg, "without authentication") || strings.Contains(msg, "Authentication required"):
+		return fmt.Errorf("redis transport: the server at %s requires a password and the URL %q has none; write it as redis://:PASSWORD@host:port/db (or redis://USER:PASSWORD@… with ACL users): %w", d.opts.Addr, shown, err)
+	case strings.Contains(msg, "WRONGPASS") || strings.Contains(msg, "invalid password") || strings.Contains(msg, "invalid username-password"):
+		return fmt.Errorf("redis transport: the server at %s rejected the user name or password in %q: %w", d.opts.Addr, shown, err)
+	case strings.Contains(msg, "NOPERM"):
+		return fmt.Errorf("redis transport: the Redis user in %q lacks a permission Ripple needs (streams, Lua scripts, INFO): %w", shown, err)
+	case errors.As(err, &nerr), errors.Is(err, context.DeadlineExceeded), strings.Contains(msg, "connection refused"), strings.Contains(msg, "no such host"):
+		return fmt.Errorf("redis transport: cannot reach Redis at %s (from %q): %w; is redis-server running there, and are host and port right?", d.opts.Addr, shown, err)
+	}
+	return fmt.Errorf("redis transport: connecting to %s (from %q): %w", d.opts.Addr, shown, err)
+}
+
+// Name returns "redis".
+func (d *Driver) Name() string { return "redis" }
+
+// Capabilities declares what the driver gives; see the package doc.
+func (d *Driver) Capabilities() transport.Capabilities {
+	return transport.Capabilities{Durable: true, Delay: true, Dedup: true, SharedRateLimit: true}
+}
+
+// As sets target to the driver's go-redis client when target is a
+// *(*redis.Client), a *redis.UniversalClient or a *redis.Cmdable (redis is
+// github.com/redis/go-redis/v9), or to the driver itself for a
+// *transport.Driver or **Driver, and reports whether it did.
+func (d *Driver) As(target any) bool {
+	switch t := target.(type) {
+	case *transport.Driver:
+		*t = d
+	case **Driver:
+		*t = d
+	case **goredis.Client:
+		*t = d.client
+	case *goredis.UniversalClient:
+		*t = d.client
+	case *goredis.Cmdable:
+		*t = d.client
+	default:
+		return false
+	}
+	return true
+}
+
+// Close stops every subscription and closes the connections. Leased
+// deliveries not settled are redelivered after their leases run out.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	subs := make([]*subscription, 0, len(d.subs))
+	for s := range d.subs {
+		subs = append(subs, s)
+	}
+	d.mu.Unlock()
+	for _, s := range subs {
+		_ = s.Close()
+	}
+	d.pub.wait()
+	return d.client.Close()
+}
+
+func (d *Driver) isClosed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
+
+// Keys. Every key starts with the prefix, so several applications share
+// one Redis database without seeing each other.
+func (d *Driver) subsKey() string              { return d.prefix + ":subs" }
+func (d *Driver) streamKey(name string) string { return d.prefix + ":s:" + name }
+func (d *Driver) deadKey(name string) string   { return d.prefix + ":x:" + name }
+func (d *Driver) claimKey(handler, id string) string {
+	return d.prefix + ":c:" + handler + ":" + id
+}
+func (d *Driver) rateKey(handler string) string { return d.prefix + ":rl:" + handler }
+
+// consumerName identifies one receiver in a consumer group; it names the
+// host and process so that XINFO CONSUMERS shows who holds what.
+func consumerName() string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "host"
+	}
+	return fmt.Sprintf("%s:%d:%s", host, os.Getpid(), randHex(4))
+}

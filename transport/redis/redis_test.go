@@ -1,0 +1,590 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+func TestLuaMatchAgreesWithGo(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := goredis.NewScript(luaLib + `if match(ARGV[1], ARGV[2]) then return 1 end return 0`)
+	cases := [][2]string{
+		{"user.signup", "user.signup"}, {"user.signup", "user.login"}, {"user.*", "user.signup"},
+		{"user.*", "user.signup.done"}, {"user.>", "user.signup.done"}, {"user.>", "user"},
+		{"user.>", "user.a"}, {"*.signup", "user.signup"}, {"*.*", "a.b"}, {"*.*", "a.b.c"},
+		{">", "a.b"}, {"a.*.c", "a.b.c"}, {"a.*.c", "a.b.d"}, {"a.b", "a.b.c"}, {"a.b.c", "a.b"},
+		{"order.>", "orders.x"}, {"a.*.>", "a.b"}, {"a.*.>", "a.b.c.d"},
+	}
+	for _, c := range cases {
+		got, err := s.Run(context.Background(), d.client, nil, c[0], c[1]).Int()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := transport.Match(c[0], c[1]); (got == 1) != want {
+			t.Errorf("Lua match(%q, %q) = %v, transport.Match = %v", c[0], c[1], got == 1, want)
+		}
+	}
+}
+
+func TestFanOutAndCompetingConsumers(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	d1 := openURL(t, u, transport.Config{})
+	d2 := openURL(t, u, transport.Config{}) // a second "process"
+	a1 := subscribe(t, d1, "a", "user.*", time.Minute)
+	a2 := subscribe(t, d2, "a", "user.*", time.Minute)
+	b := subscribe(t, d1, "b", "user.signup", time.Minute)
+	c := subscribe(t, d2, "c", "order.>", time.Minute)
+
+	const n = 40
+	for i := 0; i < n; i++ {
+		publish(t, d1, msg("user.signup"))
+	}
+	got := map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	for _, s := range []transport.Subscription{a1, a2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				ds, err := s.Receive(ctx, 3)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				for _, d := range ds {
+					got[d.ID]++
+				}
+				done := len(got) == n
+				mu.Unlock()
+				if err := s.Settle(ctx, completeAll(ds)); err != nil {
+					t.Error(err)
+				}
+				if done {
+					cancel()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(got) != n {
+		t.Fatalf("competing receivers of a got %d distinct events, want %d", len(got), n)
+	}
+	for id, k := range got {
+		if k != 1 {
+			t.Errorf("event %s delivered %d times to handler a", id, k)
+		}
+	}
+	bs := receive(t, b, n, 3*time.Second)
+	if len(bs) != n {
+		t.Fatalf("b got %d", len(bs))
+	}
+	receiveNone(t, c, 200*time.Millisecond)
+}
+
+func completeAll(ds []*transport.Delivery) []transport.Settlement {
+	ss := make([]transport.Settlement, len(ds))
+	for i, d := range ds {
+		ss[i] = transport.Settlement{Delivery: d, Outcome: transport.Complete}
+	}
+	return ss
+}
+
+func TestMessageRoundTrip(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	m := &transport.Message{ID: "id-1", Type: "a.b", Key: "k1", Time: time.Date(2024, 1, 2, 3, 4, 5, 6, time.UTC),
+		Attrs: map[string]string{"source": "src", "x-custom": "v"}, Data: []byte{0, 1, 2, 255, '"'}}
+	publish(t, d, m)
+	got := receive(t, s, 1, 2*time.Second)[0]
+	if got.ID != m.ID || got.Type != m.Type || got.Key != m.Key || !got.Time.Equal(m.Time) ||
+		string(got.Data) != string(m.Data) || got.Attrs["source"] != "src" || got.Attrs["x-custom"] != "v" || len(got.Attrs) != 2 {
+		t.Fatalf("round trip: got %+v, want %+v", got.Message, *m)
+	}
+	if got.Attempt != 1 || got.FirstDelivered.IsZero() {
+		t.Fatalf("attempt %d first %v", got.Attempt, got.FirstDelivered)
+	}
+}
+
+func TestRetryBackoffAndRelease(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	m1, m2 := msg("a.b"), msg("a.b")
+	publish(t, d, m1)
+	d1 := receive(t, s, 1, 2*time.Second)[0]
+	start := time.Now()
+	settle(t, s, transport.Retry, 400*time.Millisecond, d1)
+	// A retrying event does not block others.
+	publish(t, d, m2)
+	other := receive(t, s, 1, 2*time.Second)[0]
+	if other.ID != m2.ID {
+		t.Fatalf("got %s while %s waits for its retry, want %s", other.ID, m1.ID, m2.ID)
+	}
+	settle(t, s, transport.Complete, 0, other)
+	again := receive(t, s, 1, 3*time.Second)[0]
+	if waited := time.Since(start); waited < 400*time.Millisecond {
+		t.Fatalf("retry came after %v, before its 400ms backoff", waited)
+	}
+	if again.ID != m1.ID || again.Attempt != 2 {
+		t.Fatalf("retry: got %s attempt %d, want %s attempt 2", again.ID, again.Attempt, m1.ID)
+	}
+	if !again.FirstDelivered.Equal(d1.FirstDelivered) {
+		t.Fatalf("FirstDelivered changed across attempts: %v then %v", d1.FirstDelivered, again.FirstDelivered)
+	}
+	settle(t, s, transport.Release, 0, again)
+	rel := receive(t, s, 1, 2*time.Second)[0]
+	if rel.Attempt != 2 {
+		t.Fatalf("after Release attempt = %d, want 2 (release does not count)", rel.Attempt)
+	}
+	settle(t, s, transport.Complete, 0, rel)
+	receiveNone(t, s, 300*time.Millisecond)
+	st := stats(t, d, "h")
+	if st.Failed != 1 || st.Completed != 2 || st.Waiting != 0 || st.Active != 0 || st.Delayed != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func stats(t testing.TB, d *Driver, name string) transport.Stats {
+	t.Helper()
+	all, err := d.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range all {
+		if s.Handler == name {
+			return s
+		}
+	}
+	t.Fatalf("no stats for %q in %+v", name, all)
+	return transport.Stats{}
+}
+
+func TestLeaseExpiryReclaimsAndStaleSettleIgnored(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	d1 := openURL(t, u, transport.Config{})
+	d2 := openURL(t, u, transport.Config{})
+	s1 := subscribe(t, d1, "h", "a.b", 300*time.Millisecond)
+	s2 := subscribe(t, d2, "h", "a.b", 300*time.Millisecond)
+	publish(t, d1, msg("a.b"))
+	first := receive(t, s1, 1, 2*time.Second)[0]
+	// s1 "hangs": s2 gets it after the lease, as attempt 2.
+	start := time.Now()
+	second := receive(t, s2, 1, 3*time.Second)[0]
+	if el := time.Since(start); el < 200*time.Millisecond {
+		t.Fatalf("reclaimed after %v, before the lease ran out", el)
+	}
+	if second.ID != first.ID || second.Attempt != 2 {
+		t.Fatalf("reclaim: got %s attempt %d", second.ID, second.Attempt)
+	}
+	// The stale holder's outcome is ignored.
+	settle(t, s1, transport.Dead, 0, first)
+	if st := stats(t, d1, "h"); st.Dead != 0 || st.Active != 1 {
+		t.Fatalf("stale settle changed state: %+v", st)
+	}
+	settle(t, s2, transport.Complete, 0, second)
+	if st := stats(t, d1, "h"); st.Completed != 1 || st.Active != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestExtendKeepsLease(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	d1 := openURL(t, u, transport.Config{})
+	d2 := openURL(t, u, transport.Config{})
+	s1 := subscribe(t, d1, "h", "a.b", 300*time.Millisecond)
+	s2 := subscribe(t, d2, "h", "a.b", 300*time.Millisecond)
+	publish(t, d1, msg("a.b"))
+	got := receive(t, s1, 1, 2*time.Second)
+	stop := make(chan struct{})
+	go func() {
+		tk := time.NewTicker(100 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-tk.C:
+				if err := s1.Extend(context.Background(), got, 300*time.Millisecond); err != nil {
+					t.Error(err)
+				}
+			case <-stop:
+				return
+			}
+		}
+	}()
+	receiveNone(t, s2, time.Second)
+	close(stop)
+	settle(t, s1, transport.Complete, 0, got...)
+	if st := stats(t, d1, "h"); st.Completed != 1 {
+		t.Fatalf("extended delivery did not complete: %+v", st)
+	}
+}
+
+func TestDeadLetterQueue(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	ms := []*transport.Message{msg("a.b"), msg("a.b"), msg("a.b")}
+	publish(t, d, ms...)
+	ds := receive(t, s, 3, 2*time.Second)
+	before := time.Now()
+	settle(t, s, transport.Dead, 0, ds...)
+	dls, err := d.DeadLetters(context.Background(), "h", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dls) != 3 {
+		t.Fatalf("%d dead letters", len(dls))
+	}
+	for i, dl := range dls {
+		if dl.ID != ms[i].ID || dl.Error != "boom" || dl.Attempts != 1 || dl.Handler != "h" || dl.DeadAt.Before(before.Add(-time.Second)) || dl.FirstAttempt.IsZero() || string(dl.Data) != string(ms[i].Data) {
+			t.Fatalf("dead letter %d: %+v", i, dl)
+		}
+	}
+	if st := stats(t, d, "h"); st.Dead != 3 || st.Failed != 3 || st.Active != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	n, err := d.Requeue(context.Background(), "h", []string{ms[0].ID})
+	if err != nil || n != 1 {
+		t.Fatalf("Requeue = %d, %v", n, err)
+	}
+	again := receive(t, s, 1, 2*time.Second)[0]
+	if again.ID != ms[0].ID || again.Attempt != 1 {
+		t.Fatalf("requeued: %s attempt %d", again.ID, again.Attempt)
+	}
+	n, err = d.Purge(context.Background(), "h", nil)
+	if err != nil || n != 2 {
+		t.Fatalf("Purge = %d, %v", n, err)
+	}
+	if _, err := d.DeadLetters(context.Background(), "nope", 10); !errors.Is(err, transport.ErrNotFound) {
+		t.Fatalf("unknown handler: %v", err)
+	}
+}
+
+func TestDelayedPublish(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	m := msg("a.b")
+	m.Delay = 500 * time.Millisecond
+	start := time.Now()
+	publish(t, d, m)
+	if st := stats(t, d, "h"); st.Delayed != 1 || st.Waiting != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	got := receive(t, s, 1, 3*time.Second)[0]
+	if el := time.Since(start); el < 450*time.Millisecond {
+		t.Fatalf("delayed event arrived after %v", el)
+	}
+	if got.ID != m.ID || got.Attempt != 1 {
+		t.Fatalf("got %s attempt %d", got.ID, got.Attempt)
+	}
+}
+
+func TestPublishDedup(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	m := msg("a.b")
+	publish(t, d, m)
+	publish(t, d, m, m)
+	receive(t, s, 1, 2*time.Second)
+	receiveNone(t, s, 300*time.Millisecond)
+}
+
+func TestStatsWaitingAndOldest(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.*", time.Minute)
+	publish(t, d, msg("a.b"), msg("a.c"), msg("a.d"))
+	time.Sleep(50 * time.Millisecond)
+	st := stats(t, d, "h")
+	if st.Waiting != 3 || st.Pattern != "a.*" || st.OldestWaiting < 40*time.Millisecond {
+		t.Fatalf("stats %+v", st)
+	}
+	receive(t, s, 2, 2*time.Second)
+	st = stats(t, d, "h")
+	if st.Waiting != 1 || st.Active != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestReplay(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	old := msg("a.b")
+	publish(t, d, old)
+	settle(t, s, transport.Complete, 0, receive(t, s, 1, 2*time.Second)...)
+	time.Sleep(20 * time.Millisecond)
+	since := time.Now()
+	time.Sleep(5 * time.Millisecond)
+	newer := []*transport.Message{msg("a.b"), msg("a.b")}
+	publish(t, d, newer...)
+	settle(t, s, transport.Complete, 0, receive(t, s, 2, 2*time.Second)...)
+	n, err := d.Replay(context.Background(), "h", since)
+	if err != nil || n != 2 {
+		t.Fatalf("Replay = %d, %v", n, err)
+	}
+	got := receive(t, s, 2, 2*time.Second)
+	ids := []string{got[0].ID, got[1].ID}
+	sort.Strings(ids)
+	want := []string{newer[0].ID, newer[1].ID}
+	sort.Strings(want)
+	if fmt.Sprint(ids) != fmt.Sprint(want) || got[0].Attempt != 1 {
+		t.Fatalf("replayed %v, want %v", ids, want)
+	}
+	receiveNone(t, s, 200*time.Millisecond)
+	if n, err := d.Replay(context.Background(), "h", time.Time{}); err != nil || n != 3 {
+		t.Fatalf("Replay(all) = %d, %v; want 3 (one per event)", n, err)
+	}
+}
+
+func TestRetentionCompletedAndDead(t *testing.T) {
+	t.Parallel()
+	d := openURL(t, prefixURL(t), transport.Config{Retention: transport.Retention{CompletedCount: 3, DeadCount: 2}})
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	for i := 0; i < 10; i++ {
+		publish(t, d, msg("a.b"))
+	}
+	ds := receive(t, s, 10, 2*time.Second)
+	settle(t, s, transport.Complete, 0, ds[:7]...)
+	settle(t, s, transport.Dead, 0, ds[7:]...)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		st := stats(t, d, "h")
+		if st.Completed == 3 && st.Dead == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("retention: stats %+v, want 3 completed and 2 dead", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Retention never trims work that is not done.
+	publish(t, d, msg("a.b"), msg("a.b"), msg("a.b"), msg("a.b"), msg("a.b"))
+	ds = receive(t, s, 2, 2*time.Second)
+	settle(t, s, transport.Complete, 0, ds...)
+	if err := d.trim(context.Background(), "h", 0); err != nil {
+		t.Fatal(err)
+	}
+	st := stats(t, d, "h")
+	if st.Waiting != 3 || st.Completed != 3 {
+		t.Fatalf("after trim: %+v", st)
+	}
+}
+
+func TestRetentionByAge(t *testing.T) {
+	t.Parallel()
+	d := openURL(t, prefixURL(t), transport.Config{Retention: transport.Retention{CompletedAge: 100 * time.Millisecond, DeadAge: 100 * time.Millisecond}})
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	publish(t, d, msg("a.b"), msg("a.b"))
+	ds := receive(t, s, 2, 2*time.Second)
+	settle(t, s, transport.Complete, 0, ds[0])
+	settle(t, s, transport.Dead, 0, ds[1])
+	time.Sleep(250 * time.Millisecond)
+	publish(t, d, msg("a.b"))
+	if err := d.trim(context.Background(), "h", 0); err != nil {
+		t.Fatal(err)
+	}
+	st := stats(t, d, "h")
+	if st.Completed != 0 || st.Dead != 0 || st.Waiting != 1 {
+		t.Fatalf("after age trim: %+v", st)
+	}
+}
+
+func TestClaims(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	ctx := context.Background()
+	check := func(want transport.ClaimResult) {
+		t.Helper()
+		got, err := d.Claim(ctx, "h", "e1", 200*time.Millisecond)
+		if err != nil || got != want {
+			t.Fatalf("Claim = %v, %v; want %v", got, err, want)
+		}
+	}
+	check(transport.Claimed)
+	check(transport.Busy)
+	if err := d.Finish(ctx, "h", "e1", false); err != nil {
+		t.Fatal(err)
+	}
+	check(transport.Claimed)
+	time.Sleep(250 * time.Millisecond) // the claim's lease runs out
+	check(transport.Claimed)
+	if err := d.Finish(ctx, "h", "e1", true); err != nil {
+		t.Fatal(err)
+	}
+	check(transport.Done)
+	// Concurrent claims: exactly one wins.
+	var wins sync.WaitGroup
+	var mu sync.Mutex
+	claimed := 0
+	for i := 0; i < 20; i++ {
+		wins.Add(1)
+		go func() {
+			defer wins.Done()
+			r, err := d.Claim(ctx, "h", "e2", time.Minute)
+			if err != nil {
+				t.Error(err)
+			}
+			if r == transport.Claimed {
+				mu.Lock()
+				claimed++
+				mu.Unlock()
+			}
+		}()
+	}
+	wins.Wait()
+	if claimed != 1 {
+		t.Fatalf("%d concurrent claims won, want 1", claimed)
+	}
+}
+
+func TestSharedRateLimit(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	d1 := openURL(t, u, transport.Config{})
+	d2 := openURL(t, u, transport.Config{})
+	ctx := context.Background()
+	// 5 per second shared by two processes: the first 5 start at once,
+	// the next ones are spaced 200ms apart whichever process asks.
+	var waits []time.Duration
+	for i := 0; i < 8; i++ {
+		d := d1
+		if i%2 == 1 {
+			d = d2
+		}
+		w, err := d.Reserve(ctx, "h", 5, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waits = append(waits, w)
+	}
+	for i, w := range waits {
+		var want time.Duration
+		if i >= 5 {
+			want = time.Duration(i-4) * 200 * time.Millisecond
+		}
+		if w < want-30*time.Millisecond || w > want+30*time.Millisecond {
+			t.Fatalf("reservation %d waits %v, want about %v (all: %v)", i, w, want, waits)
+		}
+	}
+}
+
+func TestForeignEntriesAreDeadLettered(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	c := rawClient(t, d)
+	if err := c.XAdd(context.Background(), &goredis.XAddArgs{Stream: d.streamKey("h"), Values: []any{"foo", "bar"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	m := msg("a.b")
+	publish(t, d, m)
+	got := receive(t, s, 1, 2*time.Second)
+	if got[0].ID != m.ID {
+		t.Fatalf("got %s, want the Ripple event", got[0].ID)
+	}
+	dls, err := d.DeadLetters(context.Background(), "h", 10)
+	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Error, "not a Ripple event") {
+		t.Fatalf("foreign entry not dead-lettered: %+v %v", dls, err)
+	}
+}
+
+func TestEntriesTrimmedWhilePendingAreNotLoopedOn(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", 100*time.Millisecond)
+	publish(t, d, msg("a.b"))
+	got := receive(t, s, 1, 2*time.Second)
+	c := rawClient(t, d)
+	if err := c.XTrimMaxLen(context.Background(), d.streamKey("h"), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond)
+	receiveNone(t, s, 500*time.Millisecond) // XAUTOCLAIM reports it deleted; it is dropped
+	if n, err := c.XPending(context.Background(), d.streamKey("h"), "h").Result(); err != nil || n.Count != 0 {
+		t.Fatalf("pending after trim: %+v %v", n, err)
+	}
+	settle(t, s, transport.Retry, 0, got...) // lost lease: ignored, no error
+}
+
+func TestGroupRecreatedAfterDataLoss(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	c := rawClient(t, d)
+	ctx := context.Background()
+	// Wipe every key of the prefix, as a restart without persistence would.
+	iter := c.Scan(ctx, 0, d.prefix+":*", 1000).Iterator()
+	for iter.Next(ctx) {
+		c.Del(ctx, iter.Val())
+	}
+	// The receiver re-registers the subscription and recreates its group.
+	receiveNone(t, s, 300*time.Millisecond)
+	m := msg("a.b")
+	publish(t, d, m)
+	if got := receive(t, s, 1, 2*time.Second); got[0].ID != m.ID {
+		t.Fatalf("got %s", got[0].ID)
+	}
+}
+
+func TestReceiveHonoursCancel(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := s.Receive(ctx, 1); done <- err }()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Receive after cancel: %v", err)
+		}
+		if el := time.Since(start); el > 100*time.Millisecond {
+			t.Fatalf("Receive took %v to notice cancellation", el)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Receive ignored cancellation")
+	}
+	// The subscription still works afterwards.
+	publish(t, d, msg("a.b"))
+	receive(t, s, 1, 2*time.Second)
+}
+
+func TestAs(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	var c *goredis.Client
+	var u goredis.UniversalClient
+	if !d.As(&c) || c == nil || !d.As(&u) || u == nil {
+		t.Fatal("As did not expose the go-redis client")
+	}
+	var s string
+	if d.As(&s) {
+		t.Fatal("As(*string) = true")
+	}
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,444 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// The Lua scripts below are the driver's only writers of Ripple's keys, so
+// every state change (publish fan-out, settle, promotion of delayed
+// entries) is atomic. Scripts build key names from the prefix in ARGV[1]
+// rather than taking them in KEYS, which is fine on a single Redis server
+// or a replicated pair but rules out Redis Cluster (see the package doc).
+// Times come from the server's TIME, so processes with skewed clocks agree
+// on delays and leases.
+
+// luaLib is prepended to every script.
+const luaLib = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- match mirrors transport.Match: '*' matches one segment, a final '>' one
+-- or more trailing segments.
+local function match(pat, typ)
+  local pi, ti = 1, 1
+  while true do
+    local pe = string.find(pat, '.', pi, true)
+    local pseg = pe and string.sub(pat, pi, pe - 1) or string.sub(pat, pi)
+    if pseg == '>' and not pe then return ti <= #typ end
+    local te = string.find(typ, '.', ti, true)
+    local tseg = te and string.sub(typ, ti, te - 1) or string.sub(typ, ti)
+    if pseg ~= '*' and pseg ~= tseg then return false end
+    if not pe or not te then return (pe == nil) == (te == nil) end
+    pi, ti = pe + 1, te + 1
+  end
+end
+
+local function pid(id)
+  local d = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
+end
+
+local function idless(a, b)
+  local am, as = pid(a)
+  local bm, bs = pid(b)
+  return am < bm or (am == bm and as < bs)
+end
+
+local function idnext(id)
+  local ms, sq = pid(id)
+  return string.format('%.0f-%.0f', ms, sq + 1)
+end
+
+-- gcall runs a consumer-group command, recreating the group when Redis
+-- lost it (a restart without persistence, a FLUSHDB). The group starts at
+-- 0: after such a loss redelivering is better than skipping.
+local function gcall(s, name, ...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'NOGROUP', 1, true) then
+      redis.pcall('XGROUP', 'CREATE', s, name, '0', 'MKSTREAM')
+      return redis.call(...)
+    end
+    return redis.error_reply(r.err)
+  end
+  return r
+end
+
+local function groupinfo(s, name)
+  local gs = redis.pcall('XINFO', 'GROUPS', s)
+  if type(gs) ~= 'table' or gs.err then return nil end
+  for _, g in ipairs(gs) do
+    local t = {}
+    for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
+    if t['name'] == name then return t end
+  end
+  return nil
+end
+
+-- strip drops the fields named in drop from a flat field list.
+local function strip(f, drop)
+  local o = {}
+  for i = 1, #f, 2 do
+    if not drop[f[i]] then
+      o[#o + 1] = f[i]
+      o[#o + 1] = f[i + 1]
+    end
+  end
+  return o
+end
+
+local function delay_member(p, f)
+  return cmsgpack.pack(redis.call('INCR', p .. ':seq'), f)
+end
+`
+
+// publishScript stores a batch of messages. ARGV: prefix, dedup window
+// (ms, 0 = off), then per message: delay ms, field count, fields (the
+// first four are "id", id, "type", type). A message whose id is still
+// remembered is skipped; the others are appended to the stream (or the
+// delayed set) of every subscription whose pattern matches, all in one
+// atomic step.
+var publishScript = newScript(luaLib + `
+local p = ARGV[1]
+local window = tonumber(ARGV[2])
+local subs = redis.call('HGETALL', p .. ':subs')
+local now = now_ms()
+local routes = {}
+local i = 3
+local stored = 0
+while i <= #ARGV do
+  local delay = tonumber(ARGV[i])
+  local nf = tonumber(ARGV[i + 1])
+  local fs = i + 2
+  local id, typ = ARGV[fs + 1], ARGV[fs + 3]
+  i = fs + nf
+  local fresh = true
+  if window > 0 then
+    fresh = redis.call('SET', p .. ':dd:' .. id, '1', 'NX', 'PX', window)
+  end
+  if fresh then
+    stored = stored + 1
+    local r = routes[typ]
+    if r == nil then
+      r = {}
+      for j = 1, #subs, 2 do
+        if match(subs[j + 1], typ) then r[#r + 1] = subs[j] end
+      end
+      routes[typ] = r
+    end
+    for _, name in ipairs(r) do
+      if delay > 0 then
+        redis.call('ZADD', p .. ':d:' .. name, now + delay, delay_member(p, {unpack(ARGV, fs, fs + nf - 1)}))
+      else
+        redis.call('XADD', p .. ':s:' .. name, '*', unpack(ARGV, fs, fs + nf - 1))
+      end
+    end
+  end
+end
+return stored
+`)
+
+// subscribeScript registers (or updates) a subscription and creates its
+// stream and consumer group. ARGV: prefix, name, pattern.
+var subscribeScript = newScript(luaLib + `
+local p, name, pattern = ARGV[1], ARGV[2], ARGV[3]
+redis.call('HSET', p .. ':subs', name, pattern)
+local r = redis.pcall('XGROUP', 'CREATE', p .. ':s:' .. name, name, '0', 'MKSTREAM')
+if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP', 1, true) then
+  return redis.error_reply(r.err)
+end
+return 1
+`)
+
+// receiveScript is the non-blocking part of Receive: it re-registers the
+// subscription if Redis lost it, moves due delayed entries to the stream,
+// reclaims entries whose lease ran out (when ARGV[5] is "1"), and reads new
+// entries. ARGV: prefix, name, consumer, count, reclaim, lease ms, pattern.
+// It returns {ms until the next delayed entry is due or -1, ids XAUTOCLAIM found
+// deleted, {id, delivery count, fields}...}.
+var receiveScript = newScript(luaLib + `
+local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
+local count = tonumber(ARGV[4])
+local reclaim = ARGV[5] == '1'
+local lease = ARGV[6]
+local s, dk, subs = p .. ':s:' .. name, p .. ':d:' .. name, p .. ':subs'
+if redis.call('HEXISTS', subs, name) == 0 then redis.call('HSET', subs, name, ARGV[7]) end
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, 256)
+for _, m in ipairs(due) do
+  local _, f = cmsgpack.unpack(m)
+  redis.call('XADD', s, '*', unpack(f))
+end
+if #due > 0 then redis.call('ZREM', dk, unpack(due)) end
+local out, deleted = {}, {}
+if reclaim then
+  local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, lease, '0-0', 'COUNT', count)
+  if r[3] then deleted = r[3] end
+  for _, e in ipairs(r[2]) do
+    if e[2] then
+      local pe = redis.call('XPENDING', s, name, e[1], e[1], 1)
+      local n = 1
+      if pe[1] then n = pe[1][4] end
+      out[#out + 1] = {e[1], n, e[2]}
+    end
+  end
+end
+if #out < count then
+  local r = gcall(s, name, 'XREADGROUP', 'GROUP', name, consumer, 'COUNT', count - #out, 'STREAMS', s, '>')
+  if r then
+    for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], 1, e[2]} end
+  end
+end
+local nxt = -1
+local first = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
+if first[2] then nxt = math.max(tonumber(first[2]) - now, 0) end
+return {nxt, deleted, out}
+`)
+
+// settleScript records outcomes. ARGV: prefix, name, dead count to keep,
+// then per settlement: op (c complete, r retry, l release, d dead), entry
+// id, consumer, delivery count, attempts to record, first delivery ms,
+// delay ms, error. A settlement whose entry is no longer pending for this
+// consumer with that delivery count lost its lease and is skipped.
+var settleScript = newScript(luaLib + `
+local p, name = ARGV[1], ARGV[2]
+local keepDead = tonumber(ARGV[3])
+local s, dk, x, n = p .. ':s:' .. name, p .. ':d:' .. name, p .. ':x:' .. name, p .. ':n:' .. name
+local now = now_ms()
+local drop = {a = true, f = true}
+local done, lost = 0, {}
+local i = 4
+while i <= #ARGV do
+  local op, id, consumer, cnt = ARGV[i], ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3])
+  local att, first, delay, err = ARGV[i+4], ARGV[i+5], tonumber(ARGV[i+6]), ARGV[i+7]
+  i = i + 8
+  local pe = redis.pcall('XPENDING', s, name, id, id, 1)
+  if type(pe) == 'table' and not pe.err and pe[1] and pe[1][2] == consumer and pe[1][4] == cnt then
+    if op == 'c' then
+      redis.call('XACK', s, name, id)
+      done = done + 1
+    else
+      local e = redis.call('XRANGE', s, id, id)
+      redis.call('XACK', s, name, id)
+      redis.call('XDEL', s, id)
+      if op ~= 'l' then redis.call('HINCRBY', n, 'failed', 1) end
+      if not e[1] then
+        lost[#lost + 1] = id
+      elseif op == 'd' then
+        if keepDead > 0 then
+          local f = strip(e[1][2], drop)
+          f[#f + 1] = 'x_error'; f[#f + 1] = err
+          f[#f + 1] = 'x_attempts'; f[#f + 1] = att
+          f[#f + 1] = 'x_first'; f[#f + 1] = first
+          f[#f + 1] = 'x_dead'; f[#f + 1] = tostring(now)
+          redis.call('XADD', x, 'MAXLEN', keepDead, '*', unpack(f))
+        end
+      else
+        local f = strip(e[1][2], drop)
+        f[#f + 1] = 'a'; f[#f + 1] = att
+        f[#f + 1] = 'f'; f[#f + 1] = first
+        if delay > 0 then
+          redis.call('ZADD', dk, now + delay, delay_member(p, f))
+        else
+          redis.call('XADD', s, '*', unpack(f))
+        end
+      end
+    end
+  end
+end
+return {done, lost}
+`)
+
+// extendScript resets the idle time of entries still held by this
+// consumer with the given delivery count (XCLAIM JUSTID does not count a
+// delivery). ARGV: prefix, name, then id, consumer, delivery count triples.
+var extendScript = newScript(luaLib + `
+local p, name = ARGV[1], ARGV[2]
+local s = p .. ':s:' .. name
+local n = 0
+for i = 3, #ARGV, 3 do
+  local id, consumer, cnt = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local pe = redis.pcall('XPENDING', s, name, id, id, 1)
+  if type(pe) == 'table' and not pe.err and pe[1] and pe[1][2] == consumer and pe[1][4] == cnt then
+    redis.call('XCLAIM', s, name, consumer, 0, id, 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+`)
+
+// trimScript applies retention to a subscription's stream and dead-letter
+// stream. Only entries older than every pending and undelivered entry are
+// trimmed, so retention never removes work. ARGV: prefix, name, completed
+// count, completed age ms, dead count, dead age ms, slack (how far over the
+// count the stream may grow before a trim, to amortise it).
+var trimScript = newScript(luaLib + `
+local p, name = ARGV[1], ARGV[2]
+local keepC, ageC, keepD, ageD, slack = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local s, x = p .. ':s:' .. name, p .. ':x:' .. name
+local now = now_ms()
+local trimmed = 0
+local g = groupinfo(s, name)
+if g then
+  local sum = redis.call('XPENDING', s, name)
+  local floor
+  if tonumber(sum[1]) > 0 then floor = sum[2] else floor = idnext(g['last-delivered-id']) end
+  local cutoff = string.format('%.0f-0', now - ageC)
+  local minid = cutoff
+  if idless(floor, cutoff) then minid = floor end
+  local first = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)
+  if first[1] and idless(first[1][1], minid) then
+    trimmed = trimmed + redis.call('XTRIM', s, 'MINID', minid)
+  end
+  local lag = g['lag']
+  if lag then
+    local excess = redis.call('XLEN', s) - tonumber(sum[1]) - lag - keepC
+    if excess > slack then
+      local r = redis.call('XRANGE', s, '-', '(' .. floor, 'COUNT', excess)
+      if #r > 0 then trimmed = trimmed + redis.call('XTRIM', s, 'MINID', idnext(r[#r][1])) end
+    end
+  end
+end
+redis.call('XTRIM', x, 'MINID', string.format('%.0f-0', now - ageD))
+redis.call('XTRIM', x, 'MAXLEN', keepD)
+return trimmed
+`)
+
+// statsScript reports one subscription's counts. ARGV: prefix, name.
+// It returns {stream length, pending, waiting, oldest waiting entry ms or
+// -1, delayed, dead, failed}.
+var statsScript = newScript(luaLib + `
+local p, name = ARGV[1], ARGV[2]
+local s = p .. ':s:' .. name
+local xlen = redis.call('XLEN', s)
+local g = groupinfo(s, name)
+local pending, waiting, oldest = 0, xlen, -1
+local after = '-'
+if g then
+  pending = g['pending']
+  after = '(' .. g['last-delivered-id']
+  waiting = g['lag']
+  if not waiting then
+    waiting = 0
+    local from = after
+    while true do
+      local r = redis.call('XRANGE', s, from, '+', 'COUNT', 1000)
+      waiting = waiting + #r
+      if #r < 1000 then break end
+      from = '(' .. r[#r][1]
+    end
+  end
+end
+local o = redis.call('XRANGE', s, after, '+', 'COUNT', 1)
+if o[1] then oldest = pid(o[1][1]) end
+local failed = tonumber(redis.call('HGET', p .. ':n:' .. name, 'failed') or '0')
+return {xlen, pending, waiting, oldest, redis.call('ZCARD', p .. ':d:' .. name), redis.call('XLEN', p .. ':x:' .. name), failed}
+`)
+
+// requeueScript moves dead letters back to the subscription's stream with
+// a fresh attempt budget. ARGV: prefix, name, dead-letter stream ids.
+var requeueScript = newScript(luaLib + `
+local p, name = ARGV[1], ARGV[2]
+local s, x = p .. ':s:' .. name, p .. ':x:' .. name
+local drop = {a = true, f = true, x_error = true, x_attempts = true, x_first = true, x_dead = true}
+local n = 0
+for i = 3, #ARGV do
+  local e = redis.call('XRANGE', x, ARGV[i], ARGV[i])
+  if e[1] then
+    redis.call('XADD', s, '*', unpack(strip(e[1][2], drop)))
+    redis.call('XDEL', x, ARGV[i])
+    n = n + 1
+  end
+end
+return n
+`)
+
+// claimScript takes an idempotency claim. ARGV: key, lease ms. Returns
+// 1 claimed, 2 done, 3 busy.
+var claimScript = newScript(`
+local v = redis.call('GET', ARGV[1])
+if v == 'done' then return 2 end
+if v then return 3 end
+redis.call('SET', ARGV[1], 'busy', 'PX', ARGV[2])
+return 1
+`)
+
+// finishScript marks a claim done (ARGV[2] = "1", kept for ARGV[3] ms) or
+// drops a claim that is not done.
+var finishScript = newScript(`
+if ARGV[2] == '1' then
+  redis.call('SET', ARGV[1], 'done', 'PX', ARGV[3])
+elseif redis.call('GET', ARGV[1]) == 'busy' then
+  redis.call('DEL', ARGV[1])
+end
+return 1
+`)
+
+// reserveScript is a GCRA rate limiter: n starts per period with a burst
+// of n, shared by every process. ARGV: key, n, period µs. It returns how
+// many µs the caller must wait before its start.
+var reserveScript = newScript(`
+local n, per = tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = per / n
+local tat = tonumber(redis.call('GET', ARGV[1]) or '0')
+if tat < now then tat = now end
+local nt = tat + interval
+local wait = nt - per - now
+if wait < 0 then wait = 0 end
+redis.call('SET', ARGV[1], string.format('%.0f', nt), 'PX', math.floor((nt - now) / 1000) + 1)
+return math.floor(wait)
+`)
+
+// leaveScript deletes a consumer that holds no pending entries, so closed
+// receivers do not accumulate in the group. ARGV: prefix, name, consumer.
+var leaveScript = newScript(`
+local s = ARGV[1] .. ':s:' .. ARGV[2]
+local pe = redis.pcall('XPENDING', s, ARGV[2], '-', '+', 1, ARGV[3])
+if type(pe) == 'table' and not pe.err and not pe[1] then
+  redis.pcall('XGROUP', 'DELCONSUMER', s, ARGV[2], ARGV[3])
+end
+return 1
+`)
+
+// scriptSources keeps each script's source for loading.
+var scriptSources = map[*goredis.Script]string{}
+
+func newScript(src string) *goredis.Script {
+	s := goredis.NewScript(src)
+	scriptSources[s] = src
+	return s
+}
+
+var allScripts = []*goredis.Script{
+	leaveScript,
+	publishScript, subscribeScript, receiveScript, settleScript, extendScript,
+	trimScript, statsScript, requeueScript, claimScript, finishScript, reserveScript,
+}
+
+// loadScripts compiles every script on the server once, so a syntax error
+// shows at Open and the first calls need no EVAL fallback.
+func (d *Driver) loadScripts(ctx context.Context) error {
+	// ScriptLoad on the pipeline, not Script.Load: the latter would store
+	// the pipelined command's still-empty reply as the script's hash.
+	pipe := d.client.Pipeline()
+	cmds := make([]*goredis.StringCmd, len(allScripts))
+	for i, s := range allScripts {
+		cmds[i] = pipe.ScriptLoad(ctx, scriptSources[s])
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	for i, s := range allScripts {
+		if got := cmds[i].Val(); got != s.Hash() {
+			return fmt.Errorf("script digest %q from Redis differs from %q computed locally", got, s.Hash())
+		}
+	}
+	return nil
+}

@@ -1,0 +1,470 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+const (
+	// maxBlock bounds one blocking XREADGROUP. A new entry wakes the read
+	// at once; the bound is for what a read cannot see: delayed entries
+	// coming due and leases running out.
+	maxBlock = 250 * time.Millisecond
+	// trimEvery is how often a receiving subscription applies retention by
+	// age even when nothing completes.
+	trimEvery = 2 * time.Second
+	// defaultLease applies when a spec has none.
+	defaultLease = 30 * time.Second
+	// idleBlockClients is how many blocking connections a subscription
+	// keeps for concurrent Receive calls.
+	idleBlockClients = 4
+)
+
+type subscription struct {
+	d        *Driver
+	name     string
+	pattern  string
+	lease    time.Duration
+	consumer string
+	stream   string
+	reclaim  time.Duration // how often Receive looks for expired leases
+
+	blk chan *goredis.Client // idle dedicated connections for blocking reads
+
+	mu          sync.Mutex
+	closed      bool
+	lastReclaim time.Time
+	nextPoll    time.Time // when Receive must run the poll script again
+	lastTrim    time.Time
+	completes   int64 // completions since the last trim
+
+	trimming atomic.Bool
+}
+
+type token struct {
+	id       string
+	consumer string
+	count    int64 // the entry's delivery count when it was handed out
+	attempt  int
+	first    int64 // first delivery, unix ms
+}
+
+// Subscribe registers the subscription (or updates its pattern) and
+// creates its stream and consumer group before it returns, so events
+// published afterwards are kept for it.
+func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec) (transport.Subscription, error) {
+	if d.isClosed() {
+		return nil, ErrClosed
+	}
+	if spec.Name == "" || spec.Pattern == "" {
+		return nil, fmt.Errorf("redis transport: a subscription needs a name and a pattern (got %q, %q)", spec.Name, spec.Pattern)
+	}
+	if spec.Ordered {
+		return nil, fmt.Errorf("redis transport: handler %q: ordered subscriptions are not supported; use Concurrency(1) and a single process for a handler that must see events one at a time", spec.Name)
+	}
+	lease := spec.Lease
+	if lease <= 0 {
+		lease = defaultLease
+	}
+	if err := subscribeScript.Run(ctx, d.client, nil, d.prefix, spec.Name, spec.Pattern).Err(); err != nil {
+		return nil, fmt.Errorf("redis transport: subscribe %q: %w", spec.Name, err)
+	}
+	s := &subscription{
+		d: d, name: spec.Name, pattern: spec.Pattern, lease: lease,
+		consumer: consumerName(),
+		stream:   d.streamKey(spec.Name),
+		reclaim:  min(max(lease/4, 5*time.Millisecond), maxBlock),
+		blk:      make(chan *goredis.Client, idleBlockClients),
+		lastTrim: time.Now(),
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
+	d.subs[s] = struct{}{}
+	return s, nil
+}
+
+func (s *subscription) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed || s.d.isClosed()
+}
+
+// Receive leases up to limit entries: expired leases reclaimed and due
+// delayed entries first (one script call), then new entries, blocking on
+// a dedicated connection until one arrives or ctx ends.
+func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Delivery, error) {
+	limit = max(limit, 1)
+	for {
+		if s.isClosed() {
+			return nil, ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		// The poll script runs only when reclaiming or promotion may be
+		// due; in between, a busy subscription reads new entries with
+		// XREADGROUP alone, which returns at once when entries wait.
+		s.mu.Lock()
+		wait := time.Until(s.nextPoll)
+		s.mu.Unlock()
+		if wait <= 0 {
+			ds, nextDue, err := s.poll(ctx, limit)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return nil, err
+			}
+			wait = min(maxBlock, s.reclaim)
+			if nextDue >= 0 {
+				wait = min(wait, nextDue)
+			}
+			s.mu.Lock()
+			s.nextPoll = time.Now().Add(wait)
+			s.mu.Unlock()
+			if len(ds) > 0 {
+				return ds, nil
+			}
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			wait = min(wait, time.Until(dl))
+		}
+		ds, err := s.block(ctx, limit, max(wait, time.Millisecond))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if s.isClosed() {
+				return nil, ErrClosed
+			}
+			return nil, err
+		}
+		if len(ds) > 0 {
+			return ds, nil
+		}
+	}
+}
+
+// poll runs the receive script. nextDue is how long until the next
+// delayed entry is due, or -1.
+func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delivery, time.Duration, error) {
+	now := time.Now()
+	s.mu.Lock()
+	reclaim := now.Sub(s.lastReclaim) >= s.reclaim
+	if reclaim {
+		s.lastReclaim = now
+	}
+	trim := now.Sub(s.lastTrim) >= trimEvery
+	s.mu.Unlock()
+	if trim {
+		s.trimAsync()
+	}
+	flag := "0"
+	if reclaim {
+		flag = "1"
+	}
+	res, err := receiveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern).Slice()
+	if err != nil {
+		return nil, 0, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
+	}
+	if len(res) != 3 {
+		return nil, 0, fmt.Errorf("redis transport: receive %q: unexpected script reply %v", s.name, res)
+	}
+	nextDue := time.Duration(-1)
+	if n, ok := res[0].(int64); ok && n >= 0 {
+		nextDue = time.Duration(n) * time.Millisecond
+	}
+	if deleted, _ := res[1].([]any); len(deleted) > 0 {
+		s.d.log.Warn("redis transport: entries were deleted from a stream while pending (trimmed by something other than Ripple); they are acknowledged away and lost",
+			"handler", s.name, "stream", s.stream, "ids", deleted)
+	}
+	entries, _ := res[2].([]any)
+	raw := make([]rawEntry, 0, len(entries))
+	for _, e := range entries {
+		t, ok := e.([]any)
+		if !ok || len(t) != 3 {
+			continue
+		}
+		id, _ := t[0].(string)
+		count, _ := t[1].(int64)
+		raw = append(raw, rawEntry{id: id, count: count, fields: flatFields(t[2])})
+	}
+	return s.deliveries(ctx, raw), nextDue, nil
+}
+
+type rawEntry struct {
+	id     string
+	count  int64
+	fields map[string]string
+}
+
+func flatFields(v any) map[string]string {
+	list, _ := v.([]any)
+	m := make(map[string]string, len(list)/2)
+	for i := 0; i+1 < len(list); i += 2 {
+		k, _ := list[i].(string)
+		val, _ := list[i+1].(string)
+		m[k] = val
+	}
+	return m
+}
+
+// deliveries turns entries into deliveries. Entries Ripple did not write
+// go to the dead-letter stream at once, so they are never retried in a
+// loop.
+func (s *subscription) deliveries(ctx context.Context, raw []rawEntry) []*transport.Delivery {
+	if len(raw) == 0 {
+		return nil
+	}
+	nowMs := time.Now().UnixMilli()
+	out := make([]*transport.Delivery, 0, len(raw))
+	var foreign []transport.Settlement
+	for _, e := range raw {
+		m, base, first, ok := parseEntry(e.fields)
+		tk := &token{id: e.id, consumer: s.consumer, count: e.count, attempt: base + int(e.count), first: first}
+		if first == 0 {
+			if tk.attempt == 1 {
+				tk.first = nowMs
+			} else if ms, _, found := strings.Cut(e.id, "-"); found {
+				// Reclaimed before any settle recorded a first delivery:
+				// the entry's own time is the best bound known.
+				fmt.Sscan(ms, &tk.first)
+			}
+		}
+		d := &transport.Delivery{Message: m, Attempt: tk.attempt, FirstDelivered: time.UnixMilli(tk.first), Token: tk}
+		if !ok {
+			d.Message.ID = e.id
+			foreign = append(foreign, transport.Settlement{Delivery: d, Outcome: transport.Dead,
+				Error: "not a Ripple event: the stream entry has no id and type fields (written by another program?)"})
+			continue
+		}
+		out = append(out, d)
+	}
+	if len(foreign) > 0 {
+		s.d.log.Warn("redis transport: moving entries Ripple did not write to the dead-letter stream", "handler", s.name, "stream", s.stream, "count", len(foreign))
+		if err := s.Settle(ctx, foreign); err != nil {
+			s.d.log.Error("redis transport: could not dead-letter foreign entries; they return after the lease", "handler", s.name, "err", err)
+		}
+	}
+	return out
+}
+
+// block waits for new entries with XREADGROUP BLOCK on a dedicated
+// connection. Cancelling ctx closes that connection, so the wait ends at
+// once rather than at the block timeout.
+func (s *subscription) block(ctx context.Context, limit int, wait time.Duration) ([]*transport.Delivery, error) {
+	c := s.blockClient()
+	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+	res, err := c.XReadGroup(context.Background(), &goredis.XReadGroupArgs{
+		Group: s.name, Consumer: s.consumer, Streams: []string{s.stream, ">"}, Count: int64(limit), Block: wait,
+	}).Result()
+	if !stop() {
+		// The connection was closed by the cancellation. Entries read in
+		// that instant stay pending and return after their lease.
+		return nil, ctx.Err()
+	}
+	s.putBlockClient(c)
+	switch {
+	case errors.Is(err, goredis.Nil):
+		return nil, nil
+	case err != nil && strings.Contains(err.Error(), "NOGROUP"):
+		// Redis lost the group (restart without persistence, FLUSHDB):
+		// recreate it and the subscription's registration.
+		if err := subscribeScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.pattern).Err(); err != nil {
+			return nil, fmt.Errorf("redis transport: recreating consumer group %q: %w", s.name, err)
+		}
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
+	}
+	var raw []rawEntry
+	for _, st := range res {
+		for _, m := range st.Messages {
+			f := make(map[string]string, len(m.Values))
+			for k, v := range m.Values {
+				f[k], _ = v.(string)
+			}
+			raw = append(raw, rawEntry{id: m.ID, count: 1, fields: f})
+		}
+	}
+	return s.deliveries(ctx, raw), nil
+}
+
+func (s *subscription) blockClient() *goredis.Client {
+	select {
+	case c := <-s.blk:
+		return c
+	default:
+	}
+	o := *s.d.opts
+	o.PoolSize = 1
+	o.MinIdleConns = 0
+	o.MaxIdleConns = 1
+	// A retried XREADGROUP could lease entries whose first reply was lost;
+	// an error is better: the core retries the Receive.
+	o.MaxRetries = -1
+	return goredis.NewClient(&o)
+}
+
+func (s *subscription) putBlockClient(c *goredis.Client) {
+	if !s.isClosed() {
+		select {
+		case s.blk <- c:
+			return
+		default:
+		}
+	}
+	_ = c.Close()
+}
+
+// Settle records outcomes in one script call.
+func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) error {
+	if s.d.isClosed() {
+		return ErrClosed
+	}
+	args := make([]any, 0, 3+8*len(ss))
+	args = append(args, s.d.prefix, s.name, s.d.ret.deadCount)
+	completes := 0
+	for _, st := range ss {
+		if st.Delivery == nil {
+			continue
+		}
+		tk, ok := st.Delivery.Token.(*token)
+		if !ok {
+			continue
+		}
+		var op string
+		att := tk.attempt
+		switch st.Outcome {
+		case transport.Complete:
+			op = "c"
+			completes++
+		case transport.Retry:
+			op = "r"
+		case transport.Release:
+			op, att = "l", tk.attempt-1
+		case transport.Dead:
+			op = "d"
+		default:
+			return fmt.Errorf("redis transport: unknown outcome %d", st.Outcome)
+		}
+		delay := int64(0)
+		if st.Delay > 0 {
+			delay = max(st.Delay.Milliseconds(), 1)
+		}
+		args = append(args, op, tk.id, tk.consumer, tk.count, att, tk.first, delay, st.Error)
+	}
+	if len(args) == 3 {
+		return nil
+	}
+	res, err := settleScript.Run(ctx, s.d.client, nil, args...).Slice()
+	if err != nil {
+		return fmt.Errorf("redis transport: settle %q: %w", s.name, err)
+	}
+	if len(res) == 2 {
+		if lost, _ := res[1].([]any); len(lost) > 0 {
+			s.d.log.Warn("redis transport: entries were trimmed from the stream while pending (by something other than Ripple); their retry or dead letter is lost",
+				"handler", s.name, "stream", s.stream, "ids", lost)
+		}
+	}
+	if completes > 0 {
+		s.mu.Lock()
+		s.completes += int64(completes)
+		due := s.completes > s.slack()
+		s.mu.Unlock()
+		if due {
+			s.trimAsync()
+		}
+	}
+	return nil
+}
+
+// slack is how many completions a subscription lets pass between trims:
+// a sixteenth of the retained count, so trimming is amortised while the
+// count stays within about 6% of the limit.
+func (s *subscription) slack() int64 { return s.d.ret.completedCount / 16 }
+
+// trimAsync applies retention in the background unless a trim is running.
+func (s *subscription) trimAsync() {
+	if !s.trimming.CompareAndSwap(false, true) {
+		return
+	}
+	s.mu.Lock()
+	s.completes = 0
+	s.lastTrim = time.Now()
+	s.mu.Unlock()
+	go func() {
+		defer s.trimming.Store(false)
+		if err := s.d.trim(context.Background(), s.name, s.slack()); err != nil && !s.isClosed() {
+			s.d.log.Warn("redis transport: retention trim failed; it is retried later", "handler", s.name, "err", err)
+		}
+	}()
+}
+
+func (d *Driver) trim(ctx context.Context, name string, slack int64) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	r := d.ret
+	return trimScript.Run(ctx, d.client, nil, d.prefix, name,
+		r.completedCount, r.completedAge.Milliseconds(), r.deadCount, r.deadAge.Milliseconds(), slack).Err()
+}
+
+// Extend renews leases by resetting the entries' idle time.
+func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, _ time.Duration) error {
+	if s.d.isClosed() {
+		return ErrClosed
+	}
+	args := make([]any, 0, 2+3*len(ds))
+	args = append(args, s.d.prefix, s.name)
+	for _, d := range ds {
+		if tk, ok := d.Token.(*token); ok {
+			args = append(args, tk.id, tk.consumer, tk.count)
+		}
+	}
+	if len(args) == 2 {
+		return nil
+	}
+	if err := extendScript.Run(ctx, s.d.client, nil, args...).Err(); err != nil {
+		return fmt.Errorf("redis transport: extend leases of %q: %w", s.name, err)
+	}
+	return nil
+}
+
+// Close stops receiving. The subscription stays registered in Redis.
+func (s *subscription) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	for {
+		select {
+		case c := <-s.blk:
+			_ = c.Close()
+			continue
+		default:
+		}
+		break
+	}
+	s.d.mu.Lock()
+	delete(s.d.subs, s)
+	s.d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = leaveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer).Err()
+	return nil
+}
