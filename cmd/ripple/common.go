@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/ripplehq/ripple"
+	"github.com/spf13/cobra"
+
+	// Every transport Ripple ships, so that any URL works.
+	_ "github.com/ripplehq/ripple/transport/all"
+)
+
+// envURL names the environment variable that supplies --url's default.
+const envURL = "RIPPLE_URL"
+
+// busFlags are the flags of commands that open a bus.
+type busFlags struct {
+	url string
+}
+
+func (f *busFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.url, "url", "",
+		"transport URL (default $"+envURL+", then "+ripple.DefaultURL+")")
+}
+
+// resolve returns the URL to open: --url when given, else $RIPPLE_URL,
+// else ripple.DefaultURL.
+func (f *busFlags) resolve(cmd *cobra.Command) (string, error) {
+	if cmd.Flags().Changed("url") {
+		if strings.TrimSpace(f.url) == "" {
+			return "", fmt.Errorf("--url is empty; give a transport URL such as %s, or leave the flag out to use $%s", ripple.DefaultURL, envURL)
+		}
+		return f.url, nil
+	}
+	if env := strings.TrimSpace(os.Getenv(envURL)); env != "" {
+		return env, nil
+	}
+	return ripple.DefaultURL, nil
+}
+
+// open opens the bus for an administration command. It refuses a sqlite
+// URL whose file does not exist: creating an empty database in the wrong
+// directory would only hide the mistake.
+func (c *cli) open(cmd *cobra.Command, f *busFlags) (*ripple.Bus, string, error) {
+	u, err := f.resolve(cmd)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := requireDatabase(u); err != nil {
+		return nil, u, err
+	}
+	if strings.HasPrefix(u, "memory://") {
+		fmt.Fprintln(c.stderr, "note: a memory:// store lives inside one process, so this command sees only what it does itself")
+	}
+	bus, err := ripple.Open(cmd.Context(), u, ripple.WithLogger(c.logger(slog.LevelWarn)))
+	if err != nil {
+		return nil, u, err
+	}
+	return bus, u, nil
+}
+
+// requireDatabase fails for a sqlite:// URL whose file is missing.
+func requireDatabase(rawURL string) error {
+	rest, ok := strings.CutPrefix(rawURL, "sqlite://")
+	if !ok {
+		return nil
+	}
+	path, _, _ := strings.Cut(rest, "?")
+	if p, err := url.PathUnescape(path); err == nil {
+		path = p
+	}
+	if path == "" {
+		return nil // the transport explains what is wrong with the URL
+	}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("no Ripple database at %s (from %s); run ripple where your application keeps its database, or pass --url or set $%s", path, rawURL, envURL)
+	}
+	return nil
+}
+
+// logger returns a logger for the bus's background messages on stderr.
+func (c *cli) logger(level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// closeBus closes the bus and reports a failure to close on stderr, since
+// by then the command's own result has been printed.
+func (c *cli) closeBus(bus *ripple.Bus) {
+	if err := bus.Close(); err != nil {
+		fmt.Fprintln(c.stderr, "ripple: closing the bus:", err)
+	}
+}
+
+// writeJSON prints v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// args returns a cobra argument check that explains the usage in its
+// error, instead of cobra's bare count.
+func args(min, max int, usage string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, a []string) error {
+		if len(a) < min || (max >= 0 && len(a) > max) {
+			return fmt.Errorf("usage: %s", usage)
+		}
+		return nil
+	}
+}
+
+// statsContext is the ctx for one quick read of the transport.
+func statsContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, statsTimeout)
+}

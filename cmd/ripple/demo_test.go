@@ -1,0 +1,144 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ripplehq/ripple/examples/signup/signupapp"
+	"github.com/ripplehq/ripple/transport"
+)
+
+// retrySeed returns a seed with which the Stripe call of at least one of
+// the first n event-driven signups fails at first, so that the demo must
+// show retries.
+func retrySeed(t *testing.T, n int) string {
+	for seed := uint64(1); seed < 1000; seed++ {
+		for i := 1; i <= n; i++ {
+			if signupapp.StripeFails(seed, fmt.Sprintf("evented-%d@example.com", i), 1, signupapp.DefaultConfig().StripeFailureRate) {
+				return strconv.FormatUint(seed, 10)
+			}
+		}
+	}
+	t.Fatal("no seed makes Stripe fail")
+	return ""
+}
+
+func TestDemoSummary(t *testing.T) {
+	r := mustRun(t, "demo", "--once", "--scale", "0.01", "--signups", "10", "--seed", retrySeed(t, 10), "--url", "memory://")
+	out := r.stdout
+	for _, want := range []string{
+		"transport  memory://",
+		"10 signups per version",
+		"OK: all 5 handlers completed all 10 signups.",
+		"Stripe failed",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
+	}
+	for _, h := range signupapp.Handlers() {
+		row := regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(h) + `\s+\S+\s+(\d+)/10\s+(\d+)\s+(\d+)\s+(\d+)$`).FindStringSubmatch(out)
+		if row == nil {
+			t.Errorf("no summary row for %s:\n%s", h, out)
+			continue
+		}
+		completed, _ := strconv.Atoi(row[1])
+		retried, _ := strconv.Atoi(row[2])
+		if completed != 10 || row[3] != "0" || row[4] != "0" {
+			t.Errorf("%s: completed %s/10, dead %s, queued %s; want 10, 0, 0", h, row[1], row[3], row[4])
+		}
+		if h == signupapp.HandlerStripeCustomer && retried == 0 {
+			t.Errorf("the Stripe handler shows no retries:\n%s", out)
+		}
+	}
+}
+
+func TestDemoJSON(t *testing.T) {
+	seed := retrySeed(t, 10)
+	r := mustRun(t, "demo", "--once", "--scale", "0.01", "--signups", "10", "--seed", seed, "--url", "memory://", "--json")
+	var s demoSummary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatalf("demo --json printed %q: %v", r.stdout, err)
+	}
+	checkSummary(t, s, 10)
+	if strconv.FormatUint(s.Seed, 10) != seed || s.URL != "memory://" || s.FreshDatabase {
+		t.Errorf("summary header: %+v", s)
+	}
+}
+
+// checkSummary asserts the article's point: the event-driven signup
+// answers well before the synchronous one, and every handler still
+// completes every signup, with Stripe's failures retried.
+func checkSummary(t *testing.T, s demoSummary, n int) {
+	t.Helper()
+	if !s.AllCompleted || s.Evented.Failed != 0 || s.WaitError != "" {
+		t.Fatalf("demo did not complete: %+v", s)
+	}
+	if s.Evented.P50Seconds*2 > s.Sync.P50Seconds {
+		t.Errorf("event-driven p50 %gs is not well under synchronous p50 %gs", s.Evented.P50Seconds, s.Sync.P50Seconds)
+	}
+	if len(s.Handlers) != 5 {
+		t.Fatalf("%d handlers in the summary, want 5", len(s.Handlers))
+	}
+	for _, h := range s.Handlers {
+		if h.Completed != n || h.Dead != 0 {
+			t.Errorf("%s: %+v, want %d completed and none dead", h.Handler, h, n)
+		}
+		if h.Handler == signupapp.HandlerStripeCustomer && h.Retried == 0 {
+			t.Errorf("Stripe handler shows no retries: %+v", h)
+		}
+	}
+}
+
+func TestDemoFlags(t *testing.T) {
+	wantError(t, rippleCmd(t, "", "demo", "--once", "--signups", "0"), "--signups 0")
+	wantError(t, rippleCmd(t, "", "demo", "--once", "--scale", "-1"), "--scale -1")
+	wantError(t, rippleCmd(t, "", "demo", "--once", "--url", ""), "--url is empty")
+	wantError(t, rippleCmd(t, "", "demo", "--once", "--scale", "fast"), "invalid argument", "--scale")
+}
+
+func TestDemoOnSQLite(t *testing.T) {
+	if _, ok := transport.Lookup("sqlite"); !ok {
+		t.Skip("the sqlite transport is not registered in this build")
+	}
+	// Without --url the demo recreates ripple-demo.db in the working
+	// directory; a stale file from an earlier run must not leak into it.
+	t.Chdir(t.TempDir())
+	if err := os.WriteFile(demoDB, []byte("not a database"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Scale 0.1 keeps the simulated work (190 ms per synchronous signup)
+	// well above the cost of a durable commit.
+	r := mustRun(t, "demo", "--once", "--scale", "0.1", "--signups", "10", "--seed", retrySeed(t, 10), "--json")
+	var s demoSummary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatalf("demo --json printed %q: %v", r.stdout, err)
+	}
+	if s.URL != "sqlite://"+demoDB || !s.FreshDatabase {
+		t.Errorf("demo used %s (fresh %v), want a fresh sqlite://%s", s.URL, s.FreshDatabase, demoDB)
+	}
+	checkSummary(t, s, 10)
+
+	// The database outlives the demo, so the other commands can read it.
+	st := mustRun(t, "stats", "--url", "sqlite://"+demoDB, "--json")
+	var stats []map[string]any
+	if err := json.Unmarshal([]byte(st.stdout), &stats); err != nil || len(stats) != 5 {
+		t.Errorf("stats after the demo: %v %s", err, st.stdout)
+	}
+
+	// A second run starts from an empty database again.
+	r = mustRun(t, "demo", "--once", "--scale", "0.1", "--signups", "3", "--seed", retrySeed(t, 3), "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatal(err)
+	}
+	checkSummary(t, s, 3)
+	if _, err := os.Stat(filepath.Join(".", demoDB)); err != nil {
+		t.Errorf("demo database missing after the run: %v", err)
+	}
+}

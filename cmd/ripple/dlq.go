@@ -1,0 +1,160 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ripplehq/ripple"
+	"github.com/spf13/cobra"
+)
+
+func (c *cli) dlqCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "dlq",
+		Short: "List, requeue and purge a handler's dead letters",
+		Long: `A handler's dead-letter queue holds the events it gave up on: those whose
+handler returned a Permanent error or failed on its last attempt. Each keeps
+the last error, the attempt count and the times.`,
+		Args: args(0, 0, "ripple dlq list|requeue|purge HANDLER"),
+	}
+	cmd.AddCommand(c.dlqListCmd(), c.dlqRequeueCmd(), c.dlqPurgeCmd())
+	return cmd
+}
+
+func (c *cli) dlqListCmd() *cobra.Command {
+	var (
+		bf     busFlags
+		limit  int
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "list HANDLER",
+		Short: "List a handler's dead letters, oldest first",
+		Args:  args(1, 1, "ripple dlq list HANDLER [--limit N] [--json]"),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			if limit < 1 {
+				return fmt.Errorf("--limit %d: list at least 1 dead letter", limit)
+			}
+			bus, _, err := c.open(cmd, &bf)
+			if err != nil {
+				return err
+			}
+			defer c.closeBus(bus)
+			dead, err := bus.DeadLetters(cmd.Context(), a[0], limit)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if dead == nil {
+					dead = []ripple.DeadLetter{}
+				}
+				return writeJSON(c.stdout, dead)
+			}
+			if len(dead) == 0 {
+				fmt.Fprintf(c.stdout, "%s has no dead letters\n", a[0])
+				return nil
+			}
+			return printDeadLetters(c.stdout, dead)
+		},
+	}
+	bf.add(cmd)
+	cmd.Flags().IntVar(&limit, "limit", 100, "list at most this many")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the dead letters as JSON, events in CloudEvents form")
+	return cmd
+}
+
+func printDeadLetters(w io.Writer, dead []ripple.DeadLetter) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTYPE\tATTEMPTS\tDEAD AT\tERROR")
+	for _, d := range dead {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", d.Event.ID, d.Event.Type, d.Attempts,
+			d.DeadAt.UTC().Format(time.RFC3339), truncate(oneLine(d.Error), 100))
+	}
+	return tw.Flush()
+}
+
+func truncate(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
+func (c *cli) dlqRequeueCmd() *cobra.Command {
+	var bf busFlags
+	cmd := &cobra.Command{
+		Use:   "requeue HANDLER [IDS...]",
+		Short: "Move dead letters back to the handler's queue with fresh attempts",
+		Long: `requeue moves the named dead letters of HANDLER, or all of them when no ids
+are given, back to its queue with a fresh attempt budget.`,
+		Args: args(1, -1, "ripple dlq requeue HANDLER [IDS...]"),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			bus, _, err := c.open(cmd, &bf)
+			if err != nil {
+				return err
+			}
+			defer c.closeBus(bus)
+			n, err := bus.RequeueDead(cmd.Context(), a[0], a[1:]...)
+			if err != nil {
+				return err
+			}
+			c.reportCount("requeued", a[0], n, a[1:])
+			return nil
+		},
+	}
+	bf.add(cmd)
+	return cmd
+}
+
+func (c *cli) dlqPurgeCmd() *cobra.Command {
+	var (
+		bf  busFlags
+		all bool
+	)
+	cmd := &cobra.Command{
+		Use:   "purge HANDLER [IDS...]",
+		Short: "Delete dead letters for good",
+		Long: `purge deletes the named dead letters of HANDLER. Deleting all of them needs
+--all, so that a forgotten id list does not wipe the queue.`,
+		Args: args(1, -1, "ripple dlq purge HANDLER IDS... | ripple dlq purge HANDLER --all"),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			ids := a[1:]
+			switch {
+			case len(ids) == 0 && !all:
+				return fmt.Errorf("purge deletes dead letters for good: name the ids to delete, or pass --all to delete every dead letter of %s", a[0])
+			case len(ids) > 0 && all:
+				return fmt.Errorf("give either ids or --all, not both")
+			}
+			bus, _, err := c.open(cmd, &bf)
+			if err != nil {
+				return err
+			}
+			defer c.closeBus(bus)
+			n, err := bus.PurgeDead(cmd.Context(), a[0], ids...)
+			if err != nil {
+				return err
+			}
+			c.reportCount("purged", a[0], n, ids)
+			return nil
+		},
+	}
+	bf.add(cmd)
+	cmd.Flags().BoolVar(&all, "all", false, "purge every dead letter of the handler")
+	return cmd
+}
+
+// reportCount prints how many dead letters an operation moved, and says so
+// when some named ids were not found.
+func (c *cli) reportCount(verb, handler string, n int, ids []string) {
+	noun := "dead letters"
+	if n == 1 {
+		noun = "dead letter"
+	}
+	fmt.Fprintf(c.stdout, "%s %d %s of %s\n", verb, n, noun, handler)
+	if len(ids) > n {
+		fmt.Fprintf(c.stderr, "note: %d of the %d ids given were not in %s's dead-letter queue\n", len(ids)-n, len(ids), handler)
+	}
+}

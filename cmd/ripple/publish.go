@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ripplehq/ripple"
+	"github.com/ripplehq/ripple/transport"
+	"github.com/spf13/cobra"
+)
+
+func (c *cli) publishCmd() *cobra.Command {
+	var (
+		bf       busFlags
+		data     string
+		key      string
+		delay    time.Duration
+		priority int
+		id       string
+		asJSON   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "publish TYPE --data JSON",
+		Short: "Publish one event",
+		Long: `publish stores one event of type TYPE with a JSON payload and prints the
+stored event.
+
+--data takes the JSON itself, @FILE to read it from a file, or - to read it
+from standard input; without --data the payload is {}.
+
+Handlers receive only events published after they subscribed, so publish
+warns when no handler on the transport matches TYPE.`,
+		Example: `  ripple publish user.signup.completed --data '{"user_id":"42","email":"ada@example.com"}'
+  ripple publish report.requested --data @report.json --delay 10m --key customer-7
+  ripple publish order.payment.failed --data - --json < event.json`,
+		Args: args(1, 1, "ripple publish TYPE --data JSON, such as: ripple publish user.signup.completed --data '{\"email\":\"ada@example.com\"}'"),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			typ := a[0]
+			if err := ripple.ValidateName(typ); err != nil {
+				return err
+			}
+			payload, err := readData(data, c.stdin)
+			if err != nil {
+				return err
+			}
+			var opts []ripple.PublishOption
+			if cmd.Flags().Changed("key") {
+				opts = append(opts, ripple.WithKey(key))
+			}
+			if delay < 0 {
+				return fmt.Errorf("--delay %s is negative; give how long to wait, such as 30s or 10m", delay)
+			}
+			if delay > 0 {
+				opts = append(opts, ripple.WithDelay(delay))
+			}
+			if cmd.Flags().Changed("priority") {
+				opts = append(opts, ripple.WithPriority(priority))
+			}
+			if cmd.Flags().Changed("id") {
+				opts = append(opts, ripple.WithID(id))
+			}
+
+			bus, u, err := c.open(cmd, &bf)
+			if err != nil {
+				return err
+			}
+			defer c.closeBus(bus)
+			ev, err := bus.Publish(cmd.Context(), typ, payload, opts...)
+			if err != nil {
+				return err
+			}
+			c.warnUnmatched(cmd, bus, typ, u)
+			if asJSON {
+				return writeJSON(c.stdout, ev)
+			}
+			return printEvent(c.stdout, ev, delay)
+		},
+	}
+	bf.add(cmd)
+	f := cmd.Flags()
+	f.StringVar(&data, "data", "", "JSON payload, @FILE, or - for standard input (default {})")
+	f.StringVar(&key, "key", "", "partition key: ordered handlers see one key's events in publish order")
+	f.DurationVar(&delay, "delay", 0, "deliver no sooner than this from now, such as 30s or 10m")
+	f.IntVar(&priority, "priority", 0, "higher is handled first among waiting events")
+	f.StringVar(&id, "id", "", "event id; publishing an id the transport remembers stores nothing")
+	f.BoolVar(&asJSON, "json", false, "print the stored event as CloudEvents JSON")
+	return cmd
+}
+
+// readData returns the payload named by --data as JSON.
+func readData(arg string, stdin io.Reader) (json.RawMessage, error) {
+	var raw []byte
+	source := "--data"
+	switch {
+	case arg == "":
+		return json.RawMessage("{}"), nil
+	case arg == "-":
+		b, err := io.ReadAll(stdin)
+		if err != nil {
+			return nil, fmt.Errorf("reading --data from standard input: %w", err)
+		}
+		raw, source = b, "standard input"
+	case strings.HasPrefix(arg, "@"):
+		b, err := os.ReadFile(arg[1:])
+		if err != nil {
+			return nil, fmt.Errorf("reading --data: %w", err)
+		}
+		raw, source = b, arg[1:]
+	default:
+		raw = []byte(arg)
+	}
+	raw = bytes.TrimSpace(raw)
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return nil, fmt.Errorf("the payload from %s is not valid JSON at byte %d: %v; quote it for the shell, such as --data '{\"email\":\"ada@example.com\"}'", source, se.Offset, err)
+		}
+		return nil, fmt.Errorf("the payload from %s is not valid JSON: %v", source, err)
+	}
+	return json.RawMessage(raw), nil
+}
+
+// warnUnmatched notes on stderr when no handler on the transport matches
+// the type, since such an event reaches nobody.
+func (c *cli) warnUnmatched(cmd *cobra.Command, bus *ripple.Bus, typ, u string) {
+	ctx, cancel := statsContext(cmd.Context())
+	defer cancel()
+	stats, err := bus.Stats(ctx)
+	if err != nil {
+		return // the transport keeps no statistics; nothing to check against
+	}
+	for _, s := range stats {
+		if transport.Match(s.Pattern, typ) {
+			return
+		}
+	}
+	fmt.Fprintf(c.stderr, "note: no handler on %s subscribes to %s, so no handler will receive this event (handlers get only events published after they subscribe)\n", u, typ)
+}
+
+func printEvent(w io.Writer, ev ripple.Event, delay time.Duration) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "published\t%s\n", ev.Type)
+	fmt.Fprintf(tw, "id\t%s\n", ev.ID)
+	fmt.Fprintf(tw, "source\t%s\n", ev.Source)
+	fmt.Fprintf(tw, "time\t%s\n", ev.Time.UTC().Format(time.RFC3339Nano))
+	if delay > 0 {
+		fmt.Fprintf(tw, "deliver after\t%s\n", ev.Time.Add(delay).UTC().Format(time.RFC3339))
+	}
+	if ev.Key != "" {
+		fmt.Fprintf(tw, "key\t%s\n", ev.Key)
+	}
+	if ev.Priority != 0 {
+		fmt.Fprintf(tw, "priority\t%d\n", ev.Priority)
+	}
+	fmt.Fprintf(tw, "correlationid\t%s\n", ev.CorrelationID)
+	fmt.Fprintf(tw, "data\t%s\n", ev.Data)
+	return tw.Flush()
+}

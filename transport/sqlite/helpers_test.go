@@ -1,0 +1,27 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+)
+
+func rawDB(t testing.TB, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(1)
+	return db
+}
+
+// pruneNow runs one pruning pass in the writer goroutine, which owns the
+// connection.
+func (d *driver) pruneNow(t testing.TB) {
+	t.Helper()
+	err := d.exec(context.Background(), func(w *writer) error { _, err := w.pruneStep(); return err }, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,87 @@
+package sqlite
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+// TestQueryPlans checks that the hot statements are index range scans, not
+// table scans, so that their cost does not grow with a subscription's
+// history (the retained completed and dead rows of a 1M-row table).
+func TestQueryPlans(t *testing.T) {
+	d, _ := newDB(t)
+	subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "a.>", Ordered: true})
+	d.rdb.Exec(`ANALYZE`)
+	plans := map[string]string{
+		"lease ready":   leaseReadySQL,
+		"lease ordered": leaseOrderedSQL,
+		"lease expired": leaseExpiredSQL,
+		"next due":      nextDueSQL,
+		"prune event":   pruneEventSQL,
+		"prune done":    pruneSQL[2].age,
+		"prune dead":    pruneSQL[3].cut,
+		"cutoff":        pruneSQL[2].cutoff,
+	}
+	for name, q := range plans {
+		rows, err := d.rdb.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+q, 1, 2, 3, 4)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var plan []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			rows.Scan(&id, &parent, &unused, &detail)
+			plan = append(plan, detail)
+		}
+		rows.Close()
+		all := strings.Join(plan, "; ")
+		t.Logf("%s: %s", name, all)
+		if name == "lease ordered" && !strings.Contains(all, "deliveries_key") {
+			t.Errorf("%s: key check does not use deliveries_key: %s", name, all)
+		}
+		for _, p := range plan {
+			if strings.HasPrefix(p, "SCAN ") && !strings.Contains(p, "INDEX") {
+				t.Errorf("%s: full scan: %s", name, all)
+			}
+			if strings.Contains(p, "USE TEMP B-TREE") {
+				t.Errorf("%s: sorts: %s", name, all)
+			}
+		}
+	}
+}
+
+// TestSoftCommitsOnly checks that only lease bookkeeping commits without
+// fsync at synchronous=full: every other batch runs at FULL.
+func TestSoftCommitsOnly(t *testing.T) {
+	d, _ := newDB(t)
+	level := func(f execFlags) int {
+		var v int
+		err := d.exec(context.Background(), func(w *writer) error {
+			return w.conn.QueryRowContext(context.Background(), "PRAGMA synchronous").Scan(&v)
+		}, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for i, c := range []struct {
+		f    execFlags
+		want int
+	}{{0, 2}, {soft, 1}, {soft, 1}, {0, 2}, {returnOnCancel, 2}, {soft, 1}, {0, 2}} {
+		if got := level(c.f); got != c.want {
+			t.Fatalf("step %d: synchronous=%d, want %d", i, got, c.want)
+		}
+	}
+	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "a.b"})
+	publish(t, d, msg("a.b"))
+	receive(t, s, 1, time.Second)
+	publish(t, d, msg("a.b"))
+	if got := level(0); got != 2 {
+		t.Fatalf("after receive and publish: synchronous=%d", got)
+	}
+}

@@ -1,0 +1,195 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+const (
+	// pruneInterval is the pruner's pace when it is keeping up.
+	pruneInterval = 2 * time.Second
+	// pruneCatchUp is its pace when the last pass hit a batch limit.
+	pruneCatchUp = 100 * time.Millisecond
+	// pruneBatch bounds each delete, so that one pass holds the write
+	// lock for milliseconds, never long enough to stall publishers.
+	pruneBatch = 500
+)
+
+type pruneState struct {
+	// seq is the events cursor: events still referenced are skipped once
+	// per sweep, not re-examined at every pass.
+	seq int64
+}
+
+// Finished-row statements, one per state, with the state as a literal so
+// that SQLite can use the matching partial index.
+var pruneSQL = func() map[int]struct{ age, cut, cutoff string } {
+	m := map[int]struct{ age, cut, cutoff string }{}
+	for _, st := range []int{2, 3} {
+		m[st] = struct{ age, cut, cutoff string }{
+			age: fmt.Sprintf(`DELETE FROM deliveries WHERE sub_id = ?1 AND state = %[1]d AND event_seq IN
+				(SELECT event_seq FROM deliveries WHERE sub_id = ?1 AND state = %[1]d AND done_at < ?2 ORDER BY done_at LIMIT ?3)`, st),
+			cutoff: fmt.Sprintf(`SELECT done_at, event_seq FROM deliveries WHERE sub_id = ? AND state = %d
+				ORDER BY done_at DESC, event_seq DESC LIMIT 1 OFFSET ?`, st),
+			cut: fmt.Sprintf(`DELETE FROM deliveries WHERE sub_id = ?1 AND state = %[1]d AND event_seq IN
+				(SELECT event_seq FROM deliveries WHERE sub_id = ?1 AND state = %[1]d
+				AND (done_at < ?2 OR (done_at = ?2 AND event_seq <= ?3)) ORDER BY done_at LIMIT ?4)`, st),
+		}
+	}
+	return m
+}()
+
+// pruneEventSQL deletes one event unless a delivery refers to it. The IN
+// over subscriptions turns the check into one primary-key probe per
+// subscription, so deliveries needs no index on event_seq.
+const pruneEventSQL = `DELETE FROM events WHERE seq = ?1 AND NOT EXISTS
+	(SELECT 1 FROM deliveries WHERE sub_id IN (SELECT id FROM subscriptions) AND event_seq = ?1)`
+
+// runPrune runs one bounded pruning pass in its own transaction and returns
+// when the next pass is due.
+func (w *writer) runPrune() time.Duration {
+	more := false
+	o := &op{ctx: context.Background(), done: make(chan struct{}), soft: true, run: func(w *writer) error {
+		var err error
+		more, err = w.pruneStep()
+		return err
+	}}
+	if err := w.runTx([]*op{o}); err != nil {
+		// Pruning is best effort: the next pass tries again.
+		return pruneInterval
+	}
+	if more {
+		return pruneCatchUp
+	}
+	return pruneInterval
+}
+
+func (w *writer) pruneStep() (more bool, err error) {
+	bg := context.Background()
+	r := w.d.ret
+	var subs []int64
+	rows, err := w.conn.QueryContext(bg, `SELECT id FROM subscriptions`)
+	if err != nil {
+		return false, err
+	}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return false, err
+		}
+		subs = append(subs, id)
+	}
+	if err := rows.Close(); err != nil {
+		return false, err
+	}
+	for _, id := range subs {
+		for _, p := range []struct {
+			state int
+			count int
+			age   time.Duration
+		}{{2, r.completedCount, r.completedAge}, {3, r.deadCount, r.deadAge}} {
+			m, err := w.pruneFinished(id, p.state, p.count, p.age)
+			if err != nil {
+				return false, err
+			}
+			more = more || m
+		}
+	}
+	m, err := w.pruneEvents()
+	if err != nil {
+		return false, err
+	}
+	more = more || m
+	res, err := w.conn.ExecContext(bg, `DELETE FROM claims WHERE (handler, event_id) IN
+		(SELECT handler, event_id FROM claims WHERE updated_at < ?1 AND (done = 1 OR expires_at < ?2) LIMIT ?3)`,
+		w.now-int64(r.dedup), w.now, pruneBatch)
+	if err != nil {
+		return false, err
+	}
+	if n, _ := res.RowsAffected(); n == pruneBatch {
+		more = true
+	}
+	return more, nil
+}
+
+func (w *writer) pruneFinished(sub int64, state, count int, age time.Duration) (bool, error) {
+	bg := context.Background()
+	q := pruneSQL[state]
+	more := false
+	res, err := w.conn.ExecContext(bg, q.age, sub, w.now-int64(age), pruneBatch)
+	if err != nil {
+		return false, err
+	}
+	if n, _ := res.RowsAffected(); n == pruneBatch {
+		more = true
+	}
+	var doneAt, seq int64
+	err = w.conn.QueryRowContext(bg, q.cutoff, sub, count).Scan(&doneAt, &seq)
+	if err == sql.ErrNoRows {
+		return more, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	res, err = w.conn.ExecContext(bg, q.cut, sub, doneAt, seq, pruneBatch)
+	if err != nil {
+		return false, err
+	}
+	if n, _ := res.RowsAffected(); n == pruneBatch {
+		more = true
+	}
+	return more, nil
+}
+
+// pruneEvents deletes events older than the dedup window that no delivery
+// needs any more. It walks events in seq order from a cursor, pass by pass,
+// and starts over once it reaches events inside the window: seq order is
+// publish order, so that is where the old ones end.
+func (w *writer) pruneEvents() (bool, error) {
+	bg := context.Background()
+	cutoff := w.now - int64(w.d.ret.dedup)
+	rows, err := w.conn.QueryContext(bg, `SELECT seq, published_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?`,
+		w.prune.seq, pruneBatch)
+	if err != nil {
+		return false, err
+	}
+	var seqs []int64
+	n, reachedWindow := 0, false
+	for rows.Next() {
+		var seq, pub int64
+		if err := rows.Scan(&seq, &pub); err != nil {
+			rows.Close()
+			return false, err
+		}
+		n++
+		if pub >= cutoff {
+			reachedWindow = true
+			break
+		}
+		seqs = append(seqs, seq)
+		w.prune.seq = seq
+	}
+	if err := rows.Close(); err != nil {
+		return false, err
+	}
+	if reachedWindow || n < pruneBatch {
+		w.prune.seq = 0 // sweep done; start over next time
+	}
+	if len(seqs) == 0 {
+		return false, nil
+	}
+	st, err := w.conn.PrepareContext(bg, pruneEventSQL)
+	if err != nil {
+		return false, err
+	}
+	defer st.Close()
+	for _, s := range seqs {
+		if _, err := st.ExecContext(bg, s); err != nil {
+			return false, err
+		}
+	}
+	return w.prune.seq != 0, nil
+}

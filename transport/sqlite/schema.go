@@ -1,0 +1,243 @@
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// schemaVersion is the version of the tables below. A file with a higher
+// version was written by a newer Ripple and is refused rather than
+// misread.
+const schemaVersion = 1
+
+// The deliveries table is WITHOUT ROWID and keyed by (sub_id, event_seq):
+// the key is what every lookup and the replay upsert use, so clustering on it
+// saves one b-tree per insert. States: 0 ready, 1 active (leased), 2 done,
+// 3 dead. Every time is unix nanoseconds on the writing process's clock; 0
+// means unset. The partial indexes keep each hot query to a range scan of
+// only the rows it can return, so their cost does not grow with history.
+// Every index is a page written at each commit, so the publish path touches
+// as few as possible: events has no time index (pruning and replay walk it
+// in seq order, which is publish order), and deliveries_due holds only rows
+// scheduled for later (delayed = 1), not every ready row.
+var schemaDDL = []string{
+	`CREATE TABLE ripple_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID`,
+	`CREATE TABLE subscriptions (
+		id INTEGER PRIMARY KEY,
+		name TEXT NOT NULL UNIQUE,
+		pattern TEXT NOT NULL,
+		ordered INTEGER NOT NULL,
+		lease_ns INTEGER NOT NULL,
+		created_at INTEGER NOT NULL)`,
+	`CREATE TABLE events (
+		seq INTEGER PRIMARY KEY,
+		id TEXT NOT NULL UNIQUE,
+		type TEXT NOT NULL,
+		key TEXT NOT NULL,
+		priority INTEGER NOT NULL,
+		time INTEGER NOT NULL,
+		published_at INTEGER NOT NULL,
+		attrs BLOB,
+		data BLOB)`,
+	`CREATE TABLE deliveries (
+		sub_id INTEGER NOT NULL,
+		event_seq INTEGER NOT NULL,
+		state INTEGER NOT NULL,
+		run_at INTEGER NOT NULL,
+		priority INTEGER NOT NULL,
+		key TEXT NOT NULL,
+		attempts INTEGER NOT NULL DEFAULT 0,
+		failures INTEGER NOT NULL DEFAULT 0,
+		gen INTEGER NOT NULL DEFAULT 0,
+		lease_until INTEGER NOT NULL DEFAULT 0,
+		first_attempt INTEGER NOT NULL DEFAULT 0,
+		done_at INTEGER NOT NULL DEFAULT 0,
+		last_error TEXT NOT NULL DEFAULT '',
+		delayed INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (sub_id, event_seq)) WITHOUT ROWID`,
+	`CREATE INDEX deliveries_ready ON deliveries (sub_id, priority DESC, event_seq, run_at) WHERE state = 0`,
+	`CREATE INDEX deliveries_due ON deliveries (sub_id, run_at) WHERE state = 0 AND delayed = 1`,
+	`CREATE INDEX deliveries_leased ON deliveries (sub_id, lease_until) WHERE state = 1`,
+	`CREATE INDEX deliveries_key ON deliveries (sub_id, key, event_seq) WHERE state IN (0, 1) AND key <> ''`,
+	`CREATE INDEX deliveries_done ON deliveries (sub_id, done_at) WHERE state = 2`,
+	`CREATE INDEX deliveries_dead ON deliveries (sub_id, done_at) WHERE state = 3`,
+	`CREATE TABLE claims (
+		handler TEXT NOT NULL,
+		event_id TEXT NOT NULL,
+		done INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL,
+		PRIMARY KEY (handler, event_id)) WITHOUT ROWID`,
+	`CREATE INDEX claims_updated ON claims (updated_at)`,
+	`INSERT INTO ripple_meta (key, value) VALUES ('schema_version', 1), ('subs_version', 0)`,
+}
+
+const sqliteMagic = "SQLite format 3\x00"
+
+// checkFile refuses a file that is plainly not SQLite before the driver
+// opens it: SQLite's own message ("file is not a database") names neither
+// the file nor a remedy.
+func checkFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("sqlite transport: cannot open %s: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("sqlite transport: cannot stat %s: %w", path, err)
+	}
+	if st.IsDir() {
+		return fmt.Errorf("sqlite transport: %s is a directory; the URL must name a database file inside it, for example sqlite://%s/ripple.db", path, strings.TrimSuffix(path, "/"))
+	}
+	if st.Size() == 0 {
+		return nil // an empty file is a new database to SQLite
+	}
+	hdr := make([]byte, len(sqliteMagic))
+	n, _ := io.ReadFull(f, hdr)
+	if n < len(hdr) || !bytes.Equal(hdr, []byte(sqliteMagic)) {
+		return fmt.Errorf("sqlite transport: %s is not a SQLite database (its first bytes are not the SQLite header; it may be a text file, another format, or a damaged database); point the URL at a new file, which Ripple will create, or restore this one from a backup", path)
+	}
+	return nil
+}
+
+func fileErr(path string, err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "not a database"), strings.Contains(msg, "malformed"), strings.Contains(msg, "corrupt"):
+		return fmt.Errorf("sqlite transport: %s is a damaged SQLite database (%v); restore it from a backup or point the URL at a new file", path, err)
+	case strings.Contains(msg, "unable to open"):
+		return fmt.Errorf("sqlite transport: cannot open %s (%v); check that its directory exists and is writable", path, err)
+	}
+	return fmt.Errorf("sqlite transport: %s: %w", path, err)
+}
+
+// initSchema verifies that the file is a Ripple database of a version this
+// build understands, creating the schema in a new or empty file. It looks
+// before it writes, so a foreign database is refused without being touched
+// (not even switched to WAL). Creation runs in one IMMEDIATE transaction that
+// looks again, so two processes opening a new file at once cannot both
+// create it.
+func initSchema(ctx context.Context, c *sql.Conn, path string) error {
+	if _, err := classify(ctx, c, path); err != nil {
+		return err
+	}
+	var mode string
+	if err := c.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode); err != nil {
+		return fileErr(path, err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fmt.Errorf("sqlite transport: %s: cannot switch the database to WAL mode (journal_mode is %s); use a file on a local, writable file system", path, mode)
+	}
+	for attempt := 0; ; attempt++ {
+		err := createSchema(ctx, c, path)
+		if err == nil {
+			return nil
+		}
+		if isBusy(err) && attempt < 5 {
+			continue
+		}
+		return err
+	}
+}
+
+// classify reports whether the database is empty (true) or a Ripple
+// database of a supported version (false), or why it is neither.
+func classify(ctx context.Context, c *sql.Conn, path string) (empty bool, err error) {
+	rows, err := c.QueryContext(ctx, "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+	if err != nil {
+		return false, fileErr(path, err)
+	}
+	var tables []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return false, fileErr(path, err)
+		}
+		tables = append(tables, n)
+	}
+	if err := rows.Err(); err != nil {
+		rows.Close()
+		return false, fileErr(path, err)
+	}
+	rows.Close()
+	if len(tables) == 0 {
+		return true, nil
+	}
+	hasMeta := false
+	for _, t := range tables {
+		if t == "ripple_meta" {
+			hasMeta = true
+		}
+	}
+	if !hasMeta {
+		shown := tables
+		if len(shown) > 5 {
+			shown = append(shown[:5:5], "…")
+		}
+		return false, fmt.Errorf("sqlite transport: %s is a SQLite database but not a Ripple database (it has tables %s and no ripple_meta table); Ripple needs a file of its own: point the URL at a new file", path, strings.Join(shown, ", "))
+	}
+	var v int64
+	if err := c.QueryRowContext(ctx, "SELECT value FROM ripple_meta WHERE key = 'schema_version'").Scan(&v); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return false, fmt.Errorf("sqlite transport: %s has a ripple_meta table without a schema_version row; it is not a usable Ripple database: point the URL at a new file", path)
+		}
+		return false, fileErr(path, err)
+	}
+	if v > schemaVersion {
+		return false, fmt.Errorf("sqlite transport: %s was written by a newer Ripple (schema version %d; this build understands up to %d); upgrade Ripple to open it", path, v, schemaVersion)
+	}
+	if v < 1 {
+		return false, fmt.Errorf("sqlite transport: %s has invalid schema version %d; it is not a usable Ripple database", path, v)
+	}
+	return false, nil
+}
+
+func createSchema(ctx context.Context, c *sql.Conn, path string) error {
+	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return fileErr(path, err)
+	}
+	commit := false
+	defer func() {
+		if !commit {
+			_, _ = c.ExecContext(context.Background(), "ROLLBACK")
+		}
+	}()
+	empty, err := classify(ctx, c, path)
+	if err != nil {
+		return err
+	}
+	if empty {
+		for _, stmt := range schemaDDL {
+			if _, err := c.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("sqlite transport: %s: creating the schema: %w", path, err)
+			}
+		}
+	}
+	if _, err := c.ExecContext(ctx, "COMMIT"); err != nil {
+		return fileErr(path, err)
+	}
+	commit = true
+	return nil
+}
+
+// isBusy reports whether err is SQLITE_BUSY or SQLITE_LOCKED (primary
+// codes 5 and 6): the lock belongs to someone else and waiting will help.
+func isBusy(err error) bool {
+	var ce interface{ Code() int }
+	if errors.As(err, &ce) {
+		c := ce.Code() & 0xff
+		return c == 5 || c == 6
+	}
+	return false
+}

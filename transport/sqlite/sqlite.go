@@ -1,0 +1,410 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+func init() {
+	transport.Register("sqlite", Open)
+}
+
+// ErrClosed is wrapped by every error returned after the driver (or, for
+// Receive, the subscription) has been closed, so callers can tell a shutdown
+// from a storage failure with errors.Is.
+var ErrClosed = errors.New("sqlite transport: closed")
+
+const (
+	name = "sqlite"
+	// busyTimeout is how long one SQLite call waits for another process's
+	// lock before the writer backs off and tries again.
+	busyTimeout = 5 * time.Second
+	// pollInterval is how often the driver looks for other processes'
+	// commits; it bounds cross-process delivery latency.
+	pollInterval = 20 * time.Millisecond
+	// defaultLease applies when a SubscriptionSpec has no lease.
+	defaultLease = 30 * time.Second
+)
+
+// Retention defaults, as documented in the package doc.
+const (
+	defCompletedCount = 1000
+	defCompletedAge   = 24 * time.Hour
+	defDeadCount      = 10000
+	defDeadAge        = 7 * 24 * time.Hour
+	defDedupWindow    = 24 * time.Hour
+)
+
+type options struct {
+	path        string
+	synchronous string // "FULL" or "NORMAL"
+}
+
+// parseURL accepts sqlite://path[?synchronous=full|normal].
+func parseURL(raw string) (options, error) {
+	o := options{synchronous: "FULL"}
+	const prefix = "sqlite://"
+	if len(raw) < len(prefix) || !strings.EqualFold(raw[:len(prefix)], prefix) {
+		return o, fmt.Errorf("sqlite transport: URL %q must start with %s, for example sqlite://app.db or sqlite:///var/lib/app.db", raw, prefix)
+	}
+	rest := raw[len(prefix):]
+	p, query, _ := strings.Cut(rest, "?")
+	path, err := url.PathUnescape(p)
+	if err != nil {
+		return o, fmt.Errorf("sqlite transport: URL %q: bad path escape: %v", raw, err)
+	}
+	if path == "" {
+		return o, fmt.Errorf("sqlite transport: URL %q has no file path; write sqlite://app.db (relative) or sqlite:///abs/path/app.db", raw)
+	}
+	if path == ":memory:" || strings.HasPrefix(path, "file:") {
+		return o, fmt.Errorf("sqlite transport: URL %q: give a plain file path (in-memory SQLite cannot be shared by the driver's connections; use memory:// for a non-durable bus)", raw)
+	}
+	o.path = path
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return o, fmt.Errorf("sqlite transport: URL %q: bad query: %v", raw, err)
+	}
+	for k, vs := range q {
+		switch k {
+		case "synchronous":
+			v := strings.ToLower(vs[len(vs)-1])
+			switch v {
+			case "full":
+				o.synchronous = "FULL"
+			case "normal":
+				o.synchronous = "NORMAL"
+			default:
+				return o, fmt.Errorf("sqlite transport: URL %q: synchronous=%q; accepted values are full (survives power loss) and normal (survives a process crash only)", raw, vs[len(vs)-1])
+			}
+		default:
+			return o, fmt.Errorf("sqlite transport: URL %q: unknown parameter %q; accepted parameters: synchronous", raw, k)
+		}
+	}
+	return o, nil
+}
+
+type retention struct {
+	completedCount int
+	completedAge   time.Duration
+	deadCount      int
+	deadAge        time.Duration
+	dedup          time.Duration
+}
+
+func resolveRetention(r transport.Retention) retention {
+	cnt := func(v, def int) int {
+		switch {
+		case v == 0:
+			return def
+		case v < 0:
+			return 0
+		}
+		return v
+	}
+	age := func(v, def time.Duration) time.Duration {
+		switch {
+		case v == 0:
+			return def
+		case v < 0:
+			return 0
+		}
+		return v
+	}
+	return retention{
+		completedCount: cnt(r.CompletedCount, defCompletedCount),
+		completedAge:   age(r.CompletedAge, defCompletedAge),
+		deadCount:      cnt(r.DeadCount, defDeadCount),
+		deadAge:        age(r.DeadAge, defDeadAge),
+		dedup:          age(r.DedupWindow, defDedupWindow),
+	}
+}
+
+// driver implements transport.Driver and the optional interfaces.
+type driver struct {
+	path string
+	ret  retention
+
+	wdb  *sql.DB // exactly one connection, owned by the writer goroutine
+	rdb  *sql.DB // read pool
+	w    *writer
+	poll *sql.Conn
+
+	// mu guards closed and the send side of w.ops: senders hold it for
+	// reading, so Close can close the channel once no send is in flight.
+	mu      sync.RWMutex
+	closed  bool
+	closing chan struct{}
+	bg      sync.WaitGroup
+
+	nmu       sync.Mutex
+	notifiers map[int64]*notifier
+}
+
+var (
+	_ transport.Driver          = (*driver)(nil)
+	_ transport.Inspector       = (*driver)(nil)
+	_ transport.DeadLetterQueue = (*driver)(nil)
+	_ transport.Replayer        = (*driver)(nil)
+	_ transport.Claimer         = (*driver)(nil)
+)
+
+// Open opens (creating when missing) the Ripple database named by url, of
+// the form sqlite://path[?synchronous=full|normal]. It is registered as the
+// opener of the "sqlite" scheme; applications reach it through ripple.Open.
+func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.Driver, error) {
+	o, err := parseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkFile(o.path); err != nil {
+		return nil, err
+	}
+	d := &driver{
+		path:      o.path,
+		ret:       resolveRetention(cfg.Retention),
+		closing:   make(chan struct{}),
+		notifiers: map[int64]*notifier{},
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			d.closeDBs()
+		}
+	}()
+
+	bt := fmt.Sprint(busyTimeout.Milliseconds())
+	// SQLite's automatic checkpoint runs inside a commit, before that
+	// commit's callers can be answered; the writer checkpoints itself
+	// between batches instead (see writer.checkpoint).
+	wdsn := o.path + "?_pragma=busy_timeout(" + bt + ")&_pragma=synchronous(" + o.synchronous + ")&_pragma=wal_autocheckpoint(0)"
+	d.wdb, err = sql.Open("sqlite", wdsn)
+	if err != nil {
+		return nil, fileErr(o.path, err)
+	}
+	d.wdb.SetMaxOpenConns(1)
+	d.wdb.SetMaxIdleConns(1)
+	d.wdb.SetConnMaxLifetime(0)
+	d.wdb.SetConnMaxIdleTime(0)
+	wconn, err := d.wdb.Conn(ctx)
+	if err != nil {
+		return nil, fileErr(o.path, err)
+	}
+	if err := initSchema(ctx, wconn, o.path); err != nil {
+		_ = wconn.Close()
+		return nil, err
+	}
+
+	rdsn := o.path + "?_pragma=busy_timeout(" + bt + ")&_pragma=query_only(1)"
+	d.rdb, err = sql.Open("sqlite", rdsn)
+	if err != nil {
+		_ = wconn.Close()
+		return nil, fileErr(o.path, err)
+	}
+	d.rdb.SetMaxOpenConns(4)
+	d.rdb.SetMaxIdleConns(4)
+	d.poll, err = d.rdb.Conn(ctx)
+	if err != nil {
+		_ = wconn.Close()
+		return nil, fileErr(o.path, err)
+	}
+
+	d.w, err = newWriter(ctx, d, wconn, o.synchronous == "FULL")
+	if err != nil {
+		_ = wconn.Close()
+		return nil, fileErr(o.path, err)
+	}
+	d.bg.Add(2)
+	go func() { defer d.bg.Done(); d.w.loop() }()
+	go func() { defer d.bg.Done(); d.pollLoop() }()
+	ok = true
+	return d, nil
+}
+
+func (d *driver) closeDBs() {
+	if d.poll != nil {
+		_ = d.poll.Close()
+	}
+	if d.rdb != nil {
+		_ = d.rdb.Close()
+	}
+	if d.wdb != nil {
+		_ = d.wdb.Close()
+	}
+}
+
+// Name implements transport.Driver.
+func (d *driver) Name() string { return name }
+
+// Capabilities implements transport.Driver.
+func (d *driver) Capabilities() transport.Capabilities {
+	return transport.Capabilities{Durable: true, Delay: true, Priority: true, Ordered: true, Dedup: true}
+}
+
+// Close stops the background goroutines, lets the writer finish every write
+// already queued, and closes the database. It is idempotent.
+func (d *driver) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	close(d.closing)
+	close(d.w.ops)
+	d.mu.Unlock()
+	d.bg.Wait()
+	err := d.w.close()
+	d.closeDBs()
+	return err
+}
+
+func (d *driver) errClosed() error {
+	return fmt.Errorf("%w (%s)", ErrClosed, d.path)
+}
+
+// submit queues o for the writer. It fails only when the driver is closed.
+func (d *driver) submit(o *op) error {
+	d.mu.RLock()
+	if d.closed {
+		d.mu.RUnlock()
+		return d.errClosed()
+	}
+	d.w.ops <- o
+	d.mu.RUnlock()
+	return nil
+}
+
+// execFlags modify how exec queues and waits for an operation.
+type execFlags uint8
+
+const (
+	// returnOnCancel makes exec return ctx.Err() as soon as ctx ends; the
+	// write may still commit. Without it exec waits for the writer's
+	// answer, which comes promptly for cancelled contexts, so that a
+	// lease is never taken for a caller that has left.
+	returnOnCancel execFlags = 1 << iota
+	// soft marks lease bookkeeping (Receive, Extend, pruning): losing it
+	// in a power failure only means an earlier redelivery, which
+	// at-least-once delivery allows. A batch of only soft operations
+	// commits without fsync even at synchronous=full, which takes one
+	// fsync off the path from publish to handler.
+	soft
+)
+
+// exec runs fn in the writer and waits for the commit.
+func (d *driver) exec(ctx context.Context, fn func(w *writer) error, f execFlags) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	o := &op{ctx: ctx, run: fn, done: make(chan struct{}), soft: f&soft != 0}
+	if err := d.submit(o); err != nil {
+		return err
+	}
+	if f&returnOnCancel != 0 {
+		select {
+		case <-o.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	} else {
+		<-o.done
+	}
+	return o.err
+}
+
+// notifier wakes the receivers of one subscription in this process.
+type notifier struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func (n *notifier) wait() <-chan struct{} {
+	n.mu.Lock()
+	if n.ch == nil {
+		n.ch = make(chan struct{})
+	}
+	ch := n.ch
+	n.mu.Unlock()
+	return ch
+}
+
+func (n *notifier) signal() {
+	n.mu.Lock()
+	if n.ch != nil {
+		close(n.ch)
+		n.ch = nil
+	}
+	n.mu.Unlock()
+}
+
+func (d *driver) notifierFor(subID int64) *notifier {
+	d.nmu.Lock()
+	defer d.nmu.Unlock()
+	n := d.notifiers[subID]
+	if n == nil {
+		n = &notifier{}
+		d.notifiers[subID] = n
+	}
+	return n
+}
+
+func (d *driver) signal(subID int64) {
+	d.nmu.Lock()
+	n := d.notifiers[subID]
+	d.nmu.Unlock()
+	if n != nil {
+		n.signal()
+	}
+}
+
+func (d *driver) signalAll() {
+	d.nmu.Lock()
+	ns := make([]*notifier, 0, len(d.notifiers))
+	for _, n := range d.notifiers {
+		ns = append(ns, n)
+	}
+	d.nmu.Unlock()
+	for _, n := range ns {
+		n.signal()
+	}
+}
+
+// pollLoop notices commits by other processes: SQLite's data_version
+// changes on a connection whenever another connection has committed, so one
+// cheap pragma replaces a notification channel that SQLite does not have.
+func (d *driver) pollLoop() {
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	var last int64 = -1
+	ctx := context.Background()
+	for {
+		select {
+		case <-d.closing:
+			return
+		case <-t.C:
+		}
+		d.nmu.Lock()
+		any := len(d.notifiers) > 0
+		d.nmu.Unlock()
+		if !any {
+			continue
+		}
+		var v int64
+		if err := d.poll.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
+			continue
+		}
+		if last != -1 && v != last {
+			d.signalAll()
+		}
+		last = v
+	}
+}

@@ -1,0 +1,194 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+// Publish implements transport.Driver. It returns once the transaction
+// holding the messages has committed (and, with synchronous=full, reached
+// stable storage). If ctx ends first it returns ctx.Err(); the messages may
+// still have been stored, which publish deduplication makes harmless to
+// retry.
+func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	return d.exec(ctx, func(w *writer) error { return w.publish(msgs) }, returnOnCancel)
+}
+
+// Subscribe implements transport.Driver. The subscription row is created
+// (or its pattern, ordering and lease updated) durably before it returns.
+func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec) (transport.Subscription, error) {
+	if spec.Name == "" {
+		return nil, errors.New("sqlite transport: subscription has no name")
+	}
+	if spec.Pattern == "" {
+		return nil, fmt.Errorf("sqlite transport: subscription %q has no pattern", spec.Name)
+	}
+	if spec.Lease <= 0 {
+		spec.Lease = defaultLease
+	}
+	var id int64
+	err := d.exec(ctx, func(w *writer) error {
+		var err error
+		id, err = w.subscribe(spec)
+		return err
+	}, returnOnCancel)
+	if err != nil {
+		return nil, err
+	}
+	return &subscription{d: d, id: id, spec: spec, n: d.notifierFor(id), closed: make(chan struct{})}, nil
+}
+
+func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
+	bg := context.Background()
+	var (
+		id      int64
+		pattern string
+		ordered bool
+		lease   int64
+	)
+	err := w.conn.QueryRowContext(bg, `SELECT id, pattern, ordered, lease_ns FROM subscriptions WHERE name = ?`, spec.Name).
+		Scan(&id, &pattern, &ordered, &lease)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		res, err := w.conn.ExecContext(bg, `INSERT INTO subscriptions (name, pattern, ordered, lease_ns, created_at) VALUES (?, ?, ?, ?, ?)`,
+			spec.Name, spec.Pattern, spec.Ordered, int64(spec.Lease), w.now)
+		if err != nil {
+			return 0, err
+		}
+		if id, err = res.LastInsertId(); err != nil {
+			return 0, err
+		}
+	case err != nil:
+		return 0, err
+	case pattern == spec.Pattern && ordered == spec.Ordered && lease == int64(spec.Lease):
+		return id, nil
+	default:
+		if _, err := w.conn.ExecContext(bg, `UPDATE subscriptions SET pattern = ?, ordered = ?, lease_ns = ? WHERE id = ?`,
+			spec.Pattern, spec.Ordered, int64(spec.Lease), id); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := w.conn.ExecContext(bg, `UPDATE ripple_meta SET value = value + 1 WHERE key = 'subs_version'`); err != nil {
+		return 0, err
+	}
+	w.subsChecked = false
+	return id, nil
+}
+
+// subscription implements transport.Subscription.
+type subscription struct {
+	d    *driver
+	id   int64
+	spec transport.SubscriptionSpec
+	n    *notifier
+
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (s *subscription) check() error {
+	select {
+	case <-s.closed:
+		return fmt.Errorf("%w: subscription %q", ErrClosed, s.spec.Name)
+	default:
+	}
+	return nil
+}
+
+// Receive implements transport.Subscription. It sleeps without polling the
+// database: a local publish or settlement wakes it at once, another
+// process's commit within the poll interval, and a delay or lease that
+// runs out at its time.
+func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Delivery, error) {
+	if max <= 0 {
+		max = 1
+	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		if err := s.check(); err != nil {
+			return nil, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		// Take the wake-up channel before looking, so a publish that
+		// commits between the look and the wait is not missed.
+		wake := s.n.wait()
+		var (
+			out  []*transport.Delivery
+			next int64
+		)
+		err := s.d.exec(ctx, func(w *writer) error {
+			var err error
+			out, next, err = w.lease(s.id, s.spec.Ordered, max, s.spec.Lease)
+			return err
+		}, soft)
+		if err != nil {
+			return nil, err
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+		var timerC <-chan time.Time
+		if next > 0 {
+			dur := time.Until(time.Unix(0, next))
+			if dur < time.Millisecond {
+				dur = time.Millisecond
+			}
+			if timer == nil {
+				timer = time.NewTimer(dur)
+			} else {
+				timer.Reset(dur)
+			}
+			timerC = timer.C
+		}
+		select {
+		case <-wake:
+		case <-timerC:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.closed:
+		case <-s.d.closing:
+		}
+	}
+}
+
+// Settle implements transport.Subscription.
+func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) error {
+	if len(ss) == 0 {
+		return nil
+	}
+	return s.d.exec(ctx, func(w *writer) error { return w.settle(ss) }, returnOnCancel)
+}
+
+// Extend implements transport.Subscription.
+func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, lease time.Duration) error {
+	if len(ds) == 0 {
+		return nil
+	}
+	if lease <= 0 {
+		lease = s.spec.Lease
+	}
+	return s.d.exec(ctx, func(w *writer) error { return w.extend(ds, lease) }, returnOnCancel|soft)
+}
+
+// Close implements transport.Subscription. It wakes blocked Receive calls,
+// which return an error wrapping ErrClosed; the durable subscription stays.
+func (s *subscription) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	return nil
+}

@@ -1,0 +1,723 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+const (
+	// maxBatch bounds one group commit so that a flood of publishers
+	// cannot make a single transaction (and everyone's latency) unbounded.
+	maxBatch = 1024
+	// busyGiveUp is how long the writer keeps retrying a transaction that
+	// another process keeps locked before it fails the queued operations.
+	busyGiveUp = time.Minute
+)
+
+// op is one queued write. run executes inside the writer's transaction and
+// must (re)initialise its outputs on every call, because a batch that fails
+// is rolled back and its operations run again one by one.
+type op struct {
+	ctx  context.Context
+	run  func(w *writer) error
+	err  error
+	done chan struct{}
+	// soft: see the soft exec flag.
+	soft bool
+	// answered is touched only by the writer goroutine.
+	answered bool
+}
+
+type subRow struct {
+	id      int64
+	name    string
+	pattern string
+	ordered bool
+}
+
+// writer owns the only write connection. Serialising writes in one
+// goroutine costs nothing (SQLite allows one writer at a time anyway) and
+// lets concurrent callers share a transaction, and so an fsync.
+type writer struct {
+	d    *driver
+	conn *sql.Conn
+	ops  chan *op
+
+	now     int64              // the transaction's clock, unix nanoseconds
+	touched map[int64]struct{} // subscriptions to wake after commit
+
+	subs        []*subRow
+	subsVersion int64 // -1: unknown, reload at next use
+	subsChecked bool  // version compared in the current transaction
+	match       map[string][]*subRow
+
+	st    stmts
+	prune pruneState
+
+	commits int  // since the last checkpoint
+	full    bool // configured synchronous=FULL
+	relaxed bool // connection currently at synchronous=NORMAL for soft batches
+
+	// batches and batched count transactions and the operations in them,
+	// so tests and benchmarks can see how well group commit groups.
+	batches, batched atomic.Int64
+}
+
+type stmts struct {
+	begin, commit, rollback *sql.Stmt
+
+	insEvent, insDelivery, subsVersion *sql.Stmt
+
+	leaseExpired, leaseReady, leaseReadyOrdered *sql.Stmt
+	nextDue, nextLease, loadEvent               *sql.Stmt
+
+	complete, retry, release, dead, extend *sql.Stmt
+
+	claim, claimState, finishOK, finishFail *sql.Stmt
+}
+
+const leaseSet = `UPDATE deliveries SET state = 1, lease_until = ?1, gen = gen + 1, attempts = attempts + 1,
+	first_attempt = CASE WHEN first_attempt = 0 THEN ?2 ELSE first_attempt END
+	WHERE sub_id = ?3 AND event_seq IN `
+
+const leaseReturning = ` RETURNING event_seq, attempts, gen, first_attempt, priority`
+
+// The lease statements. The key check of leaseOrderedSQL names its index:
+// without statistics the planner would walk the primary key over every
+// earlier row of the subscription instead.
+const (
+	leaseExpiredSQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 1 AND lease_until < ?2
+			ORDER BY lease_until LIMIT ?4)` + leaseReturning
+	leaseReadySQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 0 AND run_at <= ?2
+			ORDER BY priority DESC, event_seq LIMIT ?4)` + leaseReturning
+	leaseOrderedSQL = leaseSet + `(SELECT d.event_seq FROM deliveries d WHERE d.sub_id = ?3 AND d.state = 0 AND d.run_at <= ?2
+			AND (d.key = '' OR NOT EXISTS (SELECT 1 FROM deliveries e INDEXED BY deliveries_key WHERE e.sub_id = ?3 AND e.key = d.key
+				AND e.event_seq < d.event_seq AND e.state IN (0, 1) AND e.key <> ''))
+			ORDER BY d.priority DESC, d.event_seq LIMIT ?4)` + leaseReturning
+	nextDueSQL = `SELECT min(run_at) FROM deliveries WHERE sub_id = ? AND state = 0 AND delayed = 1 AND run_at > ?`
+)
+
+func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writer, error) {
+	w := &writer{
+		d:           d,
+		full:        full,
+		conn:        conn,
+		ops:         make(chan *op, maxBatch),
+		touched:     map[int64]struct{}{},
+		subsVersion: -1,
+		match:       map[string][]*subRow{},
+	}
+	prep := []struct {
+		dst **sql.Stmt
+		sql string
+	}{
+		{&w.st.begin, "BEGIN IMMEDIATE"},
+		{&w.st.commit, "COMMIT"},
+		{&w.st.rollback, "ROLLBACK"},
+		{&w.st.insEvent, `INSERT INTO events (id, type, key, priority, time, published_at, attrs, data)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`},
+		{&w.st.insDelivery, `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed) VALUES (?, ?, 0, ?, ?, ?, ?)`},
+		{&w.st.subsVersion, `SELECT value FROM ripple_meta WHERE key = 'subs_version'`},
+		{&w.st.leaseExpired, leaseExpiredSQL},
+		{&w.st.leaseReady, leaseReadySQL},
+		{&w.st.leaseReadyOrdered, leaseOrderedSQL},
+		{&w.st.nextDue, nextDueSQL},
+		{&w.st.nextLease, `SELECT min(lease_until) FROM deliveries WHERE sub_id = ? AND state = 1`},
+		{&w.st.loadEvent, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`},
+		{&w.st.complete, `UPDATE deliveries SET state = 2, done_at = ?1, lease_until = 0
+			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
+		{&w.st.retry, `UPDATE deliveries SET state = 0, run_at = ?1, delayed = ?1 > ?6, lease_until = 0, failures = failures + 1, last_error = ?5
+			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
+		{&w.st.release, `UPDATE deliveries SET state = 0, run_at = ?1, delayed = ?1 > ?5, lease_until = 0, attempts = max(attempts - 1, 0)
+			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
+		{&w.st.dead, `UPDATE deliveries SET state = 3, done_at = ?1, lease_until = 0, failures = failures + 1, last_error = ?5
+			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
+		{&w.st.extend, `UPDATE deliveries SET lease_until = ?1 WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
+		{&w.st.claim, `INSERT INTO claims (handler, event_id, done, expires_at, updated_at) VALUES (?1, ?2, 0, ?3, ?4)
+			ON CONFLICT (handler, event_id) DO UPDATE SET expires_at = excluded.expires_at, updated_at = excluded.updated_at
+			WHERE claims.done = 0 AND claims.expires_at <= excluded.updated_at`},
+		{&w.st.claimState, `SELECT done FROM claims WHERE handler = ? AND event_id = ?`},
+		{&w.st.finishOK, `INSERT INTO claims (handler, event_id, done, expires_at, updated_at) VALUES (?1, ?2, 1, 0, ?3)
+			ON CONFLICT (handler, event_id) DO UPDATE SET done = 1, updated_at = excluded.updated_at`},
+		{&w.st.finishFail, `DELETE FROM claims WHERE handler = ? AND event_id = ? AND done = 0`},
+	}
+	for _, p := range prep {
+		s, err := conn.PrepareContext(ctx, p.sql)
+		if err != nil {
+			w.close()
+			return nil, fmt.Errorf("preparing %q: %w", p.sql, err)
+		}
+		*p.dst = s
+	}
+	return w, nil
+}
+
+// close releases the statements and the connection; the loop has ended.
+func (w *writer) close() error {
+	for _, s := range []*sql.Stmt{
+		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.insDelivery, w.st.subsVersion,
+		w.st.leaseExpired, w.st.leaseReady, w.st.leaseReadyOrdered, w.st.nextDue, w.st.nextLease, w.st.loadEvent,
+		w.st.complete, w.st.retry, w.st.release, w.st.dead, w.st.extend,
+		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
+	} {
+		if s != nil {
+			_ = s.Close()
+		}
+	}
+	return w.conn.Close()
+}
+
+func (w *writer) loop() {
+	pruneT := time.NewTimer(pruneInterval)
+	defer pruneT.Stop()
+	batch := make([]*op, 0, maxBatch)
+	last := 0
+	for {
+		// A caller just answered often queues its next write within
+		// microseconds; catching it before this goroutine parks saves
+		// the thread wake-up that would otherwise sit on its path. The
+		// spin is bounded and yields, so an idle writer costs nothing.
+		if last > 0 {
+			w.spinFor(spinWait)
+		}
+		select {
+		case o, ok := <-w.ops:
+			if !ok {
+				return
+			}
+			batch = append(batch[:0], o)
+			var open bool
+			batch, open = w.drain(batch)
+			// Callers answered by the last commit are usually about to
+			// queue their next write. When the batch is smaller than the
+			// last one, let them run first: a bigger group costs one
+			// fsync instead of several. A lone caller never waits here.
+			for round := 0; open && len(batch) < last && round < 4; round++ {
+				n := len(batch)
+				runtime.Gosched()
+				batch, open = w.drain(batch)
+				if len(batch) == n {
+					break
+				}
+			}
+			last = len(batch)
+			w.batches.Add(1)
+			w.batched.Add(int64(len(batch)))
+			w.runBatch(batch)
+			clear(batch)
+			w.maybeCheckpoint()
+			if !open {
+				return
+			}
+		case <-pruneT.C:
+			pruneT.Reset(w.runPrune())
+		}
+	}
+}
+
+// checkpointEvery is how many commits the writer lets the WAL collect
+// before it copies them into the database file.
+const checkpointEvery = 200
+
+// maybeCheckpoint copies the WAL into the database file every
+// checkpointEvery commits, after their callers have been answered. It runs
+// in the writer, between transactions, because only there does a PASSIVE
+// checkpoint reliably catch up with the end of the WAL (a concurrent
+// checkpointer chases a writer that keeps appending, and the WAL then grows
+// without bound); once it has, the next transaction rewinds the WAL, so
+// commits keep overwriting the same few megabytes instead of growing the
+// file, which makes every fsync cheaper.
+func (w *writer) maybeCheckpoint() {
+	if w.commits < checkpointEvery {
+		return
+	}
+	w.commits = 0
+	_, _ = w.conn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)")
+}
+
+// spinWait bounds spinFor.
+const spinWait = 50 * time.Microsecond
+
+// spinFor yields until an operation is queued or d has passed.
+func (w *writer) spinFor(d time.Duration) {
+	start := time.Now()
+	for len(w.ops) == 0 && time.Since(start) < d {
+		runtime.Gosched()
+	}
+}
+
+// drain appends the queued operations to batch without blocking; open is
+// false once the queue has been closed.
+func (w *writer) drain(batch []*op) ([]*op, bool) {
+	for len(batch) < maxBatch {
+		select {
+		case o, ok := <-w.ops:
+			if !ok {
+				return batch, false
+			}
+			batch = append(batch, o)
+		default:
+			return batch, true
+		}
+	}
+	return batch, true
+}
+
+func answer(o *op, err error) {
+	if o.answered {
+		return
+	}
+	o.answered = true
+	o.err = err
+	close(o.done)
+}
+
+// dropCancelled answers the operations whose callers have gone away, so that
+// their writes are not performed, and returns the rest.
+func dropCancelled(ops []*op) []*op {
+	n := 0
+	for _, o := range ops {
+		if o.ctx.Err() == nil {
+			n++
+		}
+	}
+	if n == len(ops) {
+		return ops
+	}
+	live := make([]*op, 0, n)
+	for _, o := range ops {
+		if err := o.ctx.Err(); err != nil {
+			answer(o, err)
+			continue
+		}
+		live = append(live, o)
+	}
+	return live
+}
+
+var errOpFailed = errors.New("an operation failed")
+
+func (w *writer) runBatch(batch []*op) {
+	ops := dropCancelled(batch)
+	if len(ops) == 0 {
+		return
+	}
+	err := w.runTx(ops)
+	switch {
+	case err == nil:
+		for _, o := range ops {
+			answer(o, nil)
+		}
+	case errors.Is(err, errOpFailed) && len(ops) > 1:
+		// One operation's failure must not fail the others: give each its
+		// own transaction and its own answer.
+		for _, o := range ops {
+			if o.ctx.Err() != nil {
+				answer(o, o.ctx.Err())
+				continue
+			}
+			o.err = nil
+			e := w.runTx([]*op{o})
+			if errors.Is(e, errOpFailed) {
+				e = o.err
+			}
+			answer(o, e)
+		}
+	case errors.Is(err, errOpFailed):
+		answer(ops[0], ops[0].err)
+	default:
+		for _, o := range ops {
+			answer(o, err)
+		}
+	}
+}
+
+// runTx runs ops in one IMMEDIATE transaction, retrying the whole
+// transaction while another process holds the lock: a SQLITE_BUSY never
+// reaches a publisher while there is hope.
+func (w *writer) runTx(ops []*op) error {
+	start := time.Now()
+	backoff := time.Millisecond
+	for {
+		err := w.tryTx(ops)
+		if err == nil || !isBusy(err) || time.Since(start) > busyGiveUp {
+			if err != nil && !errors.Is(err, errOpFailed) {
+				err = fmt.Errorf("sqlite transport: %s: write failed: %w", w.d.path, err)
+			}
+			return err
+		}
+		time.Sleep(backoff + rand.N(backoff))
+		backoff = min(backoff*2, 50*time.Millisecond)
+		for _, o := range ops {
+			if o.ctx.Err() != nil {
+				// A caller gave up: it already has, or will get, its
+				// context's error; the batch must still be retried for the
+				// others, so run it without the abandoned op.
+				live := dropCancelled(ops)
+				if len(live) == 0 {
+					return context.Canceled
+				}
+				ops = live
+				break
+			}
+		}
+	}
+}
+
+func (w *writer) tryTx(ops []*op) error {
+	bg := context.Background()
+	if w.full {
+		soft := true
+		for _, o := range ops {
+			soft = soft && o.soft
+		}
+		if soft != w.relaxed {
+			// Not a prepared statement: SQLite applies this pragma when
+			// it compiles it, so a prepared one would act only once.
+			q := "PRAGMA synchronous = FULL"
+			if soft {
+				q = "PRAGMA synchronous = NORMAL"
+			}
+			if _, err := w.conn.ExecContext(bg, q); err != nil {
+				return err
+			}
+			w.relaxed = soft
+		}
+	}
+	if _, err := w.st.begin.ExecContext(bg); err != nil {
+		return err
+	}
+	w.now = time.Now().UnixNano()
+	clear(w.touched)
+	w.subsChecked = false
+	for _, o := range ops {
+		if err := o.run(w); err != nil {
+			w.abort()
+			if isBusy(err) {
+				return err
+			}
+			o.err = err
+			return errOpFailed
+		}
+	}
+	var err error
+	for i := 0; i < 50; i++ {
+		if _, err = w.st.commit.ExecContext(bg); err == nil || !isBusy(err) {
+			break
+		}
+		time.Sleep(time.Millisecond * time.Duration(i+1))
+	}
+	if err != nil {
+		w.abort()
+		return err
+	}
+	w.commits++
+	for id := range w.touched {
+		w.d.signal(id)
+	}
+	return nil
+}
+
+// abort rolls back and forgets what the transaction may have changed in
+// the writer's caches.
+func (w *writer) abort() {
+	_, _ = w.st.rollback.ExecContext(context.Background())
+	w.subsVersion = -1
+}
+
+func (w *writer) touch(subID int64) { w.touched[subID] = struct{}{} }
+
+// matching returns the subscriptions whose pattern matches typ. The list is
+// cached and reloaded when ripple_meta's subs_version, bumped by every
+// Subscribe in any process, has moved; checking it once per transaction
+// (under the write lock) is what makes fan-out exact across processes.
+func (w *writer) matching(typ string) ([]*subRow, error) {
+	if !w.subsChecked {
+		var v int64
+		if err := w.st.subsVersion.QueryRowContext(context.Background()).Scan(&v); err != nil {
+			return nil, err
+		}
+		if v != w.subsVersion {
+			if err := w.loadSubs(); err != nil {
+				return nil, err
+			}
+			w.subsVersion = v
+		}
+		w.subsChecked = true
+	}
+	if m, ok := w.match[typ]; ok {
+		return m, nil
+	}
+	var m []*subRow
+	for _, s := range w.subs {
+		if transport.Match(s.pattern, typ) {
+			m = append(m, s)
+		}
+	}
+	if len(w.match) > 4096 {
+		clear(w.match)
+	}
+	w.match[typ] = m
+	return m, nil
+}
+
+func (w *writer) loadSubs() error {
+	rows, err := w.conn.QueryContext(context.Background(), `SELECT id, name, pattern, ordered FROM subscriptions ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var subs []*subRow
+	for rows.Next() {
+		s := &subRow{}
+		if err := rows.Scan(&s.id, &s.name, &s.pattern, &s.ordered); err != nil {
+			return err
+		}
+		subs = append(subs, s)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	w.subs = subs
+	clear(w.match)
+	return nil
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+func (w *writer) publish(msgs []*transport.Message) error {
+	bg := context.Background()
+	for _, m := range msgs {
+		if m == nil {
+			continue
+		}
+		if m.ID == "" {
+			return errors.New("sqlite transport: message has no ID")
+		}
+		res, err := w.st.insEvent.ExecContext(bg, m.ID, m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			continue // a remembered id: publish deduplication
+		}
+		seq, err := res.LastInsertId()
+		if err != nil {
+			return err
+		}
+		subs, err := w.matching(m.Type)
+		if err != nil {
+			return err
+		}
+		runAt, delayed := w.now, false
+		if m.Delay > 0 {
+			runAt, delayed = runAt+int64(m.Delay), true
+		}
+		for _, s := range subs {
+			key := ""
+			if s.ordered {
+				key = m.Key
+			}
+			if _, err := w.st.insDelivery.ExecContext(bg, s.id, seq, runAt, m.Priority, key, delayed); err != nil {
+				return err
+			}
+			w.touch(s.id)
+		}
+	}
+	return nil
+}
+
+// token identifies one lease of one delivery row. gen changes at every
+// lease, so a settlement from a lease that expired and was taken over
+// matches no row and is ignored.
+type token struct {
+	sub, seq, gen int64
+}
+
+// lease leases up to max rows of the subscription and returns them with the
+// time (unix nanos, 0 for none) at which a row might next become
+// deliverable without any write: the earliest future run_at or lease end.
+func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) ([]*transport.Delivery, int64, error) {
+	bg := context.Background()
+	until := w.now + int64(lease)
+	var out []*transport.Delivery
+	expired, err := w.leaseRows(w.st.leaseExpired, subID, until, max, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	out = expired
+	if len(out) < max {
+		st := w.st.leaseReady
+		if ordered {
+			st = w.st.leaseReadyOrdered
+		}
+		ready, err := w.leaseRows(st, subID, until, max-len(out), nil)
+		if err != nil {
+			return nil, 0, err
+		}
+		// RETURNING gives no order; restore the query's.
+		sortDeliveries(ready)
+		out = append(out, ready...)
+	}
+	if len(out) > 0 {
+		for _, d := range out {
+			tok := d.Token.(token)
+			var attrs []byte
+			if err := w.st.loadEvent.QueryRowContext(bg, tok.seq).Scan(&d.ID, &d.Type, &d.Key, &d.Priority, (*nanoTime)(&d.Time), &attrs, &d.Data); err != nil {
+				return nil, 0, fmt.Errorf("loading event %d: %w", tok.seq, err)
+			}
+			d.Attrs = decodeAttrs(attrs)
+		}
+		return out, 0, nil
+	}
+	var due, leaseEnd sql.NullInt64
+	if err := w.st.nextDue.QueryRowContext(bg, subID, w.now).Scan(&due); err != nil {
+		return nil, 0, err
+	}
+	if err := w.st.nextLease.QueryRowContext(bg, subID).Scan(&leaseEnd); err != nil {
+		return nil, 0, err
+	}
+	next := int64(0)
+	if due.Valid {
+		next = due.Int64
+	}
+	if leaseEnd.Valid && (next == 0 || leaseEnd.Int64 < next) {
+		// A lease ends when lease_until < now; wake just after it.
+		next = leaseEnd.Int64 + 1
+	}
+	return nil, next, nil
+}
+
+func (w *writer) leaseRows(st *sql.Stmt, subID, until int64, max int, out []*transport.Delivery) ([]*transport.Delivery, error) {
+	rows, err := st.QueryContext(context.Background(), until, w.now, subID, max)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var seq, attempts, gen, first int64
+		var prio int
+		if err := rows.Scan(&seq, &attempts, &gen, &first, &prio); err != nil {
+			return nil, err
+		}
+		d := &transport.Delivery{
+			Attempt:        int(attempts),
+			FirstDelivered: fromNanos(first),
+			Token:          token{sub: subID, seq: seq, gen: gen},
+		}
+		d.Priority = prio
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+func sortDeliveries(ds []*transport.Delivery) {
+	// Insertion sort: batches are small and this avoids sort's closure.
+	for i := 1; i < len(ds); i++ {
+		for j := i; j > 0 && deliveryLess(ds[j], ds[j-1]); j-- {
+			ds[j], ds[j-1] = ds[j-1], ds[j]
+		}
+	}
+}
+
+func deliveryLess(a, b *transport.Delivery) bool {
+	if a.Priority != b.Priority {
+		return a.Priority > b.Priority
+	}
+	return a.Token.(token).seq < b.Token.(token).seq
+}
+
+// nanoTime scans a unix-nanosecond column into a time.Time.
+type nanoTime time.Time
+
+func (t *nanoTime) Scan(v any) error {
+	switch x := v.(type) {
+	case int64:
+		*t = nanoTime(fromNanos(x))
+	case nil:
+		*t = nanoTime(time.Time{})
+	default:
+		return fmt.Errorf("unexpected time value %T", v)
+	}
+	return nil
+}
+
+func tokenOf(d *transport.Delivery) (token, error) {
+	if d == nil {
+		return token{}, errors.New("sqlite transport: settlement without a delivery")
+	}
+	t, ok := d.Token.(token)
+	if !ok {
+		return token{}, fmt.Errorf("sqlite transport: delivery token %T was not issued by this driver", d.Token)
+	}
+	return t, nil
+}
+
+func (w *writer) settle(ss []transport.Settlement) error {
+	bg := context.Background()
+	for i := range ss {
+		s := &ss[i]
+		t, err := tokenOf(s.Delivery)
+		if err != nil {
+			return err
+		}
+		delay := int64(0)
+		if s.Delay > 0 {
+			delay = int64(s.Delay)
+		}
+		switch s.Outcome {
+		case transport.Complete:
+			_, err = w.st.complete.ExecContext(bg, w.now, t.sub, t.seq, t.gen)
+		case transport.Retry:
+			_, err = w.st.retry.ExecContext(bg, w.now+delay, t.sub, t.seq, t.gen, s.Error, w.now)
+		case transport.Release:
+			_, err = w.st.release.ExecContext(bg, w.now+delay, t.sub, t.seq, t.gen, w.now)
+		case transport.Dead:
+			_, err = w.st.dead.ExecContext(bg, w.now, t.sub, t.seq, t.gen, s.Error)
+		default:
+			return fmt.Errorf("sqlite transport: unknown settlement outcome %d", int(s.Outcome))
+		}
+		if err != nil {
+			return err
+		}
+		// Any settlement can make something deliverable: the row itself
+		// (retry, release) or the next row of its key (ordered).
+		w.touch(t.sub)
+	}
+	return nil
+}
+
+func (w *writer) extend(ds []*transport.Delivery, lease time.Duration) error {
+	bg := context.Background()
+	until := w.now + int64(lease)
+	for _, d := range ds {
+		t, err := tokenOf(d)
+		if err != nil {
+			return err
+		}
+		if _, err := w.st.extend.ExecContext(bg, until, t.sub, t.seq, t.gen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
