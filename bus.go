@@ -49,7 +49,8 @@ type Bus struct {
 	handlers map[string]*runner
 	order    []string // registration order, for stable listings
 	started  bool
-	closed   bool
+	stopping bool // Shutdown began: no new handlers or starts
+	closed   bool // the driver is closed: no publishes either
 	stopOnce sync.Once
 	stopped  chan struct{}
 	stopErr  error
@@ -373,7 +374,7 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
+	if b.stopping {
 		return ErrClosed
 	}
 	if old, dup := b.handlers[name]; dup {
@@ -395,7 +396,7 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 func (b *Bus) Start(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
+	if b.stopping {
 		return ErrClosed
 	}
 	if b.started {
@@ -442,7 +443,7 @@ func (b *Bus) Run(ctx context.Context) error {
 func (b *Bus) Shutdown(ctx context.Context) error {
 	b.stopOnce.Do(func() {
 		b.mu.Lock()
-		b.closed = true
+		b.stopping = true
 		runners := make([]*runner, 0, len(b.handlers))
 		for _, name := range b.order {
 			runners = append(runners, b.handlers[name])
@@ -464,6 +465,11 @@ func (b *Bus) Shutdown(ctx context.Context) error {
 				r.abort()
 			}
 		}
+		// Handlers that are still draining may publish follow-up events,
+		// so publishing stays open until the driver closes.
+		b.mu.Lock()
+		b.closed = true
+		b.mu.Unlock()
 		if cerr := b.driver.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("ripple: close %s: %w", b.driver.Name(), cerr)
 		}

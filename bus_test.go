@@ -1,0 +1,85 @@
+package ripple_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ripplehq/ripple"
+	_ "github.com/ripplehq/ripple/transport/memory"
+)
+
+// A handler still draining during Shutdown may publish its follow-up
+// events; only new handlers and starts are refused.
+func TestPublishWhileDraining(t *testing.T) {
+	ctx := context.Background()
+	bus, err := ripple.Open(ctx, "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	var publishErr atomic.Value
+	if err := bus.On("order.placed", "fulfil", func(ctx context.Context, e ripple.Event) error {
+		close(entered)
+		<-release
+		_, err := bus.Publish(ctx, "order.fulfilled", struct{}{})
+		publishErr.Store(errOrNil{err})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "order.placed", struct{}{}); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	done := make(chan error, 1)
+	go func() { done <- bus.Shutdown(context.Background()) }()
+	// Wait until Shutdown has begun: On is then refused with ErrClosed.
+	deadline := time.Now().Add(5 * time.Second)
+	for i := 0; ; i++ {
+		err := bus.On("x.y", fmt.Sprintf("late-%d", i), func(context.Context, ripple.Event) error { return nil })
+		if errors.Is(err, ripple.ErrClosed) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Shutdown did not begin; On returned %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if got := publishErr.Load().(errOrNil).err; got != nil {
+		t.Fatalf("publish from a draining handler failed: %v", got)
+	}
+	if _, err := bus.Publish(ctx, "order.placed", struct{}{}); !errors.Is(err, ripple.ErrClosed) {
+		t.Fatalf("publish after Shutdown = %v, want ErrClosed", err)
+	}
+}
+
+type errOrNil struct{ err error }
+
+func TestOpenErrorsNameTheFix(t *testing.T) {
+	ctx := context.Background()
+	_, err := ripple.Open(ctx, "kafka://localhost:9092")
+	if !errors.Is(err, ripple.ErrUnknownTransport) || !strings.Contains(err.Error(), "transport/kafka") {
+		t.Fatalf("unknown transport error = %v; want ErrUnknownTransport naming the import", err)
+	}
+	_, err = ripple.Open(ctx, "app.db")
+	if err == nil || !strings.Contains(err.Error(), "scheme") {
+		t.Fatalf("URL without scheme: %v", err)
+	}
+	_, err = ripple.Open(ctx, "memory://", ripple.MaxEventSize(0))
+	if !errors.Is(err, ripple.ErrInvalidOption) {
+		t.Fatalf("MaxEventSize(0): %v", err)
+	}
+}
