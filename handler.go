@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
@@ -263,35 +264,89 @@ func (r *runner) idle() bool {
 	return len(r.inflight) == 0
 }
 
-// handle runs one delivery and settles it.
+// handle runs one delivery and settles it. The handler runs on this
+// goroutine; a handler that ignores its cancelled ctx past abandonGrace is
+// abandoned by a timer, which settles the attempt and frees the slot.
 func (r *runner) handle(d *transport.Delivery) {
-	defer r.handlers.Done()
-	defer func() { <-r.slots }()
-
 	ev := eventFromMessage(&d.Message)
 	ev.Attempt = d.Attempt
 	ev.Handler = r.name
 
 	if r.claimer != nil {
-		res, err := r.claimer.Claim(r.runCtx, r.name, ev.ID, r.cfg.timeout+abandonGrace)
-		switch {
-		case err != nil:
-			r.bus.log.Warn("ripple: idempotency claim failed; event released", "handler", r.name, "event", ev.ID, "err", err)
-			r.settle(d, transport.Settlement{Outcome: transport.Release, Delay: time.Second})
-			return
-		case res == transport.Done:
-			r.settle(d, transport.Settlement{Outcome: transport.Complete})
-			return
-		case res == transport.Busy:
-			r.settle(d, transport.Settlement{Outcome: transport.Release, Delay: min(r.cfg.timeout, time.Second)})
+		if s, skip := r.claim(&ev); skip {
+			r.settle(d, s)
+			r.free()
 			return
 		}
 	}
 
+	ctx, cancel := context.WithTimeout(withEvent(r.runCtx, &ev), r.cfg.timeout)
+	// state: 0 running, 1 returned, 2 abandoned. Whoever moves it from 0
+	// settles the attempt and frees the slot.
+	var state atomic.Int32
 	start := time.Now()
-	err, abandoned := r.run(&ev)
-	elapsed := time.Since(start)
+	stopWatch := context.AfterFunc(ctx, func() {
+		time.AfterFunc(abandonGrace, func() {
+			if !state.CompareAndSwap(0, 2) {
+				return
+			}
+			if !r.isAborted() {
+				r.bus.log.Error("ripple: handler ignored its cancelled context and was abandoned; its slot is freed and the attempt counts as failed",
+					"handler", r.name, "event", ev.ID, "timeout", r.cfg.timeout)
+			}
+			err := fmt.Errorf("handler did not return within %s of its %s timeout", abandonGrace, r.cfg.timeout)
+			r.finish(d, &ev, err, true, time.Since(start))
+			r.free()
+		})
+	})
+	err := r.call(ctx, &ev)
+	stopWatch()
+	timedOut := ctx.Err() == context.DeadlineExceeded
+	cancel()
+	if !state.CompareAndSwap(0, 1) {
+		return // abandoned: already settled
+	}
+	if err != nil && timedOut && errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("handler timed out after %s: %w", r.cfg.timeout, err)
+	}
+	r.finish(d, &ev, err, false, time.Since(start))
+	r.free()
+}
 
+func (r *runner) free() {
+	<-r.slots
+	r.handlers.Done()
+}
+
+// claim takes the idempotency claim. skip is true when the handler must
+// not run, with the settlement to record instead.
+func (r *runner) claim(ev *Event) (s transport.Settlement, skip bool) {
+	res, err := r.claimer.Claim(r.runCtx, r.name, ev.ID, r.cfg.timeout+abandonGrace)
+	switch {
+	case err != nil:
+		r.bus.log.Warn("ripple: idempotency claim failed; event released", "handler", r.name, "event", ev.ID, "err", err)
+		return transport.Settlement{Outcome: transport.Release, Delay: time.Second}, true
+	case res == transport.Done:
+		return transport.Settlement{Outcome: transport.Complete}, true
+	case res == transport.Busy:
+		return transport.Settlement{Outcome: transport.Release, Delay: min(r.cfg.timeout, time.Second)}, true
+	}
+	return s, false
+}
+
+// call runs the handler, turning a panic into an error.
+func (r *runner) call(ctx context.Context, ev *Event) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.bus.log.Error("ripple: handler panicked", "handler", r.name, "event", ev.ID, "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("handler panicked: %v", p)
+		}
+	}()
+	return r.fn(ctx, *ev)
+}
+
+// finish records the attempt's outcome and tells the hooks.
+func (r *runner) finish(d *transport.Delivery, ev *Event, err error, abandoned bool, elapsed time.Duration) {
 	if r.claimer != nil && !abandoned {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if ferr := r.claimer.Finish(ctx, r.name, ev.ID, err == nil); ferr != nil {
@@ -299,11 +354,10 @@ func (r *runner) handle(d *transport.Delivery) {
 		}
 		cancel()
 	}
-
 	s := transport.Settlement{Outcome: transport.Complete}
 	outcome := OutcomeSuccess
 	if err != nil {
-		if r.isAborted() && !abandoned {
+		if r.isAborted() {
 			// Stopped by shutdown, not by a failure: hand the event back.
 			r.settle(d, transport.Settlement{Outcome: transport.Release})
 			return
@@ -327,46 +381,10 @@ func (r *runner) handle(d *transport.Delivery) {
 	}
 	r.settle(d, s)
 	if len(r.bus.handleHooks) > 0 {
-		res := HandleResult{Handler: r.name, Event: ev, Outcome: outcome, Err: err, Duration: elapsed, Latency: time.Since(ev.Time)}
+		res := HandleResult{Handler: r.name, Event: *ev, Outcome: outcome, Err: err, Duration: elapsed, Latency: time.Since(ev.Time)}
 		for _, h := range r.bus.handleHooks {
 			h.OnHandle(res)
 		}
-	}
-}
-
-// run calls the handler with a timeout and panic recovery. abandoned is
-// true when the handler ignored its cancelled ctx past the grace period.
-func (r *runner) run(ev *Event) (err error, abandoned bool) {
-	ctx, cancel := context.WithTimeout(withEvent(r.runCtx, ev), r.cfg.timeout)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		defer func() {
-			if p := recover(); p != nil {
-				r.bus.log.Error("ripple: handler panicked", "handler", r.name, "event", ev.ID, "panic", p, "stack", string(debug.Stack()))
-				done <- fmt.Errorf("handler panicked: %v", p)
-			}
-		}()
-		done <- r.fn(ctx, *ev)
-	}()
-	select {
-	case err = <-done:
-		if err != nil && ctx.Err() == context.DeadlineExceeded && errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("handler timed out after %s: %w", r.cfg.timeout, err)
-		}
-		return err, false
-	case <-ctx.Done():
-	}
-	grace := time.NewTimer(abandonGrace)
-	defer grace.Stop()
-	select {
-	case err = <-done:
-		// Returned late but within the grace period: keep its result.
-		return err, false
-	case <-grace.C:
-		r.bus.log.Error("ripple: handler ignored its cancelled context and was abandoned; its slot is freed and the attempt counts as failed",
-			"handler", r.name, "event", ev.ID, "timeout", r.cfg.timeout)
-		return fmt.Errorf("handler did not return within %s of its %s timeout", abandonGrace, r.cfg.timeout), true
 	}
 }
 

@@ -30,6 +30,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -122,13 +124,14 @@ type store struct {
 	refs int
 	ret  retention
 
-	mu      sync.Mutex
-	subs    map[string]*sub
-	history []histEntry // publish order, for dedup expiry and replay
-	ids     map[string]struct{}
-	claims  map[claimKey]*claim
-	seq     uint64
-	now     func() time.Time
+	mu       sync.Mutex
+	subs     map[string]*sub
+	history  []histEntry // publish order, for dedup expiry and replay; live from histHead
+	histHead int
+	ids      map[string]struct{}
+	claims   map[claimKey]*claim
+	seq      uint64
+	now      func() time.Time
 }
 
 type histEntry struct {
@@ -244,13 +247,18 @@ func copyMessage(m *transport.Message) *transport.Message {
 }
 
 func (s *store) expireHistory(now time.Time) {
-	cut := 0
-	for cut < len(s.history) && (len(s.history)-cut > MaxHistory || now.Sub(s.history[cut].at) > s.ret.dedup) {
-		delete(s.ids, s.history[cut].msg.ID)
-		cut++
+	h := s.histHead
+	for h < len(s.history) && (len(s.history)-h > MaxHistory || now.Sub(s.history[h].at) > s.ret.dedup) {
+		delete(s.ids, s.history[h].msg.ID)
+		s.history[h] = histEntry{}
+		h++
 	}
-	if cut > 0 {
-		s.history = append(s.history[:0:0], s.history[cut:]...)
+	s.histHead = h
+	// Compact once the dead prefix outweighs the live part, so expiry
+	// costs amortised O(1) per publish.
+	if h > 1024 && h >= len(s.history)/2 {
+		s.history = append(make([]histEntry, 0, 2*(len(s.history)-h)+1024), s.history[h:]...)
+		s.histHead = 0
 	}
 }
 
@@ -307,9 +315,9 @@ type sub struct {
 	pattern string
 	ordered bool
 
-	ready   entryHeap // by priority desc, seq asc
-	delayed timeHeap  // by runAt
-	active  timeHeap  // by leaseEnd
+	ready   readyQueue
+	delayed timeHeap // by runAt
+	active  timeHeap // by leaseEnd
 	keys    map[string][]*entry
 	done    []*entry
 	dead    []*entry
@@ -320,7 +328,6 @@ type sub struct {
 func newSub(s *store, spec transport.SubscriptionSpec) *sub {
 	return &sub{
 		s: s, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered,
-		ready:   entryHeap{},
 		delayed: timeHeap{at: func(e *entry) time.Time { return e.runAt }},
 		active:  timeHeap{at: func(e *entry) time.Time { return e.leaseEnd }},
 		keys:    map[string][]*entry{},
@@ -357,7 +364,7 @@ func (sb *sub) schedule(e *entry, now time.Time) {
 		heap.Push(&sb.delayed, e)
 	} else {
 		e.state = stReady
-		heap.Push(&sb.ready, e)
+		sb.ready.push(e)
 	}
 }
 
@@ -366,13 +373,13 @@ func (sb *sub) promote(now time.Time) {
 	for sb.delayed.Len() > 0 && !sb.delayed.items[0].runAt.After(now) {
 		e := heap.Pop(&sb.delayed).(*entry)
 		e.state = stReady
-		heap.Push(&sb.ready, e)
+		sb.ready.push(e)
 	}
 	for sb.active.Len() > 0 && sb.active.items[0].leaseEnd.Before(now) {
 		e := heap.Pop(&sb.active).(*entry)
 		e.gen++ // the old lease can no longer settle
 		e.state = stReady
-		heap.Push(&sb.ready, e)
+		sb.ready.push(e)
 	}
 }
 
@@ -455,7 +462,7 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 		if n := min(r.sb.ready.Len(), limit); n > 0 {
 			out := make([]*transport.Delivery, n)
 			for i := range out {
-				e := heap.Pop(&r.sb.ready).(*entry)
+				e := r.sb.ready.pop()
 				e.state = stActive
 				e.attempts++
 				e.gen++
@@ -593,7 +600,7 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 			}
 		}
 		var oldest time.Time
-		for _, e := range sb.ready.items {
+		for _, e := range sb.ready.all() {
 			if oldest.IsZero() || e.published.Before(oldest) {
 				oldest = e.published
 			}
@@ -601,7 +608,7 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 		if !oldest.IsZero() {
 			st.OldestWaiting = now.Sub(oldest)
 		}
-		for _, list := range [][]*entry{sb.ready.items, sb.delayed.items, sb.active.items, sb.done, sb.dead} {
+		for _, list := range [][]*entry{sb.ready.all(), sb.delayed.items, sb.active.items, sb.done, sb.dead} {
 			for _, e := range list {
 				st.Failed += int64(e.failures)
 			}
@@ -713,7 +720,7 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	}
 	now := d.s.now()
 	n := 0
-	for _, h := range d.s.history {
+	for _, h := range d.s.history[d.s.histHead:] {
 		if h.at.Before(since) || !transport.Match(sb.pattern, h.msg.Type) {
 			continue
 		}
@@ -780,32 +787,63 @@ func (s *store) pruneClaims() {
 
 // ---- heaps ----
 
-type entryHeap struct{ items []*entry }
+// readyQueue holds deliverable entries: highest priority first, and
+// first in, first out within a priority. Buckets per priority make push and
+// pop O(1) for the common case of few distinct priorities.
+type readyQueue struct {
+	prios   []int // distinct priorities with entries, highest first
+	buckets map[int]*fifo
+	n       int
+}
 
-func (h entryHeap) Len() int { return len(h.items) }
-func (h entryHeap) Less(i, j int) bool {
-	a, b := h.items[i], h.items[j]
-	if a.msg.Priority != b.msg.Priority {
-		return a.msg.Priority > b.msg.Priority
+type fifo struct {
+	items []*entry
+	head  int
+}
+
+func (q *readyQueue) Len() int { return q.n }
+
+func (q *readyQueue) push(e *entry) {
+	p := e.msg.Priority
+	b := q.buckets[p]
+	if b == nil {
+		if q.buckets == nil {
+			q.buckets = map[int]*fifo{}
+		}
+		b = &fifo{}
+		q.buckets[p] = b
+		i := sort.Search(len(q.prios), func(i int) bool { return q.prios[i] < p })
+		q.prios = slices.Insert(q.prios, i, p)
 	}
-	return a.seq < b.seq
+	b.items = append(b.items, e)
+	q.n++
 }
-func (h entryHeap) Swap(i, j int) {
-	h.items[i], h.items[j] = h.items[j], h.items[i]
-	h.items[i].index, h.items[j].index = i, j
-}
-func (h *entryHeap) Push(x any) {
-	e := x.(*entry)
-	e.index = len(h.items)
-	h.items = append(h.items, e)
-}
-func (h *entryHeap) Pop() any {
-	n := len(h.items) - 1
-	e := h.items[n]
-	h.items[n] = nil
-	h.items = h.items[:n]
-	e.index = -1
+
+func (q *readyQueue) pop() *entry {
+	p := q.prios[0]
+	b := q.buckets[p]
+	e := b.items[b.head]
+	b.items[b.head] = nil
+	b.head++
+	q.n--
+	switch {
+	case b.head == len(b.items):
+		delete(q.buckets, p)
+		q.prios = q.prios[1:]
+	case b.head > 1024 && b.head*2 >= len(b.items):
+		b.items = append([]*entry(nil), b.items[b.head:]...)
+		b.head = 0
+	}
 	return e
+}
+
+func (q *readyQueue) all() []*entry {
+	out := make([]*entry, 0, q.n)
+	for _, p := range q.prios {
+		b := q.buckets[p]
+		out = append(out, b.items[b.head:]...)
+	}
+	return out
 }
 
 type timeHeap struct {
