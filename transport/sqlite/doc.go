@@ -51,11 +51,14 @@
 // the writer between batches, after the callers of the last commit have been
 // answered, rather than inside a commit.
 //
-// Writes are group-committed: one goroutine owns the single write connection
-// and runs every write that is queued while the previous transaction commits
-// in one transaction, then answers all the callers. Many concurrent
-// publishers therefore share one fsync, while a lone publisher pays for
-// exactly one.
+// Writes are group-committed: a writer goroutine owns the single write
+// connection and runs every write that is queued while the previous
+// transaction commits in one transaction, then answers all the callers.
+// Many concurrent publishers therefore share one fsync, and the events of a
+// group are stored with shared multi-row statements. A caller that finds
+// the connection idle, with no concurrent writers in sight, runs its
+// transaction on its own goroutine instead, so a lone publisher pays for
+// exactly one fsync and no goroutine hand-off.
 //
 // # Delivery semantics
 //

@@ -271,16 +271,20 @@ func (d *driver) errClosed() error {
 	return fmt.Errorf("%w (%s)", ErrClosed, d.path)
 }
 
-// submit queues o for the writer. It fails only when the driver is closed.
-func (d *driver) submit(o *op) error {
+// submit runs o on the calling goroutine when the writer is idle (see
+// writer.tryInline) or queues it for the writer goroutine. It fails only
+// when the driver is closed.
+func (d *driver) submit(o *op) (inline bool, err error) {
 	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.closed {
-		d.mu.RUnlock()
-		return d.errClosed()
+		return false, d.errClosed()
+	}
+	if d.w.tryInline(o) {
+		return true, nil
 	}
 	d.w.ops <- o
-	d.mu.RUnlock()
-	return nil
+	return false, nil
 }
 
 // execFlags modify how exec queues and waits for an operation.
@@ -302,12 +306,27 @@ const (
 
 // exec runs fn in the writer and waits for the commit.
 func (d *driver) exec(ctx context.Context, fn func(w *writer) error, f execFlags) error {
+	return d.execOp(ctx, &op{ctx: ctx, run: fn, soft: f&soft != 0}, f)
+}
+
+// execOp runs o (its ctx, run or msgs, and soft set) and waits for the
+// commit.
+func (d *driver) execOp(ctx context.Context, o *op, f execFlags) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	o := &op{ctx: ctx, run: fn, done: make(chan struct{}), soft: f&soft != 0}
-	if err := d.submit(o); err != nil {
+	o.done = make(chan struct{})
+	inline, err := d.submit(o)
+	if err != nil {
 		return err
+	}
+	if inline {
+		if o.err != nil && ctx.Err() != nil {
+			// The write failed because the caller gave up (its wait for
+			// another process's lock was cut short): say so plainly.
+			return ctx.Err()
+		}
+		return o.err
 	}
 	if f&returnOnCancel != 0 {
 		select {

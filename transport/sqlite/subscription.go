@@ -20,7 +20,7 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	return d.exec(ctx, func(w *writer) error { return w.publish(msgs) }, returnOnCancel)
+	return d.execOp(ctx, &op{ctx: ctx, msgs: msgs}, returnOnCancel)
 }
 
 // Subscribe implements transport.Driver. The subscription row is created
@@ -80,7 +80,9 @@ func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
 	if _, err := w.conn.ExecContext(bg, `UPDATE ripple_meta SET value = value + 1 WHERE key = 'subs_version'`); err != nil {
 		return 0, err
 	}
+	// Reload the list at the next publish, in this transaction or later.
 	w.subsChecked = false
+	w.subsVersion = -1
 	return id, nil
 }
 

@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
+	msqlite "modernc.org/sqlite"
 )
 
 const (
@@ -26,8 +29,12 @@ const (
 // must (re)initialise its outputs on every call, because a batch that fails
 // is rolled back and its operations run again one by one.
 type op struct {
-	ctx  context.Context
+	ctx context.Context
+	// run is the operation, or nil for a publish of msgs: the writer
+	// stores the messages of consecutive publishes with shared multi-row
+	// statements instead of one statement per row.
 	run  func(w *writer) error
+	msgs []*transport.Message
 	err  error
 	done chan struct{}
 	// soft: see the soft exec flag.
@@ -43,13 +50,35 @@ type subRow struct {
 	ordered bool
 }
 
-// writer owns the only write connection. Serialising writes in one
-// goroutine costs nothing (SQLite allows one writer at a time anyway) and
-// lets concurrent callers share a transaction, and so an fsync.
+// writer owns the only write connection. Serialising writes costs nothing
+// (SQLite allows one writer at a time anyway) and lets concurrent callers
+// share a transaction, and so an fsync.
+//
+// Whoever holds mu runs transactions on the connection: usually the writer
+// goroutine, which groups the queued operations, but a caller that finds
+// the writer idle and no sign of concurrent writers runs its operation on
+// its own goroutine (see tryInline). That saves the two goroutine hand-offs
+// that would otherwise dominate a lone publisher's latency.
 type writer struct {
 	d    *driver
 	conn *sql.Conn
 	ops  chan *op
+
+	mu sync.Mutex
+	// wantLock is set while the writer goroutine waits for mu, so that
+	// callers queue behind it rather than barge in ahead of queued work.
+	wantLock atomic.Bool
+	// grouped records that the last transaction held more than one
+	// operation: writers are concurrent, and queueing them for the writer
+	// goroutine groups them into fewer commits.
+	grouped atomic.Bool
+	// kick asks the writer goroutine to checkpoint after an inline commit.
+	kick   chan struct{}
+	inline []*op
+	// beginCtx is the context the next BEGIN waits for the write lock
+	// with: the caller's own for an inline operation, so that its
+	// cancellation ends a wait for another process's lock.
+	beginCtx context.Context
 
 	now     int64              // the transaction's clock, unix nanoseconds
 	touched map[int64]struct{} // subscriptions to wake after commit
@@ -58,6 +87,16 @@ type writer struct {
 	subsVersion int64 // -1: unknown, reload at next use
 	subsChecked bool  // version compared in the current transaction
 	match       map[string][]*subRow
+	// dataVersion is SQLite's data version of the file right after this
+	// connection's last commit. While it has not moved no other connection
+	// has written, so the subscription list cannot have changed and the
+	// per-transaction version query is skipped. 0: unknown.
+	dataVersion uint32
+
+	// Multi-row statements, by row count (a power of two).
+	insEvents, insDeliveries map[int]*sql.Stmt
+	args                     []any
+	pub                      pubScratch
 
 	st    stmts
 	prune pruneState
@@ -74,7 +113,7 @@ type writer struct {
 type stmts struct {
 	begin, commit, rollback *sql.Stmt
 
-	insEvent, insDelivery, subsVersion *sql.Stmt
+	insEvent, subsVersion *sql.Stmt
 
 	leaseExpired, leaseReady, leaseReadyOrdered *sql.Stmt
 	nextDue, nextLease, loadEvent               *sql.Stmt
@@ -107,13 +146,17 @@ const (
 
 func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writer, error) {
 	w := &writer{
-		d:           d,
-		full:        full,
-		conn:        conn,
-		ops:         make(chan *op, maxBatch),
-		touched:     map[int64]struct{}{},
-		subsVersion: -1,
-		match:       map[string][]*subRow{},
+		d:             d,
+		full:          full,
+		conn:          conn,
+		ops:           make(chan *op, maxBatch),
+		kick:          make(chan struct{}, 1),
+		beginCtx:      context.Background(),
+		touched:       map[int64]struct{}{},
+		subsVersion:   -1,
+		match:         map[string][]*subRow{},
+		insEvents:     map[int]*sql.Stmt{},
+		insDeliveries: map[int]*sql.Stmt{},
 	}
 	prep := []struct {
 		dst **sql.Stmt
@@ -122,9 +165,7 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		{&w.st.begin, "BEGIN IMMEDIATE"},
 		{&w.st.commit, "COMMIT"},
 		{&w.st.rollback, "ROLLBACK"},
-		{&w.st.insEvent, `INSERT INTO events (id, type, key, priority, time, published_at, attrs, data)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`},
-		{&w.st.insDelivery, `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed) VALUES (?, ?, 0, ?, ?, ?, ?)`},
+		{&w.st.insEvent, insEventCols + insEventRow + insEventTail},
 		{&w.st.subsVersion, `SELECT value FROM ripple_meta WHERE key = 'subs_version'`},
 		{&w.st.leaseExpired, leaseExpiredSQL},
 		{&w.st.leaseReady, leaseReadySQL},
@@ -163,12 +204,17 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 // close releases the statements and the connection; the loop has ended.
 func (w *writer) close() error {
 	for _, s := range []*sql.Stmt{
-		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.insDelivery, w.st.subsVersion,
+		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion,
 		w.st.leaseExpired, w.st.leaseReady, w.st.leaseReadyOrdered, w.st.nextDue, w.st.nextLease, w.st.loadEvent,
 		w.st.complete, w.st.retry, w.st.release, w.st.dead, w.st.extend,
 		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
 	} {
 		if s != nil {
+			_ = s.Close()
+		}
+	}
+	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries} {
+		for _, s := range m {
 			_ = s.Close()
 		}
 	}
@@ -193,6 +239,7 @@ func (w *writer) loop() {
 			if !ok {
 				return
 			}
+			w.lock()
 			batch = append(batch[:0], o)
 			var open bool
 			batch, open = w.drain(batch)
@@ -209,18 +256,73 @@ func (w *writer) loop() {
 				}
 			}
 			last = len(batch)
-			w.batches.Add(1)
-			w.batched.Add(int64(len(batch)))
-			w.runBatch(batch)
+			w.run(batch)
 			clear(batch)
 			w.maybeCheckpoint()
+			w.mu.Unlock()
 			if !open {
 				return
 			}
+		case <-w.kick:
+			last = 0
+			w.lock()
+			w.maybeCheckpoint()
+			w.mu.Unlock()
 		case <-pruneT.C:
-			pruneT.Reset(w.runPrune())
+			last = 0
+			w.lock()
+			next := w.runPrune()
+			w.mu.Unlock()
+			pruneT.Reset(next)
 		}
 	}
+}
+
+// lock takes mu for the writer goroutine, keeping inline callers out
+// while it waits.
+func (w *writer) lock() {
+	w.wantLock.Store(true)
+	w.mu.Lock()
+	w.wantLock.Store(false)
+}
+
+// run runs one batch; the caller holds mu.
+func (w *writer) run(batch []*op) {
+	w.batches.Add(1)
+	w.batched.Add(int64(len(batch)))
+	w.grouped.Store(len(batch) > 1)
+	w.runBatch(batch)
+}
+
+// tryInline runs o on the calling goroutine when the connection is free
+// and nothing suggests concurrent writers, together with anything queued
+// meanwhile, and reports whether it did. The caller holds d.mu for reading,
+// so the queue cannot be closed under it. When writers are concurrent (the
+// last transaction grouped several operations) o is left to the writer
+// goroutine, which waits for stragglers to build bigger groups.
+func (w *writer) tryInline(o *op) bool {
+	if len(w.ops) != 0 || w.grouped.Load() || w.wantLock.Load() || !w.mu.TryLock() {
+		return false
+	}
+	batch := append(w.inline[:0], o)
+	batch, _ = w.drain(batch)
+	if len(batch) == 1 {
+		w.beginCtx = o.ctx
+	}
+	w.run(batch)
+	w.beginCtx = context.Background()
+	clear(batch)
+	w.inline = batch[:0]
+	due := w.commits >= checkpointEvery
+	w.mu.Unlock()
+	if due {
+		// Checkpoint in the writer goroutine, off this caller's path.
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+	}
+	return true
 }
 
 // checkpointEvery is how many commits the writer lets the WAL collect
@@ -392,14 +494,36 @@ func (w *writer) tryTx(ops []*op) error {
 			w.relaxed = soft
 		}
 	}
-	if _, err := w.st.begin.ExecContext(bg); err != nil {
+	if _, err := w.st.begin.ExecContext(w.beginCtx); err != nil {
+		if cerr := w.beginCtx.Err(); cerr != nil {
+			// The cancellation may have been reported after BEGIN
+			// took effect: make sure no transaction stays open.
+			w.abort()
+			return cerr
+		}
 		return err
 	}
 	w.now = time.Now().UnixNano()
 	clear(w.touched)
 	w.subsChecked = false
-	for _, o := range ops {
-		if err := o.run(w); err != nil {
+	for i := 0; i < len(ops); {
+		o := ops[i]
+		var err error
+		if o.run != nil {
+			err = o.run(w)
+			i++
+		} else {
+			// Consecutive publishes share their statements. If they
+			// fail, runBatch runs each in a transaction of its own,
+			// which tells whose messages were at fault.
+			j := i + 1
+			for j < len(ops) && ops[j].run == nil {
+				j++
+			}
+			err = w.publish(ops[i:j])
+			i = j
+		}
+		if err != nil {
 			w.abort()
 			if isBusy(err) {
 				return err
@@ -420,6 +544,7 @@ func (w *writer) tryTx(ops []*op) error {
 		return err
 	}
 	w.commits++
+	w.dataVersion = w.fileDataVersion()
 	for id := range w.touched {
 		w.d.signal(id)
 	}
@@ -438,18 +563,23 @@ func (w *writer) touch(subID int64) { w.touched[subID] = struct{}{} }
 // matching returns the subscriptions whose pattern matches typ. The list is
 // cached and reloaded when ripple_meta's subs_version, bumped by every
 // Subscribe in any process, has moved; checking it once per transaction
-// (under the write lock) is what makes fan-out exact across processes.
+// (under the write lock) is what makes fan-out exact across processes. The
+// check itself is skipped while the file's data version shows that no
+// other connection has committed since this one last did.
 func (w *writer) matching(typ string) ([]*subRow, error) {
 	if !w.subsChecked {
-		var v int64
-		if err := w.st.subsVersion.QueryRowContext(context.Background()).Scan(&v); err != nil {
-			return nil, err
-		}
-		if v != w.subsVersion {
-			if err := w.loadSubs(); err != nil {
+		dv := w.fileDataVersion()
+		if dv == 0 || dv != w.dataVersion || w.subsVersion < 0 {
+			var v int64
+			if err := w.st.subsVersion.QueryRowContext(context.Background()).Scan(&v); err != nil {
 				return nil, err
 			}
-			w.subsVersion = v
+			if v != w.subsVersion {
+				if err := w.loadSubs(); err != nil {
+					return nil, err
+				}
+				w.subsVersion = v
+			}
 		}
 		w.subsChecked = true
 	}
@@ -467,6 +597,28 @@ func (w *writer) matching(typ string) ([]*subRow, error) {
 	}
 	w.match[typ] = m
 	return m, nil
+}
+
+// fileDataVersion returns SQLite's data version of the main database as
+// seen by the write connection, or 0 if it cannot be read. Unlike PRAGMA
+// data_version it also counts this connection's own commits, and it costs
+// no statement. Inside a transaction it reflects every commit made before
+// the transaction began.
+func (w *writer) fileDataVersion() uint32 {
+	var v uint32
+	err := w.conn.Raw(func(dc any) error {
+		fc, ok := dc.(msqlite.FileControl)
+		if !ok {
+			return errors.New("no file control")
+		}
+		var err error
+		v, err = fc.FileControlDataVersion("main")
+		return err
+	})
+	if err != nil {
+		return 0
+	}
+	return v
 }
 
 func (w *writer) loadSubs() error {
@@ -505,26 +657,95 @@ func fromNanos(n int64) time.Time {
 	return time.Unix(0, n)
 }
 
-func (w *writer) publish(msgs []*transport.Message) error {
-	bg := context.Background()
-	for _, m := range msgs {
-		if m == nil {
-			continue
+// maxRows bounds the rows of one multi-row INSERT; longer runs are split
+// into power-of-two chunks, so a handful of cached statements serve every
+// batch size.
+const maxRows = 64
+
+// pubScratch holds the publish path's buffers, reused across transactions.
+type pubScratch struct {
+	msgs []*transport.Message
+	seqs map[string]int64 // event id → seq, for the rows just inserted
+	dels []delRow
+}
+
+type delRow struct {
+	sub, seq, runAt int64
+	priority        int
+	key             string
+	delayed         bool
+}
+
+const (
+	insEventCols    = `INSERT INTO events (id, type, key, priority, time, published_at, attrs, data) VALUES `
+	insEventRow     = `(?, ?, ?, ?, ?, ?, ?, ?)`
+	insEventTail    = ` ON CONFLICT (id) DO NOTHING`
+	insDeliveryCols = `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed) VALUES `
+	insDeliveryRow  = `(?, ?, 0, ?, ?, ?, ?)`
+)
+
+// multiRow returns INSERT head + n × row + tail.
+func multiRow(head, row, tail string, n int) string {
+	var b strings.Builder
+	b.WriteString(head)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
 		}
-		if m.ID == "" {
-			return errors.New("sqlite transport: message has no ID")
+		b.WriteString(row)
+	}
+	b.WriteString(tail)
+	return b.String()
+}
+
+// chunk returns the size of the next multi-row statement for rem rows.
+func chunk(rem int) int {
+	n := maxRows
+	for n > rem {
+		n >>= 1
+	}
+	return n
+}
+
+func (w *writer) stmt(cache map[int]*sql.Stmt, n int, q func(int) string) (*sql.Stmt, error) {
+	if st := cache[n]; st != nil {
+		return st, nil
+	}
+	st, err := w.conn.PrepareContext(context.Background(), q(n))
+	if err != nil {
+		return nil, err
+	}
+	cache[n] = st
+	return st, nil
+}
+
+func insEventsSQL(n int) string {
+	return multiRow(insEventCols, insEventRow, insEventTail+` RETURNING seq, id`, n)
+}
+
+func insDeliveriesSQL(n int) string { return multiRow(insDeliveryCols, insDeliveryRow, "", n) }
+
+// publish stores the messages of a run of publish operations: each new
+// event once, and a delivery row for every subscription it matches. A
+// remembered id (publish deduplication), including one repeated within the
+// run, stores nothing.
+func (w *writer) publish(ops []*op) error {
+	ms := w.pub.msgs[:0]
+	defer func() { clear(ms); w.pub.msgs = ms[:0] }()
+	for _, o := range ops {
+		for _, m := range o.msgs {
+			if m == nil {
+				continue
+			}
+			if m.ID == "" {
+				return errors.New("sqlite transport: message has no ID")
+			}
+			ms = append(ms, m)
 		}
-		res, err := w.st.insEvent.ExecContext(bg, m.ID, m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			continue // a remembered id: publish deduplication
-		}
-		seq, err := res.LastInsertId()
-		if err != nil {
-			return err
-		}
+	}
+	dels := w.pub.dels[:0]
+	defer func() { clear(dels); w.pub.dels = dels[:0] }()
+	add := func(m *transport.Message, seq int64) error {
 		subs, err := w.matching(m.Type)
 		if err != nil {
 			return err
@@ -538,11 +759,108 @@ func (w *writer) publish(msgs []*transport.Message) error {
 			if s.ordered {
 				key = m.Key
 			}
-			if _, err := w.st.insDelivery.ExecContext(bg, s.id, seq, runAt, m.Priority, key, delayed); err != nil {
+			dels = append(dels, delRow{sub: s.id, seq: seq, runAt: runAt, priority: m.Priority, key: key, delayed: delayed})
+		}
+		return nil
+	}
+	if len(ms) == 1 {
+		// One row needs no RETURNING: the result says it all, cheaper.
+		m := ms[0]
+		res, err := w.st.insEvent.ExecContext(context.Background(), m.ID, m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			seq, err := res.LastInsertId()
+			if err != nil {
 				return err
 			}
-			w.touch(s.id)
+			if err := add(m, seq); err != nil {
+				return err
+			}
 		}
+	} else if len(ms) > 1 {
+		if err := w.insertEvents(ms); err != nil {
+			return err
+		}
+		for _, m := range ms {
+			seq, ok := w.pub.seqs[m.ID]
+			if !ok {
+				continue // remembered, or an earlier message of this run had the id
+			}
+			delete(w.pub.seqs, m.ID)
+			if err := add(m, seq); err != nil {
+				return err
+			}
+		}
+	}
+	return w.insertDeliveries(dels)
+}
+
+// insertEvents inserts ms and leaves the seq of each row actually inserted
+// in w.pub.seqs, keyed by id.
+func (w *writer) insertEvents(ms []*transport.Message) error {
+	if w.pub.seqs == nil {
+		w.pub.seqs = map[string]int64{}
+	}
+	clear(w.pub.seqs)
+	for len(ms) > 0 {
+		n := chunk(len(ms))
+		st, err := w.stmt(w.insEvents, n, insEventsSQL)
+		if err != nil {
+			return err
+		}
+		args := w.args[:0]
+		for _, m := range ms[:n] {
+			args = append(args, m.ID, m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
+		}
+		err = w.queryInserted(st, args)
+		clear(args)
+		w.args = args[:0]
+		if err != nil {
+			return err
+		}
+		ms = ms[n:]
+	}
+	return nil
+}
+
+func (w *writer) queryInserted(st *sql.Stmt, args []any) error {
+	rows, err := st.QueryContext(context.Background(), args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var seq int64
+		var id string
+		if err := rows.Scan(&seq, &id); err != nil {
+			return err
+		}
+		w.pub.seqs[id] = seq
+	}
+	return rows.Err()
+}
+
+func (w *writer) insertDeliveries(ds []delRow) error {
+	for len(ds) > 0 {
+		n := chunk(len(ds))
+		st, err := w.stmt(w.insDeliveries, n, insDeliveriesSQL)
+		if err != nil {
+			return err
+		}
+		args := w.args[:0]
+		for _, d := range ds[:n] {
+			args = append(args, d.sub, d.seq, d.runAt, d.priority, d.key, d.delayed)
+			w.touch(d.sub)
+		}
+		_, err = st.ExecContext(context.Background(), args...)
+		clear(args)
+		w.args = args[:0]
+		if err != nil {
+			return err
+		}
+		ds = ds[n:]
 	}
 	return nil
 }
