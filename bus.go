@@ -629,3 +629,38 @@ func (b *Bus) adminErr(op, handler string, err error) error {
 	}
 	return b.wrapDriverErr(op+" "+handler, err)
 }
+
+// Unsubscribe deletes a handler's durable subscription, with every event
+// still queued for it and its dead letters, so the transport stops keeping
+// events for it. If the handler runs on this bus it is stopped first,
+// waiting for its running attempts until ctx ends. Use it when a handler
+// is retired for good; a handler registered again later starts empty.
+func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
+	u, ok := b.driver.(transport.Unsubscriber)
+	if !ok {
+		return &NotSupportedError{Transport: b.driver.Name(), Option: "Unsubscribe"}
+	}
+	b.mu.Lock()
+	r := b.handlers[handler]
+	if r != nil {
+		delete(b.handlers, handler)
+		for i, name := range b.order {
+			if name == handler {
+				b.order = append(b.order[:i:i], b.order[i+1:]...)
+				break
+			}
+		}
+	}
+	b.mu.Unlock()
+	if r != nil {
+		r.stopReceiving()
+		if err := r.wait(ctx); err != nil {
+			r.abort()
+			return fmt.Errorf("ripple: unsubscribe %q: handler still running: %w", handler, err)
+		}
+	}
+	if err := u.Unsubscribe(ctx, handler); err != nil {
+		return b.adminErr("unsubscribe", handler, err)
+	}
+	return nil
+}

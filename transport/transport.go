@@ -237,6 +237,15 @@ type Replayer interface {
 	Replay(ctx context.Context, handler string, since time.Time) (int, error)
 }
 
+// Unsubscriber is implemented by drivers that can delete a subscription.
+type Unsubscriber interface {
+	// Unsubscribe deletes the handler's durable subscription with every
+	// event still queued for it and its dead letters. Messages published
+	// afterwards are no longer kept for it. An unknown handler is an error
+	// wrapping ErrNotFound.
+	Unsubscribe(ctx context.Context, handler string) error
+}
+
 // ClaimResult is the answer to an idempotency claim.
 type ClaimResult int
 

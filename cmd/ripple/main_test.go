@@ -295,6 +295,9 @@ func TestTail(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("tail did not stop after its context was cancelled")
 	}
+	if stats, err := bus.Stats(context.Background()); err != nil || len(stats) != 0 {
+		t.Errorf("tail left subscriptions behind: %+v, %v", stats, err)
+	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("tail printed %d lines, want the 2 user events:\n%s", len(lines), out.String())

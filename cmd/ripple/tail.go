@@ -30,13 +30,10 @@ ending in > (one or more segments): user.*, order.>, or > for everything.
 
 The handler is an ordinary Ripple subscription. It receives its own copy of
 every matching event, so it takes nothing away from the application's
-handlers. On a durable transport (sqlite and the brokers) the subscription
-is durable too: it outlives this command and keeps collecting matching
-events, which show as waiting in 'ripple stats'. Ripple has no operation
-that deletes a subscription, so tail cannot remove it when it exits. Pass
---name to reuse one subscription across runs (it then prints what arrived
-while it was away) instead of leaving a new one behind each time. On
-memory:// the subscription ends with the process.`,
+handlers. When tail exits it deletes its subscription (where the transport
+can), so nothing keeps collecting events for it. With --name the
+subscription is kept instead: a later 'ripple tail --name' with the same
+name prints what arrived while it was away.`,
 		Example: `  ripple tail 'user.>'
   ripple tail '>' --name tail.ops --json`,
 		Args: args(1, 1, "ripple tail PATTERN, such as: ripple tail 'user.>'"),
@@ -74,10 +71,17 @@ memory:// the subscription ends with the process.`,
 			<-cmd.Context().Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
+			keep := cmd.Flags().Changed("name")
+			if !keep {
+				if err := bus.Unsubscribe(sctx, name); err != nil {
+					fmt.Fprintf(c.stderr, "ripple: could not delete subscription %s: %v\n", name, err)
+					keep = true
+				}
+			}
 			if err := bus.Shutdown(sctx); err != nil {
 				fmt.Fprintln(c.stderr, "ripple: closing the bus:", err)
 			}
-			if bus.TransportName() != "memory" {
+			if keep && bus.TransportName() != "memory" {
 				fmt.Fprintf(c.stderr, "tail stopped. Subscription %s stays on %s and keeps collecting %s events; reuse it with --name %s\n", name, u, pattern, name)
 			}
 			return nil

@@ -872,3 +872,24 @@ func (h *timeHeap) Pop() any {
 	e.index = -1
 	return e
 }
+
+// Unsubscribe implements transport.Unsubscriber. Receivers of the deleted
+// subscription get nothing more.
+func (d *driver) Unsubscribe(ctx context.Context, handler string) error {
+	d.s.mu.Lock()
+	defer d.s.mu.Unlock()
+	sb, err := d.lookup(handler)
+	if err != nil {
+		return err
+	}
+	delete(d.s.subs, handler)
+	for k := range d.s.claims {
+		if k.handler == handler {
+			delete(d.s.claims, k)
+		}
+	}
+	sb.ready, sb.delayed.items, sb.active.items = readyQueue{}, nil, nil
+	sb.keys, sb.done, sb.dead = map[string][]*entry{}, nil, nil
+	sb.wake()
+	return nil
+}

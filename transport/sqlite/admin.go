@@ -299,3 +299,34 @@ func (d *driver) Finish(ctx context.Context, handler, eventID string, success bo
 		return err
 	}, returnOnCancel)
 }
+
+// Unsubscribe implements transport.Unsubscriber: the subscription row, its
+// deliveries and its idempotency claims go in one transaction, and the
+// subscription version is bumped so every process stops fanning out to it.
+// Events no longer needed by any delivery are left to the pruner.
+func (d *driver) Unsubscribe(ctx context.Context, handler string) error {
+	return d.exec(ctx, func(w *writer) error {
+		s, err := w.subByName(handler)
+		if err != nil {
+			return err
+		}
+		bg := context.Background()
+		for _, st := range []struct {
+			q   string
+			arg any
+		}{
+			{`DELETE FROM deliveries WHERE sub_id = ?`, s.id},
+			{`DELETE FROM subscriptions WHERE id = ?`, s.id},
+			{`DELETE FROM claims WHERE handler = ?`, handler},
+			{`UPDATE ripple_meta SET value = value + ? WHERE key = 'subs_version'`, 1},
+		} {
+			if _, err := w.conn.ExecContext(bg, st.q, st.arg); err != nil {
+				return err
+			}
+		}
+		w.subsChecked = false
+		w.subsVersion = -1
+		w.touch(s.id)
+		return nil
+	}, 0)
+}
