@@ -316,3 +316,24 @@ var (
 	_ transport.Claimer         = (*Driver)(nil)
 	_ transport.RateLimiter     = (*Driver)(nil)
 )
+
+// Unsubscribe implements transport.Unsubscriber: the handler leaves the
+// subscription list and its stream (with its consumer group), delayed set,
+// dead-letter stream and rate-limit state are deleted in one MULTI, so a
+// publish sees the handler either whole or gone. Idempotency claims expire
+// by themselves. A process still receiving for the handler subscribes it
+// again on its next Receive.
+func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
+	if err := d.known(ctx, handler); err != nil {
+		return err
+	}
+	_, err := d.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		p.HDel(ctx, d.subsKey(), handler)
+		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("redis transport: unsubscribe %q: %w", handler, err)
+	}
+	return nil
+}

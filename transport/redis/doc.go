@@ -68,8 +68,16 @@
 // (one round trip, atomic) that appends each event to the stream of every
 // subscription whose pattern matches its type, so an event reaches all
 // matching handlers or none. An event published before a subscription
-// existed is not delivered to it. Concurrent Publish calls of one driver
-// are grouped into one script call.
+// existed is not delivered to it.
+//
+// Concurrent calls are batched: Publish calls of one driver that overlap
+// are grouped into one publish script call, concurrent Settle calls of a
+// handler (the core settles each delivery from its own goroutine) into
+// one settle script call, and both are sent together in one pipeline. A
+// lone call runs at once on the caller's goroutine; calls that arrive
+// while two batches are in flight wait for the next batch. This saves
+// round trips and, with appendfsync always, fsyncs; each script call still
+// succeeds or fails on its own.
 //
 // Receivers of one handler, in one process or many, compete in its
 // consumer group: each event goes to one of them. Events published while

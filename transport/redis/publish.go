@@ -6,22 +6,25 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
 )
 
-// Limits of one publish script call. Concurrent Publish calls are grouped
-// into one call up to these sizes.
+// Limits of one batched script call (publish or settle). Concurrent
+// calls are grouped into one script call up to these sizes.
 const (
-	maxBatchMessages = 512
-	maxBatchBytes    = 4 << 20
+	maxBatchItems = 512
+	maxBatchBytes = 4 << 20
 )
 
-// publishTimeout bounds one batched publish call. It is not the caller's
-// ctx because the call carries other callers' messages too.
-const publishTimeout = 30 * time.Second
+// batchTimeout bounds one batched script call run in the background. It
+// is not a caller's ctx because the call carries other callers' jobs too.
+const batchTimeout = 30 * time.Second
+
+// batchSlots is how many batches of publishes and settlements a driver
+// has in flight at once.
+const batchSlots = 2
 
 // Stream entry fields. A Ripple entry starts with id and type; the
 // CloudEvents attributes are stored under "ce_" plus their name, as in
@@ -37,27 +40,11 @@ const (
 	attrPrefix    = "ce_"
 )
 
-type pubReq struct {
-	args []any
-	n    int
-	size int
-	done chan error
-}
-
-// publisher groups concurrent Publish calls: while one script call is in
-// flight, later calls queue, and the next call carries all of them. A lone
-// publisher pays one round trip; many share one.
-type publisher struct {
-	d       *Driver
-	mu      sync.Mutex
-	queue   []*pubReq
-	running bool
-	idle    *sync.Cond
-}
-
 // Publish stores messages durably: it returns nil once Redis has run the
 // publish script, which appends each message to the stream (or delayed
-// set) of every matching subscription in one atomic step.
+// set) of every matching subscription in one atomic step. When ctx ends
+// while the call waits for Redis, whether the messages were stored is
+// unknown, as with any interrupted write.
 func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if d.isClosed() {
 		return ErrClosed
@@ -68,7 +55,9 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	req := &pubReq{done: make(chan error, 1), n: len(msgs)}
+	// The first two arguments are the prefix and dedup window, filled in
+	// by execBatch, so a batch of one job uses its slice as it is.
+	j := &job{done: make(chan error, 1), n: len(msgs), args: make([]any, 2, 2+20*len(msgs))}
 	for _, m := range msgs {
 		if m.ID == "" || m.Type == "" {
 			return fmt.Errorf("redis transport: message needs an id and a type (got id %q, type %q)", m.ID, m.Type)
@@ -76,18 +65,10 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		if d.maxSize > 0 && len(m.Data) > d.maxSize {
 			return fmt.Errorf("redis transport: message %s data is %d bytes, over the %d-byte limit", m.ID, len(m.Data), d.maxSize)
 		}
-		req.args = appendMessage(req.args, m)
-		req.size += len(m.Data) + 256
+		j.args = appendMessage(j.args, m)
+		j.size += len(m.Data) + 256
 	}
-	d.pub.enqueue(req)
-	select {
-	case err := <-req.done:
-		return err
-	case <-ctx.Done():
-		// The batch may still be stored; the caller must treat the
-		// outcome as unknown, as with any timed-out write.
-		return ctx.Err()
-	}
+	return d.batch.do(ctx, j)
 }
 
 func appendMessage(args []any, m *transport.Message) []any {
@@ -107,67 +88,6 @@ func appendMessage(args []any, m *transport.Message) []any {
 		args = append(args, attrPrefix+k, v)
 	}
 	return append(args, fieldData, m.Data)
-}
-
-func (p *publisher) enqueue(req *pubReq) {
-	p.mu.Lock()
-	p.queue = append(p.queue, req)
-	if !p.running {
-		p.running = true
-		go p.flush()
-	}
-	p.mu.Unlock()
-}
-
-// flush runs batches until the queue is empty.
-func (p *publisher) flush() {
-	for {
-		p.mu.Lock()
-		if len(p.queue) == 0 {
-			p.running = false
-			if p.idle != nil {
-				p.idle.Broadcast()
-			}
-			p.mu.Unlock()
-			return
-		}
-		n, msgs, size := 0, 0, 0
-		for n < len(p.queue) && (n == 0 || msgs+p.queue[n].n <= maxBatchMessages && size+p.queue[n].size <= maxBatchBytes) {
-			msgs += p.queue[n].n
-			size += p.queue[n].size
-			n++
-		}
-		batch := p.queue[:n:n]
-		p.queue = p.queue[n:]
-		p.mu.Unlock()
-
-		args := make([]any, 0, 2+msgs*12)
-		args = append(args, p.d.prefix, p.d.ret.dedup.Milliseconds())
-		for _, r := range batch {
-			args = append(args, r.args...)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
-		err := publishScript.Run(ctx, p.d.client, nil, args...).Err()
-		cancel()
-		if err != nil {
-			err = fmt.Errorf("redis transport: publish: %w", err)
-		}
-		for _, r := range batch {
-			r.done <- err
-		}
-	}
-}
-
-// wait blocks until no batch is in flight.
-func (p *publisher) wait() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.idle == nil {
-		p.idle = sync.NewCond(&p.mu)
-	}
-	for p.running {
-		p.idle.Wait()
-	}
 }
 
 // parseEntry turns a stream entry's fields into a message. ok is false for

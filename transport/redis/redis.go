@@ -82,7 +82,7 @@ type Driver struct {
 	maxSize int
 	log     *slog.Logger
 
-	pub publisher
+	batch combiner // publishes and settlements
 
 	mu     sync.Mutex
 	closed bool
@@ -111,7 +111,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		log:     cmp.Or(cfg.Logger, slog.Default()).With("transport", "redis", "prefix", prefix),
 		subs:    map[*subscription]struct{}{},
 	}
-	d.pub.d = d
+	d.batch = combiner{maxActive: batchSlots, maxItems: maxBatchItems, maxBytes: maxBatchBytes, exec: d.execBatch}
 	if err := d.check(ctx, redactURL(rawURL), allowEviction); err != nil {
 		_ = d.client.Close()
 		return nil, err
@@ -282,7 +282,7 @@ func (d *Driver) Close() error {
 	for _, s := range subs {
 		_ = s.Close()
 	}
-	d.pub.wait()
+	d.batch.wait()
 	return d.client.Close()
 }
 

@@ -15,13 +15,17 @@ import (
 // Times come from the server's TIME, so processes with skewed clocks agree
 // on delays and leases.
 
-// luaLib is prepended to every script.
-const luaLib = `
+// Lua helpers. Each script includes only the helpers it calls: a script
+// runs its whole text on every call, so every helper it carries costs a
+// closure allocation per call.
+const (
+	luaNow = `
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-
+`
+	luaMatch = `
 -- match mirrors transport.Match: '*' matches one segment, a final '>' one
 -- or more trailing segments.
 local function match(pat, typ)
@@ -37,7 +41,8 @@ local function match(pat, typ)
     pi, ti = pe + 1, te + 1
   end
 end
-
+`
+	luaIDs = `
 local function pid(id)
   local d = string.find(id, '-', 1, true)
   return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
@@ -53,7 +58,8 @@ local function idnext(id)
   local ms, sq = pid(id)
   return string.format('%.0f-%.0f', ms, sq + 1)
 end
-
+`
+	luaGroups = `
 -- gcall runs a consumer-group command, recreating the group when Redis
 -- lost it (a restart without persistence, a FLUSHDB). The group starts at
 -- 0: after such a loss redelivering is better than skipping.
@@ -79,7 +85,8 @@ local function groupinfo(s, name)
   end
   return nil
 end
-
+`
+	luaStrip = `
 -- strip drops the fields named in drop from a flat field list.
 local function strip(f, drop)
   local o = {}
@@ -91,11 +98,16 @@ local function strip(f, drop)
   end
   return o
 end
-
+`
+	luaDelay = `
 local function delay_member(p, f)
   return cmsgpack.pack(redis.call('INCR', p .. ':seq'), f)
 end
 `
+)
+
+// luaLib is every helper.
+const luaLib = luaNow + luaMatch + luaIDs + luaGroups + luaStrip + luaDelay
 
 // publishScript stores a batch of messages. ARGV: prefix, dedup window
 // (ms, 0 = off), then per message: delay ms, field count, fields (the
@@ -103,26 +115,25 @@ end
 // remembered is skipped; the others are appended to the stream (or the
 // delayed set) of every subscription whose pattern matches, all in one
 // atomic step.
-var publishScript = newScript(luaLib + `
-local p = ARGV[1]
-local window = tonumber(ARGV[2])
-local subs = redis.call('HGETALL', p .. ':subs')
-local now = now_ms()
+var publishScript = newScript(luaNow + luaMatch + luaDelay + `
+local call = redis.call
+local p, window = ARGV[1], ARGV[2]
+local dd = p .. ':dd:'
+local dedup = window ~= '0'
+local subs = call('HGETALL', p .. ':subs')
+local now
 local routes = {}
-local i = 3
+local i, last = 3, #ARGV
 local stored = 0
-while i <= #ARGV do
-  local delay = tonumber(ARGV[i])
-  local nf = tonumber(ARGV[i + 1])
-  local fs = i + 2
-  local id, typ = ARGV[fs + 1], ARGV[fs + 3]
-  i = fs + nf
-  local fresh = true
-  if window > 0 then
-    fresh = redis.call('SET', p .. ':dd:' .. id, '1', 'NX', 'PX', window)
-  end
-  if fresh then
+while i <= last do
+  local delay, fs = tonumber(ARGV[i]), i + 2
+  local fe = fs + tonumber(ARGV[i + 1]) - 1
+  local typ = ARGV[fs + 3]
+  i = fe + 1
+  if not dedup or call('SET', dd .. ARGV[fs + 1], '1', 'NX', 'PX', window) then
     stored = stored + 1
+    -- routes caches, per event type, the names of the matching
+    -- subscriptions, so a batch matches each type once.
     local r = routes[typ]
     if r == nil then
       r = {}
@@ -131,11 +142,12 @@ while i <= #ARGV do
       end
       routes[typ] = r
     end
-    for _, name in ipairs(r) do
-      if delay > 0 then
-        redis.call('ZADD', p .. ':d:' .. name, now + delay, delay_member(p, {unpack(ARGV, fs, fs + nf - 1)}))
-      else
-        redis.call('XADD', p .. ':s:' .. name, '*', unpack(ARGV, fs, fs + nf - 1))
+    if delay == 0 then
+      for k = 1, #r do call('XADD', p .. ':s:' .. r[k], '*', unpack(ARGV, fs, fe)) end
+    elseif #r > 0 then
+      now = now or now_ms()
+      for k = 1, #r do
+        call('ZADD', p .. ':d:' .. r[k], now + delay, delay_member(p, {unpack(ARGV, fs, fe)}))
       end
     end
   end
@@ -145,7 +157,7 @@ return stored
 
 // subscribeScript registers (or updates) a subscription and creates its
 // stream and consumer group. ARGV: prefix, name, pattern.
-var subscribeScript = newScript(luaLib + `
+var subscribeScript = newScript(`
 local p, name, pattern = ARGV[1], ARGV[2], ARGV[3]
 redis.call('HSET', p .. ':subs', name, pattern)
 local r = redis.pcall('XGROUP', 'CREATE', p .. ':s:' .. name, name, '0', 'MKSTREAM')
@@ -161,7 +173,7 @@ return 1
 // entries. ARGV: prefix, name, consumer, count, reclaim, lease ms, pattern.
 // It returns {ms until the next delayed entry is due or -1, ids XAUTOCLAIM found
 // deleted, {id, delivery count, fields}...}.
-var receiveScript = newScript(luaLib + `
+var receiveScript = newScript(luaNow + luaGroups + `
 local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
 local reclaim = ARGV[5] == '1'
@@ -204,60 +216,69 @@ return {nxt, deleted, out}
 // then per settlement: op (c complete, r retry, l release, d dead), entry
 // id, consumer, delivery count, attempts to record, first delivery ms,
 // delay ms, error. A settlement whose entry is no longer pending for this
-// consumer with that delivery count lost its lease and is skipped.
-var settleScript = newScript(luaLib + `
+// consumer with that delivery count lost its lease and is skipped, as is a
+// second settlement of an entry in the same call. Completions are
+// acknowledged together in one XACK at the end. It returns {entries
+// completed, ids found deleted}.
+var settleScript = newScript(luaNow + luaStrip + luaDelay + `
+local call, pcall = redis.call, redis.pcall
 local p, name = ARGV[1], ARGV[2]
 local keepDead = tonumber(ARGV[3])
-local s, dk, x, n = p .. ':s:' .. name, p .. ':d:' .. name, p .. ':x:' .. name, p .. ':n:' .. name
-local now = now_ms()
+local s = p .. ':s:' .. name
+local now
 local drop = {a = true, f = true}
-local done, lost = 0, {}
-local i = 4
-while i <= #ARGV do
-  local op, id, consumer, cnt = ARGV[i], ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3])
-  local att, first, delay, err = ARGV[i+4], ARGV[i+5], tonumber(ARGV[i+6]), ARGV[i+7]
-  i = i + 8
-  local pe = redis.pcall('XPENDING', s, name, id, id, 1)
-  if type(pe) == 'table' and not pe.err and pe[1] and pe[1][2] == consumer and pe[1][4] == cnt then
-    if op == 'c' then
-      redis.call('XACK', s, name, id)
-      done = done + 1
-    else
-      local e = redis.call('XRANGE', s, id, id)
-      redis.call('XACK', s, name, id)
-      redis.call('XDEL', s, id)
-      if op ~= 'l' then redis.call('HINCRBY', n, 'failed', 1) end
-      if not e[1] then
-        lost[#lost + 1] = id
-      elseif op == 'd' then
-        if keepDead > 0 then
-          local f = strip(e[1][2], drop)
-          f[#f + 1] = 'x_error'; f[#f + 1] = err
-          f[#f + 1] = 'x_attempts'; f[#f + 1] = att
-          f[#f + 1] = 'x_first'; f[#f + 1] = first
-          f[#f + 1] = 'x_dead'; f[#f + 1] = tostring(now)
-          redis.call('XADD', x, 'MAXLEN', keepDead, '*', unpack(f))
-        end
+local acks, lost, seen = {}, {}, {}
+for i = 4, #ARGV, 8 do
+  local op, id = ARGV[i], ARGV[i + 1]
+  if not seen[id] then
+    local pe = pcall('XPENDING', s, name, id, id, 1)
+    if type(pe) == 'table' and not pe.err and pe[1] and pe[1][2] == ARGV[i + 2] and pe[1][4] == tonumber(ARGV[i + 3]) then
+      seen[id] = true
+      if op == 'c' then
+        acks[#acks + 1] = id
       else
-        local f = strip(e[1][2], drop)
-        f[#f + 1] = 'a'; f[#f + 1] = att
-        f[#f + 1] = 'f'; f[#f + 1] = first
-        if delay > 0 then
-          redis.call('ZADD', dk, now + delay, delay_member(p, f))
+        local att, first, delay, err = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
+        now = now or now_ms()
+        local e = call('XRANGE', s, id, id)
+        call('XACK', s, name, id)
+        call('XDEL', s, id)
+        if op ~= 'l' then call('HINCRBY', p .. ':n:' .. name, 'failed', 1) end
+        if not e[1] then
+          lost[#lost + 1] = id
+        elseif op == 'd' then
+          if keepDead > 0 then
+            local f = strip(e[1][2], drop)
+            f[#f + 1] = 'x_error'; f[#f + 1] = err
+            f[#f + 1] = 'x_attempts'; f[#f + 1] = att
+            f[#f + 1] = 'x_first'; f[#f + 1] = first
+            f[#f + 1] = 'x_dead'; f[#f + 1] = tostring(now)
+            call('XADD', p .. ':x:' .. name, 'MAXLEN', keepDead, '*', unpack(f))
+          end
         else
-          redis.call('XADD', s, '*', unpack(f))
+          local f = strip(e[1][2], drop)
+          f[#f + 1] = 'a'; f[#f + 1] = att
+          f[#f + 1] = 'f'; f[#f + 1] = first
+          if delay > 0 then
+            call('ZADD', p .. ':d:' .. name, now + delay, delay_member(p, f))
+          else
+            call('XADD', s, '*', unpack(f))
+          end
         end
       end
     end
   end
 end
-return {done, lost}
+-- unpack is bounded by Lua's stack, so acknowledge in chunks.
+for j = 1, #acks, 1000 do
+  call('XACK', s, name, unpack(acks, j, math.min(j + 999, #acks)))
+end
+return {#acks, lost}
 `)
 
 // extendScript resets the idle time of entries still held by this
 // consumer with the given delivery count (XCLAIM JUSTID does not count a
 // delivery). ARGV: prefix, name, then id, consumer, delivery count triples.
-var extendScript = newScript(luaLib + `
+var extendScript = newScript(`
 local p, name = ARGV[1], ARGV[2]
 local s = p .. ':s:' .. name
 local n = 0
@@ -277,7 +298,7 @@ return n
 // trimmed, so retention never removes work. ARGV: prefix, name, completed
 // count, completed age ms, dead count, dead age ms, slack (how far over the
 // count the stream may grow before a trim, to amortise it).
-var trimScript = newScript(luaLib + `
+var trimScript = newScript(luaNow + luaIDs + luaGroups + `
 local p, name = ARGV[1], ARGV[2]
 local keepC, ageC, keepD, ageD, slack = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local s, x = p .. ':s:' .. name, p .. ':x:' .. name
@@ -312,7 +333,7 @@ return trimmed
 // statsScript reports one subscription's counts. ARGV: prefix, name.
 // It returns {stream length, pending, waiting, oldest waiting entry ms or
 // -1, delayed, dead, failed}.
-var statsScript = newScript(luaLib + `
+var statsScript = newScript(luaIDs + luaGroups + `
 local p, name = ARGV[1], ARGV[2]
 local s = p .. ':s:' .. name
 local xlen = redis.call('XLEN', s)
@@ -342,7 +363,7 @@ return {xlen, pending, waiting, oldest, redis.call('ZCARD', p .. ':d:' .. name),
 
 // requeueScript moves dead letters back to the subscription's stream with
 // a fresh attempt budget. ARGV: prefix, name, dead-letter stream ids.
-var requeueScript = newScript(luaLib + `
+var requeueScript = newScript(luaStrip + `
 local p, name = ARGV[1], ARGV[2]
 local s, x = p .. ':s:' .. name, p .. ':x:' .. name
 local drop = {a = true, f = true, x_error = true, x_attempts = true, x_first = true, x_dead = true}

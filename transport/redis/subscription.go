@@ -329,14 +329,14 @@ func (s *subscription) putBlockClient(c *goredis.Client) {
 	_ = c.Close()
 }
 
-// Settle records outcomes in one script call.
+// Settle records outcomes. Concurrent Settle calls (the core settles each
+// delivery from its own goroutine) are grouped into one script call per
+// subscription, sent in one round trip with concurrent publishes.
 func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) error {
 	if s.d.isClosed() {
 		return ErrClosed
 	}
-	args := make([]any, 0, 3+8*len(ss))
-	args = append(args, s.d.prefix, s.name, s.d.ret.deadCount)
-	completes := 0
+	j := &job{sub: s, done: make(chan error, 1), args: make([]any, 3, 3+8*len(ss))}
 	for _, st := range ss {
 		if st.Delivery == nil {
 			continue
@@ -350,7 +350,6 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 		switch st.Outcome {
 		case transport.Complete:
 			op = "c"
-			completes++
 		case transport.Retry:
 			op = "r"
 		case transport.Release:
@@ -364,24 +363,32 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 		if st.Delay > 0 {
 			delay = max(st.Delay.Milliseconds(), 1)
 		}
-		args = append(args, op, tk.id, tk.consumer, tk.count, att, tk.first, delay, st.Error)
+		j.args = append(j.args, op, tk.id, tk.consumer, tk.count, att, tk.first, delay, st.Error)
+		j.n++
+		j.size += 128 + len(st.Error)
 	}
-	if len(args) == 3 {
+	if j.n == 0 {
 		return nil
 	}
-	res, err := settleScript.Run(ctx, s.d.client, nil, args...).Slice()
+	return s.d.batch.do(ctx, j)
+}
+
+// settled handles the reply of a settle script call.
+func (s *subscription) settled(cmd *goredis.Cmd) error {
+	res, err := cmd.Slice()
 	if err != nil {
 		return fmt.Errorf("redis transport: settle %q: %w", s.name, err)
 	}
-	if len(res) == 2 {
-		if lost, _ := res[1].([]any); len(lost) > 0 {
-			s.d.log.Warn("redis transport: entries were trimmed from the stream while pending (by something other than Ripple); their retry or dead letter is lost",
-				"handler", s.name, "stream", s.stream, "ids", lost)
-		}
+	if len(res) != 2 {
+		return fmt.Errorf("redis transport: settle %q: unexpected script reply %v", s.name, res)
 	}
-	if completes > 0 {
+	if lost, _ := res[1].([]any); len(lost) > 0 {
+		s.d.log.Warn("redis transport: entries were trimmed from the stream while pending (by something other than Ripple); their retry or dead letter is lost",
+			"handler", s.name, "stream", s.stream, "ids", lost)
+	}
+	if completed, _ := res[0].(int64); completed > 0 {
 		s.mu.Lock()
-		s.completes += int64(completes)
+		s.completes += completed
 		due := s.completes > s.slack()
 		s.mu.Unlock()
 		if due {

@@ -324,3 +324,60 @@ func countsOf(m map[string]int, evs ...ripple.Event) []string {
 	}
 	return out
 }
+
+// testUnsubscribe: a deleted subscription gets no more events, loses what
+// was queued for it, and leaves other handlers alone; registering the name
+// again starts empty.
+func testUnsubscribe(t *testing.T, s *suite) {
+	url := s.h.NewURL(t)
+	bus := s.open(t, url)
+	const typ = "conformance.unsubscribe.recorded"
+	var kept, dropped recorder
+	on(t, bus, typ, "unsub.kept", kept.handler("", nil))
+	on(t, bus, typ, "unsub.dropped", dropped.handler("", nil))
+	start(t, bus)
+	if !s.unsub {
+		s.wantNotSupported(t, "Unsubscribe", bus.Unsubscribe(bg, "unsub.dropped"))
+		return
+	}
+	first := publish(t, bus, typ, map[string]int{"i": 1})
+	kept.waitSucceeded(t, "the kept handler to handle the first event", first.ID)
+	dropped.waitSucceeded(t, "the dropped handler to handle the first event", first.ID)
+
+	if err := bus.Unsubscribe(bg, "unsub.dropped"); err != nil {
+		t.Fatalf("Unsubscribe: %v", err)
+	}
+	second := publish(t, bus, typ, map[string]int{"i": 2})
+	kept.waitSucceeded(t, "the kept handler to handle the second event", second.ID)
+	s.settled(t, bus, "unsub.kept")
+	if s.inspector {
+		all, err := bus.Stats(bg)
+		if err != nil {
+			t.Fatalf("Stats: %v", err)
+		}
+		for _, st := range all {
+			if st.Handler == "unsub.dropped" {
+				t.Errorf("Stats still lists the unsubscribed handler: %+v", st)
+			}
+		}
+	}
+	if err := bus.Unsubscribe(bg, "unsub.dropped"); !errors.Is(err, ripple.ErrUnknownHandler) {
+		t.Errorf("Unsubscribe of a deleted handler: %v, want ErrUnknownHandler", err)
+	}
+
+	// A second process registering the name again starts from nothing.
+	again := s.open(t, url)
+	var fresh recorder
+	on(t, again, typ, "unsub.dropped", fresh.handler("", nil))
+	start(t, again)
+	third := publish(t, bus, typ, map[string]int{"i": 3})
+	fresh.waitSucceeded(t, "the re-registered handler to handle a new event", third.ID)
+	kept.waitSucceeded(t, "the kept handler to handle the third event", third.ID)
+	s.settled(t, again, "unsub.dropped")
+	if got := fresh.succeeded(); got[second.ID] != 0 || got[first.ID] != 0 {
+		t.Errorf("the re-registered handler received events from before it subscribed again: %v", countsOf(got, first, second))
+	}
+	if n := len(dropped.all()); n != 1 {
+		t.Errorf("the unsubscribed handler ran %d times, want only the first event", n)
+	}
+}

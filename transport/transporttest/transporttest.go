@@ -147,6 +147,7 @@ var cases = []testCase{
 	{"RetentionAge", testRetentionAge},
 	// 9. Replay.
 	{"Replay", testReplay},
+	{"Unsubscribe", testUnsubscribe},
 	// 10. Capability gaps, bad input, closing.
 	{"CapabilityGaps", testCapabilityGaps},
 	{"InvalidInput", testInvalidInput},
@@ -165,6 +166,7 @@ type suite struct {
 	name      string
 	caps      transport.Capabilities
 	replayer  bool
+	unsub     bool
 	claimer   bool
 	inspector bool
 	dlq       bool
@@ -178,6 +180,7 @@ func (s *suite) probe(t *testing.T) {
 	s.name = d.Name()
 	s.caps = d.Capabilities()
 	_, s.replayer = d.(transport.Replayer)
+	_, s.unsub = d.(transport.Unsubscriber)
 	_, s.claimer = d.(transport.Claimer)
 	_, s.inspector = d.(transport.Inspector)
 	_, s.dlq = d.(transport.DeadLetterQueue)

@@ -1,0 +1,225 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// A job is one caller's share of a batched round trip: a Publish (sub is
+// nil) or a Settle of sub, with its script arguments, its size for the
+// batch limits, and where its result goes.
+type job struct {
+	sub  *subscription
+	args []any
+	n    int // items (messages or settlements)
+	size int // approximate bytes
+	err  error
+	done chan error
+}
+
+// combiner groups concurrent calls into batches, so that many callers
+// share one round trip (and, on a server with appendfsync always, one
+// fsync) instead of each paying for their own. Up to maxActive batches
+// are in flight at once: while they are, later callers queue, and the next
+// batch carries all of them. A caller that finds a free slot runs its own
+// batch on its own goroutine, so a lone caller pays no goroutine hand-off.
+type combiner struct {
+	maxActive int
+	maxItems  int
+	maxBytes  int
+	// exec runs one batch and sets each job's err.
+	exec func(ctx context.Context, batch []*job)
+
+	mu     sync.Mutex
+	queue  []*job
+	active int
+	idle   *sync.Cond
+}
+
+// do runs j, alone or batched with concurrent jobs, and returns its
+// result. A job run alone uses ctx for its call, which go-redis checks
+// before sending and between retries but not while it waits for the reply
+// (that wait is bounded by the read timeout). A queued job returns when
+// ctx ends; it may still be executed with its batch.
+func (c *combiner) do(ctx context.Context, j *job) error {
+	c.mu.Lock()
+	if c.active < c.maxActive {
+		// A free slot implies an empty queue (queued jobs are only left
+		// while every slot is busy), so this batch is j alone.
+		c.active++
+		c.mu.Unlock()
+		c.exec(ctx, []*job{j})
+		c.finish()
+		return j.err
+	}
+	c.queue = append(c.queue, j)
+	c.mu.Unlock()
+	select {
+	case err := <-j.done:
+		return err
+	case <-ctx.Done():
+		// The batch may still run; the caller must treat the outcome as
+		// unknown, as with any timed-out write.
+		return ctx.Err()
+	}
+}
+
+// finish ends a batch: the slot is released, or handed to a background
+// loop when jobs queued meanwhile.
+func (c *combiner) finish() {
+	c.mu.Lock()
+	if len(c.queue) > 0 {
+		c.mu.Unlock()
+		go c.loop()
+		return
+	}
+	c.release()
+	c.mu.Unlock()
+}
+
+// release frees a slot; c.mu is held.
+func (c *combiner) release() {
+	c.active--
+	if c.active == 0 && c.idle != nil {
+		c.idle.Broadcast()
+	}
+}
+
+// loop runs queued batches until the queue is empty, holding one slot.
+func (c *combiner) loop() {
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 {
+			c.release()
+			c.mu.Unlock()
+			return
+		}
+		n, items, size := 0, 0, 0
+		for n < len(c.queue) && (n == 0 || items+c.queue[n].n <= c.maxItems && size+c.queue[n].size <= c.maxBytes) {
+			items += c.queue[n].n
+			size += c.queue[n].size
+			n++
+		}
+		batch := c.queue[:n:n]
+		c.queue = c.queue[n:]
+		if len(c.queue) == 0 {
+			c.queue = nil
+		}
+		c.mu.Unlock()
+
+		// The batch carries several callers' jobs, so no one caller's
+		// ctx may cancel it.
+		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+		c.exec(ctx, batch)
+		cancel()
+		for _, j := range batch {
+			j.done <- j.err
+		}
+	}
+}
+
+// wait blocks until no batch is in flight.
+func (c *combiner) wait() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.idle == nil {
+		c.idle = sync.NewCond(&c.mu)
+	}
+	for c.active > 0 {
+		c.idle.Wait()
+	}
+}
+
+// A scriptCall is one script call of a batch and the jobs it carries.
+type scriptCall struct {
+	script *goredis.Script
+	sub    *subscription // nil for the publish script
+	args   []any
+	jobs   []*job
+	cmd    *goredis.Cmd
+}
+
+// execBatch runs a batch of publish and settle jobs: one publish script
+// call for all publishes and one settle script call per subscription,
+// sent together in one pipeline. Each call succeeds or fails on its own,
+// so a publish refused by a full Redis does not fail a settle sent with it.
+func (d *Driver) execBatch(ctx context.Context, batch []*job) {
+	var calls []*scriptCall
+	find := func(sub *subscription) *scriptCall {
+		for _, c := range calls {
+			if c.sub == sub {
+				return c
+			}
+		}
+		c := &scriptCall{script: publishScript, sub: sub}
+		if sub != nil {
+			c.script = settleScript
+		}
+		calls = append(calls, c)
+		return c
+	}
+	for _, j := range batch {
+		c := find(j.sub)
+		c.jobs = append(c.jobs, j)
+	}
+	for _, c := range calls {
+		// Each job's arguments start with room for the script's header
+		// (publish: prefix, dedup window; settle: prefix, name, dead
+		// count), so a call with one job uses its slice as it is.
+		head := 2
+		if c.sub != nil {
+			head = 3
+		}
+		if len(c.jobs) == 1 {
+			c.args = c.jobs[0].args
+		} else {
+			n := head
+			for _, j := range c.jobs {
+				n += len(j.args) - head
+			}
+			c.args = make([]any, head, n)
+			for _, j := range c.jobs {
+				c.args = append(c.args, j.args[head:]...)
+			}
+		}
+		c.args[0] = d.prefix
+		if c.sub == nil {
+			c.args[1] = d.ret.dedup.Milliseconds()
+		} else {
+			c.args[1], c.args[2] = c.sub.name, d.ret.deadCount
+		}
+	}
+	if len(calls) == 1 {
+		c := calls[0]
+		c.cmd = c.script.Run(ctx, d.client, nil, c.args...)
+	} else {
+		pipe := d.client.Pipeline()
+		for _, c := range calls {
+			c.cmd = pipe.EvalSha(ctx, c.script.Hash(), nil, c.args...)
+		}
+		_, _ = pipe.Exec(ctx) // each command's error is checked below
+		for _, c := range calls {
+			if goredis.HasErrorPrefix(c.cmd.Err(), "NOSCRIPT") {
+				// Redis lost its script cache (a restart): Run sends the
+				// source again.
+				c.cmd = c.script.Run(ctx, d.client, nil, c.args...)
+			}
+		}
+	}
+	for _, c := range calls {
+		var err error
+		if c.sub == nil {
+			if err = c.cmd.Err(); err != nil {
+				err = fmt.Errorf("redis transport: publish: %w", err)
+			}
+		} else {
+			err = c.sub.settled(c.cmd)
+		}
+		for _, j := range c.jobs {
+			j.err = err
+		}
+	}
+}
