@@ -89,9 +89,8 @@ func ShutdownTimeout(d time.Duration) Option {
 
 // KeepCompleted bounds the history of completed deliveries each handler
 // keeps, like BullMQ's removeOnComplete: at most count entries, none older
-// than age. Zero for either means the transport's default (1,000 and 24 h
-// on sqlite and memory); KeepCompleted(0, 0) is therefore the default and
-// negative values keep nothing.
+// than age. Zero for either means the default (1,000 and 24 h, the same on
+// every transport); negative values keep nothing.
 func KeepCompleted(count int, age time.Duration) Option {
 	return func(c *busConfig) error {
 		c.keepCompleted = keep{count, age}
@@ -101,7 +100,7 @@ func KeepCompleted(count int, age time.Duration) Option {
 
 // KeepDead bounds each handler's dead-letter queue, like BullMQ's
 // removeOnFail: at most count entries, none older than age. Zero means the
-// transport's default (10,000 and 7 days on sqlite and memory).
+// default (10,000 and 7 days, the same on every transport).
 func KeepDead(count int, age time.Duration) Option {
 	return func(c *busConfig) error {
 		c.keepDead = keep{count, age}

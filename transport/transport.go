@@ -288,6 +288,41 @@ type Retention struct {
 	DedupWindow time.Duration
 }
 
+// Retention defaults, used for the zero fields of Retention. Every
+// transport applies the same ones, so history behaves alike everywhere.
+const (
+	DefaultCompletedCount = 1000
+	DefaultCompletedAge   = 24 * time.Hour
+	DefaultDeadCount      = 10_000
+	DefaultDeadAge        = 7 * 24 * time.Hour
+	DefaultDedupWindow    = 24 * time.Hour
+)
+
+// Resolve returns r with zero fields replaced by the defaults and negative
+// fields by zero, so a driver reads every field as "keep at most this
+// many/this long".
+func (r Retention) Resolve() Retention {
+	count := func(v, def int) int {
+		if v == 0 {
+			return def
+		}
+		return max(v, 0)
+	}
+	age := func(v, def time.Duration) time.Duration {
+		if v == 0 {
+			return def
+		}
+		return max(v, 0)
+	}
+	return Retention{
+		CompletedCount: count(r.CompletedCount, DefaultCompletedCount),
+		CompletedAge:   age(r.CompletedAge, DefaultCompletedAge),
+		DeadCount:      count(r.DeadCount, DefaultDeadCount),
+		DeadAge:        age(r.DeadAge, DefaultDeadAge),
+		DedupWindow:    age(r.DedupWindow, DefaultDedupWindow),
+	}
+}
+
 // Config is what the core passes when opening a driver.
 type Config struct {
 	Retention Retention

@@ -48,15 +48,6 @@ const MaxHistory = 100_000
 // ErrClosed is returned by calls on a closed driver.
 var ErrClosed = errors.New("memory transport is closed")
 
-// Defaults for retention, matching the sqlite transport.
-const (
-	defaultCompletedCount = 1000
-	defaultCompletedAge   = 24 * time.Hour
-	defaultDeadCount      = 10_000
-	defaultDeadAge        = 7 * 24 * time.Hour
-	defaultDedupWindow    = 24 * time.Hour
-)
-
 var (
 	namedMu sync.Mutex
 	named   = map[string]*store{}
@@ -91,38 +82,10 @@ func New(r transport.Retention) transport.Driver {
 	return &driver{s: newStore(r, "")}
 }
 
-type retention struct {
-	completedCount int
-	completedAge   time.Duration
-	deadCount      int
-	deadAge        time.Duration
-	dedup          time.Duration
-}
-
-func resolve(v int, def int) int {
-	switch {
-	case v < 0:
-		return 0
-	case v == 0:
-		return def
-	}
-	return v
-}
-
-func resolveDur(v, def time.Duration) time.Duration {
-	switch {
-	case v < 0:
-		return 0
-	case v == 0:
-		return def
-	}
-	return v
-}
-
 type store struct {
 	name string
 	refs int
-	ret  retention
+	ret  transport.Retention
 
 	mu       sync.Mutex
 	subs     map[string]*sub
@@ -149,15 +112,9 @@ type claim struct {
 
 func newStore(r transport.Retention, name string) *store {
 	return &store{
-		name: name,
-		refs: 1,
-		ret: retention{
-			completedCount: resolve(r.CompletedCount, defaultCompletedCount),
-			completedAge:   resolveDur(r.CompletedAge, defaultCompletedAge),
-			deadCount:      resolve(r.DeadCount, defaultDeadCount),
-			deadAge:        resolveDur(r.DeadAge, defaultDeadAge),
-			dedup:          resolveDur(r.DedupWindow, defaultDedupWindow),
-		},
+		name:   name,
+		refs:   1,
+		ret:    r.Resolve(),
 		subs:   map[string]*sub{},
 		ids:    map[string]struct{}{},
 		claims: map[claimKey]*claim{},
@@ -248,7 +205,7 @@ func copyMessage(m *transport.Message) *transport.Message {
 
 func (s *store) expireHistory(now time.Time) {
 	h := s.histHead
-	for h < len(s.history) && (len(s.history)-h > MaxHistory || now.Sub(s.history[h].at) > s.ret.dedup) {
+	for h < len(s.history) && (len(s.history)-h > MaxHistory || now.Sub(s.history[h].at) > s.ret.DedupWindow) {
 		delete(s.ids, s.history[h].msg.ID)
 		s.history[h] = histEntry{}
 		h++
@@ -421,8 +378,8 @@ func (sb *sub) finish(e *entry, now time.Time) {
 
 func (sb *sub) retain(now time.Time) {
 	r := sb.s.ret
-	sb.done = trim(sb.done, r.completedCount, r.completedAge, now)
-	sb.dead = trim(sb.dead, r.deadCount, r.deadAge, now)
+	sb.done = trim(sb.done, r.CompletedCount, r.CompletedAge, now)
+	sb.dead = trim(sb.dead, r.DeadCount, r.DeadAge, now)
 }
 
 func trim(list []*entry, count int, age time.Duration, now time.Time) []*entry {
@@ -764,7 +721,7 @@ func (d *driver) Finish(ctx context.Context, handler, eventID string, success bo
 	k := claimKey{handler, eventID}
 	if success {
 		// Done claims are remembered for the dedup window.
-		s.claims[k] = &claim{done: true, until: s.now().Add(s.ret.dedup)}
+		s.claims[k] = &claim{done: true, until: s.now().Add(s.ret.DedupWindow)}
 		s.pruneClaims()
 	} else {
 		delete(s.claims, k)

@@ -279,9 +279,9 @@ func (d *Driver) Finish(ctx context.Context, handler, eventID string, success bo
 	if d.isClosed() {
 		return ErrClosed
 	}
-	keep := d.ret.dedup
+	keep := d.ret.DedupWindow
 	if keep <= 0 {
-		keep = defaultDedupWindow
+		keep = transport.DefaultDedupWindow
 	}
 	flag := "0"
 	if success {

@@ -187,9 +187,9 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 		}
 		c.args[0] = d.prefix
 		if c.sub == nil {
-			c.args[1] = d.ret.dedup.Milliseconds()
+			c.args[1] = d.ret.DedupWindow.Milliseconds()
 		} else {
-			c.args[1], c.args[2] = c.sub.name, d.ret.deadCount
+			c.args[1], c.args[2] = c.sub.name, int64(d.ret.DeadCount)
 		}
 	}
 	if len(calls) == 1 {

@@ -28,15 +28,6 @@ func init() {
 // parameter.
 const DefaultPrefix = "ripple"
 
-// Defaults for retention, the same as the sqlite transport's.
-const (
-	defaultCompletedCount = 1000
-	defaultCompletedAge   = 24 * time.Hour
-	defaultDeadCount      = 10_000
-	defaultDeadAge        = 7 * 24 * time.Hour
-	defaultDedupWindow    = 24 * time.Hour
-)
-
 // ErrClosed is returned by calls on a closed driver.
 var ErrClosed = errors.New("redis transport is closed")
 
@@ -44,41 +35,13 @@ var ErrClosed = errors.New("redis transport is closed")
 // of deleted entries and exclusive XRANGE bounds arrived in 7.0.
 const minVersion = 7
 
-type retention struct {
-	completedCount int64
-	completedAge   time.Duration
-	deadCount      int64
-	deadAge        time.Duration
-	dedup          time.Duration
-}
-
-func resolveCount(v, def int) int64 {
-	switch {
-	case v < 0:
-		return 0
-	case v == 0:
-		return int64(def)
-	}
-	return int64(v)
-}
-
-func resolveAge(v, def time.Duration) time.Duration {
-	switch {
-	case v < 0:
-		return 0
-	case v == 0:
-		return def
-	}
-	return v
-}
-
 // Driver is the redis transport's transport.Driver. Its As method exposes
 // the underlying go-redis client.
 type Driver struct {
 	client  *goredis.Client
 	opts    *goredis.Options
 	prefix  string
-	ret     retention
+	ret     transport.Retention
 	maxSize int
 	log     *slog.Logger
 
@@ -97,16 +60,10 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		return nil, err
 	}
 	d := &Driver{
-		client: goredis.NewClient(opts),
-		opts:   opts,
-		prefix: prefix,
-		ret: retention{
-			completedCount: resolveCount(cfg.Retention.CompletedCount, defaultCompletedCount),
-			completedAge:   resolveAge(cfg.Retention.CompletedAge, defaultCompletedAge),
-			deadCount:      resolveCount(cfg.Retention.DeadCount, defaultDeadCount),
-			deadAge:        resolveAge(cfg.Retention.DeadAge, defaultDeadAge),
-			dedup:          resolveAge(cfg.Retention.DedupWindow, defaultDedupWindow),
-		},
+		client:  goredis.NewClient(opts),
+		opts:    opts,
+		prefix:  prefix,
+		ret:     cfg.Retention.Resolve(),
 		maxSize: cfg.MaxMessageSize,
 		log:     cmp.Or(cfg.Logger, slog.Default()).With("transport", "redis", "prefix", prefix),
 		subs:    map[*subscription]struct{}{},

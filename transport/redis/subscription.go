@@ -401,7 +401,7 @@ func (s *subscription) settled(cmd *goredis.Cmd) error {
 // slack is how many completions a subscription lets pass between trims:
 // a sixteenth of the retained count, so trimming is amortised while the
 // count stays within about 6% of the limit.
-func (s *subscription) slack() int64 { return s.d.ret.completedCount / 16 }
+func (s *subscription) slack() int64 { return int64(s.d.ret.CompletedCount) / 16 }
 
 // trimAsync applies retention in the background unless a trim is running.
 func (s *subscription) trimAsync() {
@@ -425,7 +425,7 @@ func (d *Driver) trim(ctx context.Context, name string, slack int64) error {
 	defer cancel()
 	r := d.ret
 	return trimScript.Run(ctx, d.client, nil, d.prefix, name,
-		r.completedCount, r.completedAge.Milliseconds(), r.deadCount, r.deadAge.Milliseconds(), slack).Err()
+		r.CompletedCount, r.CompletedAge.Milliseconds(), r.DeadCount, r.DeadAge.Milliseconds(), slack).Err()
 }
 
 // Extend renews leases by resetting the entries' idle time.

@@ -90,7 +90,7 @@ func (w *writer) pruneStep() (more bool, err error) {
 			state int
 			count int
 			age   time.Duration
-		}{{2, r.completedCount, r.completedAge}, {3, r.deadCount, r.deadAge}} {
+		}{{2, r.CompletedCount, r.CompletedAge}, {3, r.DeadCount, r.DeadAge}} {
 			m, err := w.pruneFinished(id, p.state, p.count, p.age)
 			if err != nil {
 				return false, err
@@ -105,7 +105,7 @@ func (w *writer) pruneStep() (more bool, err error) {
 	more = more || m
 	res, err := w.conn.ExecContext(bg, `DELETE FROM claims WHERE (handler, event_id) IN
 		(SELECT handler, event_id FROM claims WHERE updated_at < ?1 AND (done = 1 OR expires_at < ?2) LIMIT ?3)`,
-		w.now-int64(r.dedup), w.now, pruneBatch)
+		w.now-int64(r.DedupWindow), w.now, pruneBatch)
 	if err != nil {
 		return false, err
 	}
@@ -150,7 +150,7 @@ func (w *writer) pruneFinished(sub int64, state, count int, age time.Duration) (
 // publish order, so that is where the old ones end.
 func (w *writer) pruneEvents() (bool, error) {
 	bg := context.Background()
-	cutoff := w.now - int64(w.d.ret.dedup)
+	cutoff := w.now - int64(w.d.ret.DedupWindow)
 	rows, err := w.conn.QueryContext(bg, `SELECT seq, published_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?`,
 		w.prune.seq, pruneBatch)
 	if err != nil {

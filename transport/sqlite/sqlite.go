@@ -35,15 +35,6 @@ const (
 	defaultLease = 30 * time.Second
 )
 
-// Retention defaults, as documented in the package doc.
-const (
-	defCompletedCount = 1000
-	defCompletedAge   = 24 * time.Hour
-	defDeadCount      = 10000
-	defDeadAge        = 7 * 24 * time.Hour
-	defDedupWindow    = 24 * time.Hour
-)
-
 type options struct {
 	path        string
 	synchronous string // "FULL" or "NORMAL"
@@ -92,46 +83,10 @@ func parseURL(raw string) (options, error) {
 	return o, nil
 }
 
-type retention struct {
-	completedCount int
-	completedAge   time.Duration
-	deadCount      int
-	deadAge        time.Duration
-	dedup          time.Duration
-}
-
-func resolveRetention(r transport.Retention) retention {
-	cnt := func(v, def int) int {
-		switch {
-		case v == 0:
-			return def
-		case v < 0:
-			return 0
-		}
-		return v
-	}
-	age := func(v, def time.Duration) time.Duration {
-		switch {
-		case v == 0:
-			return def
-		case v < 0:
-			return 0
-		}
-		return v
-	}
-	return retention{
-		completedCount: cnt(r.CompletedCount, defCompletedCount),
-		completedAge:   age(r.CompletedAge, defCompletedAge),
-		deadCount:      cnt(r.DeadCount, defDeadCount),
-		deadAge:        age(r.DeadAge, defDeadAge),
-		dedup:          age(r.DedupWindow, defDedupWindow),
-	}
-}
-
 // driver implements transport.Driver and the optional interfaces.
 type driver struct {
 	path string
-	ret  retention
+	ret  transport.Retention
 
 	wdb  *sql.DB // exactly one connection, owned by the writer goroutine
 	rdb  *sql.DB // read pool
@@ -170,7 +125,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	}
 	d := &driver{
 		path:      o.path,
-		ret:       resolveRetention(cfg.Retention),
+		ret:       cfg.Retention.Resolve(),
 		closing:   make(chan struct{}),
 		notifiers: map[int64]*notifier{},
 	}
