@@ -358,8 +358,15 @@ func (d *driver) signalAll() {
 func (d *driver) pollLoop() {
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
-	var last int64 = -1
+	// last starts at the version when the driver opened, so a commit made
+	// by another process before the first Receive began waiting still
+	// signals: a receiver that looked before that commit is then woken,
+	// and one that looked after it merely wakes once for nothing.
 	ctx := context.Background()
+	var last int64
+	if err := d.poll.QueryRowContext(ctx, "PRAGMA data_version").Scan(&last); err != nil {
+		last = -1
+	}
 	for {
 		select {
 		case <-d.closing:
@@ -376,7 +383,7 @@ func (d *driver) pollLoop() {
 		if err := d.poll.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
 			continue
 		}
-		if last != -1 && v != last {
+		if v != last {
 			d.signalAll()
 		}
 		last = v

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -115,8 +116,12 @@ type stmts struct {
 
 	insEvent, subsVersion *sql.Stmt
 
-	leaseExpired, leaseReady, leaseReadyOrdered *sql.Stmt
-	nextDue, nextLease, loadEvent               *sql.Stmt
+	// leaseBuckets holds the lease statements with a literal LIMIT per
+	// power of two, prepared on first use: SQLite recompiles a statement
+	// whenever the value bound to its LIMIT changes, and the number of
+	// free handler slots changes on nearly every Receive.
+	leaseBuckets                  [3][len(leaseLimits)]*sql.Stmt
+	nextDue, nextLease, loadEvent *sql.Stmt
 
 	complete, retry, release, dead, extend *sql.Stmt
 
@@ -167,9 +172,6 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		{&w.st.rollback, "ROLLBACK"},
 		{&w.st.insEvent, insEventCols + insEventRow + insEventTail},
 		{&w.st.subsVersion, `SELECT value FROM ripple_meta WHERE key = 'subs_version'`},
-		{&w.st.leaseExpired, leaseExpiredSQL},
-		{&w.st.leaseReady, leaseReadySQL},
-		{&w.st.leaseReadyOrdered, leaseOrderedSQL},
 		{&w.st.nextDue, nextDueSQL},
 		{&w.st.nextLease, `SELECT min(lease_until) FROM deliveries WHERE sub_id = ? AND state = 1`},
 		{&w.st.loadEvent, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`},
@@ -205,12 +207,19 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 func (w *writer) close() error {
 	for _, s := range []*sql.Stmt{
 		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion,
-		w.st.leaseExpired, w.st.leaseReady, w.st.leaseReadyOrdered, w.st.nextDue, w.st.nextLease, w.st.loadEvent,
+		w.st.nextDue, w.st.nextLease, w.st.loadEvent,
 		w.st.complete, w.st.retry, w.st.release, w.st.dead, w.st.extend,
 		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
 	} {
 		if s != nil {
 			_ = s.Close()
+		}
+	}
+	for _, kind := range w.st.leaseBuckets {
+		for _, s := range kind {
+			if s != nil {
+				_ = s.Close()
+			}
 		}
 	}
 	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries} {
@@ -879,17 +888,17 @@ func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) 
 	bg := context.Background()
 	until := w.now + int64(lease)
 	var out []*transport.Delivery
-	expired, err := w.leaseRows(w.st.leaseExpired, subID, until, max, nil)
+	expired, err := w.leaseRows(leaseKindExpired, subID, until, max, nil)
 	if err != nil {
 		return nil, 0, err
 	}
 	out = expired
 	if len(out) < max {
-		st := w.st.leaseReady
+		kind := leaseKindReady
 		if ordered {
-			st = w.st.leaseReadyOrdered
+			kind = leaseKindOrdered
 		}
-		ready, err := w.leaseRows(st, subID, until, max-len(out), nil)
+		ready, err := w.leaseRows(kind, subID, until, max-len(out), nil)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -926,8 +935,60 @@ func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) 
 	return nil, next, nil
 }
 
-func (w *writer) leaseRows(st *sql.Stmt, subID, until int64, max int, out []*transport.Delivery) ([]*transport.Delivery, error) {
-	rows, err := st.QueryContext(context.Background(), until, w.now, subID, max)
+// Lease statement kinds, indexes into stmts.leaseBuckets.
+const (
+	leaseKindExpired = iota
+	leaseKindReady
+	leaseKindOrdered
+)
+
+// leaseLimits are the LIMITs the lease statements are prepared with.
+var leaseLimits = [...]int{1, 2, 4, 8, 16, 32, 64}
+
+// leaseStmt returns the statement of kind whose LIMIT is the largest
+// prepared limit not above max, and that limit. Leasing fewer rows than
+// asked is allowed: the caller asks again for the rest.
+func (w *writer) leaseStmt(kind, max int) (*sql.Stmt, int, error) {
+	i := 0
+	for i+1 < len(leaseLimits) && leaseLimits[i+1] <= max {
+		i++
+	}
+	if st := w.st.leaseBuckets[kind][i]; st != nil {
+		return st, leaseLimits[i], nil
+	}
+	q := [...]string{leaseExpiredSQL, leaseReadySQL, leaseOrderedSQL}[kind]
+	q = strings.Replace(q, "LIMIT ?4", "LIMIT "+strconv.Itoa(leaseLimits[i]), 1)
+	st, err := w.conn.PrepareContext(context.Background(), q)
+	if err != nil {
+		return nil, 0, err
+	}
+	w.st.leaseBuckets[kind][i] = st
+	return st, leaseLimits[i], nil
+}
+
+// leaseRows leases up to max rows with the prepared power-of-two LIMITs,
+// largest first, stopping early once a statement finds fewer rows than
+// its limit.
+func (w *writer) leaseRows(kind int, subID, until int64, max int, out []*transport.Delivery) ([]*transport.Delivery, error) {
+	for max > 0 {
+		st, limit, err := w.leaseStmt(kind, max)
+		if err != nil {
+			return nil, err
+		}
+		before := len(out)
+		if out, err = w.leaseOnce(st, subID, until, out); err != nil {
+			return nil, err
+		}
+		if len(out)-before < limit {
+			break
+		}
+		max -= limit
+	}
+	return out, nil
+}
+
+func (w *writer) leaseOnce(st *sql.Stmt, subID, until int64, out []*transport.Delivery) ([]*transport.Delivery, error) {
+	rows, err := st.QueryContext(context.Background(), until, w.now, subID)
 	if err != nil {
 		return nil, err
 	}

@@ -183,7 +183,7 @@ func (c *child) waitLines(t *testing.T, prefix string, n int, what string) {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; child stderr:\n%s", waitBound, what, c.stderr.String())
+			t.Fatalf("timed out after %s waiting for %s; child printed %q; child stderr:\n%s", waitBound, what, c.linesWith(""), c.stderr.String())
 		}
 		time.Sleep(pollEvery)
 	}
