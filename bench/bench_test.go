@@ -1,0 +1,161 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPayload(t *testing.T) {
+	sent := time.Unix(1_700_000_000, 123_456_789)
+	for _, seq := range []int64{0, 7, 1 << 40} {
+		p := NewPayload(seq, sent)
+		if len(p) != PayloadSize {
+			t.Fatalf("payload %d has %d bytes, want %d: %s", seq, len(p), PayloadSize, p)
+		}
+		var v struct{ Seq, Sent, Pad string }
+		if err := json.Unmarshal(p, &v); err != nil {
+			t.Fatalf("payload is not JSON: %v: %s", err, p)
+		}
+		got, ok := SentTime(p)
+		if !ok || !got.Equal(sent) {
+			t.Fatalf("SentTime = %v, %v; want %v", got, ok, sent)
+		}
+		// Systems that wrap the payload in an envelope still yield it.
+		wrapped := append(append([]byte(`{"event":`), p...), '}')
+		if got, ok := SentTime(wrapped); !ok || !got.Equal(sent) {
+			t.Fatalf("SentTime(wrapped) = %v, %v; want %v", got, ok, sent)
+		}
+	}
+	if _, ok := SentTime([]byte(`{"x":1}`)); ok {
+		t.Fatal("SentTime found a time in a payload without one")
+	}
+}
+
+func TestSinkWait(t *testing.T) {
+	k := &sink{done: make(chan struct{}, 1)}
+	go func() {
+		for range 50 {
+			k.handle(nil)
+		}
+	}()
+	if !k.wait(50, 5*time.Second) {
+		t.Fatalf("wait(50) timed out with %d handled", k.handled.Load())
+	}
+	start := time.Now()
+	if k.wait(51, 50*time.Millisecond) {
+		t.Fatal("wait(51) returned true with 50 handled")
+	}
+	if time.Since(start) < 50*time.Millisecond {
+		t.Fatal("wait(51) returned before its timeout")
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 100; i++ {
+		d = append(d, time.Duration(i))
+	}
+	if p := percentile(d, 50); p != 50 {
+		t.Fatalf("p50 = %d, want 50", p)
+	}
+	if p := percentile(d, 99); p != 99 {
+		t.Fatalf("p99 = %d, want 99", p)
+	}
+	if p := percentile(d[:1], 99); p != 1 {
+		t.Fatalf("p99 of one = %d, want 1", p)
+	}
+}
+
+func TestCount(t *testing.T) {
+	for v, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 1234567.4: "1,234,567"} {
+		if got := count(v); got != want {
+			t.Errorf("count(%v) = %q, want %q", v, got, want)
+		}
+	}
+}
+
+func TestSelect(t *testing.T) {
+	all, err := Select("all")
+	if err != nil || len(all) != len(Systems()) {
+		t.Fatalf("Select(all) = %d systems, %v", len(all), err)
+	}
+	two, err := Select("ripple-memory, goqite")
+	if err != nil || len(two) != 2 || two[1].Name != "goqite" {
+		t.Fatalf("Select(two) = %v, %v", two, err)
+	}
+	if _, err := Select("kafka"); err == nil || !strings.Contains(err.Error(), "ripple-memory") {
+		t.Fatalf("Select(kafka) error = %v, want one listing the known systems", err)
+	}
+	if _, err := ParseScenarios("pub1,nope"); err == nil {
+		t.Fatal("ParseScenarios accepted an unknown scenario")
+	}
+}
+
+// TestAllSystemsShort runs a tiny version of every scenario on every
+// system, so that a broken adapter or a peer's changed API fails the build
+// rather than the next full benchmark.
+func TestAllSystemsShort(t *testing.T) {
+	cfg := Config{
+		N:          200,
+		MaxPublish: time.Minute, // the test checks that all N events went through
+		Drain:      time.Minute,
+		Rate:       500,
+		LatencyFor: 300 * time.Millisecond,
+		Warmup:     20,
+	}
+	results := Run(context.Background(), Systems(), cfg)
+	if len(results) != len(Systems()) {
+		t.Fatalf("got %d results for %d systems", len(results), len(Systems()))
+	}
+	for _, r := range results {
+		for _, sc := range AllScenarios {
+			m, ok := r.By[sc]
+			if !Applies(r.System, sc) {
+				if ok {
+					t.Errorf("%s %s: measured a scenario that does not apply", r.System.Name, sc)
+				}
+				continue
+			}
+			switch {
+			case !ok:
+				t.Errorf("%s %s: not measured", r.System.Name, sc)
+			case m.Err != nil:
+				t.Errorf("%s %s: %v", r.System.Name, sc, m.Err)
+			case sc == Latency && (m.Events != 150 || m.P99 <= 0 || m.P50 > m.P99):
+				t.Errorf("%s %s: %d events, p50 %v, p99 %v; want all 150 events with p50 ≤ p99", r.System.Name, sc, m.Events, m.P50, m.P99)
+			case sc != Latency && (m.Events != 200 || m.PerSec <= 0):
+				t.Errorf("%s %s: %d events at %.0f/s; want all 200", r.System.Name, sc, m.Events, m.PerSec)
+			case strings.HasPrefix(m.Note, "drain timed out"):
+				t.Errorf("%s %s: %s", r.System.Name, sc, m.Note)
+			}
+		}
+	}
+
+	var table bytes.Buffer
+	WriteTable(&table, results)
+	for _, s := range Systems() {
+		if !strings.Contains(table.String(), "| "+s.Name+" |") {
+			t.Errorf("table has no row for %s:\n%s", s.Name, table.String())
+		}
+	}
+	if strings.Contains(table.String(), "error") {
+		t.Errorf("table reports errors:\n%s", table.String())
+	}
+	vs := Check(results)
+	if len(vs) == 0 {
+		t.Error("Check found no target to evaluate")
+	}
+	t.Logf("\n%s", table.String())
+}
+
+func TestFanOutRefused(t *testing.T) {
+	for _, s := range []System{RiverSQLite(), Goqite()} {
+		if _, err := s.Open(context.Background(), t.TempDir(), 5, func([]byte) {}); err == nil {
+			t.Errorf("%s: Open with 5 handlers succeeded; it cannot fan out", s.Name)
+		}
+	}
+}

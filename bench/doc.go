@@ -1,0 +1,37 @@
+// Package bench measures Ripple against other Go event and job systems on
+// one workload, in one process run, so that every ratio it reports compares
+// numbers taken side by side on the same machine at the same moment.
+//
+// # Workload
+//
+// Every system carries the same 200-byte JSON event to one counting handler
+// (or, for Ripple's fan-out check, five) running at concurrency 10. Each
+// scenario starts a fresh instance of the system in a fresh temporary
+// directory, warms it up with a few events, and then measures:
+//
+//   - pub1: publish throughput, one goroutine awaiting each publish;
+//   - pub16: publish throughput, 16 goroutines publishing concurrently;
+//   - e2e1, e2e16: end-to-end throughput, from the first publish until the
+//     handler has counted every published event, with 1 and 16 publishers;
+//   - latency: publish-to-handler latency (p50 and p99) with events paced at
+//     a fixed rate (1,000 events/s by default);
+//   - fan5: for Ripple only, e2e16 with five handlers on the event type,
+//     compared with e2e16 with one.
+//
+// Handlers keep running while the publish-only scenarios publish, as they
+// would in a deployed system. A publish phase stops after N events or after
+// its time cap, whichever comes first, so slow systems still finish.
+//
+// # Systems
+//
+// A System opens instances that publish and deliver events. Ripple's
+// transports share one adapter, RippleSystem, which needs only a URL per
+// instance, so a new transport is one more entry in Systems. The peers are
+// Watermill's GoChannel (the in-memory ceiling), River on SQLite, goqite,
+// and a raw SQLite loop that commits one INSERT per transaction (the disk's
+// ceiling for one awaited durable write).
+//
+// The command github.com/ripplehq/ripple/bench/cmd/ripple-bench runs every
+// system and prints the results as a markdown table, followed by Ripple's
+// performance targets with the measured ratio of each.
+package bench

@@ -1,0 +1,187 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+var columns = []struct {
+	sc    Scenario
+	title string
+}{
+	{Pub1, "publish, 1 publisher (ev/s)"},
+	{Pub16, "publish, 16 publishers (ev/s)"},
+	{E2E1, "end-to-end, 1 publisher (ev/s)"},
+	{E2E16, "end-to-end, 16 publishers (ev/s)"},
+	{Fan5, "end-to-end, 16 publishers, 5 handlers (ev/s)"},
+	{Latency, "latency p50 / p99 (ms)"},
+}
+
+// WriteTable writes the results as one markdown table, a row per system and
+// a column per scenario, followed by notes on measurements that did not run
+// as planned.
+func WriteTable(w io.Writer, results []Result) {
+	var b strings.Builder
+	b.WriteString("| system |")
+	for _, c := range columns {
+		b.WriteString(" " + c.title + " |")
+	}
+	b.WriteString("\n|---|")
+	for range columns {
+		b.WriteString("---:|")
+	}
+	b.WriteString("\n")
+	var notes []string
+	for _, r := range results {
+		b.WriteString("| " + r.System.Name + " |")
+		for _, c := range columns {
+			m, ok := r.By[c.sc]
+			cell := "—"
+			switch {
+			case !ok:
+			case m.Err != nil:
+				cell = "error"
+				notes = append(notes, fmt.Sprintf("%s %s: %v", r.System.Name, c.sc, m.Err))
+			case c.sc == Latency:
+				cell = ms(m.P50) + " / " + ms(m.P99)
+			default:
+				cell = count(m.PerSec)
+			}
+			if ok && m.Err == nil && m.Note != "" {
+				cell += " *"
+				notes = append(notes, fmt.Sprintf("%s %s: %s", r.System.Name, c.sc, m.Note))
+			}
+			b.WriteString(" " + cell + " |")
+		}
+		b.WriteString("\n")
+	}
+	for _, n := range notes {
+		b.WriteString("\n* " + n + "\n")
+	}
+	_, _ = io.WriteString(w, b.String())
+}
+
+// WriteSetup writes how each system in results was set up.
+func WriteSetup(w io.Writer, results []Result) {
+	for _, r := range results {
+		fmt.Fprintf(w, "- %s: %s\n", r.System.Name, r.System.Notes)
+	}
+}
+
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond))
+}
+
+// count formats an events/s figure with thousands separators.
+func count(v float64) string {
+	s := fmt.Sprintf("%.0f", v)
+	var out []byte
+	for i := range len(s) {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, s[i])
+	}
+	return string(out)
+}
+
+// Verdict is one performance target checked against a run's results.
+type Verdict struct {
+	// Target states the goal.
+	Target string
+	// Measured states the numbers and the ratio found.
+	Measured string
+	// Pass is true when the target is met.
+	Pass bool
+}
+
+// Check evaluates Ripple's performance targets against results. A target
+// whose systems or scenarios are missing from results is left out.
+func Check(results []Result) []Verdict {
+	find := func(name string, sc Scenario) (Measurement, bool) {
+		for _, r := range results {
+			if r.System.Name == name {
+				return r.Get(sc)
+			}
+		}
+		return Measurement{}, false
+	}
+	var out []Verdict
+	ratio := func(target, aName string, aSc Scenario, bName string, bSc Scenario, min float64) {
+		a, ok1 := find(aName, aSc)
+		b, ok2 := find(bName, bSc)
+		if !ok1 || !ok2 || b.PerSec == 0 {
+			return
+		}
+		r := a.PerSec / b.PerSec
+		out = append(out, Verdict{
+			Target:   target,
+			Measured: fmt.Sprintf("%s %s / %s %s = %s / %s = %.2f×", aName, aSc, bName, bSc, count(a.PerSec), count(b.PerSec), r),
+			Pass:     r >= min,
+		})
+	}
+
+	for _, sync := range []string{"full", "normal"} {
+		ratio(fmt.Sprintf("one awaiting publisher ≥ 0.8× raw single-commit ceiling (%s)", strings.ToUpper(sync)),
+			"ripple-sqlite-"+sync, Pub1, "sqlite-raw-"+sync, Pub1, 0.8)
+	}
+	if a, ok := find("ripple-sqlite-full", Pub16); ok {
+		out = append(out, Verdict{
+			Target:   "16 concurrent publishers at FULL ≥ 50,000 durable publishes/s",
+			Measured: fmt.Sprintf("ripple-sqlite-full pub16 = %s/s", count(a.PerSec)),
+			Pass:     a.PerSec >= 50_000,
+		})
+	}
+	ratio("16 concurrent publishers at FULL ≥ 15× the single-commit ceiling",
+		"ripple-sqlite-full", Pub16, "sqlite-raw-full", Pub1, 15)
+	ratio("end-to-end, 16 publishers at FULL ≥ 0.5× Watermill GoChannel",
+		"ripple-sqlite-full", E2E16, "watermill-gochannel", E2E16, 0.5)
+	for _, peer := range []string{"river-sqlite", "goqite"} {
+		for _, sc := range []Scenario{E2E1, E2E16} {
+			ratio(fmt.Sprintf("end-to-end (%s) at FULL ≥ 10× %s", sc, peer),
+				"ripple-sqlite-full", sc, peer, sc, 10)
+		}
+	}
+	for _, name := range []string{"ripple-sqlite-full", "ripple-sqlite-normal", "ripple-memory"} {
+		if m, ok := find(name, Latency); ok {
+			out = append(out, Verdict{
+				Target:   fmt.Sprintf("p99 publish→handler ≤ 2 ms at the paced rate (%s)", name),
+				Measured: fmt.Sprintf("p50 %s ms, p99 %s ms", ms(m.P50), ms(m.P99)),
+				Pass:     m.P99 <= 2*time.Millisecond && m.Note == "",
+			})
+		}
+	}
+	for _, sc := range []Scenario{E2E1, E2E16} {
+		ratio(fmt.Sprintf("memory transport end-to-end (%s) ≥ 1× Watermill GoChannel", sc),
+			"ripple-memory", sc, "watermill-gochannel", sc, 1)
+	}
+	for _, name := range []string{"ripple-memory", "ripple-sqlite-full", "ripple-sqlite-normal"} {
+		one, ok1 := find(name, E2E16)
+		five, ok2 := find(name, Fan5)
+		if !ok1 || !ok2 || five.PerSec == 0 {
+			continue
+		}
+		cost := one.PerSec / five.PerSec
+		out = append(out, Verdict{
+			Target:   fmt.Sprintf("five handlers cost ≤ 2× one handler (%s)", name),
+			Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(five.PerSec), cost),
+			Pass:     cost <= 2,
+		})
+	}
+	return out
+}
+
+// WriteVerdicts writes the targets as a markdown table.
+func WriteVerdicts(w io.Writer, vs []Verdict) {
+	fmt.Fprintln(w, "| target | measured | result |")
+	fmt.Fprintln(w, "|---|---|---|")
+	for _, v := range vs {
+		res := "MISS"
+		if v.Pass {
+			res = "PASS"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s |\n", v.Target, v.Measured, res)
+	}
+}
