@@ -116,11 +116,11 @@ type stmts struct {
 
 	insEvent, subsVersion *sql.Stmt
 
-	// leaseBuckets holds the lease statements with a literal LIMIT per
-	// power of two, prepared on first use: SQLite recompiles a statement
-	// whenever the value bound to its LIMIT changes, and the number of
-	// free handler slots changes on nearly every Receive.
-	leaseBuckets                  [3][len(leaseLimits)]*sql.Stmt
+	// leaseBuckets holds the lease statements with a literal LIMIT of 1
+	// to maxLeaseLimit, prepared on first use: SQLite recompiles a
+	// statement whenever the value bound to its LIMIT changes, and the
+	// number of free handler slots changes on nearly every Receive.
+	leaseBuckets                  [3][maxLeaseLimit]*sql.Stmt
 	nextDue, nextLease, loadEvent *sql.Stmt
 
 	complete, retry, release, dead, extend *sql.Stmt
@@ -942,33 +942,30 @@ const (
 	leaseKindOrdered
 )
 
-// leaseLimits are the LIMITs the lease statements are prepared with.
-var leaseLimits = [...]int{1, 2, 4, 8, 16, 32, 64}
+// maxLeaseLimit is the largest LIMIT a lease statement is prepared with;
+// larger requests are served by several statements.
+const maxLeaseLimit = 64
 
-// leaseStmt returns the statement of kind whose LIMIT is the largest
-// prepared limit not above max, and that limit. Leasing fewer rows than
-// asked is allowed: the caller asks again for the rest.
+// leaseStmt returns the statement of kind with LIMIT min(max,
+// maxLeaseLimit) written into its text, and that limit. The statement is
+// prepared on first use and kept.
 func (w *writer) leaseStmt(kind, max int) (*sql.Stmt, int, error) {
-	i := 0
-	for i+1 < len(leaseLimits) && leaseLimits[i+1] <= max {
-		i++
-	}
-	if st := w.st.leaseBuckets[kind][i]; st != nil {
-		return st, leaseLimits[i], nil
+	limit := min(max, maxLeaseLimit)
+	if st := w.st.leaseBuckets[kind][limit-1]; st != nil {
+		return st, limit, nil
 	}
 	q := [...]string{leaseExpiredSQL, leaseReadySQL, leaseOrderedSQL}[kind]
-	q = strings.Replace(q, "LIMIT ?4", "LIMIT "+strconv.Itoa(leaseLimits[i]), 1)
+	q = strings.Replace(q, "LIMIT ?4", "LIMIT "+strconv.Itoa(limit), 1)
 	st, err := w.conn.PrepareContext(context.Background(), q)
 	if err != nil {
 		return nil, 0, err
 	}
-	w.st.leaseBuckets[kind][i] = st
-	return st, leaseLimits[i], nil
+	w.st.leaseBuckets[kind][limit-1] = st
+	return st, limit, nil
 }
 
-// leaseRows leases up to max rows with the prepared power-of-two LIMITs,
-// largest first, stopping early once a statement finds fewer rows than
-// its limit.
+// leaseRows leases up to max rows, stopping early once a statement finds
+// fewer rows than its limit.
 func (w *writer) leaseRows(kind int, subID, until int64, max int, out []*transport.Delivery) ([]*transport.Delivery, error) {
 	for max > 0 {
 		st, limit, err := w.leaseStmt(kind, max)
