@@ -37,21 +37,27 @@ type runner struct {
 	slots      chan struct{}
 	recvCtx    context.Context
 	recvCancel context.CancelFunc
-	// runCtx is the parent of handler contexts; cancelled only on abort.
+	// runCtx is cancelled on abort; it bounds idempotency claims and the
+	// heartbeat.
 	runCtx    context.Context
 	runCancel context.CancelFunc
 	loopDone  chan struct{}
 	handlers  sync.WaitGroup
 
 	mu       sync.Mutex
-	inflight map[*transport.Delivery]struct{}
+	// inflight maps each leased delivery to the cancel func of its
+	// handler's context (nil until the handler starts). Handler contexts
+	// do not derive from a shared cancellable parent, which would make
+	// every handler start and end contend on that parent's lock; abort
+	// cancels them through this map instead.
+	inflight map[*transport.Delivery]context.CancelFunc
 	aborted  bool
 }
 
 func newRunner(b *Bus, pattern, name string, fn HandlerFunc, cfg handlerConfig) *runner {
 	r := &runner{bus: b, pattern: pattern, name: name, fn: fn, cfg: cfg,
 		slots:    make(chan struct{}, cfg.concurrency),
-		inflight: make(map[*transport.Delivery]struct{}),
+		inflight: make(map[*transport.Delivery]context.CancelFunc),
 		loopDone: make(chan struct{}),
 	}
 	if cfg.rateN > 0 {
@@ -122,7 +128,10 @@ func (r *runner) abort() {
 	r.mu.Lock()
 	r.aborted = true
 	var pending []transport.Settlement
-	for d := range r.inflight {
+	for d, cancel := range r.inflight {
+		if cancel != nil {
+			cancel()
+		}
 		pending = append(pending, transport.Settlement{Delivery: d, Outcome: transport.Release})
 	}
 	clear(r.inflight)
@@ -185,7 +194,7 @@ func (r *runner) loop() {
 		failures = 0
 		r.mu.Lock()
 		for _, d := range ds {
-			r.inflight[d] = struct{}{}
+			r.inflight[d] = nil
 		}
 		r.mu.Unlock()
 		r.handlers.Add(len(ds))
@@ -280,7 +289,17 @@ func (r *runner) handle(d *transport.Delivery) {
 		}
 	}
 
-	ctx, cancel := context.WithTimeout(withEvent(r.runCtx, &ev), r.cfg.timeout)
+	ctx, cancel := context.WithTimeout(withEvent(context.Background(), &ev), r.cfg.timeout)
+	r.mu.Lock()
+	if _, mine := r.inflight[d]; !mine {
+		// abort released the delivery before the handler started.
+		r.mu.Unlock()
+		cancel()
+		r.free()
+		return
+	}
+	r.inflight[d] = cancel
+	r.mu.Unlock()
 	// state: 0 running, 1 returned, 2 abandoned. Whoever moves it from 0
 	// settles the attempt and frees the slot.
 	var state atomic.Int32
