@@ -1,10 +1,12 @@
 package sqlite
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"runtime"
 	"strconv"
@@ -83,6 +85,14 @@ type writer struct {
 
 	now     int64              // the transaction's clock, unix nanoseconds
 	touched map[int64]struct{} // subscriptions to wake after commit
+
+	// recent holds events this process published, by seq, so leasing
+	// them (often moments later, once per subscription) skips reading
+	// the event row back. Events never change, so a hit is always right;
+	// fresh collects the transaction's events and joins recent only
+	// after COMMIT, since a rolled-back seq may be reused.
+	recent eventCache
+	fresh  []cachedEvent
 
 	subs        []*subRow
 	subsVersion int64 // -1: unknown, reload at next use
@@ -514,6 +524,8 @@ func (w *writer) tryTx(ops []*op) error {
 	}
 	w.now = time.Now().UnixNano()
 	clear(w.touched)
+	clear(w.fresh)
+	w.fresh = w.fresh[:0]
 	w.subsChecked = false
 	for i := 0; i < len(ops); {
 		o := ops[i]
@@ -553,6 +565,9 @@ func (w *writer) tryTx(ops []*op) error {
 		return err
 	}
 	w.commits++
+	for _, e := range w.fresh {
+		w.recent.put(e.seq, e.msg)
+	}
 	w.dataVersion = w.fileDataVersion()
 	for id := range w.touched {
 		w.d.signal(id)
@@ -770,6 +785,12 @@ func (w *writer) publish(ops []*op) error {
 			}
 			dels = append(dels, delRow{sub: s.id, seq: seq, runAt: runAt, priority: m.Priority, key: key, delayed: delayed})
 		}
+		if len(subs) > 0 && !delayed {
+			// A copy: the publisher may reuse its message after Publish.
+			c := *m
+			c.Attrs, c.Data = maps.Clone(m.Attrs), bytes.Clone(m.Data)
+			w.fresh = append(w.fresh, cachedEvent{seq: seq, msg: &c})
+		}
 		return nil
 	}
 	if len(ms) == 1 {
@@ -909,6 +930,13 @@ func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) 
 	if len(out) > 0 {
 		for _, d := range out {
 			tok := d.Token.(token)
+			if m := w.recent.get(tok.seq); m != nil {
+				d.ID, d.Type, d.Key, d.Priority = m.ID, m.Type, m.Key, m.Priority
+				d.Time = fromNanos(nanos(m.Time))
+				// Attrs is shared read-only; Data is the handler's to keep.
+				d.Attrs, d.Data = m.Attrs, bytes.Clone(m.Data)
+				continue
+			}
 			var attrs []byte
 			if err := w.st.loadEvent.QueryRowContext(bg, tok.seq).Scan(&d.ID, &d.Type, &d.Key, &d.Priority, (*nanoTime)(&d.Time), &attrs, &d.Data); err != nil {
 				return nil, 0, fmt.Errorf("loading event %d: %w", tok.seq, err)
@@ -1097,3 +1125,35 @@ func (w *writer) extend(ds []*transport.Delivery, lease time.Duration) error {
 	}
 	return nil
 }
+
+// cachedEvent is an event published in the current transaction.
+type cachedEvent struct {
+	seq int64
+	msg *transport.Message
+}
+
+// eventCacheSize bounds the recent-events cache: enough for the events
+// waiting to be leased behind a few full receive batches.
+const eventCacheSize = 4096
+
+// eventCache maps seq to message for the most recent eventCacheSize
+// events, evicting the oldest.
+type eventCache struct {
+	m    map[int64]*transport.Message
+	ring [eventCacheSize]int64
+	next int
+}
+
+func (c *eventCache) put(seq int64, m *transport.Message) {
+	if c.m == nil {
+		c.m = make(map[int64]*transport.Message, eventCacheSize)
+	}
+	if old := c.ring[c.next]; old != 0 {
+		delete(c.m, old)
+	}
+	c.ring[c.next] = seq
+	c.next = (c.next + 1) % eventCacheSize
+	c.m[seq] = m
+}
+
+func (c *eventCache) get(seq int64) *transport.Message { return c.m[seq] }
