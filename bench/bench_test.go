@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 )
 
 func TestPayload(t *testing.T) {
@@ -79,37 +83,134 @@ func TestCount(t *testing.T) {
 }
 
 func TestSelect(t *testing.T) {
-	all, err := Select("all")
-	if err != nil || len(all) != len(Systems()) {
+	base, _ := Systems(Env{})
+	all, notes, err := Select("all", Env{})
+	if err != nil || len(all) != len(base) {
 		t.Fatalf("Select(all) = %d systems, %v", len(all), err)
 	}
-	two, err := Select("ripple-memory, goqite")
+	if len(notes) != 1 || !strings.Contains(notes[0], "RIPPLE_BENCH_REDIS_URL") {
+		t.Fatalf("Select(all) without Redis: notes %q, want one naming RIPPLE_BENCH_REDIS_URL", notes)
+	}
+	two, _, err := Select("ripple-memory, goqite", Env{})
 	if err != nil || len(two) != 2 || two[1].Name != "goqite" {
 		t.Fatalf("Select(two) = %v, %v", two, err)
 	}
-	if _, err := Select("kafka"); err == nil || !strings.Contains(err.Error(), "ripple-memory") {
+	if _, _, err := Select("kafka", Env{}); err == nil || !strings.Contains(err.Error(), "ripple-memory") {
 		t.Fatalf("Select(kafka) error = %v, want one listing the known systems", err)
+	}
+	for _, n := range []string{"redis", "asynq", "ripple-memory,ripple-redis"} {
+		if _, _, err := Select(n, Env{}); err == nil || !strings.Contains(err.Error(), "-redis") {
+			t.Errorf("Select(%q) without Redis: error %v, want one saying to pass -redis", n, err)
+		}
+	}
+	env := Env{RedisURL: "redis://127.0.0.1:1/0"}
+	redis, notes, err := Select("redis", env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range redis {
+		names = append(names, s.Name)
+	}
+	for _, n := range notes {
+		names = append(names, strings.Fields(n)[0])
+	}
+	// BullMQ is a system where node is installed and a note where not.
+	slices.Sort(names)
+	if want := slices.Sorted(slices.Values(redisSystemNames)); !slices.Equal(names, want) {
+		t.Errorf("Select(redis) = %v (notes %q), want %v", names, notes, redisSystemNames)
+	}
+	withRedis, _, err := Select("all", env)
+	if err != nil || len(withRedis) != len(base)+len(redis) {
+		t.Errorf("Select(all) with Redis = %d systems, %v; want %d", len(withRedis), err, len(base)+len(redis))
 	}
 	if _, err := ParseScenarios("pub1,nope"); err == nil {
 		t.Fatal("ParseScenarios accepted an unknown scenario")
 	}
 }
 
+// shortConfig sizes the tiny runs of the tests below.
+var shortConfig = Config{
+	N:          200,
+	MaxPublish: time.Minute, // the tests check that all N events went through
+	Drain:      time.Minute,
+	Rate:       500,
+	LatencyFor: 300 * time.Millisecond,
+	Warmup:     20,
+}
+
 // TestAllSystemsShort runs a tiny version of every scenario on every
-// system, so that a broken adapter or a peer's changed API fails the build
-// rather than the next full benchmark.
+// system that needs no server, so that a broken adapter or a peer's changed
+// API fails the build rather than the next full benchmark.
 func TestAllSystemsShort(t *testing.T) {
-	cfg := Config{
-		N:          200,
-		MaxPublish: time.Minute, // the test checks that all N events went through
-		Drain:      time.Minute,
-		Rate:       500,
-		LatencyFor: 300 * time.Millisecond,
-		Warmup:     20,
+	systems, _ := Systems(Env{})
+	checkShortRun(t, systems)
+}
+
+// TestRedisSystemsShort does the same for the Redis systems, against the
+// server in RIPPLE_TEST_REDIS_URL (or RIPPLE_BENCH_REDIS_URL), and checks
+// that they leave no keys behind.
+func TestRedisSystemsShort(t *testing.T) {
+	url := RedisURLFromEnv()
+	if url == "" {
+		if os.Getenv("RIPPLE_TEST_REQUIRE_SERVERS") == "1" {
+			t.Fatal("RIPPLE_TEST_REDIS_URL is not set but RIPPLE_TEST_REQUIRE_SERVERS=1: start redis-server (scripts/test does) and export RIPPLE_TEST_REDIS_URL=redis://127.0.0.1:PORT/0")
+		}
+		t.Skip("no Redis server: set RIPPLE_TEST_REDIS_URL=redis://127.0.0.1:6379/0 to run the Redis systems")
 	}
-	results := Run(context.Background(), Systems(), cfg)
-	if len(results) != len(Systems()) {
-		t.Fatalf("got %d results for %d systems", len(results), len(Systems()))
+	ctx := context.Background()
+	c, err := newRedisClient(ctx, url, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	before := benchKeys(t, c)
+
+	systems, notes := RedisSystems(Env{RedisURL: url})
+	for _, n := range notes {
+		t.Log("note:", n)
+	}
+	checkShortRun(t, systems)
+
+	mem, err := MeasureRippleRedisMemory(ctx, url, 500)
+	if err != nil {
+		t.Fatalf("MeasureRippleRedisMemory: %v", err)
+	}
+	if mem.WaitingPerEvent < PayloadSize || mem.HandledPerEvent <= 0 || mem.StreamLen > 500 || mem.Keys == 0 {
+		t.Errorf("memory %+v: want at least the payload's %d bytes per waiting event, and something retained", mem, PayloadSize)
+	}
+	var b bytes.Buffer
+	WriteRedisMemory(&b, mem)
+	t.Logf("\n%s", b.String())
+
+	for k := range benchKeys(t, c) {
+		if !before[k] {
+			t.Errorf("key %q left behind", k)
+		}
+	}
+}
+
+// benchKeys returns the keys the benchmark's Redis systems write.
+func benchKeys(t *testing.T, c *goredis.Client) map[string]bool {
+	t.Helper()
+	keys := map[string]bool{}
+	for _, pattern := range []string{"bench-*", "asynq:{bench-*"} {
+		iter := c.Scan(context.Background(), 0, pattern, 1000).Iterator()
+		for iter.Next(context.Background()) {
+			keys[iter.Val()] = true
+		}
+		if err := iter.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return keys
+}
+
+func checkShortRun(t *testing.T, systems []System) {
+	t.Helper()
+	results := Run(context.Background(), systems, shortConfig)
+	if len(results) != len(systems) {
+		t.Fatalf("got %d results for %d systems", len(results), len(systems))
 	}
 	for _, r := range results {
 		for _, sc := range AllScenarios {
@@ -137,7 +238,7 @@ func TestAllSystemsShort(t *testing.T) {
 
 	var table bytes.Buffer
 	WriteTable(&table, results)
-	for _, s := range Systems() {
+	for _, s := range systems {
 		if !strings.Contains(table.String(), "| "+s.Name+" |") {
 			t.Errorf("table has no row for %s:\n%s", s.Name, table.String())
 		}
@@ -149,11 +250,13 @@ func TestAllSystemsShort(t *testing.T) {
 	if len(vs) == 0 {
 		t.Error("Check found no target to evaluate")
 	}
-	t.Logf("\n%s", table.String())
+	var verdicts bytes.Buffer
+	WriteVerdicts(&verdicts, vs)
+	t.Logf("\n%s\n%s", table.String(), verdicts.String())
 }
 
 func TestFanOutRefused(t *testing.T) {
-	for _, s := range []System{RiverSQLite(), Goqite()} {
+	for _, s := range []System{RiverSQLite(), Goqite(), Asynq("redis://127.0.0.1:1/0")} {
 		if _, err := s.Open(context.Background(), t.TempDir(), 5, func([]byte) {}); err == nil {
 			t.Errorf("%s: Open with 5 handlers succeeded; it cannot fan out", s.Name)
 		}

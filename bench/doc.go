@@ -31,6 +31,15 @@
 // and a raw SQLite loop that commits one INSERT per transaction (the disk's
 // ceiling for one awaited durable write).
 //
+// The Redis systems share one Redis server, given with -redis or
+// RIPPLE_BENCH_REDIS_URL (RIPPLE_TEST_REDIS_URL in the project's tests):
+// Ripple's redis transport, Watermill's redisstream, asynq, BullMQ (run by
+// bench/bullmq/run.js in Node.js, which measures the same scenarios itself)
+// and two raw go-redis XADD loops, one awaited XADD per publish and
+// concurrent XADDs pipelined (Redis's ceilings). Each instance writes under
+// its own fresh key namespace and deletes its keys when it closes. Without
+// a Redis URL they are left out with a note.
+//
 // The command github.com/ripplehq/ripple/bench/cmd/ripple-bench runs every
 // system and prints the results as a markdown table, followed by Ripple's
 // performance targets with the measured ratio of each.

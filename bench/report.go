@@ -157,7 +157,7 @@ func Check(results []Result) []Verdict {
 		ratio(fmt.Sprintf("memory transport end-to-end (%s) ≥ 1× Watermill GoChannel", sc),
 			"ripple-memory", sc, "watermill-gochannel", sc, 1)
 	}
-	for _, name := range []string{"ripple-memory", "ripple-sqlite-full", "ripple-sqlite-normal"} {
+	for _, name := range []string{"ripple-memory", "ripple-sqlite-full", "ripple-sqlite-normal", "ripple-redis"} {
 		one, ok1 := find(name, E2E16)
 		five, ok2 := find(name, Fan5)
 		if !ok1 || !ok2 || five.PerSec == 0 {
@@ -168,6 +168,25 @@ func Check(results []Result) []Verdict {
 			Target:   fmt.Sprintf("five handlers cost ≤ 2× one handler (%s)", name),
 			Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(five.PerSec), cost),
 			Pass:     cost <= 2,
+		})
+	}
+
+	ratio("Redis: end-to-end, one awaiting publisher ≥ 0.8× one awaited raw XADD",
+		"ripple-redis", E2E1, "redis-raw-xadd-awaited", Pub1, 0.8)
+	for _, p := range []struct {
+		name string
+		min  float64
+	}{{"watermill-redis", 2}, {"asynq", 3}, {"bullmq", 6}} {
+		ratio(fmt.Sprintf("Redis: end-to-end, one awaiting publisher ≥ %g× %s", p.min, p.name),
+			"ripple-redis", E2E1, p.name, E2E1, p.min)
+	}
+	ratio("Redis: end-to-end, 16 publishers ≥ 0.5× pipelined raw XADD",
+		"ripple-redis", E2E16, "redis-raw-xadd-pipelined", Pub16, 0.5)
+	if m, ok := find("ripple-redis", Latency); ok {
+		out = append(out, Verdict{
+			Target:   "Redis: p99 publish→handler ≤ 1 ms at the paced rate (ripple-redis)",
+			Measured: fmt.Sprintf("p50 %s ms, p99 %s ms", ms(m.P50), ms(m.P99)),
+			Pass:     m.P99 <= time.Millisecond && m.Note == "",
 		})
 	}
 	return out

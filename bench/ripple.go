@@ -10,6 +10,7 @@ import (
 	"github.com/ripplehq/ripple"
 
 	_ "github.com/ripplehq/ripple/transport/memory"
+	_ "github.com/ripplehq/ripple/transport/redis"
 	_ "github.com/ripplehq/ripple/transport/sqlite"
 )
 
@@ -23,7 +24,8 @@ func RippleSystem(name, notes string, url func(dir string) string) System {
 		Consumes: true,
 		Notes:    notes,
 		Open: func(ctx context.Context, dir string, handlers int, h HandleFunc) (Instance, error) {
-			bus, err := ripple.Open(ctx, url(dir), ripple.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+			u := url(dir)
+			bus, err := ripple.Open(ctx, u, ripple.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 			if err != nil {
 				return nil, err
 			}
@@ -41,12 +43,15 @@ func RippleSystem(name, notes string, url func(dir string) string) System {
 				_ = bus.Close()
 				return nil, err
 			}
-			return rippleInstance{bus}, nil
+			return rippleInstance{bus, u}, nil
 		},
 	}
 }
 
-type rippleInstance struct{ bus *ripple.Bus }
+type rippleInstance struct {
+	bus *ripple.Bus
+	url string
+}
 
 func (r rippleInstance) Publish(ctx context.Context, payload []byte) error {
 	_, err := r.bus.Publish(ctx, EventType, json.RawMessage(payload))

@@ -189,6 +189,9 @@ func (m Measurement) String() string {
 }
 
 func runScenario(ctx context.Context, s System, sc Scenario, cfg Config) (m Measurement) {
+	if s.Measure != nil {
+		return s.Measure(ctx, sc, cfg)
+	}
 	dir, err := os.MkdirTemp("", "ripple-bench-*")
 	if err != nil {
 		return Measurement{Err: err}

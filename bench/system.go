@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
+	"slices"
 	"strings"
 )
 
@@ -32,19 +34,48 @@ type System struct {
 	Consumes bool
 	// Notes says how the system is set up, for the report.
 	Notes string
+	// Group names the family of systems selectable together with
+	// -systems GROUP ("redis" for every system that talks to the Redis
+	// server); empty for systems in no group.
+	Group string
 	// Open starts a fresh instance whose files live in dir (an empty
 	// directory that is removed afterwards), with handlers handlers
 	// subscribed to EventType, each at concurrency 10 and each calling h
 	// once per delivery. Systems that cannot fan out fail for handlers > 1.
 	Open func(ctx context.Context, dir string, handlers int, h HandleFunc) (Instance, error)
+	// Measure, when set, replaces Open for a system that runs outside this
+	// process (BullMQ, in Node.js) and measures a scenario itself, with the
+	// same workload and cfg. Open is then nil.
+	Measure func(ctx context.Context, sc Scenario, cfg Config) Measurement
 }
 
 // HandlerConcurrency is how many events each handler runs at once.
 const HandlerConcurrency = 10
 
-// Systems returns every system the benchmark knows, in report order.
-func Systems() []System {
-	return []System{
+// Env says where the systems that need a server find it.
+type Env struct {
+	// RedisURL is the Redis server every Redis system uses
+	// (redis://HOST:PORT/DB). Empty leaves the Redis systems out.
+	RedisURL string
+	// InstallNode lets BullMQ's system run `npm ci` in bench/bullmq when
+	// its node_modules are missing.
+	InstallNode bool
+}
+
+// RedisURLFromEnv returns the Redis URL set in RIPPLE_BENCH_REDIS_URL or,
+// failing that, RIPPLE_TEST_REDIS_URL (which the project's test script
+// exports), or "".
+func RedisURLFromEnv() string {
+	if u := os.Getenv("RIPPLE_BENCH_REDIS_URL"); u != "" {
+		return u
+	}
+	return os.Getenv("RIPPLE_TEST_REDIS_URL")
+}
+
+// Systems returns every system the benchmark can run with env, in report
+// order, and a note for each system it had to leave out and why.
+func Systems(env Env) ([]System, []string) {
+	out := []System{
 		RippleSystem("ripple-memory", "in-process transport, not durable",
 			func(string) string { return "memory://" }),
 		RippleSystem("ripple-sqlite-full", "sqlite transport, synchronous=FULL (default)",
@@ -57,38 +88,87 @@ func Systems() []System {
 		RawSQLite("FULL"),
 		RawSQLite("NORMAL"),
 	}
+	if env.RedisURL == "" {
+		return out, []string{"the Redis systems (" + strings.Join(redisSystemNames, ", ") + ") were left out: no Redis server was given; pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL"}
+	}
+	redis, notes := RedisSystems(env)
+	return append(out, redis...), notes
 }
 
-// Select returns the systems named in the comma-separated list names, or
-// every system for "all".
-func Select(names string) ([]System, error) {
-	all := Systems()
+// Groups lists the names that select a family of systems, besides "all".
+var Groups = []string{"redis"}
+
+// Select returns the systems named in the comma-separated list names (each
+// a system name, a group name or "all") that can run with env, and a note
+// for each one left out. Naming a Redis system or the redis group without
+// a Redis URL is an error; "all" then leaves them out with a note.
+func Select(names string, env Env) ([]System, []string, error) {
+	avail, notes := Systems(env)
 	if names == "all" || names == "" {
-		return all, nil
+		return avail, notes, nil
 	}
 	var out []System
+	var outNotes []string
+	seen := map[string]bool{}
+	add := func(s System) {
+		if !seen[s.Name] {
+			seen[s.Name] = true
+			out = append(out, s)
+		}
+	}
 	for _, n := range strings.Split(names, ",") {
 		n = strings.TrimSpace(n)
-		found := false
-		for _, s := range all {
-			if s.Name == n {
-				out = append(out, s)
-				found = true
-				break
+		needsRedis := n == "redis" || slices.Contains(redisSystemNames, n)
+		if needsRedis && env.RedisURL == "" {
+			return nil, nil, fmt.Errorf("%q needs a Redis server: pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL", n)
+		}
+		switch {
+		case n == "all":
+			for _, s := range avail {
+				add(s)
+			}
+			outNotes = append(outNotes, notes...)
+		case slices.Contains(Groups, n):
+			for _, s := range avail {
+				if s.Group == n {
+					add(s)
+				}
+			}
+			outNotes = append(outNotes, notes...)
+		default:
+			i := slices.IndexFunc(avail, func(s System) bool { return s.Name == n })
+			switch {
+			case i >= 0:
+				add(avail[i])
+			case slices.Contains(SystemNames(), n):
+				// Known but unavailable here (BullMQ without Node.js).
+				for _, note := range notes {
+					if strings.HasPrefix(note, n+" ") {
+						outNotes = append(outNotes, note)
+					}
+				}
+			default:
+				return nil, nil, fmt.Errorf("unknown system %q; known systems: %s; groups: %s, all", n, strings.Join(SystemNames(), ", "), strings.Join(Groups, ", "))
 			}
 		}
-		if !found {
-			return nil, fmt.Errorf("unknown system %q; known systems: %s, or all", n, strings.Join(SystemNames(), ", "))
+	}
+	// "all,redis" would otherwise repeat the notes.
+	var uniq []string
+	for _, n := range outNotes {
+		if !slices.Contains(uniq, n) {
+			uniq = append(uniq, n)
 		}
 	}
-	return out, nil
+	return out, uniq, nil
 }
 
-// SystemNames lists the names Select accepts.
+// SystemNames lists every system name Select knows, including those that
+// need a server.
 func SystemNames() []string {
+	all, _ := Systems(Env{})
 	var names []string
-	for _, s := range Systems() {
+	for _, s := range all {
 		names = append(names, s.Name)
 	}
-	return names
+	return append(names, redisSystemNames...)
 }

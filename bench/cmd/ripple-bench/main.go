@@ -5,6 +5,15 @@
 //	go run ./cmd/ripple-bench                      every system, default sizes
 //	go run ./cmd/ripple-bench -systems ripple-sqlite-full,sqlite-raw-full -scenarios pub1
 //	go run ./cmd/ripple-bench -systems ripple-sqlite-full -scenarios e2e16 -cpuprofile cpu.out
+//	go run ./cmd/ripple-bench -systems redis -redis redis://127.0.0.1:6379/0
+//
+// The Redis systems (ripple-redis, watermill-redis, asynq, bullmq and the
+// raw XADD ceilings; the group name "redis" selects them all) share the one
+// Redis server given by -redis or RIPPLE_BENCH_REDIS_URL (or
+// RIPPLE_TEST_REDIS_URL); without one they are left out with a note. Use a
+// server of its own, with persistence off unless that is what is measured:
+// each instance deletes its keys when done, but the run loads the server.
+// When ripple-redis runs, the report also gives Redis memory per event.
 //
 // Progress lines go to standard error; the report goes to standard output.
 package main
@@ -18,6 +27,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,7 +43,8 @@ func main() {
 
 func run() error {
 	var (
-		systems    = flag.String("systems", "all", "comma-separated systems to run: "+strings.Join(bench.SystemNames(), ", ")+", or all")
+		systems    = flag.String("systems", "all", "comma-separated systems or groups to run: "+strings.Join(bench.SystemNames(), ", ")+"; groups "+strings.Join(bench.Groups, ", ")+", or all")
+		redisURL   = flag.String("redis", bench.RedisURLFromEnv(), "Redis server for the Redis systems, redis://HOST:PORT/DB (default $RIPPLE_BENCH_REDIS_URL, else $RIPPLE_TEST_REDIS_URL)")
 		scenarios  = flag.String("scenarios", "all", "comma-separated scenarios: pub1, pub16, e2e1, e2e16, fan5, latency, or all")
 		n          = flag.Int("n", 100_000, "events per throughput scenario, at most")
 		maxPublish = flag.Duration("max-publish", 5*time.Second, "time cap of each publish phase")
@@ -48,9 +59,12 @@ func run() error {
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; every setting is a flag (see -h)", flag.Args())
 	}
-	sys, err := bench.Select(*systems)
+	sys, notes, err := bench.Select(*systems, bench.Env{RedisURL: *redisURL, InstallNode: true})
 	if err != nil {
 		return err
+	}
+	for _, n := range notes {
+		fmt.Fprintln(os.Stderr, "note:", n)
 	}
 	scs, err := bench.ParseScenarios(*scenarios)
 	if err != nil {
@@ -86,6 +100,15 @@ func run() error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted")
 	}
+	var mem *bench.RedisMemory
+	var memErr error
+	if slices.ContainsFunc(sys, func(s bench.System) bool { return s.Name == "ripple-redis" }) {
+		m, err := bench.MeasureRippleRedisMemory(ctx, *redisURL, *n)
+		mem, memErr = &m, err
+		if !*quiet {
+			fmt.Fprintf(os.Stderr, "%-22s %-8s %.0f bytes/event waiting, %.0f bytes/event handled (err %v)\n", "ripple-redis", "memory", m.WaitingPerEvent, m.HandledPerEvent, err)
+		}
+	}
 
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
@@ -96,6 +119,18 @@ func run() error {
 	bench.WriteTable(w, results)
 	fmt.Fprintln(w)
 	bench.WriteSetup(w, results)
+	for _, n := range notes {
+		fmt.Fprintf(w, "- note: %s\n", n)
+	}
+	if mem != nil {
+		fmt.Fprintln(w, "\nRedis memory, ripple-redis (INFO memory used_memory before and after, divided by the events):")
+		fmt.Fprintln(w)
+		if memErr != nil {
+			fmt.Fprintf(w, "- error: %v\n", memErr)
+		} else {
+			bench.WriteRedisMemory(w, *mem)
+		}
+	}
 	if vs := bench.Check(results); len(vs) > 0 {
 		fmt.Fprintln(w)
 		bench.WriteVerdicts(w, vs)
