@@ -39,13 +39,16 @@
 // commits can be lost if the machine loses power or the kernel crashes. The
 // database itself is never corrupted in either mode.
 //
-// Lease bookkeeping is the exception: a transaction that only leases rows
-// for Receive, extends leases or prunes history commits without fsync even
-// at synchronous=full (the next durable commit flushes it). Losing it in a
-// power failure only makes a delivery come back sooner, which
-// at-least-once delivery allows, and it keeps an fsync off the path from
-// publish to handler. Settlements, subscriptions, dead-letter
-// administration and idempotency claims are as durable as publishes.
+// Delivery bookkeeping is the exception: a transaction that only leases
+// rows for Receive, extends leases, settles outcomes (complete, retry,
+// dead) or prunes history commits without fsync even at synchronous=full;
+// the next durable commit flushes it, and a process crash never loses it.
+// Losing it in a power failure only makes a delivery come back (a
+// completed event is handled again, a retry comes sooner, a dead letter is
+// tried once more), which at-least-once delivery allows, and it keeps the
+// publish as the only fsync per event. Subscriptions, dead-letter
+// administration and idempotency claims are as durable as publishes, so
+// an Idempotent handler still runs to success at most once.
 //
 // Checkpoints (copying the write-ahead log into the database file) run in
 // the writer between batches, after the callers of the last commit have been

@@ -251,11 +251,11 @@ const (
 	// answer, which comes promptly for cancelled contexts, so that a
 	// lease is never taken for a caller that has left.
 	returnOnCancel execFlags = 1 << iota
-	// soft marks lease bookkeeping (Receive, Extend, pruning): losing it
-	// in a power failure only means an earlier redelivery, which
-	// at-least-once delivery allows. A batch of only soft operations
-	// commits without fsync even at synchronous=full, which takes one
-	// fsync off the path from publish to handler.
+	// soft marks delivery bookkeeping (Receive, Extend, Settle, pruning):
+	// losing it in a power failure only means a delivery comes back,
+	// which at-least-once delivery allows. A batch of only soft
+	// operations commits without fsync even at synchronous=full, so the
+	// only fsync per event is the publish's.
 	soft
 )
 

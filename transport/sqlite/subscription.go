@@ -174,7 +174,7 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 	if len(ss) == 0 {
 		return nil
 	}
-	return s.d.exec(ctx, func(w *writer) error { return w.settle(ss) }, returnOnCancel)
+	return s.d.exec(ctx, func(w *writer) error { return w.settle(ss) }, returnOnCancel|soft)
 }
 
 // Extend implements transport.Subscription.
