@@ -44,7 +44,7 @@ type runner struct {
 	loopDone  chan struct{}
 	handlers  sync.WaitGroup
 
-	mu       sync.Mutex
+	mu sync.Mutex
 	// inflight maps each leased delivery to the cancel func of its
 	// handler's context (nil until the handler starts). Handler contexts
 	// do not derive from a shared cancellable parent, which would make

@@ -630,22 +630,13 @@ func (d *driver) Requeue(ctx context.Context, handler string, ids []string) (int
 	if err != nil {
 		return 0, err
 	}
-	want := selected(ids)
 	now := d.s.now()
-	keep := sb.dead[:0]
-	n := 0
-	for _, e := range sb.dead {
-		if !want(e.msg.ID) {
-			keep = append(keep, e)
-			continue
-		}
-		n++
+	taken := sb.takeDead(ids)
+	for _, e := range taken {
 		sb.add(&entry{msg: e.msg, seq: e.seq, runAt: now, published: e.published}, now)
 	}
-	clear(sb.dead[len(keep):])
-	sb.dead = keep
 	sb.wake()
-	return n, nil
+	return len(taken), nil
 }
 
 func (d *driver) Purge(ctx context.Context, handler string, ids []string) (int, error) {
@@ -655,17 +646,25 @@ func (d *driver) Purge(ctx context.Context, handler string, ids []string) (int, 
 	if err != nil {
 		return 0, err
 	}
+	return len(sb.takeDead(ids)), nil
+}
+
+// takeDead removes the dead letters with the given ids (all when ids is
+// empty) and returns them in dead-letter order.
+func (sb *sub) takeDead(ids []string) []*entry {
 	want := selected(ids)
+	var taken []*entry
 	keep := sb.dead[:0]
 	for _, e := range sb.dead {
-		if !want(e.msg.ID) {
+		if want(e.msg.ID) {
+			taken = append(taken, e)
+		} else {
 			keep = append(keep, e)
 		}
 	}
-	n := len(sb.dead) - len(keep)
 	clear(sb.dead[len(keep):])
 	sb.dead = keep
-	return n, nil
+	return taken
 }
 
 func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
