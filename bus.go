@@ -273,7 +273,8 @@ func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []Pu
 		Headers:         pc.headers,
 		Data:            body,
 	}
-	if ev.ID == "" {
+	generated := ev.ID == ""
+	if generated {
 		ev.ID = newID()
 	}
 	if ev.Source == "" {
@@ -293,7 +294,9 @@ func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []Pu
 	if ev.CorrelationID == "" {
 		ev.CorrelationID = ev.ID
 	}
-	if err := b.driver.Publish(ctx, []*transport.Message{ev.toMessage(delay)}); err != nil {
+	msg := ev.toMessage(delay)
+	msg.IDGenerated = generated
+	if err := b.driver.Publish(ctx, []*transport.Message{msg}); err != nil {
 		return ev, b.wrapDriverErr("publish "+eventType, err)
 	}
 	return ev, nil

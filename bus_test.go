@@ -10,7 +10,8 @@ import (
 	"time"
 
 	"github.com/ripplehq/ripple"
-	_ "github.com/ripplehq/ripple/transport/memory"
+	"github.com/ripplehq/ripple/transport"
+	"github.com/ripplehq/ripple/transport/memory"
 )
 
 // A handler still draining during Shutdown may publish its follow-up
@@ -81,5 +82,35 @@ func TestOpenErrorsNameTheFix(t *testing.T) {
 	_, err = ripple.Open(ctx, "memory://", ripple.MaxEventSize(0))
 	if !errors.Is(err, ripple.ErrInvalidOption) {
 		t.Fatalf("MaxEventSize(0): %v", err)
+	}
+}
+
+// recordingDriver keeps the messages the core hands to Publish.
+type recordingDriver struct {
+	transport.Driver
+	msgs []*transport.Message
+}
+
+func (r *recordingDriver) Publish(ctx context.Context, msgs []*transport.Message) error {
+	r.msgs = append(r.msgs, msgs...)
+	return r.Driver.Publish(ctx, msgs)
+}
+
+func TestIDGeneratedOnlyForRippleIDs(t *testing.T) {
+	rec := &recordingDriver{Driver: memory.New(transport.Retention{})}
+	bus, err := ripple.New(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	ctx := context.Background()
+	if _, err := bus.Publish(ctx, "order.placed", struct{}{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "order.placed", struct{}{}, ripple.WithID("order-1")); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.msgs) != 2 || !rec.msgs[0].IDGenerated || rec.msgs[1].IDGenerated {
+		t.Fatalf("IDGenerated = %v, %v; want true for a generated id and false for WithID", rec.msgs[0].IDGenerated, rec.msgs[1].IDGenerated)
 	}
 }

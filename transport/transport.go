@@ -62,7 +62,17 @@ type Message struct {
 	Attrs map[string]string
 	// Data is the payload.
 	Data []byte
+	// IDGenerated reports that the core made ID up (the publisher set
+	// none). Such an id can only come again through a retry of this same
+	// publish, so a driver that keeps a record per id for deduplication
+	// may keep it for GeneratedIDWindow instead of the whole dedup window.
+	IDGenerated bool
 }
+
+// GeneratedIDWindow is how long a driver must remember an id the core
+// generated: long enough to absorb a client library's retries of one
+// publish after a lost reply.
+const GeneratedIDWindow = 10 * time.Minute
 
 // Delivery is one leased attempt at handling a message for a subscription.
 type Delivery struct {

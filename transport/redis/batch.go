@@ -187,7 +187,7 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 		}
 		c.args[0] = d.prefix
 		if c.sub == nil {
-			c.args[1] = d.ret.DedupWindow.Milliseconds()
+			c.args[1] = 0 // unused: each message carries its own dedup time
 		} else {
 			c.args[1], c.args[2] = c.sub.name, int64(d.ret.DeadCount)
 		}

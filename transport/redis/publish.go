@@ -65,22 +65,33 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		if d.maxSize > 0 && len(m.Data) > d.maxSize {
 			return fmt.Errorf("redis transport: message %s data is %d bytes, over the %d-byte limit", m.ID, len(m.Data), d.maxSize)
 		}
-		j.args = appendMessage(j.args, m)
+		j.args = appendMessage(j.args, m, d.ret.DedupWindow)
 		j.size += len(m.Data) + 256
 	}
 	return d.batch.do(ctx, j)
 }
 
-func appendMessage(args []any, m *transport.Message) []any {
+// appendMessage appends one message's publish-script arguments: its delay,
+// how long to keep its dedup record (0: none), its field count and fields.
+func appendMessage(args []any, m *transport.Message, window time.Duration) []any {
 	delay := int64(0)
 	if m.Delay > 0 {
 		delay = max(m.Delay.Milliseconds(), 1)
+	}
+	if m.IDGenerated {
+		// Only a retry of this publish can repeat the id: a short
+		// record suffices and keeps Redis memory per event small.
+		window = min(window, transport.GeneratedIDWindow)
+	}
+	ttl := int64(0)
+	if window > 0 {
+		ttl = max(window.Milliseconds(), 1)
 	}
 	nf := 6 + 2*len(m.Attrs) + 2
 	if m.Key != "" {
 		nf += 2
 	}
-	args = append(args, delay, nf, fieldID, m.ID, fieldType, m.Type, fieldTime, m.Time.UTC().Format(time.RFC3339Nano))
+	args = append(args, delay, ttl, nf, fieldID, m.ID, fieldType, m.Type, fieldTime, m.Time.UTC().Format(time.RFC3339Nano))
 	if m.Key != "" {
 		args = append(args, fieldKey, m.Key)
 	}

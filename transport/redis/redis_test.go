@@ -306,6 +306,24 @@ func TestPublishDedup(t *testing.T) {
 	publish(t, d, m, m)
 	receive(t, s, 1, 2*time.Second)
 	receiveNone(t, s, 300*time.Millisecond)
+
+	// An id the core generated keeps its dedup record only for
+	// GeneratedIDWindow; an id the publisher chose, for the dedup window.
+	gen := msg("a.b")
+	gen.IDGenerated = true
+	publish(t, d, gen)
+	publish(t, d, gen)
+	receive(t, s, 1, 2*time.Second)
+	receiveNone(t, s, 300*time.Millisecond)
+	ctx := context.Background()
+	genTTL := d.client.PTTL(ctx, d.prefix+":dd:"+gen.ID).Val()
+	chosenTTL := d.client.PTTL(ctx, d.prefix+":dd:"+m.ID).Val()
+	if genTTL <= 0 || genTTL > transport.GeneratedIDWindow {
+		t.Errorf("generated id's dedup record lives %s, want at most %s", genTTL, transport.GeneratedIDWindow)
+	}
+	if chosenTTL <= transport.GeneratedIDWindow {
+		t.Errorf("chosen id's dedup record lives %s, want the dedup window (default %s)", chosenTTL, transport.DefaultDedupWindow)
+	}
 }
 
 func TestStatsWaitingAndOldest(t *testing.T) {

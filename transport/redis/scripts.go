@@ -109,28 +109,27 @@ end
 // luaLib is every helper.
 const luaLib = luaNow + luaMatch + luaIDs + luaGroups + luaStrip + luaDelay
 
-// publishScript stores a batch of messages. ARGV: prefix, dedup window
-// (ms, 0 = off), then per message: delay ms, field count, fields (the
-// first four are "id", id, "type", type). A message whose id is still
-// remembered is skipped; the others are appended to the stream (or the
+// publishScript stores a batch of messages. ARGV: prefix, an unused slot,
+// then per message: delay ms, dedup record ms (0 = none), field count,
+// fields (the first four are "id", id, "type", type). A message whose id
+// is still remembered is skipped; the others are appended to the stream (or the
 // delayed set) of every subscription whose pattern matches, all in one
 // atomic step.
 var publishScript = newScript(luaNow + luaMatch + luaDelay + `
 local call = redis.call
-local p, window = ARGV[1], ARGV[2]
+local p = ARGV[1]
 local dd = p .. ':dd:'
-local dedup = window ~= '0'
 local subs = call('HGETALL', p .. ':subs')
 local now
 local routes = {}
 local i, last = 3, #ARGV
 local stored = 0
 while i <= last do
-  local delay, fs = tonumber(ARGV[i]), i + 2
-  local fe = fs + tonumber(ARGV[i + 1]) - 1
+  local delay, ttl, fs = tonumber(ARGV[i]), ARGV[i + 1], i + 3
+  local fe = fs + tonumber(ARGV[i + 2]) - 1
   local typ = ARGV[fs + 3]
   i = fe + 1
-  if not dedup or call('SET', dd .. ARGV[fs + 1], '1', 'NX', 'PX', window) then
+  if ttl == '0' or call('SET', dd .. ARGV[fs + 1], '1', 'NX', 'PX', ttl) then
     stored = stored + 1
     -- routes caches, per event type, the names of the matching
     -- subscriptions, so a batch matches each type once.
