@@ -124,8 +124,11 @@
 // transport.Replayer, transport.Claimer and transport.RateLimiter:
 //
 //   - Dedup: the publish script remembers each event id with SET NX PX
-//     for the dedup window (default 24h). Because of it, go-redis's retry
-//     of a publish whose reply was lost stores the event only once.
+//     for the dedup window (default 24h) when the publisher chose it
+//     (ripple.WithID), and for transport.GeneratedIDWindow (10 min) when
+//     Ripple generated it, since only a retry of that same publish can
+//     repeat a generated id. Because of it, go-redis's retry of a publish
+//     whose reply was lost stores the event only once.
 //   - Idempotent(): claims are keys set atomically by a Lua script
 //     (PREFIX:c:HANDLER:ID); a done claim is kept for the dedup window.
 //   - Rate limits (RateLimit) are shared by every process of a handler: a
