@@ -22,9 +22,3 @@ func Match(pattern, typ string) bool {
 		pattern, typ = prest, trest
 	}
 }
-
-// IsLiteral reports whether a pattern has no wildcard, so it matches only
-// the event type equal to it.
-func IsLiteral(pattern string) bool {
-	return !strings.ContainsAny(pattern, "*>")
-}
