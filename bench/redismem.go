@@ -178,5 +178,5 @@ func usedMemory(ctx context.Context, c *goredis.Client) (int64, error) {
 // WriteRedisMemory writes a RedisMemory as a short markdown list.
 func WriteRedisMemory(w io.Writer, m RedisMemory) {
 	fmt.Fprintf(w, "- %s events waiting for their handler: %.0f bytes of Redis memory per event (stream entry and dedup record)\n", count(float64(m.Events)), m.WaitingPerEvent)
-	fmt.Fprintf(w, "- after the handler handled them, with the default retention: %.0f bytes per published event; the stream keeps %d entries and the namespace %d keys (dedup records live for the 24 h dedup window)\n", m.HandledPerEvent, m.StreamLen, m.Keys)
+	fmt.Fprintf(w, "- after the handler handled them, with the default retention: %.0f bytes per published event; the stream keeps %d entries and the namespace %d keys (the dedup records of Ripple-generated ids, which expire after transport.GeneratedIDWindow, 10 min)\n", m.HandledPerEvent, m.StreamLen, m.Keys)
 }
