@@ -142,3 +142,25 @@ func TestDemoOnSQLite(t *testing.T) {
 		t.Errorf("demo database missing after the run: %v", err)
 	}
 }
+
+// The signup app runs unchanged on Redis: only the URL differs.
+func TestDemoOnRedis(t *testing.T) {
+	base := os.Getenv("RIPPLE_TEST_REDIS_URL")
+	if base == "" {
+		if os.Getenv("RIPPLE_TEST_REQUIRE_SERVERS") == "1" {
+			t.Fatal("RIPPLE_TEST_REDIS_URL is not set; scripts/test starts a redis-server and sets it")
+		}
+		t.Skip("no Redis server: set RIPPLE_TEST_REDIS_URL (scripts/test starts one)")
+	}
+	sep := "?"
+	if strings.Contains(base, "?") {
+		sep = "&"
+	}
+	u := base + sep + "prefix=demo-test-" + randomSuffix()
+	r := mustRun(t, "demo", "--once", "--scale", "0.05", "--signups", "10", "--seed", retrySeed(t, 10), "--url", u, "--json")
+	var s demoSummary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatalf("demo --json printed %q: %v", r.stdout, err)
+	}
+	checkSummary(t, s, 10)
+}
