@@ -30,14 +30,7 @@ func WatermillGoChannel() System {
 					return nil, err
 				}
 				for range HandlerConcurrency {
-					w.wg.Add(1)
-					go func() {
-						defer w.wg.Done()
-						for m := range msgs {
-							h(m.Payload)
-							m.Ack()
-						}
-					}()
+					countAndAck(&w.wg, msgs, h)
 				}
 			}
 			return w, nil
@@ -58,4 +51,17 @@ func (w *watermillInstance) Close() error {
 	err := w.ps.Close()
 	w.wg.Wait()
 	return err
+}
+
+// countAndAck runs one Watermill consumer: it counts each message's
+// payload with h and acks it, until msgs closes.
+func countAndAck(wg *sync.WaitGroup, msgs <-chan *message.Message, h func([]byte)) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for m := range msgs {
+			h(m.Payload)
+			m.Ack()
+		}
+	}()
 }

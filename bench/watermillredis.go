@@ -60,14 +60,7 @@ func WatermillRedis(url string) System {
 					if err != nil {
 						return nil, errors.Join(err, w.Close())
 					}
-					w.wg.Add(1)
-					go func() {
-						defer w.wg.Done()
-						for m := range msgs {
-							h(m.Payload)
-							m.Ack()
-						}
-					}()
+					countAndAck(&w.wg, msgs, h)
 				}
 			}
 			return w, nil

@@ -167,9 +167,9 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 	}
 	for _, c := range calls {
 		// Each job's arguments start with room for the script's header
-		// (publish: prefix, dedup window; settle: prefix, name, dead
-		// count), so a call with one job uses its slice as it is.
-		head := 2
+		// (publish: prefix; settle: prefix, name, dead count), so a call
+		// with one job uses its slice as it is.
+		head := 1
 		if c.sub != nil {
 			head = 3
 		}
@@ -186,9 +186,7 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 			}
 		}
 		c.args[0] = d.prefix
-		if c.sub == nil {
-			c.args[1] = 0 // unused: each message carries its own dedup time
-		} else {
+		if c.sub != nil {
 			c.args[1], c.args[2] = c.sub.name, int64(d.ret.DeadCount)
 		}
 	}

@@ -57,7 +57,7 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	}
 	// The first two arguments are the prefix and dedup window, filled in
 	// by execBatch, so a batch of one job uses its slice as it is.
-	j := &job{done: make(chan error, 1), n: len(msgs), args: make([]any, 2, 2+20*len(msgs))}
+	j := &job{done: make(chan error, 1), n: len(msgs), args: make([]any, 1, 1+20*len(msgs))}
 	for _, m := range msgs {
 		if m.ID == "" || m.Type == "" {
 			return fmt.Errorf("redis transport: message needs an id and a type (got id %q, type %q)", m.ID, m.Type)

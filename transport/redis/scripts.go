@@ -109,8 +109,8 @@ end
 // luaLib is every helper.
 const luaLib = luaNow + luaMatch + luaIDs + luaGroups + luaStrip + luaDelay
 
-// publishScript stores a batch of messages. ARGV: prefix, an unused slot,
-// then per message: delay ms, dedup record ms (0 = none), field count,
+// publishScript stores a batch of messages. ARGV: prefix, then per
+// message: delay ms, dedup record ms (0 = none), field count,
 // fields (the first four are "id", id, "type", type). A message whose id
 // is still remembered is skipped; the others are appended to the stream (or the
 // delayed set) of every subscription whose pattern matches, all in one
@@ -122,7 +122,7 @@ local dd = p .. ':dd:'
 local subs = call('HGETALL', p .. ':subs')
 local now
 local routes = {}
-local i, last = 3, #ARGV
+local i, last = 2, #ARGV
 local stored = 0
 while i <= last do
   local delay, ttl, fs = tonumber(ARGV[i]), ARGV[i + 1], i + 3
