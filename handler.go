@@ -37,8 +37,8 @@ type runner struct {
 	slots      chan struct{}
 	recvCtx    context.Context
 	recvCancel context.CancelFunc
-	// runCtx is cancelled on abort; it bounds idempotency claims and the
-	// heartbeat.
+	// runCtx ends once the handler has drained or on abort; it bounds
+	// idempotency claims and the heartbeat.
 	runCtx    context.Context
 	runCancel context.CancelFunc
 	loopDone  chan struct{}
@@ -113,6 +113,7 @@ func (r *runner) wait(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		r.runCancel() // nothing left to heartbeat for
 		return r.sub.Close()
 	case <-ctx.Done():
 		return ctx.Err()
@@ -230,23 +231,14 @@ func failureBackoff(n int) time.Duration {
 	return min(d, 5*time.Second)
 }
 
-// heartbeat renews the leases of running handlers every third of a lease.
+// heartbeat renews the leases of running handlers every third of a lease,
+// until runCtx ends: once every handler has drained, or on abort.
 func (r *runner) heartbeat() {
 	t := time.NewTicker(r.cfg.lease / 3)
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
-		case <-r.loopDone:
-			// Keep renewing while handlers drain after the loop stopped.
-			if r.idle() {
-				return
-			}
-			select {
-			case <-t.C:
-			case <-r.runCtx.Done():
-				return
-			}
 		case <-r.runCtx.Done():
 			return
 		}
@@ -265,12 +257,6 @@ func (r *runner) heartbeat() {
 		}
 		cancel()
 	}
-}
-
-func (r *runner) idle() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.inflight) == 0
 }
 
 // handle runs one delivery and settles it. The handler runs on this
