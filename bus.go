@@ -519,7 +519,8 @@ type HandlerStats struct {
 }
 
 // Stats returns per-handler counts for every handler the transport knows,
-// including handlers registered by other processes.
+// including handlers registered by other processes. The slice is empty,
+// never nil, when there are none.
 func (b *Bus) Stats(ctx context.Context) ([]HandlerStats, error) {
 	in, ok := b.driver.(transport.Inspector)
 	if !ok {
@@ -555,7 +556,8 @@ func (b *Bus) dlq() (transport.DeadLetterQueue, error) {
 }
 
 // DeadLetters lists up to limit events in the handler's dead-letter queue,
-// oldest first. limit <= 0 means 100.
+// oldest first, as an empty slice (never nil) when there are none. limit
+// <= 0 means 100.
 func (b *Bus) DeadLetters(ctx context.Context, handler string, limit int) ([]DeadLetter, error) {
 	q, err := b.dlq()
 	if err != nil {

@@ -114,3 +114,15 @@ func TestIDGeneratedOnlyForRippleIDs(t *testing.T) {
 		t.Fatalf("IDGenerated = %v, %v; want true for a generated id and false for WithID", rec.msgs[0].IDGenerated, rec.msgs[1].IDGenerated)
 	}
 }
+
+func TestStatsEmptyNotNil(t *testing.T) {
+	bus, err := ripple.Open(context.Background(), "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	st, err := bus.Stats(context.Background())
+	if err != nil || st == nil || len(st) != 0 {
+		t.Fatalf("Stats on a bus without handlers = %#v, %v; want an empty, non-nil slice", st, err)
+	}
+}

@@ -315,9 +315,6 @@ func demoMux(app *signupapp.App, bus *ripple.Bus, m *observe.Metrics) *http.Serv
 			_ = writeJSON(w, map[string]string{"error": err.Error()})
 			return
 		}
-		if stats == nil {
-			stats = []ripple.HandlerStats{}
-		}
 		_ = writeJSON(w, stats)
 	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {

@@ -47,9 +47,6 @@ func (c *cli) dlqListCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				if dead == nil {
-					dead = []ripple.DeadLetter{}
-				}
 				return writeJSON(c.stdout, dead)
 			}
 			if len(dead) == 0 {

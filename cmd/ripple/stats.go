@@ -41,9 +41,6 @@ the oldest waiting event.`,
 				return err
 			}
 			if asJSON {
-				if stats == nil {
-					stats = []ripple.HandlerStats{}
-				}
 				return writeJSON(c.stdout, stats)
 			}
 			if len(stats) == 0 {
