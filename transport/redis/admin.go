@@ -20,6 +20,11 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if d.isClosed() {
 		return nil, ErrClosed
 	}
+	// Completions this process has handed to the acker are reported as
+	// done, not pending.
+	if err := d.acks.flush(ctx); err != nil {
+		return nil, fmt.Errorf("redis transport: stats: %w", err)
+	}
 	subs, err := d.client.HGetAll(ctx, d.subsKey()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis transport: stats: %w", err)
@@ -329,6 +334,7 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 	}
 	_, err := d.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
 		p.HDel(ctx, d.subsKey(), handler)
+		p.Incr(ctx, d.subsVersionKey())
 		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler))
 		return nil
 	})

@@ -12,12 +12,13 @@ import (
 // nil) or a Settle of sub, with its script arguments, its size for the
 // batch limits, and where its result goes.
 type job struct {
-	sub  *subscription
-	args []any
-	n    int // items (messages or settlements)
-	size int // approximate bytes
-	err  error
-	done chan error
+	sub    *subscription
+	args   []any
+	direct []directMsg // direct publishes (see route.go)
+	n      int         // items (messages or settlements)
+	size   int         // approximate bytes
+	err    error
+	done   chan error
 }
 
 // combiner groups concurrent calls into batches, so that many callers

@@ -92,7 +92,7 @@ func TestBatchAfterScriptFlush(t *testing.T) {
 	m := msg("x.y")
 	pub := &job{args: appendMessage(make([]any, 1), m, time.Hour), n: 1}
 	set := &job{sub: s.(*subscription), n: 1, args: []any{nil, nil, nil,
-		"c", first.Token.(*token).id, first.Token.(*token).consumer, first.Token.(*token).count, 1, 0, 0, ""}}
+		"d", first.Token.(*token).id, first.Token.(*token).consumer, first.Token.(*token).count, 1, 0, 0, "boom"}}
 	d.execBatch(context.Background(), []*job{pub, set})
 	if pub.err != nil || set.err != nil {
 		t.Fatalf("batch after SCRIPT FLUSH: publish error %v, settle error %v", pub.err, set.err)
@@ -100,7 +100,7 @@ func TestBatchAfterScriptFlush(t *testing.T) {
 	if got := receive(t, s, 1, 2*time.Second)[0]; got.ID != m.ID {
 		t.Fatalf("received %s, want the event published after the flush %s", got.ID, m.ID)
 	}
-	if st := stats(t, d, "h"); st.Completed != 1 || st.Active != 1 {
-		t.Fatalf("stats %+v; want the first event completed and the second active", st)
+	if st := stats(t, d, "h"); st.Dead != 1 || st.Active != 1 {
+		t.Fatalf("stats %+v; want the first event dead-lettered and the second active", st)
 	}
 }

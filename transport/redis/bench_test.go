@@ -34,6 +34,8 @@ func benchMsg(i int) *transport.Message {
 		ID: fmt.Sprintf("b%d-%s", i, randHex(6)), Type: "user.signup.completed", Time: time.Now(),
 		Attrs: map[string]string{"source": "bench", "datacontenttype": "application/json", "correlationid": "c"},
 		Data:  benchPayload,
+		// As for an event published without WithID.
+		IDGenerated: true,
 	}
 }
 

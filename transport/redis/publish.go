@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -40,9 +41,11 @@ const (
 	attrPrefix    = "ce_"
 )
 
-// Publish stores messages durably: it returns nil once Redis has run the
-// publish script, which appends each message to the stream (or delayed
-// set) of every matching subscription in one atomic step. When ctx ends
+// Publish stores messages durably: it returns nil once Redis has appended
+// each message to the stream (or delayed set) of every matching
+// subscription. Most messages take the direct path (plain XADDs, see
+// route.go); delayed ones and those with an id of the publisher's own,
+// which need a dedup record, go through the publish script. When ctx ends
 // while the call waits for Redis, whether the messages were stored is
 // unknown, as with any interrupted write.
 func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
@@ -52,12 +55,7 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if len(msgs) == 0 {
-		return nil
-	}
-	// The first two arguments are the prefix and dedup window, filled in
-	// by execBatch, so a batch of one job uses its slice as it is.
-	j := &job{done: make(chan error, 1), n: len(msgs), args: make([]any, 1, 1+20*len(msgs))}
+	var direct, script *job
 	for _, m := range msgs {
 		if m.ID == "" || m.Type == "" {
 			return fmt.Errorf("redis transport: message needs an id and a type (got id %q, type %q)", m.ID, m.Type)
@@ -65,10 +63,32 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		if d.maxSize > 0 && len(m.Data) > d.maxSize {
 			return fmt.Errorf("redis transport: message %s data is %d bytes, over the %d-byte limit", m.ID, len(m.Data), d.maxSize)
 		}
-		j.args = appendMessage(j.args, m, d.ret.DedupWindow)
-		j.size += len(m.Data) + 256
+		if d.isDirect(m) {
+			if direct == nil {
+				direct = &job{done: make(chan error, 1), direct: make([]directMsg, 0, len(msgs))}
+			}
+			direct.direct = append(direct.direct, directMsg{typ: m.Type, fields: appendFields(make([]any, 0, 16+2*len(m.Attrs)), m)})
+			direct.n++
+			direct.size += len(m.Data) + 256
+			continue
+		}
+		if script == nil {
+			// The first argument is the prefix, filled in by execBatch,
+			// so a batch of one job uses its slice as it is.
+			script = &job{done: make(chan error, 1), args: make([]any, 1, 1+20*len(msgs))}
+		}
+		script.args = appendMessage(script.args, m, d.ret.DedupWindow)
+		script.n++
+		script.size += len(m.Data) + 256
 	}
-	return d.batch.do(ctx, j)
+	var errs []error
+	if direct != nil {
+		errs = append(errs, d.direct.do(ctx, direct))
+	}
+	if script != nil {
+		errs = append(errs, d.batch.do(ctx, script))
+	}
+	return errors.Join(errs...)
 }
 
 // appendMessage appends one message's publish-script arguments: its delay,
@@ -91,14 +111,19 @@ func appendMessage(args []any, m *transport.Message, window time.Duration) []any
 	if m.Key != "" {
 		nf += 2
 	}
-	args = append(args, delay, ttl, nf, fieldID, m.ID, fieldType, m.Type, fieldTime, m.Time.UTC().Format(time.RFC3339Nano))
+	return appendFields(append(args, delay, ttl, nf), m)
+}
+
+// appendFields appends a message's stream entry fields, id and type first.
+func appendFields(f []any, m *transport.Message) []any {
+	f = append(f, fieldID, m.ID, fieldType, m.Type, fieldTime, m.Time.UTC().Format(time.RFC3339Nano))
 	if m.Key != "" {
-		args = append(args, fieldKey, m.Key)
+		f = append(f, fieldKey, m.Key)
 	}
 	for k, v := range m.Attrs {
-		args = append(args, attrPrefix+k, v)
+		f = append(f, attrPrefix+k, v)
 	}
-	return append(args, fieldData, m.Data)
+	return append(f, fieldData, m.Data)
 }
 
 // parseEntry turns a stream entry's fields into a message. ok is false for

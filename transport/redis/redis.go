@@ -38,14 +38,22 @@ const minVersion = 7
 // Driver is the redis transport's transport.Driver. Its As method exposes
 // the underlying go-redis client.
 type Driver struct {
-	client  *goredis.Client
+	client *goredis.Client
+	// noRetry never retries a command that may have reached Redis; direct
+	// publishes use it (see route.go).
+	noRetry *goredis.Client
 	opts    *goredis.Options
 	prefix  string
 	ret     transport.Retention
 	maxSize int
 	log     *slog.Logger
 
-	batch combiner // publishes and settlements
+	batch  combiner // script publishes and settlements other than completions
+	direct combiner // direct publishes
+	acks   *acker   // completions
+
+	routeMu sync.Mutex
+	routes  *routeTable // cached subscription registry, nil until read
 
 	mu     sync.Mutex
 	closed bool
@@ -69,8 +77,14 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		subs:    map[*subscription]struct{}{},
 	}
 	d.batch = combiner{maxActive: batchSlots, maxItems: maxBatchItems, maxBytes: maxBatchBytes, exec: d.execBatch}
+	d.direct = combiner{maxActive: batchSlots, maxItems: maxBatchItems, maxBytes: maxBatchBytes, exec: d.execDirect}
+	d.acks = newAcker(d)
+	nr := *opts
+	nr.MaxRetries = -1
+	d.noRetry = goredis.NewClient(&nr)
 	if err := d.check(ctx, redactURL(rawURL), allowEviction); err != nil {
 		_ = d.client.Close()
+		_ = d.noRetry.Close()
 		return nil, err
 	}
 	return d, nil
@@ -240,7 +254,11 @@ func (d *Driver) Close() error {
 		_ = s.Close()
 	}
 	d.batch.wait()
-	return d.client.Close()
+	d.direct.wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = d.acks.flush(ctx)
+	return errors.Join(d.client.Close(), d.noRetry.Close())
 }
 
 func (d *Driver) isClosed() bool {
@@ -252,6 +270,7 @@ func (d *Driver) isClosed() bool {
 // Keys. Every key starts with the prefix, so several applications share
 // one Redis database without seeing each other.
 func (d *Driver) subsKey() string              { return d.prefix + ":subs" }
+func (d *Driver) subsVersionKey() string       { return d.prefix + ":subsv" }
 func (d *Driver) streamKey(name string) string { return d.prefix + ":s:" + name }
 func (d *Driver) deadKey(name string) string   { return d.prefix + ":x:" + name }
 func (d *Driver) claimKey(handler, id string) string {

@@ -159,6 +159,7 @@ return stored
 var subscribeScript = newScript(`
 local p, name, pattern = ARGV[1], ARGV[2], ARGV[3]
 redis.call('HSET', p .. ':subs', name, pattern)
+redis.call('INCR', p .. ':subsv')
 local r = redis.pcall('XGROUP', 'CREATE', p .. ':s:' .. name, name, '0', 'MKSTREAM')
 if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP', 1, true) then
   return redis.error_reply(r.err)
@@ -178,7 +179,10 @@ local count = tonumber(ARGV[4])
 local reclaim = ARGV[5] == '1'
 local lease = ARGV[6]
 local s, dk, subs = p .. ':s:' .. name, p .. ':d:' .. name, p .. ':subs'
-if redis.call('HEXISTS', subs, name) == 0 then redis.call('HSET', subs, name, ARGV[7]) end
+if redis.call('HEXISTS', subs, name) == 0 then
+  redis.call('HSET', subs, name, ARGV[7])
+  redis.call('INCR', p .. ':subsv')
+end
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, 256)
 for _, m in ipairs(due) do
@@ -211,14 +215,14 @@ if first[2] then nxt = math.max(tonumber(first[2]) - now, 0) end
 return {nxt, deleted, out}
 `)
 
-// settleScript records outcomes. ARGV: prefix, name, dead count to keep,
-// then per settlement: op (c complete, r retry, l release, d dead), entry
-// id, consumer, delivery count, attempts to record, first delivery ms,
-// delay ms, error. A settlement whose entry is no longer pending for this
+// settleScript records retries, releases and dead letters (completions
+// are plain XACKs, see acker). ARGV: prefix, name, dead count to keep,
+// then per settlement: op (r retry, l release, d dead), entry id,
+// consumer, delivery count, attempts to record, first delivery ms, delay
+// ms, error. A settlement whose entry is no longer pending for this
 // consumer with that delivery count lost its lease and is skipped, as is a
-// second settlement of an entry in the same call. Completions are
-// acknowledged together in one XACK at the end. It returns {entries
-// completed, ids found deleted}.
+// second settlement of an entry in the same call. It returns the ids found
+// deleted from the stream.
 var settleScript = newScript(luaNow + luaStrip + luaDelay + `
 local call, pcall = redis.call, redis.pcall
 local p, name = ARGV[1], ARGV[2]
@@ -226,52 +230,44 @@ local keepDead = tonumber(ARGV[3])
 local s = p .. ':s:' .. name
 local now
 local drop = {a = true, f = true}
-local acks, lost, seen = {}, {}, {}
+local lost, seen = {}, {}
 for i = 4, #ARGV, 8 do
   local op, id = ARGV[i], ARGV[i + 1]
   if not seen[id] then
     local pe = pcall('XPENDING', s, name, id, id, 1)
     if type(pe) == 'table' and not pe.err and pe[1] and pe[1][2] == ARGV[i + 2] and pe[1][4] == tonumber(ARGV[i + 3]) then
       seen[id] = true
-      if op == 'c' then
-        acks[#acks + 1] = id
-      else
-        local att, first, delay, err = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
-        now = now or now_ms()
-        local e = call('XRANGE', s, id, id)
-        call('XACK', s, name, id)
-        call('XDEL', s, id)
-        if op ~= 'l' then call('HINCRBY', p .. ':n:' .. name, 'failed', 1) end
-        if not e[1] then
-          lost[#lost + 1] = id
-        elseif op == 'd' then
-          if keepDead > 0 then
-            local f = strip(e[1][2], drop)
-            f[#f + 1] = 'x_error'; f[#f + 1] = err
-            f[#f + 1] = 'x_attempts'; f[#f + 1] = att
-            f[#f + 1] = 'x_first'; f[#f + 1] = first
-            f[#f + 1] = 'x_dead'; f[#f + 1] = tostring(now)
-            call('XADD', p .. ':x:' .. name, 'MAXLEN', keepDead, '*', unpack(f))
-          end
-        else
+      local att, first, delay, err = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
+      now = now or now_ms()
+      local e = call('XRANGE', s, id, id)
+      call('XACK', s, name, id)
+      call('XDEL', s, id)
+      if op ~= 'l' then call('HINCRBY', p .. ':n:' .. name, 'failed', 1) end
+      if not e[1] then
+        lost[#lost + 1] = id
+      elseif op == 'd' then
+        if keepDead > 0 then
           local f = strip(e[1][2], drop)
-          f[#f + 1] = 'a'; f[#f + 1] = att
-          f[#f + 1] = 'f'; f[#f + 1] = first
-          if delay > 0 then
-            call('ZADD', p .. ':d:' .. name, now + delay, delay_member(p, f))
-          else
-            call('XADD', s, '*', unpack(f))
-          end
+          f[#f + 1] = 'x_error'; f[#f + 1] = err
+          f[#f + 1] = 'x_attempts'; f[#f + 1] = att
+          f[#f + 1] = 'x_first'; f[#f + 1] = first
+          f[#f + 1] = 'x_dead'; f[#f + 1] = tostring(now)
+          call('XADD', p .. ':x:' .. name, 'MAXLEN', keepDead, '*', unpack(f))
+        end
+      else
+        local f = strip(e[1][2], drop)
+        f[#f + 1] = 'a'; f[#f + 1] = att
+        f[#f + 1] = 'f'; f[#f + 1] = first
+        if delay > 0 then
+          call('ZADD', p .. ':d:' .. name, now + delay, delay_member(p, f))
+        else
+          call('XADD', s, '*', unpack(f))
         end
       end
     end
   end
 end
--- unpack is bounded by Lua's stack, so acknowledge in chunks.
-for j = 1, #acks, 1000 do
-  call('XACK', s, name, unpack(acks, j, math.min(j + 999, #acks)))
-end
-return {#acks, lost}
+return lost
 `)
 
 // extendScript resets the idle time of entries still held by this

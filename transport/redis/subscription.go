@@ -329,14 +329,17 @@ func (s *subscription) putBlockClient(c *goredis.Client) {
 	_ = c.Close()
 }
 
-// Settle records outcomes. Concurrent Settle calls (the core settles each
-// delivery from its own goroutine) are grouped into one script call per
-// subscription, sent in one round trip with concurrent publishes.
+// Settle records outcomes. Completions are queued for the acker and
+// acknowledged in the background (see acker); retries, releases and dead
+// letters run the settle script before Settle returns. Concurrent Settle
+// calls are grouped into one script call per subscription, sent in one
+// round trip with concurrent publishes.
 func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) error {
 	if s.d.isClosed() {
 		return ErrClosed
 	}
-	j := &job{sub: s, done: make(chan error, 1), args: make([]any, 3, 3+8*len(ss))}
+	var j *job
+	var acks []string
 	for _, st := range ss {
 		if st.Delivery == nil {
 			continue
@@ -349,7 +352,8 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 		att := tk.attempt
 		switch st.Outcome {
 		case transport.Complete:
-			op = "c"
+			acks = append(acks, tk.id)
+			continue
 		case transport.Retry:
 			op = "r"
 		case transport.Release:
@@ -363,11 +367,17 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 		if st.Delay > 0 {
 			delay = max(st.Delay.Milliseconds(), 1)
 		}
+		if j == nil {
+			j = &job{sub: s, done: make(chan error, 1), args: make([]any, 3, 3+8*len(ss))}
+		}
 		j.args = append(j.args, op, tk.id, tk.consumer, tk.count, att, tk.first, delay, st.Error)
 		j.n++
 		j.size += 128 + len(st.Error)
 	}
-	if j.n == 0 {
+	if len(acks) > 0 {
+		s.d.acks.add(s, acks)
+	}
+	if j == nil {
 		return nil
 	}
 	return s.d.batch.do(ctx, j)
@@ -379,23 +389,23 @@ func (s *subscription) settled(cmd *goredis.Cmd) error {
 	if err != nil {
 		return fmt.Errorf("redis transport: settle %q: %w", s.name, err)
 	}
-	if len(res) != 2 {
-		return fmt.Errorf("redis transport: settle %q: unexpected script reply %v", s.name, res)
-	}
-	if lost, _ := res[1].([]any); len(lost) > 0 {
+	if len(res) > 0 {
 		s.d.log.Warn("redis transport: entries were trimmed from the stream while pending (by something other than Ripple); their retry or dead letter is lost",
-			"handler", s.name, "stream", s.stream, "ids", lost)
-	}
-	if completed, _ := res[0].(int64); completed > 0 {
-		s.mu.Lock()
-		s.completes += completed
-		due := s.completes > s.slack()
-		s.mu.Unlock()
-		if due {
-			s.trimAsync()
-		}
+			"handler", s.name, "stream", s.stream, "ids", res)
 	}
 	return nil
+}
+
+// completed counts acknowledged completions and starts a retention trim
+// when enough have passed since the last one.
+func (s *subscription) completed(n int64) {
+	s.mu.Lock()
+	s.completes += n
+	due := s.completes > s.slack()
+	s.mu.Unlock()
+	if due {
+		s.trimAsync()
+	}
 }
 
 // slack is how many completions a subscription lets pass between trims:
@@ -472,6 +482,9 @@ func (s *subscription) Close() error {
 	s.d.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
+	// The consumer can leave the group only once its completions are
+	// acknowledged.
+	_ = s.d.acks.flush(ctx)
 	_ = leaveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer).Err()
 	return nil
 }
