@@ -172,7 +172,13 @@ type Subscription interface {
 	// least one is available or ctx is done (then it returns ctx.Err()).
 	Receive(ctx context.Context, max int) ([]*Delivery, error)
 	// Settle records outcomes. A settlement whose lease has already been
-	// lost (taken over by another receiver) is ignored without error.
+	// lost (taken over by another receiver) is ignored without error,
+	// except that a driver may still record a Complete, since the message
+	// was handled. A driver may record Complete outcomes after Settle
+	// returns, as brokers acknowledge in the background; it must have
+	// recorded them when Close returns and before its own statistics
+	// report them, and one lost to a crash only means the message is
+	// delivered again.
 	Settle(ctx context.Context, s []Settlement) error
 	// Extend renews the leases of deliveries still being handled.
 	Extend(ctx context.Context, d []*Delivery, lease time.Duration) error

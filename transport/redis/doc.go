@@ -42,8 +42,8 @@
 //
 // # Durability
 //
-// Publish returns nil once Redis has executed the publish script, so what
-// an acknowledged publish survives depends on the server's persistence:
+// Publish returns nil once Redis has appended the event, so what an
+// acknowledged publish survives depends on the server's persistence:
 //
 //   - No persistence (appendonly no, no save): a crash of the application
 //     process loses nothing, but a restart of Redis loses every queued event.
@@ -53,8 +53,8 @@
 //     crash loses at most about the last second of writes; a clean restart
 //     loses nothing.
 //   - AOF with appendfsync always: every write is on disk before Redis
-//     replies, so an acknowledged publish (and settle) survives a Redis crash
-//     and a power loss. Writes are slower (one fsync per Redis event-loop
+//     replies, so an acknowledged publish (and a retry or dead letter)
+//     survives a Redis crash and a power loss. Writes are slower (one fsync per Redis event-loop
 //     turn, shared by all commands in it).
 //
 // Replication is asynchronous: a failover to a replica can lose the most
@@ -64,20 +64,40 @@
 //
 // Each handler name is a subscription with its own stream (PREFIX:s:NAME)
 // and a consumer group of the same name; the registry of subscriptions
-// and their patterns is the hash PREFIX:subs. Publish runs one Lua script
-// (one round trip, atomic) that appends each event to the stream of every
-// subscription whose pattern matches its type, so an event reaches all
-// matching handlers or none. An event published before a subscription
-// existed is not delivered to it.
+// and their patterns is the hash PREFIX:subs, and every change to it
+// increments the counter PREFIX:subsv. An event reaches every matching
+// handler or none. An event published before a subscription existed is
+// not delivered to it; one published while a subscription is being
+// created may or may not be.
+//
+// Publish takes one of two paths. Most events take the direct path: an
+// XADD NOMKSTREAM to the stream of each matching subscription (in
+// MULTI/EXEC when there are several), followed in the same round trip by
+// a read of PREFIX:subsv. Routing uses a copy of the registry cached in
+// the process; when the counter shows the registry changed, the publisher
+// reloads it and appends the event to any subscription it missed before
+// Publish returns. This path sends no command twice: go-redis's retries
+// are off for it, except when no connection could be made at all, so a
+// lost reply is reported as an error rather than risking a second copy,
+// and no dedup record is needed. Events with a delay, and events whose id
+// the publisher chose (ripple.WithID), go through the publish script
+// instead, which also writes the delayed set and the dedup record.
 //
 // Concurrent calls are batched: Publish calls of one driver that overlap
-// are grouped into one publish script call, concurrent Settle calls of a
-// handler (the core settles each delivery from its own goroutine) into
-// one settle script call, and both are sent together in one pipeline. A
-// lone call runs at once on the caller's goroutine; calls that arrive
-// while two batches are in flight wait for the next batch. This saves
-// round trips and, with appendfsync always, fsyncs; each script call still
-// succeeds or fails on its own.
+// are grouped into one pipeline (or one publish script call), and
+// concurrent retries, releases and dead letters of a handler into one
+// settle script call. A lone call runs at once on the caller's goroutine;
+// calls that arrive while two batches are in flight wait for the next
+// batch. This saves round trips and, with appendfsync always, fsyncs.
+//
+// Completions are acknowledged in the background, as with a broker's
+// acknowledgements: Settle queues them and returns, and within about a
+// millisecond one XACK per handler sends every completion queued
+// meanwhile. A completion lost to a crash of the process only means its
+// event is delivered again. Stats and Close wait for the completions the
+// process has queued; another process may see them pending for that
+// millisecond. A completion is acknowledged even when its lease was lost
+// meanwhile, since the handler did succeed.
 //
 // Receivers of one handler, in one process or many, compete in its
 // consumer group: each event goes to one of them. Events published while
@@ -89,8 +109,8 @@
 // the handler's lease) and reads new ones. Delivery is therefore at least
 // once: an event whose process crashed or hung is delivered again after
 // its lease, with its attempt count increased. Lease renewals use XCLAIM
-// JUSTID, which resets the idle time without counting a delivery. A
-// settlement from a receiver that lost its lease is ignored.
+// JUSTID, which resets the idle time without counting a delivery. A retry,
+// release or dead letter from a receiver that lost its lease is ignored.
 //
 // A retry (and a Release) acknowledges and deletes the entry and puts a
 // copy, carrying its attempt count, into the handler's delayed set
@@ -123,12 +143,13 @@
 // implements transport.Inspector, transport.DeadLetterQueue,
 // transport.Replayer, transport.Claimer and transport.RateLimiter:
 //
-//   - Dedup: the publish script remembers each event id with SET NX PX
-//     for the dedup window (default 24h) when the publisher chose it
-//     (ripple.WithID), and for transport.GeneratedIDWindow (10 min) when
-//     Ripple generated it, since only a retry of that same publish can
-//     repeat a generated id. Because of it, go-redis's retry of a publish
-//     whose reply was lost stores the event only once.
+//   - Dedup: the publish script remembers each event id the publisher
+//     chose (ripple.WithID) with SET NX PX for the dedup window (default
+//     24h). An id Ripple generated can only come again through a retry of
+//     the same publish; the direct path never resends, so it keeps no
+//     record (a delayed event with a generated id keeps one for
+//     transport.GeneratedIDWindow, 10 min, as go-redis may resend the
+//     script).
 //   - Idempotent(): claims are keys set atomically by a Lua script
 //     (PREFIX:c:HANDLER:ID); a done claim is kept for the dedup window.
 //   - Rate limits (RateLimit) are shared by every process of a handler: a

@@ -1,0 +1,117 @@
+package redis
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+// genMsg is a message as the core publishes one without WithID: it takes
+// the direct path.
+func genMsg(typ string) *transport.Message {
+	m := msg(typ)
+	m.IDGenerated = true
+	return m
+}
+
+// TestDirectPublishSeesNewSubscriptions checks that a publisher whose
+// cached registry is out of date still reaches a subscription another
+// process registered, and that an event going to several streams reaches
+// each once.
+func TestDirectPublishSeesNewSubscriptions(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	pub := openURL(t, u, transport.Config{})
+	other := openURL(t, u, transport.Config{})
+	a := subscribe(t, other, "a", "x.y", time.Minute)
+	publish(t, pub, genMsg("x.y")) // caches a registry with "a" only
+	receive(t, a, 1, 2*time.Second)
+
+	b := subscribe(t, other, "b", "x.*", time.Minute)
+	m := genMsg("x.y")
+	publish(t, pub, m)
+	for _, s := range []transport.Subscription{a, b} {
+		if got := receive(t, s, 1, 2*time.Second)[0]; got.ID != m.ID {
+			t.Fatalf("received %s, want %s", got.ID, m.ID)
+		}
+		receiveNone(t, s, 200*time.Millisecond)
+	}
+	if v := pub.routes.version; v != rawClient(t, pub).Get(context.Background(), pub.subsVersionKey()).Val() {
+		t.Errorf("publisher's registry is at version %q after the publish, Redis at another", v)
+	}
+}
+
+// TestDirectPublishAfterUnsubscribe checks that a publisher with a cached
+// registry does not recreate the stream of a handler unsubscribed
+// meanwhile.
+func TestDirectPublishAfterUnsubscribe(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	pub := openURL(t, u, transport.Config{})
+	admin := openURL(t, u, transport.Config{})
+	s := subscribe(t, admin, "gone", "x.y", time.Minute)
+	publish(t, pub, genMsg("x.y"))
+	receive(t, s, 1, 2*time.Second)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Unsubscribe(context.Background(), "gone"); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, pub, genMsg("x.y"))
+	if n := rawClient(t, pub).Exists(context.Background(), pub.streamKey("gone")).Val(); n != 0 {
+		t.Fatalf("publishing after Unsubscribe recreated the handler's stream")
+	}
+	if pub.routes.match("x.y") != nil {
+		t.Fatalf("publisher still routes x.y to %v after Unsubscribe", pub.routes.match("x.y"))
+	}
+}
+
+// TestDirectPublishRecreatesDeletedStream checks that an event is not
+// dropped when a registered subscription's stream was deleted by hand.
+func TestDirectPublishRecreatesDeletedStream(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "x.y", time.Minute)
+	publish(t, d, genMsg("x.y"))
+	receive(t, s, 1, 2*time.Second)
+	if err := rawClient(t, d).Del(context.Background(), d.streamKey("h")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	m := genMsg("x.y")
+	publish(t, d, m)
+	if got := receive(t, s, 1, 3*time.Second)[0]; got.ID != m.ID {
+		t.Fatalf("received %s, want %s", got.ID, m.ID)
+	}
+}
+
+// TestCompletionsFlushedOnClose checks that completions acknowledged in
+// the background are sent before Close returns, so another process sees
+// them done rather than pending.
+func TestCompletionsFlushedOnClose(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	d, err := Open(context.Background(), u, transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := d.Subscribe(context.Background(), transport.SubscriptionSpec{Name: "h", Pattern: "x.y", Lease: time.Minute, MaxAttempts: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	for range n {
+		publish(t, d, genMsg("x.y"))
+	}
+	ds := receive(t, s, n, 3*time.Second)
+	settle(t, s, transport.Complete, 0, ds...)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other := openURL(t, u, transport.Config{})
+	if st := stats(t, other, "h"); st.Completed != n || st.Active != 0 || st.Waiting != 0 {
+		t.Fatalf("after Close: %+v; want %d completed, none active or waiting", st, n)
+	}
+}
