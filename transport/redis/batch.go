@@ -24,9 +24,11 @@ type job struct {
 // combiner groups concurrent calls into batches, so that many callers
 // share one round trip (and, on a server with appendfsync always, one
 // fsync) instead of each paying for their own. Up to maxActive batches
-// are in flight at once: while they are, later callers queue, and the next
-// batch carries all of them. A caller that finds a free slot runs its own
-// batch on its own goroutine, so a lone caller pays no goroutine hand-off.
+// are in flight at once. A caller that finds no batch in flight runs its
+// own at once on its own goroutine, so a lone caller pays no goroutine
+// hand-off. Otherwise it queues; a background loop takes a free slot and
+// sends everything queued as the next batch, so under load batches grow
+// instead of a free slot being spent on a batch of one.
 type combiner struct {
 	maxActive int
 	maxItems  int
@@ -34,10 +36,11 @@ type combiner struct {
 	// exec runs one batch and sets each job's err.
 	exec func(ctx context.Context, batch []*job)
 
-	mu     sync.Mutex
-	queue  []*job
-	active int
-	idle   *sync.Cond
+	mu       sync.Mutex
+	queue    []*job
+	active   int
+	starting bool // a loop was started and has not taken the queue yet
+	idle     *sync.Cond
 }
 
 // do runs j, alone or batched with concurrent jobs, and returns its
@@ -47,9 +50,9 @@ type combiner struct {
 // ctx ends; it may still be executed with its batch.
 func (c *combiner) do(ctx context.Context, j *job) error {
 	c.mu.Lock()
-	if c.active < c.maxActive {
-		// A free slot implies an empty queue (queued jobs are only left
-		// while every slot is busy), so this batch is j alone.
+	if c.active == 0 {
+		// Nothing in flight implies an empty queue, so this batch is j
+		// alone.
 		c.active++
 		c.mu.Unlock()
 		c.exec(ctx, []*job{j})
@@ -57,6 +60,11 @@ func (c *combiner) do(ctx context.Context, j *job) error {
 		return j.err
 	}
 	c.queue = append(c.queue, j)
+	if c.active < c.maxActive && !c.starting {
+		c.active++
+		c.starting = true
+		go c.loop()
+	}
 	c.mu.Unlock()
 	select {
 	case err := <-j.done:
@@ -93,6 +101,7 @@ func (c *combiner) release() {
 func (c *combiner) loop() {
 	for {
 		c.mu.Lock()
+		c.starting = false
 		if len(c.queue) == 0 {
 			c.release()
 			c.mu.Unlock()

@@ -412,12 +412,50 @@ func TestRetentionCompletedAndDead(t *testing.T) {
 	publish(t, d, msg("a.b"), msg("a.b"), msg("a.b"), msg("a.b"), msg("a.b"))
 	ds = receive(t, s, 2, 2*time.Second)
 	settle(t, s, transport.Complete, 0, ds...)
+	if err := d.acks.flush(context.Background()); err != nil { // completions are acknowledged in the background
+		t.Fatal(err)
+	}
 	if err := d.trim(context.Background(), "h", 0); err != nil {
 		t.Fatal(err)
 	}
 	st := stats(t, d, "h")
 	if st.Waiting != 3 || st.Completed != 3 {
 		t.Fatalf("after trim: %+v", st)
+	}
+}
+
+// TestRetentionKeepsStuckEntry checks count trimming around an old entry
+// still in flight: nothing at or after it is trimmed, and once it
+// completes the stream is cut back to the retained count.
+func TestRetentionKeepsStuckEntry(t *testing.T) {
+	t.Parallel()
+	d := openURL(t, prefixURL(t), transport.Config{Retention: transport.Retention{CompletedCount: 3}})
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	publish(t, d, msg("a.b"))
+	stuck := receive(t, s, 1, 2*time.Second)
+	for range 20 {
+		publish(t, d, msg("a.b"))
+	}
+	settle(t, s, transport.Complete, 0, receive(t, s, 20, 2*time.Second)...)
+	publish(t, d, msg("a.b"), msg("a.b"))
+	if err := d.acks.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.trim(context.Background(), "h", 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := stats(t, d, "h"); st.Active != 1 || st.Completed != 20 || st.Waiting != 2 {
+		t.Fatalf("trim with an old entry in flight: %+v; want it active, 20 completed kept, 2 waiting", st)
+	}
+	settle(t, s, transport.Complete, 0, stuck...)
+	if err := d.acks.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.trim(context.Background(), "h", 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := stats(t, d, "h"); st.Active != 0 || st.Completed != 3 || st.Waiting != 2 {
+		t.Fatalf("trim after the old entry completed: %+v; want 3 completed and 2 waiting", st)
 	}
 }
 

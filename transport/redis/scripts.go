@@ -311,12 +311,25 @@ if g then
   if first[1] and idless(first[1][1], minid) then
     trimmed = trimmed + redis.call('XTRIM', s, 'MINID', minid)
   end
+  -- Count trimming. The stream is: completed entries below floor, then
+  -- the window from floor to the last delivered entry (pending and
+  -- completed ones), then lag undelivered entries. Entries below floor
+  -- are counted as XLEN minus the other two, so trimming the oldest
+  -- (MAXLEN) removes only them. Counting the window reads its entries,
+  -- but it is only as long as the deliveries in flight, where reading the
+  -- entries to trim would cost a Lua table per trimmed entry.
   local lag = g['lag']
   if lag then
-    local excess = redis.call('XLEN', s) - tonumber(sum[1]) - lag - keepC
-    if excess > slack then
-      local r = redis.call('XRANGE', s, '-', '(' .. floor, 'COUNT', excess)
-      if #r > 0 then trimmed = trimmed + redis.call('XTRIM', s, 'MINID', idnext(r[#r][1])) end
+    local window = 0
+    if tonumber(sum[1]) > 0 then
+      window = #redis.call('XRANGE', s, floor, g['last-delivered-id'], 'COUNT', 1001)
+    end
+    if window <= 1000 then
+      local xlen = redis.call('XLEN', s)
+      local excess = xlen - window - lag - keepC
+      if excess > slack then
+        trimmed = trimmed + redis.call('XTRIM', s, 'MAXLEN', xlen - excess)
+      end
     end
   end
 end
