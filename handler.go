@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
@@ -45,19 +44,19 @@ type runner struct {
 	handlers  sync.WaitGroup
 
 	mu sync.Mutex
-	// inflight maps each leased delivery to the cancel func of its
-	// handler's context (nil until the handler starts). Handler contexts
-	// do not derive from a shared cancellable parent, which would make
-	// every handler start and end contend on that parent's lock; abort
-	// cancels them through this map instead.
-	inflight map[*transport.Delivery]context.CancelFunc
+	// inflight maps each leased delivery to its running attempt (nil
+	// until the handler starts). Handler contexts do not derive from a
+	// shared cancellable parent, which would make every handler start and
+	// end contend on that parent's lock; the watch loop and abort cancel
+	// them through this map instead.
+	inflight map[*transport.Delivery]*flight
 	aborted  bool
 }
 
 func newRunner(b *Bus, pattern, name string, fn HandlerFunc, cfg handlerConfig) *runner {
 	r := &runner{bus: b, pattern: pattern, name: name, fn: fn, cfg: cfg,
 		slots:    make(chan struct{}, cfg.concurrency),
-		inflight: make(map[*transport.Delivery]context.CancelFunc),
+		inflight: make(map[*transport.Delivery]*flight),
 		loopDone: make(chan struct{}),
 	}
 	if cfg.rateN > 0 {
@@ -89,6 +88,7 @@ func (r *runner) start(ctx context.Context) error {
 	r.runCtx, r.runCancel = context.WithCancel(context.Background())
 	go r.loop()
 	go r.heartbeat()
+	go r.watch()
 	return nil
 }
 
@@ -129,9 +129,12 @@ func (r *runner) abort() {
 	r.mu.Lock()
 	r.aborted = true
 	var pending []transport.Settlement
-	for d, cancel := range r.inflight {
-		if cancel != nil {
-			cancel()
+	for d, f := range r.inflight {
+		if f != nil {
+			f.ctx.cancel(context.Canceled)
+			// The watch loop stops with runCtx, so a handler that ignores
+			// the cancellation is abandoned from here.
+			time.AfterFunc(abandonGrace, func() { r.abandon(f) })
 		}
 		pending = append(pending, transport.Settlement{Delivery: d, Outcome: transport.Release})
 	}
@@ -261,7 +264,8 @@ func (r *runner) heartbeat() {
 
 // handle runs one delivery and settles it. The handler runs on this
 // goroutine; a handler that ignores its cancelled ctx past abandonGrace is
-// abandoned by a timer, which settles the attempt and frees the slot.
+// abandoned by the watch loop, which settles the attempt and frees the
+// slot.
 func (r *runner) handle(d *transport.Delivery) {
 	ev := eventFromMessage(&d.Message)
 	ev.Attempt = d.Attempt
@@ -275,46 +279,27 @@ func (r *runner) handle(d *transport.Delivery) {
 		}
 	}
 
-	ctx, cancel := context.WithTimeout(withEvent(context.Background(), &ev), r.cfg.timeout)
+	f := &flight{d: d, start: time.Now()}
+	f.ctx = &handlerCtx{ev: &ev, deadline: f.start.Add(r.cfg.timeout)}
 	r.mu.Lock()
 	if _, mine := r.inflight[d]; !mine {
 		// abort released the delivery before the handler started.
 		r.mu.Unlock()
-		cancel()
 		r.free()
 		return
 	}
-	r.inflight[d] = cancel
+	r.inflight[d] = f
 	r.mu.Unlock()
-	// state: 0 running, 1 returned, 2 abandoned. Whoever moves it from 0
-	// settles the attempt and frees the slot.
-	var state atomic.Int32
-	start := time.Now()
-	stopWatch := context.AfterFunc(ctx, func() {
-		time.AfterFunc(abandonGrace, func() {
-			if !state.CompareAndSwap(0, 2) {
-				return
-			}
-			if !r.isAborted() {
-				r.bus.log.Error("ripple: handler ignored its cancelled context and was abandoned; its slot is freed and the attempt counts as failed",
-					"handler", r.name, "event", ev.ID, "timeout", r.cfg.timeout)
-			}
-			err := fmt.Errorf("handler did not return within %s of its %s timeout", abandonGrace, r.cfg.timeout)
-			r.finish(d, &ev, err, true, time.Since(start))
-			r.free()
-		})
-	})
-	err := r.call(ctx, &ev)
-	stopWatch()
-	timedOut := ctx.Err() == context.DeadlineExceeded
-	cancel()
-	if !state.CompareAndSwap(0, 1) {
+	err := r.call(f.ctx, &ev)
+	timedOut := f.ctx.Err() == context.DeadlineExceeded
+	f.ctx.cancel(context.Canceled) // ends contexts the handler derived
+	if !f.state.CompareAndSwap(0, 1) {
 		return // abandoned: already settled
 	}
 	if err != nil && timedOut && errors.Is(err, context.DeadlineExceeded) {
 		err = fmt.Errorf("handler timed out after %s: %w", r.cfg.timeout, err)
 	}
-	r.finish(d, &ev, err, false, time.Since(start))
+	r.finish(d, &ev, err, false, time.Since(f.start))
 	r.free()
 }
 
@@ -432,10 +417,6 @@ func backoff(attempt int, lo, hi time.Duration) time.Duration {
 // ---- context ----
 
 type eventKey struct{}
-
-func withEvent(ctx context.Context, e *Event) context.Context {
-	return context.WithValue(ctx, eventKey{}, e)
-}
 
 func eventFromContext(ctx context.Context) *Event {
 	e, _ := ctx.Value(eventKey{}).(*Event)

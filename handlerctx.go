@@ -1,0 +1,176 @@
+package ripple
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+// handlerCtx is the context a handler runs under. Its deadline is
+// enforced by the runner's watch loop instead of a timer of its own: a
+// timer per delivery (context.WithTimeout) and a watchdog registered on
+// it were a sizable share of the core's cost per event. Done closes within
+// one watch tick of the deadline (a twentieth of Timeout, at most a
+// second); Deadline reports the exact time, so libraries that set their
+// own timers from it are exact.
+type handlerCtx struct {
+	ev       *Event
+	deadline time.Time
+
+	mu     sync.Mutex
+	done   chan struct{} // made on the first Done, or closed at cancel
+	err    error
+	afters []*afterFunc
+}
+
+type afterFunc struct{ f func() }
+
+// closedChan is the Done channel of a context cancelled before anyone
+// asked for its channel.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+func (c *handlerCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func (c *handlerCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		if c.err != nil {
+			c.done = closedChan
+		} else {
+			c.done = make(chan struct{})
+		}
+	}
+	return c.done
+}
+
+func (c *handlerCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *handlerCtx) Value(key any) any {
+	if key == any(eventKey{}) {
+		return c.ev
+	}
+	return nil
+}
+
+func (c *handlerCtx) String() string { return "ripple.handlerContext" }
+
+// cancel ends the context with err; later calls do nothing.
+func (c *handlerCtx) cancel(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	if c.done == nil {
+		c.done = closedChan
+	} else {
+		close(c.done)
+	}
+	afters := c.afters
+	c.afters = nil
+	c.mu.Unlock()
+	for _, a := range afters {
+		go a.f()
+	}
+}
+
+// AfterFunc arranges for f to run in its own goroutine once the context
+// ends. The context package uses it so that a context derived from a
+// handler's ctx follows its cancellation without a goroutine of its own.
+func (c *handlerCtx) AfterFunc(f func()) (stop func() bool) {
+	a := &afterFunc{f: f}
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		go f()
+		return func() bool { return false }
+	}
+	c.afters = append(c.afters, a)
+	c.mu.Unlock()
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i, x := range c.afters {
+			if x == a {
+				c.afters = append(c.afters[:i], c.afters[i+1:]...)
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// A flight is one running handler attempt.
+type flight struct {
+	d     *transport.Delivery
+	ctx   *handlerCtx
+	start time.Time
+	// state: 0 running, 1 returned, 2 abandoned. Whoever moves it from 0
+	// settles the attempt and frees the slot.
+	state atomic.Int32
+}
+
+// watchTick is how often the watch loop looks for overdue handlers.
+func watchTick(timeout time.Duration) time.Duration {
+	return min(max(timeout/20, time.Millisecond), time.Second)
+}
+
+// watch cancels the contexts of handlers past their deadline and abandons
+// those still running abandonGrace later, until runCtx ends.
+func (r *runner) watch() {
+	t := time.NewTicker(watchTick(r.cfg.timeout))
+	defer t.Stop()
+	var overdue []*flight
+	for {
+		select {
+		case <-t.C:
+		case <-r.runCtx.Done():
+			return
+		}
+		now := time.Now()
+		overdue = overdue[:0]
+		r.mu.Lock()
+		for _, f := range r.inflight {
+			if f != nil && now.After(f.ctx.deadline) {
+				overdue = append(overdue, f)
+			}
+		}
+		r.mu.Unlock()
+		for _, f := range overdue {
+			f.ctx.cancel(context.DeadlineExceeded)
+			if now.After(f.ctx.deadline.Add(abandonGrace)) {
+				r.abandon(f)
+			}
+		}
+	}
+}
+
+// abandon gives up on a handler that ignored its cancelled context: its
+// attempt counts as failed and its slot is freed. The handler's goroutine
+// runs on until the handler returns.
+func (r *runner) abandon(f *flight) {
+	if !f.state.CompareAndSwap(0, 2) {
+		return
+	}
+	if !r.isAborted() {
+		r.bus.log.Error("ripple: handler ignored its cancelled context and was abandoned; its slot is freed and the attempt counts as failed",
+			"handler", r.name, "event", f.ctx.ev.ID, "timeout", r.cfg.timeout)
+	}
+	err := fmt.Errorf("handler did not return within %s of its %s timeout", abandonGrace, r.cfg.timeout)
+	r.finish(f.d, f.ctx.ev, err, true, time.Since(f.start))
+	r.free()
+}
