@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
@@ -42,6 +43,8 @@ type runner struct {
 	runCancel context.CancelFunc
 	loopDone  chan struct{}
 	handlers  sync.WaitGroup
+
+	settleDeadline atomic.Pointer[sharedDeadline]
 
 	mu sync.Mutex
 	// inflight maps each leased delivery to its running attempt (nil
@@ -394,12 +397,34 @@ func (r *runner) settle(d *transport.Delivery, s transport.Settlement) {
 		return
 	}
 	s.Delivery = d
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := r.sub.Settle(ctx, []transport.Settlement{s}); err != nil {
+	if err := r.sub.Settle(r.settleCtx(), []transport.Settlement{s}); err != nil {
 		r.bus.log.Error("ripple: could not record outcome; the event will be delivered again after its lease",
 			"handler", r.name, "event", d.ID, "outcome", s.Outcome.String(), "err", err)
 	}
+}
+
+// settleTimeout bounds one settlement.
+const settleTimeout = 10 * time.Second
+
+// A sharedDeadline is a context with a deadline that many calls share.
+type sharedDeadline struct {
+	ctx      context.Context
+	cancel   context.CancelFunc // never called: the deadline releases the context, and an early call would cut off settlements still using it
+	deadline time.Time
+}
+
+// settleCtx returns a context ending 90 to 100% of settleTimeout from
+// now. Settlements share it, one per tenth of settleTimeout, instead of
+// each paying for a timer of its own.
+func (r *runner) settleCtx() context.Context {
+	now := time.Now()
+	if c := r.settleDeadline.Load(); c != nil && c.deadline.Sub(now) > settleTimeout*9/10 {
+		return c.ctx
+	}
+	c := &sharedDeadline{deadline: now.Add(settleTimeout)}
+	c.ctx, c.cancel = context.WithDeadline(context.Background(), c.deadline)
+	r.settleDeadline.Store(c)
+	return c.ctx
 }
 
 // backoff returns the wait before attempt+1: min doubled per failed

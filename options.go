@@ -400,9 +400,11 @@ func Backoff(min, max time.Duration) HandlerOption {
 	}
 }
 
-// Timeout bounds one attempt: the handler's ctx is cancelled after d. A
-// handler that ignores its ctx is abandoned shortly after, its attempt
-// counted as failed and its concurrency slot freed. Default: 1 min.
+// Timeout bounds one attempt: the handler's ctx is cancelled after d
+// (ctx.Deadline is exact; Done closes within a twentieth of d, at most a
+// second, after it). A handler that ignores its ctx is abandoned shortly
+// after, its attempt counted as failed and its concurrency slot freed.
+// Default: 1 min.
 func Timeout(d time.Duration) HandlerOption {
 	return func(c *handlerConfig) error {
 		if d <= 0 {
