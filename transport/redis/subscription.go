@@ -27,6 +27,13 @@ const (
 	// idleBlockClients is how many blocking connections a subscription
 	// keeps for concurrent Receive calls.
 	idleBlockClients = 4
+	// receiveLinger is how long Receive waits before reading again after a
+	// read that found fewer entries than it asked for within receiveLinger
+	// of starting to wait: events are arriving fast, so letting them gather
+	// makes one XREADGROUP carry several instead of each publish batch
+	// waking a read of its own. A read that waited longer (a low rate)
+	// leaves the next one undelayed.
+	receiveLinger = 200 * time.Microsecond
 )
 
 type subscription struct {
@@ -45,7 +52,8 @@ type subscription struct {
 	lastReclaim time.Time
 	nextPoll    time.Time // when Receive must run the poll script again
 	lastTrim    time.Time
-	completes   int64 // completions since the last trim
+	completes   int64     // completions since the last trim
+	lingerUntil time.Time // see receiveLinger
 
 	trimming atomic.Bool
 }
@@ -106,6 +114,18 @@ func (s *subscription) isClosed() bool {
 // a dedicated connection until one arrives or ctx ends.
 func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Delivery, error) {
 	limit = max(limit, 1)
+	s.mu.Lock()
+	linger := time.Until(s.lingerUntil)
+	s.mu.Unlock()
+	if linger > 0 {
+		t := time.NewTimer(linger)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
 	for {
 		if s.isClosed() {
 			return nil, ErrClosed
@@ -141,7 +161,13 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 		if dl, ok := ctx.Deadline(); ok {
 			wait = min(wait, time.Until(dl))
 		}
+		began := time.Now()
 		ds, err := s.block(ctx, limit, max(wait, time.Millisecond))
+		if len(ds) > 1 && len(ds) < limit && time.Since(began) < receiveLinger {
+			s.mu.Lock()
+			s.lingerUntil = time.Now().Add(receiveLinger)
+			s.mu.Unlock()
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
