@@ -24,13 +24,13 @@ type RedisMemory struct {
 	// Events is how many events were published.
 	Events int
 	// WaitingPerEvent is bytes per event while all of them wait for their
-	// handler (a subscribed handler that is not running): the stream entry
-	// and the event's dedup record.
+	// handler (a subscribed handler that is not running): the stream
+	// entry. Events published without an id of their own need no dedup
+	// record.
 	WaitingPerEvent float64
 	// HandledPerEvent is bytes per event once the handler has handled them
 	// all and retention has run with its defaults: about 1,000 completed
-	// entries stay in the stream, and every event's dedup record stays for
-	// the 24-hour dedup window.
+	// entries stay in the stream.
 	HandledPerEvent float64
 	// StreamLen is the handler stream's length after retention.
 	StreamLen int64
@@ -177,6 +177,6 @@ func usedMemory(ctx context.Context, c *goredis.Client) (int64, error) {
 
 // WriteRedisMemory writes a RedisMemory as a short markdown list.
 func WriteRedisMemory(w io.Writer, m RedisMemory) {
-	fmt.Fprintf(w, "- %s events waiting for their handler: %.0f bytes of Redis memory per event (stream entry and dedup record)\n", count(float64(m.Events)), m.WaitingPerEvent)
-	fmt.Fprintf(w, "- after the handler handled them, with the default retention: %.0f bytes per published event; the stream keeps %d entries and the namespace %d keys (the dedup records of Ripple-generated ids, which expire after transport.GeneratedIDWindow, 10 min)\n", m.HandledPerEvent, m.StreamLen, m.Keys)
+	fmt.Fprintf(w, "- %s events waiting for their handler: %.0f bytes of Redis memory per event (its stream entry)\n", count(float64(m.Events)), m.WaitingPerEvent)
+	fmt.Fprintf(w, "- after the handler handled them, with the default retention: %.0f bytes per published event; the stream keeps %d entries and the namespace %d keys (events with Ripple-generated ids need no dedup record)\n", m.HandledPerEvent, m.StreamLen, m.Keys)
 }

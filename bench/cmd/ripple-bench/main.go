@@ -13,7 +13,9 @@
 // RIPPLE_TEST_REDIS_URL); without one they are left out with a note. Use a
 // server of its own, with persistence off unless that is what is measured:
 // each instance deletes its keys when done, but the run loads the server.
-// When ripple-redis runs, the report also gives Redis memory per event.
+// When ripple-redis runs, the report also gives Redis memory per event
+// (-redis-memory=false leaves that out, for instance to profile one
+// scenario alone).
 //
 // Progress lines go to standard error; the report goes to standard output.
 package main
@@ -54,6 +56,7 @@ func run() error {
 		warmup     = flag.Int("warmup", 200, "events each fresh instance handles before measuring")
 		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 		quiet      = flag.Bool("q", false, "do not print progress lines")
+		redisMem   = flag.Bool("redis-memory", true, "when ripple-redis runs, measure its Redis memory per event after the scenarios")
 	)
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -102,7 +105,7 @@ func run() error {
 	}
 	var mem *bench.RedisMemory
 	var memErr error
-	if slices.ContainsFunc(sys, func(s bench.System) bool { return s.Name == "ripple-redis" }) {
+	if *redisMem && slices.ContainsFunc(sys, func(s bench.System) bool { return s.Name == "ripple-redis" }) {
 		m, err := bench.MeasureRippleRedisMemory(ctx, *redisURL, *n)
 		mem, memErr = &m, err
 		if !*quiet {
