@@ -418,9 +418,10 @@ func TestRetentionCompletedAndDead(t *testing.T) {
 	if err := d.trim(context.Background(), "h", 0); err != nil {
 		t.Fatal(err)
 	}
+	// The three not yet handled may be waiting or read ahead (active).
 	st := stats(t, d, "h")
-	if st.Waiting != 3 || st.Completed != 3 {
-		t.Fatalf("after trim: %+v", st)
+	if st.Waiting+st.Active != 3 || st.Completed != 3 {
+		t.Fatalf("after trim: %+v; want 3 completed and the 3 not handled yet kept", st)
 	}
 }
 

@@ -34,6 +34,17 @@ const (
 	// waking a read of its own. A read that waited longer (a low rate)
 	// leaves the next one undelayed.
 	receiveLinger = 200 * time.Microsecond
+	// maxRead caps the entries one read takes. While the receiver is busy
+	// (its previous Receive returned all it asked for, within busyWithin of
+	// this call), a read takes up to twice what Receive was asked for, at
+	// least minRead: the surplus stays leased to this receiver and is
+	// handed out by the next Receive calls without a round trip, as a
+	// broker's prefetch is. A receiver with slow handlers calls Receive
+	// less often and reads only what it asks for, so it does not hold
+	// events that other receivers could handle.
+	maxRead    = 64
+	minRead    = 16
+	busyWithin = 5 * time.Millisecond
 )
 
 type subscription struct {
@@ -52,8 +63,11 @@ type subscription struct {
 	lastReclaim time.Time
 	nextPoll    time.Time // when Receive must run the poll script again
 	lastTrim    time.Time
-	completes   int64     // completions since the last trim
-	lingerUntil time.Time // see receiveLinger
+	completes   int64                 // completions since the last trim
+	lingerUntil time.Time             // see receiveLinger
+	buf         []*transport.Delivery // read ahead, see maxRead
+	bufAt       time.Time             // when buf was read
+	fullAt      time.Time             // when a Receive last returned all it was asked for
 
 	trimming atomic.Bool
 }
@@ -114,6 +128,9 @@ func (s *subscription) isClosed() bool {
 // a dedicated connection until one arrives or ctx ends.
 func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Delivery, error) {
 	limit = max(limit, 1)
+	if ds := s.buffered(ctx, limit); len(ds) > 0 {
+		return ds, nil
+	}
 	s.mu.Lock()
 	linger := time.Until(s.lingerUntil)
 	s.mu.Unlock()
@@ -139,8 +156,14 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 		s.mu.Lock()
 		wait := time.Until(s.nextPoll)
 		s.mu.Unlock()
+		count := limit
+		s.mu.Lock()
+		if time.Since(s.fullAt) < busyWithin {
+			count = min(max(2*limit, minRead), maxRead)
+		}
+		s.mu.Unlock()
 		if wait <= 0 {
-			ds, nextDue, err := s.poll(ctx, limit)
+			ds, nextDue, err := s.poll(ctx, count)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
@@ -155,15 +178,15 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 			s.nextPoll = time.Now().Add(wait)
 			s.mu.Unlock()
 			if len(ds) > 0 {
-				return ds, nil
+				return s.keep(ds, limit), nil
 			}
 		}
 		if dl, ok := ctx.Deadline(); ok {
 			wait = min(wait, time.Until(dl))
 		}
 		began := time.Now()
-		ds, err := s.block(ctx, limit, max(wait, time.Millisecond))
-		if len(ds) > 1 && len(ds) < limit && time.Since(began) < receiveLinger {
+		ds, err := s.block(ctx, count, max(wait, time.Millisecond))
+		if len(ds) > 1 && len(ds) < count && time.Since(began) < receiveLinger {
 			s.mu.Lock()
 			s.lingerUntil = time.Now().Add(receiveLinger)
 			s.mu.Unlock()
@@ -178,8 +201,62 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 			return nil, err
 		}
 		if len(ds) > 0 {
-			return ds, nil
+			return s.keep(ds, limit), nil
 		}
+	}
+}
+
+// keep returns the first limit deliveries and buffers the rest.
+func (s *subscription) keep(ds []*transport.Delivery, limit int) []*transport.Delivery {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(ds) < limit {
+		return ds
+	}
+	s.fullAt = now
+	if len(ds) == limit {
+		return ds
+	}
+	s.buf, s.bufAt = ds[limit:], now
+	return ds[:limit:limit]
+}
+
+// buffered hands out up to limit deliveries read ahead. Deliveries kept
+// past a quarter of their lease are released instead: the core renews a
+// lease only from the moment it has the delivery, so one handed out that
+// late could be reclaimed by another receiver while its handler runs.
+func (s *subscription) buffered(ctx context.Context, limit int) []*transport.Delivery {
+	s.mu.Lock()
+	if len(s.buf) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	if time.Since(s.bufAt) > s.lease/4 {
+		stale := s.buf
+		s.buf = nil
+		s.mu.Unlock()
+		s.release(ctx, stale)
+		return nil
+	}
+	n := min(limit, len(s.buf))
+	ds := s.buf[:n:n]
+	s.buf = s.buf[n:]
+	if n == limit {
+		s.fullAt = time.Now()
+	}
+	s.mu.Unlock()
+	return ds
+}
+
+// release hands read-ahead deliveries back without counting an attempt.
+func (s *subscription) release(ctx context.Context, ds []*transport.Delivery) {
+	ss := make([]transport.Settlement, len(ds))
+	for i, d := range ds {
+		ss[i] = transport.Settlement{Delivery: d, Outcome: transport.Release}
+	}
+	if err := s.settle(ctx, ss); err != nil {
+		s.d.log.Warn("redis transport: could not hand back events read ahead; they are delivered again after their lease", "handler", s.name, "events", len(ds), "err", err)
 	}
 }
 
@@ -364,6 +441,11 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 	if s.d.isClosed() {
 		return ErrClosed
 	}
+	return s.settle(ctx, ss)
+}
+
+// settle is Settle without the closed check, for Close's own use.
+func (s *subscription) settle(ctx context.Context, ss []transport.Settlement) error {
 	var j *job
 	var acks []string
 	for _, st := range ss {
@@ -493,6 +575,8 @@ func (s *subscription) Close() error {
 		return nil
 	}
 	s.closed = true
+	ahead := s.buf
+	s.buf = nil
 	s.mu.Unlock()
 	for {
 		select {
@@ -508,6 +592,9 @@ func (s *subscription) Close() error {
 	s.d.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
+	if len(ahead) > 0 {
+		s.release(ctx, ahead)
+	}
 	// The consumer can leave the group only once its completions are
 	// acknowledged.
 	_ = s.d.acks.flush(ctx)
