@@ -112,6 +112,18 @@
 // JUSTID, which resets the idle time without counting a delivery. A retry,
 // release or dead letter from a receiver that lost its lease is ignored.
 //
+// A busy receiver reads ahead, as a broker's prefetch does: when its
+// previous Receive returned all it asked for less than 5 ms earlier, one
+// XREADGROUP takes up to twice the ask (at least 16 entries, at most 64)
+// and the next Receive calls hand out the surplus without a round trip.
+// Entries read ahead are leased to that receiver, so Stats counts them as
+// active. They go back to the stream, without using an attempt, when the
+// receiver closes or when they have waited a quarter of their lease. A
+// receiver whose handlers are slow calls Receive less often and reads only
+// what it asks for. After a read that woke quickly for a partial batch,
+// the next read waits 200µs, so that under load one read carries many
+// entries.
+//
 // A retry (and a Release) acknowledges and deletes the entry and puts a
 // copy, carrying its attempt count, into the handler's delayed set
 // (PREFIX:d:NAME, a sorted set by due time) in the same script, so a
@@ -155,7 +167,7 @@
 //   - Rate limits (RateLimit) are shared by every process of a handler: a
 //     GCRA limiter in one Redis key per handler.
 //   - Stats come from Redis itself: waiting is the group's lag, active its
-//     pending count, delayed the size of the delayed set, dead the length of
+//     pending count (entries read ahead included), delayed the size of the delayed set, dead the length of
 //     the dead-letter stream, completed the acknowledged entries still in
 //     the stream, failed a per-handler counter.
 //   - Replay appends a fresh copy of each retained entry of the handler's
