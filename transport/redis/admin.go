@@ -92,21 +92,18 @@ func (d *Driver) DeadLetters(ctx context.Context, handler string, limit int) ([]
 }
 
 func deadLetter(handler string, m goredis.XMessage) transport.DeadLetter {
-	f := make(map[string]string, len(m.Values))
-	for k, v := range m.Values {
-		f[k], _ = v.(string)
-	}
-	msg, _, _, ok := parseEntry(f)
+	f := func(k string) string { v, _ := m.Values[k].(string); return v }
+	msg, _, _, ok := parseEntry(m.Values)
 	if !ok {
 		// A foreign entry: its stream id stands in for the event id.
-		msg = transport.Message{ID: m.ID, Type: f[fieldType]}
+		msg = transport.Message{ID: m.ID, Type: f(fieldType)}
 	}
-	dl := transport.DeadLetter{Message: msg, Handler: handler, Error: f["x_error"]}
-	dl.Attempts, _ = strconv.Atoi(f["x_attempts"])
-	if ms, err := strconv.ParseInt(f["x_first"], 10, 64); err == nil && ms > 0 {
+	dl := transport.DeadLetter{Message: msg, Handler: handler, Error: f("x_error")}
+	dl.Attempts, _ = strconv.Atoi(f("x_attempts"))
+	if ms, err := strconv.ParseInt(f("x_first"), 10, 64); err == nil && ms > 0 {
 		dl.FirstAttempt = time.UnixMilli(ms)
 	}
-	if ms, err := strconv.ParseInt(f["x_dead"], 10, 64); err == nil && ms > 0 {
+	if ms, err := strconv.ParseInt(f("x_dead"), 10, 64); err == nil && ms > 0 {
 		dl.DeadAt = time.UnixMilli(ms)
 	}
 	return dl

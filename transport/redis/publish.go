@@ -128,12 +128,15 @@ func appendFields(f []any, m *transport.Message) []any {
 
 // parseEntry turns a stream entry's fields into a message. ok is false for
 // an entry Ripple did not write.
-func parseEntry(fields map[string]string) (m transport.Message, attempts int, first int64, ok bool) {
-	m.ID, m.Type = fields[fieldID], fields[fieldType]
+// The values are go-redis's reply values, strings for a Ripple entry.
+func parseEntry(fields map[string]any) (m transport.Message, attempts int, first int64, ok bool) {
+	m.ID, _ = fields[fieldID].(string)
+	m.Type, _ = fields[fieldType].(string)
 	if m.ID == "" || m.Type == "" {
 		return m, 0, 0, false
 	}
-	for k, v := range fields {
+	for k, val := range fields {
+		v, _ := val.(string)
 		switch k {
 		case fieldID, fieldType:
 		case fieldTime:

@@ -310,16 +310,15 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 type rawEntry struct {
 	id     string
 	count  int64
-	fields map[string]string
+	fields map[string]any
 }
 
-func flatFields(v any) map[string]string {
+func flatFields(v any) map[string]any {
 	list, _ := v.([]any)
-	m := make(map[string]string, len(list)/2)
+	m := make(map[string]any, len(list)/2)
 	for i := 0; i+1 < len(list); i += 2 {
 		k, _ := list[i].(string)
-		val, _ := list[i+1].(string)
-		m[k] = val
+		m[k] = list[i+1]
 	}
 	return m
 }
@@ -395,11 +394,7 @@ func (s *subscription) block(ctx context.Context, limit int, wait time.Duration)
 	var raw []rawEntry
 	for _, st := range res {
 		for _, m := range st.Messages {
-			f := make(map[string]string, len(m.Values))
-			for k, v := range m.Values {
-				f[k], _ = v.(string)
-			}
-			raw = append(raw, rawEntry{id: m.ID, count: 1, fields: f})
+			raw = append(raw, rawEntry{id: m.ID, count: 1, fields: m.Values})
 		}
 	}
 	return s.deliveries(ctx, raw), nil
