@@ -35,6 +35,7 @@ type runner struct {
 
 	sub        transport.Subscription
 	slots      chan struct{}
+	work       chan *transport.Delivery // to idle workers
 	recvCtx    context.Context
 	recvCancel context.CancelFunc
 	// runCtx ends once the handler has drained or on abort; it bounds
@@ -59,6 +60,7 @@ type runner struct {
 func newRunner(b *Bus, pattern, name string, fn HandlerFunc, cfg handlerConfig) *runner {
 	r := &runner{bus: b, pattern: pattern, name: name, fn: fn, cfg: cfg,
 		slots:    make(chan struct{}, cfg.concurrency),
+		work:     make(chan *transport.Delivery),
 		inflight: make(map[*transport.Delivery]*flight),
 		loopDone: make(chan struct{}),
 	}
@@ -206,7 +208,27 @@ func (r *runner) loop() {
 		r.mu.Unlock()
 		r.handlers.Add(len(ds))
 		for _, d := range ds {
-			go r.handle(d)
+			select {
+			case r.work <- d:
+			default:
+				go r.worker(d)
+			}
+		}
+	}
+}
+
+// worker runs deliveries one after another, starting with d, and waits
+// for the next until the runner stops. Reusing goroutines spares each
+// delivery a goroutine start and the stack growth of the handler path.
+// The loop starts a worker only when none is idle, so there are at most
+// Concurrency of them, plus any running an abandoned handler.
+func (r *runner) worker(d *transport.Delivery) {
+	for {
+		r.handle(d)
+		select {
+		case d = <-r.work:
+		case <-r.runCtx.Done():
+			return
 		}
 	}
 }

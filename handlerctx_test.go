@@ -3,6 +3,8 @@ package ripple
 import (
 	"context"
 	"errors"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -103,5 +105,49 @@ func TestHandlerTimeoutEnforced(t *testing.T) {
 	}
 	if late := o.end.Sub(o.deadline); late < 0 || late > timeout {
 		t.Errorf("ctx ended %s after its deadline; want within a watch tick (%s) plus scheduling", late, watchTick(timeout))
+	}
+}
+
+// TestWorkersExitOnClose checks that the goroutines reused across
+// deliveries end with the bus.
+func TestWorkersExitOnClose(t *testing.T) {
+	before := runtime.NumGoroutine()
+	ctx := context.Background()
+	bus, err := Open(ctx, "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Int64
+	if err := bus.On("t.work", "work", func(ctx context.Context, e Event) error {
+		handled.Add(1)
+		return nil
+	}, Concurrency(8)); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 200 {
+		if _, err := bus.Publish(ctx, "t.work", map[string]int{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); handled.Load() < 200; {
+		if time.Now().After(deadline) {
+			t.Fatalf("handled %d of 200", handled.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before+8+10 {
+		t.Errorf("%d goroutines while idle with Concurrency(8), %d before Open: workers are not reused", n, before)
+	}
+	if err := bus.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); runtime.NumGoroutine() > before; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after Close, %d before Open", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
