@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/ripplehq/ripple/examples/signup/signupapp"
 	"github.com/ripplehq/ripple/transport"
@@ -156,11 +159,40 @@ func TestDemoOnRedis(t *testing.T) {
 	if strings.Contains(base, "?") {
 		sep = "&"
 	}
-	u := base + sep + "prefix=demo-test-" + randomSuffix()
+	prefix := "demo-test-" + randomSuffix()
+	t.Cleanup(func() { deleteRedisPrefix(t, base, prefix) })
+	u := base + sep + "prefix=" + prefix
 	r := mustRun(t, "demo", "--once", "--scale", "0.05", "--signups", "10", "--seed", retrySeed(t, 10), "--url", u, "--json")
 	var s demoSummary
 	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 		t.Fatalf("demo --json printed %q: %v", r.stdout, err)
 	}
 	checkSummary(t, s, 10)
+}
+
+// deleteRedisPrefix removes the keys a test wrote under prefix, so a
+// shared test server is left as it was found.
+func deleteRedisPrefix(t *testing.T, base, prefix string) {
+	opts, err := goredis.ParseURL(base)
+	if err != nil {
+		t.Errorf("parsing %s: %v", base, err)
+		return
+	}
+	c := goredis.NewClient(opts)
+	defer c.Close()
+	ctx := context.Background()
+	var keys []string
+	iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		t.Errorf("listing the keys under %s: %v", prefix, err)
+		return
+	}
+	if len(keys) > 0 {
+		if err := c.Del(ctx, keys...).Err(); err != nil {
+			t.Errorf("deleting the keys under %s: %v", prefix, err)
+		}
+	}
 }
