@@ -93,7 +93,11 @@ func (d *Driver) DeadLetters(ctx context.Context, handler string, limit int) ([]
 
 func deadLetter(handler string, m goredis.XMessage) transport.DeadLetter {
 	f := func(k string) string { v, _ := m.Values[k].(string); return v }
-	msg, _, _, ok := parseEntry(m.Values)
+	flat := make([]any, 0, 2*len(m.Values))
+	for k, v := range m.Values {
+		flat = append(flat, k, v)
+	}
+	msg, _, _, ok := parseEntry(flat)
 	if !ok {
 		// A foreign entry: its stream id stands in for the event id.
 		msg = transport.Message{ID: m.ID, Type: f(fieldType)}

@@ -126,19 +126,18 @@ func appendFields(f []any, m *transport.Message) []any {
 	return append(f, fieldData, m.Data)
 }
 
-// parseEntry turns a stream entry's fields into a message. ok is false for
-// an entry Ripple did not write.
-// The values are go-redis's reply values, strings for a Ripple entry.
-func parseEntry(fields map[string]any) (m transport.Message, attempts int, first int64, ok bool) {
-	m.ID, _ = fields[fieldID].(string)
-	m.Type, _ = fields[fieldType].(string)
-	if m.ID == "" || m.Type == "" {
-		return m, 0, 0, false
-	}
-	for k, val := range fields {
-		v, _ := val.(string)
+// parseEntry turns a stream entry's fields, a flat list of names and
+// values as Redis sends them, into a message. ok is false for an entry
+// Ripple did not write.
+func parseEntry(fields []any) (m transport.Message, attempts int, first int64, ok bool) {
+	for i := 0; i+1 < len(fields); i += 2 {
+		k, _ := fields[i].(string)
+		v, _ := fields[i+1].(string)
 		switch k {
-		case fieldID, fieldType:
+		case fieldID:
+			m.ID = v
+		case fieldType:
+			m.Type = v
 		case fieldTime:
 			m.Time, _ = time.Parse(time.RFC3339Nano, v)
 		case fieldKey:
@@ -157,6 +156,9 @@ func parseEntry(fields map[string]any) (m transport.Message, attempts int, first
 				m.Attrs[name] = v
 			}
 		}
+	}
+	if m.ID == "" || m.Type == "" {
+		return m, 0, 0, false
 	}
 	return m, attempts, first, true
 }

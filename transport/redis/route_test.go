@@ -115,3 +115,29 @@ func TestCompletionsFlushedOnClose(t *testing.T) {
 		t.Fatalf("after Close: %+v; want %d completed, none active or waiting", st, n)
 	}
 }
+
+// TestBothProtocols checks a publish and a blocking receive over RESP2 and
+// RESP3, whose XREADGROUP replies differ in shape (an array of streams, a
+// map of them).
+func TestBothProtocols(t *testing.T) {
+	t.Parallel()
+	for _, proto := range []string{"2", "3"} {
+		t.Run("protocol="+proto, func(t *testing.T) {
+			d := openURL(t, withParams(prefixURL(t), "protocol", proto), transport.Config{})
+			s := subscribe(t, d, "h", "x.y", time.Minute)
+			receiveNone(t, s, 300*time.Millisecond) // the next receive blocks in XREADGROUP
+			m := genMsg("x.y")
+			m.Attrs["correlationid"] = "c-1"
+			go func() {
+				time.Sleep(50 * time.Millisecond)
+				if err := d.Publish(context.Background(), []*transport.Message{m}); err != nil {
+					t.Errorf("Publish: %v", err)
+				}
+			}()
+			got := receive(t, s, 1, 2*time.Second)[0]
+			if got.ID != m.ID || got.Type != "x.y" || string(got.Data) != string(m.Data) || got.Attrs["correlationid"] != "c-1" || got.Attempt != 1 {
+				t.Fatalf("over RESP%s received %+v, want %+v", proto, got.Message, *m)
+			}
+		})
+	}
+}

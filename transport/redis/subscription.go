@@ -302,7 +302,8 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 		}
 		id, _ := t[0].(string)
 		count, _ := t[1].(int64)
-		raw = append(raw, rawEntry{id: id, count: count, fields: flatFields(t[2])})
+		fields, _ := t[2].([]any)
+		raw = append(raw, rawEntry{id: id, count: count, fields: fields})
 	}
 	return s.deliveries(ctx, raw), nextDue, nil
 }
@@ -310,17 +311,7 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 type rawEntry struct {
 	id     string
 	count  int64
-	fields map[string]any
-}
-
-func flatFields(v any) map[string]any {
-	list, _ := v.([]any)
-	m := make(map[string]any, len(list)/2)
-	for i := 0; i+1 < len(list); i += 2 {
-		k, _ := list[i].(string)
-		m[k] = list[i+1]
-	}
-	return m
+	fields []any // names and values, as Redis sends them
 }
 
 // deliveries turns entries into deliveries. Entries Ripple did not write
@@ -369,9 +360,11 @@ func (s *subscription) deliveries(ctx context.Context, raw []rawEntry) []*transp
 func (s *subscription) block(ctx context.Context, limit int, wait time.Duration) ([]*transport.Delivery, error) {
 	c := s.blockClient()
 	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
-	res, err := c.XReadGroup(context.Background(), &goredis.XReadGroupArgs{
-		Group: s.name, Consumer: s.consumer, Streams: []string{s.stream, ">"}, Count: int64(limit), Block: wait,
-	}).Result()
+	// Do rather than XReadGroup: the reply is read as flat lists, without
+	// a map per entry (the client's read timeout covers the block, see
+	// blockClient).
+	res, err := c.Do(context.Background(), "XREADGROUP", "GROUP", s.name, s.consumer,
+		"COUNT", limit, "BLOCK", max(wait.Milliseconds(), 1), "STREAMS", s.stream, ">").Result()
 	if !stop() {
 		// The connection was closed by the cancellation. Entries read in
 		// that instant stay pending and return after their lease.
@@ -391,13 +384,37 @@ func (s *subscription) block(ctx context.Context, limit int, wait time.Duration)
 	case err != nil:
 		return nil, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
 	}
-	var raw []rawEntry
-	for _, st := range res {
-		for _, m := range st.Messages {
-			raw = append(raw, rawEntry{id: m.ID, count: 1, fields: m.Values})
+	return s.deliveries(ctx, readGroupEntries(res)), nil
+}
+
+// readGroupEntries lists the entries of an XREADGROUP reply: an array of
+// [stream, entries] pairs in RESP2, a map of stream to entries in RESP3.
+func readGroupEntries(reply any) []rawEntry {
+	var lists []any
+	switch r := reply.(type) {
+	case []any:
+		for _, st := range r {
+			if pair, ok := st.([]any); ok && len(pair) == 2 {
+				lists = append(lists, pair[1])
+			}
+		}
+	case map[any]any:
+		for _, es := range r {
+			lists = append(lists, es)
 		}
 	}
-	return s.deliveries(ctx, raw), nil
+	var out []rawEntry
+	for _, l := range lists {
+		es, _ := l.([]any)
+		for _, e := range es {
+			if pair, ok := e.([]any); ok && len(pair) == 2 {
+				id, _ := pair[0].(string)
+				fields, _ := pair[1].([]any)
+				out = append(out, rawEntry{id: id, count: 1, fields: fields})
+			}
+		}
+	}
+	return out
 }
 
 func (s *subscription) blockClient() *goredis.Client {
@@ -413,6 +430,14 @@ func (s *subscription) blockClient() *goredis.Client {
 	// A retried XREADGROUP could lease entries whose first reply was lost;
 	// an error is better: the core retries the Receive.
 	o.MaxRetries = -1
+	// XREADGROUP goes through Do, which go-redis does not know blocks, so
+	// the read timeout must outlast the longest block (maxBlock).
+	switch {
+	case o.ReadTimeout == 0:
+		o.ReadTimeout = 3*time.Second + maxBlock // 3 s is go-redis's default
+	case o.ReadTimeout > 0:
+		o.ReadTimeout += maxBlock
+	}
 	return goredis.NewClient(&o)
 }
 
