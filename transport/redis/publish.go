@@ -67,7 +67,9 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 			if direct == nil {
 				direct = &job{done: make(chan error, 1), direct: make([]directMsg, 0, len(msgs))}
 			}
-			direct.direct = append(direct.direct, directMsg{typ: m.Type, fields: appendFields(make([]any, 0, 16+2*len(m.Attrs)), m)})
+			args := make([]any, xaddHead, xaddHead+10+2*len(m.Attrs))
+			args[0], args[2], args[3] = "xadd", "nomkstream", "*"
+			direct.direct = append(direct.direct, directMsg{typ: m.Type, args: appendFields(args, m)})
 			direct.n++
 			direct.size += len(m.Data) + 256
 			continue
@@ -121,9 +123,30 @@ func appendFields(f []any, m *transport.Message) []any {
 		f = append(f, fieldKey, m.Key)
 	}
 	for k, v := range m.Attrs {
-		f = append(f, attrPrefix+k, v)
+		f = append(f, attrField(k), v)
 	}
 	return append(f, fieldData, m.Data)
+}
+
+// attrField is the stream field of a CloudEvents attribute: its name with
+// attrPrefix. The attributes every event carries have theirs spelled out,
+// which spares a string allocation each per publish.
+func attrField(name string) string {
+	switch name {
+	case "source":
+		return "ce_source"
+	case "datacontenttype":
+		return "ce_datacontenttype"
+	case "dataversion":
+		return "ce_dataversion"
+	case "correlationid":
+		return "ce_correlationid"
+	case "causationid":
+		return "ce_causationid"
+	case "traceparent":
+		return "ce_traceparent"
+	}
+	return attrPrefix + name
 }
 
 // parseEntry turns a stream entry's fields, a flat list of names and

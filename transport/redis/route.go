@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,12 +41,17 @@ func (d *Driver) isDirect(m *transport.Message) bool {
 	return m.Delay <= 0 && (m.IDGenerated || d.ret.DedupWindow <= 0)
 }
 
-// A directMsg is one event on the direct path: its type and its stream
-// entry's fields.
+// A directMsg is one event on the direct path: its type and the
+// arguments of its XADD, built once by Publish: "xadd", the stream key
+// (filled in per subscription), "nomkstream", "*", then the entry's
+// fields.
 type directMsg struct {
-	typ    string
-	fields []any
+	typ  string
+	args []any
 }
+
+// xaddHead is how many XADD arguments precede the fields.
+const xaddHead = 4
 
 // routeTable is a snapshot of the subscription registry and the value of
 // the registry's change counter it was read at.
@@ -143,7 +149,7 @@ func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
 		type add struct {
 			name string
 			msg  int
-			cmd  *goredis.StringCmd
+			cmd  *goredis.Cmd
 		}
 		var adds []add
 		var names [][]string
@@ -173,9 +179,15 @@ func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
 				pipe.XGroupCreateMkStream(ctx, d.streamKey(name), name, "0")
 			}
 			for i, r := range names {
-				for _, name := range r {
-					adds = append(adds, add{name: name, msg: i, cmd: pipe.XAdd(ctx, &goredis.XAddArgs{
-						Stream: d.streamKey(name), NoMkStream: true, Values: msgs[i].fields})})
+				for k, name := range r {
+					args := msgs[i].args
+					if k > 0 {
+						// A command keeps its arguments until the pipeline
+						// runs, so each stream needs its own copy.
+						args = slices.Clone(args)
+					}
+					args[1] = d.streamKey(name)
+					adds = append(adds, add{name: name, msg: i, cmd: pipe.Do(ctx, args...)})
 				}
 			}
 			ver = pipe.Get(ctx, d.subsVersionKey())
