@@ -123,9 +123,10 @@ func (s *subscription) isClosed() bool {
 	return s.closed || s.d.isClosed()
 }
 
-// Receive leases up to limit entries: expired leases reclaimed and due
-// delayed entries first (one script call), then new entries, blocking on
-// a dedicated connection until one arrives or ctx ends.
+// Receive leases up to limit entries: entries read ahead by an earlier
+// call first, then expired leases reclaimed and due delayed entries (one
+// script call), then new entries, blocking on a dedicated connection until
+// one arrives or ctx ends.
 func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Delivery, error) {
 	limit = max(limit, 1)
 	if ds := s.buffered(ctx, limit); len(ds) > 0 {
@@ -155,11 +156,9 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 		// XREADGROUP alone, which returns at once when entries wait.
 		s.mu.Lock()
 		wait := time.Until(s.nextPoll)
-		s.mu.Unlock()
 		count := limit
-		s.mu.Lock()
 		if time.Since(s.fullAt) < busyWithin {
-			count = min(max(2*limit, minRead), maxRead)
+			count = min(max(2*limit, minRead), maxRead) // read ahead
 		}
 		s.mu.Unlock()
 		if wait <= 0 {
