@@ -161,7 +161,10 @@
 //     the same publish; the direct path never resends, so it keeps no
 //     record (a delayed event with a generated id keeps one for
 //     transport.GeneratedIDWindow, 10 min, as go-redis may resend the
-//     script).
+//     script). A publish that fails once its command may have reached
+//     Redis (a lost reply) has perhaps stored the event; to retry it
+//     without risking a second copy, publish again with ripple.WithID and
+//     the id of the event Publish returned.
 //   - Idempotent(): claims are keys set atomically by a Lua script
 //     (PREFIX:c:HANDLER:ID); a done claim is kept for the dedup window.
 //   - Rate limits (RateLimit) are shared by every process of a handler: a
