@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -106,4 +107,39 @@ func TestNoReadAheadWhenIdle(t *testing.T) {
 	if st := stats(t, d, "h"); st.Active != 2 || st.Waiting != 18 {
 		t.Fatalf("stats %+v; want 2 active and 18 waiting", st)
 	}
+}
+
+// TestCancelledReceiveKeepsConnection checks that cancelling a Receive
+// blocked in XREADGROUP ends it at once through CLIENT UNBLOCK, leaving
+// its connection for the next read rather than closing it.
+func TestCancelledReceiveKeepsConnection(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "x.y", time.Minute)
+	receiveNone(t, s, 300*time.Millisecond) // past the first poll, into a blocking read
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Receive(ctx, 1)
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != context.Canceled {
+			t.Fatalf("cancelled Receive returned %v, want context.Canceled", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("a cancelled Receive did not return")
+	}
+	if el := time.Since(start); el > 100*time.Millisecond {
+		t.Errorf("a cancelled Receive took %s to return", el)
+	}
+	if n := len(s.(*subscription).blk); n != 1 {
+		t.Fatalf("%d idle blocking connections after the cancelled read, want its connection back (1)", n)
+	}
+	publish(t, d, genMsg("x.y"))
+	receive(t, s, 1, 2*time.Second)
 }

@@ -56,7 +56,7 @@ type subscription struct {
 	stream   string
 	reclaim  time.Duration // how often Receive looks for expired leases
 
-	blk chan *goredis.Client // idle dedicated connections for blocking reads
+	blk chan *blockConn // idle dedicated connections for blocking reads
 
 	mu          sync.Mutex
 	closed      bool
@@ -105,7 +105,7 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		consumer: consumerName(),
 		stream:   d.streamKey(spec.Name),
 		reclaim:  min(max(lease/4, 5*time.Millisecond), maxBlock),
-		blk:      make(chan *goredis.Client, idleBlockClients),
+		blk:      make(chan *blockConn, idleBlockClients),
 		lastTrim: time.Now(),
 	}
 	d.mu.Lock()
@@ -357,19 +357,42 @@ func (s *subscription) deliveries(ctx context.Context, raw []rawEntry) []*transp
 // connection. Cancelling ctx closes that connection, so the wait ends at
 // once rather than at the block timeout.
 func (s *subscription) block(ctx context.Context, limit int, wait time.Duration) ([]*transport.Delivery, error) {
-	c := s.blockClient()
-	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+	bc := s.blockClient()
+	var closed atomic.Bool
+	stop := context.AfterFunc(ctx, func() {
+		// CLIENT UNBLOCK, sent on another connection, ends the wait and
+		// leaves the blocked connection usable. Closing the connection,
+		// the fallback, ends it too.
+		uctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if id := bc.id.Load(); id == 0 || s.d.client.ClientUnblock(uctx, id).Val() != 1 {
+			// No id, an error, or the read not blocked yet.
+			closed.Store(true)
+			_ = bc.c.Close()
+		}
+	})
 	// Do rather than XReadGroup: the reply is read as flat lists, without
 	// a map per entry (the client's read timeout covers the block, see
 	// blockClient).
-	res, err := c.Do(context.Background(), "XREADGROUP", "GROUP", s.name, s.consumer,
+	res, err := bc.c.Do(context.Background(), "XREADGROUP", "GROUP", s.name, s.consumer,
 		"COUNT", limit, "BLOCK", max(wait.Milliseconds(), 1), "STREAMS", s.stream, ">").Result()
 	if !stop() {
-		// The connection was closed by the cancellation. Entries read in
-		// that instant stay pending and return after their lease.
+		// Cancelled. Entries read in that instant go back at once (when
+		// the connection was closed instead, they return after their
+		// lease).
+		if !closed.Load() {
+			s.putBlockClient(bc)
+		}
+		if err == nil {
+			if ds := s.deliveries(ctx, readGroupEntries(res)); len(ds) > 0 {
+				rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				s.release(rctx, ds)
+				cancel()
+			}
+		}
 		return nil, ctx.Err()
 	}
-	s.putBlockClient(c)
+	s.putBlockClient(bc)
 	switch {
 	case errors.Is(err, goredis.Nil):
 		return nil, nil
@@ -416,12 +439,20 @@ func readGroupEntries(reply any) []rawEntry {
 	return out
 }
 
-func (s *subscription) blockClient() *goredis.Client {
+// A blockConn is a client with one connection for blocking reads, and
+// that connection's id on the server, for CLIENT UNBLOCK.
+type blockConn struct {
+	c  *goredis.Client
+	id atomic.Int64 // 0 until known
+}
+
+func (s *subscription) blockClient() *blockConn {
 	select {
-	case c := <-s.blk:
-		return c
+	case bc := <-s.blk:
+		return bc
 	default:
 	}
+	bc := &blockConn{}
 	o := *s.d.opts
 	o.PoolSize = 1
 	o.MinIdleConns = 0
@@ -437,18 +468,32 @@ func (s *subscription) blockClient() *goredis.Client {
 	case o.ReadTimeout > 0:
 		o.ReadTimeout += maxBlock
 	}
-	return goredis.NewClient(&o)
+	next := o.OnConnect
+	o.OnConnect = func(ctx context.Context, cn *goredis.Conn) error {
+		if next != nil {
+			if err := next(ctx, cn); err != nil {
+				return err
+			}
+		}
+		// Without the id a cancelled read is ended by closing the
+		// connection instead.
+		id, _ := cn.ClientID(ctx).Result()
+		bc.id.Store(id)
+		return nil
+	}
+	bc.c = goredis.NewClient(&o)
+	return bc
 }
 
-func (s *subscription) putBlockClient(c *goredis.Client) {
+func (s *subscription) putBlockClient(bc *blockConn) {
 	if !s.isClosed() {
 		select {
-		case s.blk <- c:
+		case s.blk <- bc:
 			return
 		default:
 		}
 	}
-	_ = c.Close()
+	_ = bc.c.Close()
 }
 
 // Settle records outcomes. Completions are queued for the acker and
@@ -599,8 +644,8 @@ func (s *subscription) Close() error {
 	s.mu.Unlock()
 	for {
 		select {
-		case c := <-s.blk:
-			_ = c.Close()
+		case bc := <-s.blk:
+			_ = bc.c.Close()
 			continue
 		default:
 		}
