@@ -220,8 +220,10 @@ func (r *runner) loop() {
 // worker runs deliveries one after another, starting with d, and waits
 // for the next until the runner stops. Reusing goroutines spares each
 // delivery a goroutine start and the stack growth of the handler path.
-// The loop starts a worker only when none is idle, so there are at most
-// Concurrency of them, plus any running an abandoned handler.
+// The loop starts a worker only when none is waiting, so there are about
+// Concurrency of them (a worker that has freed its slot but not yet come
+// back for more can be passed over), plus any running an abandoned
+// handler; they end with the runner.
 func (r *runner) worker(d *transport.Delivery) {
 	for {
 		r.handle(d)
@@ -430,8 +432,10 @@ const settleTimeout = 10 * time.Second
 
 // A sharedDeadline is a context with a deadline that many calls share.
 type sharedDeadline struct {
-	ctx      context.Context
-	cancel   context.CancelFunc // never called: the deadline releases the context, and an early call would cut off settlements still using it
+	ctx context.Context
+	// cancel is never called: the deadline releases the context, and an
+	// early call would cut off settlements still using it.
+	cancel   context.CancelFunc
 	deadline time.Time
 }
 
