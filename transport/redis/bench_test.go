@@ -168,6 +168,14 @@ func BenchmarkLatency(b *testing.B) {
 			_ = s.Settle(ctx, completeAll(ds))
 		}
 	}()
+	publishPaced(ctx, b, d)
+	<-done
+	b.StopTimer()
+	reportLatency(b, lat)
+}
+
+// publishPaced publishes b.N events at 1,000 per second.
+func publishPaced(ctx context.Context, b *testing.B, d transport.Driver) {
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	for i := 0; i < b.N; i++ {
@@ -176,13 +184,16 @@ func BenchmarkLatency(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	<-done
-	b.StopTimer()
+}
+
+// reportLatency reports the p50, p99 and maximum of lat.
+func reportLatency(b *testing.B, lat []time.Duration) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	pct := func(p float64) float64 { return float64(lat[int(float64(len(lat)-1)*p)].Microseconds()) }
 	b.ReportMetric(pct(0.5), "p50-µs")
 	b.ReportMetric(pct(0.99), "p99-µs")
 	b.ReportMetric(pct(1), "max-µs")
+	b.ReportMetric(0, "ns/op")
 }
 
 // coreReceiver receives and settles the way the core does: up to conc
@@ -358,22 +369,10 @@ func BenchmarkLatencyCore(b *testing.B) {
 		mu.Unlock()
 	})
 	b.ResetTimer()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for i := 0; i < b.N; i++ {
-		<-tick.C
-		if err := d.Publish(ctx, []*transport.Message{benchMsg(i)}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	publishPaced(ctx, b, d)
 	<-reached
 	b.StopTimer()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	pct := func(p float64) float64 { return float64(lat[int(float64(len(lat)-1)*p)].Microseconds()) }
-	b.ReportMetric(pct(0.5), "p50-µs")
-	b.ReportMetric(pct(0.99), "p99-µs")
-	b.ReportMetric(pct(1), "max-µs")
-	b.ReportMetric(0, "ns/op")
+	reportLatency(b, lat)
 }
 
 // processCPU is the CPU time this process has used.

@@ -242,20 +242,11 @@ func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
 			return err
 		}
 		for name := range missing {
-			if !registered(rt, name) {
+			if !slices.Contains(rt.names, name) {
 				delete(missing, name)
 			}
 		}
 	}
-}
-
-func registered(rt *routeTable, name string) bool {
-	for _, n := range rt.names {
-		if n == name {
-			return true
-		}
-	}
-	return false
 }
 
 // retryDial runs fn, retrying only while no connection to Redis could be
