@@ -18,7 +18,12 @@ type job struct {
 	n      int         // items (messages or settlements)
 	size   int         // approximate bytes
 	err    error
-	done   chan error
+	// done receives err when the job was queued for a background batch;
+	// do makes it then, as a job run by its caller needs none.
+	done chan error
+	// alone is the batch of a job run by its caller, kept in the job so
+	// that such a batch costs no allocation.
+	alone [1]*job
 }
 
 // combiner groups concurrent calls into batches, so that many callers
@@ -55,10 +60,12 @@ func (c *combiner) do(ctx context.Context, j *job) error {
 		// alone.
 		c.active++
 		c.mu.Unlock()
-		c.exec(ctx, []*job{j})
+		j.alone[0] = j
+		c.exec(ctx, j.alone[:])
 		c.finish()
 		return j.err
 	}
+	j.done = make(chan error, 1)
 	c.queue = append(c.queue, j)
 	if c.active < c.maxActive && !c.starting {
 		c.active++

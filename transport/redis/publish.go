@@ -65,7 +65,7 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		}
 		if d.isDirect(m) {
 			if direct == nil {
-				direct = &job{done: make(chan error, 1), direct: make([]directMsg, 0, len(msgs))}
+				direct = &job{direct: make([]directMsg, 0, len(msgs))}
 			}
 			args := make([]any, xaddHead, xaddHead+10+2*len(m.Attrs))
 			args[0], args[2], args[3] = "xadd", "nomkstream", "*"
@@ -77,20 +77,20 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		if script == nil {
 			// The first argument is the prefix, filled in by execBatch,
 			// so a batch of one job uses its slice as it is.
-			script = &job{done: make(chan error, 1), args: make([]any, 1, 1+20*len(msgs))}
+			script = &job{args: make([]any, 1, 1+20*len(msgs))}
 		}
 		script.args = appendMessage(script.args, m, d.ret.DedupWindow)
 		script.n++
 		script.size += len(m.Data) + 256
 	}
-	var errs []error
+	var directErr, scriptErr error
 	if direct != nil {
-		errs = append(errs, d.direct.do(ctx, direct))
+		directErr = d.direct.do(ctx, direct)
 	}
 	if script != nil {
-		errs = append(errs, d.batch.do(ctx, script))
+		scriptErr = d.batch.do(ctx, script)
 	}
-	return errors.Join(errs...)
+	return errors.Join(directErr, scriptErr)
 }
 
 // appendMessage appends one message's publish-script arguments: its delay,

@@ -59,21 +59,27 @@ type routeTable struct {
 	version string
 	names   []string
 	pattern []string
+	keys    []string // stream key of each name
 
 	mu     sync.Mutex
-	byType map[string][]string // event type → names of matching subscriptions
+	byType map[string][]route // event type → matching subscriptions
 }
 
-func (rt *routeTable) match(typ string) []string {
+// A route is one subscription an event type goes to.
+type route struct {
+	name, stream string
+}
+
+func (rt *routeTable) match(typ string) []route {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	if r, ok := rt.byType[typ]; ok {
 		return r
 	}
-	var r []string
+	var r []route
 	for i, p := range rt.pattern {
 		if transport.Match(p, typ) {
-			r = append(r, rt.names[i])
+			r = append(r, route{name: rt.names[i], stream: rt.keys[i]})
 		}
 	}
 	if len(rt.byType) > 10_000 {
@@ -106,10 +112,11 @@ func (d *Driver) loadRoutes(ctx context.Context) (*routeTable, error) {
 	if err != nil && !errors.Is(err, goredis.Nil) {
 		return nil, err
 	}
-	rt := &routeTable{version: ver.Val(), byType: map[string][]string{}}
+	rt := &routeTable{version: ver.Val(), byType: map[string][]route{}}
 	for name, pattern := range subs.Val() {
 		rt.names = append(rt.names, name)
 		rt.pattern = append(rt.pattern, pattern)
+		rt.keys = append(rt.keys, d.streamKey(name))
 	}
 	d.routeMu.Lock()
 	d.routes = rt
@@ -121,9 +128,12 @@ func (d *Driver) loadRoutes(ctx context.Context) (*routeTable, error) {
 // their events (MULTI/EXEC when an event goes to several streams, so it
 // reaches all of them or none).
 func (d *Driver) execDirect(ctx context.Context, batch []*job) {
-	var msgs []directMsg
-	for _, j := range batch {
-		msgs = append(msgs, j.direct...)
+	msgs := batch[0].direct
+	if len(batch) > 1 {
+		msgs = nil
+		for _, j := range batch {
+			msgs = append(msgs, j.direct...)
+		}
 	}
 	err := d.publishDirect(ctx, msgs)
 	if err != nil {
@@ -151,14 +161,14 @@ func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
 			msg  int
 			cmd  *goredis.Cmd
 		}
-		var adds []add
-		var names [][]string
+		adds := make([]add, 0, len(msgs))
+		names := make([][]route, 0, len(msgs))
 		for i, m := range msgs {
 			r := rt.match(m.typ)
 			if sent != nil {
-				var todo []string
+				var todo []route
 				for _, n := range r {
-					if !sent[i][n] {
+					if !sent[i][n.name] {
 						todo = append(todo, n)
 					}
 				}
@@ -179,15 +189,15 @@ func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
 				pipe.XGroupCreateMkStream(ctx, d.streamKey(name), name, "0")
 			}
 			for i, r := range names {
-				for k, name := range r {
+				for k, to := range r {
 					args := msgs[i].args
 					if k > 0 {
 						// A command keeps its arguments until the pipeline
 						// runs, so each stream needs its own copy.
 						args = slices.Clone(args)
 					}
-					args[1] = d.streamKey(name)
-					adds = append(adds, add{name: name, msg: i, cmd: pipe.Do(ctx, args...)})
+					args[1] = to.stream
+					adds = append(adds, add{name: to.name, msg: i, cmd: pipe.Do(ctx, args...)})
 				}
 			}
 			ver = pipe.Get(ctx, d.subsVersionKey())

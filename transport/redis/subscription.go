@@ -540,7 +540,7 @@ func (s *subscription) settle(ctx context.Context, ss []transport.Settlement) er
 			delay = max(st.Delay.Milliseconds(), 1)
 		}
 		if j == nil {
-			j = &job{sub: s, done: make(chan error, 1), args: make([]any, 3, 3+8*len(ss))}
+			j = &job{sub: s, args: make([]any, 3, 3+8*len(ss))}
 		}
 		j.args = append(j.args, op, tk.id, tk.consumer, tk.count, att, tk.first, delay, st.Error)
 		j.n++
