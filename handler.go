@@ -294,20 +294,22 @@ func (r *runner) heartbeat() {
 // abandoned by the watch loop, which settles the attempt and frees the
 // slot.
 func (r *runner) handle(d *transport.Delivery) {
-	ev := eventFromMessage(&d.Message)
+	f := &flight{d: d, ev: eventFromMessage(&d.Message)}
+	ev := &f.ev
 	ev.Attempt = d.Attempt
 	ev.Handler = r.name
 
 	if r.claimer != nil {
-		if s, skip := r.claim(&ev); skip {
+		if s, skip := r.claim(ev); skip {
 			r.settle(d, s)
 			r.free()
 			return
 		}
 	}
 
-	f := &flight{d: d, start: time.Now()}
-	f.ctx = &handlerCtx{ev: &ev, deadline: f.start.Add(r.cfg.timeout)}
+	f.start = time.Now()
+	f.hctx = handlerCtx{ev: ev, deadline: f.start.Add(r.cfg.timeout)}
+	f.ctx = &f.hctx
 	r.mu.Lock()
 	if _, mine := r.inflight[d]; !mine {
 		// abort released the delivery before the handler started.
@@ -317,7 +319,7 @@ func (r *runner) handle(d *transport.Delivery) {
 	}
 	r.inflight[d] = f
 	r.mu.Unlock()
-	err := r.call(f.ctx, &ev)
+	err := r.call(f.ctx, ev)
 	timedOut := f.ctx.Err() == context.DeadlineExceeded
 	f.ctx.cancel(context.Canceled) // ends contexts the handler derived
 	if !f.state.CompareAndSwap(0, 1) {
@@ -326,7 +328,7 @@ func (r *runner) handle(d *transport.Delivery) {
 	if err != nil && timedOut && errors.Is(err, context.DeadlineExceeded) {
 		err = fmt.Errorf("handler timed out after %s: %w", r.cfg.timeout, err)
 	}
-	r.finish(d, &ev, err, false, time.Since(f.start))
+	r.finish(d, ev, err, false, time.Since(f.start))
 	r.free()
 }
 

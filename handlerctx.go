@@ -119,6 +119,10 @@ type flight struct {
 	d     *transport.Delivery
 	ctx   *handlerCtx
 	start time.Time
+	// ev and hctx are the storage behind the handler's event and ctx, so
+	// that a delivery costs one allocation for all three.
+	ev   Event
+	hctx handlerCtx
 	// state: 0 running, 1 returned, 2 abandoned. Whoever moves it from 0
 	// settles the attempt and frees the slot.
 	state atomic.Int32

@@ -39,18 +39,28 @@ func validateSegments(s, what string, wildcards bool) error {
 	if len(s) > MaxNameLength {
 		return bad(fmt.Sprintf("is %d bytes; the limit is %d", len(s), MaxNameLength))
 	}
-	segs := strings.Split(s, ".")
-	if len(segs) < 2 {
+	if !strings.Contains(s, ".") {
 		return bad("has one segment; name the entity and what happened, such as \"user.created\"")
 	}
-	for i, seg := range segs {
+	// Segments are walked by index rather than split, as this runs on
+	// every publish.
+	for start := 0; start <= len(s); {
+		end := strings.IndexByte(s[start:], '.')
+		last := end < 0
+		if last {
+			end = len(s)
+		} else {
+			end += start
+		}
+		seg := s[start:end]
+		start = end + 1
 		switch {
 		case seg == "":
 			return bad("has an empty segment (a leading, trailing or doubled dot)")
 		case wildcards && seg == "*":
 			continue
 		case wildcards && seg == ">":
-			if i != len(segs)-1 {
+			if !last {
 				return bad("uses \">\" before the last segment; \">\" may only end a pattern")
 			}
 			continue

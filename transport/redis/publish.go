@@ -174,7 +174,7 @@ func parseEntry(fields []any) (m transport.Message, attempts int, first int64, o
 		default:
 			if name, isAttr := cutPrefix(k, attrPrefix); isAttr {
 				if m.Attrs == nil {
-					m.Attrs = make(map[string]string)
+					m.Attrs = make(map[string]string, countAttrs(fields[i:]))
 				}
 				m.Attrs[name] = v
 			}
@@ -184,6 +184,18 @@ func parseEntry(fields []any) (m transport.Message, attempts int, first int64, o
 		return m, 0, 0, false
 	}
 	return m, attempts, first, true
+}
+
+// countAttrs counts the attribute fields in a flat field list, so that
+// the attribute map is made at its final size.
+func countAttrs(fields []any) int {
+	n := 0
+	for i := 0; i < len(fields); i += 2 {
+		if k, _ := fields[i].(string); len(k) > len(attrPrefix) && k[:len(attrPrefix)] == attrPrefix {
+			n++
+		}
+	}
+	return n
 }
 
 func cutPrefix(s, prefix string) (string, bool) {
