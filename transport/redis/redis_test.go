@@ -425,6 +425,35 @@ func TestRetentionCompletedAndDead(t *testing.T) {
 	}
 }
 
+// TestRetentionTrimsAsItGoes checks that completions trim the stream by
+// themselves: the completed count stays between the limit and the limit
+// plus the slack a trim lets pass (and one batch).
+func TestRetentionTrimsAsItGoes(t *testing.T) {
+	t.Parallel()
+	const keep, batch = 40, 10
+	d := openURL(t, prefixURL(t), transport.Config{Retention: transport.Retention{CompletedCount: keep}})
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	for range 20 {
+		for range batch {
+			publish(t, d, msg("a.b"))
+		}
+		settle(t, s, transport.Complete, 0, receive(t, s, batch, 2*time.Second)...)
+	}
+	if err := d.acks.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	sub := s.(*subscription)
+	for deadline := time.Now().Add(2 * time.Second); sub.trimming.Load(); {
+		if time.Now().After(deadline) {
+			t.Fatal("a retention trim is still running after 2s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := stats(t, d, "h"); st.Completed < keep || st.Completed > keep+sub.slack()+batch {
+		t.Fatalf("after 200 completions with a count of %d: %d completed kept, want %d to %d", keep, st.Completed, keep, keep+sub.slack()+batch)
+	}
+}
+
 // TestRetentionKeepsStuckEntry checks count trimming around an old entry
 // still in flight: nothing at or after it is trimmed, and once it
 // completes the stream is cut back to the retained count.
