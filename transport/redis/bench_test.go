@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -142,6 +143,37 @@ func BenchmarkRawXAdd(b *testing.B) {
 		b.StopTimer()
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 	})
+}
+
+// BenchmarkRoundTrip measures one awaited PING, on an otherwise idle
+// process and with a goroutine spinning beside it. On a virtual machine
+// the gap between the two is the cost of waking an idle virtual CPU, which
+// bounds any client's rate with one awaiting caller: the benchmark shows
+// how much of a one-publisher rate is the machine rather than the code.
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, spin := range []bool{false, true} {
+		b.Run(fmt.Sprintf("spinning=%v", spin), func(b *testing.B) {
+			d := openTest(b)
+			c, ctx := d.client, context.Background()
+			var stop atomic.Bool
+			var spinning sync.WaitGroup
+			if spin {
+				spinning.Go(func() {
+					for !stop.Load() {
+					}
+				})
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := c.Ping(ctx).Err(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			stop.Store(true)
+			spinning.Wait()
+		})
+	}
 }
 
 // BenchmarkLatency publishes at 1,000 events/s and reports the publish to
