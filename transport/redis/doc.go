@@ -32,6 +32,12 @@
 // unknown one is rejected by name, so a typo never silently changes
 // behaviour.
 //
+// With rediss:// the server's certificate is checked against the system's
+// certificate authorities and the URL's host name. A certificate from a
+// private CA is trusted by pointing the SSL_CERT_FILE environment variable
+// at that CA's certificate (Go reads it on Linux and other Unix systems);
+// skip_verify=true turns the check off, which suits tests only.
+//
 // Open connects before it returns and fails with an error saying what to
 // fix when the server cannot be reached, wants a password the URL lacks,
 // rejects the credentials, is older than Redis 7, or has a maxmemory-policy

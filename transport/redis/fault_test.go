@@ -22,11 +22,14 @@ const (
 	envChildURL = "RIPPLE_REDIS_TEST_CHILD_URL"
 )
 
-// TestMain lets the test binary play a worker process that takes one
-// delivery and then hangs until it is killed.
+// TestMain lets the test binary play a child process: a worker that takes
+// one delivery and then hangs until it is killed, or a TLS client.
 func TestMain(m *testing.M) {
 	if u := os.Getenv(envChildURL); u != "" {
 		os.Exit(hangingWorker(u))
+	}
+	if u := os.Getenv(envTLSChildURL); u != "" {
+		os.Exit(tlsChild(u))
 	}
 	os.Exit(m.Run())
 }

@@ -3,8 +3,10 @@ package redis
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -193,7 +195,13 @@ func (d *Driver) check(ctx context.Context, shown string, allowEviction bool) er
 func (d *Driver) connectErr(shown string, err error) error {
 	msg := err.Error()
 	var nerr net.Error
+	var verr *tls.CertificateVerificationError
+	var rerr tls.RecordHeaderError
 	switch {
+	case errors.As(err, &verr):
+		return fmt.Errorf("redis transport: the TLS certificate of the server at %s could not be verified (from %q): %w; if it comes from a private CA, point the SSL_CERT_FILE environment variable at that CA's certificate (skip_verify=true in the URL turns verification off, for tests only)", d.opts.Addr, shown, err)
+	case errors.As(err, &rerr):
+		return fmt.Errorf("redis transport: the server at %s does not speak TLS (from %q): %w; use redis:// instead of rediss://, or the server's TLS port", d.opts.Addr, shown, err)
 	case strings.Contains(msg, "NOAUTH") || strings.Contains(msg, "without authentication") || strings.Contains(msg, "Authentication required"):
 		return fmt.Errorf("redis transport: the server at %s requires a password and the URL %q has none; write it as redis://:PASSWORD@host:port/db (or redis://USER:PASSWORD@… with ACL users): %w", d.opts.Addr, shown, err)
 	case strings.Contains(msg, "WRONGPASS") || strings.Contains(msg, "invalid password") || strings.Contains(msg, "invalid username-password"):
@@ -201,7 +209,13 @@ func (d *Driver) connectErr(shown string, err error) error {
 	case strings.Contains(msg, "NOPERM"):
 		return fmt.Errorf("redis transport: the Redis user in %q lacks a permission Ripple needs (streams, Lua scripts, INFO): %w", shown, err)
 	case errors.As(err, &nerr), errors.Is(err, context.DeadlineExceeded), strings.Contains(msg, "connection refused"), strings.Contains(msg, "no such host"):
-		return fmt.Errorf("redis transport: cannot reach Redis at %s (from %q): %w; is redis-server running there, and are host and port right?", d.opts.Addr, shown, err)
+		hint := "is redis-server running there, and are host and port right?"
+		if d.opts.TLSConfig != nil {
+			hint = "is redis-server running there, are host and port right, and does that port serve TLS (rediss://)?"
+		}
+		return fmt.Errorf("redis transport: cannot reach Redis at %s (from %q): %w; %s", d.opts.Addr, shown, err, hint)
+	case errors.Is(err, io.EOF) && d.opts.TLSConfig == nil:
+		return fmt.Errorf("redis transport: the server at %s closed the connection without answering (from %q): %w; if that port expects TLS, use rediss://", d.opts.Addr, shown, err)
 	}
 	return fmt.Errorf("redis transport: connecting to %s (from %q): %w", d.opts.Addr, shown, err)
 }
