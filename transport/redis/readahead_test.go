@@ -2,6 +2,8 @@ package redis
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -142,4 +144,69 @@ func TestCancelledReceiveKeepsConnection(t *testing.T) {
 	}
 	publish(t, d, genMsg("x.y"))
 	receive(t, s, 1, 2*time.Second)
+}
+
+// TestReceiveCancelledAtAnyMoment cancels Receive calls at every point of
+// their read, including just as the read returns: each must end with the
+// context's error, and the subscription must stay usable.
+func TestReceiveCancelledAtAnyMoment(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "x.y", time.Minute)
+	failed := 0
+	for i := range 2000 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(500+i%7*150)*time.Microsecond)
+		_, err := s.Receive(ctx, 1)
+		cancel()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			if failed++; failed <= 3 {
+				t.Logf("Receive %d: %v", i, err)
+			}
+		}
+	}
+	if failed > 0 {
+		t.Fatalf("%d of 2000 cancelled Receive calls failed with an error other than the context's", failed)
+	}
+	publish(t, d, msg("x.y"))
+	receive(t, s, 1, 2*time.Second)
+}
+
+// TestConcurrentReceiversKeepReadAhead runs eight busy receivers on one
+// subscription: what one reads ahead must not be dropped by another, or
+// it would wait out its lease.
+func TestConcurrentReceiversKeepReadAhead(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "x.y", time.Minute)
+	const n = 400
+	ms := make([]*transport.Message, n)
+	for i := range ms {
+		ms[i] = genMsg("x.y")
+	}
+	publish(t, d, ms...)
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+				ds, err := s.Receive(ctx, 2)
+				cancel()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				for _, x := range ds {
+					seen[x.ID] = true
+				}
+				mu.Unlock()
+				settle(t, s, transport.Complete, 0, ds...)
+			}
+		})
+	}
+	wg.Wait()
+	if len(seen) != n {
+		t.Fatalf("eight receivers got %d of %d events; the rest stayed leased", len(seen), n)
+	}
 }

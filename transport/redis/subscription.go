@@ -217,7 +217,12 @@ func (s *subscription) keep(ds []*transport.Delivery, limit int) []*transport.De
 	if len(ds) == limit {
 		return ds
 	}
-	s.buf, s.bufAt = ds[limit:], now
+	// Another Receive may have read ahead meanwhile: add to its surplus
+	// rather than strand it, leased to this consumer until its lease ends.
+	if len(s.buf) == 0 {
+		s.bufAt = now
+	}
+	s.buf = append(s.buf, ds[limit:]...)
 	return ds[:limit:limit]
 }
 
@@ -359,7 +364,9 @@ func (s *subscription) deliveries(ctx context.Context, raw []rawEntry) []*transp
 func (s *subscription) block(ctx context.Context, limit int, wait time.Duration) ([]*transport.Delivery, error) {
 	bc := s.blockClient()
 	var closed atomic.Bool
+	unblocked := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
+		defer close(unblocked)
 		// CLIENT UNBLOCK, sent on another connection, ends the wait and
 		// leaves the blocked connection usable. Closing the connection,
 		// the fallback, ends it too.
@@ -377,9 +384,12 @@ func (s *subscription) block(ctx context.Context, limit int, wait time.Duration)
 	res, err := bc.c.Do(context.Background(), "XREADGROUP", "GROUP", s.name, s.consumer,
 		"COUNT", limit, "BLOCK", max(wait.Milliseconds(), 1), "STREAMS", s.stream, ">").Result()
 	if !stop() {
-		// Cancelled. Entries read in that instant go back at once (when
-		// the connection was closed instead, they return after their
-		// lease).
+		// Cancelled. The connection goes back to the pool only once the
+		// unblocking is over, and only if it was not closed: otherwise a
+		// later read could use a closed client, or be the one unblocked.
+		// Entries read in that instant go back at once (when the
+		// connection was closed instead, they return after their lease).
+		<-unblocked
 		if !closed.Load() {
 			s.putBlockClient(bc)
 		}
