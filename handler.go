@@ -154,7 +154,9 @@ func (r *runner) abort() {
 		}
 		cancel()
 	}
-	_ = r.sub.Close()
+	if err := r.sub.Close(); err != nil {
+		r.bus.log.Warn("ripple: closing the subscription at shutdown failed", "handler", r.name, "err", err)
+	}
 }
 
 func (r *runner) loop() {

@@ -271,8 +271,11 @@ func (d *Driver) Close() error {
 	d.direct.wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = d.acks.flush(ctx)
-	return errors.Join(d.client.Close(), d.noRetry.Close())
+	var flushErr error
+	if err := d.acks.flush(ctx); err != nil {
+		flushErr = fmt.Errorf("redis transport: close: completions could not be acknowledged, so those events will be delivered again: %w", err)
+	}
+	return errors.Join(flushErr, d.client.Close(), d.noRetry.Close())
 }
 
 func (d *Driver) isClosed() bool {

@@ -282,7 +282,14 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	if reclaim {
 		flag = "1"
 	}
-	res, err := receiveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern).Slice()
+	// On the client that never resends: a resent poll whose first reply
+	// was lost would lease entries nobody receives until the lease ends.
+	var res []any
+	err := s.d.retryDial(ctx, func() error {
+		var err error
+		res, err = receiveScript.Run(ctx, s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern).Slice()
+		return err
+	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
 	}
@@ -673,7 +680,11 @@ func (s *subscription) Close() error {
 	}
 	// The consumer can leave the group only once its completions are
 	// acknowledged.
-	_ = s.d.acks.flush(ctx)
-	_ = leaveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer).Err()
+	if err := s.d.acks.flush(ctx); err != nil {
+		return fmt.Errorf("redis transport: close %q: completions could not be acknowledged, so those events will be delivered again: %w", s.name, err)
+	}
+	if err := leaveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer).Err(); err != nil {
+		return fmt.Errorf("redis transport: close %q: leaving the consumer group: %w", s.name, err)
+	}
 	return nil
 }
