@@ -335,7 +335,8 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 	}
 	_, err := d.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
 		p.HDel(ctx, d.subsKey(), handler)
-		p.Incr(ctx, d.subsVersionKey())
+		p.HDel(ctx, d.subsFromKey(), handler)
+		p.Set(ctx, d.subsVersionKey(), newRegistryVersion(), 0)
 		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler))
 		return nil
 	})

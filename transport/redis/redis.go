@@ -288,6 +288,7 @@ func (d *Driver) isClosed() bool {
 // one Redis database without seeing each other.
 func (d *Driver) subsKey() string              { return d.prefix + ":subs" }
 func (d *Driver) subsVersionKey() string       { return d.prefix + ":subsv" }
+func (d *Driver) subsFromKey() string          { return d.prefix + ":subsfrom" }
 func (d *Driver) streamKey(name string) string { return d.prefix + ":s:" + name }
 func (d *Driver) deadKey(name string) string   { return d.prefix + ":x:" + name }
 func (d *Driver) claimKey(handler, id string) string {

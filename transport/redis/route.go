@@ -28,13 +28,28 @@ import (
 // dedup record, which saves Redis work and memory per event.
 //
 // Routing uses a copy of the subscription registry cached in the process.
-// Every change to the registry increments PREFIX:subsv, and each direct
-// publish reads that counter in the same pipeline, after its XADDs: an
-// unchanged counter proves the XADDs went to exactly the subscriptions
-// registered when they ran. A changed counter makes the publisher reload
-// the registry and append the event to any matching subscription it
-// missed before Publish returns. XADD NOMKSTREAM keeps a publish racing an
+// Every change to the registry sets PREFIX:subsv to a fresh random
+// version (random rather than counted, so that a registry rebuilt after
+// Redis lost its data never passes for the one cached before), and each
+// direct publish reads it in the same pipeline, after its XADDs: an
+// unchanged version proves the XADDs went to exactly the subscriptions
+// registered when they ran. A changed one makes the publisher reload the
+// registry and append the event to any matching subscription it missed
+// before Publish returns. XADD NOMKSTREAM keeps a publish racing an
 // Unsubscribe from recreating the deleted stream.
+//
+// An XADD sent by an out-of-date copy can also reach a subscription whose
+// pattern was since narrowed. Checking the version before the XADDs would
+// take a script per publish, which doubles the round trip of a lone
+// publisher here, so receivers filter instead: a pattern change records
+// in PREFIX:subsfrom the last id the stream had under the old pattern, and
+// a receiver acknowledges away, undelivered, any later entry that its
+// subscription's registered pattern does not match and that Ripple did
+// not re-add itself (a retry or a delayed event, which carry field "a").
+// See (*subscription).misrouted.
+
+// newRegistryVersion returns a fresh value for PREFIX:subsv.
+func newRegistryVersion() string { return randHex(8) }
 
 // isDirect reports whether m can take the direct path.
 func (d *Driver) isDirect(m *transport.Message) bool {

@@ -141,3 +141,77 @@ func TestBothProtocols(t *testing.T) {
 		})
 	}
 }
+
+// TestDirectPublishAfterPatternNarrowed checks that a publisher whose
+// cached registry still has a handler's old, wider pattern does not send
+// it an event the new pattern excludes, while an event published before
+// the change stays with the handler.
+func TestDirectPublishAfterPatternNarrowed(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	pub := openURL(t, u, transport.Config{})
+	admin := openURL(t, u, transport.Config{})
+	s := subscribe(t, admin, "h", "a.>", time.Minute)
+	before := genMsg("a.before")
+	publish(t, pub, before) // caches a registry with h on a.>
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = subscribe(t, admin, "h", "b.>", time.Minute)
+	after := genMsg("b.after")
+	publish(t, pub, genMsg("a.after"), after)
+	for _, want := range []string{before.ID, after.ID} {
+		if got := receive(t, s, 1, 2*time.Second)[0]; got.ID != want {
+			t.Fatalf("received %s (%s), want %s", got.ID, got.Type, want)
+		}
+	}
+	receiveNone(t, s, 200*time.Millisecond)
+}
+
+// TestDirectPublishAfterRegistryLost checks that a registry rebuilt after
+// Redis lost its data is never taken for the one a publisher cached, even
+// after as many changes as that one had seen.
+func TestDirectPublishAfterRegistryLost(t *testing.T) {
+	t.Parallel()
+	u := prefixURL(t)
+	pub := openURL(t, u, transport.Config{})
+	admin := openURL(t, u, transport.Config{})
+	subscribe(t, admin, "a1", "x.a", time.Minute)
+	subscribe(t, admin, "a2", "x.a", time.Minute)
+	publish(t, pub, genMsg("x.a")) // caches a registry with a1 and a2
+	deletePrefix(serverURL(t), admin.prefix)
+
+	subscribe(t, admin, "a1", "x.a", time.Minute)
+	b := subscribe(t, admin, "b", "x.b", time.Minute)
+	m := genMsg("x.b")
+	publish(t, pub, m)
+	if got := receive(t, b, 1, 2*time.Second)[0]; got.ID != m.ID {
+		t.Fatalf("received %s, want %s", got.ID, m.ID)
+	}
+}
+
+// TestPatternNarrowedKeepsRetriesAndDelayed checks that events routed
+// before a handler's pattern was narrowed still reach it when Ripple
+// appends them again later: a retry, and a delayed event coming due.
+func TestPatternNarrowedKeepsRetriesAndDelayed(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.>", time.Minute)
+	retried := genMsg("a.retried")
+	publish(t, d, retried)
+	settle(t, s, transport.Retry, 300*time.Millisecond, receive(t, s, 1, 2*time.Second)...)
+	delayed := msg("a.delayed")
+	delayed.Delay = 300 * time.Millisecond
+	publish(t, d, delayed)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = subscribe(t, d, "h", "b.>", time.Minute)
+	got := map[string]bool{}
+	for _, x := range receive(t, s, 2, 3*time.Second) {
+		got[x.ID] = true
+	}
+	if !got[retried.ID] || !got[delayed.ID] {
+		t.Fatalf("after the pattern was narrowed, received %v; want the retry %s and the delayed %s", got, retried.ID, delayed.ID)
+	}
+}

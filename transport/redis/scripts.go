@@ -106,8 +106,32 @@ end
 `
 )
 
+// luaRegister registers a subscription under a pattern with a fresh
+// registry version. When the pattern is new for the stream's entries (a
+// change, or a stream left from before the registry was lost), it records
+// the stream's last id in PREFIX:subsfrom: entries up to it were routed
+// by what was registered before, and receivers never filter them out (see
+// route.go).
+const luaRegister = `
+local function register(p, name, pattern, version)
+  local subs, s = p .. ':subs', p .. ':s:' .. name
+  if redis.call('HGET', subs, name) ~= pattern then
+    local from = '0-0'
+    if redis.call('EXISTS', s) == 1 then
+      local info = redis.call('XINFO', 'STREAM', s)
+      for i = 1, #info, 2 do
+        if info[i] == 'last-generated-id' then from = info[i + 1] end
+      end
+    end
+    redis.call('HSET', p .. ':subsfrom', name, from)
+    redis.call('HSET', subs, name, pattern)
+  end
+  redis.call('SET', p .. ':subsv', version)
+end
+`
+
 // luaLib is every helper.
-const luaLib = luaNow + luaMatch + luaIDs + luaGroups + luaStrip + luaDelay
+const luaLib = luaNow + luaMatch + luaIDs + luaGroups + luaStrip + luaDelay + luaRegister
 
 // publishScript stores a batch of messages. ARGV: prefix, then per
 // message: delay ms, dedup record ms (0 = none), field count,
@@ -155,11 +179,11 @@ return stored
 `)
 
 // subscribeScript registers (or updates) a subscription and creates its
-// stream and consumer group. ARGV: prefix, name, pattern.
-var subscribeScript = newScript(`
+// stream and consumer group. ARGV: prefix, name, pattern, a fresh registry
+// version (see route.go).
+var subscribeScript = newScript(luaRegister + `
 local p, name, pattern = ARGV[1], ARGV[2], ARGV[3]
-redis.call('HSET', p .. ':subs', name, pattern)
-redis.call('INCR', p .. ':subsv')
+register(p, name, pattern, ARGV[4])
 local r = redis.pcall('XGROUP', 'CREATE', p .. ':s:' .. name, name, '0', 'MKSTREAM')
 if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP', 1, true) then
   return redis.error_reply(r.err)
@@ -170,23 +194,33 @@ return 1
 // receiveScript is the non-blocking part of Receive: it re-registers the
 // subscription if Redis lost it, moves due delayed entries to the stream,
 // reclaims entries whose lease ran out (when ARGV[5] is "1"), and reads new
-// entries. ARGV: prefix, name, consumer, count, reclaim, lease ms, pattern.
+// entries. ARGV: prefix, name, consumer, count, reclaim, lease ms, pattern,
+// a fresh registry version (see route.go).
 // It returns {ms until the next delayed entry is due or -1, ids XAUTOCLAIM found
-// deleted, {id, delivery count, fields}...}.
-var receiveScript = newScript(luaNow + luaGroups + `
+// deleted, {id, delivery count, fields}..., the registry version}.
+var receiveScript = newScript(luaNow + luaGroups + luaRegister + `
 local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
 local reclaim = ARGV[5] == '1'
 local lease = ARGV[6]
 local s, dk, subs = p .. ':s:' .. name, p .. ':d:' .. name, p .. ':subs'
 if redis.call('HEXISTS', subs, name) == 0 then
-  redis.call('HSET', subs, name, ARGV[7])
-  redis.call('INCR', p .. ':subsv')
+  register(p, name, ARGV[7], ARGV[8])
 end
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, 256)
 for _, m in ipairs(due) do
   local _, f = cmsgpack.unpack(m)
+  -- Field "a" marks an entry Ripple re-added itself: it was routed when
+  -- it was published, so receivers never filter it (see route.go).
+  local marked = false
+  for i = 1, #f, 2 do
+    if f[i] == 'a' then marked = true end
+  end
+  if not marked then
+    f[#f + 1] = 'a'
+    f[#f + 1] = '0'
+  end
   redis.call('XADD', s, '*', unpack(f))
 end
 if #due > 0 then redis.call('ZREM', dk, unpack(due)) end
@@ -212,7 +246,7 @@ end
 local nxt = -1
 local first = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
 if first[2] then nxt = math.max(tonumber(first[2]) - now, 0) end
-return {nxt, deleted, out}
+return {nxt, deleted, out, redis.call('GET', p .. ':subsv') or ''}
 `)
 
 // settleScript records retries, releases and dead letters (completions

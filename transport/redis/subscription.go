@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,9 +69,35 @@ type subscription struct {
 	buf         []*transport.Delivery // read ahead, see maxRead
 	bufAt       time.Time             // when buf was read
 	fullAt      time.Time             // when a Receive last returned all it was asked for
+	view        registryView          // the registry's entry for this subscription
 
 	trimming atomic.Bool
 }
+
+// registryView is what a receiver knows of its subscription's registry
+// entry, to filter out entries sent by a publisher's out-of-date registry
+// (see route.go).
+type registryView struct {
+	loaded  bool
+	version string // PREFIX:subsv when read
+	pattern string // the registered pattern ("" when not registered)
+	from    streamID
+}
+
+// A streamID is a stream entry id, milliseconds and sequence.
+type streamID struct{ ms, seq uint64 }
+
+func parseStreamID(s string) (streamID, bool) {
+	ms, seq, ok := strings.Cut(s, "-")
+	if !ok {
+		return streamID{}, false
+	}
+	m, err1 := strconv.ParseUint(ms, 10, 64)
+	q, err2 := strconv.ParseUint(seq, 10, 64)
+	return streamID{m, q}, err1 == nil && err2 == nil
+}
+
+func (a streamID) after(b streamID) bool { return a.ms > b.ms || a.ms == b.ms && a.seq > b.seq }
 
 type token struct {
 	id       string
@@ -97,7 +124,7 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if lease <= 0 {
 		lease = defaultLease
 	}
-	if err := subscribeScript.Run(ctx, d.client, nil, d.prefix, spec.Name, spec.Pattern).Err(); err != nil {
+	if err := subscribeScript.Run(ctx, d.client, nil, d.prefix, spec.Name, spec.Pattern, newRegistryVersion()).Err(); err != nil {
 		return nil, fmt.Errorf("redis transport: subscribe %q: %w", spec.Name, err)
 	}
 	s := &subscription{
@@ -287,13 +314,13 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	var res []any
 	err := s.d.retryDial(ctx, func() error {
 		var err error
-		res, err = receiveScript.Run(ctx, s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern).Slice()
+		res, err = receiveScript.Run(ctx, s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern, newRegistryVersion()).Slice()
 		return err
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
 	}
-	if len(res) != 3 {
+	if len(res) != 4 {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: unexpected script reply %v", s.name, res)
 	}
 	nextDue := time.Duration(-1)
@@ -316,7 +343,8 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 		fields, _ := t[2].([]any)
 		raw = append(raw, rawEntry{id: id, count: count, fields: fields})
 	}
-	return s.deliveries(ctx, raw), nextDue, nil
+	version, _ := res[3].(string)
+	return s.deliveries(ctx, raw, version), nextDue, nil
 }
 
 type rawEntry struct {
@@ -325,18 +353,31 @@ type rawEntry struct {
 	fields []any // names and values, as Redis sends them
 }
 
-// deliveries turns entries into deliveries. Entries Ripple did not write
-// go to the dead-letter stream at once, so they are never retried in a
-// loop.
-func (s *subscription) deliveries(ctx context.Context, raw []rawEntry) []*transport.Delivery {
+// deliveries turns entries into deliveries; version is the registry
+// version read after them. Entries Ripple did not write go to the
+// dead-letter stream at once, so they are never retried in a loop.
+// Entries a publisher sent by an out-of-date registry are acknowledged
+// away (see misrouted).
+func (s *subscription) deliveries(ctx context.Context, raw []rawEntry, version string) []*transport.Delivery {
 	if len(raw) == 0 {
 		return nil
+	}
+	view, err := s.registryView(ctx, version)
+	if err != nil {
+		// Without the registry no entry can be judged: hand them all out
+		// rather than hold events back.
+		s.d.log.Warn("redis transport: could not read the subscription registry; events are not checked against the registered pattern", "handler", s.name, "err", err)
 	}
 	nowMs := time.Now().UnixMilli()
 	out := make([]*transport.Delivery, 0, len(raw))
 	var foreign []transport.Settlement
+	var stray []string
 	for _, e := range raw {
 		m, base, first, ok := parseEntry(e.fields)
+		if ok && err == nil && s.misrouted(view, e, m.Type) {
+			stray = append(stray, e.id)
+			continue
+		}
 		tk := &token{id: e.id, consumer: s.consumer, count: e.count, attempt: base + int(e.count), first: first}
 		if first == 0 {
 			if tk.attempt == 1 {
@@ -356,6 +397,11 @@ func (s *subscription) deliveries(ctx context.Context, raw []rawEntry) []*transp
 		}
 		out = append(out, d)
 	}
+	if len(stray) > 0 {
+		s.d.log.Info("redis transport: skipped events a publisher sent by an out-of-date subscription registry; the handler's pattern no longer matches them",
+			"handler", s.name, "pattern", view.pattern, "ids", stray)
+		s.d.acks.add(s, stray)
+	}
 	if len(foreign) > 0 {
 		s.d.log.Warn("redis transport: moving entries Ripple did not write to the dead-letter stream", "handler", s.name, "stream", s.stream, "count", len(foreign))
 		if err := s.Settle(ctx, foreign); err != nil {
@@ -363,6 +409,57 @@ func (s *subscription) deliveries(ctx context.Context, raw []rawEntry) []*transp
 		}
 	}
 	return out
+}
+
+// misrouted reports whether an entry reached the subscription only by a
+// publisher's out-of-date copy of the registry: it was appended after the
+// registered pattern took effect, that pattern does not match its type,
+// and Ripple did not re-add it itself (retries and delayed events carry
+// field "a" and were routed when they were published).
+func (s *subscription) misrouted(view registryView, e rawEntry, typ string) bool {
+	if view.pattern == "" || transport.Match(view.pattern, typ) {
+		return false
+	}
+	id, ok := parseStreamID(e.id)
+	if !ok || !id.after(view.from) {
+		return false
+	}
+	for i := 0; i+1 < len(e.fields); i += 2 {
+		if k, _ := e.fields[i].(string); k == fieldAttempts {
+			return false
+		}
+	}
+	return true
+}
+
+// registryView returns the subscription's registry entry as of version,
+// reading it again when the registry has changed since it was last read.
+func (s *subscription) registryView(ctx context.Context, version string) (registryView, error) {
+	s.mu.Lock()
+	v := s.view
+	s.mu.Unlock()
+	if v.loaded && v.version == version {
+		return v, nil
+	}
+	// Also when Receive's ctx has just ended: the entries are in hand.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var ver, pattern, from *goredis.StringCmd
+	_, err := s.d.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		ver = p.Get(ctx, s.d.subsVersionKey())
+		pattern = p.HGet(ctx, s.d.subsKey(), s.name)
+		from = p.HGet(ctx, s.d.subsFromKey(), s.name)
+		return nil
+	})
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		return registryView{}, err
+	}
+	v = registryView{loaded: true, version: ver.Val(), pattern: pattern.Val()}
+	v.from, _ = parseStreamID(from.Val())
+	s.mu.Lock()
+	s.view = v
+	s.mu.Unlock()
+	return v, nil
 }
 
 // block waits for new entries with XREADGROUP BLOCK on a dedicated
@@ -387,9 +484,17 @@ func (s *subscription) block(ctx context.Context, limit int, wait time.Duration)
 	})
 	// Do rather than XReadGroup: the reply is read as flat lists, without
 	// a map per entry (the client's read timeout covers the block, see
-	// blockClient).
-	res, err := bc.c.Do(context.Background(), "XREADGROUP", "GROUP", s.name, s.consumer,
-		"COUNT", limit, "BLOCK", max(wait.Milliseconds(), 1), "STREAMS", s.stream, ">").Result()
+	// blockClient). The registry version, read right after, tells whether
+	// the entries must be checked against a newer registry.
+	var read *goredis.Cmd
+	var version *goredis.StringCmd
+	_, _ = bc.c.Pipelined(context.Background(), func(p goredis.Pipeliner) error {
+		read = p.Do(context.Background(), "XREADGROUP", "GROUP", s.name, s.consumer,
+			"COUNT", limit, "BLOCK", max(wait.Milliseconds(), 1), "STREAMS", s.stream, ">")
+		version = p.Get(context.Background(), s.d.subsVersionKey())
+		return nil
+	})
+	res, err := read.Result()
 	if !stop() {
 		// Cancelled. The connection goes back to the pool only once the
 		// unblocking is over, and only if it was not closed: otherwise a
@@ -401,7 +506,7 @@ func (s *subscription) block(ctx context.Context, limit int, wait time.Duration)
 			s.putBlockClient(bc)
 		}
 		if err == nil {
-			if ds := s.deliveries(ctx, readGroupEntries(res)); len(ds) > 0 {
+			if ds := s.deliveries(ctx, readGroupEntries(res), version.Val()); len(ds) > 0 {
 				rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				s.release(rctx, ds)
 				cancel()
@@ -416,14 +521,14 @@ func (s *subscription) block(ctx context.Context, limit int, wait time.Duration)
 	case err != nil && strings.Contains(err.Error(), "NOGROUP"):
 		// Redis lost the group (restart without persistence, FLUSHDB):
 		// recreate it and the subscription's registration.
-		if err := subscribeScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.pattern).Err(); err != nil {
+		if err := subscribeScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.pattern, newRegistryVersion()).Err(); err != nil {
 			return nil, fmt.Errorf("redis transport: recreating consumer group %q: %w", s.name, err)
 		}
 		return nil, nil
 	case err != nil:
 		return nil, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
 	}
-	return s.deliveries(ctx, readGroupEntries(res)), nil
+	return s.deliveries(ctx, readGroupEntries(res), version.Val()), nil
 }
 
 // readGroupEntries lists the entries of an XREADGROUP reply: an array of
