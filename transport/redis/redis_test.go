@@ -387,6 +387,57 @@ func TestReplay(t *testing.T) {
 	}
 }
 
+// TestReclaimReachesExpiredLeasesBehindLiveOnes keeps 50 leases alive
+// ahead of 5 that expire: the reclaim scans, each looking at a few
+// pending entries, must go on from where the last one stopped to reach
+// the expired ones.
+func TestReclaimReachesExpiredLeasesBehindLiveOnes(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	const lease = 400 * time.Millisecond
+	s := subscribe(t, d, "h", "a.b", lease)
+	for range 55 {
+		publish(t, d, msg("a.b"))
+	}
+	live := receive(t, s, 50, 2*time.Second)
+	expired := map[string]bool{}
+	for _, x := range receive(t, s, 5, 2*time.Second) {
+		expired[x.ID] = true
+	}
+	stop := make(chan struct{})
+	var extending sync.WaitGroup
+	extending.Go(func() {
+		tick := time.NewTicker(lease / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if err := s.Extend(context.Background(), live, lease); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}
+	})
+	defer func() { close(stop); extending.Wait() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(expired) > 0 && time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		ds, _ := s.Receive(ctx, 1)
+		cancel()
+		for _, x := range ds {
+			if x.Attempt == 2 {
+				delete(expired, x.ID)
+			}
+		}
+	}
+	if len(expired) > 0 {
+		t.Fatalf("%d expired leases behind 50 live ones were not reclaimed within 5s", len(expired))
+	}
+}
+
 func TestRetentionCompletedAndDead(t *testing.T) {
 	t.Parallel()
 	d := openURL(t, prefixURL(t), transport.Config{Retention: transport.Retention{CompletedCount: 3, DeadCount: 2}})

@@ -195,9 +195,11 @@ return 1
 // subscription if Redis lost it, moves due delayed entries to the stream,
 // reclaims entries whose lease ran out (when ARGV[5] is "1"), and reads new
 // entries. ARGV: prefix, name, consumer, count, reclaim, lease ms, pattern,
-// a fresh registry version (see route.go).
+// a fresh registry version (see route.go), where the reclaim scan starts.
 // It returns {ms until the next delayed entry is due or -1, ids XAUTOCLAIM found
-// deleted, {id, delivery count, fields}..., the registry version}.
+// deleted, {id, delivery count, fields}..., the registry version, where
+// the next reclaim scan starts}. Each scan goes on from where the last
+// one stopped, so expired leases behind many live ones are reached too.
 var receiveScript = newScript(luaNow + luaGroups + luaRegister + `
 local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
@@ -224,9 +226,10 @@ for _, m in ipairs(due) do
   redis.call('XADD', s, '*', unpack(f))
 end
 if #due > 0 then redis.call('ZREM', dk, unpack(due)) end
-local out, deleted = {}, {}
+local out, deleted, cursor = {}, {}, ARGV[9]
 if reclaim then
-  local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, lease, '0-0', 'COUNT', count)
+  local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, lease, ARGV[9], 'COUNT', count)
+  cursor = r[1] or ARGV[9]
   if r[3] then deleted = r[3] end
   for _, e in ipairs(r[2]) do
     if e[2] then
@@ -246,7 +249,7 @@ end
 local nxt = -1
 local first = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
 if first[2] then nxt = math.max(tonumber(first[2]) - now, 0) end
-return {nxt, deleted, out, redis.call('GET', p .. ':subsv') or ''}
+return {nxt, deleted, out, redis.call('GET', p .. ':subsv') or '', cursor}
 `)
 
 // settleScript records retries, releases and dead letters (completions

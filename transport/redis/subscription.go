@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -62,6 +63,7 @@ type subscription struct {
 	mu          sync.Mutex
 	closed      bool
 	lastReclaim time.Time
+	claimFrom   string    // where the next XAUTOCLAIM scan starts
 	nextPoll    time.Time // when Receive must run the poll script again
 	lastTrim    time.Time
 	completes   int64                 // completions since the last trim
@@ -300,6 +302,7 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	if reclaim {
 		s.lastReclaim = now
 	}
+	claimFrom := cmp.Or(s.claimFrom, "0-0")
 	trim := now.Sub(s.lastTrim) >= trimEvery
 	s.mu.Unlock()
 	if trim {
@@ -314,14 +317,19 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	var res []any
 	err := s.d.retryDial(ctx, func() error {
 		var err error
-		res, err = receiveScript.Run(ctx, s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern, newRegistryVersion()).Slice()
+		res, err = receiveScript.Run(ctx, s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern, newRegistryVersion(), claimFrom).Slice()
 		return err
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
 	}
-	if len(res) != 4 {
+	if len(res) != 5 {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: unexpected script reply %v", s.name, res)
+	}
+	if next, ok := res[4].(string); ok && reclaim {
+		s.mu.Lock()
+		s.claimFrom = next
+		s.mu.Unlock()
 	}
 	nextDue := time.Duration(-1)
 	if n, ok := res[0].(int64); ok && n >= 0 {
