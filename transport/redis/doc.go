@@ -71,7 +71,7 @@
 // Each handler name is a subscription with its own stream (PREFIX:s:NAME)
 // and a consumer group of the same name; the registry of subscriptions
 // and their patterns is the hash PREFIX:subs, and every change to it
-// increments the counter PREFIX:subsv. An event reaches every matching
+// sets PREFIX:subsv to a fresh random version. An event reaches every matching
 // handler or none. An event published before a subscription existed is
 // not delivered to it; one published while a subscription is being
 // created may or may not be.
@@ -80,9 +80,12 @@
 // XADD NOMKSTREAM to the stream of each matching subscription (in
 // MULTI/EXEC when there are several), followed in the same round trip by
 // a read of PREFIX:subsv. Routing uses a copy of the registry cached in
-// the process; when the counter shows the registry changed, the publisher
+// the process; when the version shows the registry changed, the publisher
 // reloads it and appends the event to any subscription it missed before
-// Publish returns. This path sends no command twice: go-redis's retries
+// Publish returns. When a handler subscribes with a narrower pattern than
+// before, events published under the old pattern stay with it, and
+// receivers acknowledge away, undelivered, any later event a publisher's
+// out-of-date copy still sent it (logged at Info). This path sends no command twice: go-redis's retries
 // are off for it, except when no connection could be made at all, so a
 // lost reply is reported as an error rather than risking a second copy,
 // and no dedup record is needed. Events with a delay, and events whose id
