@@ -215,3 +215,51 @@ func TestPatternNarrowedKeepsRetriesAndDelayed(t *testing.T) {
 		t.Fatalf("after the pattern was narrowed, received %v; want the retry %s and the delayed %s", got, retried.ID, delayed.ID)
 	}
 }
+
+// TestPatternNarrowedKeepsRequeuedDeadLetters checks that a dead letter
+// requeued after its handler's pattern was narrowed is delivered: it was
+// routed when it was published.
+func TestPatternNarrowedKeepsRequeuedDeadLetters(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "order.>", time.Minute)
+	m := genMsg("order.created")
+	publish(t, d, m)
+	settle(t, s, transport.Dead, 0, receive(t, s, 1, 2*time.Second)...)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = subscribe(t, d, "h", "order.paid", time.Minute)
+	if n, err := d.Requeue(context.Background(), "h", nil); err != nil || n != 1 {
+		t.Fatalf("Requeue = %d, %v; want 1", n, err)
+	}
+	if got := receive(t, s, 1, 2*time.Second)[0]; got.ID != m.ID {
+		t.Fatalf("received %s, want the requeued %s", got.ID, m.ID)
+	}
+}
+
+// TestRegistrationWithoutStartFiltersNothing checks that a registration
+// with no recorded start, as left by a Ripple that did not record one,
+// filters nothing: a backlog under an older pattern is still delivered.
+func TestRegistrationWithoutStartFiltersNothing(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	subscribe(t, d, "h", "a.>", time.Minute)
+	m := genMsg("a.x")
+	publish(t, d, m)
+	c, ctx := rawClient(t, d), context.Background()
+	// Narrowed without a recorded start.
+	if err := c.HSet(ctx, d.subsKey(), "h", "b.>").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.HDel(ctx, d.subsFromKey(), "h").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(ctx, d.subsVersionKey(), newRegistryVersion(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s := subscribe(t, d, "h", "b.>", time.Minute)
+	if got := receive(t, s, 1, 2*time.Second)[0]; got.ID != m.ID {
+		t.Fatalf("received %s, want the backlog's %s", got.ID, m.ID)
+	}
+}

@@ -229,6 +229,7 @@ if #due > 0 then redis.call('ZREM', dk, unpack(due)) end
 local out, deleted, cursor = {}, {}, ARGV[9]
 if reclaim then
   local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, lease, ARGV[9], 'COUNT', count)
+  if r.err then return r end
   cursor = r[1] or ARGV[9]
   if r[3] then deleted = r[3] end
   for _, e in ipairs(r[2]) do
@@ -242,6 +243,7 @@ if reclaim then
 end
 if #out < count then
   local r = gcall(s, name, 'XREADGROUP', 'GROUP', name, consumer, 'COUNT', count - #out, 'STREAMS', s, '>')
+  if r and r.err then return r end
   if r then
     for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], 1, e[2]} end
   end
@@ -416,7 +418,13 @@ local n = 0
 for i = 3, #ARGV do
   local e = redis.call('XRANGE', x, ARGV[i], ARGV[i])
   if e[1] then
-    redis.call('XADD', s, '*', unpack(strip(e[1][2], drop)))
+    -- A fresh start (no attempts used), marked "a" as re-added by Ripple:
+    -- it was routed when first published, so receivers never filter it
+    -- out (see route.go).
+    local f = strip(e[1][2], drop)
+    f[#f + 1] = 'a'
+    f[#f + 1] = '0'
+    redis.call('XADD', s, '*', unpack(f))
     redis.call('XDEL', x, ARGV[i])
     n = n + 1
   end

@@ -82,7 +82,7 @@ type subscription struct {
 type registryView struct {
 	loaded  bool
 	version string // PREFIX:subsv when read
-	pattern string // the registered pattern ("" when not registered)
+	pattern string // the registered pattern; "" when not registered, or not to filter by
 	from    streamID
 }
 
@@ -463,7 +463,14 @@ func (s *subscription) registryView(ctx context.Context, version string) (regist
 		return registryView{}, err
 	}
 	v = registryView{loaded: true, version: ver.Val(), pattern: pattern.Val()}
-	v.from, _ = parseStreamID(from.Val())
+	if f, ok := parseStreamID(from.Val()); ok {
+		v.from = f
+	} else {
+		// A registration without a recorded start (from before Ripple
+		// recorded one) cannot tell stray entries from routed ones, so
+		// nothing is filtered.
+		v.pattern = ""
+	}
 	s.mu.Lock()
 	s.view = v
 	s.mu.Unlock()
