@@ -120,3 +120,69 @@ func TestCrossProcessWakeAndFanOut(t *testing.T) {
 		t.Errorf("cross-process wake took %v, want about the %v poll interval", lat, pollInterval)
 	}
 }
+
+// keepNothing prunes every finished event at once.
+var keepNothing = transport.Config{Retention: transport.Retention{CompletedCount: -1, CompletedAge: -1, DedupWindow: -1}}
+
+// TestPrunedEventNumberNotReused prunes the newest event and publishes
+// another, delayed (so the publisher does not cache it) or from a second
+// driver on the file: the receiver must get the new event, not the pruned
+// one's contents under its number.
+func TestPrunedEventNumberNotReused(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		delay   time.Duration
+		otherDB bool
+	}{{"delayed", 10 * time.Millisecond, false}, {"other process", 0, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "r.db")
+			d := open(t, path, keepNothing)
+			pub := d
+			if tc.otherDB {
+				pub = open(t, path, keepNothing)
+			}
+			s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "a.>"})
+			ctx := context.Background()
+			publish(t, d, &transport.Message{ID: "old", Type: "a.x", Time: time.Now(), Data: []byte(`"old"`)})
+			ds, err := s.Receive(ctx, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Settle(ctx, []transport.Settlement{{Delivery: ds[0], Outcome: transport.Complete}}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Millisecond)
+			d.pruneNow(t)
+			publish(t, pub, &transport.Message{ID: "new", Type: "a.x", Time: time.Now(), Data: []byte(`"new"`), Delay: tc.delay})
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			ds, err = s.Receive(rctx, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ds[0].ID != "new" || string(ds[0].Data) != `"new"` {
+				t.Fatalf("received %s %s, want the new event", ds[0].ID, ds[0].Data)
+			}
+		})
+	}
+}
+
+// TestUnsubscribedIDNotReused unsubscribes a handler from a second
+// driver, as another process would, and subscribes another: a receiver
+// left running for the first must not get the second's events.
+func TestUnsubscribedIDNotReused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	d1, d2 := open(t, path, transport.Config{}), open(t, path, transport.Config{})
+	old := subscribe(t, d1, transport.SubscriptionSpec{Name: "old", Pattern: "a.>"})
+	ctx := context.Background()
+	if err := d2.Unsubscribe(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, d2, transport.SubscriptionSpec{Name: "new", Pattern: "b.>"})
+	publish(t, d2, &transport.Message{ID: "b1", Type: "b.x", Time: time.Now(), Data: []byte(`{}`)})
+	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if ds, err := old.Receive(rctx, 1); err == nil {
+		t.Fatalf("the unsubscribed handler (a.>) received %s (%s), meant for another", ds[0].ID, ds[0].Type)
+	}
+}

@@ -44,7 +44,12 @@ var pruneSQL = func() map[int]struct{ age, cut, cutoff string } {
 // pruneEventSQL deletes one event unless a delivery refers to it. The IN
 // over subscriptions turns the check into one primary-key probe per
 // subscription, so deliveries needs no index on event_seq.
-const pruneEventSQL = `DELETE FROM events WHERE seq = ?1 AND NOT EXISTS
+//
+// The newest event is never deleted: SQLite numbers a new row one above
+// the highest in the table, so deleting the newest would hand its seq to
+// the next event, and a process that cached the old event by seq (see
+// writer.recent) would deliver the old contents under the new event.
+const pruneEventSQL = `DELETE FROM events WHERE seq = ?1 AND seq < (SELECT max(seq) FROM events) AND NOT EXISTS
 	(SELECT 1 FROM deliveries WHERE sub_id IN (SELECT id FROM subscriptions) AND event_seq = ?1)`
 
 // runPrune runs one bounded pruning pass in its own transaction and returns

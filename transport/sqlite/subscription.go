@@ -59,12 +59,22 @@ func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
 		Scan(&id, &pattern, &ordered, &lease)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		res, err := w.conn.ExecContext(bg, `INSERT INTO subscriptions (name, pattern, ordered, lease_ns, created_at) VALUES (?, ?, ?, ?, ?)`,
+		// Ids are never reused: a receiver of an unsubscribed handler,
+		// in another process, still leases by its id, which must not come
+		// to mean another handler. ripple_meta's last_sub_id keeps the
+		// highest id ever given, as the row with it may be gone.
+		res, err := w.conn.ExecContext(bg, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at)
+			VALUES (max(coalesce((SELECT value FROM ripple_meta WHERE key = 'last_sub_id'), 0),
+				coalesce((SELECT max(id) FROM subscriptions), 0)) + 1, ?, ?, ?, ?, ?)`,
 			spec.Name, spec.Pattern, spec.Ordered, int64(spec.Lease), w.now)
 		if err != nil {
 			return 0, err
 		}
 		if id, err = res.LastInsertId(); err != nil {
+			return 0, err
+		}
+		if _, err := w.conn.ExecContext(bg, `INSERT INTO ripple_meta (key, value) VALUES ('last_sub_id', ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, id); err != nil {
 			return 0, err
 		}
 	case err != nil:
