@@ -461,6 +461,27 @@ func TestDelay(t *testing.T) {
 	}
 }
 
+// TestOrderedKeyHeldWhileLeased replays a key's completed event while a
+// later event of the key is leased: the replayed one waits for it.
+func TestOrderedKeyHeldWhileLeased(t *testing.T) {
+	d, _ := newDB(t)
+	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "a.b", Ordered: true})
+	first, second := msg("a.b"), msg("a.b")
+	first.Key, second.Key = "k", "k"
+	publish(t, d, first)
+	settle(t, s, receive(t, s, 1, time.Second)[0], transport.Complete, 0, "")
+	publish(t, d, second)
+	running := receive(t, s, 1, time.Second)[0]
+	if n, err := d.Replay(context.Background(), "h", time.Time{}); err != nil || n == 0 {
+		t.Fatalf("Replay = %d, %v", n, err)
+	}
+	receiveNone(t, s, 300*time.Millisecond) // the second is leased
+	settle(t, s, running, transport.Complete, 0, "")
+	if ds := receive(t, s, 10, time.Second); len(ds) != 1 || ds[0].ID != first.ID {
+		t.Fatalf("after the leased one completed: %v, want the replayed %s", ids(ds), first.ID)
+	}
+}
+
 func TestOrderedPerKey(t *testing.T) {
 	d, _ := newDB(t)
 	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "a.b", Ordered: true})

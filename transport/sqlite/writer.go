@@ -146,7 +146,9 @@ const leaseReturning = ` RETURNING event_seq, attempts, gen, first_attempt, prio
 
 // The lease statements. The key check of leaseOrderedSQL names its index:
 // without statistics the planner would walk the primary key over every
-// earlier row of the subscription instead.
+// earlier row of the subscription instead. A row of a key is held back
+// by an earlier unsettled row of the key, and by any leased one: Replay
+// and Requeue can make an earlier row ready while a later one runs.
 const (
 	leaseExpiredSQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 1 AND lease_until < ?2
 			ORDER BY lease_until LIMIT ?4)` + leaseReturning
@@ -154,7 +156,7 @@ const (
 			ORDER BY priority DESC, event_seq LIMIT ?4)` + leaseReturning
 	leaseOrderedSQL = leaseSet + `(SELECT d.event_seq FROM deliveries d WHERE d.sub_id = ?3 AND d.state = 0 AND d.run_at <= ?2
 			AND (d.key = '' OR NOT EXISTS (SELECT 1 FROM deliveries e INDEXED BY deliveries_key WHERE e.sub_id = ?3 AND e.key = d.key
-				AND e.event_seq < d.event_seq AND e.state IN (0, 1) AND e.key <> ''))
+				AND e.state IN (0, 1) AND e.key <> '' AND (e.event_seq < d.event_seq OR e.state = 1)))
 			ORDER BY d.priority DESC, d.event_seq LIMIT ?4)` + leaseReturning
 	nextDueSQL = `SELECT min(run_at) FROM deliveries WHERE sub_id = ? AND state = 0 AND delayed = 1 AND run_at > ?`
 )
