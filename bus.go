@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
@@ -50,7 +51,10 @@ type Bus struct {
 	order    []string // registration order, for stable listings
 	started  bool
 	stopping bool // Shutdown began: no new handlers or starts
-	closed   bool // the driver is closed: no publishes either
+	// closed is set once the driver is closed: no publishes either. It is
+	// atomic rather than under mu, as errors are wrapped (wrapDriverErr)
+	// while mu is held.
+	closed   atomic.Bool
 	stopOnce sync.Once
 	stopped  chan struct{}
 	stopErr  error
@@ -323,11 +327,7 @@ func (b *Bus) wrapDriverErr(op string, err error) error {
 	return fmt.Errorf("ripple: %s on %s: %w", op, b.driver.Name(), err)
 }
 
-func (b *Bus) isClosed() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.closed
-}
+func (b *Bus) isClosed() bool { return b.closed.Load() }
 
 // HandlerFunc handles one event. Returning nil acknowledges it; returning
 // an error retries it with backoff, or dead-letters it when the error is
@@ -407,8 +407,14 @@ func (b *Bus) Start(ctx context.Context) error {
 	}
 	for i, name := range b.order {
 		if err := b.handlers[name].start(ctx); err != nil {
+			// Undo the handlers already started, handing back what they
+			// leased, and give each a fresh runner so that Start can be
+			// tried again.
 			for _, started := range b.order[:i] {
-				b.handlers[started].stopReceiving()
+				r := b.handlers[started]
+				r.stopReceiving()
+				r.abort()
+				b.handlers[started] = newRunner(b, r.pattern, r.name, r.fn, r.cfg)
 			}
 			return err
 		}
@@ -471,7 +477,7 @@ func (b *Bus) Shutdown(ctx context.Context) error {
 		// Handlers that are still draining may publish follow-up events,
 		// so publishing stays open until the driver closes.
 		b.mu.Lock()
-		b.closed = true
+		b.closed.Store(true)
 		b.mu.Unlock()
 		if cerr := b.driver.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("ripple: close %s: %w", b.driver.Name(), cerr)

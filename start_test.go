@@ -1,0 +1,87 @@
+package ripple_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ripplehq/ripple"
+	"github.com/ripplehq/ripple/transport"
+	"github.com/ripplehq/ripple/transport/memory"
+)
+
+// failingSubscribe fails the Subscribe of some handler names a set
+// number of times each, as a network error would.
+type failingSubscribe struct {
+	transport.Driver
+	mu    sync.Mutex
+	fails map[string]int
+}
+
+func (f *failingSubscribe) Subscribe(ctx context.Context, s transport.SubscriptionSpec) (transport.Subscription, error) {
+	f.mu.Lock()
+	fail := f.fails[s.Name] > 0
+	f.fails[s.Name]--
+	f.mu.Unlock()
+	if fail {
+		return nil, errors.New("connection reset")
+	}
+	return f.Driver.Subscribe(ctx, s)
+}
+
+func nop(context.Context, ripple.Event) error { return nil }
+
+// within fails the test when fn does not return within 2 s.
+func within(t *testing.T, what string, fn func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(2 * time.Second):
+		t.Fatalf("%s did not return (deadlock)", what)
+		return nil
+	}
+}
+
+// TestSubscribeErrorIsReturned checks that a Subscribe error from the
+// transport comes back from Start, and from On on a started bus, and
+// that the bus goes on working.
+func TestSubscribeErrorIsReturned(t *testing.T) {
+	ctx := context.Background()
+	d := &failingSubscribe{Driver: memory.New(transport.Retention{}), fails: map[string]int{"h2": 2, "h3": 1}}
+	bus, err := ripple.New(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	if err := bus.On("a.b", "h1", nop); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.On("a.b", "h2", nop); err != nil {
+		t.Fatal(err)
+	}
+	if err := within(t, "Start", func() error { return bus.Start(ctx) }); err == nil {
+		t.Fatal("Start succeeded although h2's Subscribe failed")
+	}
+	// Start again: h1, started and undone by the failed Start, starts
+	// afresh; h2's Subscribe fails a second time.
+	if err := within(t, "Start", func() error { return bus.Start(ctx) }); err == nil {
+		t.Fatal("second Start succeeded although h2's Subscribe failed")
+	}
+	if err := within(t, "Start", func() error { return bus.Start(ctx) }); err != nil {
+		t.Fatalf("third Start: %v", err)
+	}
+	if err := within(t, "On", func() error { return bus.On("a.b", "h3", nop) }); err == nil {
+		t.Fatal("On on a started bus succeeded although Subscribe failed")
+	}
+	if _, err := bus.Publish(ctx, "a.b", map[string]int{"n": 1}); err != nil {
+		t.Fatalf("Publish after the failures: %v", err)
+	}
+	if err := within(t, "Close", bus.Close); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
