@@ -844,6 +844,13 @@ func (d *driver) Unsubscribe(ctx context.Context, handler string) error {
 			delete(d.s.claims, k)
 		}
 	}
+	// Receivers of other buses sharing the store may still hold leases:
+	// a new generation makes their tokens stale, so a later Settle or
+	// Extend skips the entry instead of reaching into the emptied heap.
+	for _, e := range sb.active.items {
+		e.gen++
+		e.index = -1
+	}
 	sb.ready, sb.delayed.items, sb.active.items = readyQueue{}, nil, nil
 	sb.keys, sb.done, sb.dead = map[string][]*entry{}, nil, nil
 	sb.wake()

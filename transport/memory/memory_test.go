@@ -2,7 +2,9 @@ package memory_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/ripplehq/ripple/transport"
 	"github.com/ripplehq/ripple/transport/memory"
@@ -52,5 +54,52 @@ func TestNamedStoreLifetime(t *testing.T) {
 	defer c.Close()
 	if n := handlers(c); n != 0 {
 		t.Errorf("after every driver closed, reopening %s found %d handlers, want a fresh store", url, n)
+	}
+}
+
+// TestUnsubscribeWhileAnotherDriverHoldsLeases unsubscribes a handler
+// from one driver while another driver on the same store holds leased
+// deliveries of it: the holder's Extend and Settle must skip them, not
+// reach into the emptied subscription.
+func TestUnsubscribeWhileAnotherDriverHoldsLeases(t *testing.T) {
+	ctx := context.Background()
+	url := "memory://unsubscribe-while-leased"
+	a, err := memory.Open(ctx, url, transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := memory.Open(ctx, url, transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	s, err := a.Subscribe(ctx, transport.SubscriptionSpec{Name: "h", Pattern: "a.b", Lease: time.Minute, MaxAttempts: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ms []*transport.Message
+	for i := range 3 {
+		ms = append(ms, &transport.Message{ID: fmt.Sprintf("e%d", i), Type: "a.b", Time: time.Now(), Data: []byte(`{}`)})
+	}
+	if err := a.Publish(ctx, ms); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := s.Receive(ctx, 3)
+	if err != nil || len(ds) != 3 {
+		t.Fatalf("Receive = %d, %v", len(ds), err)
+	}
+	if err := b.(transport.Unsubscriber).Unsubscribe(ctx, "h"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Extend(ctx, ds, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	ss := make([]transport.Settlement, len(ds))
+	for i, d := range ds {
+		ss[i] = transport.Settlement{Delivery: d, Outcome: transport.Complete}
+	}
+	if err := s.Settle(ctx, ss); err != nil {
+		t.Fatal(err)
 	}
 }
