@@ -93,7 +93,10 @@ func Open(ctx context.Context, url string, opts ...Option) (*Bus, error) {
 }
 
 // New returns a bus over an already opened driver. Most programs use Open;
-// New is for drivers built by hand and for tests.
+// New is for drivers built by hand and for tests. The retention options
+// (KeepCompleted, KeepDead, DedupWindow) configure the transport when Open
+// creates it, so New refuses them: pass them in the transport.Config the
+// driver was opened with.
 func New(d transport.Driver, opts ...Option) (*Bus, error) {
 	if d == nil {
 		return nil, invalidOption("New(nil driver)")
@@ -101,6 +104,9 @@ func New(d transport.Driver, opts ...Option) (*Bus, error) {
 	cfg, err := buildConfig(opts)
 	if err != nil {
 		return nil, err
+	}
+	if len(cfg.forTransport) > 0 {
+		return nil, invalidOption("%s with New: retention is set when the transport is opened; pass it in the transport.Config of the driver given to New, or use Open", strings.Join(cfg.forTransport, ", "))
 	}
 	return newBus(d, cfg), nil
 }

@@ -32,6 +32,9 @@ type busConfig struct {
 	keepDead        keep
 	dedupWindow     time.Duration
 	hooks           []any
+	// forTransport names the options given that configure the transport,
+	// which only Open creates; New refuses them.
+	forTransport []string
 }
 
 type keep struct {
@@ -94,6 +97,7 @@ func ShutdownTimeout(d time.Duration) Option {
 func KeepCompleted(count int, age time.Duration) Option {
 	return func(c *busConfig) error {
 		c.keepCompleted = keep{count, age}
+		c.forTransport = append(c.forTransport, "KeepCompleted")
 		return nil
 	}
 }
@@ -104,6 +108,7 @@ func KeepCompleted(count int, age time.Duration) Option {
 func KeepDead(count int, age time.Duration) Option {
 	return func(c *busConfig) error {
 		c.keepDead = keep{count, age}
+		c.forTransport = append(c.forTransport, "KeepDead")
 		return nil
 	}
 }
@@ -116,6 +121,7 @@ func DedupWindow(d time.Duration) Option {
 			return invalidOption("DedupWindow(%s); the window must not be negative", d)
 		}
 		c.dedupWindow = d
+		c.forTransport = append(c.forTransport, "DedupWindow")
 		return nil
 	}
 }

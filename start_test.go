@@ -3,6 +3,7 @@ package ripple_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,4 +85,20 @@ func TestSubscribeErrorIsReturned(t *testing.T) {
 	if err := within(t, "Close", bus.Close); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
+}
+
+// TestNewRefusesRetentionOptions checks that New, whose driver is already
+// open, refuses the options that only configure a transport being opened.
+func TestNewRefusesRetentionOptions(t *testing.T) {
+	d := memory.New(transport.Retention{})
+	for _, o := range []ripple.Option{ripple.KeepCompleted(10, 0), ripple.KeepDead(10, 0), ripple.DedupWindow(time.Minute)} {
+		if _, err := ripple.New(d, o); !errors.Is(err, ripple.ErrInvalidOption) || !strings.Contains(err.Error(), "transport.Config") {
+			t.Errorf("New with a retention option = %v, want ErrInvalidOption saying where retention goes", err)
+		}
+	}
+	bus, err := ripple.New(d, ripple.MaxEventSize(1<<20))
+	if err != nil {
+		t.Fatalf("New with a bus option: %v", err)
+	}
+	bus.Close()
 }
