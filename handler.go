@@ -325,7 +325,13 @@ func (r *runner) handle(d *transport.Delivery) {
 	timedOut := f.ctx.Err() == context.DeadlineExceeded
 	f.ctx.cancel(context.Canceled) // ends contexts the handler derived
 	if !f.state.CompareAndSwap(0, 1) {
-		return // abandoned: already settled
+		// Abandoned: the attempt was settled as failed, and its claim is
+		// still held (see claimTTL). A late success is recorded, so that
+		// the retry waiting on the claim finds the event done.
+		if r.claimer != nil && err == nil {
+			r.finishClaim(ev, true)
+		}
+		return
 	}
 	if err != nil && timedOut && errors.Is(err, context.DeadlineExceeded) {
 		err = fmt.Errorf("handler timed out after %s: %w", r.cfg.timeout, err)
@@ -342,7 +348,7 @@ func (r *runner) free() {
 // claim takes the idempotency claim. skip is true when the handler must
 // not run, with the settlement to record instead.
 func (r *runner) claim(ev *Event) (s transport.Settlement, skip bool) {
-	res, err := r.claimer.Claim(r.runCtx, r.name, ev.ID, r.cfg.timeout+abandonGrace)
+	res, err := r.claimer.Claim(r.runCtx, r.name, ev.ID, r.claimTTL())
 	switch {
 	case err != nil:
 		r.bus.log.Warn("ripple: idempotency claim failed; event released", "handler", r.name, "event", ev.ID, "err", err)
@@ -353,6 +359,25 @@ func (r *runner) claim(ev *Event) (s transport.Settlement, skip bool) {
 		return transport.Settlement{Outcome: transport.Release, Delay: min(r.cfg.timeout, time.Second)}, true
 	}
 	return s, false
+}
+
+// claimTTL is how long an idempotency claim holds before another attempt
+// may take it. It outlasts the attempt's abandonment (timeout, grace and
+// the watch loop's tick) by as long again, so that a handler that ignored
+// its cancelled ctx but returns within that time still decides the
+// outcome, while the retry waits on the claim instead of running beside
+// it. A handler stuck for longer gives way to the retry.
+func (r *runner) claimTTL() time.Duration {
+	return 2 * (r.cfg.timeout + abandonGrace + watchTick(r.cfg.timeout))
+}
+
+// finishClaim records an attempt's outcome on its idempotency claim.
+func (r *runner) finishClaim(ev *Event, success bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.claimer.Finish(ctx, r.name, ev.ID, success); err != nil {
+		r.bus.log.Warn("ripple: could not record idempotency claim", "handler", r.name, "event", ev.ID, "err", err)
+	}
 }
 
 // call runs the handler, turning a panic into an error.
@@ -369,11 +394,7 @@ func (r *runner) call(ctx context.Context, ev *Event) (err error) {
 // finish records the attempt's outcome and tells the hooks.
 func (r *runner) finish(d *transport.Delivery, ev *Event, err error, abandoned bool, elapsed time.Duration) {
 	if r.claimer != nil && !abandoned {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if ferr := r.claimer.Finish(ctx, r.name, ev.ID, err == nil); ferr != nil {
-			r.bus.log.Warn("ripple: could not record idempotency claim", "handler", r.name, "event", ev.ID, "err", ferr)
-		}
-		cancel()
+		r.finishClaim(ev, err == nil)
 	}
 	s := transport.Settlement{Outcome: transport.Complete}
 	outcome := OutcomeSuccess

@@ -424,6 +424,9 @@ func Timeout(d time.Duration) HandlerOption {
 // Idempotent makes the handler run to success at most once per event id,
 // even when the transport delivers an event twice: an attempt first claims
 // (handler, event id) atomically, and a completed claim skips the handler.
+// A claim is held for twice the time after which an attempt that ignores
+// its cancelled ctx is abandoned; until then a retry waits for it, and a
+// late success of the abandoned attempt still completes the event.
 func Idempotent() HandlerOption {
 	return func(c *handlerConfig) error {
 		c.idempotent = true

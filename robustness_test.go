@@ -102,3 +102,47 @@ func TestNewRefusesRetentionOptions(t *testing.T) {
 	}
 	bus.Close()
 }
+
+// TestIdempotentAbandonedAttemptStillDecides runs an idempotent handler
+// whose first attempt ignores its cancelled ctx, is abandoned, and then
+// succeeds: the retry must neither run beside it nor run again after it.
+func TestIdempotentAbandonedAttemptStillDecides(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bus, err := ripple.Open(ctx, "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	var mu sync.Mutex
+	running, overlapped, succeeded := 0, false, 0
+	err = bus.On("a.b", "h", func(ctx context.Context, e ripple.Event) error {
+		mu.Lock()
+		running++
+		overlapped = overlapped || running > 1
+		mu.Unlock()
+		if e.Attempt == 1 {
+			time.Sleep(2500 * time.Millisecond) // past Timeout and the 2 s grace
+		}
+		mu.Lock()
+		running--
+		succeeded++
+		mu.Unlock()
+		return nil
+	}, ripple.Idempotent(), ripple.Timeout(50*time.Millisecond), ripple.Backoff(time.Millisecond, time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "a.b", map[string]int{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3500 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if overlapped || succeeded != 1 {
+		t.Fatalf("ran to success %d times, overlapping: %v; want once, alone", succeeded, overlapped)
+	}
+}
