@@ -193,6 +193,9 @@ func (r *runner) loop() {
 		for range want - len(ds) {
 			<-r.slots
 		}
+		// Deliveries are leased even when an error comes with them, so
+		// they are handled before the error is dealt with.
+		r.dispatch(ds)
 		if err != nil {
 			if r.recvCtx.Err() != nil {
 				return
@@ -203,18 +206,25 @@ func (r *runner) loop() {
 			continue
 		}
 		failures = 0
-		r.mu.Lock()
-		for _, d := range ds {
-			r.inflight[d] = nil
-		}
-		r.mu.Unlock()
-		r.handlers.Add(len(ds))
-		for _, d := range ds {
-			select {
-			case r.work <- d:
-			default:
-				go r.worker(d)
-			}
+	}
+}
+
+// dispatch hands received deliveries, whose slots are taken, to workers.
+func (r *runner) dispatch(ds []*transport.Delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	r.mu.Lock()
+	for _, d := range ds {
+		r.inflight[d] = nil
+	}
+	r.mu.Unlock()
+	r.handlers.Add(len(ds))
+	for _, d := range ds {
+		select {
+		case r.work <- d:
+		default:
+			go r.worker(d)
 		}
 	}
 }

@@ -146,3 +146,64 @@ func TestIdempotentAbandonedAttemptStillDecides(t *testing.T) {
 		t.Fatalf("ran to success %d times, overlapping: %v; want once, alone", succeeded, overlapped)
 	}
 }
+
+// receiveWithError returns its first Receive's deliveries together with
+// an error, which the contract does not rule out.
+type receiveWithError struct {
+	transport.Driver
+}
+
+func (d receiveWithError) Subscribe(ctx context.Context, s transport.SubscriptionSpec) (transport.Subscription, error) {
+	sub, err := d.Driver.Subscribe(ctx, s)
+	return &erroringSub{Subscription: sub}, err
+}
+
+type erroringSub struct {
+	transport.Subscription
+	once sync.Once
+}
+
+func (s *erroringSub) Receive(ctx context.Context, max int) ([]*transport.Delivery, error) {
+	ds, err := s.Subscription.Receive(ctx, max)
+	if err == nil {
+		s.once.Do(func() { err = errors.New("connection reset after the read") })
+	}
+	return ds, err
+}
+
+// TestDeliveriesReceivedWithAnErrorAreHandled checks that deliveries that
+// come with a Receive error are handled, and that their slots are not
+// lost: with Concurrency(1), every later event is handled too.
+func TestDeliveriesReceivedWithAnErrorAreHandled(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bus, err := ripple.New(receiveWithError{memory.New(transport.Retention{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	handled := make(chan string, 10)
+	if err := bus.On("a.b", "h", func(_ context.Context, e ripple.Event) error { handled <- e.ID; return nil }, ripple.Concurrency(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	first, err := bus.Publish(ctx, "a.b", map[string]int{"n": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := bus.Publish(ctx, "a.b", map[string]int{"n": 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{first.ID: true, second.ID: true}
+	for len(want) > 0 {
+		select {
+		case got := <-handled:
+			delete(want, got)
+		case <-time.After(3 * time.Second):
+			t.Fatalf("not handled: %v", want)
+		}
+	}
+}
