@@ -189,9 +189,9 @@
 // 1000 and 24h, dead 10000 and 7 days, dedup 24h) trims a handler's stream
 // with XTRIM MINID, only below its oldest pending or undelivered entry, so
 // retention never removes work. A trim runs each time a quarter of the
-// count has completed, so a stream holds up to 25% more completed entries
-// than the count between trims; age is measured from when the entry was
-// added.
+// count has completed, so a busy stream holds up to 25% more completed
+// entries than the count; a receiver also trims to the count exactly every
+// 2 s. Age is measured from when the entry was added.
 //
 // # Multi-process use
 //

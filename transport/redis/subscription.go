@@ -306,7 +306,7 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	trim := now.Sub(s.lastTrim) >= trimEvery
 	s.mu.Unlock()
 	if trim {
-		s.trimAsync()
+		s.trimAsync(0)
 	}
 	flag := "0"
 	if reclaim {
@@ -713,7 +713,7 @@ func (s *subscription) completed(n int64) {
 	due := s.completes > s.slack()
 	s.mu.Unlock()
 	if due {
-		s.trimAsync()
+		s.trimAsync(s.slack())
 	}
 }
 
@@ -722,10 +722,13 @@ func (s *subscription) completed(n int64) {
 // count them, which costs Redis about 150 µs with a busy handler's window
 // of 50–100 entries; a trim per quarter keeps that near 0.6 µs per event
 // at the default count, while the count stays within 25% of the limit.
+// The periodic trim (trimEvery) cuts to the count exactly, so a
+// subscription that has gone quiet ends at its limit.
 func (s *subscription) slack() int64 { return int64(s.d.ret.CompletedCount) / 4 }
 
-// trimAsync applies retention in the background unless a trim is running.
-func (s *subscription) trimAsync() {
+// trimAsync applies retention in the background unless a trim is running,
+// letting the count exceed its limit by up to slack.
+func (s *subscription) trimAsync(slack int64) {
 	if !s.trimming.CompareAndSwap(false, true) {
 		return
 	}
@@ -735,7 +738,7 @@ func (s *subscription) trimAsync() {
 	s.mu.Unlock()
 	go func() {
 		defer s.trimming.Store(false)
-		if err := s.d.trim(context.Background(), s.name, s.slack()); err != nil && !s.isClosed() {
+		if err := s.d.trim(context.Background(), s.name, slack); err != nil && !s.isClosed() {
 			s.d.log.Warn("redis transport: retention trim failed; it is retried later", "handler", s.name, "err", err)
 		}
 	}()
