@@ -482,9 +482,7 @@ func (b *Bus) Shutdown(ctx context.Context) error {
 		}
 		// Handlers that are still draining may publish follow-up events,
 		// so publishing stays open until the driver closes.
-		b.mu.Lock()
 		b.closed.Store(true)
-		b.mu.Unlock()
 		if cerr := b.driver.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("ripple: close %s: %w", b.driver.Name(), cerr)
 		}

@@ -155,7 +155,7 @@ func (r *runner) abort() {
 		cancel()
 	}
 	if err := r.sub.Close(); err != nil {
-		r.bus.log.Warn("ripple: closing the subscription at shutdown failed", "handler", r.name, "err", err)
+		r.bus.log.Warn("ripple: closing the subscription failed", "handler", r.name, "err", err)
 	}
 }
 

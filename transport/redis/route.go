@@ -45,7 +45,8 @@ import (
 // in PREFIX:subsfrom the last id the stream had under the old pattern, and
 // a receiver acknowledges away, undelivered, any later entry that its
 // subscription's registered pattern does not match and that Ripple did
-// not re-add itself (a retry or a delayed event, which carry field "a").
+// not re-add itself (a retry, a delayed event or a requeued dead letter,
+// which carry field "a").
 // See (*subscription).misrouted.
 
 // newRegistryVersion returns a fresh value for PREFIX:subsv.

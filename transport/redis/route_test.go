@@ -16,6 +16,16 @@ func genMsg(typ string) *transport.Message {
 	return m
 }
 
+// resubscribe closes s and subscribes its handler again under pattern, as
+// a new version of the program would.
+func resubscribe(t testing.TB, d *Driver, s transport.Subscription, name, pattern string) transport.Subscription {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return subscribe(t, d, name, pattern, time.Minute)
+}
+
 // TestDirectPublishSeesNewSubscriptions checks that a publisher whose
 // cached registry is out of date still reaches a subscription another
 // process registered, and that an event going to several streams reaches
@@ -154,10 +164,7 @@ func TestDirectPublishAfterPatternNarrowed(t *testing.T) {
 	s := subscribe(t, admin, "h", "a.>", time.Minute)
 	before := genMsg("a.before")
 	publish(t, pub, before) // caches a registry with h on a.>
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = subscribe(t, admin, "h", "b.>", time.Minute)
+	s = resubscribe(t, admin, s, "h", "b.>")
 	after := genMsg("b.after")
 	publish(t, pub, genMsg("a.after"), after)
 	for _, want := range []string{before.ID, after.ID} {
@@ -203,10 +210,7 @@ func TestPatternNarrowedKeepsRetriesAndDelayed(t *testing.T) {
 	delayed := msg("a.delayed")
 	delayed.Delay = 300 * time.Millisecond
 	publish(t, d, delayed)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = subscribe(t, d, "h", "b.>", time.Minute)
+	s = resubscribe(t, d, s, "h", "b.>")
 	got := map[string]bool{}
 	for _, x := range receive(t, s, 2, 3*time.Second) {
 		got[x.ID] = true
@@ -226,10 +230,7 @@ func TestPatternNarrowedKeepsRequeuedDeadLetters(t *testing.T) {
 	m := genMsg("order.created")
 	publish(t, d, m)
 	settle(t, s, transport.Dead, 0, receive(t, s, 1, 2*time.Second)...)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = subscribe(t, d, "h", "order.paid", time.Minute)
+	s = resubscribe(t, d, s, "h", "order.paid")
 	if n, err := d.Requeue(context.Background(), "h", nil); err != nil || n != 1 {
 		t.Fatalf("Requeue = %d, %v; want 1", n, err)
 	}

@@ -169,8 +169,14 @@ while i <= last do
       for k = 1, #r do call('XADD', p .. ':s:' .. r[k], '*', unpack(ARGV, fs, fe)) end
     elseif #r > 0 then
       now = now or now_ms()
+      -- Field "a" (no attempts used) marks the entry the receive script
+      -- appends when it comes due as re-added by Ripple: it was routed
+      -- now, so receivers never filter it out (see route.go).
+      local f = {unpack(ARGV, fs, fe)}
+      f[#f + 1] = 'a'
+      f[#f + 1] = '0'
       for k = 1, #r do
-        call('ZADD', p .. ':d:' .. r[k], now + delay, delay_member(p, {unpack(ARGV, fs, fe)}))
+        call('ZADD', p .. ':d:' .. r[k], now + delay, delay_member(p, f))
       end
     end
   end
@@ -213,16 +219,6 @@ local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, 256)
 for _, m in ipairs(due) do
   local _, f = cmsgpack.unpack(m)
-  -- Field "a" marks an entry Ripple re-added itself: it was routed when
-  -- it was published, so receivers never filter it (see route.go).
-  local marked = false
-  for i = 1, #f, 2 do
-    if f[i] == 'a' then marked = true end
-  end
-  if not marked then
-    f[#f + 1] = 'a'
-    f[#f + 1] = '0'
-  end
   redis.call('XADD', s, '*', unpack(f))
 end
 if #due > 0 then redis.call('ZREM', dk, unpack(due)) end

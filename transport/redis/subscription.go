@@ -422,8 +422,9 @@ func (s *subscription) deliveries(ctx context.Context, raw []rawEntry, version s
 // misrouted reports whether an entry reached the subscription only by a
 // publisher's out-of-date copy of the registry: it was appended after the
 // registered pattern took effect, that pattern does not match its type,
-// and Ripple did not re-add it itself (retries and delayed events carry
-// field "a" and were routed when they were published).
+// and Ripple did not re-add it itself (retries, delayed events and
+// requeued dead letters carry field "a" and were routed when they were
+// published).
 func (s *subscription) misrouted(view registryView, e rawEntry, typ string) bool {
 	if view.pattern == "" || transport.Match(view.pattern, typ) {
 		return false
