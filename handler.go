@@ -215,6 +215,15 @@ func (r *runner) dispatch(ds []*transport.Delivery) {
 		return
 	}
 	r.mu.Lock()
+	if r.aborted {
+		// A Receive that returned after abort: its handler would run
+		// unwatched, after Shutdown returned. The subscription may be
+		// closed by now, in which case the deliveries return after their
+		// lease.
+		r.mu.Unlock()
+		r.releaseLate(ds)
+		return
+	}
 	for _, d := range ds {
 		r.inflight[d] = nil
 	}
@@ -226,6 +235,21 @@ func (r *runner) dispatch(ds []*transport.Delivery) {
 		default:
 			go r.worker(d)
 		}
+	}
+}
+
+// releaseLate hands back deliveries received after abort and frees their
+// slots.
+func (r *runner) releaseLate(ds []*transport.Delivery) {
+	ss := make([]transport.Settlement, len(ds))
+	for i, d := range ds {
+		ss[i] = transport.Settlement{Delivery: d, Outcome: transport.Release}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_ = r.sub.Settle(ctx, ss)
+	cancel()
+	for range ds {
+		<-r.slots
 	}
 }
 

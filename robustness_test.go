@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -205,5 +206,67 @@ func TestDeliveriesReceivedWithAnErrorAreHandled(t *testing.T) {
 		case <-time.After(3 * time.Second):
 			t.Fatalf("not handled: %v", want)
 		}
+	}
+}
+
+// lateReceive holds its first Receive's deliveries until receiving has
+// been stopped and the test lets them go, as a transport whose read
+// returns just as the bus shuts down.
+type lateReceive struct {
+	transport.Driver
+	release chan struct{}
+}
+
+func (d lateReceive) Subscribe(ctx context.Context, s transport.SubscriptionSpec) (transport.Subscription, error) {
+	sub, err := d.Driver.Subscribe(ctx, s)
+	return &lateSub{Subscription: sub, release: d.release}, err
+}
+
+type lateSub struct {
+	transport.Subscription
+	release chan struct{}
+	once    sync.Once
+}
+
+func (s *lateSub) Receive(ctx context.Context, max int) ([]*transport.Delivery, error) {
+	ds, err := s.Subscription.Receive(ctx, max)
+	s.once.Do(func() {
+		<-ctx.Done()
+		<-s.release
+	})
+	return ds, err
+}
+
+// TestDeliveryReceivedAfterAbortIsNotHandled checks that a delivery whose
+// Receive returns after a shutdown gave up waiting is not handled: the
+// handler would run after Shutdown returned, unwatched, on a closed
+// subscription.
+func TestDeliveryReceivedAfterAbortIsNotHandled(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	release := make(chan struct{})
+	bus, err := ripple.New(lateReceive{Driver: memory.New(transport.Retention{}), release: release})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	if err := bus.On("a.b", "h", func(context.Context, ripple.Event) error { calls.Add(1); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "a.b", map[string]int{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := bus.Shutdown(sctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want it to give up waiting for the receive", err)
+	}
+	close(release)
+	time.Sleep(300 * time.Millisecond)
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("handler ran %d times after Shutdown returned", n)
 	}
 }
