@@ -262,3 +262,28 @@ func TestFanOutRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckSetsPeerMultiplesBesideTheRawCeiling checks that a peer
+// multiple's verdict states the rate it asks for against the fastest
+// one-publisher raw XADD of the run.
+func TestCheckSetsPeerMultiplesBesideTheRawCeiling(t *testing.T) {
+	res := func(name string, sc Scenario, perSec float64) Result {
+		return Result{System: System{Name: name}, By: map[Scenario]Measurement{sc: {PerSec: perSec}}}
+	}
+	vs := Check([]Result{
+		res("ripple-redis", E2E1, 24_000),
+		res("bullmq", E2E1, 6_000),
+		res("redis-raw-xadd-awaited", Pub1, 14_000),
+		res("redis-raw-xadd-pipelined", Pub1, 28_000),
+	})
+	var got string
+	for _, v := range vs {
+		if strings.HasSuffix(v.Target, "6× bullmq") {
+			got = v.Measured
+		}
+	}
+	want := "ripple-redis e2e1 / bullmq e2e1 = 24,000 / 6,000 = 4.00×; the target asks 36,000/s, 1.29× the fastest one-publisher raw XADD (redis-raw-xadd-pipelined pub1, 28,000/s)"
+	if got != want {
+		t.Errorf("verdict for 6× bullmq:\n got %q\nwant %q", got, want)
+	}
+}
