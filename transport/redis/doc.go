@@ -40,11 +40,13 @@
 //
 // Open connects before it returns and fails with an error saying what to
 // fix when the server cannot be reached, wants a password the URL lacks,
-// rejects the credentials, is older than Redis 7, or has a maxmemory-policy
-// other than noeviction. An evicting Redis deletes keys when memory runs
-// out, which would silently lose queued events and dedup and idempotency
-// records; with noeviction a full Redis instead makes Publish fail loudly.
-// Add allow_eviction=true only if you accept that risk.
+// rejects the credentials, is older than Redis 7, is a replica (whose
+// writes fail, or vanish at its next resync), is a Redis Cluster node (see
+// Multi-process use), or has a maxmemory-policy other than noeviction. An
+// evicting Redis deletes keys when memory runs out, which would silently
+// lose queued events and dedup and idempotency records; with noeviction a
+// full Redis instead makes Publish fail loudly. Add allow_eviction=true
+// only if you accept that risk.
 //
 // # Durability
 //
@@ -204,7 +206,9 @@
 // PREFIX:x:NAME and its field in PREFIX:subs to retire it. Scripts build
 // their key names from the prefix, so Redis Cluster is not supported; a
 // single server, or a primary with replicas and Sentinel in front of it
-// reached through one address, is.
+// reached through one address, is. The check at Open runs once: a process
+// whose primary becomes a replica later gets Redis's READONLY error on
+// every write until the address leads to the new primary.
 //
 // # As
 //

@@ -8,12 +8,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/ripplehq/ripple/transport"
 )
 
@@ -263,5 +265,53 @@ func TestOpenRefusesUnsafeServers(t *testing.T) {
 	d.Close()
 	if err := d.Publish(ctx, []*transport.Message{msg("a.b")}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Publish after Close: %v", err)
+	}
+}
+
+// TestOpenRefusesReplicasAndClusterNodes checks that Open names the
+// problem with a server whose writes would fail (a read-only replica) or be
+// lost at the next resync (a writable replica), and with a Redis Cluster
+// node, whose key slots Ripple's scripts do not respect.
+func TestOpenRefusesReplicasAndClusterNodes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := startServer(t)
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"replica", []string{"--replicaof", "127.0.0.1", strconv.Itoa(primary.port)}, "is a replica of 127.0.0.1:" + strconv.Itoa(primary.port)},
+		{"writable replica", []string{"--replicaof", "127.0.0.1", strconv.Itoa(primary.port), "--replica-read-only", "no"}, "is a replica of"},
+		{"cluster node", []string{"--cluster-enabled", "yes"}, "Redis Cluster"},
+	} {
+		srv := startServer(t, c.args...)
+		d, err := Open(ctx, srv.url(), transport.Config{})
+		if err == nil {
+			d.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: Open = %v, want an error containing %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestPrimaryTurnedReplicaFailsWrites checks what the package doc says of
+// a failover after Open: writes fail with Redis's READONLY error instead
+// of going anywhere.
+func TestPrimaryTurnedReplicaFailsWrites(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	other := startServer(t)
+	srv := startServer(t)
+	d := openURL(t, srv.url(), transport.Config{})
+	c := goredis.NewClient(&goredis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", srv.port)})
+	defer c.Close()
+	if err := c.ReplicaOf(ctx, "127.0.0.1", strconv.Itoa(other.port)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	err := d.Publish(ctx, []*transport.Message{msg("a.b")})
+	if err == nil || !strings.Contains(err.Error(), "READONLY") {
+		t.Fatalf("Publish to a demoted primary = %v, want Redis's READONLY error", err)
 	}
 }

@@ -168,7 +168,7 @@ func redactURL(raw string) string {
 func (d *Driver) check(ctx context.Context, shown string, allowEviction bool) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	info, err := d.client.Info(cctx, "server", "memory").Result()
+	info, err := d.client.Info(cctx, "server", "memory", "replication", "cluster").Result()
 	if err != nil {
 		return d.connectErr(shown, err)
 	}
@@ -182,6 +182,14 @@ func (d *Driver) check(ctx context.Context, shown string, allowEviction bool) er
 	major, _, _ := strings.Cut(version, ".")
 	if n, err := strconv.Atoi(major); err != nil || n < minVersion {
 		return fmt.Errorf("redis transport: the server at %s is Redis %q; Ripple needs Redis %d or newer (for XAUTOCLAIM and stream lag), so upgrade the server", d.opts.Addr, version, minVersion)
+	}
+	if fields["role"] == "slave" {
+		// A read-only replica fails every write; a writable one keeps
+		// them only until its next resync with the primary.
+		return fmt.Errorf("redis transport: the server at %s is a replica of %s:%s; point the URL at the primary (after a failover, at the new primary)", d.opts.Addr, fields["master_host"], fields["master_port"])
+	}
+	if fields["cluster_enabled"] == "1" {
+		return fmt.Errorf("redis transport: the server at %s is a Redis Cluster node; Ripple's scripts touch several keys of one namespace at once, which Redis Cluster refuses across slots, so use a standalone Redis (or a primary with replicas)", d.opts.Addr)
 	}
 	if policy := fields["maxmemory_policy"]; policy != "" && policy != "noeviction" && !allowEviction {
 		return fmt.Errorf("redis transport: the server at %s has maxmemory-policy %s: when memory is full Redis would evict keys and silently lose queued events, dedup and idempotency records; set maxmemory-policy noeviction (then a full Redis fails publishes loudly), or add allow_eviction=true to the URL to accept the risk", d.opts.Addr, policy)
