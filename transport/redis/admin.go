@@ -325,9 +325,9 @@ var (
 
 // Unsubscribe implements transport.Unsubscriber: the handler leaves the
 // subscription list and its stream (with its consumer group), delayed set,
-// dead-letter stream and rate-limit state are deleted in one MULTI, so a
-// publish sees the handler either whole or gone. Idempotency claims expire
-// by themselves. A process still receiving for the handler subscribes it
+// dead-letter stream, failure count and rate-limit state are deleted in one
+// MULTI, so a publish sees the handler either whole or gone. Idempotency
+// claims expire by themselves. A process still receiving for the handler subscribes it
 // again on its next Receive.
 func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 	if err := d.known(ctx, handler); err != nil {
@@ -337,7 +337,7 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 		p.HDel(ctx, d.subsKey(), handler)
 		p.HDel(ctx, d.subsFromKey(), handler)
 		p.Set(ctx, d.subsVersionKey(), newRegistryVersion(), 0)
-		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler))
+		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler), d.failedKey(handler))
 		return nil
 	})
 	if err != nil {

@@ -197,13 +197,12 @@
 //
 // # Multi-process use
 //
-// Any number of processes may open the same URL: they share each
-// handler's work and see the same statistics and dead letters. A process
-// killed in the middle of a handler leaves its entries pending in the
-// group; another receiver reclaims them once the lease runs out. A handler
-// removed from the code keeps its subscription, and events keep
-// accumulating in its stream; delete PREFIX:s:NAME, PREFIX:d:NAME,
-// PREFIX:x:NAME and its field in PREFIX:subs to retire it. Scripts build
+// Any number of processes may open the same URL: they share each handler's
+// work and see the same statistics and dead letters. A process killed in
+// the middle of a handler leaves its entries pending in the group; another
+// receiver reclaims them once the lease runs out. A handler removed from
+// the code keeps its subscription, and events keep accumulating in its
+// stream; Bus.Unsubscribe retires it and deletes its keys. Scripts build
 // their key names from the prefix, so Redis Cluster is not supported; a
 // single server, or a primary with replicas and Sentinel in front of it
 // reached through one address, is. The check at Open runs once: a process

@@ -303,6 +303,7 @@ func (d *Driver) claimKey(handler, id string) string {
 	return d.prefix + ":c:" + handler + ":" + id
 }
 func (d *Driver) rateKey(handler string) string { return d.prefix + ":rl:" + handler }
+func (d *Driver) failedKey(name string) string  { return d.prefix + ":n:" + name }
 
 // consumerName identifies one receiver in a consumer group; it names the
 // host and process so that XINFO CONSUMERS shows who holds what.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -736,5 +737,53 @@ func TestAs(t *testing.T) {
 	}
 	if err := c.Ping(context.Background()).Err(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRetentionAgeLongerThanTheEpoch checks that an age reaching back
+// before 1970, a natural way to say "by count only", still trims by count
+// instead of failing every trim.
+func TestRetentionAgeLongerThanTheEpoch(t *testing.T) {
+	t.Parallel()
+	forever := time.Duration(math.MaxInt64)
+	d := openURL(t, prefixURL(t), transport.Config{Retention: transport.Retention{
+		CompletedCount: 3, CompletedAge: forever, DeadCount: 2, DeadAge: forever}})
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	for range 10 {
+		publish(t, d, msg("a.b"))
+	}
+	settle(t, s, transport.Complete, 0, receive(t, s, 10, 2*time.Second)...)
+	if err := d.acks.flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.trim(context.Background(), "h", 0); err != nil {
+		t.Fatalf("trim with an age longer than the epoch: %v", err)
+	}
+	if st := stats(t, d, "h"); st.Completed != 3 {
+		t.Fatalf("completed kept = %d, want 3 (the count)", st.Completed)
+	}
+}
+
+// TestUnsubscribeStartsEmpty checks that a handler subscribed again after
+// Unsubscribe starts with no history, its failure count included.
+func TestUnsubscribeStartsEmpty(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	ctx := context.Background()
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	publish(t, d, msg("a.b"), msg("a.b"))
+	ds := receive(t, s, 2, 2*time.Second)
+	settle(t, s, transport.Retry, time.Hour, ds[0])
+	settle(t, s, transport.Dead, 0, ds[1])
+	if st := stats(t, d, "h"); st.Failed != 2 || st.Dead != 1 || st.Delayed != 1 {
+		t.Fatalf("before Unsubscribe: %+v", st)
+	}
+	s.Close()
+	if err := d.Unsubscribe(ctx, "h"); err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, d, "h", "a.b", time.Minute)
+	if st := stats(t, d, "h"); st != (transport.Stats{Handler: st.Handler, Pattern: st.Pattern}) {
+		t.Fatalf("subscribed again after Unsubscribe: %+v, want all counts zero", st)
 	}
 }

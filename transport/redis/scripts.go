@@ -339,7 +339,8 @@ if g then
   local sum = redis.call('XPENDING', s, name)
   local floor
   if tonumber(sum[1]) > 0 then floor = sum[2] else floor = idnext(g['last-delivered-id']) end
-  local cutoff = string.format('%.0f-0', now - ageC)
+  -- An age longer than the time since 1970 cuts nothing.
+  local cutoff = string.format('%.0f-0', math.max(now - ageC, 0))
   local minid = cutoff
   if idless(floor, cutoff) then minid = floor end
   local first = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)
@@ -368,7 +369,7 @@ if g then
     end
   end
 end
-redis.call('XTRIM', x, 'MINID', string.format('%.0f-0', now - ageD))
+redis.call('XTRIM', x, 'MINID', string.format('%.0f-0', math.max(now - ageD, 0)))
 redis.call('XTRIM', x, 'MAXLEN', keepD)
 return trimmed
 `)
