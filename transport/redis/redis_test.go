@@ -787,3 +787,64 @@ func TestUnsubscribeStartsEmpty(t *testing.T) {
 		t.Fatalf("subscribed again after Unsubscribe: %+v, want all counts zero", st)
 	}
 }
+
+// TestFailedSettleKeepsTheEntry checks that a retry or dead-letter
+// settlement whose write fails (here a key of the wrong type in the
+// namespace) leaves the entry pending, to be delivered again, instead of
+// deleting it first.
+func TestFailedSettleKeepsTheEntry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, c := range []struct {
+		outcome transport.Outcome
+		delay   time.Duration
+		key     string // PREFIX + key is made a string
+	}{
+		{transport.Retry, time.Hour, ":d:h"},
+		{transport.Dead, 0, ":x:h"},
+	} {
+		d := openTest(t)
+		s := subscribe(t, d, "h", "a.b", time.Minute)
+		publish(t, d, msg("a.b"))
+		got := receive(t, s, 1, 2*time.Second)[0]
+		raw := rawClient(t, d)
+		if err := raw.Set(ctx, d.prefix+c.key, "not Ripple's", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		err := s.Settle(ctx, []transport.Settlement{{Delivery: got, Outcome: c.outcome, Delay: c.delay, Error: "boom"}})
+		if err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+			t.Fatalf("%v: Settle = %v, want Redis's WRONGTYPE error", c.outcome, err)
+		}
+		pe, err := raw.XPending(ctx, d.streamKey("h"), "h").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := raw.XLen(ctx, d.streamKey("h")).Val(); pe.Count != 1 || n != 1 {
+			t.Fatalf("%v: after the failed settle the stream holds %d entries, %d pending; want the entry still there and pending", c.outcome, n, pe.Count)
+		}
+	}
+}
+
+// TestFailedPublishLeavesNoDedupRecord checks that a publish with an id of
+// its own whose write fails can be retried: no dedup record is left behind
+// to swallow the retry.
+func TestFailedPublishLeavesNoDedupRecord(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := openTest(t)
+	subscribe(t, d, "h", "a.b", time.Minute)
+	raw := rawClient(t, d)
+	if err := raw.Set(ctx, d.prefix+":d:h", "not Ripple's", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	m := msg("a.b")
+	m.Delay = time.Hour
+	if err := d.Publish(ctx, []*transport.Message{m}); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Fatalf("Publish = %v, want Redis's WRONGTYPE error", err)
+	}
+	raw.Del(ctx, d.prefix+":d:h")
+	publish(t, d, m)
+	if n := raw.ZCard(ctx, d.prefix+":d:h").Val(); n != 1 {
+		t.Fatalf("the retried publish stored %d delayed entries, want 1", n)
+	}
+}

@@ -153,7 +153,9 @@ while i <= last do
   local fe = fs + tonumber(ARGV[i + 2]) - 1
   local typ = ARGV[fs + 3]
   i = fe + 1
-  if ttl == '0' or call('SET', dd .. ARGV[fs + 1], '1', 'NX', 'PX', ttl) then
+  -- The dedup record is written after the event, so that a write that
+  -- fails leaves none and the publish can be retried.
+  if ttl == '0' or call('EXISTS', dd .. ARGV[fs + 1]) == 0 then
     stored = stored + 1
     -- routes caches, per event type, the names of the matching
     -- subscriptions, so a batch matches each type once.
@@ -179,6 +181,7 @@ while i <= last do
         call('ZADD', p .. ':d:' .. r[k], now + delay, delay_member(p, f))
       end
     end
+    if ttl ~= '0' then call('SET', dd .. ARGV[fs + 1], '1', 'PX', ttl) end
   end
 end
 return stored
@@ -275,9 +278,6 @@ for i = 4, #ARGV, 8 do
       local att, first, delay, err = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
       now = now or now_ms()
       local e = call('XRANGE', s, id, id)
-      call('XACK', s, name, id)
-      call('XDEL', s, id)
-      if op ~= 'l' then call('HINCRBY', p .. ':n:' .. name, 'failed', 1) end
       if not e[1] then
         lost[#lost + 1] = id
       elseif op == 'd' then
@@ -299,6 +299,12 @@ for i = 4, #ARGV, 8 do
           call('XADD', s, '*', unpack(f))
         end
       end
+      -- The entry goes only once its copy is written: a write that fails
+      -- stops the script with the entry still pending, to be delivered
+      -- again. The failure count is statistics, so it cannot stop it.
+      if op ~= 'l' then pcall('HINCRBY', p .. ':n:' .. name, 'failed', 1) end
+      call('XACK', s, name, id)
+      call('XDEL', s, id)
     end
   end
 end
