@@ -75,9 +75,10 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 			continue
 		}
 		if script == nil {
-			// The first argument is the prefix, filled in by execBatch,
-			// so a batch of one job uses its slice as it is.
-			script = &job{args: make([]any, 1, 1+20*len(msgs))}
+			// The first two arguments (the prefix and whether a registry
+			// is expected) are filled in by execBatch, so a batch of one
+			// job uses its slice as it is.
+			script = &job{args: make([]any, 2, 2+20*len(msgs))}
 		}
 		script.args = appendMessage(script.args, m, d.ret.DedupWindow)
 		script.n++
