@@ -186,7 +186,7 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 		// Each job's arguments start with room for the script's header
 		// (publish: prefix, registry expected; settle: prefix, name, dead
 		// count), so a call with one job uses its slice as it is.
-		head := 2
+		head := publishHead
 		if c.sub != nil {
 			head = 3
 		}

@@ -27,6 +27,10 @@ const batchTimeout = 30 * time.Second
 // has in flight at once.
 const batchSlots = 2
 
+// publishHead is how many arguments of the publish script precede the
+// messages (see publishScript).
+const publishHead = 2
+
 // Stream entry fields. A Ripple entry starts with id and type; the
 // CloudEvents attributes are stored under "ce_" plus their name, as in
 // CloudEvents' binary content mode.
@@ -78,7 +82,7 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 			// The first two arguments (the prefix and whether a registry
 			// is expected) are filled in by execBatch, so a batch of one
 			// job uses its slice as it is.
-			script = &job{args: make([]any, 2, 2+20*len(msgs))}
+			script = &job{args: make([]any, publishHead, publishHead+20*len(msgs))}
 		}
 		script.args = appendMessage(script.args, m, d.ret.DedupWindow)
 		script.n++
