@@ -351,3 +351,31 @@ func TestPublishAfterDataLossIsKept(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishHonoursCtxDeadline checks that a Publish waiting for a Redis
+// that stopped answering returns when its ctx's deadline passes, not at
+// the client's read timeout.
+func TestPublishHonoursCtxDeadline(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, "--appendonly", "no", "--enable-debug-command", "yes")
+	d := openURL(t, srv.url(), transport.Config{})
+	subscribe(t, d, "h", "a.*", time.Minute)
+	publish(t, d, msg("a.b"))
+	raw := goredis.NewClient(&goredis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", srv.port), ReadTimeout: time.Minute})
+	defer raw.Close()
+	go raw.Do(context.Background(), "DEBUG", "SLEEP", "3")
+	time.Sleep(100 * time.Millisecond)
+
+	for _, ownID := range []bool{false, true} {
+		m := msg("a.b")
+		m.IDGenerated = !ownID
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		start := time.Now()
+		err := d.Publish(ctx, []*transport.Message{m})
+		took := time.Since(start)
+		cancel()
+		if err == nil || took > time.Second {
+			t.Fatalf("own id %v: Publish with a 200ms ctx returned %v after %v; want an error once the deadline passed", ownID, err, took)
+		}
+	}
+}
