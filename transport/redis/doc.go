@@ -78,21 +78,21 @@
 // not delivered to it; one published while a subscription is being
 // created may or may not be.
 //
-// Publish takes one of two paths. Most events take the direct path: an
-// XADD NOMKSTREAM to the stream of each matching subscription (in
-// MULTI/EXEC when there are several), followed in the same round trip by
-// a read of PREFIX:subsv. Routing uses a copy of the registry cached in
-// the process; when the version shows the registry changed, the publisher
-// reloads it and appends the event to any subscription it missed before
-// Publish returns. When a handler subscribes with a narrower pattern than
-// before, events published under the old pattern stay with it, and
-// receivers acknowledge away, undelivered, any later event a publisher's
-// out-of-date copy still sent it (logged at Info). This path sends no command twice: go-redis's retries
-// are off for it, except when no connection could be made at all, so a
-// lost reply is reported as an error rather than risking a second copy,
-// and no dedup record is needed. Events with a delay, and events whose id
-// the publisher chose (ripple.WithID), go through the publish script
-// instead, which also writes the delayed set and the dedup record.
+// Publish takes one of two paths. Most events take the direct path: an XADD
+// NOMKSTREAM to the stream of each matching subscription (in MULTI/EXEC
+// when there are several), followed in the same round trip by a read of
+// PREFIX:subsv. Routing uses a copy of the registry cached in the process;
+// when the version shows the registry changed, the publisher reloads it and
+// appends the event to any subscription it missed before Publish returns.
+// When a handler subscribes with a narrower pattern than before, events
+// published under the old pattern stay with it, and receivers acknowledge
+// away, undelivered, any later event a publisher's out-of-date copy still
+// sent it (logged at Info). This path sends no command twice: go-redis's
+// retries are off for it, except when no connection could be made at all,
+// so a lost reply is reported as an error rather than risking a second
+// copy, and no dedup record is needed. Events with a delay, and events
+// whose id the publisher chose (ripple.WithID), go through the publish
+// script instead, which also writes the delayed set and the dedup record.
 //
 // Concurrent calls are batched: Publish calls of one driver that overlap
 // are grouped into one pipeline (or one publish script call), and
@@ -153,11 +153,12 @@
 //
 // If Redis loses a consumer group or the subscription registry (a restart
 // without persistence, a FLUSHDB), the next Receive recreates them; the
-// group is recreated from the start of the stream, preferring duplicates
-// to loss. A publisher that finds the registry gone registers again the
+// group is recreated from the start of the stream, preferring duplicates to
+// loss. A publisher that finds the registry gone registers again the
 // subscriptions it had read, so that what it publishes waits for their
-// handlers instead of matching nothing until they come back. go-redis reconnects by itself after a Redis restart; calls made
-// during the outage fail and the core retries them.
+// handlers instead of matching nothing until they come back. go-redis
+// reconnects by itself after a Redis restart; calls made during the outage
+// fail and the core retries them.
 //
 // # Capabilities
 //
@@ -175,9 +176,12 @@
 //     record (a delayed event with a generated id keeps one for
 //     transport.GeneratedIDWindow, 10 min, as go-redis may resend the
 //     script). A publish that fails once its command may have reached
-//     Redis (a lost reply) has perhaps stored the event; to retry it
-//     without risking a second copy, publish again with ripple.WithID and
-//     the id of the event Publish returned.
+//     Redis (a lost reply) has perhaps stored the event. One published
+//     with ripple.WithID can be published again with the same id without
+//     risking a second copy: its dedup record stops the retry. One with a
+//     generated id has no record, so a retry may store it twice, and its
+//     handlers see it twice (which Idempotent absorbs); give an event an
+//     id of your own from its first publish when it must not.
 //   - Idempotent(): claims are keys set atomically by a Lua script
 //     (PREFIX:c:HANDLER:ID); a done claim is kept for the dedup window.
 //   - Rate limits (RateLimit) are shared by every process of a handler: a

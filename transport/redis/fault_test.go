@@ -379,3 +379,38 @@ func TestPublishHonoursCtxDeadline(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryWithIDAfterLostReplyStoresOnce checks the package doc's advice:
+// an event published with an id of its own whose reply was lost (Redis
+// busy past the client's read timeout, then running the command) can be
+// published again with the same id, and is stored once.
+func TestRetryWithIDAfterLostReplyStoresOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := startServer(t, "--appendonly", "no")
+	d := openURL(t, withParams(srv.url(), "read_timeout", "100ms"), transport.Config{})
+	subscribe(t, d, "h", "a.b", time.Minute)
+	raw := goredis.NewClient(&goredis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", srv.port)})
+	defer raw.Close()
+	busy := make(chan error, 1)
+	go func() {
+		// Keeps Redis busy for 400 ms (DEBUG SLEEP would need a flag).
+		busy <- raw.Eval(ctx, `local t0 = redis.call('TIME')
+local s0 = tonumber(t0[1]) * 1000000 + tonumber(t0[2])
+while true do
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000000 + tonumber(t[2]) - s0 > 400000 then break end
+end
+return 1`, nil).Err()
+	}()
+	time.Sleep(50 * time.Millisecond)
+	m := msg("a.b") // an id of its own, as with ripple.WithID
+	first := d.Publish(ctx, []*transport.Message{m})
+	if err := <-busy; err != nil {
+		t.Fatal(err)
+	}
+	publish(t, d, m)
+	if n := raw.XLen(ctx, d.streamKey("h")).Val(); n != 1 {
+		t.Fatalf("first publish: %v; after the retry the stream holds %d entries, want 1", first, n)
+	}
+}
