@@ -414,3 +414,45 @@ return 1`, nil).Err()
 		t.Fatalf("first publish: %v; after the retry the stream holds %d entries, want 1", first, n)
 	}
 }
+
+// TestFullRedisStillDelivers checks that on a full Redis (maxmemory with
+// noeviction), where moving a due delayed event to the stream is refused,
+// the events already in the stream are still delivered, so the backlog
+// can drain; the delayed one waits and follows once memory is freed.
+func TestFullRedisStillDelivers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := startServer(t, "--appendonly", "no", "--maxmemory-policy", "noeviction")
+	d := openURL(t, srv.url(), transport.Config{})
+	s := subscribe(t, d, "h", "a.*", 30*time.Second)
+	waiting := msg("a.b")
+	publish(t, d, waiting)
+	later := msg("a.b")
+	later.Delay = 50 * time.Millisecond
+	publish(t, d, later)
+
+	raw := rawClient(t, d)
+	big := strings.Repeat("x", 256<<10)
+	for i := range 16 {
+		if err := raw.Set(ctx, fmt.Sprintf("app:blob:%d", i), big, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := raw.ConfigSet(ctx, "maxmemory", "2mb").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the delayed event is due
+	if err := d.Publish(ctx, []*transport.Message{msg("a.b")}); err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("Publish on a full Redis = %v, want Redis's OOM error", err)
+	}
+	got := receive(t, s, 1, 3*time.Second)
+	if got[0].ID != waiting.ID {
+		t.Fatalf("received %s, want the event waiting in the stream %s", got[0].ID, waiting.ID)
+	}
+	if err := raw.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, s, 1, 3*time.Second); got[0].ID != later.ID {
+		t.Fatalf("received %s once memory was freed, want the delayed event %s", got[0].ID, later.ID)
+	}
+}

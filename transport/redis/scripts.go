@@ -212,7 +212,8 @@ return 1
 // a fresh registry version (see route.go), where the reclaim scan starts.
 // It returns {ms until the next delayed entry is due or -1, ids XAUTOCLAIM found
 // deleted, {id, delivery count, fields}..., the registry version, where
-// the next reclaim scan starts}. Each scan goes on from where the last
+// the next reclaim scan starts, the error that stopped moving delayed
+// entries or ""}; after such an error the next try is a second later. Each scan goes on from where the last
 // one stopped, so expired leases behind many live ones are reached too.
 var receiveScript = newScript(luaNow + luaGroups + luaRegister + `
 local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
@@ -225,11 +226,19 @@ if redis.call('HEXISTS', subs, name) == 0 then
 end
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, 256)
+-- A full Redis (maxmemory) refuses the XADD; the entries then stay
+-- delayed, and the entries already in the stream are still read.
+local moved, refused = {}, ''
 for _, m in ipairs(due) do
   local _, f = cmsgpack.unpack(m)
-  redis.call('XADD', s, '*', unpack(f))
+  local r = redis.pcall('XADD', s, '*', unpack(f))
+  if type(r) == 'table' and r.err then
+    refused = r.err
+    break
+  end
+  moved[#moved + 1] = m
 end
-if #due > 0 then redis.call('ZREM', dk, unpack(due)) end
+if #moved > 0 then redis.call('ZREM', dk, unpack(moved)) end
 local out, deleted, cursor = {}, {}, ARGV[9]
 if reclaim then
   local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, lease, ARGV[9], 'COUNT', count)
@@ -255,7 +264,8 @@ end
 local nxt = -1
 local first = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
 if first[2] then nxt = math.max(tonumber(first[2]) - now, 0) end
-return {nxt, deleted, out, redis.call('GET', p .. ':subsv') or '', cursor}
+if refused ~= '' then nxt = 1000 end
+return {nxt, deleted, out, redis.call('GET', p .. ':subsv') or '', cursor, refused}
 `)
 
 // settleScript records retries, releases and dead letters (completions

@@ -66,12 +66,15 @@ type subscription struct {
 	claimFrom   string    // where the next XAUTOCLAIM scan starts
 	nextPoll    time.Time // when Receive must run the poll script again
 	lastTrim    time.Time
-	completes   int64                 // completions since the last trim
-	lingerUntil time.Time             // see receiveLinger
-	buf         []*transport.Delivery // read ahead, see maxRead
-	bufAt       time.Time             // when buf was read
-	fullAt      time.Time             // when a Receive last returned all it was asked for
-	view        registryView          // the registry's entry for this subscription
+	// promoteRefused is set while Redis refuses to move due delayed
+	// entries, so that the warning is logged once per spell.
+	promoteRefused bool
+	completes      int64                 // completions since the last trim
+	lingerUntil    time.Time             // see receiveLinger
+	buf            []*transport.Delivery // read ahead, see maxRead
+	bufAt          time.Time             // when buf was read
+	fullAt         time.Time             // when a Receive last returned all it was asked for
+	view           registryView          // the registry's entry for this subscription
 
 	trimming atomic.Bool
 }
@@ -323,8 +326,17 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	if err != nil {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
 	}
-	if len(res) != 5 {
+	if len(res) != 6 {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: unexpected script reply %v", s.name, res)
+	}
+	refused, _ := res[5].(string)
+	s.mu.Lock()
+	report := refused != "" && !s.promoteRefused
+	s.promoteRefused = refused != ""
+	s.mu.Unlock()
+	if report {
+		s.d.log.Warn("redis transport: Redis refused to move due delayed events (retries, WithDelay) to the stream; they wait until it accepts writes again, events already in the stream are still handled",
+			"handler", s.name, "err", refused)
 	}
 	if next, ok := res[4].(string); ok && reclaim {
 		s.mu.Lock()
