@@ -2,7 +2,6 @@ package redis
 
 import (
 	"context"
-	"fmt"
 	"sync"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -241,7 +240,7 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 				err = c.cmd.Err()
 			}
 			if err != nil {
-				err = fmt.Errorf("redis transport: publish: %w", err)
+				err = publishErr(err)
 			}
 		} else {
 			err = c.sub.settled(c.cmd)

@@ -456,3 +456,33 @@ func TestFullRedisStillDelivers(t *testing.T) {
 		t.Fatalf("received %s once memory was freed, want the delayed event %s", got[0].ID, later.ID)
 	}
 }
+
+// TestFullRedisErrorSaysWhatToDo checks that a publisher that has not read
+// the registry yet gets, on a full Redis, an error that says Redis is
+// full and what to do, not a discarded transaction.
+func TestFullRedisErrorSaysWhatToDo(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := startServer(t, "--appendonly", "no", "--maxmemory-policy", "noeviction")
+	d := openURL(t, srv.url(), transport.Config{})
+	subscribe(t, d, "h", "a.*", time.Minute)
+	raw := rawClient(t, d)
+	big := strings.Repeat("x", 256<<10)
+	for i := range 16 {
+		if err := raw.Set(ctx, fmt.Sprintf("app:blob:%d", i), big, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := raw.ConfigSet(ctx, "maxmemory", "2mb").Err(); err != nil {
+		t.Fatal(err)
+	}
+	fresh := openURL(t, srv.url(), transport.Config{})
+	for _, ownID := range []bool{false, true} {
+		m := msg("a.b")
+		m.IDGenerated = !ownID
+		err := fresh.Publish(ctx, []*transport.Message{m})
+		if err == nil || !strings.Contains(err.Error(), "Redis is full (maxmemory)") || !strings.Contains(err.Error(), "OOM") {
+			t.Errorf("own id %v: Publish on a full Redis = %v; want an error that says Redis is full, with Redis's own", ownID, err)
+		}
+	}
+}

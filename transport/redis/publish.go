@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/ripplehq/ripple/transport"
 )
 
@@ -96,6 +98,15 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		scriptErr = d.batch.do(ctx, script)
 	}
 	return errors.Join(directErr, scriptErr)
+}
+
+// publishErr wraps a failed publish's error, with what to do when Redis
+// is full.
+func publishErr(err error) error {
+	if goredis.HasErrorPrefix(err, "OOM") {
+		return fmt.Errorf("redis transport: publish: Redis is full (maxmemory), nothing was stored: %w; free memory (let handlers drain, shorten retention) or raise maxmemory", err)
+	}
+	return fmt.Errorf("redis transport: publish: %w", err)
 }
 
 // appendMessage appends one message's publish-script arguments: its delay,

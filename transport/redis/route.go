@@ -145,23 +145,46 @@ func (d *Driver) routeTable(ctx context.Context) (*routeTable, error) {
 	return d.loadRoutes(ctx)
 }
 
-// loadRoutes reads the registry and its counter atomically and caches them.
+// A registry is the subscription registry as read by registryScript.
+type registry struct {
+	version string
+	subs    [][2]string // name, pattern
+	from    string      // the PREFIX:subsfrom field asked for
+}
+
+// readRegistry reads the registry atomically, with name's recorded start
+// when name is not "".
+func (d *Driver) readRegistry(ctx context.Context, name string) (registry, error) {
+	res, err := registryScript.Run(ctx, d.client, nil, d.prefix, name).Slice()
+	if err != nil {
+		return registry{}, err
+	}
+	var r registry
+	flat, _ := res[1].([]any)
+	if len(res) != 3 || len(flat)%2 != 0 {
+		return registry{}, fmt.Errorf("unexpected registry reply %v", res)
+	}
+	r.version, _ = res[0].(string)
+	r.from, _ = res[2].(string)
+	for i := 0; i < len(flat); i += 2 {
+		n, _ := flat[i].(string)
+		p, _ := flat[i+1].(string)
+		r.subs = append(r.subs, [2]string{n, p})
+	}
+	return r, nil
+}
+
+// loadRoutes reads the registry and its version and caches them.
 func (d *Driver) loadRoutes(ctx context.Context) (*routeTable, error) {
-	var subs *goredis.MapStringStringCmd
-	var ver *goredis.StringCmd
-	_, err := d.noRetry.TxPipelined(ctx, func(p goredis.Pipeliner) error {
-		subs = p.HGetAll(ctx, d.subsKey())
-		ver = p.Get(ctx, d.subsVersionKey())
-		return nil
-	})
-	if err != nil && !errors.Is(err, goredis.Nil) {
+	reg, err := d.readRegistry(ctx, "")
+	if err != nil {
 		return nil, err
 	}
-	rt := &routeTable{version: ver.Val(), byType: map[string][]route{}}
-	for name, pattern := range subs.Val() {
-		rt.names = append(rt.names, name)
-		rt.pattern = append(rt.pattern, pattern)
-		rt.keys = append(rt.keys, d.streamKey(name))
+	rt := &routeTable{version: reg.version, byType: map[string][]route{}}
+	for _, sub := range reg.subs {
+		rt.names = append(rt.names, sub[0])
+		rt.pattern = append(rt.pattern, sub[1])
+		rt.keys = append(rt.keys, d.streamKey(sub[0]))
 	}
 	d.routeMu.Lock()
 	d.routes = rt
@@ -182,7 +205,7 @@ func (d *Driver) execDirect(ctx context.Context, batch []*job) {
 	}
 	err := d.publishDirect(ctx, msgs)
 	if err != nil {
-		err = fmt.Errorf("redis transport: publish: %w", err)
+		err = publishErr(err)
 	}
 	for _, j := range batch {
 		j.err = err

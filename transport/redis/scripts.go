@@ -192,6 +192,17 @@ end
 return stored
 `)
 
+// registryScript reads the subscription registry: {PREFIX:subsv or "",
+// the PREFIX:subs hash as a flat list, the PREFIX:subsfrom field of ARGV[2]
+// or ""}. ARGV: prefix, a subscription name or "". A script rather than
+// MULTI: it reads atomically all the same, and a full Redis (maxmemory)
+// runs it, where it discards a MULTI whole.
+var registryScript = newScript(`
+local p = ARGV[1]
+local from = ARGV[2] ~= '' and redis.call('HGET', p .. ':subsfrom', ARGV[2])
+return {redis.call('GET', p .. ':subsv') or '', redis.call('HGETALL', p .. ':subs'), from or ''}
+`)
+
 // subscribeScript registers (or updates) a subscription and creates its
 // stream and consumer group. ARGV: prefix, name, pattern, a fresh registry
 // version (see route.go).

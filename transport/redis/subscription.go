@@ -317,10 +317,13 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	}
 	// On the client that never resends: a resent poll whose first reply
 	// was lost would lease entries nobody receives until the lease ends.
+	// For the same reason the reply is awaited past ctx's deadline (the
+	// client's read timeout bounds it); entries it brings after ctx ended
+	// are returned all the same.
 	var res []any
 	err := s.d.retryDial(ctx, func() error {
 		var err error
-		res, err = receiveScript.Run(ctx, s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern, newRegistryVersion(), claimFrom).Slice()
+		res, err = receiveScript.Run(context.WithoutCancel(ctx), s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern, newRegistryVersion(), claimFrom).Slice()
 		return err
 	})
 	if err != nil {
@@ -465,18 +468,17 @@ func (s *subscription) registryView(ctx context.Context, version string) (regist
 	// Also when Receive's ctx has just ended: the entries are in hand.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	var ver, pattern, from *goredis.StringCmd
-	_, err := s.d.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
-		ver = p.Get(ctx, s.d.subsVersionKey())
-		pattern = p.HGet(ctx, s.d.subsKey(), s.name)
-		from = p.HGet(ctx, s.d.subsFromKey(), s.name)
-		return nil
-	})
-	if err != nil && !errors.Is(err, goredis.Nil) {
+	reg, err := s.d.readRegistry(ctx, s.name)
+	if err != nil {
 		return registryView{}, err
 	}
-	v = registryView{loaded: true, version: ver.Val(), pattern: pattern.Val()}
-	if f, ok := parseStreamID(from.Val()); ok {
+	v = registryView{loaded: true, version: reg.version}
+	for _, sub := range reg.subs {
+		if sub[0] == s.name {
+			v.pattern = sub[1]
+		}
+	}
+	if f, ok := parseStreamID(reg.from); ok {
 		v.from = f
 	} else {
 		// A registration without a recorded start (from before Ripple
