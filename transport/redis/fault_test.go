@@ -432,15 +432,7 @@ func TestFullRedisStillDelivers(t *testing.T) {
 	publish(t, d, later)
 
 	raw := rawClient(t, d)
-	big := strings.Repeat("x", 256<<10)
-	for i := range 16 {
-		if err := raw.Set(ctx, fmt.Sprintf("app:blob:%d", i), big, 0).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := raw.ConfigSet(ctx, "maxmemory", "2mb").Err(); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, raw)
 	time.Sleep(100 * time.Millisecond) // the delayed event is due
 	if err := d.Publish(ctx, []*transport.Message{msg("a.b")}); err == nil || !strings.Contains(err.Error(), "OOM") {
 		t.Fatalf("Publish on a full Redis = %v, want Redis's OOM error", err)
@@ -467,15 +459,7 @@ func TestFullRedisErrorSaysWhatToDo(t *testing.T) {
 	d := openURL(t, srv.url(), transport.Config{})
 	subscribe(t, d, "h", "a.*", time.Minute)
 	raw := rawClient(t, d)
-	big := strings.Repeat("x", 256<<10)
-	for i := range 16 {
-		if err := raw.Set(ctx, fmt.Sprintf("app:blob:%d", i), big, 0).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := raw.ConfigSet(ctx, "maxmemory", "2mb").Err(); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, raw)
 	fresh := openURL(t, srv.url(), transport.Config{})
 	for _, ownID := range []bool{false, true} {
 		m := msg("a.b")
@@ -484,5 +468,21 @@ func TestFullRedisErrorSaysWhatToDo(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "Redis is full (maxmemory)") || !strings.Contains(err.Error(), "OOM") {
 			t.Errorf("own id %v: Publish on a full Redis = %v; want an error that says Redis is full, with Redis's own", ownID, err)
 		}
+	}
+}
+
+// fill fills a Redis (started with maxmemory-policy noeviction) past its
+// maxmemory with an application's own data.
+func fill(t *testing.T, raw *goredis.Client) {
+	t.Helper()
+	ctx := context.Background()
+	big := strings.Repeat("x", 256<<10)
+	for i := range 16 {
+		if err := raw.Set(ctx, fmt.Sprintf("app:blob:%d", i), big, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := raw.ConfigSet(ctx, "maxmemory", "2mb").Err(); err != nil {
+		t.Fatal(err)
 	}
 }
