@@ -625,7 +625,9 @@ func (b *Bus) PurgeDead(ctx context.Context, handler string, ids ...string) (int
 
 // Replay delivers again to the handler every retained event matching its
 // pattern that was published at or after since, and returns how many were
-// scheduled. Transports without history return ErrNotSupported.
+// scheduled. An event the handler has not finished (waiting, retrying or
+// running) is not delivered a second time because of it. Transports
+// without history return ErrNotSupported.
 func (b *Bus) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
 	r, ok := b.driver.(transport.Replayer)
 	if !ok {

@@ -248,8 +248,10 @@ type DeadLetterQueue interface {
 // Replayer is implemented by drivers that keep history.
 type Replayer interface {
 	// Replay makes every retained message of the handler's pattern
-	// published at or after since deliverable to the handler again. It
-	// returns how many were scheduled.
+	// published at or after since deliverable to the handler again. A
+	// message the handler has not finished (waiting, delayed or leased)
+	// is not delivered a second time because of it. It returns how many
+	// were scheduled.
 	Replay(ctx context.Context, handler string, since time.Time) (int, error)
 }
 

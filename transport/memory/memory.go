@@ -667,6 +667,29 @@ func (sb *sub) takeDead(ids []string) []*entry {
 	return taken
 }
 
+// unfinished returns the seqs of the events the subscription has not
+// finished: ready, delayed, leased or blocked behind their key. Replay
+// leaves them be, as they are delivered anyway.
+func (sb *sub) unfinished() map[uint64]bool {
+	out := map[uint64]bool{}
+	add := func(es []*entry) {
+		for _, e := range es {
+			if e.state < stDone {
+				out[e.seq] = true
+			}
+		}
+	}
+	for _, q := range sb.ready.buckets {
+		add(q.items[q.head:])
+	}
+	add(sb.delayed.items)
+	add(sb.active.items)
+	for _, es := range sb.keys {
+		add(es)
+	}
+	return out
+}
+
 func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
 	d.s.mu.Lock()
 	defer d.s.mu.Unlock()
@@ -676,8 +699,9 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	}
 	now := d.s.now()
 	n := 0
+	busy := sb.unfinished()
 	for _, h := range d.s.history[d.s.histHead:] {
-		if h.at.Before(since) || !transport.Match(sb.pattern, h.msg.Type) {
+		if h.at.Before(since) || !transport.Match(sb.pattern, h.msg.Type) || busy[h.seq] {
 			continue
 		}
 		sb.add(&entry{msg: h.msg, seq: h.seq, runAt: now, published: h.at}, now)

@@ -195,21 +195,29 @@ func (d *Driver) Purge(ctx context.Context, handler string, ids []string) (int, 
 // Replay appends a fresh copy of every retained entry of the handler's
 // stream added at or after since (one per event id) to the stream, so the
 // handler sees those events again. The stream retains completed entries
-// per Retention, plus everything not yet completed.
+// per Retention, plus everything not yet completed; events the handler has
+// not finished (waiting, leased, or in the delayed set for a retry or a
+// delay) are delivered anyway and get no copy.
 func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
 	if err := d.known(ctx, handler); err != nil {
 		return 0, err
 	}
+	wrap := func(err error) error { return fmt.Errorf("redis transport: replay %q: %w", handler, err) }
+	// Completions still being acknowledged in the background would look
+	// unfinished.
+	if err := d.acks.flush(ctx); err != nil {
+		return 0, wrap(err)
+	}
 	pattern, err := d.client.HGet(ctx, d.subsKey(), handler).Result()
 	if err != nil {
-		return 0, fmt.Errorf("redis transport: replay %q: %w", handler, err)
+		return 0, wrap(err)
 	}
 	stream := d.streamKey(handler)
 	// Stop at the last entry that exists now, so the copies appended
 	// below are not replayed again.
 	last, err := d.client.XRevRangeN(ctx, stream, "+", "-", 1).Result()
 	if err != nil {
-		return 0, fmt.Errorf("redis transport: replay %q: %w", handler, err)
+		return 0, wrap(err)
 	}
 	if len(last) == 0 {
 		return 0, nil
@@ -219,19 +227,19 @@ func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	if ms := since.UnixMilli(); ms > 0 {
 		from = strconv.FormatInt(ms, 10)
 	}
+	busy, err := d.unfinished(ctx, handler, stream, from, end)
+	if err != nil {
+		return 0, wrap(err)
+	}
 	seen := map[string]bool{}
 	n := 0
-	for {
-		msgs, err := d.client.XRangeN(ctx, stream, from, end, 500).Result()
-		if err != nil {
-			return n, fmt.Errorf("redis transport: replay %q: %w", handler, err)
-		}
+	err = d.scanStream(ctx, stream, from, end, func(msgs []goredis.XMessage) error {
 		pipe := d.client.Pipeline()
 		queued := 0
 		for _, m := range msgs {
 			id, _ := m.Values[fieldID].(string)
 			typ, _ := m.Values[fieldType].(string)
-			if id == "" || typ == "" || seen[id] || !transport.Match(pattern, typ) {
+			if id == "" || typ == "" || seen[id] || busy[id] || !transport.Match(pattern, typ) {
 				continue
 			}
 			seen[id] = true
@@ -245,16 +253,92 @@ func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (i
 			pipe.XAdd(ctx, &goredis.XAddArgs{Stream: stream, Values: vals})
 			queued++
 		}
-		if queued > 0 {
-			if _, err := pipe.Exec(ctx); err != nil {
-				return n, fmt.Errorf("redis transport: replay %q: %w", handler, err)
-			}
-			n += queued
+		if queued == 0 {
+			return nil
 		}
-		if len(msgs) < 500 {
-			return n, nil
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+		n += queued
+		return nil
+	})
+	if err != nil {
+		return n, wrap(err)
+	}
+	return n, nil
+}
+
+// scanStream calls fn with the entries of stream from from to end, a page
+// at a time.
+func (d *Driver) scanStream(ctx context.Context, stream, from, end string, fn func([]goredis.XMessage) error) error {
+	const page = 500
+	for {
+		msgs, err := d.client.XRangeN(ctx, stream, from, end, page).Result()
+		if err != nil {
+			return err
+		}
+		if err := fn(msgs); err != nil {
+			return err
+		}
+		if len(msgs) < page {
+			return nil
 		}
 		from = "(" + msgs[len(msgs)-1].ID
+	}
+}
+
+// unfinished returns the event ids the handler has not finished: entries
+// of stream between from and end that are undelivered or pending, and
+// every event in the delayed set.
+func (d *Driver) unfinished(ctx context.Context, handler, stream, from, end string) (map[string]bool, error) {
+	busy := map[string]bool{}
+	groups, err := d.client.XInfoGroups(ctx, stream).Result()
+	if err != nil {
+		return nil, err
+	}
+	var delivered streamID
+	for _, g := range groups {
+		if g.Name == handler {
+			delivered, _ = parseStreamID(g.LastDeliveredID)
+		}
+	}
+	err = d.scanStream(ctx, stream, from, end, func(msgs []goredis.XMessage) error {
+		if len(msgs) == 0 {
+			return nil
+		}
+		pending, err := d.client.XPendingExt(ctx, &goredis.XPendingExtArgs{
+			Stream: stream, Group: handler, Start: msgs[0].ID, End: msgs[len(msgs)-1].ID, Count: int64(len(msgs)),
+		}).Result()
+		if err != nil {
+			return err
+		}
+		leased := make(map[string]bool, len(pending))
+		for _, p := range pending {
+			leased[p.ID] = true
+		}
+		for _, m := range msgs {
+			sid, _ := parseStreamID(m.ID)
+			if id, _ := m.Values[fieldID].(string); id != "" && (leased[m.ID] || sid.after(delivered)) {
+				busy[id] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	const page = 500
+	for start := 0; ; start += page {
+		ids, err := delayedIDsScript.Run(ctx, d.client, nil, d.prefix, handler, start, start+page-1).StringSlice()
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ids {
+			busy[id] = true
+		}
+		if len(ids) < page {
+			return busy, nil
+		}
 	}
 }
 

@@ -383,6 +383,12 @@ func TestReplay(t *testing.T) {
 		t.Fatalf("replayed %v, want %v", ids, want)
 	}
 	receiveNone(t, s, 200*time.Millisecond)
+	// The replayed copies are leased: a replay now leaves them be.
+	if n, err := d.Replay(context.Background(), "h", time.Time{}); err != nil || n != 1 {
+		t.Fatalf("Replay(all) with two events leased = %d, %v; want 1 (the other event)", n, err)
+	}
+	settle(t, s, transport.Complete, 0, got...)
+	settle(t, s, transport.Complete, 0, receive(t, s, 1, 2*time.Second)...)
 	if n, err := d.Replay(context.Background(), "h", time.Time{}); err != nil || n != 3 {
 		t.Fatalf("Replay(all) = %d, %v; want 3 (one per event)", n, err)
 	}
@@ -847,4 +853,26 @@ func TestFailedPublishLeavesNoDedupRecord(t *testing.T) {
 	if n := raw.ZCard(ctx, d.prefix+":d:h").Val(); n != 1 {
 		t.Fatalf("the retried publish stored %d delayed entries, want 1", n)
 	}
+}
+
+// TestReplayLeavesDelayedEvents checks that an event waiting in the
+// delayed set gets no copy from Replay, though its completed entry is
+// still in the stream: here a replayed copy that failed and waits for its
+// retry. It is delivered when due anyway.
+func TestReplayLeavesDelayedEvents(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	m := msg("a.b")
+	publish(t, d, m)
+	settle(t, s, transport.Complete, 0, receive(t, s, 1, 2*time.Second)...)
+	if n, err := d.Replay(ctx, "h", time.Time{}); err != nil || n != 1 {
+		t.Fatalf("first Replay = %d, %v; want 1", n, err)
+	}
+	settle(t, s, transport.Retry, time.Hour, receive(t, s, 1, 2*time.Second)...)
+	if n, err := d.Replay(ctx, "h", time.Time{}); err != nil || n != 0 {
+		t.Fatalf("Replay with the event's retry delayed = %d, %v; want 0", n, err)
+	}
+	receiveNone(t, s, 200*time.Millisecond)
 }

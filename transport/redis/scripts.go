@@ -203,6 +203,17 @@ local from = ARGV[2] ~= '' and redis.call('HGET', p .. ':subsfrom', ARGV[2])
 return {redis.call('GET', p .. ':subsv') or '', redis.call('HGETALL', p .. ':subs'), from or ''}
 `)
 
+// delayedIDsScript lists the event ids of a range of a subscription's
+// delayed set, by rank. ARGV: prefix, name, first rank, last rank.
+var delayedIDsScript = newScript(`
+local out = {}
+for i, m in ipairs(redis.call('ZRANGE', ARGV[1] .. ':d:' .. ARGV[2], ARGV[3], ARGV[4])) do
+  local _, f = cmsgpack.unpack(m)
+  out[i] = f[2] or ''
+end
+return out
+`)
+
 // subscribeScript registers (or updates) a subscription and creates its
 // stream and consumer group. ARGV: prefix, name, pattern, a fresh registry
 // version (see route.go).

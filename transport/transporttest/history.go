@@ -317,6 +317,43 @@ func testReplay(t *testing.T, s *suite) {
 	}
 }
 
+// testReplayUnfinished: Replay does not deliver a second time an event the
+// handler has not finished: one running now, or one still waiting for it.
+func testReplayUnfinished(t *testing.T, s *suite) {
+	if !s.replayer {
+		t.Skip("the transport keeps no history (checked by Replay)")
+	}
+	bus := s.open(t, s.h.NewURL(t))
+	const typ, name = "conformance.replay.unfinished", "replay.unfinished"
+	var rec recorder
+	running, release := make(chan struct{}, 1), make(chan struct{})
+	on(t, bus, typ, name, rec.handler("", func(ctx context.Context, e ripple.Event) error {
+		if string(e.Data) == `"slow"` {
+			select {
+			case running <- struct{}{}:
+			default:
+			}
+			<-release
+		}
+		return nil
+	}), ripple.Concurrency(1))
+	start(t, bus)
+	since := time.Now().Add(-time.Second)
+	slow := publish(t, bus, typ, "slow")
+	recv(t, running, "the first event's handler to start")
+	queued := publish(t, bus, typ, "queued") // waits: Concurrency(1)
+	if _, err := bus.Replay(bg, name, since); err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	close(release)
+	rec.waitSucceeded(t, "both events to be handled", slow.ID, queued.ID)
+	s.settled(t, bus, name)
+	time.Sleep(quietPeriod / 4)
+	if got := rec.succeeded(); got[slow.ID] != 1 || got[queued.ID] != 1 {
+		t.Errorf("handled counts %v; want each once: Replay must not add a second delivery of an event running or waiting", countsOf(got, slow, queued))
+	}
+}
+
 func countsOf(m map[string]int, evs ...ripple.Event) []string {
 	var out []string
 	for _, e := range evs {

@@ -147,6 +147,7 @@ var cases = []testCase{
 	{"RetentionAge", testRetentionAge},
 	// 9. Replay.
 	{"Replay", testReplay},
+	{"ReplayUnfinished", testReplayUnfinished},
 	{"Unsubscribe", testUnsubscribe},
 	// 10. Capability gaps, bad input, closing.
 	{"CapabilityGaps", testCapabilityGaps},
