@@ -169,7 +169,8 @@ func (r *runner) loop() {
 			return
 		}
 		want := 1
-		if r.limiter == nil && r.shared == nil {
+		limited := r.limiter != nil || r.shared != nil
+		if !limited {
 		fill:
 			for want < maxReceiveBatch {
 				select {
@@ -179,15 +180,6 @@ func (r *runner) loop() {
 					break fill
 				}
 			}
-		} else if err := r.waitRate(); err != nil {
-			<-r.slots
-			if r.recvCtx.Err() != nil {
-				return
-			}
-			r.bus.log.Error("ripple: rate limiter failed", "handler", r.name, "err", err)
-			failures++
-			r.sleep(failureBackoff(failures))
-			continue
 		}
 		ds, err := r.sub.Receive(r.recvCtx, want)
 		for range want - len(ds) {
@@ -195,7 +187,17 @@ func (r *runner) loop() {
 		}
 		// Deliveries are leased even when an error comes with them, so
 		// they are handled before the error is dealt with.
-		r.dispatch(ds)
+		if !limited {
+			r.dispatch(ds)
+		} else if rerr := r.dispatchLimited(ds); rerr != nil {
+			if r.recvCtx.Err() != nil {
+				return
+			}
+			r.bus.log.Error("ripple: rate limiter failed", "handler", r.name, "err", rerr)
+			failures++
+			r.sleep(failureBackoff(failures))
+			continue
+		}
 		if err != nil {
 			if r.recvCtx.Err() != nil {
 				return
@@ -211,8 +213,52 @@ func (r *runner) loop() {
 
 // dispatch hands received deliveries, whose slots are taken, to workers.
 func (r *runner) dispatch(ds []*transport.Delivery) {
-	if len(ds) == 0 {
+	if !r.track(ds) {
 		return
+	}
+	for _, d := range ds {
+		select {
+		case r.work <- d:
+		default:
+			go r.worker(d)
+		}
+	}
+}
+
+// dispatchLimited is dispatch for a rate-limited handler: each delivery
+// waits for its slot of the limit before it goes to a worker. The slot is
+// taken only once a delivery is there to use it; taken before Receive, it
+// would be spent on idle time and let one extra start through when events
+// arrive. A delivery waiting here stays tracked, so its lease is renewed
+// and abort releases it. When the wait fails, the deliveries not yet
+// started are released and the error is returned.
+func (r *runner) dispatchLimited(ds []*transport.Delivery) error {
+	if !r.track(ds) {
+		return nil
+	}
+	for i, d := range ds {
+		if err := r.waitRate(); err != nil {
+			for _, d := range ds[i:] {
+				r.settle(d, transport.Settlement{Outcome: transport.Release})
+				r.free()
+			}
+			return err
+		}
+		select {
+		case r.work <- d:
+		default:
+			go r.worker(d)
+		}
+	}
+	return nil
+}
+
+// track registers received deliveries, whose slots are taken, as in
+// flight and counts them as running handlers. It reports false, having
+// released them, when the runner was aborted.
+func (r *runner) track(ds []*transport.Delivery) bool {
+	if len(ds) == 0 {
+		return false
 	}
 	r.mu.Lock()
 	if r.aborted {
@@ -222,20 +268,14 @@ func (r *runner) dispatch(ds []*transport.Delivery) {
 		// lease.
 		r.mu.Unlock()
 		r.releaseLate(ds)
-		return
+		return false
 	}
 	for _, d := range ds {
 		r.inflight[d] = nil
 	}
 	r.mu.Unlock()
 	r.handlers.Add(len(ds))
-	for _, d := range ds {
-		select {
-		case r.work <- d:
-		default:
-			go r.worker(d)
-		}
-	}
+	return true
 }
 
 // releaseLate hands back deliveries received after abort and frees their

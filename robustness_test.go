@@ -270,3 +270,123 @@ func TestDeliveryReceivedAfterAbortIsNotHandled(t *testing.T) {
 		t.Fatalf("handler ran %d times after Shutdown returned", n)
 	}
 }
+
+// TestRateLimitAfterIdle checks that a handler idle for longer than its
+// rate period starts no more events at once than the limit allows: the
+// receive loop must not spend a slot of the limit before an event is
+// there to use it.
+func TestRateLimitAfterIdle(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bus, err := ripple.New(memory.New(transport.Retention{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	var mu sync.Mutex
+	var starts []time.Time
+	err = bus.On("a.b", "h", func(context.Context, ripple.Event) error {
+		mu.Lock()
+		starts = append(starts, time.Now())
+		mu.Unlock()
+		return nil
+	}, ripple.RateLimit(1, 2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // idle past the period
+	for i := range 3 {
+		if _, err := bus.Publish(ctx, "a.b", map[string]int{"n": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(starts) != 1 {
+		t.Fatalf("RateLimit(1, 2s) started %d events within 1 s after an idle spell, want 1", len(starts))
+	}
+}
+
+// settleRecorder records the outcomes its subscriptions settle.
+type settleRecorder struct {
+	transport.Driver
+	mu       sync.Mutex
+	outcomes map[string]transport.Outcome
+}
+
+func (d *settleRecorder) Subscribe(ctx context.Context, s transport.SubscriptionSpec) (transport.Subscription, error) {
+	sub, err := d.Driver.Subscribe(ctx, s)
+	return &recordingSub{Subscription: sub, d: d}, err
+}
+
+type recordingSub struct {
+	transport.Subscription
+	d *settleRecorder
+}
+
+func (s *recordingSub) Settle(ctx context.Context, ss []transport.Settlement) error {
+	s.d.mu.Lock()
+	for _, x := range ss {
+		s.d.outcomes[x.Delivery.ID] = x.Outcome
+	}
+	s.d.mu.Unlock()
+	return s.Subscription.Settle(ctx, ss)
+}
+
+// TestRateLimitedDeliveryReleasedAtShutdown checks that a delivery
+// waiting for its slot of the rate limit when the bus shuts down is
+// handed back, not run, and does not hold up the shutdown.
+func TestRateLimitedDeliveryReleasedAtShutdown(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := &settleRecorder{Driver: memory.New(transport.Retention{}), outcomes: map[string]transport.Outcome{}}
+	bus, err := ripple.New(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan string, 2)
+	err = bus.On("a.b", "h", func(_ context.Context, e ripple.Event) error {
+		handled <- e.ID
+		return nil
+	}, ripple.RateLimit(1, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	first, err := bus.Publish(ctx, "a.b", map[string]int{"n": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := bus.Publish(ctx, "a.b", map[string]int{"n": 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-handled:
+		if id != first.ID {
+			t.Fatalf("handled %s first, want %s", id, first.ID)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("first event not handled")
+	}
+	time.Sleep(100 * time.Millisecond) // the second is received and waits for the limit
+	if err := within(t, "Shutdown", func() error { return bus.Shutdown(ctx) }); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	select {
+	case id := <-handled:
+		t.Fatalf("handled %s although the limit allowed no second start", id)
+	default:
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if got := d.outcomes[second.ID]; got != transport.Release {
+		t.Fatalf("event waiting for the rate limit at shutdown was settled %v, want Release", got)
+	}
+}
