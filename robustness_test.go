@@ -211,26 +211,30 @@ func TestDeliveriesReceivedWithAnErrorAreHandled(t *testing.T) {
 
 // lateReceive holds its first Receive's deliveries until receiving has
 // been stopped and the test lets them go, as a transport whose read
-// returns just as the bus shuts down.
+// returns just as the bus shuts down. received is closed once the
+// deliveries are held.
 type lateReceive struct {
 	transport.Driver
-	release chan struct{}
+	received chan struct{}
+	release  chan struct{}
 }
 
 func (d lateReceive) Subscribe(ctx context.Context, s transport.SubscriptionSpec) (transport.Subscription, error) {
 	sub, err := d.Driver.Subscribe(ctx, s)
-	return &lateSub{Subscription: sub, release: d.release}, err
+	return &lateSub{Subscription: sub, received: d.received, release: d.release}, err
 }
 
 type lateSub struct {
 	transport.Subscription
-	release chan struct{}
-	once    sync.Once
+	received chan struct{}
+	release  chan struct{}
+	once     sync.Once
 }
 
 func (s *lateSub) Receive(ctx context.Context, max int) ([]*transport.Delivery, error) {
 	ds, err := s.Subscription.Receive(ctx, max)
 	s.once.Do(func() {
+		close(s.received)
 		<-ctx.Done()
 		<-s.release
 	})
@@ -244,8 +248,8 @@ func (s *lateSub) Receive(ctx context.Context, max int) ([]*transport.Delivery, 
 func TestDeliveryReceivedAfterAbortIsNotHandled(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	release := make(chan struct{})
-	bus, err := ripple.New(lateReceive{Driver: memory.New(transport.Retention{}), release: release})
+	received, release := make(chan struct{}), make(chan struct{})
+	bus, err := ripple.New(lateReceive{Driver: memory.New(transport.Retention{}), received: received, release: release})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,6 +262,13 @@ func TestDeliveryReceivedAfterAbortIsNotHandled(t *testing.T) {
 	}
 	if _, err := bus.Publish(ctx, "a.b", map[string]int{"n": 1}); err != nil {
 		t.Fatal(err)
+	}
+	// A Shutdown before the receive loop has called Receive may stop the
+	// loop first, and then there is nothing to give up on.
+	select {
+	case <-received:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the event was not received")
 	}
 	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
