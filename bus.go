@@ -453,48 +453,119 @@ func (b *Bus) Run(ctx context.Context) error {
 // Shutdown stops taking new events, waits for running handlers to finish,
 // and closes the transport. If ctx ends first, handlers' contexts are
 // cancelled, their events are released for redelivery without using an
-// attempt, and Shutdown returns ctx.Err(). It is safe to call more than
-// once; later calls wait for the first to finish.
+// attempt, and Shutdown returns ctx.Err().
+//
+// Shutdown returns soon after ctx ends even if the transport stops
+// answering: releasing the events, closing the subscriptions and closing
+// the transport then go on in the background, without a bound from ctx,
+// and Stopped is closed once they are done. Publish fails with ErrClosed
+// from the moment the first call returns.
+//
+// It is safe to call more than once; later calls wait for the first to
+// finish, or for their own ctx to end.
 func (b *Bus) Shutdown(ctx context.Context) error {
+	var runners []*runner
+	first := false
 	b.stopOnce.Do(func() {
+		first = true
 		b.mu.Lock()
 		b.stopping = true
-		runners := make([]*runner, 0, len(b.handlers))
+		runners = make([]*runner, 0, len(b.handlers))
 		for _, name := range b.order {
 			runners = append(runners, b.handlers[name])
 		}
 		b.mu.Unlock()
-
-		for _, r := range runners {
-			r.stopReceiving()
-		}
-		var err error
-		for _, r := range runners {
-			if werr := r.wait(ctx); werr != nil && err == nil {
-				err = werr
-			}
-		}
-		if err != nil {
-			// Out of time: cancel handlers and hand their events back.
-			for _, r := range runners {
-				r.abort()
-			}
-		}
-		// Handlers that are still draining may publish follow-up events,
-		// so publishing stays open until the driver closes.
-		b.closed.Store(true)
-		if cerr := b.driver.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("ripple: close %s: %w", b.driver.Name(), cerr)
-		}
-		b.stopErr = err
-		close(b.stopped)
 	})
+	if first {
+		b.stop(ctx, runners)
+	}
 	select {
 	case <-b.stopped:
 		return b.stopErr
 	case <-ctx.Done():
+		if first {
+			// The transport may still be closing in the background, but
+			// the caller has been told the bus is shut down.
+			b.closed.Store(true)
+		}
 		return ctx.Err()
 	}
+}
+
+// stop waits within ctx for the runners to drain and, if ctx ends first,
+// cuts off the handlers still running. Neither makes a transport call, so
+// stop returns soon after ctx ends; the transport calls, which a server
+// that stops answering can hold up, run in the background (closeAll).
+func (b *Bus) stop(ctx context.Context, runners []*runner) {
+	for _, r := range runners {
+		r.stopReceiving()
+	}
+	// Handlers that are still draining may publish follow-up events, so
+	// publishing stays open until the driver closes or Shutdown gives up.
+	err := drainAll(ctx, runners)
+	var pending [][]transport.Settlement
+	if err != nil {
+		// Out of time: cancel handlers and take their events back.
+		pending = make([][]transport.Settlement, len(runners))
+		for i, r := range runners {
+			if r.sub != nil {
+				pending[i] = r.cutOff()
+			}
+		}
+	}
+	go b.closeAll(runners, pending, err)
+}
+
+// drainAll waits for every runner's loop and handlers to finish, and
+// returns ctx.Err() if ctx ends first.
+func drainAll(ctx context.Context, runners []*runner) error {
+	for _, r := range runners {
+		if r.sub == nil {
+			continue
+		}
+		select {
+		case <-r.drained():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// closeAll settles the releases of cut-off runners (pending is nil when
+// every runner drained), closes the subscriptions and then the driver, and
+// closes b.stopped with err or the first close error. The subscriptions
+// are closed side by side, so that a transport that stops answering costs
+// one close's wait rather than one per handler.
+func (b *Bus) closeAll(runners []*runner, pending [][]transport.Settlement, err error) {
+	errs := make([]error, len(runners))
+	var wg sync.WaitGroup
+	for i, r := range runners {
+		if r.sub == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if pending != nil {
+				r.closeAborted(pending[i])
+			} else {
+				errs[i] = r.close()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, cerr := range errs {
+		if cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	b.closed.Store(true)
+	if cerr := b.driver.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("ripple: close %s: %w", b.driver.Name(), cerr)
+	}
+	b.stopErr = err
+	close(b.stopped)
 }
 
 // Close is Shutdown bounded by ShutdownTimeout (default 10 s), for defer.
@@ -504,7 +575,8 @@ func (b *Bus) Close() error {
 	return b.Shutdown(ctx)
 }
 
-// Stopped is closed once the bus has shut down.
+// Stopped is closed once the bus has shut down and its transport is
+// closed, which can be after a Shutdown whose ctx ended first returned.
 func (b *Bus) Stopped() <-chan struct{} { return b.stopped }
 
 // Handlers lists the handler names registered on this bus.

@@ -104,25 +104,36 @@ func (r *runner) stopReceiving() {
 	}
 }
 
-// wait blocks until the receive loop and every handler have finished, or
-// ctx ends.
-func (r *runner) wait(ctx context.Context) error {
-	if r.sub == nil {
-		return nil
-	}
+// drained returns a channel closed once the receive loop and every
+// handler have finished. The runner must have started.
+func (r *runner) drained() <-chan struct{} {
 	done := make(chan struct{})
 	go func() {
 		<-r.loopDone
 		r.handlers.Wait()
 		close(done)
 	}()
+	return done
+}
+
+// wait blocks until the receive loop and every handler have finished, or
+// ctx ends.
+func (r *runner) wait(ctx context.Context) error {
+	if r.sub == nil {
+		return nil
+	}
 	select {
-	case <-done:
-		r.runCancel() // nothing left to heartbeat for
-		return r.sub.Close()
+	case <-r.drained():
+		return r.close()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// close closes the subscription of a runner with nothing left to run.
+func (r *runner) close() error {
+	r.runCancel() // nothing left to heartbeat for
+	return r.sub.Close()
 }
 
 // abort cancels running handlers and releases their deliveries without
@@ -131,6 +142,14 @@ func (r *runner) abort() {
 	if r.sub == nil {
 		return
 	}
+	r.closeAborted(r.cutOff())
+}
+
+// cutOff is the part of abort that makes no transport call, so that it
+// cannot hang: it cancels running handlers and takes back every delivery
+// the runner holds, returning the releases closeAborted is to settle.
+// Once it returns, no handler starts.
+func (r *runner) cutOff() []transport.Settlement {
 	r.mu.Lock()
 	r.aborted = true
 	var pending []transport.Settlement
@@ -146,6 +165,12 @@ func (r *runner) abort() {
 	clear(r.inflight)
 	r.mu.Unlock()
 	r.runCancel()
+	return pending
+}
+
+// closeAborted is the rest of abort: it hands back the deliveries cutOff
+// took and closes the subscription.
+func (r *runner) closeAborted(pending []transport.Settlement) {
 	if len(pending) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if err := r.sub.Settle(ctx, pending); err != nil {

@@ -3,6 +3,7 @@ package ripple_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -399,5 +400,120 @@ func TestRateLimitedDeliveryReleasedAtShutdown(t *testing.T) {
 	defer d.mu.Unlock()
 	if got := d.outcomes[second.ID]; got != transport.Release {
 		t.Fatalf("event waiting for the rate limit at shutdown was settled %v, want Release", got)
+	}
+}
+
+// hangingDriver simulates a server that stops answering once hung is
+// set: Settle waits out its ctx, and closing a subscription takes hang.
+type hangingDriver struct {
+	transport.Driver
+	hang       time.Duration
+	hung       atomic.Bool
+	subsClosed atomic.Int32
+	closed     atomic.Bool
+}
+
+func (d *hangingDriver) Subscribe(ctx context.Context, s transport.SubscriptionSpec) (transport.Subscription, error) {
+	sub, err := d.Driver.Subscribe(ctx, s)
+	return &hangingSub{Subscription: sub, d: d}, err
+}
+
+func (d *hangingDriver) Close() error {
+	err := d.Driver.Close()
+	d.closed.Store(true)
+	return err
+}
+
+type hangingSub struct {
+	transport.Subscription
+	d *hangingDriver
+}
+
+func (s *hangingSub) Settle(ctx context.Context, ss []transport.Settlement) error {
+	if s.d.hung.Load() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(s.d.hang):
+			return errors.New("i/o timeout")
+		}
+	}
+	return s.Subscription.Settle(ctx, ss)
+}
+
+func (s *hangingSub) Close() error {
+	if s.d.hung.Load() {
+		time.Sleep(s.d.hang)
+	}
+	err := s.Subscription.Close()
+	s.d.subsClosed.Add(1)
+	return err
+}
+
+// TestShutdownBoundedWhenTransportHangs checks that Close returns soon
+// after ShutdownTimeout even when the transport stops answering, with the
+// handler it cut off cancelled, and that a second call waits until the
+// first has closed the subscriptions and the transport.
+func TestShutdownBoundedWhenTransportHangs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := &hangingDriver{Driver: memory.New(transport.Retention{}), hang: 3 * time.Second}
+	bus, err := ripple.New(d, ripple.ShutdownTimeout(300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan context.Context, 1)
+	unblock := make(chan struct{})
+	defer close(unblock)
+	// The handler ignores its ctx, so the wait runs out and the bus
+	// aborts.
+	err = bus.On("a.b", "stuck", func(ctx context.Context, _ ripple.Event) error {
+		started <- ctx
+		<-unblock
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := bus.On("c.d", "idle"+strconv.Itoa(i), nop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "a.b", map[string]int{"n": 1}); err != nil {
+		t.Fatal(err)
+	}
+	var hctx context.Context
+	select {
+	case hctx = <-started:
+	case <-time.After(2 * time.Second):
+		t.Fatal("handler did not start")
+	}
+	d.hung.Store(true)
+
+	begin := time.Now()
+	err = bus.Close()
+	elapsed := time.Since(begin)
+	t.Logf("Close returned after %s", elapsed.Round(time.Millisecond))
+	if elapsed > time.Second {
+		t.Errorf("Close with ShutdownTimeout(300ms) took %s on a hung transport", elapsed.Round(time.Millisecond))
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close = %v, want context.DeadlineExceeded", err)
+	}
+	if hctx.Err() == nil {
+		t.Error("the handler cut off by Close still has a live ctx")
+	}
+
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := bus.Shutdown(sctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("second Shutdown = %v, want the first's context.DeadlineExceeded", err)
+	}
+	if n, closed := d.subsClosed.Load(), d.closed.Load(); n != 4 || !closed {
+		t.Errorf("second Shutdown returned with %d of 4 subscriptions closed, transport closed: %v; want it to wait for the first to finish", n, closed)
 	}
 }
