@@ -233,24 +233,24 @@ func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	}
 	seen := map[string]bool{}
 	n := 0
-	err = d.scanStream(ctx, stream, from, end, func(msgs []goredis.XMessage) error {
+	err = d.scanStream(ctx, stream, from, end, func(es []rawEntry) error {
 		pipe := d.client.Pipeline()
 		queued := 0
-		for _, m := range msgs {
-			id, _ := m.Values[fieldID].(string)
-			typ, _ := m.Values[fieldType].(string)
+		for _, e := range es {
+			id, typ := e.field(fieldID), e.field(fieldType)
 			if id == "" || typ == "" || seen[id] || busy[id] || !transport.Match(pattern, typ) {
 				continue
 			}
 			seen[id] = true
-			vals := make([]any, 0, 2*len(m.Values))
-			for k, v := range m.Values {
-				if k == fieldAttempts || k == fieldFirst {
-					continue
+			// The copy keeps the fields in their order, id and type first.
+			args := make([]any, 0, 3+len(e.fields))
+			args = append(args, "xadd", stream, "*")
+			for i := 0; i+1 < len(e.fields); i += 2 {
+				if k, _ := e.fields[i].(string); k != fieldAttempts && k != fieldFirst {
+					args = append(args, e.fields[i], e.fields[i+1])
 				}
-				vals = append(vals, k, v)
 			}
-			pipe.XAdd(ctx, &goredis.XAddArgs{Stream: stream, Values: vals})
+			pipe.Do(ctx, args...)
 			queued++
 		}
 		if queued == 0 {
@@ -269,21 +269,29 @@ func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (i
 }
 
 // scanStream calls fn with the entries of stream from from to end, a page
-// at a time.
-func (d *Driver) scanStream(ctx context.Context, stream, from, end string, fn func([]goredis.XMessage) error) error {
+// at a time, their fields in order.
+func (d *Driver) scanStream(ctx context.Context, stream, from, end string, fn func([]rawEntry) error) error {
 	const page = 500
 	for {
-		msgs, err := d.client.XRangeN(ctx, stream, from, end, page).Result()
+		reply, err := d.client.Do(ctx, "XRANGE", stream, from, end, "COUNT", page).Slice()
 		if err != nil {
 			return err
 		}
-		if err := fn(msgs); err != nil {
+		es := make([]rawEntry, 0, len(reply))
+		for _, r := range reply {
+			if pair, ok := r.([]any); ok && len(pair) == 2 {
+				id, _ := pair[0].(string)
+				fields, _ := pair[1].([]any)
+				es = append(es, rawEntry{id: id, fields: fields})
+			}
+		}
+		if err := fn(es); err != nil {
 			return err
 		}
-		if len(msgs) < page {
+		if len(reply) < page || len(es) == 0 {
 			return nil
 		}
-		from = "(" + msgs[len(msgs)-1].ID
+		from = "(" + es[len(es)-1].id
 	}
 }
 
@@ -302,12 +310,12 @@ func (d *Driver) unfinished(ctx context.Context, handler, stream, from, end stri
 			delivered, _ = parseStreamID(g.LastDeliveredID)
 		}
 	}
-	err = d.scanStream(ctx, stream, from, end, func(msgs []goredis.XMessage) error {
-		if len(msgs) == 0 {
+	err = d.scanStream(ctx, stream, from, end, func(es []rawEntry) error {
+		if len(es) == 0 {
 			return nil
 		}
 		pending, err := d.client.XPendingExt(ctx, &goredis.XPendingExtArgs{
-			Stream: stream, Group: handler, Start: msgs[0].ID, End: msgs[len(msgs)-1].ID, Count: int64(len(msgs)),
+			Stream: stream, Group: handler, Start: es[0].id, End: es[len(es)-1].id, Count: int64(len(es)),
 		}).Result()
 		if err != nil {
 			return err
@@ -316,9 +324,9 @@ func (d *Driver) unfinished(ctx context.Context, handler, stream, from, end stri
 		for _, p := range pending {
 			leased[p.ID] = true
 		}
-		for _, m := range msgs {
-			sid, _ := parseStreamID(m.ID)
-			if id, _ := m.Values[fieldID].(string); id != "" && (leased[m.ID] || sid.after(delivered)) {
+		for _, e := range es {
+			sid, _ := parseStreamID(e.id)
+			if id := e.field(fieldID); id != "" && (leased[e.id] || sid.after(delivered)) {
 				busy[id] = true
 			}
 		}

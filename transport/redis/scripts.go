@@ -209,7 +209,10 @@ var delayedIDsScript = newScript(`
 local out = {}
 for i, m in ipairs(redis.call('ZRANGE', ARGV[1] .. ':d:' .. ARGV[2], ARGV[3], ARGV[4])) do
   local _, f = cmsgpack.unpack(m)
-  out[i] = f[2] or ''
+  out[i] = ''
+  for j = 1, #f - 1, 2 do
+    if f[j] == 'id' then out[i] = f[j + 1] break end
+  end
 end
 return out
 `)

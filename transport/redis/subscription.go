@@ -376,6 +376,17 @@ type rawEntry struct {
 	fields []any // names and values, as Redis sends them
 }
 
+// field returns the value of the entry's field name, or "".
+func (e rawEntry) field(name string) string {
+	for i := 0; i+1 < len(e.fields); i += 2 {
+		if k, _ := e.fields[i].(string); k == name {
+			v, _ := e.fields[i+1].(string)
+			return v
+		}
+	}
+	return ""
+}
+
 // deliveries turns entries into deliveries; version is the registry
 // version read after them. Entries Ripple did not write go to the
 // dead-letter stream at once, so they are never retried in a loop.
@@ -445,15 +456,8 @@ func (s *subscription) misrouted(view registryView, e rawEntry, typ string) bool
 		return false
 	}
 	id, ok := parseStreamID(e.id)
-	if !ok || !id.after(view.from) {
-		return false
-	}
-	for i := 0; i+1 < len(e.fields); i += 2 {
-		if k, _ := e.fields[i].(string); k == fieldAttempts {
-			return false
-		}
-	}
-	return true
+	// Ripple's own re-adds carry field "a" (never empty).
+	return ok && id.after(view.from) && e.field(fieldAttempts) == ""
 }
 
 // registryView returns the subscription's registry entry as of version,
