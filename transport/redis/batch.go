@@ -183,8 +183,8 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 	}
 	for _, c := range calls {
 		// Each job's arguments start with room for the script's header
-		// (publish: prefix, registry expected; settle: prefix, name, dead
-		// count), so a call with one job uses its slice as it is.
+		// (publish: prefix; settle: prefix, name, dead count), so a call
+		// with one job uses its slice as it is.
 		head := publishHead
 		if c.sub != nil {
 			head = 3
@@ -204,11 +204,6 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 		c.args[0] = d.prefix
 		if c.sub != nil {
 			c.args[1], c.args[2] = c.sub.name, int64(d.ret.DeadCount)
-		} else {
-			c.args[1] = "0"
-			if d.cachedRoutes() != nil {
-				c.args[1] = "1"
-			}
 		}
 	}
 	if len(calls) == 1 {
@@ -231,15 +226,7 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 	for _, c := range calls {
 		var err error
 		if c.sub == nil {
-			if goredis.HasErrorPrefix(c.cmd.Err(), "NOREGISTRY") {
-				if err = d.restoreRegistry(ctx, d.cachedRoutes()); err == nil {
-					c.cmd = c.script.Run(ctx, d.client, nil, c.args...)
-				}
-			}
-			if err == nil {
-				err = c.cmd.Err()
-			}
-			if err != nil {
+			if err = c.cmd.Err(); err != nil {
 				err = publishErr(err)
 			}
 		} else {

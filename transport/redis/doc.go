@@ -154,11 +154,12 @@
 // If Redis loses a consumer group or the subscription registry (a restart
 // without persistence, a FLUSHDB), the next Receive recreates them; the
 // group is recreated from the start of the stream, preferring duplicates to
-// loss. A publisher that finds the registry gone registers again the
-// subscriptions it had read, so that what it publishes waits for their
-// handlers instead of matching nothing until they come back. go-redis
-// reconnects by itself after a Redis restart; calls made during the outage
-// fail and the core retries them.
+// loss. Until a handler's subscription is registered again, events
+// published for it match nothing and are not kept: a running process
+// registers it at its next receive, within seconds of the restart, and a
+// process that is down when it starts. Run Redis with AOF (see Durability)
+// when that window matters. go-redis reconnects by itself after a Redis
+// restart; calls made during the outage fail and the core retries them.
 //
 // # Capabilities
 //

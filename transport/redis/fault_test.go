@@ -316,42 +316,6 @@ func TestPrimaryTurnedReplicaFailsWrites(t *testing.T) {
 	}
 }
 
-// TestPublishAfterDataLossIsKept checks that an event published after
-// Redis lost its data (restarted without persistence; here FLUSHALL) while
-// the handler's processes are down waits for them, as it would have
-// before the loss, on both paths: a plain publish and one with an id of
-// its own. The publisher registers again the subscriptions it had cached.
-func TestPublishAfterDataLossIsKept(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	for _, ownID := range []bool{false, true} {
-		srv := startServer(t, "--appendonly", "no")
-		u := withParams(srv.url(), "prefix", "loss")
-		worker := openURL(t, u, transport.Config{})
-		subscribe(t, worker, "h", "a.*", time.Second)
-		worker.Close() // the handler's process goes away for a while
-
-		pub := openURL(t, u, transport.Config{})
-		warm := msg("a.b")
-		warm.IDGenerated = true
-		publish(t, pub, warm) // caches the registry
-		if err := rawClient(t, pub).FlushAll(ctx).Err(); err != nil {
-			t.Fatal(err)
-		}
-		m := msg("a.b")
-		m.IDGenerated = !ownID // an id of its own takes the publish script
-		publish(t, pub, m)
-
-		s := subscribe(t, openURL(t, u, transport.Config{}), "h", "a.*", time.Second)
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		ds, err := s.Receive(ctx, 10)
-		cancel()
-		if err != nil || len(ds) != 1 || ds[0].ID != m.ID {
-			t.Fatalf("own id %v: after the data loss the handler received %d events (%v), want %s", ownID, len(ds), err, m.ID)
-		}
-	}
-}
-
 // TestPublishHonoursCtxDeadline checks that a Publish waiting for a Redis
 // that stopped answering returns when its ctx's deadline passes, not at
 // the client's read timeout.

@@ -30,8 +30,8 @@ const batchTimeout = 30 * time.Second
 const batchSlots = 2
 
 // publishHead is how many arguments of the publish script precede the
-// messages (see publishScript).
-const publishHead = 2
+// messages: the prefix (see publishScript).
+const publishHead = 1
 
 // Stream entry fields. A Ripple entry starts with id and type; the
 // CloudEvents attributes are stored under "ce_" plus their name, as in
@@ -81,9 +81,8 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 			continue
 		}
 		if script == nil {
-			// The first two arguments (the prefix and whether a registry
-			// is expected) are filled in by execBatch, so a batch of one
-			// job uses its slice as it is.
+			// The prefix, the first argument, is filled in by execBatch,
+			// so a batch of one job uses its slice as it is.
 			script = &job{args: make([]any, publishHead, publishHead+20*len(msgs))}
 		}
 		script.args = appendMessage(script.args, m, d.ret.DedupWindow)

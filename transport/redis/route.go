@@ -105,35 +105,6 @@ func (rt *routeTable) match(typ string) []route {
 	return r
 }
 
-// cachedRoutes returns the cached registry if it holds subscriptions read
-// from Redis, or nil.
-func (d *Driver) cachedRoutes() *routeTable {
-	d.routeMu.Lock()
-	defer d.routeMu.Unlock()
-	if d.routes == nil || d.routes.version == "" || len(d.routes.names) == 0 {
-		return nil
-	}
-	return d.routes
-}
-
-// restoreRegistry registers again the subscriptions of rt, a registry
-// cached before Redis lost its data (restarted without persistence, or
-// flushed): PREFIX:subsv, which Ripple never deletes, is gone. Without it
-// an event published now would match no subscription and be dropped until
-// the handlers' receivers came back and registered again; with it the
-// event waits in their streams, as it would have before the loss.
-func (d *Driver) restoreRegistry(ctx context.Context, rt *routeTable) error {
-	if rt == nil {
-		return errors.New("the subscription registry is gone (Redis lost its data) and this process has no copy of it; start the handlers' processes, which register again")
-	}
-	for i, name := range rt.names {
-		if err := subscribeScript.Run(ctx, d.client, nil, d.prefix, name, rt.pattern[i], newRegistryVersion()).Err(); err != nil {
-			return fmt.Errorf("registering subscription %q again after Redis lost its data: %w", name, err)
-		}
-	}
-	return nil
-}
-
 // routeTable returns the cached registry, reading it when there is none.
 func (d *Driver) routeTable(ctx context.Context) (*routeTable, error) {
 	d.routeMu.Lock()
@@ -301,13 +272,6 @@ func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
 		}
 		if ver.Val() == rt.version && missing == nil {
 			return nil
-		}
-		if errors.Is(ver.Err(), goredis.Nil) && rt.version != "" && len(rt.names) > 0 {
-			// The registry this process read is gone: Redis lost its
-			// data. Missing streams are made again below.
-			if err := d.restoreRegistry(ctx, rt); err != nil {
-				return err
-			}
 		}
 		if round >= 5 {
 			return fmt.Errorf("the subscription registry kept changing while publishing; retry the publish")

@@ -133,25 +133,20 @@ end
 // luaLib is every helper.
 const luaLib = luaNow + luaMatch + luaIDs + luaGroups + luaStrip + luaDelay + luaRegister
 
-// publishScript stores a batch of messages. ARGV: prefix, "1" when the
-// caller has seen a registry (see restoreRegistry), then per message:
-// delay ms, dedup record ms (0 = none), field count, fields (the first
-// four are "id", id, "type", type). A message whose id is still remembered
-// is skipped; the others are appended to the stream (or the delayed set)
-// of every subscription whose pattern matches, all in one atomic step.
-// It fails with NOREGISTRY when the caller has seen a registry and
-// PREFIX:subsv is gone: Redis lost its data.
+// publishScript stores a batch of messages. ARGV: prefix, then per
+// message: delay ms, dedup record ms (0 = none), field count, fields (the
+// first four are "id", id, "type", type). A message whose id is still
+// remembered is skipped; the others are appended to the stream (or the
+// delayed set) of every subscription whose pattern matches, all in one
+// atomic step.
 var publishScript = newScript(luaNow + luaMatch + luaDelay + `
 local call = redis.call
 local p = ARGV[1]
-if ARGV[2] == '1' and call('EXISTS', p .. ':subsv') == 0 then
-  return redis.error_reply('NOREGISTRY the subscription registry is gone')
-end
 local dd = p .. ':dd:'
 local subs = call('HGETALL', p .. ':subs')
 local now
 local routes = {}
-local i, last = 3, #ARGV
+local i, last = 2, #ARGV
 local stored = 0
 while i <= last do
   local delay, ttl, fs = tonumber(ARGV[i]), ARGV[i + 1], i + 3
