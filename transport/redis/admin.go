@@ -227,7 +227,7 @@ func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	if ms := since.UnixMilli(); ms > 0 {
 		from = strconv.FormatInt(ms, 10)
 	}
-	busy, err := d.unfinished(ctx, handler, stream, from, end)
+	busy, err := d.unfinished(ctx, handler, stream, from)
 	if err != nil {
 		return 0, wrap(err)
 	}
@@ -295,11 +295,16 @@ func (d *Driver) scanStream(ctx context.Context, stream, from, end string, fn fu
 	}
 }
 
-// unfinished returns the event ids the handler has not finished: entries
-// of stream between from and end that are undelivered or pending, and
-// every event in the delayed set.
-func (d *Driver) unfinished(ctx context.Context, handler, stream, from, end string) (map[string]bool, error) {
+// unfinished returns the event ids the handler has not finished: those in
+// its delayed set, and those of its stream's entries from from on that are
+// undelivered or pending. The delayed set is read before and after the
+// stream, so that an event moving between the two (a retry falling due,
+// a settlement of a failure) is seen in one of them.
+func (d *Driver) unfinished(ctx context.Context, handler, stream, from string) (map[string]bool, error) {
 	busy := map[string]bool{}
+	if err := d.delayedIDs(ctx, handler, busy); err != nil {
+		return nil, err
+	}
 	groups, err := d.client.XInfoGroups(ctx, stream).Result()
 	if err != nil {
 		return nil, err
@@ -310,7 +315,7 @@ func (d *Driver) unfinished(ctx context.Context, handler, stream, from, end stri
 			delivered, _ = parseStreamID(g.LastDeliveredID)
 		}
 	}
-	err = d.scanStream(ctx, stream, from, end, func(es []rawEntry) error {
+	err = d.scanStream(ctx, stream, from, "+", func(es []rawEntry) error {
 		if len(es) == 0 {
 			return nil
 		}
@@ -335,17 +340,22 @@ func (d *Driver) unfinished(ctx context.Context, handler, stream, from, end stri
 	if err != nil {
 		return nil, err
 	}
+	return busy, d.delayedIDs(ctx, handler, busy)
+}
+
+// delayedIDs adds the event ids of the handler's delayed set to ids.
+func (d *Driver) delayedIDs(ctx context.Context, handler string, ids map[string]bool) error {
 	const page = 500
 	for start := 0; ; start += page {
-		ids, err := delayedIDsScript.Run(ctx, d.client, nil, d.prefix, handler, start, start+page-1).StringSlice()
+		got, err := delayedIDsScript.Run(ctx, d.client, nil, d.prefix, handler, start, start+page-1).StringSlice()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		for _, id := range ids {
-			busy[id] = true
+		for _, id := range got {
+			ids[id] = true
 		}
-		if len(ids) < page {
-			return busy, nil
+		if len(got) < page {
+			return nil
 		}
 	}
 }

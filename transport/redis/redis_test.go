@@ -876,3 +876,69 @@ func TestReplayLeavesDelayedEvents(t *testing.T) {
 	}
 	receiveNone(t, s, 200*time.Millisecond)
 }
+
+// TestReplayWhileARetryFallsDue checks that a retry falling due while
+// Replay scans the stream (it moves from the delayed set to the stream in
+// between) gets no copy: the event is delivered once.
+func TestReplayWhileARetryFallsDue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u := prefixURL(t)
+	d := openURL(t, u, transport.Config{Retention: transport.Retention{CompletedCount: 1 << 30}})
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	raw := rawClient(t, d)
+	stream := d.streamKey("h")
+
+	m := msg("a.b")
+	publish(t, d, m)
+	settle(t, s, transport.Complete, 0, receive(t, s, 1, 2*time.Second)...)
+	if n, err := d.Replay(ctx, "h", time.Time{}); err != nil || n != 1 {
+		t.Fatalf("first Replay = %d, %v", n, err)
+	}
+	copy1 := receive(t, s, 1, 2*time.Second)
+
+	// Handled history in the stream, so that a Replay takes a while.
+	for range 100 {
+		pipe := raw.Pipeline()
+		for range 500 {
+			pipe.XAdd(ctx, &goredis.XAddArgs{Stream: stream, Values: []any{"id", randHex(8), "type", "z.z", "data", "{}"}})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := raw.XGroupSetID(ctx, stream, "h", "$").Err(); err != nil {
+		t.Fatal(err)
+	}
+	begin := time.Now()
+	if _, err := d.unfinished(ctx, "h", stream, "-"); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(begin)
+
+	// The replayed copy fails; its retry falls due halfway through the
+	// next Replay, and a receiver of another process takes it.
+	settle(t, s, transport.Retry, took/2, copy1...)
+	other := subscribe(t, openURL(t, u, transport.Config{}), "h", "a.b", time.Minute)
+	got := make(chan int)
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, 3*took+time.Second)
+		defer cancel()
+		n := 0
+		for rctx.Err() == nil {
+			ds, _ := other.Receive(rctx, 10)
+			for _, x := range ds {
+				if x.ID == m.ID {
+					n++
+				}
+			}
+		}
+		got <- n
+	}()
+	if _, err := d.Replay(ctx, "h", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-got; n != 1 {
+		t.Fatalf("the event whose retry fell due during Replay was delivered %d times, want 1", n)
+	}
+}
