@@ -458,7 +458,9 @@ func (b *Bus) Run(ctx context.Context) error {
 // Shutdown returns soon after ctx ends even if the transport stops
 // answering: releasing the events, closing the subscriptions and closing
 // the transport then go on in the background, without a bound from ctx,
-// and Stopped is closed once they are done. Publish fails with ErrClosed
+// and Stopped is closed once they are done. The exception is a Start, or
+// an On on a started bus, that is still waiting for the transport to
+// create a subscription: Shutdown waits for it to finish. Publish fails with ErrClosed
 // from the moment the first call returns.
 //
 // It is safe to call more than once; later calls wait for the first to
