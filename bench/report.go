@@ -185,8 +185,8 @@ func Check(results []Result) []Verdict {
 			continue
 		}
 		// A peer multiple asks for a rate: set it beside the fastest one
-		// awaiting publisher reached with bare XADDs in this run, which
-		// bounds any awaited publish on this machine.
+		// awaiting publisher reached with bare XADDs in this run, the
+		// round-trip rate of this machine without a consumer beside it.
 		peer, _ := find(p.name, E2E1)
 		var ceiling string
 		var best float64
