@@ -46,11 +46,15 @@ type Bus struct {
 	publishHooks []PublishHook
 	handleHooks  []HandleHook
 
-	mu       sync.Mutex
-	handlers map[string]*runner
-	order    []string // registration order, for stable listings
-	started  bool
-	stopping bool // Shutdown began: no new handlers or starts
+	// lifecycle serialises Start, On and Unsubscribe, which wait for the
+	// transport; mu is held only briefly, so that Shutdown never waits
+	// behind a transport call.
+	lifecycle sync.Mutex
+	mu        sync.Mutex
+	handlers  map[string]*runner
+	order     []string // registration order, for stable listings
+	started   bool
+	stopping  bool // Shutdown began: no new handlers or starts
 	// closed is set once the driver is closed: no publishes either. It is
 	// atomic rather than under mu, as errors are wrapped (wrapDriverErr)
 	// while mu is held.
@@ -381,21 +385,39 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 	}
 	r := newRunner(b, pattern, name, fn, cfg)
 
+	b.lifecycle.Lock()
+	defer b.lifecycle.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.stopping {
+	stopping, started := b.stopping, b.started
+	old, dup := b.handlers[name]
+	b.mu.Unlock()
+	switch {
+	case stopping:
 		return ErrClosed
-	}
-	if old, dup := b.handlers[name]; dup {
+	case dup:
 		return fmt.Errorf("ripple: %w: %q is already registered for %q on this bus; give each handler its own name", ErrDuplicateHandler, name, old.pattern)
 	}
-	if b.started {
+	if started {
 		if err := r.start(context.Background()); err != nil {
 			return err
 		}
 	}
-	b.handlers[name] = r
-	b.order = append(b.order, name)
+	return b.add(r)
+}
+
+// add registers r, which runs if the bus has started. A Shutdown that
+// began meanwhile has not seen r, so r is stopped here instead.
+func (b *Bus) add(r *runner) error {
+	b.mu.Lock()
+	if b.stopping {
+		b.mu.Unlock()
+		r.stopReceiving()
+		r.abort()
+		return ErrClosed
+	}
+	b.handlers[r.name] = r
+	b.order = append(b.order, r.name)
+	b.mu.Unlock()
 	return nil
 }
 
@@ -403,29 +425,53 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 // the background; it returns once the subscriptions exist. ctx bounds only
 // that setup. Stop the bus with Shutdown or Close.
 func (b *Bus) Start(ctx context.Context) error {
+	b.lifecycle.Lock()
+	defer b.lifecycle.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.stopping {
-		return ErrClosed
-	}
-	if b.started {
+	if b.stopping || b.started {
+		b.mu.Unlock()
+		if b.stopping {
+			return ErrClosed
+		}
 		return nil
 	}
+	runners := make([]*runner, len(b.order))
 	for i, name := range b.order {
-		if err := b.handlers[name].start(ctx); err != nil {
-			// Undo the handlers already started, handing back what they
-			// leased, and give each a fresh runner so that Start can be
-			// tried again.
-			for _, started := range b.order[:i] {
-				r := b.handlers[started]
-				r.stopReceiving()
-				r.abort()
-				b.handlers[started] = newRunner(b, r.pattern, r.name, r.fn, r.cfg)
-			}
+		runners[i] = b.handlers[name]
+	}
+	b.mu.Unlock()
+	// undo stops the runners started so far, handing back what they
+	// leased, and gives each a fresh runner, so that Start can be tried
+	// again.
+	undo := func(started []*runner) {
+		fresh := make([]*runner, len(started))
+		for i, r := range started {
+			r.stopReceiving()
+			r.abort()
+			fresh[i] = newRunner(b, r.pattern, r.name, r.fn, r.cfg)
+		}
+		b.mu.Lock()
+		for _, r := range fresh {
+			b.handlers[r.name] = r
+		}
+		b.mu.Unlock()
+	}
+	for i, r := range runners {
+		if err := r.start(ctx); err != nil {
+			undo(runners[:i])
 			return err
 		}
 	}
+	b.mu.Lock()
+	if b.stopping {
+		// A Shutdown that began meanwhile took these runners before they
+		// had started; stop them here.
+		b.mu.Unlock()
+		undo(runners)
+		return ErrClosed
+	}
 	b.started = true
+	b.mu.Unlock()
 	return nil
 }
 
@@ -458,10 +504,10 @@ func (b *Bus) Run(ctx context.Context) error {
 // Shutdown returns soon after ctx ends even if the transport stops
 // answering: releasing the events, closing the subscriptions and closing
 // the transport then go on in the background, without a bound from ctx,
-// and Stopped is closed once they are done. The exception is a Start, or
-// an On on a started bus, that is still waiting for the transport to
-// create a subscription: Shutdown waits for it to finish. Publish fails with ErrClosed
-// from the moment the first call returns.
+// and Stopped is closed once they are done. A Start, or an On on a started
+// bus, still waiting for the transport to create a subscription returns
+// ErrClosed once it has, and stops what it started. Publish fails with
+// ErrClosed from the moment the first call returns.
 //
 // It is safe to call more than once; later calls wait for the first to
 // finish, or for their own ctx to end.
@@ -472,9 +518,13 @@ func (b *Bus) Shutdown(ctx context.Context) error {
 		first = true
 		b.mu.Lock()
 		b.stopping = true
-		runners = make([]*runner, 0, len(b.handlers))
-		for _, name := range b.order {
-			runners = append(runners, b.handlers[name])
+		// Before Start has finished no runner is Shutdown's to stop: a
+		// Start under way stops its own once it sees stopping.
+		if b.started {
+			runners = make([]*runner, 0, len(b.handlers))
+			for _, name := range b.order {
+				runners = append(runners, b.handlers[name])
+			}
 		}
 		b.mu.Unlock()
 	})
@@ -731,6 +781,8 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 	if !ok {
 		return &NotSupportedError{Transport: b.driver.Name(), Option: "Unsubscribe"}
 	}
+	b.lifecycle.Lock()
+	defer b.lifecycle.Unlock()
 	b.mu.Lock()
 	r := b.handlers[handler]
 	if r != nil {

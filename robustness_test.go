@@ -517,3 +517,77 @@ func TestShutdownBoundedWhenTransportHangs(t *testing.T) {
 		t.Errorf("second Shutdown returned with %d of 4 subscriptions closed, transport closed: %v; want it to wait for the first to finish", n, closed)
 	}
 }
+
+// stuckSubscribe's Subscribe of handler "late" waits for release, as a
+// transport that stopped answering would.
+type stuckSubscribe struct {
+	transport.Driver
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (d stuckSubscribe) Subscribe(ctx context.Context, s transport.SubscriptionSpec) (transport.Subscription, error) {
+	if s.Name == "late" {
+		close(d.entered)
+		<-d.release
+	}
+	return d.Driver.Subscribe(ctx, s)
+}
+
+// TestShutdownBoundedWhileSubscribing checks that Shutdown returns when
+// its ctx ends though a Start, or an On on a started bus, is waiting for
+// the transport to create a subscription; that call then returns ErrClosed
+// and leaves nothing running.
+func TestShutdownBoundedWhileSubscribing(t *testing.T) {
+	t.Parallel()
+	for _, viaOn := range []bool{false, true} {
+		ctx := context.Background()
+		d := stuckSubscribe{Driver: memory.New(transport.Retention{}), entered: make(chan struct{}), release: make(chan struct{})}
+		bus, err := ripple.New(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bus.On("a.b", "h", nop); err != nil {
+			t.Fatal(err)
+		}
+		var ran atomic.Int32
+		late := func(context.Context, ripple.Event) error { ran.Add(1); return nil }
+		setup := make(chan error, 1)
+		if viaOn {
+			if err := bus.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			go func() { setup <- bus.On("c.d", "late", late) }()
+		} else {
+			if err := bus.On("c.d", "late", late); err != nil {
+				t.Fatal(err)
+			}
+			go func() { setup <- bus.Start(ctx) }()
+		}
+		<-d.entered
+		sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		stopped := make(chan error, 1)
+		go func() { stopped <- bus.Shutdown(sctx) }()
+		select {
+		case err := <-stopped:
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("via On %v: Shutdown = %v", viaOn, err)
+			}
+		case <-time.After(2 * time.Second):
+			close(d.release)
+			t.Fatalf("via On %v: Shutdown with a 100ms ctx had not returned after 2s while a subscription was being created", viaOn)
+		}
+		cancel()
+		close(d.release)
+		if err := <-setup; !errors.Is(err, ripple.ErrClosed) {
+			t.Fatalf("via On %v: the call creating the subscription returned %v after Shutdown, want ErrClosed", viaOn, err)
+		}
+		if _, err := bus.Publish(ctx, "c.d", 1); err == nil {
+			t.Fatalf("via On %v: Publish after Shutdown succeeded", viaOn)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if n := ran.Load(); n != 0 {
+			t.Fatalf("via On %v: the late handler ran %d times after Shutdown", viaOn, n)
+		}
+	}
+}
