@@ -501,10 +501,11 @@ func (b *Bus) Run(ctx context.Context) error {
 // cancelled, their events are released for redelivery without using an
 // attempt, and Shutdown returns ctx.Err().
 //
-// Shutdown returns soon after ctx ends even if the transport stops
-// answering: releasing the events, closing the subscriptions and closing
-// the transport then go on in the background, without a bound from ctx,
-// and Stopped is closed once they are done. A Start, or an On on a started
+// Shutdown returns at most a second after ctx ends even if the transport
+// stops answering: it waits that long for the events to be handed back,
+// and releasing them, closing the subscriptions and closing the transport
+// otherwise go on in the background, and Stopped is closed once they are
+// done. A Start, or an On on a started
 // bus, still waiting for the transport to create a subscription returns
 // ErrClosed once it has, and stops what it started. Publish fails with
 // ErrClosed from the moment the first call returns.
@@ -535,14 +536,27 @@ func (b *Bus) Shutdown(ctx context.Context) error {
 	case <-b.stopped:
 		return b.stopErr
 	case <-ctx.Done():
-		if first {
-			// The transport may still be closing in the background, but
-			// the caller has been told the bus is shut down.
-			b.closed.Store(true)
-		}
-		return ctx.Err()
 	}
+	if first {
+		// The transport may still be closing in the background, but the
+		// caller is told the bus is shut down.
+		b.closed.Store(true)
+		// A responsive transport takes the cut-off handlers' events back
+		// within moments; waiting for that spares a program that exits
+		// now the wait for their leases.
+		t := time.NewTimer(closeGrace)
+		select {
+		case <-b.stopped:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	return ctx.Err()
 }
+
+// closeGrace is how long a Shutdown whose ctx has ended still waits for
+// the transport to take back the events of the handlers it cut off.
+const closeGrace = time.Second
 
 // stop waits within ctx for the runners to drain and, if ctx ends first,
 // cuts off the handlers still running. Neither makes a transport call, so
