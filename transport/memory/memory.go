@@ -482,6 +482,7 @@ func (r *receiver) Settle(ctx context.Context, ss []transport.Settlement) error 
 			r.sb.finish(e, now)
 			woke = true
 		case transport.Dead:
+			e.failures++
 			e.state, e.finished, e.lastErr = stDead, now, st.Error
 			r.sb.dead = append(r.sb.dead, e)
 			r.sb.finish(e, now)

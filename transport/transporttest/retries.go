@@ -184,8 +184,8 @@ func testDeadLetters(t *testing.T, s *suite) {
 	if n := len(rec.all()); n != 9 {
 		t.Errorf("handler ran %d times for 3 events with MaxAttempts(3), want 9", n)
 	}
-	if st, ok := s.stats(t, bus, name); ok && (st.Dead != 3 || st.Failed == 0) {
-		t.Errorf("Stats: dead=%d failed=%d, want 3 dead and failures counted", st.Dead, st.Failed)
+	if st, ok := s.stats(t, bus, name); ok && (st.Dead != 3 || st.Failed != 9) {
+		t.Errorf("Stats: dead=%d failed=%d, want 3 dead and 9 failed attempts (the last of each included)", st.Dead, st.Failed)
 	}
 
 	failing.Store(false)
