@@ -40,13 +40,13 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redis transport: stats of %q: %w", name, err)
 		}
-		if len(res) != 7 {
+		if len(res) != 8 {
 			return nil, fmt.Errorf("redis transport: stats of %q: unexpected script reply %v", name, res)
 		}
 		xlen, pending, waiting, oldest := res[0], res[1], res[2], res[3]
 		st := transport.Stats{
 			Handler: name, Pattern: subs[name],
-			Waiting: waiting, Active: pending, Delayed: res[4],
+			Waiting: waiting + res[7], Active: pending, Delayed: res[4],
 			Completed: max(xlen-pending-waiting, 0),
 			Failed:    res[6], Dead: res[5],
 		}

@@ -942,3 +942,21 @@ func TestReplayWhileARetryFallsDue(t *testing.T) {
 		t.Fatalf("the event whose retry fell due during Replay was delivered %d times, want 1", n)
 	}
 }
+
+// TestStatsCountDueDelayedAsWaiting checks that a delayed event that is
+// already due counts as waiting, as on sqlite, though it moves to the
+// stream only at the next receive: with no handler running, it would
+// otherwise stay "delayed" and out of the oldest-waiting age.
+func TestStatsCountDueDelayedAsWaiting(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	subscribe(t, d, "h", "a.b", time.Minute)
+	soon, later := msg("a.b"), msg("a.b")
+	soon.Delay, later.Delay = 50*time.Millisecond, time.Hour
+	publish(t, d, soon, later)
+	time.Sleep(200 * time.Millisecond)
+	st := stats(t, d, "h")
+	if st.Waiting != 1 || st.Delayed != 1 || st.OldestWaiting < 100*time.Millisecond {
+		t.Fatalf("stats %+v; want 1 waiting (the due one, waiting about 150ms) and 1 delayed", st)
+	}
+}

@@ -416,9 +416,10 @@ return trimmed
 `)
 
 // statsScript reports one subscription's counts. ARGV: prefix, name.
-// It returns {stream length, pending, waiting, oldest waiting entry ms or
-// -1, delayed, dead, failed}.
-var statsScript = newScript(luaIDs + luaGroups + `
+// It returns {stream length, pending, waiting in the stream, oldest
+// waiting entry ms or -1, delayed and not yet due, dead, failed, delayed
+// and due}.
+var statsScript = newScript(luaNow + luaIDs + luaGroups + `
 local p, name = ARGV[1], ARGV[2]
 local s = p .. ':s:' .. name
 local xlen = redis.call('XLEN', s)
@@ -442,8 +443,16 @@ if g then
 end
 local o = redis.call('XRANGE', s, after, '+', 'COUNT', 1)
 if o[1] then oldest = pid(o[1][1]) end
+-- Delayed entries already due are waiting: they move to the stream at the
+-- next receive, which may be a while when no handler runs.
+local dk = p .. ':d:' .. name
+local due = redis.call('ZCOUNT', dk, '-inf', now_ms())
+if due > 0 then
+  local first = tonumber(redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')[2])
+  if oldest < 0 or first < oldest then oldest = first end
+end
 local failed = tonumber(redis.call('HGET', p .. ':n:' .. name, 'failed') or '0')
-return {xlen, pending, waiting, oldest, redis.call('ZCARD', p .. ':d:' .. name), redis.call('XLEN', p .. ':x:' .. name), failed}
+return {xlen, pending, waiting, oldest, redis.call('ZCARD', dk) - due, redis.call('XLEN', p .. ':x:' .. name), failed, due}
 `)
 
 // requeueScript moves dead letters back to the subscription's stream with
