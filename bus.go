@@ -282,6 +282,7 @@ func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []Pu
 		DataVersion:     pc.version,
 		CorrelationID:   pc.correlationID,
 		CausationID:     pc.causationID,
+		TraceParent:     pc.traceParent,
 		Key:             pc.key,
 		Priority:        pc.priority,
 		Headers:         pc.headers,
@@ -660,8 +661,10 @@ type HandlerStats struct {
 	Active    int64  `json:"active"`
 	Delayed   int64  `json:"delayed"`
 	Completed int64  `json:"completed"`
-	Failed    int64  `json:"failed"`
-	Dead      int64  `json:"dead"`
+	// Failed counts failed attempts: across retained history on sqlite
+	// and memory, since the handler subscribed on Redis.
+	Failed int64 `json:"failed"`
+	Dead   int64 `json:"dead"`
 	// OldestWaiting is the age of the oldest event waiting to be handled.
 	OldestWaiting time.Duration `json:"oldest_waiting_ns"`
 }

@@ -126,3 +126,51 @@ func TestStatsEmptyNotNil(t *testing.T) {
 		t.Fatalf("Stats on a bus without handlers = %#v, %v; want an empty, non-nil slice", st, err)
 	}
 }
+
+// TestTraceParent checks that WithTraceParent sets the event's trace
+// context, that a handler's follow-up event carries it on, and that a
+// malformed one is refused with an example of the form.
+func TestTraceParent(t *testing.T) {
+	ctx := context.Background()
+	bus, err := ripple.New(memory.New(transport.Retention{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	got := make(chan string, 2)
+	if err := bus.On("order.placed", "follow", func(ctx context.Context, e ripple.Event) error {
+		got <- e.TraceParent
+		_, err := bus.Publish(ctx, "order.confirmed", 1)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.On("order.confirmed", "confirmed", func(_ context.Context, e ripple.Event) error {
+		got <- e.TraceParent
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "order.placed", 1, ripple.WithTraceParent(tp)); err != nil {
+		t.Fatal(err)
+	}
+	for _, who := range []string{"the event", "the follow-up event"} {
+		select {
+		case g := <-got:
+			if g != tp {
+				t.Fatalf("%s has traceparent %q, want %q", who, g, tp)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%s was not handled", who)
+		}
+	}
+	for _, bad := range []string{"", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"} {
+		if _, err := bus.Publish(ctx, "order.placed", 1, ripple.WithTraceParent(bad)); !errors.Is(err, ripple.ErrInvalidOption) || !strings.Contains(err.Error(), "00-4bf92f3577b34da6a3ce929d0e0e4736") {
+			t.Errorf("WithTraceParent(%q): %v, want an invalid-option error with an example", bad, err)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package ripple
 import (
 	"log/slog"
 	"math"
+	"strings"
 	"time"
 )
 
@@ -160,6 +161,7 @@ type publishConfig struct {
 	version       int
 	correlationID string
 	causationID   string
+	traceParent   string
 	contentType   string
 }
 
@@ -312,6 +314,41 @@ func WithCausationID(id string) PublishOption {
 		c.causationID = id
 		return nil
 	}
+}
+
+// WithTraceParent sets the W3C trace context of the event (CloudEvents
+// extension "traceparent"), such as the one of the request that publishes
+// it: "00-" + 32 hex digits of trace id + "-" + 16 of parent id + "-" + 2
+// of flags. Inside a handler it defaults to the handled event's.
+func WithTraceParent(tp string) PublishOption {
+	return func(c *publishConfig) error {
+		if !validTraceParent(tp) {
+			return invalidOption("WithTraceParent(%q); pass a W3C traceparent such as \"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"", tp)
+		}
+		c.traceParent = tp
+		return nil
+	}
+}
+
+// validTraceParent reports whether tp has the W3C traceparent form:
+// version, trace id, parent id and flags in lowercase hex, the ids not all
+// zero.
+func validTraceParent(tp string) bool {
+	parts := strings.Split(tp, "-")
+	if len(parts) < 4 || len(parts[0]) != 2 || parts[0] == "ff" || len(parts[1]) != 32 || len(parts[2]) != 16 || len(parts[3]) != 2 {
+		return false
+	}
+	if parts[0] == "00" && len(parts) != 4 {
+		return false
+	}
+	for _, p := range parts[:4] {
+		for _, r := range p {
+			if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+				return false
+			}
+		}
+	}
+	return strings.Trim(parts[1], "0") != "" && strings.Trim(parts[2], "0") != ""
 }
 
 // WithContentType sets the media type of a []byte payload. Default:

@@ -212,8 +212,11 @@ type Stats struct {
 	Active    int64 // leased
 	Delayed   int64 // waiting for a delay or retry backoff
 	Completed int64 // completed and still retained
-	Failed    int64 // attempts that failed, across retained history
-	Dead      int64 // in the dead-letter queue
+	// Failed counts failed attempts: across retained history on sqlite
+	// and memory, since the subscription was created on Redis, which keeps
+	// a counter instead of scanning its history.
+	Failed int64
+	Dead   int64 // in the dead-letter queue
 	// OldestWaiting is the age of the oldest deliverable message.
 	OldestWaiting time.Duration
 }

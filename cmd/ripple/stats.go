@@ -25,8 +25,8 @@ func (c *cli) statsCmd() *cobra.Command {
 		Long: `stats prints, for every handler the transport knows (including handlers of
 other processes), how many events are waiting, active (being handled),
 delayed (by WithDelay or retry backoff), completed and still retained,
-the failed attempts in retained history, the dead letters, and the age of
-the oldest waiting event.`,
+the failed attempts (in retained history; on redis:// since the handler
+subscribed), the dead letters, and the age of the oldest waiting event.`,
 		Args: args(0, 0, "ripple stats [--url URL] [--json]"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			bus, u, err := c.open(cmd, &bf)
