@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,11 +29,12 @@ var transportPackages = map[string]string{
 	"memory": "transport/memory",
 	"redis":  "transport/redis",
 	"rediss": "transport/redis",
-	"nats":   "transport/nats",
-	"amqp":   "transport/amqp",
-	"amqps":  "transport/amqp",
-	"kafka":  "transport/kafka",
 }
+
+// plannedSchemes are the URL schemes of transports Ripple does not have
+// yet, so that their error says so instead of naming an import that does
+// not exist.
+var plannedSchemes = []string{"nats", "amqp", "amqps", "kafka"}
 
 // Bus publishes events and runs handlers over one transport. Create it
 // with Open (from a URL) or New (from a driver). A Bus is safe for
@@ -82,6 +84,10 @@ func Open(ctx context.Context, url string, opts ...Option) (*Bus, error) {
 		if pkg, known := transportPackages[scheme]; known {
 			return nil, fmt.Errorf("ripple: %w %q: add `import _ \"%s/%s\"` (or %s/transport/all) to your program",
 				ErrUnknownTransport, scheme, modulePath, pkg, modulePath)
+		}
+		if slices.Contains(plannedSchemes, scheme) {
+			return nil, fmt.Errorf("ripple: %w %q: Ripple has no %s transport yet; use sqlite://, redis:// or memory:// (the same handlers move over by changing the URL once it exists)",
+				ErrUnknownTransport, scheme, scheme)
 		}
 		return nil, fmt.Errorf("ripple: %w %q in %q: known schemes are %s", ErrUnknownTransport, scheme, redactURL(url), strings.Join(knownSchemes(), ", "))
 	}

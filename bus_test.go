@@ -72,8 +72,12 @@ type errOrNil struct{ err error }
 func TestOpenErrorsNameTheFix(t *testing.T) {
 	ctx := context.Background()
 	_, err := ripple.Open(ctx, "kafka://localhost:9092")
-	if !errors.Is(err, ripple.ErrUnknownTransport) || !strings.Contains(err.Error(), "transport/kafka") {
-		t.Fatalf("unknown transport error = %v; want ErrUnknownTransport naming the import", err)
+	if !errors.Is(err, ripple.ErrUnknownTransport) || !strings.Contains(err.Error(), "no kafka transport yet") || strings.Contains(err.Error(), "import") {
+		t.Fatalf("planned transport error = %v; want ErrUnknownTransport saying it does not exist yet, naming no import", err)
+	}
+	_, err = ripple.Open(ctx, "foo://x")
+	if !errors.Is(err, ripple.ErrUnknownTransport) || !strings.Contains(err.Error(), "known schemes are") || strings.Contains(err.Error(), "kafka") {
+		t.Fatalf("unknown transport error = %v; want the schemes Ripple has", err)
 	}
 	_, err = ripple.Open(ctx, "app.db")
 	if err == nil || !strings.Contains(err.Error(), "scheme") {

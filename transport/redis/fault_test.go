@@ -229,6 +229,7 @@ func TestOpenErrors(t *testing.T) {
 		{withParams(base, "prefix", "has space"), "prefix"},
 		{withParams(base, "prefix", ""), "prefix must be 1 to 64"},
 		{withParams(base, "allow_eviction", "maybe"), "allow_eviction must be true or false"},
+		{withParams(base, "skip_verify", "true"), "(with rediss:// only) skip_verify"},
 		{"redis://127.0.0.1:1/0?dial_timeout=1s", "cannot reach Redis"},
 		{"redis://127.0.0.1:6379/x", "invalid database number"},
 	}

@@ -128,7 +128,7 @@ func parseURL(rawURL string) (*goredis.Options, string, bool, error) {
 	opts, err := goredis.ParseURL(u.String())
 	if err != nil {
 		msg := strings.TrimPrefix(err.Error(), "redis: ")
-		return nil, "", false, fmt.Errorf("redis transport: URL %q: %s; Ripple's parameters are prefix and allow_eviction, the others are go-redis connection options such as dial_timeout, read_timeout, pool_size, client_name, protocol and skip_verify", shown, msg)
+		return nil, "", false, fmt.Errorf("redis transport: URL %q: %s; Ripple's parameters are prefix and allow_eviction, the others are go-redis connection options such as dial_timeout, read_timeout, pool_size, client_name, protocol and (with rediss:// only) skip_verify", shown, msg)
 	}
 	// Without it go-redis waits for a reply until its read timeout,
 	// whatever the caller's ctx says, so a slow Redis would hold a
