@@ -414,7 +414,7 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 		if s.WaitError != "" {
 			fmt.Fprintln(w, "    "+s.WaitError)
 		}
-		fmt.Fprintf(w, "    Inspect with: ripple stats --url %s; ripple dlq list HANDLER --url %s\n", s.URL, s.URL)
+		fmt.Fprintf(w, "    Inspect with: ripple stats --url %s; ripple dlq list HANDLER --url %s\n", shellQuote(s.URL), shellQuote(s.URL))
 	}
 }
 
@@ -429,7 +429,7 @@ func printServing(w io.Writer, s *demoSummary, asJSON bool, stderr io.Writer) {
 	fmt.Fprintf(w, "  curl %s/stats\n", host)
 	fmt.Fprintf(w, "  curl %s/metrics\n", host)
 	if !strings.HasPrefix(s.URL, "memory://") {
-		fmt.Fprintf(w, "  ripple stats --url %s\n", s.URL)
+		fmt.Fprintf(w, "  ripple stats --url %s\n", shellQuote(s.URL))
 	}
 }
 
@@ -443,4 +443,20 @@ func fmtDur(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%.2fs", d.Seconds())
 	}
+}
+
+// shellQuote returns s as one word for a POSIX shell, quoted when it holds
+// characters such as ? and & that the shell would act on.
+func shellQuote(s string) string {
+	safe := s != ""
+	for _, r := range s {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || strings.ContainsRune("/:._-@%+,=", r)) {
+			safe = false
+			break
+		}
+	}
+	if safe {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -196,3 +196,17 @@ func deleteRedisPrefix(t *testing.T, base, prefix string) {
 		}
 	}
 }
+
+func TestShellQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		"sqlite://ripple-demo.db":               "sqlite://ripple-demo.db",
+		"redis://127.0.0.1:6379/0?prefix=d&x=1": "'redis://127.0.0.1:6379/0?prefix=d&x=1'",
+		"sqlite:///tmp/it's.db":                 `'sqlite:///tmp/it'\''s.db'`,
+		"redis://:p%40ss@host:6379/0":           "redis://:p%40ss@host:6379/0",
+		"":                                      "''",
+	} {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
