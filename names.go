@@ -113,14 +113,15 @@ func ValidateHandlerName(name string) error {
 	return nil
 }
 
-// imperativeVerbs are first words that make an event name read as a
-// command rather than as a fact that happened.
-var imperativeVerbs = map[string]bool{
-	"create": true, "update": true, "delete": true, "remove": true, "add": true,
-	"send": true, "handle": true, "process": true, "do": true, "make": true,
-	"get": true, "set": true, "notify": true, "run": true, "execute": true,
-	"start": true, "stop": true, "sync": true, "trigger": true, "compute": true,
-	"charge": true, "register": true, "save": true, "fetch": true, "emit": true,
+// imperativeVerbs are words that, first or last in an event name, make it
+// read as a command rather than as a fact that happened; each maps to the
+// past participle that states the fact.
+var imperativeVerbs = map[string]string{
+	"create": "created", "update": "updated", "delete": "deleted", "remove": "removed", "add": "added",
+	"send": "sent", "handle": "handled", "process": "processed", "do": "done", "make": "made",
+	"get": "got", "set": "set", "notify": "notified", "run": "run", "execute": "executed",
+	"start": "started", "stop": "stopped", "sync": "synced", "trigger": "triggered", "compute": "computed",
+	"charge": "charged", "register": "registered", "save": "saved", "fetch": "fetched", "emit": "emitted",
 }
 
 // Lint returns advice about an event name beyond the hard grammar that
@@ -137,9 +138,16 @@ func Lint(name string) []string {
 		out = append(out, err.Error())
 	}
 	words := splitWords(name)
-	if len(words) > 0 && imperativeVerbs[words[0]] {
+	verb := ""
+	switch {
+	case len(words) > 0 && imperativeVerbs[words[0]] != "":
+		verb = words[0]
+	case len(words) > 1 && imperativeVerbs[words[len(words)-1]] != "":
+		verb = words[len(words)-1]
+	}
+	if verb != "" {
 		out = append(out, fmt.Sprintf("%q reads as a command (%q); name the fact that happened, such as %q",
-			name, words[0], "entity.action.completed"))
+			name, verb, suggestName(name)))
 	}
 	return out
 }
@@ -170,6 +178,19 @@ func splitWords(s string) []string {
 	return words
 }
 
+// suggestName rewrites s as a lowercase dotted name that states a fact:
+// "createUser" and "user.create" become "user.created".
 func suggestName(s string) string {
-	return strings.Join(splitWords(s), ".")
+	words := splitWords(s)
+	if len(words) == 1 && imperativeVerbs[words[0]] != "" {
+		return "<entity>." + imperativeVerbs[words[0]]
+	}
+	if len(words) > 1 {
+		if past := imperativeVerbs[words[0]]; past != "" {
+			words = append(words[1:], past)
+		} else if past := imperativeVerbs[words[len(words)-1]]; past != "" {
+			words[len(words)-1] = past
+		}
+	}
+	return strings.Join(words, ".")
 }

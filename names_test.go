@@ -51,11 +51,15 @@ func TestValidateHandlerName(t *testing.T) {
 
 func TestLint(t *testing.T) {
 	cases := map[string]string{
-		"createUser":            "command",
-		"handle-signup":         "command",
+		"createUser":            `command ("create"); name the fact that happened, such as "user.created"`,
+		"handle-signup":         `such as "signup.handled"`,
 		"USER_CREATED":          "upper case",
 		"user.signup.completed": "",
-		"send.email":            "command",
+		"send.email":            `such as "email.sent"`,
+		"user.create":           `command ("create"); name the fact that happened, such as "user.created"`,
+		"payment.charge":        `such as "payment.charged"`,
+		"user.created":          "",
+		"charge":                `such as "<entity>.charged"`,
 	}
 	for name, want := range cases {
 		got := strings.Join(Lint(name), "; ")
@@ -68,6 +72,10 @@ func TestLint(t *testing.T) {
 	}
 	if got := Lint("USER_CREATED"); !strings.Contains(strings.Join(got, " "), `"user.created"`) {
 		t.Errorf("Lint(USER_CREATED) should suggest user.created, got %q", got)
+	}
+	// A suggestion must itself pass.
+	if got := Lint("CreateUser"); !strings.Contains(strings.Join(got, " "), `write "user.created"`) {
+		t.Errorf("Lint(CreateUser) should suggest user.created, got %q", got)
 	}
 }
 
