@@ -771,10 +771,12 @@ func (b *Bus) PurgeDead(ctx context.Context, handler string, ids ...string) (int
 }
 
 // Replay delivers again to the handler every retained event matching its
-// pattern that was published at or after since, and returns how many were
-// scheduled. An event the handler has not finished (waiting, retrying or
-// running) is not delivered a second time because of it. Transports
-// without history return ErrNotSupported.
+// pattern that was published at or after since and that the handler has
+// finished: completed, or dead-lettered (the event leaves the dead-letter
+// queue, as with RequeueDead). It returns how many were scheduled. An
+// event the handler has not finished (waiting, delayed, retrying or
+// running) is left as it is. Transports without history return
+// ErrNotSupported.
 func (b *Bus) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
 	r, ok := b.driver.(transport.Replayer)
 	if !ok {

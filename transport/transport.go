@@ -251,10 +251,11 @@ type DeadLetterQueue interface {
 // Replayer is implemented by drivers that keep history.
 type Replayer interface {
 	// Replay makes every retained message of the handler's pattern
-	// published at or after since deliverable to the handler again. A
-	// message the handler has not finished (waiting, delayed or leased)
-	// is not delivered a second time because of it. It returns how many
-	// were scheduled.
+	// published at or after since that the handler has finished
+	// (completed, or dead-lettered, which takes it out of the dead-letter
+	// queue) deliverable to it again with a fresh attempt budget. A message
+	// the handler has not finished (waiting, delayed or leased) is left as
+	// it is. It returns how many were scheduled.
 	Replay(ctx context.Context, handler string, since time.Time) (int, error)
 }
 

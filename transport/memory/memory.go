@@ -701,13 +701,21 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	now := d.s.now()
 	n := 0
 	busy := sb.unfinished()
+	replayed := map[uint64]bool{}
 	for _, h := range d.s.history[d.s.histHead:] {
 		if h.at.Before(since) || !transport.Match(sb.pattern, h.msg.Type) || busy[h.seq] {
 			continue
 		}
+		replayed[h.seq] = true
 		sb.add(&entry{msg: h.msg, seq: h.seq, runAt: now, published: h.at}, now)
 		n++
 	}
+	// A replayed event is delivered afresh: it leaves the completed
+	// history and the dead-letter queue.
+	keep := func(es []*entry) []*entry {
+		return slices.DeleteFunc(es, func(e *entry) bool { return replayed[e.seq] })
+	}
+	sb.done, sb.dead = keep(sb.done), keep(sb.dead)
 	sb.wake()
 	return n, nil
 }

@@ -153,6 +153,16 @@ func (d *Driver) Requeue(ctx context.Context, handler string, ids []string) (int
 	if err != nil {
 		return 0, fmt.Errorf("redis transport: requeue dead letters of %q: %w", handler, err)
 	}
+	n, err := d.requeue(ctx, handler, xids)
+	if err != nil {
+		return n, fmt.Errorf("redis transport: requeue dead letters of %q: %w", handler, err)
+	}
+	return n, nil
+}
+
+// requeue moves the dead letters with dead-letter stream ids xids back to
+// the handler's stream.
+func (d *Driver) requeue(ctx context.Context, handler string, xids []string) (int, error) {
 	n := 0
 	for len(xids) > 0 {
 		chunk := xids[:min(len(xids), 500)]
@@ -164,7 +174,7 @@ func (d *Driver) Requeue(ctx context.Context, handler string, ids []string) (int
 		k, err := requeueScript.Run(ctx, d.client, nil, args...).Int()
 		n += k
 		if err != nil {
-			return n, fmt.Errorf("redis transport: requeue dead letters of %q: %w", handler, err)
+			return n, err
 		}
 	}
 	return n, nil
@@ -192,12 +202,12 @@ func (d *Driver) Purge(ctx context.Context, handler string, ids []string) (int, 
 	return int(n), nil
 }
 
-// Replay appends a fresh copy of every retained entry of the handler's
-// stream added at or after since (one per event id) to the stream, so the
-// handler sees those events again. The stream retains completed entries
-// per Retention, plus everything not yet completed; events the handler has
-// not finished (waiting, leased, or in the delayed set for a retry or a
-// delay) are delivered anyway and get no copy.
+// Replay delivers again the events of the handler published at or after
+// since that it has finished: dead letters go back to the stream (leaving
+// the dead-letter queue, as with Requeue), and the retained completed
+// entries added since get a fresh copy (one per event id). Events the
+// handler has not finished (waiting, leased, or in the delayed set for a
+// retry or a delay) are delivered anyway and are left as they are.
 func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
 	if err := d.known(ctx, handler); err != nil {
 		return 0, err
@@ -232,7 +242,26 @@ func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (i
 		return 0, wrap(err)
 	}
 	seen := map[string]bool{}
-	n := 0
+	var dead []string
+	err = d.scanStream(ctx, d.deadKey(handler), "-", "+", func(es []rawEntry) error {
+		for _, e := range es {
+			id := e.field(fieldID)
+			at, err := time.Parse(time.RFC3339Nano, e.field(fieldTime))
+			if id == "" || err != nil || at.Before(since) || !transport.Match(pattern, e.field(fieldType)) {
+				continue
+			}
+			seen[id] = true
+			dead = append(dead, e.id)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, wrap(err)
+	}
+	n, err := d.requeue(ctx, handler, dead)
+	if err != nil {
+		return n, wrap(err)
+	}
 	err = d.scanStream(ctx, stream, from, end, func(es []rawEntry) error {
 		pipe := d.client.Pipeline()
 		queued := 0

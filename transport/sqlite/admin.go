@@ -177,10 +177,12 @@ func (d *driver) Purge(ctx context.Context, handler string, ids []string) (int, 
 }
 
 // Replay implements transport.Replayer. Every retained event matching the
-// handler's pattern published at or after since becomes deliverable to it
-// again with a fresh attempt budget, including events it never had (it did
-// not exist yet) as long as the event is still retained. Rows leased at
-// the moment are left to finish.
+// handler's pattern published at or after since that the handler has
+// finished (completed, or dead-lettered, which takes it out of the
+// dead-letter queue) becomes deliverable to it again with a fresh attempt
+// budget, and so do events it never had (it did not exist yet) as long as
+// the event is still retained. Rows waiting, delayed or leased are left as
+// they are: they are delivered anyway.
 func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
 	var total int
 	err := d.exec(ctx, func(w *writer) error {
@@ -194,7 +196,7 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 			VALUES (?1, ?2, 0, ?3, ?4, ?5)
 			ON CONFLICT (sub_id, event_seq) DO UPDATE SET state = 0, run_at = excluded.run_at, delayed = 0, attempts = 0,
 				first_attempt = 0, done_at = 0, lease_until = 0, last_error = ''
-			WHERE deliveries.state <> 1`)
+			WHERE deliveries.state IN (2, 3)`)
 		if err != nil {
 			return err
 		}

@@ -354,6 +354,61 @@ func testReplayUnfinished(t *testing.T, s *suite) {
 	}
 }
 
+// testReplayFinished: Replay delivers again what the handler finished,
+// completed or dead-lettered (which leaves the dead-letter queue), and
+// leaves a delayed event for its time.
+func testReplayFinished(t *testing.T, s *suite) {
+	if !s.replayer {
+		t.Skip("the transport keeps no history (checked by Replay)")
+	}
+	bus := s.open(t, s.h.NewURL(t))
+	const typ, name = "conformance.replay.finished", "replay.finished"
+	var rec recorder
+	var failOnce sync.Map
+	on(t, bus, typ, name, rec.handler("", func(_ context.Context, e ripple.Event) error {
+		if string(e.Data) == `"dead"` {
+			if _, failed := failOnce.LoadOrStore(e.ID, true); !failed {
+				return ripple.Permanent(errors.New("refused once"))
+			}
+		}
+		return nil
+	}))
+	start(t, bus)
+	since := time.Now().Add(-time.Second)
+	ok := publish(t, bus, typ, "ok")
+	dead := publish(t, bus, typ, "dead")
+	var later ripple.Event
+	if s.caps.Delay {
+		later = publish(t, bus, typ, "later", ripple.WithDelay(time.Hour))
+	}
+	rec.waitSucceeded(t, "the completed event to be handled", ok.ID)
+	if s.dlq {
+		waitDead(t, bus, name, 1)
+	} else {
+		waitFor(t, "the failing event to be tried", func() bool { return len(rec.of(dead.ID)) == 1 })
+	}
+	n, err := bus.Replay(bg, name, since)
+	if err != nil || n != 2 {
+		t.Fatalf("Replay = %d, %v; want 2: the completed and the dead-lettered event", n, err)
+	}
+	waitFor(t, "both events to be handled again", func() bool {
+		got := rec.succeeded()
+		return got[ok.ID] == 2 && got[dead.ID] == 1
+	})
+	time.Sleep(quietPeriod)
+	if got := rec.succeeded(); got[ok.ID] != 2 || got[dead.ID] != 1 {
+		t.Errorf("handled counts %v; want the completed event twice and the dead-lettered one once more", countsOf(got, ok, dead))
+	}
+	if s.dlq {
+		if dl, err := bus.DeadLetters(bg, name, 10); err != nil || len(dl) != 0 {
+			t.Errorf("DeadLetters after the replay = %d, %v; want none: the replayed event left the queue", len(dl), err)
+		}
+	}
+	if s.caps.Delay && len(rec.of(later.ID)) != 0 {
+		t.Errorf("the event delayed by an hour ran after Replay; want it left for its time")
+	}
+}
+
 func countsOf(m map[string]int, evs ...ripple.Event) []string {
 	var out []string
 	for _, e := range evs {

@@ -148,6 +148,7 @@ var cases = []testCase{
 	// 9. Replay.
 	{"Replay", testReplay},
 	{"ReplayUnfinished", testReplayUnfinished},
+	{"ReplayFinished", testReplayFinished},
 	{"Unsubscribe", testUnsubscribe},
 	// 10. Capability gaps, bad input, closing.
 	{"CapabilityGaps", testCapabilityGaps},
