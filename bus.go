@@ -54,7 +54,8 @@ type Bus struct {
 	lifecycle sync.Mutex
 	mu        sync.Mutex
 	handlers  map[string]*runner
-	order     []string // registration order, for stable listings
+	retiring  map[string]bool // names being unsubscribed
+	order     []string        // registration order, for stable listings
 	started   bool
 	stopping  bool // Shutdown began: no new handlers or starts
 	// closed is set once the driver is closed: no publishes either. It is
@@ -164,6 +165,7 @@ func newBus(d transport.Driver, cfg busConfig) *Bus {
 		cfg:      cfg,
 		log:      cfg.logger,
 		handlers: make(map[string]*runner),
+		retiring: make(map[string]bool),
 		stopped:  make(chan struct{}),
 	}
 	for _, h := range cfg.hooks {
@@ -395,7 +397,7 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 	b.lifecycle.Lock()
 	defer b.lifecycle.Unlock()
 	b.mu.Lock()
-	stopping, started := b.stopping, b.started
+	stopping, started, retiring := b.stopping, b.started, b.retiring[name]
 	old, dup := b.handlers[name]
 	b.mu.Unlock()
 	switch {
@@ -403,28 +405,27 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 		return ErrClosed
 	case dup:
 		return fmt.Errorf("ripple: %w: %q is already registered for %q on this bus; give each handler its own name", ErrDuplicateHandler, name, old.pattern)
+	case retiring:
+		return fmt.Errorf("ripple: %w: %q is being unsubscribed; register it again once Unsubscribe has returned", ErrDuplicateHandler, name)
 	}
 	if started {
-		if err := r.start(context.Background()); err != nil {
+		// Subscribed outside mu, so that a Shutdown meanwhile is not
+		// held up by the transport; run only under it, below.
+		if err := r.subscribe(context.Background()); err != nil {
 			return err
 		}
 	}
-	return b.add(r)
-}
-
-// add registers r, which runs if the bus has started. A Shutdown that
-// began meanwhile has not seen r, so r is stopped here instead.
-func (b *Bus) add(r *runner) error {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.stopping {
-		b.mu.Unlock()
-		r.stopReceiving()
-		r.abort()
+		r.closeUnrun()
 		return ErrClosed
 	}
-	b.handlers[r.name] = r
-	b.order = append(b.order, r.name)
-	b.mu.Unlock()
+	if started {
+		r.run()
+	}
+	b.handlers[name] = r
+	b.order = append(b.order, name)
 	return nil
 }
 
@@ -435,50 +436,41 @@ func (b *Bus) Start(ctx context.Context) error {
 	b.lifecycle.Lock()
 	defer b.lifecycle.Unlock()
 	b.mu.Lock()
-	if b.stopping || b.started {
-		b.mu.Unlock()
-		if b.stopping {
-			return ErrClosed
-		}
-		return nil
-	}
+	stopping, started := b.stopping, b.started
 	runners := make([]*runner, len(b.order))
 	for i, name := range b.order {
 		runners[i] = b.handlers[name]
 	}
 	b.mu.Unlock()
-	// undo stops the runners started so far, handing back what they
-	// leased, and gives each a fresh runner, so that Start can be tried
-	// again.
-	undo := func(started []*runner) {
-		fresh := make([]*runner, len(started))
-		for i, r := range started {
-			r.stopReceiving()
-			r.abort()
-			fresh[i] = newRunner(b, r.pattern, r.name, r.fn, r.cfg)
-		}
-		b.mu.Lock()
-		for _, r := range fresh {
-			b.handlers[r.name] = r
-		}
-		b.mu.Unlock()
+	switch {
+	case stopping:
+		return ErrClosed
+	case started:
+		return nil
 	}
+	// Every subscription is created first, outside mu, so that a Shutdown
+	// meanwhile is not held up by the transport; nothing runs until all
+	// exist, and then only if Shutdown has not begun.
 	for i, r := range runners {
-		if err := r.start(ctx); err != nil {
-			undo(runners[:i])
+		if err := r.subscribe(ctx); err != nil {
+			for _, r := range runners[:i] {
+				r.closeUnrun()
+			}
 			return err
 		}
 	}
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.stopping {
-		// A Shutdown that began meanwhile took these runners before they
-		// had started; stop them here.
-		b.mu.Unlock()
-		undo(runners)
+		for _, r := range runners {
+			r.closeUnrun()
+		}
 		return ErrClosed
 	}
+	for _, r := range runners {
+		r.run()
+	}
 	b.started = true
-	b.mu.Unlock()
 	return nil
 }
 
@@ -806,9 +798,17 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 	if !ok {
 		return &NotSupportedError{Transport: b.driver.Name(), Option: "Unsubscribe"}
 	}
+	// The handler leaves the bus under lifecycle, but its drain is waited
+	// for outside it: the handler itself may call On. Its name is held
+	// until the subscription is deleted, so that an On of the same name
+	// cannot subscribe under the deletion.
 	b.lifecycle.Lock()
-	defer b.lifecycle.Unlock()
 	b.mu.Lock()
+	if b.retiring[handler] {
+		b.mu.Unlock()
+		b.lifecycle.Unlock()
+		return fmt.Errorf("ripple: unsubscribe %q: already being unsubscribed", handler)
+	}
 	r := b.handlers[handler]
 	if r != nil {
 		delete(b.handlers, handler)
@@ -819,7 +819,14 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 			}
 		}
 	}
+	b.retiring[handler] = true
 	b.mu.Unlock()
+	b.lifecycle.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.retiring, handler)
+		b.mu.Unlock()
+	}()
 	if r != nil {
 		r.stopReceiving()
 		if err := r.wait(ctx); err != nil {

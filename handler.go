@@ -77,7 +77,8 @@ func newRunner(b *Bus, pattern, name string, fn HandlerFunc, cfg handlerConfig) 
 	return r
 }
 
-func (r *runner) start(ctx context.Context) error {
+// subscribe creates the runner's subscription; run starts using it.
+func (r *runner) subscribe(ctx context.Context) error {
 	sub, err := r.bus.driver.Subscribe(ctx, transport.SubscriptionSpec{
 		Name:        r.name,
 		Pattern:     r.pattern,
@@ -89,12 +90,28 @@ func (r *runner) start(ctx context.Context) error {
 		return r.bus.wrapDriverErr("subscribe "+r.name, err)
 	}
 	r.sub = sub
+	return nil
+}
+
+// run starts receiving and handling.
+func (r *runner) run() {
 	r.recvCtx, r.recvCancel = context.WithCancel(context.Background())
 	r.runCtx, r.runCancel = context.WithCancel(context.Background())
 	go r.loop()
 	go r.heartbeat()
 	go r.watch()
-	return nil
+}
+
+// closeUnrun closes the subscription of a runner that subscribed but never
+// ran, which leased nothing, and leaves the runner as new.
+func (r *runner) closeUnrun() {
+	if r.sub == nil {
+		return
+	}
+	if err := r.sub.Close(); err != nil {
+		r.bus.log.Warn("ripple: closing the subscription failed", "handler", r.name, "err", err)
+	}
+	r.sub = nil
 }
 
 // stopReceiving stops leasing new deliveries; running handlers go on.

@@ -637,3 +637,111 @@ func TestCloseHandsBackBeforeReturning(t *testing.T) {
 		t.Fatalf("when Close returned, %d events had been handed back, want 1", n)
 	}
 }
+
+// TestShutdownDuringStartRunsNothing checks that a Shutdown that begins
+// while Start is creating subscriptions finds no handler running: Start
+// runs none until every subscription exists, and then only if Shutdown
+// has not begun.
+func TestShutdownDuringStartRunsNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := stuckSubscribe{Driver: memory.New(transport.Retention{}), entered: make(chan struct{}), release: make(chan struct{})}
+	bus, err := ripple.New(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ran atomic.Int32
+	if err := bus.On("a.b", "h", func(context.Context, ripple.Event) error { ran.Add(1); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.On("c.d", "late", nop); err != nil {
+		t.Fatal(err)
+	}
+	startErr := make(chan error, 1)
+	go func() { startErr <- bus.Start(ctx) }()
+	<-d.entered // h is subscribed; Start waits on "late"
+	if _, err := bus.Publish(ctx, "a.b", 1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := bus.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	close(d.release)
+	if err := <-startErr; !errors.Is(err, ripple.ErrClosed) {
+		t.Fatalf("Start = %v, want ErrClosed", err)
+	}
+	if n := ran.Load(); n != 0 {
+		t.Fatalf("handler h ran %d times during a Start that Shutdown overtook", n)
+	}
+}
+
+// TestUnsubscribeWhileHandlerCallsOn checks that a handler being
+// unsubscribed can still call On: Unsubscribe does not wait for its drain
+// while holding what On needs.
+func TestUnsubscribeWhileHandlerCallsOn(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bus, err := ripple.New(memory.New(transport.Retention{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	running, proceed := make(chan struct{}), make(chan struct{})
+	onErr := make(chan error, 1)
+	if err := bus.On("a.b", "h", func(context.Context, ripple.Event) error {
+		close(running)
+		<-proceed
+		onErr <- bus.On("x.y", "dynamic", nop)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "a.b", 1); err != nil {
+		t.Fatal(err)
+	}
+	<-running
+	uctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	unsub := make(chan error, 1)
+	go func() { unsub <- bus.Unsubscribe(uctx, "h") }()
+	time.Sleep(100 * time.Millisecond) // Unsubscribe waits for h's handler
+	close(proceed)
+	if err := <-unsub; err != nil {
+		t.Fatalf("Unsubscribe = %v; want nil: the handler finishes once its On returns", err)
+	}
+	if err := <-onErr; err != nil {
+		t.Fatalf("On from the handler = %v", err)
+	}
+}
+
+// TestStartRacesShutdown runs Start again and again beside Close, for the
+// race detector.
+func TestStartRacesShutdown(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for range 100 {
+		bus, err := ripple.New(memory.New(transport.Retention{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bus.On("a.b", "h", nop); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 50 {
+					_ = bus.Start(ctx)
+				}
+			}()
+		}
+		_ = bus.Close()
+		wg.Wait()
+	}
+}
