@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -229,29 +230,30 @@ func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	if err != nil {
 		return 0, wrap(err)
 	}
-	if len(last) == 0 {
-		return 0, nil
-	}
-	end := last[0].ID
+	// Events are chosen by the time they were published. An entry enters
+	// the stream at or after that, by Redis's clock, so entries added
+	// before since, less a minute for clocks that disagree, are skipped
+	// unread.
 	from := "-"
-	if ms := since.UnixMilli(); ms > 0 {
+	if ms := since.Add(-time.Minute).UnixMilli(); ms > 0 {
 		from = strconv.FormatInt(ms, 10)
 	}
 	busy, err := d.unfinished(ctx, handler, stream, from)
 	if err != nil {
 		return 0, wrap(err)
 	}
+	// Every event in the dead-letter queue is its own: those published
+	// since go back to the stream, and none gets a copy of a completed
+	// entry besides.
 	seen := map[string]bool{}
 	var dead []string
 	err = d.scanStream(ctx, d.deadKey(handler), "-", "+", func(es []rawEntry) error {
 		for _, e := range es {
-			id := e.field(fieldID)
-			at, err := time.Parse(time.RFC3339Nano, e.field(fieldTime))
-			if id == "" || err != nil || at.Before(since) || !transport.Match(pattern, e.field(fieldType)) {
-				continue
-			}
+			id := cmp.Or(e.field(fieldID), e.id)
 			seen[id] = true
-			dead = append(dead, e.id)
+			if !publishedAt(e).Before(since) && transport.Match(pattern, e.field(fieldType)) {
+				dead = append(dead, e.id)
+			}
 		}
 		return nil
 	})
@@ -262,12 +264,15 @@ func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	if err != nil {
 		return n, wrap(err)
 	}
-	err = d.scanStream(ctx, stream, from, end, func(es []rawEntry) error {
+	if len(last) == 0 {
+		return n, nil
+	}
+	err = d.scanStream(ctx, stream, from, last[0].ID, func(es []rawEntry) error {
 		pipe := d.client.Pipeline()
 		queued := 0
 		for _, e := range es {
 			id, typ := e.field(fieldID), e.field(fieldType)
-			if id == "" || typ == "" || seen[id] || busy[id] || !transport.Match(pattern, typ) {
+			if id == "" || typ == "" || seen[id] || busy[id] || publishedAt(e).Before(since) || !transport.Match(pattern, typ) {
 				continue
 			}
 			seen[id] = true
@@ -295,6 +300,17 @@ func (d *Driver) Replay(ctx context.Context, handler string, since time.Time) (i
 		return n, wrap(err)
 	}
 	return n, nil
+}
+
+// publishedAt returns when the event of entry e was published: its time
+// field, or for an entry without one (not written by Ripple) the time its
+// id records.
+func publishedAt(e rawEntry) time.Time {
+	if t, err := time.Parse(time.RFC3339Nano, e.field(fieldTime)); err == nil {
+		return t
+	}
+	sid, _ := parseStreamID(e.id)
+	return time.UnixMilli(int64(sid.ms))
 }
 
 // scanStream calls fn with the entries of stream from from to end, a page

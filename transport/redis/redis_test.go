@@ -960,3 +960,77 @@ func TestStatsCountDueDelayedAsWaiting(t *testing.T) {
 		t.Fatalf("stats %+v; want 1 waiting (the due one, waiting about 150ms) and 1 delayed", st)
 	}
 }
+
+// TestReplayDeadLettersWithEmptyStream checks that Replay delivers dead
+// letters again when the handler's stream holds nothing (every event was
+// dead-lettered, and dead-lettering deletes the stream entry).
+func TestReplayDeadLettersWithEmptyStream(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	m := msg("a.b")
+	publish(t, d, m)
+	settle(t, s, transport.Dead, 0, receive(t, s, 1, 2*time.Second)...)
+	if n, err := d.Replay(ctx, "h", time.Time{}); err != nil || n != 1 {
+		t.Fatalf("Replay = %d, %v; want 1, the dead letter", n, err)
+	}
+	if got := receive(t, s, 1, 2*time.Second); got[0].ID != m.ID {
+		t.Fatalf("received %s, want %s", got[0].ID, m.ID)
+	}
+}
+
+// TestReplayChoosesByPublishTime checks that Replay goes by when an event
+// was published, not when its entry entered the stream (a retry enters
+// later), and that an event in the dead-letter queue is never also copied
+// from a completed entry.
+func TestReplayChoosesByPublishTime(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := openURL(t, prefixURL(t), transport.Config{Retention: transport.Retention{CompletedCount: 1 << 30}})
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	m := msg("a.b")
+	publish(t, d, m)
+	settle(t, s, transport.Retry, 300*time.Millisecond, receive(t, s, 1, 2*time.Second)...)
+	time.Sleep(100 * time.Millisecond)
+	since := time.Now() // after the publish, before the retry
+	settle(t, s, transport.Complete, 0, receive(t, s, 1, 3*time.Second)...)
+	if n, err := d.Replay(ctx, "h", since); err != nil || n != 0 {
+		t.Fatalf("Replay(since after the publish) = %d, %v; want 0", n, err)
+	}
+	// A copy, replayed from the start, dies: the event is then both a
+	// completed entry and a dead letter.
+	if n, err := d.Replay(ctx, "h", time.Time{}); err != nil || n != 1 {
+		t.Fatalf("Replay(all) = %d, %v; want 1", n, err)
+	}
+	settle(t, s, transport.Dead, 0, receive(t, s, 1, 2*time.Second)...)
+	if n, err := d.Replay(ctx, "h", time.Time{}); err != nil || n != 1 {
+		t.Fatalf("Replay(all) with the event dead = %d, %v; want 1 (the dead letter alone)", n, err)
+	}
+	if dl, err := d.DeadLetters(ctx, "h", 10); err != nil || len(dl) != 0 {
+		t.Fatalf("dead letters after the replay: %d, %v; want none", len(dl), err)
+	}
+	receive(t, s, 1, 2*time.Second)
+	receiveNone(t, s, 200*time.Millisecond)
+}
+
+// TestReplayDeadLetterWithoutTime checks that a dead letter of an entry
+// without a time field (written by something other than Ripple) is
+// replayed too.
+func TestReplayDeadLetterWithoutTime(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	if err := rawClient(t, d).XAdd(ctx, &goredis.XAddArgs{Stream: d.streamKey("h"),
+		Values: []any{"id", "no-time", "type", "a.b", "data", "{}"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, s, transport.Dead, 0, receive(t, s, 1, 2*time.Second)...)
+	if n, err := d.Replay(ctx, "h", time.Time{}); err != nil || n != 1 {
+		t.Fatalf("Replay = %d, %v; want 1", n, err)
+	}
+	if dl, _ := d.DeadLetters(ctx, "h", 10); len(dl) != 0 {
+		t.Fatalf("%d dead letters left, want none", len(dl))
+	}
+}
