@@ -701,14 +701,33 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	now := d.s.now()
 	n := 0
 	busy := sb.unfinished()
+	// The failed attempts of a finished event stay counted when it is
+	// replayed.
+	failures := map[uint64]int{}
+	for _, e := range sb.done {
+		failures[e.seq] += e.failures
+	}
+	for _, e := range sb.dead {
+		failures[e.seq] += e.failures
+	}
 	replayed := map[uint64]bool{}
-	for _, h := range d.s.history[d.s.histHead:] {
-		if h.at.Before(since) || !transport.Match(sb.pattern, h.msg.Type) || busy[h.seq] {
-			continue
+	replay := func(msg *transport.Message, seq uint64, at time.Time) {
+		if at.Before(since) || !transport.Match(sb.pattern, msg.Type) || busy[seq] || replayed[seq] {
+			return
 		}
-		replayed[h.seq] = true
-		sb.add(&entry{msg: h.msg, seq: h.seq, runAt: now, published: h.at}, now)
+		replayed[seq] = true
+		sb.add(&entry{msg: msg, seq: seq, runAt: now, published: at, failures: failures[seq]}, now)
 		n++
+	}
+	for _, h := range d.s.history[d.s.histHead:] {
+		replay(h.msg, h.seq, h.at)
+	}
+	// Finished events kept longer than the publish history (dead letters
+	// are kept for DeadAge) are replayed from their own entries.
+	for _, es := range [][]*entry{sb.done, sb.dead} {
+		for _, e := range es {
+			replay(e.msg, e.seq, e.published)
+		}
 	}
 	// A replayed event is delivered afresh: it leaves the completed
 	// history and the dead-letter queue.
