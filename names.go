@@ -142,7 +142,9 @@ func Lint(name string) []string {
 	switch {
 	case len(words) > 0 && imperativeVerbs[words[0]] != "":
 		verb = words[0]
-	case len(words) > 1 && imperativeVerbs[words[len(words)-1]] != "":
+	case len(words) > 1 && imperativeVerbs[words[len(words)-1]] != "" && imperativeVerbs[words[len(words)-1]] != words[len(words)-1]:
+		// Last, a verb whose past participle is itself ("set", "run")
+		// already states the fact: "config.set".
 		verb = words[len(words)-1]
 	}
 	if verb != "" {

@@ -73,7 +73,17 @@ func TestLint(t *testing.T) {
 	if got := Lint("USER_CREATED"); !strings.Contains(strings.Join(got, " "), `"user.created"`) {
 		t.Errorf("Lint(USER_CREATED) should suggest user.created, got %q", got)
 	}
-	// A suggestion must itself pass.
+	// Every suggestion must itself pass.
+	for verb := range imperativeVerbs {
+		for _, name := range []string{"job." + verb, verb + "Job", verb + ".job"} {
+			if len(Lint(name)) == 0 {
+				continue
+			}
+			if s := suggestName(name); len(Lint(s)) != 0 {
+				t.Errorf("Lint(%q) suggests %q, which lint flags: %q", name, s, Lint(s))
+			}
+		}
+	}
 	if got := Lint("CreateUser"); !strings.Contains(strings.Join(got, " "), `write "user.created"`) {
 		t.Errorf("Lint(CreateUser) should suggest user.created, got %q", got)
 	}
