@@ -187,12 +187,16 @@
 //     (PREFIX:c:HANDLER:ID); a done claim is kept for the dedup window.
 //   - Rate limits (RateLimit) are shared by every process of a handler: a
 //     GCRA limiter in one Redis key per handler.
-//   - Stats come from Redis itself: waiting is the group's lag, active its
-//     pending count (entries read ahead included), delayed the size of the delayed set, dead the length of
-//     the dead-letter stream, completed the acknowledged entries still in
-//     the stream, failed a per-handler counter.
-//   - Replay appends a fresh copy of each retained entry of the handler's
-//     stream added at or after the given time.
+//   - Stats come from Redis itself: waiting is the group's lag plus the
+//     delayed entries already due, active its pending count (entries read
+//     ahead included), delayed the rest of the delayed set, dead the length
+//     of the dead-letter stream, completed the acknowledged entries still
+//     in the stream, failed a per-handler counter kept since the handler
+//     subscribed.
+//   - Replay, for events published at or after the given time, moves their
+//     dead letters back to the stream and appends a fresh copy of each
+//     completed entry still retained; events not finished (undelivered,
+//     pending or delayed) are left as they are.
 //
 // Retention (Config.Retention; defaults as the sqlite transport: completed
 // 1000 and 24h, dead 10000 and 7 days, dedup 24h) trims a handler's stream
