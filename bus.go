@@ -510,7 +510,9 @@ func (b *Bus) Run(ctx context.Context) error {
 // ErrClosed from the moment the first call returns.
 //
 // It is safe to call more than once; later calls wait for the first to
-// finish, or for their own ctx to end.
+// finish, or for their own ctx to end. As it waits for running handlers, a
+// handler must not call Shutdown or Close itself, which would wait for it
+// until ctx ends: start them on another goroutine.
 func (b *Bus) Shutdown(ctx context.Context) error {
 	var runners []*runner
 	first := false
@@ -798,10 +800,14 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 	if !ok {
 		return &NotSupportedError{Transport: b.driver.Name(), Option: "Unsubscribe"}
 	}
-	// The handler leaves the bus under lifecycle, but its drain is waited
-	// for outside it: the handler itself may call On. Its name is held
-	// until the subscription is deleted, so that an On of the same name
-	// cannot subscribe under the deletion.
+	if ev := eventFromContext(ctx); ev != nil && ev.Handler == handler {
+		return fmt.Errorf("ripple: unsubscribe %q from its own handler: it would wait for itself to finish; call it on another goroutine (go bus.Unsubscribe(context.Background(), %q))", handler, handler)
+	}
+	// The name is held in retiring until the subscription is deleted, so
+	// that an On of the same name cannot subscribe under the deletion. The
+	// drain is waited for outside lifecycle, as the handler itself may call
+	// On; the runner stays on the bus meanwhile, so that a Shutdown that
+	// begins takes it over (drains or cuts it off, and closes it).
 	b.lifecycle.Lock()
 	b.mu.Lock()
 	if b.retiring[handler] {
@@ -810,15 +816,7 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 		return fmt.Errorf("ripple: unsubscribe %q: already being unsubscribed", handler)
 	}
 	r := b.handlers[handler]
-	if r != nil {
-		delete(b.handlers, handler)
-		for i, name := range b.order {
-			if name == handler {
-				b.order = append(b.order[:i:i], b.order[i+1:]...)
-				break
-			}
-		}
-	}
+	ran := r != nil && r.sub != nil
 	b.retiring[handler] = true
 	b.mu.Unlock()
 	b.lifecycle.Unlock()
@@ -827,14 +825,39 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 		delete(b.retiring, handler)
 		b.mu.Unlock()
 	}()
-	if r != nil {
+	var drainErr error
+	if ran {
 		r.stopReceiving()
-		if err := r.wait(ctx); err != nil {
-			r.abort()
-			return fmt.Errorf("ripple: unsubscribe %q: handler still running: %w", handler, err)
+		select {
+		case <-r.drained():
+		case <-ctx.Done():
+			drainErr = ctx.Err()
+		}
+	}
+	if r != nil {
+		b.mu.Lock()
+		if b.stopping && ran {
+			b.mu.Unlock()
+			return fmt.Errorf("ripple: unsubscribe %q: %w", handler, ErrClosed)
+		}
+		delete(b.handlers, handler)
+		b.order = slices.DeleteFunc(b.order, func(name string) bool { return name == handler })
+		b.mu.Unlock()
+	}
+	switch {
+	case drainErr != nil:
+		r.abort()
+		return fmt.Errorf("ripple: unsubscribe %q: handler still running: %w", handler, drainErr)
+	case ran:
+		if err := r.close(); err != nil {
+			b.log.Warn("ripple: closing the subscription failed", "handler", handler, "err", err)
 		}
 	}
 	if err := u.Unsubscribe(ctx, handler); err != nil {
+		if r != nil && errors.Is(err, transport.ErrNotFound) {
+			// Registered here but never started: nothing was subscribed.
+			return nil
+		}
 		return b.adminErr("unsubscribe", handler, err)
 	}
 	return nil

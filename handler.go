@@ -133,20 +133,6 @@ func (r *runner) drained() <-chan struct{} {
 	return done
 }
 
-// wait blocks until the receive loop and every handler have finished, or
-// ctx ends.
-func (r *runner) wait(ctx context.Context) error {
-	if r.sub == nil {
-		return nil
-	}
-	select {
-	case <-r.drained():
-		return r.close()
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // close closes the subscription of a runner with nothing left to run.
 func (r *runner) close() error {
 	r.runCancel() // nothing left to heartbeat for

@@ -745,3 +745,99 @@ func TestStartRacesShutdown(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// TestShutdownWaitsForHandlerBeingUnsubscribed checks that a Shutdown
+// that begins while Unsubscribe waits for a handler waits for it too,
+// instead of closing the transport under it.
+func TestShutdownWaitsForHandlerBeingUnsubscribed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bus, err := ripple.New(memory.New(transport.Retention{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, proceed := make(chan struct{}), make(chan struct{})
+	var finished atomic.Bool
+	if err := bus.On("a.b", "h", func(context.Context, ripple.Event) error {
+		close(running)
+		<-proceed
+		finished.Store(true)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "a.b", 1); err != nil {
+		t.Fatal(err)
+	}
+	<-running
+	unsub := make(chan error, 1)
+	go func() { unsub <- bus.Unsubscribe(ctx, "h") }()
+	time.Sleep(50 * time.Millisecond) // Unsubscribe waits for h
+	time.AfterFunc(300*time.Millisecond, func() { close(proceed) })
+	if err := bus.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	if !finished.Load() {
+		t.Fatal("Shutdown returned while the handler being unsubscribed was still running")
+	}
+	if err := <-unsub; !errors.Is(err, ripple.ErrClosed) {
+		t.Fatalf("Unsubscribe overtaken by Shutdown = %v, want ErrClosed", err)
+	}
+}
+
+// TestHandlerUnsubscribingItselfIsRefused checks that a handler calling
+// Unsubscribe on itself, which would wait for itself, gets an error that
+// says what to do at once.
+func TestHandlerUnsubscribingItselfIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bus, err := ripple.New(memory.New(transport.Retention{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	uerr := make(chan error, 1)
+	if err := bus.On("a.b", "h", func(hctx context.Context, _ ripple.Event) error {
+		uerr <- bus.Unsubscribe(hctx, "h")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "a.b", 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-uerr:
+		if err == nil || !strings.Contains(err.Error(), "another goroutine") {
+			t.Fatalf("Unsubscribe from its own handler = %v, want an error saying to call it on another goroutine", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Unsubscribe from its own handler did not return")
+	}
+}
+
+// TestUnsubscribeBeforeStart checks that unsubscribing a handler
+// registered but never started removes it and succeeds.
+func TestUnsubscribeBeforeStart(t *testing.T) {
+	t.Parallel()
+	bus, err := ripple.New(memory.New(transport.Retention{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	if err := bus.On("a.b", "h", nop); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Unsubscribe(context.Background(), "h"); err != nil {
+		t.Fatalf("Unsubscribe before Start = %v", err)
+	}
+	if hs := bus.Handlers(); len(hs) != 0 {
+		t.Fatalf("Handlers() = %v after Unsubscribe, want none", hs)
+	}
+}
