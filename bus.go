@@ -55,9 +55,12 @@ type Bus struct {
 	mu        sync.Mutex
 	handlers  map[string]*runner
 	retiring  map[string]bool // names being unsubscribed
-	order     []string        // registration order, for stable listings
-	started   bool
-	stopping  bool // Shutdown began: no new handlers or starts
+	// orphans counts handlers that Unsubscribe cut off and took off the
+	// bus before they returned; Shutdown waits for them too.
+	orphans  sync.WaitGroup
+	order    []string // registration order, for stable listings
+	started  bool
+	stopping bool // Shutdown began: no new handlers or starts
 	// closed is set once the driver is closed: no publishes either. It is
 	// atomic rather than under mu, as errors are wrapped (wrapDriverErr)
 	// while mu is held.
@@ -570,6 +573,19 @@ func (b *Bus) stop(ctx context.Context, runners []*runner) {
 	// Handlers that are still draining may publish follow-up events, so
 	// publishing stays open until the driver closes or Shutdown gives up.
 	err := drainAll(ctx, runners)
+	if err == nil {
+		// Handlers Unsubscribe gave up waiting for, and cut off.
+		orphans := make(chan struct{})
+		go func() {
+			b.orphans.Wait()
+			close(orphans)
+		}()
+		select {
+		case <-orphans:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
 	var pending [][]transport.Settlement
 	if err != nil {
 		// Out of time: cancel handlers and take their events back.
@@ -581,6 +597,12 @@ func (b *Bus) stop(ctx context.Context, runners []*runner) {
 		}
 	}
 	go b.closeAll(runners, pending, err)
+}
+
+// remove takes handler off the bus. b.mu must be held.
+func (b *Bus) remove(handler string) {
+	delete(b.handlers, handler)
+	b.order = slices.DeleteFunc(b.order, func(name string) bool { return name == handler })
 }
 
 // drainAll waits for every runner's loop and handlers to finish, and
@@ -793,8 +815,11 @@ func (b *Bus) adminErr(op, handler string, err error) error {
 // Unsubscribe deletes a handler's durable subscription, with every event
 // still queued for it and its dead letters, so the transport stops keeping
 // events for it. If the handler runs on this bus it is stopped first,
-// waiting for its running attempts until ctx ends. Use it when a handler
-// is retired for good; a handler registered again later starts empty.
+// waiting for its running attempts until ctx ends; if ctx ends first they
+// are cancelled and their events handed back, and Shutdown still waits for
+// them. Use it when a handler is retired for good; a handler registered
+// again later starts empty. A handler must not unsubscribe itself, which
+// would wait for it: call Unsubscribe on another goroutine.
 func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 	u, ok := b.driver.(transport.Unsubscriber)
 	if !ok {
@@ -817,6 +842,11 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 	}
 	r := b.handlers[handler]
 	ran := r != nil && r.sub != nil
+	if r != nil && !ran {
+		// Never started: it leaves the bus now, before a Start can take
+		// it up.
+		b.remove(handler)
+	}
 	b.retiring[handler] = true
 	b.mu.Unlock()
 	b.lifecycle.Unlock()
@@ -834,19 +864,26 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 			drainErr = ctx.Err()
 		}
 	}
-	if r != nil {
+	if ran {
 		b.mu.Lock()
-		if b.stopping && ran {
+		if b.stopping {
 			b.mu.Unlock()
 			return fmt.Errorf("ripple: unsubscribe %q: %w", handler, ErrClosed)
 		}
-		delete(b.handlers, handler)
-		b.order = slices.DeleteFunc(b.order, func(name string) bool { return name == handler })
+		b.remove(handler)
+		if drainErr != nil {
+			// Cut off below; a Shutdown still waits for it to drain.
+			b.orphans.Add(1)
+		}
 		b.mu.Unlock()
 	}
 	switch {
 	case drainErr != nil:
 		r.abort()
+		go func() {
+			<-r.drained()
+			b.orphans.Done()
+		}()
 		return fmt.Errorf("ripple: unsubscribe %q: handler still running: %w", handler, drainErr)
 	case ran:
 		if err := r.close(); err != nil {

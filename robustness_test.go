@@ -682,28 +682,9 @@ func TestShutdownDuringStartRunsNothing(t *testing.T) {
 func TestUnsubscribeWhileHandlerCallsOn(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	bus, err := ripple.New(memory.New(transport.Retention{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bus.Close()
-	running, proceed := make(chan struct{}), make(chan struct{})
 	onErr := make(chan error, 1)
-	if err := bus.On("a.b", "h", func(context.Context, ripple.Event) error {
-		close(running)
-		<-proceed
-		onErr <- bus.On("x.y", "dynamic", nop)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bus.Publish(ctx, "a.b", 1); err != nil {
-		t.Fatal(err)
-	}
-	<-running
+	bus, proceed := runningHandler(t, func(bus *ripple.Bus) { onErr <- bus.On("x.y", "dynamic", nop) })
+	defer bus.Close()
 	uctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	unsub := make(chan error, 1)
@@ -752,27 +733,8 @@ func TestStartRacesShutdown(t *testing.T) {
 func TestShutdownWaitsForHandlerBeingUnsubscribed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	bus, err := ripple.New(memory.New(transport.Retention{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	running, proceed := make(chan struct{}), make(chan struct{})
 	var finished atomic.Bool
-	if err := bus.On("a.b", "h", func(context.Context, ripple.Event) error {
-		close(running)
-		<-proceed
-		finished.Store(true)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := bus.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bus.Publish(ctx, "a.b", 1); err != nil {
-		t.Fatal(err)
-	}
-	<-running
+	bus, proceed := runningHandler(t, func(*ripple.Bus) { finished.Store(true) })
 	unsub := make(chan error, 1)
 	go func() { unsub <- bus.Unsubscribe(ctx, "h") }()
 	time.Sleep(50 * time.Millisecond) // Unsubscribe waits for h
@@ -840,4 +802,112 @@ func TestUnsubscribeBeforeStart(t *testing.T) {
 	if hs := bus.Handlers(); len(hs) != 0 {
 		t.Fatalf("Handlers() = %v after Unsubscribe, want none", hs)
 	}
+}
+
+// TestUnsubscribeUnstartedRacesStart checks that unsubscribing handlers
+// never started, beside a Start, leaves none of them running unowned: an
+// Unsubscribe that succeeded means the handler handles nothing more.
+func TestUnsubscribeUnstartedRacesStart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 32
+	for iter := range 150 {
+		bus, err := ripple.New(memory.New(transport.Retention{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var calls [n]atomic.Int32
+		for i := range n {
+			if err := bus.On("a.b", "h"+strconv.Itoa(i), func(context.Context, ripple.Event) error {
+				calls[i].Add(1)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var wg sync.WaitGroup
+		uerr := make([]error, n)
+		begin := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-begin
+				uerr[i] = bus.Unsubscribe(ctx, "h"+strconv.Itoa(i))
+			}()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-begin
+			if err := bus.Start(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+		close(begin)
+		wg.Wait()
+		if _, err := bus.Publish(ctx, "a.b", 1); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		if err := bus.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if uerr[i] == nil && calls[i].Load() > 0 {
+				t.Fatalf("iteration %d: Unsubscribe(h%d) returned nil, yet h%d handled an event published afterwards", iter, i, i)
+			}
+		}
+	}
+}
+
+// TestShutdownAfterUnsubscribeGaveUp checks that a Shutdown waits for a
+// handler that an Unsubscribe cut off and took off the bus when its ctx
+// ended, until the handler returns.
+func TestShutdownAfterUnsubscribeGaveUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var finished atomic.Bool
+	bus, proceed := runningHandler(t, func(*ripple.Bus) { finished.Store(true) })
+	uctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := bus.Unsubscribe(uctx, "h"); err == nil {
+		t.Fatal("Unsubscribe returned nil while the handler was running")
+	}
+	time.AfterFunc(500*time.Millisecond, func() { close(proceed) })
+	if err := bus.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	if !finished.Load() {
+		t.Fatal("Shutdown returned while a handler of this bus was still running")
+	}
+}
+
+// runningHandler starts a bus whose handler "h" is running an event: it
+// waits for proceed to close (a slow step that does not watch its ctx),
+// then calls then, and returns.
+func runningHandler(t *testing.T, then func(*ripple.Bus)) (bus *ripple.Bus, proceed chan struct{}) {
+	t.Helper()
+	ctx := context.Background()
+	bus, err := ripple.New(memory.New(transport.Retention{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, proceed := make(chan struct{}), make(chan struct{})
+	if err := bus.On("a.b", "h", func(context.Context, ripple.Event) error {
+		close(running)
+		<-proceed
+		then(bus)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(ctx, "a.b", 1); err != nil {
+		t.Fatal(err)
+	}
+	<-running
+	return bus, proceed
 }
