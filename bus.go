@@ -599,6 +599,42 @@ func (b *Bus) stop(ctx context.Context, runners []*runner) {
 	go b.closeAll(runners, pending, err)
 }
 
+// retire stops r, a running handler that Unsubscribe takes off the bus:
+// it waits for r to drain until ctx ends and closes it, or else cuts it
+// off, and Shutdown waits for it to return. A Shutdown that began
+// meanwhile has taken r over instead.
+func (b *Bus) retire(ctx context.Context, handler string, r *runner) error {
+	r.stopReceiving()
+	var drainErr error
+	select {
+	case <-r.drained():
+	case <-ctx.Done():
+		drainErr = ctx.Err()
+	}
+	b.mu.Lock()
+	if b.stopping {
+		b.mu.Unlock()
+		return fmt.Errorf("ripple: unsubscribe %q: %w", handler, ErrClosed)
+	}
+	b.remove(handler)
+	if drainErr != nil {
+		b.orphans.Add(1)
+	}
+	b.mu.Unlock()
+	if drainErr != nil {
+		r.abort()
+		go func() {
+			<-r.drained()
+			b.orphans.Done()
+		}()
+		return fmt.Errorf("ripple: unsubscribe %q: handler still running: %w", handler, drainErr)
+	}
+	if err := r.close(); err != nil {
+		b.log.Warn("ripple: closing the subscription failed", "handler", handler, "err", err)
+	}
+	return nil
+}
+
 // remove takes handler off the bus. b.mu must be held.
 func (b *Bus) remove(handler string) {
 	delete(b.handlers, handler)
@@ -855,43 +891,13 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 		delete(b.retiring, handler)
 		b.mu.Unlock()
 	}()
-	var drainErr error
 	if ran {
-		r.stopReceiving()
-		select {
-		case <-r.drained():
-		case <-ctx.Done():
-			drainErr = ctx.Err()
-		}
-	}
-	if ran {
-		b.mu.Lock()
-		if b.stopping {
-			b.mu.Unlock()
-			return fmt.Errorf("ripple: unsubscribe %q: %w", handler, ErrClosed)
-		}
-		b.remove(handler)
-		if drainErr != nil {
-			// Cut off below; a Shutdown still waits for it to drain.
-			b.orphans.Add(1)
-		}
-		b.mu.Unlock()
-	}
-	switch {
-	case drainErr != nil:
-		r.abort()
-		go func() {
-			<-r.drained()
-			b.orphans.Done()
-		}()
-		return fmt.Errorf("ripple: unsubscribe %q: handler still running: %w", handler, drainErr)
-	case ran:
-		if err := r.close(); err != nil {
-			b.log.Warn("ripple: closing the subscription failed", "handler", handler, "err", err)
+		if err := b.retire(ctx, handler, r); err != nil {
+			return err
 		}
 	}
 	if err := u.Unsubscribe(ctx, handler); err != nil {
-		if r != nil && errors.Is(err, transport.ErrNotFound) {
+		if r != nil && !ran && errors.Is(err, transport.ErrNotFound) {
 			// Registered here but never started: nothing was subscribed.
 			return nil
 		}

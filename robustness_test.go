@@ -290,14 +290,10 @@ func TestDeliveryReceivedAfterAbortIsNotHandled(t *testing.T) {
 func TestRateLimitAfterIdle(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	bus, err := ripple.New(memory.New(transport.Retention{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bus.Close()
+	bus := newMemoryBus(t)
 	var mu sync.Mutex
 	var starts []time.Time
-	err = bus.On("a.b", "h", func(context.Context, ripple.Event) error {
+	err := bus.On("a.b", "h", func(context.Context, ripple.Event) error {
 		mu.Lock()
 		starts = append(starts, time.Now())
 		mu.Unlock()
@@ -684,7 +680,6 @@ func TestUnsubscribeWhileHandlerCallsOn(t *testing.T) {
 	ctx := context.Background()
 	onErr := make(chan error, 1)
 	bus, proceed := runningHandler(t, func(bus *ripple.Bus) { onErr <- bus.On("x.y", "dynamic", nop) })
-	defer bus.Close()
 	uctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	unsub := make(chan error, 1)
@@ -756,11 +751,7 @@ func TestShutdownWaitsForHandlerBeingUnsubscribed(t *testing.T) {
 func TestHandlerUnsubscribingItselfIsRefused(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	bus, err := ripple.New(memory.New(transport.Retention{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bus.Close()
+	bus := newMemoryBus(t)
 	uerr := make(chan error, 1)
 	if err := bus.On("a.b", "h", func(hctx context.Context, _ ripple.Event) error {
 		uerr <- bus.Unsubscribe(hctx, "h")
@@ -788,11 +779,7 @@ func TestHandlerUnsubscribingItselfIsRefused(t *testing.T) {
 // registered but never started removes it and succeeds.
 func TestUnsubscribeBeforeStart(t *testing.T) {
 	t.Parallel()
-	bus, err := ripple.New(memory.New(transport.Retention{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bus.Close()
+	bus := newMemoryBus(t)
 	if err := bus.On("a.b", "h", nop); err != nil {
 		t.Fatal(err)
 	}
@@ -889,10 +876,7 @@ func TestShutdownAfterUnsubscribeGaveUp(t *testing.T) {
 func runningHandler(t *testing.T, then func(*ripple.Bus)) (bus *ripple.Bus, proceed chan struct{}) {
 	t.Helper()
 	ctx := context.Background()
-	bus, err := ripple.New(memory.New(transport.Retention{}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	bus = newMemoryBus(t)
 	running, proceed := make(chan struct{}), make(chan struct{})
 	if err := bus.On("a.b", "h", func(context.Context, ripple.Event) error {
 		close(running)
@@ -910,4 +894,16 @@ func runningHandler(t *testing.T, then func(*ripple.Bus)) (bus *ripple.Bus, proc
 	}
 	<-running
 	return bus, proceed
+}
+
+// newMemoryBus returns a bus on a fresh memory transport, closed when the
+// test ends.
+func newMemoryBus(t *testing.T) *ripple.Bus {
+	t.Helper()
+	bus, err := ripple.New(memory.New(transport.Retention{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bus.Close() })
+	return bus
 }
