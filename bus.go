@@ -68,7 +68,17 @@ type Bus struct {
 	stopOnce sync.Once
 	stopped  chan struct{}
 	stopErr  error
+	// drainOutcome says how Shutdown's wait for the handlers ended, so
+	// that Run can tell which part outlasted ShutdownTimeout.
+	drainOutcome atomic.Int32
 }
+
+// Values of Bus.drainOutcome.
+const (
+	drainPending int32 = iota // Shutdown has not finished waiting
+	drainDone                 // every handler finished
+	drainCutOff               // handlers were cut off when ctx ended
+)
 
 // Open connects to the transport named by url's scheme and returns a bus.
 // An empty url means DefaultURL. The transport's package must be imported
@@ -479,7 +489,9 @@ func (b *Bus) Start(ctx context.Context) error {
 
 // Run starts the bus (if Start has not) and blocks until ctx is done, then
 // shuts down gracefully within ShutdownTimeout. It returns nil after a
-// clean stop.
+// clean stop. When ShutdownTimeout runs out, the error wraps
+// context.DeadlineExceeded and says what outlasted it: handlers, which
+// were then cut off, or the transport's close.
 func (b *Bus) Run(ctx context.Context) error {
 	if err := b.Start(ctx); err != nil {
 		return err
@@ -493,7 +505,13 @@ func (b *Bus) Run(ctx context.Context) error {
 	defer cancel()
 	err := b.Shutdown(sctx)
 	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("ripple: handlers still running after ShutdownTimeout %s: %w", b.cfg.shutdownTimeout, err)
+		switch b.drainOutcome.Load() {
+		case drainCutOff:
+			return fmt.Errorf("ripple: handlers still running after ShutdownTimeout %s were cancelled and their events handed back for redelivery: %w", b.cfg.shutdownTimeout, err)
+		case drainDone:
+			return fmt.Errorf("ripple: every handler finished, but closing the %s transport took longer than ShutdownTimeout %s; it goes on in the background: %w", b.driver.Name(), b.cfg.shutdownTimeout, err)
+		}
+		return fmt.Errorf("ripple: shutdown did not finish within ShutdownTimeout %s: %w", b.cfg.shutdownTimeout, err)
 	}
 	return err
 }
@@ -587,7 +605,10 @@ func (b *Bus) stop(ctx context.Context, runners []*runner) {
 		}
 	}
 	var pending [][]transport.Settlement
-	if err != nil {
+	if err == nil {
+		b.drainOutcome.Store(drainDone)
+	} else {
+		b.drainOutcome.Store(drainCutOff)
 		// Out of time: cancel handlers and take their events back.
 		pending = make([][]transport.Settlement, len(runners))
 		for i, r := range runners {

@@ -907,3 +907,66 @@ func newMemoryBus(t *testing.T) *ripple.Bus {
 	t.Cleanup(func() { bus.Close() })
 	return bus
 }
+
+// TestRunSaysWhatOutlastedShutdownTimeout checks that Run's error names
+// the part of the shutdown that ran out of time: a stuck handler, or a
+// transport slow to close after every handler finished.
+func TestRunSaysWhatOutlastedShutdownTimeout(t *testing.T) {
+	t.Parallel()
+	run := func(t *testing.T, stuck bool) error {
+		d := &hangingDriver{Driver: memory.New(transport.Retention{}), hang: 2 * time.Second}
+		bus, err := ripple.New(d, ripple.ShutdownTimeout(200*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		started := make(chan struct{}, 1)
+		unblock := make(chan struct{})
+		defer close(unblock)
+		err = bus.On("a.b", "h", func(context.Context, ripple.Event) error {
+			started <- struct{}{}
+			if stuck {
+				<-unblock // ignores its ctx
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		if err := bus.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ran := make(chan error, 1)
+		go func() { ran <- bus.Run(ctx) }()
+		if _, err := bus.Publish(context.Background(), "a.b", map[string]int{"n": 1}); err != nil {
+			t.Fatal(err)
+		}
+		<-started
+		if !stuck {
+			// Let the handler's completion settle before the transport
+			// hangs.
+			time.Sleep(50 * time.Millisecond)
+			d.hung.Store(true)
+		}
+		cancel()
+		select {
+		case err := <-ran:
+			return err
+		case <-time.After(5 * time.Second):
+			t.Fatal("Run did not return")
+			return nil
+		}
+	}
+	t.Run("stuck handler", func(t *testing.T) {
+		err := run(t, true)
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "handlers still running") {
+			t.Errorf("Run = %v, want an error saying handlers were still running", err)
+		}
+	})
+	t.Run("slow transport", func(t *testing.T) {
+		err := run(t, false)
+		if !errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "handlers still running") || !strings.Contains(err.Error(), "closing the memory transport") {
+			t.Errorf("Run = %v, want an error saying the transport's close outlasted ShutdownTimeout", err)
+		}
+	})
+}
