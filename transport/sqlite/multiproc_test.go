@@ -121,6 +121,29 @@ func TestCrossProcessWakeAndFanOut(t *testing.T) {
 	}
 }
 
+// TestSubscriptionSeenAfterOwnBookkeeping subscribes from a second
+// driver, as another process would, then lets the first driver commit a
+// transaction that neither publishes nor reads the subscription list (a
+// lease): its next publish must still reach the new subscription.
+func TestSubscriptionSeenAfterOwnBookkeeping(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.db")
+	d1 := open(t, path, transport.Config{})
+	d2 := open(t, path, transport.Config{})
+	s1 := subscribe(t, d1, transport.SubscriptionSpec{Name: "one", Pattern: "a.>"})
+	publish(t, d1, msg("a.warm")) // d1 caches the subscription list
+	settle(t, s1, receive(t, s1, 1, time.Second)[0], transport.Complete, 0, "")
+
+	s2 := subscribe(t, d2, transport.SubscriptionSpec{Name: "two", Pattern: "a.>"})
+	receiveNone(t, s1, 100*time.Millisecond) // d1 leases, finding nothing
+
+	m := msg("a.b")
+	publish(t, d1, m)
+	ds := receive(t, s2, 1, 2*time.Second)
+	if ds[0].ID != m.ID {
+		t.Fatalf("got %s, want %s", ds[0].ID, m.ID)
+	}
+}
+
 // keepNothing prunes every finished event at once.
 var keepNothing = transport.Config{Retention: transport.Retention{CompletedCount: -1, CompletedAge: -1, DedupWindow: -1}}
 

@@ -98,11 +98,16 @@ type writer struct {
 	subsVersion int64 // -1: unknown, reload at next use
 	subsChecked bool  // version compared in the current transaction
 	match       map[string][]*subRow
-	// dataVersion is SQLite's data version of the file right after this
-	// connection's last commit. While it has not moved no other connection
-	// has written, so the subscription list cannot have changed and the
-	// per-transaction version query is skipped. 0: unknown.
+	// dataVersion is SQLite's data version of the file when this
+	// connection last knew its subscription list to be current: right
+	// after a commit of its own that began with the list current. While it
+	// has not moved no other connection has written, so the subscription
+	// list cannot have changed and the per-transaction version query is
+	// skipped. 0: unknown.
 	dataVersion uint32
+	// beganVersion is the file's data version when the current transaction
+	// began.
+	beganVersion uint32
 
 	// Multi-row statements, by row count (a power of two).
 	insEvents, insDeliveries map[int]*sql.Stmt
@@ -529,6 +534,7 @@ func (w *writer) tryTx(ops []*op) error {
 	clear(w.fresh)
 	w.fresh = w.fresh[:0]
 	w.subsChecked = false
+	w.beganVersion = w.fileDataVersion()
 	for i := 0; i < len(ops); {
 		o := ops[i]
 		var err error
@@ -570,7 +576,15 @@ func (w *writer) tryTx(ops []*op) error {
 	for _, e := range w.fresh {
 		w.recent.put(e.seq, e.msg)
 	}
-	w.dataVersion = w.fileDataVersion()
+	// The commit's data version vouches for the subscription list only if
+	// the list was current when the transaction began: checked in it, or
+	// no other connection had written since this one's last check. A
+	// transaction that only leased or settled may have begun after
+	// another process subscribed; moving dataVersion past that commit
+	// would hide the new subscription from later publishes.
+	if w.subsChecked || w.beganVersion != 0 && w.beganVersion == w.dataVersion {
+		w.dataVersion = w.fileDataVersion()
+	}
 	for id := range w.touched {
 		w.d.signal(id)
 	}
@@ -594,7 +608,7 @@ func (w *writer) touch(subID int64) { w.touched[subID] = struct{}{} }
 // other connection has committed since this one last did.
 func (w *writer) matching(typ string) ([]*subRow, error) {
 	if !w.subsChecked {
-		dv := w.fileDataVersion()
+		dv := w.beganVersion
 		if dv == 0 || dv != w.dataVersion || w.subsVersion < 0 {
 			var v int64
 			if err := w.st.subsVersion.QueryRowContext(context.Background()).Scan(&v); err != nil {
