@@ -403,6 +403,17 @@ func (r *runner) handle(d *transport.Delivery) {
 	ev.Attempt = d.Attempt
 	ev.Handler = r.name
 
+	if d.Attempt > r.cfg.maxAttempts {
+		// Earlier deliveries used up the budget without a result: their
+		// processes crashed or hung until the lease ran out. Running the
+		// event again could crash this process too, so it is
+		// dead-lettered instead.
+		err := fmt.Errorf("attempts used up: %d earlier deliveries ended without a result (the process handling each crashed, hung or lost its lease), so it was not run again", d.Attempt-1)
+		r.finish(d, ev, err, true, 0)
+		r.free()
+		return
+	}
+
 	if r.claimer != nil {
 		if s, skip := r.claim(ev); skip {
 			r.settle(d, s)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ripplehq/ripple"
+	"github.com/ripplehq/ripple/transport"
 )
 
 // testRetryBackoff: a handler that fails k times then succeeds is called
@@ -421,6 +422,58 @@ func testRateLimit(t *testing.T, s *suite) {
 		if j-i > 2*n+1 {
 			t.Errorf("%d starts within one %s period from %s, want at most %d", j-i, per, starts[i].Format("15:04:05.000"), 2*n)
 			break
+		}
+	}
+}
+
+// testCrashedAttempts: deliveries that ended without a result (leased,
+// never settled, as when the process handling them crashed) count toward
+// MaxAttempts. Once they have used it up the event is dead-lettered
+// without running the handler again, so an event that kills its process
+// every time does not loop forever.
+func testCrashedAttempts(t *testing.T, s *suite) {
+	bus := s.open(t, s.h.NewURL(t))
+	const typ, name, maxAttempts = "conformance.crash.poison", "poison.handler", 3
+	const lease = 300 * time.Millisecond
+	d := s.driver(t, bus)
+	crashed, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: name, Pattern: typ, Lease: lease, MaxAttempts: maxAttempts})
+	if err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	defer crashed.Close()
+	pub := publish(t, bus, typ, map[string]int{})
+	for i := 1; i <= maxAttempts; i++ {
+		ctx, cancel := context.WithTimeout(bg, waitBound)
+		ds, err := crashed.Receive(ctx, 1)
+		cancel()
+		if err != nil || len(ds) != 1 || ds[0].ID != pub.ID || ds[0].Attempt != i {
+			t.Fatalf("crashed delivery %d: %d deliveries, %v; want event %s at attempt %d", i, len(ds), err, pub.ID, i)
+		}
+		// Never settled: the process handling it died.
+	}
+
+	var rec recorder
+	on(t, bus, typ, name, rec.handler("", func(context.Context, ripple.Event) error { return nil }),
+		ripple.MaxAttempts(maxAttempts), ripple.Lease(lease))
+	start(t, bus)
+	if !s.dlq {
+		time.Sleep(lease + quietPeriod)
+	} else {
+		waitFor(t, "the event whose attempts are used up to be dead-lettered", func() bool {
+			dead, err := bus.DeadLetters(bg, name, 10)
+			if err != nil {
+				t.Fatalf("DeadLetters: %v", err)
+			}
+			return len(dead) > 0 || len(rec.of(pub.ID)) > 0
+		})
+	}
+	if n := len(rec.of(pub.ID)); n != 0 {
+		t.Fatalf("handler ran %d times for an event whose %d attempts had all been used up by crashed deliveries, want 0", n, maxAttempts)
+	}
+	if s.dlq {
+		dead := waitDead(t, bus, name, 1)
+		if dead[0].Event.ID != pub.ID || !strings.Contains(dead[0].Error, "attempts used up") {
+			t.Errorf("dead letter %s with error %q; want %s, with an error saying its attempts were used up", dead[0].Event.ID, dead[0].Error, pub.ID)
 		}
 	}
 }

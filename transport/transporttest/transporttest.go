@@ -130,6 +130,7 @@ var cases = []testCase{
 	{"Permanent", testPermanent},
 	{"DeadLetters", testDeadLetters},
 	{"RetryAfter", testRetryAfter},
+	{"CrashedAttempts", testCrashedAttempts},
 	// 5. Delay, priority, concurrency, rate limit.
 	{"Delay", testDelay},
 	{"Priority", testPriority},
