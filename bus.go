@@ -706,12 +706,32 @@ func (b *Bus) closeAll(runners []*runner, pending [][]transport.Settlement, err 
 			err = cerr
 		}
 	}
+	if pending != nil {
+		// Cut-off handlers that heed their cancelled ctx return within
+		// moments and record their outcome on their idempotency claims;
+		// the driver stays open for that, or the claims would hold their
+		// events back until they expire.
+		waitDrained(runners, closeGrace)
+	}
 	b.closed.Store(true)
 	if cerr := b.driver.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("ripple: close %s: %w", b.driver.Name(), cerr)
 	}
 	b.stopErr = err
 	close(b.stopped)
+}
+
+// waitDrained waits up to limit for every runner's handlers to return.
+func waitDrained(runners []*runner, limit time.Duration) {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for _, r := range runners {
+		select {
+		case <-r.drained():
+		case <-t.C:
+			return
+		}
+	}
 }
 
 // Close is Shutdown bounded by ShutdownTimeout (default 10 s), for defer.

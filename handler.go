@@ -427,8 +427,12 @@ func (r *runner) handle(d *transport.Delivery) {
 	f.ctx = &f.hctx
 	r.mu.Lock()
 	if _, mine := r.inflight[d]; !mine {
-		// abort released the delivery before the handler started.
+		// abort released the delivery before the handler started: its
+		// claim goes too, or the redelivery would wait for it to expire.
 		r.mu.Unlock()
+		if r.claimer != nil {
+			r.finishClaim(ev, false)
+		}
 		r.free()
 		return
 	}
@@ -439,10 +443,11 @@ func (r *runner) handle(d *transport.Delivery) {
 	f.ctx.cancel(context.Canceled) // ends contexts the handler derived
 	if !f.state.CompareAndSwap(0, 1) {
 		// Abandoned: the attempt was settled as failed, and its claim is
-		// still held (see claimTTL). A late success is recorded, so that
-		// the retry waiting on the claim finds the event done.
-		if r.claimer != nil && err == nil {
-			r.finishClaim(ev, true)
+		// still held (see claimTTL). The late outcome is recorded, so
+		// that the retry waiting on the claim finds the event done, or
+		// may run it at once.
+		if r.claimer != nil {
+			r.finishClaim(ev, err == nil)
 		}
 		return
 	}

@@ -163,7 +163,20 @@ func testClosed(t *testing.T, s *suite) {
 // testShutdownStuck: Shutdown(ctx) with a handler running past ctx returns
 // ctx.Err(), and the event is delivered again later without its attempt
 // counted.
-func testShutdownStuck(t *testing.T, s *suite) {
+func testShutdownStuck(t *testing.T, s *suite) { shutdownStuck(t, s, false) }
+
+// testShutdownStuckIdempotent: as testShutdownStuck, for an Idempotent
+// handler that takes a moment to return once cancelled. The cut-off
+// attempt gives up its claim, so the event is handled again at once
+// rather than once the claim expires.
+func testShutdownStuckIdempotent(t *testing.T, s *suite) {
+	if !s.claimer {
+		t.Skipf("the %s transport has no idempotency claims", s.name)
+	}
+	shutdownStuck(t, s, true)
+}
+
+func shutdownStuck(t *testing.T, s *suite, idempotent bool) {
 	url := s.h.NewURL(t)
 	const typ, name = "conformance.shutdown.stuck", "shutdown.handler"
 	var keeper *ripple.Bus
@@ -171,13 +184,22 @@ func testShutdownStuck(t *testing.T, s *suite) {
 		// A non-durable store lives only while a bus has it open.
 		keeper = s.open(t, url)
 	}
+	opts := []ripple.HandlerOption{ripple.Lease(time.Minute)}
+	if idempotent {
+		// The claim of an attempt outlasts its Timeout, here well past
+		// the wait below.
+		opts = append(opts, ripple.Idempotent(), ripple.Timeout(time.Minute))
+	}
 	bus := s.open(t, url)
 	started := make(chan ripple.Event, 1)
 	on(t, bus, typ, name, func(ctx context.Context, e ripple.Event) error {
 		started <- e
 		<-ctx.Done()
+		if idempotent {
+			time.Sleep(20 * time.Millisecond) // cleaning up
+		}
 		return ctx.Err()
-	}, ripple.Lease(time.Minute))
+	}, opts...)
 	start(t, bus)
 	pub := publish(t, bus, typ, map[string]int{})
 	if e := recv(t, started, "the handler to start"); e.ID != pub.ID || e.Attempt != 1 {
@@ -194,7 +216,7 @@ func testShutdownStuck(t *testing.T, s *suite) {
 		keeper = s.open(t, url)
 	}
 	var rec recorder
-	on(t, keeper, typ, name, rec.handler("", nil), ripple.Lease(time.Minute))
+	on(t, keeper, typ, name, rec.handler("", nil), opts...)
 	start(t, keeper)
 	// The one-minute lease rules out redelivery by lease expiry within the
 	// wait: the event must have been handed back.

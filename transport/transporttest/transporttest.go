@@ -156,6 +156,7 @@ var cases = []testCase{
 	{"InvalidInput", testInvalidInput},
 	{"Closed", testClosed},
 	{"ShutdownStuck", testShutdownStuck},
+	{"ShutdownStuckIdempotent", testShutdownStuckIdempotent},
 	// 11. Crashes (durable transports).
 	{"CrashWorker", testCrashWorker},
 	{"CrashPublisher", testCrashPublisher},
