@@ -484,7 +484,7 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 		p.HDel(ctx, d.subsKey(), handler)
 		p.HDel(ctx, d.subsFromKey(), handler)
 		p.Set(ctx, d.subsVersionKey(), newRegistryVersion(), 0)
-		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler), d.failedKey(handler))
+		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler), d.failedKey(handler), d.leasesKey(handler))
 		return nil
 	})
 	if err != nil {

@@ -116,8 +116,13 @@
 // XREADGROUP on a dedicated connection (waking at once for new entries,
 // and at least every 250ms for delayed entries and expired leases), and
 // before that runs one script that moves due delayed entries into the
-// stream, reclaims entries whose lease ran out with XAUTOCLAIM (min-idle =
-// the handler's lease) and reads new ones. Delivery is therefore at least
+// stream, reclaims entries whose lease ran out with XAUTOCLAIM and reads
+// new ones. The min-idle time of XAUTOCLAIM is the longest lease among
+// the handler's live receivers, which each keep theirs in PREFIX:l:NAME,
+// so processes running with different leases (during a deploy that
+// changes Lease) never take entries from each other early; a receiver
+// that stopped renewing its entry for a second past its lease no longer
+// counts. Delivery is therefore at least
 // once: an event whose process crashed or hung is delivered again after
 // its lease, with its attempt count increased. Lease renewals use XCLAIM
 // JUSTID, which resets the idle time without counting a delivery. A retry,

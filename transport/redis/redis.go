@@ -308,6 +308,7 @@ func (d *Driver) claimKey(handler, id string) string {
 }
 func (d *Driver) rateKey(handler string) string { return d.prefix + ":rl:" + handler }
 func (d *Driver) failedKey(name string) string  { return d.prefix + ":n:" + name }
+func (d *Driver) leasesKey(name string) string  { return d.prefix + ":l:" + name }
 
 // consumerName identifies one receiver in a consumer group; it names the
 // host and process so that XINFO CONSUMERS shows who holds what.

@@ -1034,3 +1034,58 @@ func TestReplayDeadLetterWithoutTime(t *testing.T) {
 		t.Fatalf("%d dead letters left, want none", len(dl))
 	}
 }
+
+// TestMixedLeasesDoNotSteal runs two processes of one handler with
+// different leases, as during a deploy that changes Lease: the one with
+// the short lease must not take an entry the other still holds under its
+// longer, renewed lease.
+func TestMixedLeasesDoNotSteal(t *testing.T) {
+	u := prefixURL(t)
+	dA, dB := openURL(t, u, transport.Config{}), openURL(t, u, transport.Config{})
+	a := subscribe(t, dA, "h", "a.b", time.Minute)
+	b := subscribe(t, dB, "h", "a.b", 200*time.Millisecond)
+	publish(t, dA, msg("a.b"))
+	got := receive(t, a, 1, 2*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if err := a.Extend(context.Background(), got, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	receiveNone(t, b, time.Second)
+}
+
+// TestCrashedLongLeaseReclaimed checks the other side of mixed leases: an
+// entry held by a receiver that stopped (a crash) is reclaimed once its
+// own lease has run out, and the stopped receiver's lease entry is
+// dropped a second after that, so it no longer holds back reclaiming.
+func TestCrashedLongLeaseReclaimed(t *testing.T) {
+	u := prefixURL(t)
+	dA, dB := openURL(t, u, transport.Config{}), openURL(t, u, transport.Config{})
+	a := subscribe(t, dA, "h", "a.b", 400*time.Millisecond)
+	b := subscribe(t, dB, "h", "a.b", 100*time.Millisecond)
+	m := msg("a.b")
+	publish(t, dA, m)
+	held := receive(t, a, 1, 2*time.Second)
+	began := time.Now()
+	// a never settles nor renews: its process died.
+	ds := receive(t, b, 1, 3*time.Second)
+	if ds[0].ID != m.ID || ds[0].Attempt != 2 {
+		t.Fatalf("got %s attempt %d, want %s attempt 2", ds[0].ID, ds[0].Attempt, m.ID)
+	}
+	if waited := time.Since(began); waited < 400*time.Millisecond-50*time.Millisecond {
+		t.Errorf("entry taken %v after it was leased, before its holder's 400ms lease ran out", waited)
+	}
+	settle(t, b, transport.Complete, 0, ds...)
+	_ = held
+
+	raw := rawClient(t, dA)
+	key := dA.leasesKey("h")
+	if n := raw.HLen(context.Background(), key).Val(); n != 2 {
+		t.Fatalf("%s has %d receivers, want both", key, n)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	receiveNone(t, b, 300*time.Millisecond) // b's receive drops a's stale entry
+	if n := raw.HLen(context.Background(), key).Val(); n != 1 {
+		t.Errorf("%s has %d receivers after the stopped one's entry went stale, want 1", key, n)
+	}
+}

@@ -225,9 +225,43 @@ end
 return 1
 `)
 
+// luaLeases keeps the leases of a handler's live receivers, so that a
+// receiver reclaims only entries idle for longer than the lease of any
+// receiver that may hold them: the processes of one handler can run with
+// different leases (a deploy that changes Lease rolls out one process at a
+// time). PREFIX:l:NAME maps each receiver (consumer) to "lease ms:live
+// until ms". A receiver writes its entry at every receive script and lease
+// renewal, which a live receiver runs at least every 250ms while idle and
+// every third of its lease while it holds entries; an entry not renewed by
+// its live-until time, its lease plus a second, is a crashed or closed
+// receiver's and is removed. Writes use pcall: a full Redis refusing one
+// must not stop a receive or a renewal.
+const luaLeases = `
+local function keep_lease(lk, consumer, lease, now)
+  redis.pcall('HSET', lk, consumer, lease .. ':' .. (now + tonumber(lease) + 1000))
+end
+
+local function longest_lease(lk, lease, now)
+  local all = redis.call('HGETALL', lk)
+  local longest = tonumber(lease)
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local c = string.find(v, ':', 1, true)
+    local l, u = tonumber(string.sub(v, 1, (c or 1) - 1)), tonumber(string.sub(v, (c or #v) + 1))
+    if not l or not u or u < now then
+      redis.pcall('HDEL', lk, all[i])
+    elseif l > longest then
+      longest = l
+    end
+  end
+  return longest
+end
+`
+
 // receiveScript is the non-blocking part of Receive: it re-registers the
 // subscription if Redis lost it, moves due delayed entries to the stream,
-// reclaims entries whose lease ran out (when ARGV[5] is "1"), and reads new
+// reclaims entries idle for longer than the longest lease of the handler's
+// live receivers (when ARGV[5] is "1", see luaLeases), and reads new
 // entries. ARGV: prefix, name, consumer, count, reclaim, lease ms, pattern,
 // a fresh registry version (see route.go), where the reclaim scan starts.
 // It returns {ms until the next delayed entry is due or -1, ids XAUTOCLAIM found
@@ -235,16 +269,17 @@ return 1
 // the next reclaim scan starts, the error that stopped moving delayed
 // entries or ""}; after such an error the next try is a second later. Each scan goes on from where the last
 // one stopped, so expired leases behind many live ones are reached too.
-var receiveScript = newScript(luaNow + luaGroups + luaRegister + `
+var receiveScript = newScript(luaNow + luaGroups + luaRegister + luaLeases + `
 local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
 local reclaim = ARGV[5] == '1'
 local lease = ARGV[6]
-local s, dk, subs = p .. ':s:' .. name, p .. ':d:' .. name, p .. ':subs'
+local s, dk, subs, lk = p .. ':s:' .. name, p .. ':d:' .. name, p .. ':subs', p .. ':l:' .. name
 if redis.call('HEXISTS', subs, name) == 0 then
   register(p, name, ARGV[7], ARGV[8])
 end
 local now = now_ms()
+keep_lease(lk, consumer, lease, now)
 local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, 256)
 -- A full Redis (maxmemory) refuses the XADD; the entries then stay
 -- delayed, and the entries already in the stream are still read.
@@ -261,7 +296,7 @@ end
 if #moved > 0 then redis.call('ZREM', dk, unpack(moved)) end
 local out, deleted, cursor = {}, {}, ARGV[9]
 if reclaim then
-  local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, lease, ARGV[9], 'COUNT', count)
+  local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, longest_lease(lk, lease, now), ARGV[9], 'COUNT', count)
   if r.err then return r end
   cursor = r[1] or ARGV[9]
   if r[3] then deleted = r[3] end
@@ -348,12 +383,15 @@ return lost
 
 // extendScript resets the idle time of entries still held by this
 // consumer with the given delivery count (XCLAIM JUSTID does not count a
-// delivery). ARGV: prefix, name, then id, consumer, delivery count triples.
-var extendScript = newScript(`
+// delivery), and renews the receiver's lease entry (see luaLeases). ARGV:
+// prefix, name, the receiver's consumer and lease ms, then id, consumer,
+// delivery count triples.
+var extendScript = newScript(luaNow + luaLeases + `
 local p, name = ARGV[1], ARGV[2]
 local s = p .. ':s:' .. name
 local n = 0
-for i = 3, #ARGV, 3 do
+keep_lease(p .. ':l:' .. name, ARGV[3], ARGV[4], now_ms())
+for i = 5, #ARGV, 3 do
   local id, consumer, cnt = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local pe = redis.pcall('XPENDING', s, name, id, id, 1)
   if type(pe) == 'table' and not pe.err and pe[1] and pe[1][2] == consumer and pe[1][4] == cnt then

@@ -776,14 +776,14 @@ func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, _ t
 	if s.d.isClosed() {
 		return ErrClosed
 	}
-	args := make([]any, 0, 2+3*len(ds))
-	args = append(args, s.d.prefix, s.name)
+	args := make([]any, 0, 4+3*len(ds))
+	args = append(args, s.d.prefix, s.name, s.consumer, s.lease.Milliseconds())
 	for _, d := range ds {
 		if tk, ok := d.Token.(*token); ok {
 			args = append(args, tk.id, tk.consumer, tk.count)
 		}
 	}
-	if len(args) == 2 {
+	if len(args) == 4 {
 		return nil
 	}
 	if err := extendScript.Run(ctx, s.d.client, nil, args...).Err(); err != nil {
