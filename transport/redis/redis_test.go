@@ -1089,3 +1089,89 @@ func TestCrashedLongLeaseReclaimed(t *testing.T) {
 		t.Errorf("%s has %d receivers after the stopped one's entry went stale, want 1", key, n)
 	}
 }
+
+// unknownLag leaves the group of handler name with an unknown lag, as
+// Redis does once the newest delivered entry is deleted: of two events
+// delivered, the first is completed and the second retried an hour later.
+// done events are delivered and completed before that.
+func unknownLag(t *testing.T, d *Driver, name, typ string, done int) transport.Subscription {
+	t.Helper()
+	s := subscribe(t, d, name, typ, time.Minute)
+	for done > 0 {
+		n := min(done, 500)
+		ms := make([]*transport.Message, n)
+		for i := range ms {
+			ms[i] = msg(typ)
+		}
+		publish(t, d, ms...)
+		settle(t, s, transport.Complete, 0, receive(t, s, n, 5*time.Second)...)
+		done -= n
+	}
+	publish(t, d, msg(typ), msg(typ))
+	ds := receive(t, s, 2, 2*time.Second)
+	settle(t, s, transport.Complete, 0, ds[0])
+	settle(t, s, transport.Retry, time.Hour, ds[1])
+	return s
+}
+
+// wantUnknownLag fails unless Redis reports name's lag as unknown.
+func wantUnknownLag(t *testing.T, d *Driver, name string) {
+	t.Helper()
+	if g, err := rawClient(t, d).XInfoGroups(context.Background(), d.streamKey(name)).Result(); err != nil || len(g) != 1 || g[0].Lag != -1 {
+		t.Fatalf("XINFO GROUPS = %+v, %v; want one group with an unknown lag", g, err)
+	}
+}
+
+// publishMany publishes n events of type typ in batches.
+func publishMany(t *testing.T, d *Driver, typ string, n int) {
+	t.Helper()
+	for n > 0 {
+		ms := make([]*transport.Message, min(n, 1000))
+		for i := range ms {
+			ms[i] = msg(typ)
+			ms[i].IDGenerated = true
+		}
+		publish(t, d, ms...)
+		n -= len(ms)
+	}
+}
+
+// TestStatsWithUnknownLag checks the waiting count while Redis does not
+// know the group's lag, whichever side of the last delivered entry is
+// shorter, and that Stats does not read the whole backlog then: a stats
+// call on a backlog of 50,000 costs about what one on 1,000 does.
+func TestStatsWithUnknownLag(t *testing.T) {
+	t.Parallel()
+	// One namespace each, as Stats reports every handler of its
+	// namespace.
+	ds := map[string]*Driver{}
+	for _, c := range []struct {
+		name          string
+		done, backlog int
+	}{{"few", 1500, 10}, {"small", 0, 1000}, {"big", 0, 50_000}} {
+		d := openURL(t, prefixURL(t), transport.Config{Retention: transport.Retention{CompletedCount: 1 << 30}})
+		unknownLag(t, d, c.name, c.name+".x", c.done)
+		publishMany(t, d, c.name+".x", c.backlog)
+		wantUnknownLag(t, d, c.name)
+		if st := stats(t, d, c.name); st.Waiting != int64(c.backlog) || st.Delayed != 1 {
+			t.Errorf("%s: stats %+v; want %d waiting and 1 delayed", c.name, st, c.backlog)
+		}
+		ds[c.name] = d
+	}
+	// The fastest of several calls, so that a pause of the machine does
+	// not decide the ratio.
+	fastest := func(name string) time.Duration {
+		best := time.Hour
+		for range 5 {
+			began := time.Now()
+			stats(t, ds[name], name)
+			best = min(best, time.Since(began))
+		}
+		return best
+	}
+	small, big := fastest("small"), fastest("big")
+	t.Logf("stats: %v with 1,000 waiting, %v with 50,000", small, big)
+	if big > 10*small {
+		t.Errorf("stats took %v with 50,000 events waiting and %v with 1,000: it reads the backlog", big, small)
+	}
+}

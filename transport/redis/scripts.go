@@ -469,13 +469,30 @@ if g then
   after = '(' .. g['last-delivered-id']
   waiting = g['lag']
   if not waiting then
-    waiting = 0
-    local from = after
+    -- Redis leaves lag unknown once a delivered entry has been deleted (a
+    -- retry, release or dead letter of the newest one) until the group
+    -- reads again, which can be long when no handler runs. Count the
+    -- shorter side of the last delivered entry, reading both a page at
+    -- a time in turn: the undelivered entries after it (the backlog,
+    -- unbounded), or the entries up to it (those kept by retention and
+    -- those in flight), which leave the rest waiting.
+    local last = g['last-delivered-id']
+    local wfrom, dfrom, wn, dn = after, '-', 0, 0
     while true do
-      local r = redis.call('XRANGE', s, from, '+', 'COUNT', 1000)
-      waiting = waiting + #r
-      if #r < 1000 then break end
-      from = '(' .. r[#r][1]
+      local r = redis.call('XRANGE', s, wfrom, '+', 'COUNT', 1000)
+      wn = wn + #r
+      if #r < 1000 then
+        waiting = wn
+        break
+      end
+      wfrom = '(' .. r[#r][1]
+      r = redis.call('XRANGE', s, dfrom, last, 'COUNT', 1000)
+      dn = dn + #r
+      if #r < 1000 then
+        waiting = xlen - dn
+        break
+      end
+      dfrom = '(' .. r[#r][1]
     end
   end
 end
