@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"runtime"
 	"strconv"
@@ -792,7 +793,7 @@ func (w *writer) publish(ops []*op) error {
 		}
 		runAt, delayed := w.now, false
 		if m.Delay > 0 {
-			runAt, delayed = runAt+int64(m.Delay), true
+			runAt, delayed = after(runAt, m.Delay), true
 		}
 		for _, s := range subs {
 			key := ""
@@ -1101,17 +1102,14 @@ func (w *writer) settle(ss []transport.Settlement) error {
 		if err != nil {
 			return err
 		}
-		delay := int64(0)
-		if s.Delay > 0 {
-			delay = int64(s.Delay)
-		}
+		runAt := after(w.now, s.Delay)
 		switch s.Outcome {
 		case transport.Complete:
 			_, err = w.st.complete.ExecContext(bg, w.now, t.sub, t.seq, t.gen)
 		case transport.Retry:
-			_, err = w.st.retry.ExecContext(bg, w.now+delay, t.sub, t.seq, t.gen, s.Error, w.now)
+			_, err = w.st.retry.ExecContext(bg, runAt, t.sub, t.seq, t.gen, s.Error, w.now)
 		case transport.Release:
-			_, err = w.st.release.ExecContext(bg, w.now+delay, t.sub, t.seq, t.gen, w.now)
+			_, err = w.st.release.ExecContext(bg, runAt, t.sub, t.seq, t.gen, w.now)
 		case transport.Dead:
 			_, err = w.st.dead.ExecContext(bg, w.now, t.sub, t.seq, t.gen, s.Error)
 		default:
@@ -1173,3 +1171,16 @@ func (c *eventCache) put(seq int64, m *transport.Message) {
 }
 
 func (c *eventCache) get(seq int64) *transport.Message { return c.m[seq] }
+
+// after returns the time in unix ns that lies d after now, the latest
+// time there is when that is past the int64 range: a delay into the year
+// 2262 or beyond must not wrap around into the past and run at once.
+func after(now int64, d time.Duration) int64 {
+	if d <= 0 {
+		return now
+	}
+	if now > math.MaxInt64-int64(d) {
+		return math.MaxInt64
+	}
+	return now + int64(d)
+}

@@ -283,9 +283,14 @@ func testDelay(t *testing.T, s *suite) {
 	at := time.Now().Add(delay)
 	timed := publish(t, bus, typ, map[string]string{"via": "WithTime"}, ripple.WithTime(at))
 	past := publish(t, bus, typ, map[string]string{"via": "WithTime past"}, ripple.WithTime(time.Now().Add(-time.Hour)))
+	// Past the year 2262, where a time in int64 nanoseconds wraps around.
+	far := publish(t, bus, typ, map[string]string{"via": "WithTime far"}, ripple.WithTime(time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)))
 	now := publish(t, bus, typ, map[string]string{"via": "none"})
 	rec.waitSucceeded(t, "events without delay to be delivered at once", now.ID, past.ID)
 	rec.waitSucceeded(t, "delayed events to be delivered after their time", delayed.ID, timed.ID)
+	if n := len(rec.of(far.ID)); n != 0 {
+		t.Errorf("an event published WithTime(year 2300) was delivered %d times already", n)
+	}
 	if c := rec.of(delayed.ID)[0]; c.start.Before(t0.Add(delay - clockSlack)) {
 		t.Errorf("WithDelay(%s) event was delivered after %s", delay, c.start.Sub(t0))
 	}
