@@ -1,6 +1,6 @@
 module github.com/ripplehq/ripple/bench
 
-go 1.26.8
+go 1.26.0
 
 replace github.com/ripplehq/ripple => ../
 
