@@ -434,8 +434,9 @@ func MaxAttempts(n int) HandlerOption {
 }
 
 // Backoff sets the wait before retries: min after the first failure,
-// doubling each time up to max, with jitter so that many failing events do
-// not retry in lock-step. Default: 1 s to 5 min.
+// doubling each time up to max. Each wait is then moved by up to 20%
+// either way (so between 0.8×min and 1.2×max), so that many failing events
+// do not retry in lock-step. Default: 1 s to 5 min.
 func Backoff(min, max time.Duration) HandlerOption {
 	return func(c *handlerConfig) error {
 		if min <= 0 || max < min {
@@ -448,8 +449,9 @@ func Backoff(min, max time.Duration) HandlerOption {
 
 // Timeout bounds one attempt: the handler's ctx is cancelled after d
 // (ctx.Deadline is exact; Done closes within a twentieth of d, at most a
-// second, after it). A handler that ignores its ctx is abandoned shortly
-// after, its attempt counted as failed and its concurrency slot freed.
+// second, after it). A handler that ignores its ctx is abandoned 2 s
+// after that, its attempt counted as failed and its concurrency slot
+// freed.
 // Default: 1 min.
 func Timeout(d time.Duration) HandlerOption {
 	return func(c *handlerConfig) error {
@@ -465,8 +467,9 @@ func Timeout(d time.Duration) HandlerOption {
 // even when the transport delivers an event twice: an attempt first claims
 // (handler, event id) atomically, and a completed claim skips the handler.
 // A claim is held for twice the time after which an attempt that ignores
-// its cancelled ctx is abandoned; until then a retry waits for it, and a
-// late success of the abandoned attempt still completes the event.
+// its cancelled ctx is abandoned (Timeout plus 2 s); until then a retry
+// waits for it, and the abandoned attempt's late outcome still counts: a
+// success completes the event, a failure lets the retry run at once.
 func Idempotent() HandlerOption {
 	return func(c *handlerConfig) error {
 		c.idempotent = true
