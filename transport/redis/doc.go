@@ -122,7 +122,9 @@
 // so processes running with different leases (during a deploy that
 // changes Lease) never take entries from each other early; a receiver
 // that stopped renewing its entry for a second past its lease no longer
-// counts. Delivery is therefore at least
+// counts, and once its entries are reclaimed its consumer is deleted from
+// the group, so processes that come and go do not pile up consumers.
+// Delivery is therefore at least
 // once: an event whose process crashed or hung is delivered again after
 // its lease, with its attempt count increased. Lease renewals use XCLAIM
 // JUSTID, which resets the idle time without counting a delivery. A retry,

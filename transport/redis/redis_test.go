@@ -1057,7 +1057,8 @@ func TestMixedLeasesDoNotSteal(t *testing.T) {
 // TestCrashedLongLeaseReclaimed checks the other side of mixed leases: an
 // entry held by a receiver that stopped (a crash) is reclaimed once its
 // own lease has run out, and the stopped receiver's lease entry is
-// dropped a second after that, so it no longer holds back reclaiming.
+// dropped a second after that, so it no longer holds back reclaiming,
+// along with its consumer in the group.
 func TestCrashedLongLeaseReclaimed(t *testing.T) {
 	u := prefixURL(t)
 	dA, dB := openURL(t, u, transport.Config{}), openURL(t, u, transport.Config{})
@@ -1087,6 +1088,9 @@ func TestCrashedLongLeaseReclaimed(t *testing.T) {
 	receiveNone(t, b, 300*time.Millisecond) // b's receive drops a's stale entry
 	if n := raw.HLen(context.Background(), key).Val(); n != 1 {
 		t.Errorf("%s has %d receivers after the stopped one's entry went stale, want 1", key, n)
+	}
+	if cs, err := raw.XInfoConsumers(context.Background(), dA.streamKey("h"), "h").Result(); err != nil || len(cs) != 1 {
+		t.Errorf("XINFO CONSUMERS = %+v, %v; want only the live receiver's consumer", cs, err)
 	}
 }
 

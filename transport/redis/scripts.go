@@ -234,14 +234,17 @@ return 1
 // renewal, which a live receiver runs at least every 250ms while idle and
 // every third of its lease while it holds entries; an entry not renewed by
 // its live-until time, its lease plus a second, is a crashed or closed
-// receiver's and is removed. Writes use pcall: a full Redis refusing one
-// must not stop a receive or a renewal.
+// receiver's and no longer counts. Once such a receiver holds no entries
+// (they were reclaimed), its entry and its consumer in the group are
+// deleted, so that processes that come and go do not pile up consumers.
+// Writes use pcall: a full Redis refusing one must not stop a receive or
+// a renewal.
 const luaLeases = `
 local function keep_lease(lk, consumer, lease, now)
   redis.pcall('HSET', lk, consumer, lease .. ':' .. (now + tonumber(lease) + 1000))
 end
 
-local function longest_lease(lk, lease, now)
+local function longest_lease(s, name, lk, lease, now)
   local all = redis.call('HGETALL', lk)
   local longest = tonumber(lease)
   for i = 1, #all, 2 do
@@ -249,7 +252,11 @@ local function longest_lease(lk, lease, now)
     local c = string.find(v, ':', 1, true)
     local l, u = tonumber(string.sub(v, 1, (c or 1) - 1)), tonumber(string.sub(v, (c or #v) + 1))
     if not l or not u or u < now then
-      redis.pcall('HDEL', lk, all[i])
+      local held = redis.pcall('XPENDING', s, name, '-', '+', 1, all[i])
+      if type(held) == 'table' and not held.err and not held[1] then
+        redis.pcall('XGROUP', 'DELCONSUMER', s, name, all[i])
+        redis.pcall('HDEL', lk, all[i])
+      end
     elseif l > longest then
       longest = l
     end
@@ -296,7 +303,7 @@ end
 if #moved > 0 then redis.call('ZREM', dk, unpack(moved)) end
 local out, deleted, cursor = {}, {}, ARGV[9]
 if reclaim then
-  local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, longest_lease(lk, lease, now), ARGV[9], 'COUNT', count)
+  local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, longest_lease(s, name, lk, lease, now), ARGV[9], 'COUNT', count)
   if r.err then return r end
   cursor = r[1] or ARGV[9]
   if r[3] then deleted = r[3] end
