@@ -47,7 +47,9 @@ func (f *busFlags) resolve(cmd *cobra.Command) (string, error) {
 	return ripple.DefaultURL, nil
 }
 
-// open opens the bus for an administration command. It refuses a sqlite
+// open opens the bus for an administration command and returns it with
+// the URL as commands may print it: with its password hidden, since their
+// output ends up in terminals, tickets and CI logs. It refuses a sqlite
 // URL whose file does not exist: creating an empty database in the wrong
 // directory would only hide the mistake.
 func (c *cli) open(cmd *cobra.Command, f *busFlags) (*ripple.Bus, string, error) {
@@ -55,17 +57,18 @@ func (c *cli) open(cmd *cobra.Command, f *busFlags) (*ripple.Bus, string, error)
 	if err != nil {
 		return nil, "", err
 	}
+	shown := ripple.RedactURL(u)
 	if err := requireDatabase(u); err != nil {
-		return nil, u, err
+		return nil, shown, err
 	}
 	if strings.HasPrefix(u, "memory://") {
 		fmt.Fprintln(c.stderr, "note: a memory:// store lives inside one process, so this command sees only what it does itself")
 	}
 	bus, err := ripple.Open(cmd.Context(), u, ripple.WithLogger(c.logger(slog.LevelWarn)))
 	if err != nil {
-		return nil, u, err
+		return nil, shown, err
 	}
-	return bus, u, nil
+	return bus, shown, nil
 }
 
 // requireDatabase fails for a sqlite:// URL whose file is missing.
@@ -82,7 +85,7 @@ func requireDatabase(rawURL string) error {
 		return nil // the transport explains what is wrong with the URL
 	}
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("no Ripple database at %s (from %s); run ripple where your application keeps its database, or pass --url or set $%s", path, rawURL, envURL)
+		return fmt.Errorf("no Ripple database at %s (from %s); run ripple where your application keeps its database, or pass --url or set $%s", path, ripple.RedactURL(rawURL), envURL)
 	}
 	return nil
 }
@@ -96,8 +99,14 @@ func (c *cli) logger(level slog.Level) *slog.Logger {
 // by then the command's own result has been printed.
 func (c *cli) closeBus(bus *ripple.Bus) {
 	if err := bus.Close(); err != nil {
-		fmt.Fprintln(c.stderr, "ripple: closing the bus:", err)
+		fmt.Fprintln(c.stderr, "ripple: closing the bus:", errText(err))
 	}
+}
+
+// errText is err's message without the "ripple: " that library errors
+// start with, for lines that already begin with it.
+func errText(err error) string {
+	return strings.TrimPrefix(err.Error(), "ripple: ")
 }
 
 // writeJSON prints v as indented JSON.

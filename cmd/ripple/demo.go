@@ -90,6 +90,7 @@ flow a hundred times faster.`,
 
 // demoSummary is what the demo measured; --json prints it.
 type demoSummary struct {
+	// URL is the transport URL with any password replaced by xxxxx.
 	URL           string           `json:"url"`
 	FreshDatabase bool             `json:"fresh_database"`
 	Addr          string           `json:"addr"`
@@ -105,6 +106,17 @@ type demoSummary struct {
 	SideEffectsSeconds float64 `json:"side_effects_seconds"`
 	AllCompleted       bool    `json:"all_completed"`
 	WaitError          string  `json:"wait_error,omitempty"`
+	// passwordHidden says that URL lost a password, so commands printed
+	// with it need the user's own password put back.
+	passwordHidden bool
+}
+
+// passwordNote is what follows a suggested command line holding s.URL.
+func (s *demoSummary) passwordNote() string {
+	if s.passwordHidden {
+		return " (with your password in place of xxxxx)"
+	}
+	return ""
 }
 
 type loadSummary struct {
@@ -147,17 +159,22 @@ func (c *cli) runDemo(cmd *cobra.Command, f *demoFlags) error {
 		return err
 	}
 	ctx := cmd.Context()
-	sum := demoSummary{URL: f.url, Signups: f.signups, Clients: f.clients, Scale: f.scale}
-	if f.url == "" {
+	busURL := f.url
+	sum := demoSummary{Signups: f.signups, Clients: f.clients, Scale: f.scale}
+	if busURL == "" {
 		if err := removeDemoDB(); err != nil {
 			return err
 		}
-		sum.URL, sum.FreshDatabase = "sqlite://"+demoDB, true
+		busURL, sum.FreshDatabase = "sqlite://"+demoDB, true
 	}
+	// The summary is printed and may be pasted anywhere, so it carries
+	// the URL without its password.
+	sum.URL = ripple.RedactURL(busURL)
+	sum.passwordHidden = sum.URL != busURL
 
 	tally := signupapp.NewTally()
 	metrics := observe.NewMetrics()
-	bus, err := ripple.Open(ctx, sum.URL, ripple.WithHooks(tally, metrics),
+	bus, err := ripple.Open(ctx, busURL, ripple.WithHooks(tally, metrics),
 		ripple.WithLogger(c.logger(slog.LevelError)))
 	if err != nil {
 		return err
@@ -414,7 +431,7 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 		if s.WaitError != "" {
 			fmt.Fprintln(w, "    "+s.WaitError)
 		}
-		fmt.Fprintf(w, "    Inspect with: ripple stats --url %s; ripple dlq list HANDLER --url %s\n", shellQuote(s.URL), shellQuote(s.URL))
+		fmt.Fprintf(w, "    Inspect with: ripple stats --url %s; ripple dlq list HANDLER --url %s%s\n", shellQuote(s.URL), shellQuote(s.URL), s.passwordNote())
 	}
 }
 
@@ -429,7 +446,7 @@ func printServing(w io.Writer, s *demoSummary, asJSON bool, stderr io.Writer) {
 	fmt.Fprintf(w, "  curl %s/stats\n", host)
 	fmt.Fprintf(w, "  curl %s/metrics\n", host)
 	if !strings.HasPrefix(s.URL, "memory://") {
-		fmt.Fprintf(w, "  ripple stats --url %s\n", shellQuote(s.URL))
+		fmt.Fprintf(w, "  ripple stats --url %s%s\n", shellQuote(s.URL), s.passwordNote())
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -146,8 +147,11 @@ func TestDemoOnSQLite(t *testing.T) {
 	}
 }
 
-// The signup app runs unchanged on Redis: only the URL differs.
-func TestDemoOnRedis(t *testing.T) {
+// redisTestURL returns a URL on the test Redis server whose keys start
+// with a prefix of their own, deleted when the test ends; without a
+// server the test is skipped.
+func redisTestURL(t *testing.T, name string) string {
+	t.Helper()
 	base := os.Getenv("RIPPLE_TEST_REDIS_URL")
 	if base == "" {
 		if os.Getenv("RIPPLE_TEST_REQUIRE_SERVERS") == "1" {
@@ -159,15 +163,58 @@ func TestDemoOnRedis(t *testing.T) {
 	if strings.Contains(base, "?") {
 		sep = "&"
 	}
-	prefix := "demo-test-" + randomSuffix()
+	prefix := name + "-" + randomSuffix()
 	t.Cleanup(func() { deleteRedisPrefix(t, base, prefix) })
-	u := base + sep + "prefix=" + prefix
+	return base + sep + "prefix=" + prefix
+}
+
+// The signup app runs unchanged on Redis: only the URL differs.
+func TestDemoOnRedis(t *testing.T) {
+	u := redisTestURL(t, "demo-test")
 	r := mustRun(t, "demo", "--once", "--scale", "0.05", "--signups", "10", "--seed", retrySeed(t, 10), "--url", u, "--json")
 	var s demoSummary
 	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 		t.Fatalf("demo --json printed %q: %v", r.stdout, err)
 	}
 	checkSummary(t, s, 10)
+}
+
+// Redis keeps no priorities; the error says which flag to leave out.
+func TestPublishPriorityOnRedis(t *testing.T) {
+	u := redisTestURL(t, "cli-priority")
+	r := rippleCmd(t, "", "publish", "report.requested", "--url", u, "--priority", "3")
+	wantError(t, r, "--priority is not supported by the redis transport")
+	if strings.Contains(r.stderr, "WithPriority") {
+		t.Errorf("the error names the Go option: %q", r.stderr)
+	}
+}
+
+// The demo's summary is shared as it is, so it never shows the password
+// of its transport URL.
+func TestDemoHidesPassword(t *testing.T) {
+	const secret = "s3cret"
+	u := "memory://ops:" + secret + "@demo-redact-" + randomSuffix()
+	shown := strings.Replace(u, secret, "xxxxx", 1)
+	seed := retrySeed(t, 3)
+	r := mustRun(t, "demo", "--once", "--scale", "0.01", "--signups", "3", "--seed", seed, "--url", u)
+	if strings.Contains(r.stdout+r.stderr, secret) || !strings.Contains(r.stdout, "transport  "+shown) {
+		t.Errorf("demo shows the password or not the URL:\nstdout: %s\nstderr: %s", r.stdout, r.stderr)
+	}
+	r = mustRun(t, "demo", "--once", "--scale", "0.01", "--signups", "3", "--seed", seed, "--url", u, "--json")
+	var s demoSummary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatalf("demo --json printed %q: %v", r.stdout, err)
+	}
+	if s.URL != shown || strings.Contains(r.stdout+r.stderr, secret) {
+		t.Errorf("demo --json url %q, want %q:\nstdout: %s\nstderr: %s", s.URL, shown, r.stdout, r.stderr)
+	}
+
+	// The commands the demo suggests carry the hidden URL, and say so.
+	var out strings.Builder
+	printServing(&out, &demoSummary{URL: "redis://:xxxxx@10.0.0.5:6379/0", passwordHidden: true, Addr: "http://127.0.0.1:8080"}, false, io.Discard)
+	if !strings.Contains(out.String(), "ripple stats --url redis://:xxxxx@10.0.0.5:6379/0 (with your password in place of xxxxx)") {
+		t.Errorf("serving hints:\n%s", out.String())
+	}
 }
 
 // deleteRedisPrefix removes the keys a test wrote under prefix, so a

@@ -12,12 +12,21 @@ import (
 
 func (c *cli) dlqCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "dlq",
+		Use:   "dlq list|requeue|purge HANDLER",
 		Short: "List, requeue and purge a handler's dead letters",
 		Long: `A handler's dead-letter queue holds the events it gave up on: those whose
 handler returned a Permanent error or failed on its last attempt. Each keeps
 the last error, the attempt count and the times.`,
-		Args: args(0, 0, "ripple dlq list|requeue|purge HANDLER"),
+		// Without a RunE cobra would print this help and exit 0 for a
+		// mistyped subcommand, so a script would never notice.
+		RunE: func(cmd *cobra.Command, a []string) error {
+			if len(a) == 0 {
+				return cmd.Help()
+			}
+			return unknownCommand(cmd, a[0])
+		},
+		DisableFlagsInUseLine:      true,
+		SuggestionsMinimumDistance: 2,
 	}
 	cmd.AddCommand(c.dlqListCmd(), c.dlqRequeueCmd(), c.dlqPurgeCmd())
 	return cmd

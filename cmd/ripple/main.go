@@ -54,9 +54,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return 0
+	}
+	// Cobra finds an unknown first word before any command runs, so its
+	// error is rewritten here, to read like the unknown dlq subcommand's.
+	var word string
+	if _, serr := fmt.Sscanf(err.Error(), "unknown command %q for", &word); serr == nil && cmd == root {
+		err = unknownCommand(root, word)
 	}
 	code := 1
 	var ee *exitError
@@ -92,13 +98,17 @@ tail events and lint event names.
 Commands that open a bus take --url; it defaults to $RIPPLE_URL and then to
 sqlite://ripple.db (the file in the current directory). Commands whose output
 is data take --json.`,
-		SilenceErrors: true,
-		SilenceUsage:  true,
+		SilenceErrors:              true,
+		SilenceUsage:               true,
+		SuggestionsMinimumDistance: 2,
 	}
 	root.CompletionOptions.HiddenDefaultCmd = true
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return fmt.Errorf("%s: %w (see '%s --help')", cmd.CommandPath(), err, cmd.CommandPath())
+		// run prefixes "ripple: ", and the help pointer names the
+		// command, so the message does not start with the path too.
+		return fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())
 	})
+	root.SetHelpCommand(helpCmd())
 	root.AddCommand(
 		c.demoCmd(),
 		c.publishCmd(),
@@ -108,4 +118,57 @@ is data take --json.`,
 		c.lintCmd(),
 	)
 	return root
+}
+
+// helpCmd replaces cobra's help command, which prints the usage and exits
+// 0 for a topic it does not know, so that a script or a typo in
+// `ripple help COMMAND` sees a failure.
+func helpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		Long:  "help prints the help of a command, such as: ripple help dlq purge",
+		RunE: func(cmd *cobra.Command, a []string) error {
+			root := cmd.Root()
+			topic := fmt.Sprintf("unknown help topic %q", strings.Join(a, " "))
+			target, rest, err := root.Find(a)
+			if err != nil || target == nil {
+				return notFound(topic, root, a[0])
+			}
+			if len(rest) > 0 {
+				return notFound(topic, target, rest[0])
+			}
+			target.InitDefaultHelpFlag()
+			return target.Help()
+		},
+		ValidArgsFunction: func(cmd *cobra.Command, a []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			target, _, err := cmd.Root().Find(a)
+			if err != nil {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			var names []cobra.Completion
+			for _, sub := range target.Commands() {
+				if sub.IsAvailableCommand() && strings.HasPrefix(sub.Name(), toComplete) {
+					names = append(names, cobra.CompletionWithDesc(sub.Name(), sub.Short))
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
+		},
+	}
+}
+
+// unknownCommand is the error for a word that names no subcommand of
+// parent. Cobra would print parent's help and exit 0 for some of these,
+// which hides a typo from the script that made it.
+func unknownCommand(parent *cobra.Command, word string) error {
+	return notFound(fmt.Sprintf("unknown command %q for %q", word, parent.CommandPath()), parent, word)
+}
+
+// notFound adds to msg the subcommands of parent near word, and where to
+// look for the right one.
+func notFound(msg string, parent *cobra.Command, word string) error {
+	if near := parent.SuggestionsFor(word); len(near) > 0 {
+		msg += "; did you mean " + strings.Join(near, " or ") + "?"
+	}
+	return fmt.Errorf("%s (see '%s --help')", msg, parent.CommandPath())
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ripplehq/ripple"
+	"github.com/ripplehq/ripple/transport"
 )
 
 // syncBuffer is a bytes.Buffer safe for a command writing while the test
@@ -70,7 +71,7 @@ func wantError(t *testing.T, r result, fragments ...string) {
 	}
 	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
 	last := lines[len(lines)-1]
-	if !strings.HasPrefix(last, "ripple: ") || strings.HasPrefix(last, "ripple: ripple:") {
+	if !strings.HasPrefix(last, "ripple: ") || strings.HasPrefix(last, "ripple: ripple") {
 		t.Errorf("error line %q should start with a single \"ripple: \"", last)
 	}
 	for _, f := range fragments {
@@ -236,7 +237,7 @@ func TestPublishOptionsAndInput(t *testing.T) {
 	wantError(t, rippleCmd(t, "", "publish", "report.requested", "--url", u, "--data", "@/no/such/file.json"), "reading --data")
 	wantError(t, rippleCmd(t, "", "publish", "User.Created", "--url", u), "invalid name", "upper case")
 	wantError(t, rippleCmd(t, "", "publish", "report.requested", "--url", u, "--delay", "-1s"), "--delay -1s is negative")
-	wantError(t, rippleCmd(t, "", "publish", "report.requested", "--url", u, "--id", "has space"), "WithID")
+	wantError(t, rippleCmd(t, "", "publish", "report.requested", "--url", u, "--id", "has space"), `--id "has space"`, "printable ASCII")
 	wantError(t, rippleCmd(t, "", "publish", "--url", u), "usage: ripple publish TYPE")
 	wantError(t, rippleCmd(t, "", "publish", "a.b", "--bogus"), "unknown flag: --bogus", "ripple publish --help")
 }
@@ -317,4 +318,222 @@ func TestTail(t *testing.T) {
 
 	wantError(t, rippleCmd(t, "", "tail", "user.>", "--url", u, "--name", "Bad Name"), "handler name")
 	wantError(t, rippleCmd(t, "", "tail", "user.>.x", "--url", u), "pattern")
+}
+
+// runFor runs the command line with a deadline, so that a command that
+// should have failed at once, such as a tail, ends the test instead of
+// hanging it.
+func runFor(t *testing.T, d time.Duration, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var out, errb syncBuffer
+	code := run(ctx, args, strings.NewReader(""), &out, &errb)
+	return result{code, out.String(), errb.String()}
+}
+
+// startTail runs tail in the background until the returned stop is called;
+// stop returns its exit status.
+func startTail(t *testing.T, args ...string) (out, errb *syncBuffer, stop func() int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out, errb = &syncBuffer{}, &syncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, append([]string{"tail"}, args...), strings.NewReader(""), out, errb)
+	}()
+	stopped := false
+	stop = func() int {
+		t.Helper()
+		cancel()
+		select {
+		case code := <-done:
+			stopped = true
+			return code
+		case <-time.After(10 * time.Second):
+			t.Fatal("tail did not stop after its context was cancelled")
+			return -1
+		}
+	}
+	t.Cleanup(func() {
+		if !stopped {
+			stop()
+		}
+	})
+	return out, errb, stop
+}
+
+// A tail under the name of an application's handler would complete that
+// handler's waiting events unhandled and rewrite its pattern.
+func TestTailRefusesHandlerName(t *testing.T) {
+	if _, ok := transport.Lookup("sqlite"); !ok {
+		t.Skip("the sqlite transport is not registered in this build")
+	}
+	ctx := context.Background()
+	u := "sqlite://" + filepath.Join(t.TempDir(), "app.db")
+	quiet := ripple.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+
+	// The application has subscribed email.welcome and is down while two
+	// signups wait for it.
+	app, err := ripple.Open(ctx, u, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := app.On("user.signup.completed", "email.welcome", func(context.Context, ripple.Event) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bus, err := ripple.Open(ctx, u, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bus.Close() })
+	for i := range 2 {
+		if _, err := bus.Publish(ctx, "user.signup.completed", map[string]int{"user": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	r := runFor(t, 3*time.Second, "tail", "user.>", "--name", "email.welcome", "--url", u)
+	wantError(t, r, "--name email.welcome is a handler on "+u, "pattern user.signup.completed",
+		"--name tail.email.welcome", "leave --name out")
+	if r.stdout != "" {
+		t.Errorf("the refused tail printed events:\n%s", r.stdout)
+	}
+	stats, err := bus.Stats(ctx)
+	if err != nil || len(stats) != 1 || stats[0].Handler != "email.welcome" ||
+		stats[0].Pattern != "user.signup.completed" || stats[0].Waiting != 2 {
+		t.Errorf("after the refused tail: %+v, %v; want email.welcome on user.signup.completed with 2 waiting", stats, err)
+	}
+
+	// A name no handler has yet is refused too unless it is tail's own:
+	// the application could subscribe it later.
+	wantError(t, runFor(t, 3*time.Second, "tail", "user.>", "--name", "ops.watch", "--url", u),
+		"--name ops.watch", "start with tail.", "--name tail.ops.watch")
+}
+
+// --name keeps the subscription, and a later tail with the same name
+// prints what arrived in between.
+func TestTailNamedResumes(t *testing.T) {
+	bus, u := sharedBus(t, "cli-tail-named-"+randomSuffix())
+	_, errb, stop := startTail(t, "user.>", "--name", "tail.ops", "--url", u)
+	waitFor(t, "tail to start", func() bool { return strings.Contains(errb.String(), "as handler tail.ops") })
+	if code := stop(); code != 0 {
+		t.Fatalf("tail exited %d: %s", code, errb.String())
+	}
+	if _, err := bus.Publish(context.Background(), "user.deleted", map[string]string{"user": "7"}); err != nil {
+		t.Fatal(err)
+	}
+	out, errb, stop := startTail(t, "user.>", "--name", "tail.ops", "--url", u)
+	waitFor(t, "the event published while tail was away", func() bool { return strings.Contains(out.String(), "user.deleted") })
+	if code := stop(); code != 0 {
+		t.Fatalf("tail exited %d: %s", code, errb.String())
+	}
+}
+
+// The CLI's output is pasted into tickets and CI logs, so it never shows
+// the password of a transport URL.
+func TestURLsPrintedWithoutPassword(t *testing.T) {
+	const secret = "s3cret"
+	_, u := sharedBus(t, "ops:"+secret+"@cli-redact-"+randomSuffix())
+	shown := strings.Replace(u, secret, "xxxxx", 1)
+	noSecret := func(what string, r result) {
+		t.Helper()
+		if strings.Contains(r.stdout+r.stderr, secret) {
+			t.Errorf("%s shows the password:\nstdout: %s\nstderr: %s", what, r.stdout, r.stderr)
+		}
+	}
+
+	r := mustRun(t, "stats", "--url", u)
+	noSecret("stats", r)
+	if !strings.Contains(r.stdout, "no handler has subscribed on "+shown) {
+		t.Errorf("stats: %q", r.stdout)
+	}
+	t.Setenv(envURL, u)
+	noSecret("stats with $"+envURL, mustRun(t, "stats"))
+	t.Setenv(envURL, "")
+
+	r = mustRun(t, "publish", "user.deleted", "--url", u)
+	noSecret("publish", r)
+	if !strings.Contains(r.stderr, "no handler on "+shown+" subscribes to user.deleted") {
+		t.Errorf("publish: %q", r.stderr)
+	}
+
+	_, errb, stop := startTail(t, "user.>", "--url", u)
+	waitFor(t, "tail to start", func() bool { return strings.Contains(errb.String(), "as handler tail.") })
+	stop()
+	noSecret("tail", result{stderr: errb.String()})
+	if !strings.Contains(errb.String(), "tailing user.> on "+shown) {
+		t.Errorf("tail: %q", errb.String())
+	}
+}
+
+// Mistyped subcommands and help topics fail instead of printing help and
+// exiting 0, so a script notices.
+func TestUnknownCommands(t *testing.T) {
+	wantError(t, rippleCmd(t, "", "dlq", "lsit", "foo"), `unknown command "lsit" for "ripple dlq"`, "did you mean list?", "see 'ripple dlq --help'")
+	wantError(t, rippleCmd(t, "", "dlq", "frob", "x"), `unknown command "frob" for "ripple dlq"`, "see 'ripple dlq --help'")
+	wantError(t, rippleCmd(t, "", "help", "bogus"), `unknown help topic "bogus"`, "see 'ripple --help'")
+	wantError(t, rippleCmd(t, "", "help", "dlq", "lsit"), `unknown help topic "dlq lsit"`, "did you mean list?")
+	wantError(t, rippleCmd(t, "", "bogus"), `unknown command "bogus" for "ripple"`, "see 'ripple --help'")
+	wantError(t, rippleCmd(t, "", "stast", "--url", "memory://"), `unknown command "stast"`, "did you mean stats?", "see 'ripple --help'")
+
+	for _, args := range [][]string{{"dlq"}, {"dlq", "--help"}, {"help", "dlq"}} {
+		if r := mustRun(t, args...); !strings.Contains(r.stdout, "requeue") {
+			t.Errorf("ripple %s: %q", strings.Join(args, " "), r.stdout)
+		}
+	}
+	if r := mustRun(t, "help", "dlq", "purge"); !strings.Contains(r.stdout, "--all") {
+		t.Errorf("ripple help dlq purge: %q", r.stdout)
+	}
+	if r := mustRun(t, "help"); !strings.Contains(r.stdout, "publish") {
+		t.Errorf("ripple help: %q", r.stdout)
+	}
+}
+
+// A CLI user sets flags, not Go options, so errors name the flags and
+// what the user can do.
+func TestPublishErrorsNameFlags(t *testing.T) {
+	_, u := sharedBus(t, "cli-publish-flags")
+	big := `{"blob":"` + strings.Repeat("a", ripple.DefaultMaxEventSize) + `"}`
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--priority", "99999999999"}, []string{"--priority 99999999999 does not fit in 32 bits"}},
+		{[]string{"--id", "a b"}, []string{`--id "a b"`, "printable ASCII"}},
+		{[]string{"--id", strings.Repeat("i", 300)}, []string{"--id", "1 to 255 bytes"}},
+		{[]string{"--key", strings.Repeat("k", 300)}, []string{"--key is 300 bytes"}},
+		{[]string{"--priority", "x"}, []string{`invalid argument "x" for "--priority"`, "see 'ripple publish --help'"}},
+		{[]string{"--data", big}, []string{"the payload is", "store the data elsewhere"}},
+	} {
+		r := rippleCmd(t, "", append([]string{"publish", "report.requested", "--url", u}, c.args...)...)
+		wantError(t, r, c.want...)
+		if strings.Contains(r.stderr, "With") || strings.Contains(r.stderr, "MaxEventSize") {
+			t.Errorf("%s: the error names a Go option: %q", c.args[0], r.stderr)
+		}
+	}
+}
+
+func TestUnsupportedFlag(t *testing.T) {
+	for opt, flag := range map[string]string{
+		"WithPriority":                   "--priority",
+		"WithDelay/WithTime":             "--delay",
+		"WithID (publish deduplication)": "--id",
+	} {
+		err := fmt.Errorf("ripple: publish: %w", &ripple.NotSupportedError{Transport: "kafka", Option: opt, Hint: "use Idempotent() on handlers"})
+		msg := unsupportedFlag(err).Error()
+		if !strings.HasPrefix(msg, flag+" is not supported by the kafka transport") || strings.Contains(msg, "With") || strings.Contains(msg, "Idempotent") {
+			t.Errorf("%s: %q", opt, msg)
+		}
+	}
+	other := errors.New("ripple: publish on kafka: broker down")
+	if got := unsupportedFlag(other); got != other {
+		t.Errorf("another error became %v", got)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -50,8 +51,19 @@ warns when no handler on the transport matches TYPE.`,
 			if err != nil {
 				return err
 			}
+			if len(payload) > ripple.DefaultMaxEventSize {
+				// An application may raise its bus's MaxEventSize, but
+				// this command's bus keeps the default.
+				return fmt.Errorf("the payload is %d bytes and ripple publish sends at most %d; store the data elsewhere, such as in object storage, and publish where to find it", len(payload), ripple.DefaultMaxEventSize)
+			}
+			// The flags are checked here, before Publish would check the
+			// options they become, so that errors name the flags rather
+			// than Go options the user never wrote.
 			var opts []ripple.PublishOption
 			if cmd.Flags().Changed("key") {
+				if len(key) > ripple.MaxNameLength {
+					return fmt.Errorf("--key is %d bytes; the limit is %d", len(key), ripple.MaxNameLength)
+				}
 				opts = append(opts, ripple.WithKey(key))
 			}
 			if delay < 0 {
@@ -61,22 +73,28 @@ warns when no handler on the transport matches TYPE.`,
 				opts = append(opts, ripple.WithDelay(delay))
 			}
 			if cmd.Flags().Changed("priority") {
+				if priority > math.MaxInt32 || priority < math.MinInt32 {
+					return fmt.Errorf("--priority %d does not fit in 32 bits; give a number from %d to %d", priority, math.MinInt32, math.MaxInt32)
+				}
 				opts = append(opts, ripple.WithPriority(priority))
 			}
 			if cmd.Flags().Changed("id") {
+				if err := checkID(id); err != nil {
+					return err
+				}
 				opts = append(opts, ripple.WithID(id))
 			}
 
-			bus, u, err := c.open(cmd, &bf)
+			bus, shown, err := c.open(cmd, &bf)
 			if err != nil {
 				return err
 			}
 			defer c.closeBus(bus)
 			ev, err := bus.Publish(cmd.Context(), typ, payload, opts...)
 			if err != nil {
-				return err
+				return unsupportedFlag(err)
 			}
-			c.warnUnmatched(cmd, bus, typ, u)
+			c.warnUnmatched(cmd, bus, typ, shown)
 			if asJSON {
 				return writeJSON(c.stdout, ev)
 			}
@@ -128,9 +146,40 @@ func readData(arg string, stdin io.Reader) (json.RawMessage, error) {
 	return json.RawMessage(raw), nil
 }
 
+// checkID applies the rules of ripple.WithID to --id.
+func checkID(id string) error {
+	if id == "" || len(id) > ripple.MaxNameLength {
+		return fmt.Errorf("--id %q: an id must be 1 to %d bytes", id, ripple.MaxNameLength)
+	}
+	for _, r := range id {
+		if r < 0x21 || r > 0x7e {
+			return fmt.Errorf("--id %q: an id may hold only printable ASCII without spaces", id)
+		}
+	}
+	return nil
+}
+
+// unsupportedFlag restates the error for an option the transport cannot
+// honour in terms of the flag that asked for it.
+func unsupportedFlag(err error) error {
+	var ns *ripple.NotSupportedError
+	if !errors.As(err, &ns) {
+		return err
+	}
+	switch {
+	case strings.HasPrefix(ns.Option, "WithPriority"):
+		return fmt.Errorf("--priority is not supported by the %s transport; leave it out, or publish urgent events under their own type so that their handler can be given more concurrency", ns.Transport)
+	case strings.HasPrefix(ns.Option, "WithDelay"):
+		return fmt.Errorf("--delay is not supported by the %s transport; leave it out and publish when the event should be handled", ns.Transport)
+	case strings.HasPrefix(ns.Option, "WithID"):
+		return fmt.Errorf("--id is not supported by the %s transport, which does not deduplicate publishes; leave it out", ns.Transport)
+	}
+	return err
+}
+
 // warnUnmatched notes on stderr when no handler on the transport matches
 // the type, since such an event reaches nobody.
-func (c *cli) warnUnmatched(cmd *cobra.Command, bus *ripple.Bus, typ, u string) {
+func (c *cli) warnUnmatched(cmd *cobra.Command, bus *ripple.Bus, typ, shownURL string) {
 	ctx, cancel := statsContext(cmd.Context())
 	defer cancel()
 	stats, err := bus.Stats(ctx)
@@ -142,7 +191,7 @@ func (c *cli) warnUnmatched(cmd *cobra.Command, bus *ripple.Bus, typ, u string) 
 			return
 		}
 	}
-	fmt.Fprintf(c.stderr, "note: no handler on %s subscribes to %s, so no handler will receive this event (handlers get only events published after they subscribe)\n", u, typ)
+	fmt.Fprintf(c.stderr, "note: no handler on %s subscribes to %s, so no handler will receive this event (handlers get only events published after they subscribe)\n", shownURL, typ)
 }
 
 func printEvent(w io.Writer, ev ripple.Event, delay time.Duration) error {

@@ -29,7 +29,7 @@ the failed attempts (in retained history; on redis:// since the handler
 subscribed), the dead letters, and the age of the oldest waiting event.`,
 		Args: args(0, 0, "ripple stats [--url URL] [--json]"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			bus, u, err := c.open(cmd, &bf)
+			bus, shown, err := c.open(cmd, &bf)
 			if err != nil {
 				return err
 			}
@@ -44,7 +44,7 @@ subscribed), the dead letters, and the age of the oldest waiting event.`,
 				return writeJSON(c.stdout, stats)
 			}
 			if len(stats) == 0 {
-				fmt.Fprintf(c.stdout, "no handler has subscribed on %s yet\n", u)
+				fmt.Fprintf(c.stdout, "no handler has subscribed on %s yet\n", shown)
 				return nil
 			}
 			return printStats(c.stdout, stats)

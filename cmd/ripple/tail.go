@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,7 +34,10 @@ every matching event, so it takes nothing away from the application's
 handlers. When tail exits it deletes its subscription (where the transport
 can), so nothing keeps collecting events for it. With --name the
 subscription is kept instead: a later 'ripple tail --name' with the same
-name prints what arrived while it was away.`,
+name prints what arrived while it was away. The name must start with
+tail., so that tail never subscribes under the name of one of the
+application's handlers: it would take that handler's waiting events and
+change its pattern.`,
 		Example: `  ripple tail 'user.>'
   ripple tail '>' --name tail.ops --json`,
 		Args: args(1, 1, "ripple tail PATTERN, such as: ripple tail 'user.>'"),
@@ -43,13 +47,17 @@ name prints what arrived while it was away.`,
 				return err
 			}
 			if !cmd.Flags().Changed("name") {
-				name = "tail." + randomSuffix()
+				name = tailPrefix + randomSuffix()
 			}
 			if err := ripple.ValidateHandlerName(name); err != nil {
 				return err
 			}
-			bus, u, err := c.open(cmd, &bf)
+			bus, shown, err := c.open(cmd, &bf)
 			if err != nil {
+				return err
+			}
+			if err := checkTailName(cmd.Context(), bus, name, shown); err != nil {
+				c.closeBus(bus)
 				return err
 			}
 			var mu sync.Mutex
@@ -67,30 +75,55 @@ name prints what arrived while it was away.`,
 				c.closeBus(bus)
 				return err
 			}
-			fmt.Fprintf(c.stderr, "tailing %s on %s as handler %s; Ctrl-C to stop\n", pattern, u, name)
+			fmt.Fprintf(c.stderr, "tailing %s on %s as handler %s; Ctrl-C to stop\n", pattern, shown, name)
 			<-cmd.Context().Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			keep := cmd.Flags().Changed("name")
 			if !keep {
 				if err := bus.Unsubscribe(sctx, name); err != nil {
-					fmt.Fprintf(c.stderr, "ripple: could not delete subscription %s: %v\n", name, err)
+					fmt.Fprintf(c.stderr, "ripple: could not delete subscription %s: %s\n", name, errText(err))
 					keep = true
 				}
 			}
 			if err := bus.Shutdown(sctx); err != nil {
-				fmt.Fprintln(c.stderr, "ripple: closing the bus:", err)
+				fmt.Fprintln(c.stderr, "ripple: closing the bus:", errText(err))
 			}
 			if keep && bus.TransportName() != "memory" {
-				fmt.Fprintf(c.stderr, "tail stopped. Subscription %s stays on %s and keeps collecting %s events; reuse it with --name %s\n", name, u, pattern, name)
+				fmt.Fprintf(c.stderr, "tail stopped. Subscription %s stays on %s and keeps collecting %s events; reuse it with --name %s\n", name, shown, pattern, name)
 			}
 			return nil
 		},
 	}
 	bf.add(cmd)
-	cmd.Flags().StringVar(&name, "name", "", "handler name of the subscription (default tail.<random>)")
+	cmd.Flags().StringVar(&name, "name", "", "handler name of the subscription, starting with tail. (default tail.<random>)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print each event as one line of CloudEvents JSON")
 	return cmd
+}
+
+// tailPrefix starts the handler name of every subscription tail makes.
+// Any other name could be an application's handler, and subscribing under
+// it would consume that handler's waiting events and rewrite its pattern.
+const tailPrefix = "tail."
+
+// checkTailName refuses a handler name outside tail's own. When the name
+// belongs to a handler the transport knows, the error says so, since that
+// is the mistake that would lose the handler's events.
+func checkTailName(ctx context.Context, bus *ripple.Bus, name, shownURL string) error {
+	if strings.HasPrefix(name, tailPrefix) {
+		return nil
+	}
+	instead := fmt.Sprintf("use a name starting with %s, such as --name %s%s, or leave --name out for a fresh %s<random>", tailPrefix, tailPrefix, name, tailPrefix)
+	sctx, cancel := statsContext(ctx)
+	defer cancel()
+	if stats, err := bus.Stats(sctx); err == nil {
+		for _, s := range stats {
+			if s.Handler == name {
+				return fmt.Errorf("--name %s is a handler on %s (pattern %s): tailing under its name would take its waiting events away from it and change its pattern; %s", name, shownURL, s.Pattern, instead)
+			}
+		}
+	}
+	return fmt.Errorf("--name %s: tail's names start with %s so that a tail never takes the name, and the events, of an application's handler; %s", name, tailPrefix, instead)
 }
 
 func randomSuffix() string {
