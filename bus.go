@@ -215,9 +215,12 @@ func redactURL(url string) string {
 	if !ok {
 		return url
 	}
-	at := strings.LastIndex(rest, "@")
-	slash := strings.Index(rest, "/")
-	if at < 0 || (slash >= 0 && slash < at) {
+	// The password ends at the last "@" before the query. It may hold an
+	// unescaped "/", so the path cannot be told from it by the first
+	// slash; a URL without an authority (sqlite:///abs/path) has none.
+	auth, _, _ := strings.Cut(rest, "?")
+	at := strings.LastIndex(auth, "@")
+	if at < 0 || strings.HasPrefix(rest, "/") || !strings.Contains(rest[:at], ":") {
 		return url
 	}
 	userinfo := rest[:at]

@@ -60,6 +60,10 @@ func TestRedactURL(t *testing.T) {
 		"sqlite://app.db":                    "sqlite://app.db",
 		"redis://host:6379/0?prefix=a@b":     "redis://host:6379/0?prefix=a@b",
 		"redis://:onlypass@host:6379":        "redis://:xxxxx@host:6379",
+		"redis://:pa/ss@host:6379/0":         "redis://:xxxxx@host:6379/0",
+		"redis://u:p@ss@host:6379/0":         "redis://u:xxxxx@host:6379/0",
+		"sqlite:///data/a:b@c.db":            "sqlite:///data/a:b@c.db",
+		"redis://user@host:6379/0":           "redis://user@host:6379/0",
 	}
 	for in, want := range cases {
 		if got := redactURL(in); got != want {
