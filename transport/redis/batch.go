@@ -17,6 +17,9 @@ type job struct {
 	n      int         // items (messages or settlements)
 	size   int         // approximate bytes
 	err    error
+	// stored tells that Redis appended at least one of the job's direct
+	// events, so an error of the job is not one where nothing was stored.
+	stored bool
 	// done receives err when the job was queued for a background batch;
 	// do makes it then, as a job run by its caller needs none.
 	done chan error
@@ -162,6 +165,13 @@ type scriptCall struct {
 // call for all publishes and one settle script call per subscription,
 // sent together in one pipeline. Each call succeeds or fails on its own,
 // so a publish refused by a full Redis does not fail a settle sent with it.
+//
+// All the jobs of the publish script call share its error. On a full
+// Redis that is true of each of them: the script has no shebang flags, so
+// Redis checks maxmemory at its first write only, against the memory used
+// when the call began, and lets a call that started below the limit write
+// everything. A refused call has stored nothing, and a call that wrote
+// once stores all its messages.
 func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 	var calls []*scriptCall
 	find := func(sub *subscription) *scriptCall {

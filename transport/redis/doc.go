@@ -100,6 +100,12 @@
 // settle script call. A lone call runs at once on the caller's goroutine;
 // calls that arrive while two batches are in flight wait for the next
 // batch. This saves round trips and, with appendfsync always, fsyncs.
+// Each call still gets the outcome of its own events. When Redis is full
+// (maxmemory), a batch can be stored in part: the calls whose events were
+// stored return nil, and a failed call's error says whether nothing of it
+// was stored or only part (an event for several handlers is stored for all
+// of them or none, and a publish script call stores all its events or
+// none).
 //
 // Completions are acknowledged in the background, as with a broker's
 // acknowledgements: Settle queues them and returns, and within about a
@@ -155,7 +161,7 @@
 // type fields) are moved to the dead-letter stream with an explanatory
 // error instead of being retried. Entries deleted from a stream while
 // pending (by an XTRIM or XDEL from outside Ripple) are reported by
-// XAUTOCLAIM; they are dropped with a warning on slog's default logger,
+// XAUTOCLAIM; they are dropped with a warning in the log (see Logging),
 // never retried in a loop.
 //
 // If Redis loses a consumer group or the subscription registry (a restart
@@ -226,6 +232,18 @@
 // reached through one address, is. The check at Open runs once: a process
 // whose primary becomes a replica later gets Redis's READONLY error on
 // every write until the address leads to the new primary.
+//
+// # Logging
+//
+// The driver logs to transport.Config.Logger (ripple.WithLogger), or to
+// slog's default logger when there is none. go-redis's own log lines,
+// which it would write to stderr, go there too: a failed dial at Debug,
+// since the call that needed the connection reports it anyway, and any
+// other line at Warn. go-redis has one logger per process, so the first
+// Open installs one that passes each line to the logger of the most
+// recently opened driver still open (slog's default when none is). An
+// application that wants go-redis's lines elsewhere calls redis.SetLogger
+// after its first Open.
 //
 // # As
 //

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -102,10 +103,29 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 // publishErr wraps a failed publish's error, with what to do when Redis
 // is full.
 func publishErr(err error) error {
-	if goredis.HasErrorPrefix(err, "OOM") {
+	if isOOM(err) {
 		return fmt.Errorf("redis transport: publish: Redis is full (maxmemory), nothing was stored: %w; free memory (let handlers drain, shorten retention) or raise maxmemory", err)
 	}
 	return fmt.Errorf("redis transport: publish: %w", err)
+}
+
+// isOOM reports whether err is a full Redis's refusal of a write. A
+// MULTI/EXEC whose EXEC arrives once Redis is full is refused as a whole,
+// with EXECABORT naming the OOM.
+func isOOM(err error) bool {
+	return goredis.HasErrorPrefix(err, "OOM") ||
+		goredis.HasErrorPrefix(err, "EXECABORT") && strings.Contains(err.Error(), "because of: OOM")
+}
+
+// partialPublishErr wraps the error of a publish that failed after Redis
+// had stored part of it (some events, or an event for some of its
+// subscriptions), so that the caller does not take it for one that
+// stored nothing.
+func partialPublishErr(err error) error {
+	if isOOM(err) {
+		return fmt.Errorf("redis transport: publish: Redis is full (maxmemory) and refused this publish after storing part of it (some events, or an event for some of its handlers): %w; publishing it again would deliver that part twice; free memory (let handlers drain, shorten retention) or raise maxmemory", err)
+	}
+	return fmt.Errorf("redis transport: publish: failed after Redis stored part of it (some events, or an event for some of its handlers): %w", err)
 }
 
 // appendMessage appends one message's publish-script arguments: its delay,

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +50,8 @@ type Driver struct {
 	ret     transport.Retention
 	maxSize int
 	log     *slog.Logger
+	// clientLog receives go-redis's own lines (see clientLogger).
+	clientLog *slog.Logger
 
 	batch  combiner // script publishes and settlements other than completions
 	direct combiner // direct publishes
@@ -69,15 +72,20 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	if err != nil {
 		return nil, err
 	}
+	clientLog := cmp.Or(cfg.Logger, slog.Default()).With("transport", "redis")
 	d := &Driver{
-		client:  goredis.NewClient(opts),
-		opts:    opts,
-		prefix:  prefix,
-		ret:     cfg.Retention.Resolve(),
-		maxSize: cfg.MaxMessageSize,
-		log:     cmp.Or(cfg.Logger, slog.Default()).With("transport", "redis", "prefix", prefix),
-		subs:    map[*subscription]struct{}{},
+		client:    goredis.NewClient(opts),
+		opts:      opts,
+		prefix:    prefix,
+		ret:       cfg.Retention.Resolve(),
+		maxSize:   cfg.MaxMessageSize,
+		log:       clientLog.With("prefix", prefix),
+		clientLog: clientLog,
+		subs:      map[*subscription]struct{}{},
 	}
+	// Before the first dial, so that go-redis's lines about it go to the
+	// application's logger too.
+	addClientLogger(clientLog)
 	d.batch = combiner{maxActive: batchSlots, maxItems: maxBatchItems, maxBytes: maxBatchBytes, exec: d.execBatch}
 	d.direct = combiner{maxActive: batchSlots, maxItems: maxBatchItems, maxBytes: maxBatchBytes, exec: d.execDirect}
 	d.acks = newAcker(d)
@@ -87,9 +95,75 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	if err := d.check(ctx, redactURL(rawURL), allowEviction); err != nil {
 		_ = d.client.Close()
 		_ = d.noRetry.Close()
+		removeClientLogger(clientLog)
 		return nil, err
 	}
 	return d, nil
+}
+
+// go-redis writes its own log lines (a dial that failed, a connection it
+// dropped) through one logger for the whole process, to stderr unless
+// told otherwise, which bypasses the logger an application gives Ripple.
+// The first Open therefore installs clientLogger, once: installing it
+// again at every Open would undo a logger the application set for
+// go-redis itself after its first Open. Being global, it cannot tell
+// which client a line is about; it passes each line to the logger of the
+// most recently opened driver still open (slog's default when none is),
+// since applications give all their buses the same logger as a rule, so
+// the lines go where the application looks.
+var clientLogs struct {
+	once    sync.Once
+	mu      sync.Mutex
+	loggers []*slog.Logger // Driver.clientLog of each open driver, oldest first
+}
+
+// clientLogger is go-redis's logger while Ripple is in use.
+type clientLogger struct{}
+
+// Printf logs one go-redis line. A failed dial comes back to Ripple as
+// the error of the call that needed the connection, which Ripple reports
+// or returns, so it is logged at Debug: at every call during an outage a
+// higher level would repeat that error. Any other line is logged at Warn,
+// as it may be the only report of its problem.
+func (clientLogger) Printf(ctx context.Context, format string, v ...any) {
+	clientLogs.mu.Lock()
+	var l *slog.Logger
+	if n := len(clientLogs.loggers); n > 0 {
+		l = clientLogs.loggers[n-1]
+	}
+	clientLogs.mu.Unlock()
+	if l == nil {
+		l = slog.Default().With("transport", "redis")
+	}
+	level := slog.LevelWarn
+	if strings.Contains(format, "failed to dial") || strings.Contains(format, "usable connection") {
+		level = slog.LevelDebug
+	}
+	if !l.Enabled(ctx, level) {
+		return
+	}
+	l.Log(ctx, level, "redis transport: go-redis: "+strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "))
+}
+
+// addClientLogger makes l the logger of go-redis's lines, installing
+// clientLogger on first use.
+func addClientLogger(l *slog.Logger) {
+	clientLogs.once.Do(func() { goredis.SetLogger(clientLogger{}) })
+	clientLogs.mu.Lock()
+	clientLogs.loggers = append(clientLogs.loggers, l)
+	clientLogs.mu.Unlock()
+}
+
+// removeClientLogger undoes addClientLogger(l) for a driver that closed.
+func removeClientLogger(l *slog.Logger) {
+	clientLogs.mu.Lock()
+	defer clientLogs.mu.Unlock()
+	for i := len(clientLogs.loggers) - 1; i >= 0; i-- {
+		if clientLogs.loggers[i] == l {
+			clientLogs.loggers = slices.Delete(clientLogs.loggers, i, i+1)
+			return
+		}
+	}
 }
 
 // parseURL splits Ripple's own query parameters off the URL and hands the
@@ -172,20 +246,20 @@ func redactURL(raw string) string {
 func (d *Driver) check(ctx context.Context, shown string, allowEviction bool) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	info, err := d.client.Info(cctx, "server", "memory", "replication", "cluster").Result()
-	if err != nil {
-		return d.connectErr(shown, err)
-	}
 	fields := map[string]string{}
-	for line := range strings.SplitSeq(info, "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
-			fields[k] = v
-		}
+	// The server section comes alone: Redis 6 takes one section per INFO
+	// and answers a syntax error to several, which would hide the version
+	// message below.
+	if err := d.info(cctx, fields, "server"); err != nil {
+		return d.connectErr(shown, err)
 	}
 	version := fields["redis_version"]
 	major, _, _ := strings.Cut(version, ".")
 	if n, err := strconv.Atoi(major); err != nil || n < minVersion {
 		return fmt.Errorf("redis transport: the server at %s is Redis %q; Ripple needs Redis %d or newer (for XAUTOCLAIM and stream lag), so upgrade the server", d.opts.Addr, version, minVersion)
+	}
+	if err := d.info(cctx, fields, "memory", "replication", "cluster"); err != nil {
+		return d.connectErr(shown, err)
 	}
 	if fields["role"] == "slave" {
 		// A read-only replica fails every write; a writable one keeps
@@ -200,6 +274,20 @@ func (d *Driver) check(ctx context.Context, shown string, allowEviction bool) er
 	}
 	if err := d.loadScripts(cctx); err != nil {
 		return fmt.Errorf("redis transport: loading Lua scripts on %s: %w", d.opts.Addr, err)
+	}
+	return nil
+}
+
+// info adds the fields of INFO's sections to fields.
+func (d *Driver) info(ctx context.Context, fields map[string]string, sections ...string) error {
+	info, err := d.client.Info(ctx, sections...).Result()
+	if err != nil {
+		return err
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			fields[k] = v
+		}
 	}
 	return nil
 }
@@ -287,7 +375,9 @@ func (d *Driver) Close() error {
 	if err := d.acks.flush(ctx); err != nil {
 		flushErr = fmt.Errorf("redis transport: close: completions could not be acknowledged, so those events will be delivered again: %w", err)
 	}
-	return errors.Join(flushErr, d.client.Close(), d.noRetry.Close())
+	err := errors.Join(flushErr, d.client.Close(), d.noRetry.Close())
+	removeClientLogger(d.clientLog)
+	return err
 }
 
 func (d *Driver) isClosed() bool {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -166,57 +165,84 @@ func (d *Driver) loadRoutes(ctx context.Context) (*routeTable, error) {
 // execDirect runs a batch of direct publishes: one pipeline for all of
 // their events (MULTI/EXEC when an event goes to several streams, so it
 // reaches all of them or none).
+//
+// Each job gets the outcome of its own commands. Outside MULTI, Redis runs
+// each XADD on its own, and a full Redis (maxmemory) refuses some of a
+// batch's XADDs while others, sent just before, were stored: a caller
+// told that its stored event failed would publish it again, and its
+// handlers would get it twice.
 func (d *Driver) execDirect(ctx context.Context, batch []*job) {
-	msgs := batch[0].direct
-	if len(batch) > 1 {
-		msgs = nil
-		for _, j := range batch {
-			msgs = append(msgs, j.direct...)
-		}
-	}
-	err := d.publishDirect(ctx, msgs)
-	if err != nil {
-		err = publishErr(err)
-	}
+	err := d.publishDirect(ctx, batch)
 	for _, j := range batch {
-		j.err = err
+		if j.err == nil {
+			j.err = err
+		}
+		if j.err != nil && j.stored {
+			j.err = partialPublishErr(j.err)
+		} else if j.err != nil {
+			j.err = publishErr(j.err)
+		}
 	}
 }
 
-func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
+// publishDirect sends the events of batch's jobs. A job one of whose
+// commands Redis refused gets that error in its err, and stored tells
+// whether Redis appended any of its events before or besides; such a job
+// is out of the later rounds, whose XADDs would store more of an event
+// reported as failed. The error returned is for every other job.
+func (d *Driver) publishDirect(ctx context.Context, batch []*job) error {
 	rt, err := d.routeTable(ctx)
 	if err != nil {
 		return err
 	}
+	n := 0
+	for _, j := range batch {
+		n += len(j.direct)
+	}
 	// sent[i] lists the subscriptions event i was appended to, once the
-	// first round found the registry changed (nil until then).
+	// first round found the registry changed (nil until then). Events are
+	// numbered across the batch, job after job.
 	var sent []map[string]bool
 	// missing names streams a round found deleted although registered.
 	var missing map[string]bool
 	for round := 0; ; round++ {
 		multi := false
+		// An add is one XADD: the subscription, the event's number and
+		// its job's index in batch. It stays at 32 bytes, which lets the
+		// compiler keep a lone event's adds on the stack: a pointer to the
+		// job would cost an allocation per publish.
 		type add struct {
-			name string
-			msg  int
-			cmd  *goredis.Cmd
+			name    string
+			msg, jb int32
+			cmd     *goredis.Cmd
 		}
-		adds := make([]add, 0, len(msgs))
-		names := make([][]route, 0, len(msgs))
-		for i, m := range msgs {
-			r := rt.match(m.typ)
-			if sent != nil {
-				var todo []route
-				for _, n := range r {
-					if !sent[i][n.name] {
-						todo = append(todo, n)
-					}
+		adds := make([]add, 0, n)
+		names := make([][]route, 0, n)
+		for _, j := range batch {
+			for _, m := range j.direct {
+				i := len(names)
+				var r []route
+				if j.err == nil {
+					r = rt.match(m.typ)
 				}
-				r = todo
+				if sent != nil {
+					var todo []route
+					for _, to := range r {
+						if !sent[i][to.name] {
+							todo = append(todo, to)
+						}
+					}
+					r = todo
+				}
+				names = append(names, r)
+				if len(r) > 1 {
+					multi = true
+				}
 			}
-			names = append(names, r)
-			if len(r) > 1 {
-				multi = true
-			}
+		}
+		var creates map[string]*goredis.StatusCmd
+		if len(missing) > 0 {
+			creates = make(map[string]*goredis.StatusCmd, len(missing))
 		}
 		var ver *goredis.StringCmd
 		build := func(pipe goredis.Pipeliner) error {
@@ -225,24 +251,29 @@ func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
 				// Registered, but its stream is gone (deleted by hand):
 				// make it again, group included, rather than drop the
 				// event.
-				pipe.XGroupCreateMkStream(ctx, d.streamKey(name), name, "0")
+				creates[name] = pipe.XGroupCreateMkStream(ctx, d.streamKey(name), name, "0")
 			}
-			for i, r := range names {
-				for k, to := range r {
-					args := msgs[i].args
-					if k > 0 {
-						// A command keeps its arguments until the pipeline
-						// runs, so each stream needs its own copy.
-						args = slices.Clone(args)
+			i := 0
+			for jb, j := range batch {
+				for _, m := range j.direct {
+					for k, to := range names[i] {
+						args := m.args
+						if k > 0 {
+							// A command keeps its arguments until the
+							// pipeline runs, so each stream needs its own
+							// copy.
+							args = slices.Clone(args)
+						}
+						args[1] = to.stream
+						adds = append(adds, add{name: to.name, msg: int32(i), jb: int32(jb), cmd: pipe.Do(ctx, args...)})
 					}
-					args[1] = to.stream
-					adds = append(adds, add{name: to.name, msg: i, cmd: pipe.Do(ctx, args...)})
+					i++
 				}
 			}
 			ver = pipe.Get(ctx, d.subsVersionKey())
 			return nil
 		}
-		err := d.retryDial(ctx, func() error {
+		_ = d.retryDial(ctx, func() error {
 			var err error
 			if multi {
 				_, err = d.noRetry.TxPipelined(ctx, build)
@@ -250,25 +281,64 @@ func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
 				_, err = d.noRetry.Pipelined(ctx, build)
 			}
 			return err
-		})
-		if err != nil && !errors.Is(err, goredis.Nil) && !strings.Contains(err.Error(), "BUSYGROUP") {
+		}) // go-redis sets every command's error; each is read below
+
+		// Redis discards a whole MULTI/EXEC when it refuses a command
+		// while queueing it (a full Redis refuses them all), and every
+		// other command then reports only EXECABORT; cause finds the
+		// refusal that explains it.
+		cause := func(err error) error {
+			if !multi || !goredis.HasErrorPrefix(err, "EXECABORT") {
+				return err
+			}
+			for _, c := range creates {
+				if e := c.Err(); e != nil && !goredis.HasErrorPrefix(e, "EXECABORT") && !goredis.HasErrorPrefix(e, "BUSYGROUP") {
+					return e
+				}
+			}
+			for _, a := range adds {
+				if e := a.cmd.Err(); e != nil && !errors.Is(e, goredis.Nil) && !goredis.HasErrorPrefix(e, "EXECABORT") {
+					return e
+				}
+			}
+			if e := ver.Err(); e != nil && !errors.Is(e, goredis.Nil) && !goredis.HasErrorPrefix(e, "EXECABORT") {
+				return e
+			}
 			return err
 		}
-		if err := ver.Err(); err != nil && !errors.Is(err, goredis.Nil) {
-			return err
+		for _, a := range adds {
+			err := a.cmd.Err()
+			if errors.Is(err, goredis.Nil) {
+				// No stream. If this round was to make it again and
+				// could not, the event cannot be stored there.
+				if c := creates[a.name]; c != nil && c.Err() != nil && !goredis.HasErrorPrefix(c.Err(), "BUSYGROUP") {
+					err = c.Err()
+				} else {
+					continue
+				}
+			}
+			if j := batch[a.jb]; err == nil {
+				j.stored = true
+			} else if j.err == nil {
+				j.err = cause(err)
+			}
 		}
 		missing = nil
 		for _, a := range adds {
-			if errors.Is(a.cmd.Err(), goredis.Nil) {
-				// No stream: unsubscribed meanwhile, or deleted by hand.
-				// The reloaded registry tells which.
+			if batch[a.jb].err == nil && errors.Is(a.cmd.Err(), goredis.Nil) {
+				// Unsubscribed meanwhile, or deleted by hand: the reloaded
+				// registry tells which.
 				if missing == nil {
 					missing = map[string]bool{}
 				}
 				missing[a.name] = true
-			} else if a.cmd.Err() != nil {
-				return a.cmd.Err()
 			}
+		}
+		if !slices.ContainsFunc(batch, func(j *job) bool { return j.err == nil }) {
+			return nil
+		}
+		if err := ver.Err(); err != nil && !errors.Is(err, goredis.Nil) {
+			return cause(err)
 		}
 		if ver.Val() == rt.version && missing == nil {
 			return nil
@@ -277,13 +347,13 @@ func (d *Driver) publishDirect(ctx context.Context, msgs []directMsg) error {
 			return fmt.Errorf("the subscription registry kept changing while publishing; retry the publish")
 		}
 		if sent == nil {
-			sent = make([]map[string]bool, len(msgs))
+			sent = make([]map[string]bool, n)
 			for i := range sent {
 				sent[i] = map[string]bool{}
 			}
 		}
 		for _, a := range adds {
-			if !missing[a.name] {
+			if batch[a.jb].err == nil && a.cmd.Err() == nil {
 				sent[a.msg][a.name] = true
 			}
 		}
