@@ -403,23 +403,29 @@ func (r *runner) handle(d *transport.Delivery) {
 	ev.Attempt = d.Attempt
 	ev.Handler = r.name
 
-	if d.Attempt > r.cfg.maxAttempts {
-		// Earlier deliveries used up the budget without a result: their
-		// processes crashed or hung until the lease ran out. Running the
-		// event again could crash this process too, so it is
-		// dead-lettered instead.
-		err := fmt.Errorf("attempts used up: %d earlier deliveries ended without a result (the process handling each crashed, hung or lost its lease), so it was not run again", d.Attempt-1)
-		r.finish(d, ev, err, true, 0)
-		r.free()
-		return
-	}
-
+	// An idempotent handler's claim comes first: an event whose last
+	// attempt succeeded but was never acknowledged is done, whatever its
+	// attempt count.
 	if r.claimer != nil {
 		if s, skip := r.claim(ev); skip {
 			r.settle(d, s)
 			r.free()
 			return
 		}
+	}
+
+	if d.Attempt > r.cfg.maxAttempts {
+		// Earlier deliveries used up the budget without a result: their
+		// processes crashed or hung until the lease ran out. Running the
+		// event again could crash this process too, so it is
+		// dead-lettered instead.
+		if r.claimer != nil {
+			r.finishClaim(ev, false)
+		}
+		err := fmt.Errorf("attempts used up: %d earlier deliveries ended without a result (the process handling each crashed, hung or lost its lease), so it was not run again", d.Attempt-1)
+		r.finish(d, ev, err, true, 0)
+		r.free()
+		return
 	}
 
 	f.start = time.Now()
@@ -443,10 +449,13 @@ func (r *runner) handle(d *transport.Delivery) {
 	f.ctx.cancel(context.Canceled) // ends contexts the handler derived
 	if !f.state.CompareAndSwap(0, 1) {
 		// Abandoned: the attempt was settled as failed, and its claim is
-		// still held (see claimTTL). The late outcome is recorded, so
-		// that the retry waiting on the claim finds the event done, or
-		// may run it at once.
-		if r.claimer != nil {
+		// still held (see claimTTL). A late success is recorded, so that
+		// the retry waiting on the claim finds the event done. A late
+		// failure gives the claim up so that the retry may run at once,
+		// but only well before the claim expires: after that another
+		// attempt may hold it, and giving it up would let a third run
+		// beside that one.
+		if r.claimer != nil && (err == nil || time.Since(f.start)+claimMargin < r.claimTTL()) {
 			r.finishClaim(ev, err == nil)
 		}
 		return
@@ -478,6 +487,11 @@ func (r *runner) claim(ev *Event) (s transport.Settlement, skip bool) {
 	}
 	return s, false
 }
+
+// claimMargin is how long before its claim expires an abandoned attempt
+// stops giving the claim up on a late failure: more than the time a
+// Finish call takes to reach the transport.
+const claimMargin = 2 * time.Second
 
 // claimTTL is how long an idempotency claim holds before another attempt
 // may take it. It outlasts the attempt's abandonment (timeout, grace and
