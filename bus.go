@@ -215,12 +215,16 @@ func redactURL(url string) string {
 	if !ok {
 		return url
 	}
-	// The password ends at the last "@" before the query. It may hold an
-	// unescaped "/", so the path cannot be told from it by the first
-	// slash; a URL without an authority (sqlite:///abs/path) has none.
-	auth, _, _ := strings.Cut(rest, "?")
-	at := strings.LastIndex(auth, "@")
-	if at < 0 || strings.HasPrefix(rest, "/") || !strings.Contains(rest[:at], ":") {
+	// A file path carries no credentials, whatever its characters.
+	if scheme == "sqlite" || strings.HasPrefix(rest, "/") {
+		return url
+	}
+	// A password may hold an unescaped "/", "?" or "@", so the host cannot
+	// be told from it by those: everything between the first ":" and the
+	// last "@" is hidden. That hides too much of a URL whose query holds
+	// an "@", which is better than too little.
+	at := strings.LastIndex(rest, "@")
+	if at < 0 || !strings.Contains(rest[:at], ":") {
 		return url
 	}
 	userinfo := rest[:at]
