@@ -142,7 +142,11 @@
 // and the next Receive calls hand out the surplus without a round trip.
 // Entries read ahead are leased to that receiver, so Stats counts them as
 // active. They go back to the stream, without using an attempt, when the
-// receiver closes or when they have waited a quarter of their lease. A
+// receiver closes or when they have waited a quarter of their lease
+// (checked at every Receive, and at every lease renewal of the handlers
+// that keep the receiver too busy to call Receive). Events a process had
+// read ahead when it crashed come back with an attempt counted although no
+// handler ran them, so a handler with MaxAttempts(1) never reads ahead. A
 // receiver whose handlers are slow calls Receive less often and reads only
 // what it asks for. After a read that woke quickly for a partial batch,
 // the next read waits 200µs, so that under load one read carries many

@@ -72,6 +72,7 @@ type subscription struct {
 	completes      int64                 // completions since the last trim
 	lingerUntil    time.Time             // see receiveLinger
 	buf            []*transport.Delivery // read ahead, see maxRead
+	readAhead      bool                  // whether to read ahead at all
 	bufAt          time.Time             // when buf was read
 	fullAt         time.Time             // when a Receive last returned all it was asked for
 	view           registryView          // the registry's entry for this subscription
@@ -137,8 +138,13 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		consumer: consumerName(),
 		stream:   d.streamKey(spec.Name),
 		reclaim:  min(max(lease/4, 5*time.Millisecond), maxBlock),
-		blk:      make(chan *blockConn, idleBlockClients),
-		lastTrim: time.Now(),
+		// An entry read ahead by a process that then crashes is
+		// delivered again with an attempt counted although no handler
+		// ran it; with one attempt in all it would be dead-lettered
+		// without ever running.
+		readAhead: spec.MaxAttempts != 1,
+		blk:       make(chan *blockConn, idleBlockClients),
+		lastTrim:  time.Now(),
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -189,7 +195,7 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 		s.mu.Lock()
 		wait := time.Until(s.nextPoll)
 		count := limit
-		if time.Since(s.fullAt) < busyWithin {
+		if s.readAhead && time.Since(s.fullAt) < busyWithin {
 			count = min(max(2*limit, minRead), maxRead) // read ahead
 		}
 		s.mu.Unlock()
@@ -263,16 +269,13 @@ func (s *subscription) keep(ds []*transport.Delivery, limit int) []*transport.De
 // lease only from the moment it has the delivery, so one handed out that
 // late could be reclaimed by another receiver while its handler runs.
 func (s *subscription) buffered(ctx context.Context, limit int) []*transport.Delivery {
+	if stale := s.takeStale(); len(stale) > 0 {
+		s.release(ctx, stale)
+		return nil
+	}
 	s.mu.Lock()
 	if len(s.buf) == 0 {
 		s.mu.Unlock()
-		return nil
-	}
-	if time.Since(s.bufAt) > s.lease/4 {
-		stale := s.buf
-		s.buf = nil
-		s.mu.Unlock()
-		s.release(ctx, stale)
 		return nil
 	}
 	n := min(limit, len(s.buf))
@@ -283,6 +286,21 @@ func (s *subscription) buffered(ctx context.Context, limit int) []*transport.Del
 	}
 	s.mu.Unlock()
 	return ds
+}
+
+// takeStale takes the read-ahead deliveries out of the buffer when they
+// have waited there past a quarter of their lease. Nothing renews their
+// leases: left longer, another receiver would reclaim them, counting an
+// attempt for events no handler ran.
+func (s *subscription) takeStale() []*transport.Delivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.buf) == 0 || time.Since(s.bufAt) <= s.lease/4 {
+		return nil
+	}
+	stale := s.buf
+	s.buf = nil
+	return stale
 }
 
 // release hands read-ahead deliveries back without counting an attempt.
@@ -788,6 +806,12 @@ func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, _ t
 	}
 	if err := extendScript.Run(ctx, s.d.client, nil, args...).Err(); err != nil {
 		return fmt.Errorf("redis transport: extend leases of %q: %w", s.name, err)
+	}
+	// The core renews its deliveries while their handlers run, which is
+	// when no Receive comes to hand back entries read ahead and left
+	// waiting (see buffered): this hands them back instead.
+	if stale := s.takeStale(); len(stale) > 0 {
+		s.release(ctx, stale)
 	}
 	return nil
 }
