@@ -414,11 +414,13 @@ func (r *runner) handle(d *transport.Delivery) {
 		}
 	}
 
-	if d.Attempt > r.cfg.maxAttempts {
-		// Earlier deliveries used up the budget without a result: their
-		// processes crashed or hung until the lease ran out. Running the
-		// event again could crash this process too, so it is
-		// dead-lettered instead.
+	if d.Attempt > r.cfg.maxAttempts+1 {
+		// Earlier deliveries used up the budget, and one delivery more,
+		// without a result: their processes crashed or hung until the
+		// lease ran out. The one more is so that a single crash never
+		// costs an event its run, even with MaxAttempts(1); past it,
+		// running the event again could crash this process too, so it
+		// is dead-lettered instead.
 		if r.claimer != nil {
 			r.finishClaim(ev, false)
 		}

@@ -419,10 +419,12 @@ func RateLimit(n int, per time.Duration) HandlerOption {
 }
 
 // MaxAttempts sets how many times an event is tried before it moves to
-// the dead-letter queue. Default: 5. MaxAttempts(1) never retries. A
-// delivery whose lease ran out without a result (its process crashed or
-// hung) counts as an attempt, so an event that kills its process every
-// time is dead-lettered once its attempts are used up.
+// the dead-letter queue. Default: 5. MaxAttempts(1) never retries a
+// failure. A delivery whose lease ran out without a result (its process
+// crashed or hung) counts as an attempt, with one delivery more allowed,
+// so that one crash never costs an event its run: an event that kills
+// its process every time is dead-lettered, without running again, after
+// n+1 such deliveries.
 func MaxAttempts(n int) HandlerOption {
 	return func(c *handlerConfig) error {
 		if n < 1 {

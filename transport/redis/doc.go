@@ -146,7 +146,7 @@
 // (checked at every Receive, and at every lease renewal of the handlers
 // that keep the receiver too busy to call Receive). Events a process had
 // read ahead when it crashed come back with an attempt counted although no
-// handler ran them, so a handler with MaxAttempts(1) never reads ahead. A
+// handler ran them, as events in flight do. A
 // receiver whose handlers are slow calls Receive less often and reads only
 // what it asks for. After a read that woke quickly for a partial batch,
 // the next read waits 200µs, so that under load one read carries many

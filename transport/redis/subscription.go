@@ -72,7 +72,6 @@ type subscription struct {
 	completes      int64                 // completions since the last trim
 	lingerUntil    time.Time             // see receiveLinger
 	buf            []*transport.Delivery // read ahead, see maxRead
-	readAhead      bool                  // whether to read ahead at all
 	bufAt          time.Time             // when buf was read
 	fullAt         time.Time             // when a Receive last returned all it was asked for
 	view           registryView          // the registry's entry for this subscription
@@ -138,13 +137,8 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		consumer: consumerName(),
 		stream:   d.streamKey(spec.Name),
 		reclaim:  min(max(lease/4, 5*time.Millisecond), maxBlock),
-		// An entry read ahead by a process that then crashes is
-		// delivered again with an attempt counted although no handler
-		// ran it; with one attempt in all it would be dead-lettered
-		// without ever running.
-		readAhead: spec.MaxAttempts != 1,
-		blk:       make(chan *blockConn, idleBlockClients),
-		lastTrim:  time.Now(),
+		blk:      make(chan *blockConn, idleBlockClients),
+		lastTrim: time.Now(),
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -195,7 +189,7 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 		s.mu.Lock()
 		wait := time.Until(s.nextPoll)
 		count := limit
-		if s.readAhead && time.Since(s.fullAt) < busyWithin {
+		if time.Since(s.fullAt) < busyWithin {
 			count = min(max(2*limit, minRead), maxRead) // read ahead
 		}
 		s.mu.Unlock()

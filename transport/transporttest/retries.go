@@ -433,9 +433,9 @@ func testRateLimit(t *testing.T, s *suite) {
 
 // testCrashedAttempts: deliveries that ended without a result (leased,
 // never settled, as when the process handling them crashed) count toward
-// MaxAttempts. Once they have used it up the event is dead-lettered
-// without running the handler again, so an event that kills its process
-// every time does not loop forever.
+// MaxAttempts, with one delivery more. Once they have used that up the
+// event is dead-lettered without running the handler again, so an event
+// that kills its process every time does not loop forever.
 func testCrashedAttempts(t *testing.T, s *suite) {
 	bus := s.open(t, s.h.NewURL(t))
 	const typ, name, maxAttempts = "conformance.crash.poison", "poison.handler", 3
@@ -447,7 +447,7 @@ func testCrashedAttempts(t *testing.T, s *suite) {
 	}
 	defer crashed.Close()
 	pub := publish(t, bus, typ, map[string]int{})
-	for i := 1; i <= maxAttempts; i++ {
+	for i := 1; i <= maxAttempts+1; i++ {
 		ctx, cancel := context.WithTimeout(bg, waitBound)
 		ds, err := crashed.Receive(ctx, 1)
 		cancel()
@@ -473,7 +473,7 @@ func testCrashedAttempts(t *testing.T, s *suite) {
 		})
 	}
 	if n := len(rec.of(pub.ID)); n != 0 {
-		t.Fatalf("handler ran %d times for an event whose %d attempts had all been used up by crashed deliveries, want 0", n, maxAttempts)
+		t.Fatalf("handler ran %d times for an event whose %d attempts, and one delivery more, had all been used up by crashed deliveries, want 0", n, maxAttempts)
 	}
 	if s.dlq {
 		dead := waitDead(t, bus, name, 1)
@@ -481,4 +481,30 @@ func testCrashedAttempts(t *testing.T, s *suite) {
 			t.Errorf("dead letter %s with error %q; want %s, with an error saying its attempts were used up", dead[0].Event.ID, dead[0].Error, pub.ID)
 		}
 	}
+}
+
+// testCrashedOnce: one delivery that ended without a result never costs
+// an event its run, even with MaxAttempts(1): a worker killed mid-handler
+// is followed by a run of the event.
+func testCrashedOnce(t *testing.T, s *suite) {
+	bus := s.open(t, s.h.NewURL(t))
+	const typ, name = "conformance.crash.once", "once.handler"
+	const lease = 300 * time.Millisecond
+	crashed, err := s.driver(t, bus).Subscribe(bg, transport.SubscriptionSpec{Name: name, Pattern: typ, Lease: lease, MaxAttempts: 1})
+	if err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	defer crashed.Close()
+	pub := publish(t, bus, typ, map[string]int{})
+	ctx, cancel := context.WithTimeout(bg, waitBound)
+	ds, err := crashed.Receive(ctx, 1)
+	cancel()
+	if err != nil || len(ds) != 1 || ds[0].ID != pub.ID {
+		t.Fatalf("crashed delivery: %d deliveries, %v; want event %s", len(ds), err, pub.ID)
+	}
+	// Never settled: the process handling it died.
+	var rec recorder
+	on(t, bus, typ, name, rec.handler("", nil), ripple.MaxAttempts(1), ripple.Lease(lease))
+	start(t, bus)
+	rec.waitSucceeded(t, "the event of a crashed delivery to run, with MaxAttempts(1)", pub.ID)
 }

@@ -131,6 +131,7 @@ var cases = []testCase{
 	{"DeadLetters", testDeadLetters},
 	{"RetryAfter", testRetryAfter},
 	{"CrashedAttempts", testCrashedAttempts},
+	{"CrashedOnce", testCrashedOnce},
 	// 5. Delay, priority, concurrency, rate limit.
 	{"Delay", testDelay},
 	{"Priority", testPriority},
