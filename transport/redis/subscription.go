@@ -509,23 +509,25 @@ func (s *subscription) registryView(ctx context.Context, version string) (regist
 }
 
 // block waits for new entries with XREADGROUP BLOCK on a dedicated
-// connection. Cancelling ctx closes that connection, so the wait ends at
-// once rather than at the block timeout.
+// connection. Cancelling ctx ends the wait at once with CLIENT UNBLOCK
+// rather than at the block timeout; entries a cancelled read brings are
+// handed back.
 func (s *subscription) block(ctx context.Context, limit int, wait time.Duration) ([]*transport.Delivery, error) {
 	bc := s.blockClient()
-	var closed atomic.Bool
 	unblocked := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		defer close(unblocked)
 		// CLIENT UNBLOCK, sent on another connection, ends the wait and
-		// leaves the blocked connection usable. Closing the connection,
-		// the fallback, ends it too.
-		uctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		if id := bc.id.Load(); id == 0 || s.d.client.ClientUnblock(uctx, id).Val() != 1 {
-			// No id, an error, or the read not blocked yet.
-			closed.Store(true)
-			_ = bc.c.Close()
+		// leaves the blocked connection usable. When it finds no read
+		// blocked (the read was answered already, or not yet sent), or
+		// the connection's id is unknown, the read is left to end by
+		// itself, within its block time (at most maxBlock): closing the
+		// connection instead would lose a reply that leased entries,
+		// stranding them until their lease ran out.
+		if id := bc.id.Load(); id != 0 {
+			uctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = s.d.client.ClientUnblock(uctx, id).Err()
 		}
 	})
 	// Do rather than XReadGroup: the reply is read as flat lists, without
@@ -543,14 +545,10 @@ func (s *subscription) block(ctx context.Context, limit int, wait time.Duration)
 	res, err := read.Result()
 	if !stop() {
 		// Cancelled. The connection goes back to the pool only once the
-		// unblocking is over, and only if it was not closed: otherwise a
-		// later read could use a closed client, or be the one unblocked.
-		// Entries read in that instant go back at once (when the
-		// connection was closed instead, they return after their lease).
+		// unblocking is over, so that a later read is never the one
+		// unblocked. Entries read in that instant go back at once.
 		<-unblocked
-		if !closed.Load() {
-			s.putBlockClient(bc)
-		}
+		s.putBlockClient(bc)
 		if err == nil {
 			if ds := s.deliveries(ctx, readGroupEntries(res), version.Val()); len(ds) > 0 {
 				rctx, cancel := context.WithTimeout(context.Background(), time.Second)
