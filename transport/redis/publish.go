@@ -203,7 +203,10 @@ func parseEntry(fields []any) (m transport.Message, attempts int, first int64, o
 		case fieldData:
 			m.Data = []byte(v)
 		case fieldAttempts:
+			// Only Ripple writes it, never below 0; an entry written by
+			// hand with less would run forever short of MaxAttempts.
 			attempts, _ = strconv.Atoi(v)
+			attempts = max(attempts, 0)
 		case fieldFirst:
 			first, _ = strconv.ParseInt(v, 10, 64)
 		default:

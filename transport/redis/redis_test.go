@@ -665,6 +665,23 @@ func TestForeignEntriesAreDeadLettered(t *testing.T) {
 	}
 }
 
+// TestNegativeAttemptsFieldIsClamped writes by hand an entry whose
+// attempts field is below 0: its first delivery must still be attempt 1,
+// or it would run forever short of MaxAttempts.
+func TestNegativeAttemptsFieldIsClamped(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	s := subscribe(t, d, "h", "a.b", time.Minute)
+	err := rawClient(t, d).XAdd(context.Background(), &goredis.XAddArgs{Stream: d.streamKey("h"),
+		Values: []any{"id", "hand-1", "type", "a.b", "time", time.Now().UTC().Format(time.RFC3339Nano), "a", "-99", "data", "{}"}}).Err()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, s, 1, 2*time.Second); got[0].ID != "hand-1" || got[0].Attempt != 1 {
+		t.Fatalf("got %s at attempt %d, want hand-1 at attempt 1", got[0].ID, got[0].Attempt)
+	}
+}
+
 func TestEntriesTrimmedWhilePendingAreNotLoopedOn(t *testing.T) {
 	t.Parallel()
 	d := openTest(t)
