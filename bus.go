@@ -337,6 +337,10 @@ func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []Pu
 	if ev.CorrelationID == "" {
 		ev.CorrelationID = ev.ID
 	}
+	if n := ev.size(); n > b.cfg.maxEventSize {
+		return Event{Type: eventType}, fmt.Errorf("ripple: %w: %s event is %d bytes with its headers and attributes (payload %d), over the %d-byte limit; keep headers small and publish a reference to large data, or raise MaxEventSize",
+			ErrTooLarge, eventType, n, len(ev.Data), b.cfg.maxEventSize)
+	}
 	msg := ev.toMessage(delay)
 	msg.IDGenerated = generated
 	if err := b.driver.Publish(ctx, []*transport.Message{msg}); err != nil {

@@ -134,6 +134,17 @@ func newID() string {
 }
 
 // toMessage converts an event to the transport's representation.
+// size is the event's size for MaxEventSize: its payload and every
+// string it carries besides.
+func (e *Event) size() int {
+	n := len(e.Data) + len(e.ID) + len(e.Type) + len(e.Source) + len(e.DataContentType) +
+		len(e.CorrelationID) + len(e.CausationID) + len(e.TraceParent) + len(e.Key)
+	for k, v := range e.Headers {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
 func (e *Event) toMessage(delay time.Duration) *transport.Message {
 	attrs := make(map[string]string, 6+len(e.Headers))
 	for k, v := range e.Headers {

@@ -67,7 +67,8 @@ func DefaultSource(source string) Option {
 	}
 }
 
-// MaxEventSize sets the largest payload Publish accepts, in bytes.
+// MaxEventSize sets the largest event Publish accepts, in bytes: its
+// payload and its id, type, key, attributes and headers together.
 // Default: 1 MiB, which every transport can carry.
 func MaxEventSize(n int) Option {
 	return func(c *busConfig) error {

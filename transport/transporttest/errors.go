@@ -86,8 +86,12 @@ func testInvalidInput(t *testing.T, s *suite) {
 	if _, err := bus.Publish(bg, typ, make([]byte, 1025)); !errors.Is(err, ripple.ErrTooLarge) {
 		t.Errorf("Publish(1025 bytes) with MaxEventSize(1024): %v, want ErrTooLarge", err)
 	}
-	if _, err := bus.Publish(bg, typ, make([]byte, 1024)); err != nil {
-		t.Errorf("Publish(1024 bytes) with MaxEventSize(1024): %v, want success", err)
+	if _, err := bus.Publish(bg, typ, make([]byte, 512)); err != nil {
+		t.Errorf("Publish(512 bytes) with MaxEventSize(1024): %v, want success", err)
+	}
+	// The limit covers the whole event, headers included.
+	if _, err := bus.Publish(bg, typ, 1, ripple.WithHeader("note", strings.Repeat("x", 2048))); !errors.Is(err, ripple.ErrTooLarge) {
+		t.Errorf("Publish with a 2 KiB header and MaxEventSize(1024): %v, want ErrTooLarge", err)
 	}
 	if _, err := bus.Publish(bg, typ, 1, ripple.WithDelay(-time.Second)); !errors.Is(err, ripple.ErrInvalidOption) {
 		t.Errorf("Publish WithDelay(-1s): %v, want ErrInvalidOption", err)
