@@ -472,7 +472,10 @@ func Timeout(d time.Duration) HandlerOption {
 // A claim is held for twice the time after which an attempt that ignores
 // its cancelled ctx is abandoned (Timeout plus 2 s); until then a retry
 // waits for it, and the abandoned attempt's late outcome still counts: a
-// success completes the event, a failure lets the retry run at once.
+// success completes the event, a failure lets the retry run at once. A
+// completed claim is kept for the dedup window (DedupWindow, 24 h by
+// default), like publish dedup: an id delivered again after that, such as
+// one published again, runs again.
 func Idempotent() HandlerOption {
 	return func(c *handlerConfig) error {
 		c.idempotent = true
