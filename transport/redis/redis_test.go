@@ -1196,3 +1196,21 @@ func TestStatsWithUnknownLag(t *testing.T) {
 		t.Errorf("stats took %v with 50,000 events waiting and %v with 1,000: it reads the backlog", big, small)
 	}
 }
+
+// TestClosedReceiverLeavesNoLeaseEntry closes every receiver of a handler:
+// none leaves its lease entry behind, as no live receiver would be left to
+// clear a stale one.
+func TestClosedReceiverLeavesNoLeaseEntry(t *testing.T) {
+	t.Parallel()
+	d := openTest(t)
+	for range 3 {
+		s := subscribe(t, d, "h", "a.b", time.Minute)
+		receiveNone(t, s, 50*time.Millisecond)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := rawClient(t, d).HLen(context.Background(), d.leasesKey("h")).Val(); n != 0 {
+		t.Errorf("%d lease entries left after every receiver closed, want 0", n)
+	}
+}

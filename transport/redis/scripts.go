@@ -579,13 +579,15 @@ redis.call('SET', ARGV[1], string.format('%.0f', nt), 'PX', math.floor((nt - now
 return math.floor(wait)
 `)
 
-// leaveScript deletes a consumer that holds no pending entries, so closed
-// receivers do not accumulate in the group. ARGV: prefix, name, consumer.
+// leaveScript deletes a consumer that holds no pending entries, and its
+// lease entry (see luaLeases), so closed receivers do not accumulate.
+// ARGV: prefix, name, consumer.
 var leaveScript = newScript(`
 local s = ARGV[1] .. ':s:' .. ARGV[2]
 local pe = redis.pcall('XPENDING', s, ARGV[2], '-', '+', 1, ARGV[3])
 if type(pe) == 'table' and not pe.err and not pe[1] then
   redis.pcall('XGROUP', 'DELCONSUMER', s, ARGV[2], ARGV[3])
+  redis.pcall('HDEL', ARGV[1] .. ':l:' .. ARGV[2], ARGV[3])
 end
 return 1
 `)
