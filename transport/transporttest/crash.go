@@ -89,6 +89,8 @@ func runChild(t *testing.T, h Harness, role, url string) {
 			}
 			fmt.Println(ackLinePrefix + ev.ID + ackLineSuffix)
 		}
+	case roleConcurrentPublishers:
+		runConcurrentPublishers(bus)
 	default:
 		fail("unknown role %q in %s", role, envRole)
 	}

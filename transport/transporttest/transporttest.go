@@ -113,17 +113,23 @@ var cases = []testCase{
 	{"RoundTrip", testRoundTrip},
 	{"CausationPropagation", testCausation},
 	{"DurableReopen", testDurableReopen},
+	{"PublishersCloseUnderLoad", testPublishersCloseUnderLoad},
 	// 2. Fan-out, patterns, competing consumers.
 	{"FanOut", testFanOut},
 	{"Wildcards", testWildcards},
 	{"Isolation", testIsolation},
 	{"CompetingConsumers", testCompetingConsumers},
+	{"CloseReopenConsumer", testCloseReopenConsumer},
+	{"ConcurrentClose", testConcurrentClose},
+	{"ConsumerScaling", testConsumerScaling},
 	// 3. At-least-once delivery.
 	{"LeaseExpiry", testLeaseExpiry},
 	{"LeaseRenewal", testLeaseRenewal},
 	{"TimeoutRedelivery", testTimeoutRedelivery},
 	{"AbandonedHandler", testAbandonedHandler},
 	{"PanicRetried", testPanic},
+	{"PanicsNoLeak", testPanicsNoLeak},
+	{"HungHandlerFreesSlot", testHungHandlerFreesSlot},
 	// 4. Retries and dead letters.
 	{"RetryBackoff", testRetryBackoff},
 	{"RetryDoesNotBlock", testRetryDoesNotBlock},
@@ -132,6 +138,8 @@ var cases = []testCase{
 	{"RetryAfter", testRetryAfter},
 	{"CrashedAttempts", testCrashedAttempts},
 	{"CrashedOnce", testCrashedOnce},
+	{"ContinueAfterErrors", testContinueAfterErrors},
+	{"RequeueTwiceRunsOnce", testRequeueTwiceRunsOnce},
 	// 5. Delay, priority, concurrency, rate limit.
 	{"Delay", testDelay},
 	{"Priority", testPriority},
@@ -144,6 +152,7 @@ var cases = []testCase{
 	{"IdempotentClaims", testClaims},
 	{"IdempotentRedelivery", testIdempotentRedelivery},
 	{"PublishDedup", testPublishDedup},
+	{"DuplicateIDAfterPublisherRestart", testDuplicateIDAfterPublisherRestart},
 	// 8. Retention.
 	{"RetentionCount", testRetentionCount},
 	{"RetentionAge", testRetentionAge},
@@ -155,12 +164,16 @@ var cases = []testCase{
 	// 10. Capability gaps, bad input, closing.
 	{"CapabilityGaps", testCapabilityGaps},
 	{"InvalidInput", testInvalidInput},
+	{"NamesRoundTrip", testNamesRoundTrip},
 	{"Closed", testClosed},
 	{"ShutdownStuck", testShutdownStuck},
 	{"ShutdownStuckIdempotent", testShutdownStuckIdempotent},
+	{"ShutdownStopsNewDeliveries", testShutdownStopsNewDeliveries},
+	{"GracefulShutdownUsesNoAttempt", testGracefulShutdownUsesNoAttempt},
 	// 11. Crashes (durable transports).
 	{"CrashWorker", testCrashWorker},
 	{"CrashPublisher", testCrashPublisher},
+	{"CrashConcurrentPublishers", testCrashConcurrentPublishers},
 }
 
 // suite is what the cases share: the harness and what the driver declared.
