@@ -133,7 +133,6 @@ func newID() string {
 	return id.String()
 }
 
-// toMessage converts an event to the transport's representation.
 // size is the event's size for MaxEventSize: its payload and every
 // string it carries besides.
 func (e *Event) size() int {
@@ -145,6 +144,7 @@ func (e *Event) size() int {
 	return n
 }
 
+// toMessage converts an event to the transport's representation.
 func (e *Event) toMessage(delay time.Duration) *transport.Message {
 	attrs := make(map[string]string, 6+len(e.Headers))
 	for k, v := range e.Headers {
