@@ -177,9 +177,11 @@ func (d *Driver) execDirect(ctx context.Context, batch []*job) {
 		if j.err == nil {
 			j.err = err
 		}
-		if j.err != nil && j.stored {
+		switch {
+		case j.err == nil:
+		case j.stored:
 			j.err = partialPublishErr(j.err)
-		} else if j.err != nil {
+		default:
 			j.err = publishErr(j.err)
 		}
 	}
@@ -291,18 +293,21 @@ func (d *Driver) publishDirect(ctx context.Context, batch []*job) error {
 			if !multi || !goredis.HasErrorPrefix(err, "EXECABORT") {
 				return err
 			}
+			refusal := func(e error) bool {
+				return e != nil && !errors.Is(e, goredis.Nil) && !goredis.HasErrorPrefix(e, "EXECABORT") && !goredis.HasErrorPrefix(e, "BUSYGROUP")
+			}
 			for _, c := range creates {
-				if e := c.Err(); e != nil && !goredis.HasErrorPrefix(e, "EXECABORT") && !goredis.HasErrorPrefix(e, "BUSYGROUP") {
-					return e
+				if refusal(c.Err()) {
+					return c.Err()
 				}
 			}
 			for _, a := range adds {
-				if e := a.cmd.Err(); e != nil && !errors.Is(e, goredis.Nil) && !goredis.HasErrorPrefix(e, "EXECABORT") {
-					return e
+				if refusal(a.cmd.Err()) {
+					return a.cmd.Err()
 				}
 			}
-			if e := ver.Err(); e != nil && !errors.Is(e, goredis.Nil) && !goredis.HasErrorPrefix(e, "EXECABORT") {
-				return e
+			if refusal(ver.Err()) {
+				return ver.Err()
 			}
 			return err
 		}

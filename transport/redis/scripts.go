@@ -225,9 +225,9 @@ end
 return 1
 `)
 
-// luaLeases keeps the leases of a handler's live receivers, so that a
-// receiver reclaims only entries idle for longer than the lease of any
-// receiver that may hold them: the processes of one handler can run with
+// luaKeepLease and luaLeases keep the leases of a handler's live
+// receivers, so that a receiver reclaims only entries idle for longer than
+// the lease of any receiver that may hold them: the processes of one handler can run with
 // different leases (a deploy that changes Lease rolls out one process at a
 // time). PREFIX:l:NAME maps each receiver (consumer) to "lease ms:live
 // until ms". A receiver writes its entry at every receive script and lease
@@ -239,9 +239,21 @@ return 1
 // deleted, so that processes that come and go do not pile up consumers.
 // Writes use pcall: a full Redis refusing one must not stop a receive or
 // a renewal.
-const luaLeases = `
+const (
+	luaKeepLease = `
 local function keep_lease(lk, consumer, lease, now)
   redis.pcall('HSET', lk, consumer, lease .. ':' .. (now + tonumber(lease) + 1000))
+end
+`
+	luaLeases = `
+-- drop_consumer deletes a consumer and its lease entry if it holds no
+-- pending entries.
+local function drop_consumer(s, name, lk, consumer)
+  local held = redis.pcall('XPENDING', s, name, '-', '+', 1, consumer)
+  if type(held) == 'table' and not held.err and not held[1] then
+    redis.pcall('XGROUP', 'DELCONSUMER', s, name, consumer)
+    redis.pcall('HDEL', lk, consumer)
+  end
 end
 
 local function longest_lease(s, name, lk, lease, now)
@@ -252,11 +264,7 @@ local function longest_lease(s, name, lk, lease, now)
     local c = string.find(v, ':', 1, true)
     local l, u = tonumber(string.sub(v, 1, (c or 1) - 1)), tonumber(string.sub(v, (c or #v) + 1))
     if not l or not u or u < now then
-      local held = redis.pcall('XPENDING', s, name, '-', '+', 1, all[i])
-      if type(held) == 'table' and not held.err and not held[1] then
-        redis.pcall('XGROUP', 'DELCONSUMER', s, name, all[i])
-        redis.pcall('HDEL', lk, all[i])
-      end
+      drop_consumer(s, name, lk, all[i])
     elseif l > longest then
       longest = l
     end
@@ -264,6 +272,7 @@ local function longest_lease(s, name, lk, lease, now)
   return longest
 end
 `
+)
 
 // receiveScript is the non-blocking part of Receive: it re-registers the
 // subscription if Redis lost it, moves due delayed entries to the stream,
@@ -276,7 +285,7 @@ end
 // the next reclaim scan starts, the error that stopped moving delayed
 // entries or ""}; after such an error the next try is a second later. Each scan goes on from where the last
 // one stopped, so expired leases behind many live ones are reached too.
-var receiveScript = newScript(luaNow + luaGroups + luaRegister + luaLeases + `
+var receiveScript = newScript(luaNow + luaGroups + luaRegister + luaKeepLease + luaLeases + `
 local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
 local reclaim = ARGV[5] == '1'
@@ -393,7 +402,7 @@ return lost
 // delivery), and renews the receiver's lease entry (see luaLeases). ARGV:
 // prefix, name, the receiver's consumer and lease ms, then id, consumer,
 // delivery count triples.
-var extendScript = newScript(luaNow + luaLeases + `
+var extendScript = newScript(luaNow + luaKeepLease + `
 local p, name = ARGV[1], ARGV[2]
 local s = p .. ':s:' .. name
 local n = 0
@@ -582,13 +591,8 @@ return math.floor(wait)
 // leaveScript deletes a consumer that holds no pending entries, and its
 // lease entry (see luaLeases), so closed receivers do not accumulate.
 // ARGV: prefix, name, consumer.
-var leaveScript = newScript(`
-local s = ARGV[1] .. ':s:' .. ARGV[2]
-local pe = redis.pcall('XPENDING', s, ARGV[2], '-', '+', 1, ARGV[3])
-if type(pe) == 'table' and not pe.err and not pe[1] then
-  redis.pcall('XGROUP', 'DELCONSUMER', s, ARGV[2], ARGV[3])
-  redis.pcall('HDEL', ARGV[1] .. ':l:' .. ARGV[2], ARGV[3])
-end
+var leaveScript = newScript(luaLeases + `
+drop_consumer(ARGV[1] .. ':s:' .. ARGV[2], ARGV[2], ARGV[1] .. ':l:' .. ARGV[2], ARGV[3])
 return 1
 `)
 
