@@ -777,6 +777,8 @@ type HandlerStats struct {
 	Dead   int64 `json:"dead"`
 	// OldestWaiting is the age of the oldest event waiting to be handled.
 	OldestWaiting time.Duration `json:"oldest_waiting_ns"`
+	// Paused reports that the handler is paused (Bus.Pause).
+	Paused bool `json:"paused"`
 }
 
 // Stats returns per-handler counts for every handler the transport knows,

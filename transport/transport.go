@@ -36,14 +36,18 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"time"
 )
 
 // Message is an event as a driver stores it: the routing fields a driver
 // needs, the remaining CloudEvents attributes as strings, and opaque data.
 type Message struct {
-	// ID is the event id, unique per event. Publishing an ID that the
-	// driver still remembers stores nothing (publish deduplication).
+	// ID is the event id. An event's identity is its source and id
+	// together (CloudEvents: "source + id is unique"): publishing a
+	// (source, ID) pair that the driver still remembers stores nothing
+	// (publish deduplication), while the same ID under another source is
+	// another event. [IdentityKey] builds the one string to key on.
 	ID string
 	// Type is the event name, for example "user.signup.completed".
 	Type string
@@ -67,6 +71,24 @@ type Message struct {
 	// publish, so a driver that keeps a record per id for deduplication
 	// may keep it for GeneratedIDWindow instead of the whole dedup window.
 	IDGenerated bool
+
+	// Duplicate is set by Publish, not by the caller: when the message's
+	// (source, ID) was already stored, the driver stores nothing and sets
+	// Duplicate to the message it kept (at least ID, Type, Time, Attrs and
+	// Data as first stored), so the caller learns what was kept rather
+	// than what it sent. Nil means the message was stored by this call.
+	Duplicate *Message
+}
+
+// Source returns the message's CloudEvents source attribute.
+func (m *Message) Source() string { return m.Attrs["source"] }
+
+// IdentityKey returns the one string that identifies an event with this
+// source and id, for drivers that key deduplication records and
+// idempotency claims on a single string. Distinct pairs give distinct
+// keys (the source's length is part of the key).
+func IdentityKey(source, id string) string {
+	return strconv.Itoa(len(source)) + ":" + source + "/" + id
 }
 
 // GeneratedIDWindow is how long a driver must remember an id the core
@@ -145,7 +167,27 @@ type SubscriptionSpec struct {
 	// MaxAttempts is the core's attempt budget. Drivers that enforce a
 	// delivery limit natively must not be stricter than this.
 	MaxAttempts int
+	// Ephemeral asks for a subscription that lives only while receivers
+	// hold it (a `ripple tail`, a test probe): the driver deletes it with
+	// everything queued for it when its last receiver closes, and reaps it
+	// when no receiver has received, settled or extended for a few leases
+	// (a process killed with SIGKILL), so nothing durable is left behind.
+	// Requires Capabilities.Ephemeral.
+	Ephemeral bool
+	// From, when not zero, makes a subscription that does not exist yet
+	// start from history: every retained message of its pattern published
+	// at or after From is delivered to it, then everything published
+	// afterwards (a projection rebuilding its read model). The zero value
+	// means "from now on": only messages published after Subscribe. An
+	// existing subscription keeps its position whatever From says.
+	// Use [Beginning] for all retained history. Requires
+	// Capabilities.StartFrom.
+	From time.Time
 }
+
+// Beginning is the From of a subscription that starts with the oldest
+// retained message.
+var Beginning = time.Unix(0, 1).UTC()
 
 // Driver is an open connection to a backend. It is safe for concurrent use.
 type Driver interface {
@@ -202,6 +244,11 @@ type Capabilities struct {
 	// SharedRateLimit: the driver implements RateLimiter, so a handler's
 	// rate limit holds across processes.
 	SharedRateLimit bool
+	// Ephemeral: SubscriptionSpec.Ephemeral is honoured.
+	Ephemeral bool
+	// StartFrom: SubscriptionSpec.From is honoured (the driver keeps
+	// history a new subscription can start from).
+	StartFrom bool
 }
 
 // Stats are a subscription's counts, as kept by the backend.
@@ -219,6 +266,8 @@ type Stats struct {
 	Dead   int64 // in the dead-letter queue
 	// OldestWaiting is the age of the oldest deliverable message.
 	OldestWaiting time.Duration
+	// Paused reports that the handler is paused (see Pauser).
+	Paused bool
 }
 
 // DeadLetter is a message in a subscription's dead-letter queue.
@@ -293,10 +342,40 @@ type Claimer interface {
 
 // RateLimiter is implemented by drivers with SharedRateLimit: a limit of n
 // handler starts per period shared by every process of the handler.
+//
+// The bound is a sliding window: in every interval of length per, at most
+// n reservations may have start times inside it, counted over every
+// process. (A token bucket with burst n is not enough: it lets 2n start
+// within one period.)
 type RateLimiter interface {
 	// Reserve takes one slot and returns how long the caller must wait
-	// before using it (zero when it may start now).
+	// before using it (zero when it may start now). The slot's start time
+	// is now plus the returned wait.
 	Reserve(ctx context.Context, handler string, n int, per time.Duration) (time.Duration, error)
+}
+
+// Pauser is implemented by drivers that can pause a handler for every
+// process that shares the backend. While a handler is paused its
+// subscription keeps every message published for it, Receive hands out
+// nothing (in every process, within about a second of Pause returning),
+// and deliveries already leased finish and settle as usual. Resume makes
+// it deliver again; nothing published meanwhile is lost. Pausing an
+// unknown handler is an error wrapping ErrNotFound; pausing a paused one
+// is not an error.
+type Pauser interface {
+	Pause(ctx context.Context, handler string) error
+	Resume(ctx context.Context, handler string) error
+}
+
+// TxPublisher is implemented by drivers that can publish inside a
+// transaction of the application's own database (PublishTx): the messages
+// are stored if and only if tx commits. tx is the caller's transaction
+// (*sql.Tx, or pgx.Tx for a pgx-based driver); a driver refuses a tx of a
+// kind or a database it cannot write to with an error that says which
+// kinds it takes. Duplicate reporting is as for Publish, except that a
+// duplicate found only at commit time cannot be reported.
+type TxPublisher interface {
+	PublishTx(ctx context.Context, tx any, msgs []*Message) error
 }
 
 // Retention bounds the history a driver keeps. Zero fields mean the
@@ -361,3 +440,20 @@ type Opener func(ctx context.Context, url string, cfg Config) (Driver, error)
 
 // ErrNotFound is returned by administration calls for an unknown handler.
 var ErrNotFound = errors.New("not found")
+
+// Errors a driver wraps so that the core, and through it the application,
+// can tell these conditions apart whatever the backend. Package ripple
+// exports the same values.
+var (
+	// ErrOutcomeUnknown: the connection failed after a publish was sent
+	// and before its acknowledgement arrived, so the message may or may
+	// not have been stored. Publishing it again with the same id (and
+	// source) is safe: deduplication stores it at most once.
+	ErrOutcomeUnknown = errors.New("outcome unknown: the event may have been stored; publishing it again with the same id is safe")
+	// ErrStorageFull: the backend refused a write because its disk or
+	// memory is full. Nothing of the failed call was stored.
+	ErrStorageFull = errors.New("storage full")
+	// ErrCorrupt: the backend's stored data is damaged (for SQLite, a
+	// malformed database file). The error says what to do.
+	ErrCorrupt = errors.New("store damaged")
+)
