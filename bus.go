@@ -267,27 +267,89 @@ func (b *Bus) Publish(ctx context.Context, eventType string, data any, opts ...P
 }
 
 func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []PublishOption) (Event, error) {
+	ev, msg, err := b.prepare(ctx, eventType, data, opts)
+	if err != nil {
+		return ev, err
+	}
+	if err := b.driver.Publish(ctx, []*transport.Message{msg}); err != nil {
+		return ev, b.wrapDriverErr("publish "+eventType, err)
+	}
+	return storedEvent(ev, msg), nil
+}
+
+// PublishTx publishes an event inside tx, the application's own database
+// transaction, so that the event is stored if and only if tx commits: a
+// crash between the application's write and its event can no longer lose
+// the event. tx is a *sql.Tx (database/sql) or, on a pgx-based transport,
+// a pgx.Tx.
+//
+// On sqlite:// and postgres:// the transaction writes the event itself, so
+// tx must belong to the same database as the bus. Transports that cannot
+// write through tx return an error matching ErrNotSupported. Options and
+// the returned event are as for Publish; a duplicate (source, id) found
+// only when tx commits cannot be reported. Handlers are not woken before
+// tx commits.
+func (b *Bus) PublishTx(ctx context.Context, tx any, eventType string, data any, opts ...PublishOption) (Event, error) {
+	ev, err := b.publishTx(ctx, tx, eventType, data, opts)
+	for _, h := range b.publishHooks {
+		h.OnPublish(ctx, ev, err)
+	}
+	return ev, err
+}
+
+func (b *Bus) publishTx(ctx context.Context, tx any, eventType string, data any, opts []PublishOption) (Event, error) {
+	if tx == nil {
+		return Event{Type: eventType}, invalidOption("PublishTx: tx is nil; pass the *sql.Tx (or pgx.Tx) the event must commit with")
+	}
+	tp, ok := b.driver.(transport.TxPublisher)
+	if !ok {
+		return Event{Type: eventType}, &NotSupportedError{Transport: b.driver.Name(), Option: "PublishTx",
+			Hint: "use a transport that stores events in the application's database (sqlite://, postgres://)"}
+	}
+	ev, msg, err := b.prepare(ctx, eventType, data, opts)
+	if err != nil {
+		return ev, err
+	}
+	if err := tp.PublishTx(ctx, tx, []*transport.Message{msg}); err != nil {
+		return ev, b.wrapDriverErr("publish "+eventType+" in a transaction", err)
+	}
+	return storedEvent(ev, msg), nil
+}
+
+// storedEvent is what Publish returns: ev, or, when the driver found the
+// (source, id) already stored, the event it kept, marked Duplicate.
+func storedEvent(ev Event, msg *transport.Message) Event {
+	if msg.Duplicate == nil {
+		return ev
+	}
+	kept := eventFromMessage(msg.Duplicate)
+	kept.Duplicate = true
+	return kept
+}
+
+// prepare validates a publish and builds its event and message.
+func (b *Bus) prepare(ctx context.Context, eventType string, data any, opts []PublishOption) (Event, *transport.Message, error) {
 	if b.isClosed() {
-		return Event{}, ErrClosed
+		return Event{}, nil, ErrClosed
 	}
 	if err := ValidateName(eventType); err != nil {
-		return Event{Type: eventType}, err
+		return Event{Type: eventType}, nil, err
 	}
 	var pc publishConfig
 	for _, o := range opts {
 		if o == nil {
-			return Event{Type: eventType}, invalidOption("nil PublishOption")
+			return Event{Type: eventType}, nil, invalidOption("nil PublishOption")
 		}
 		if err := o(&pc); err != nil {
-			return Event{Type: eventType}, err
+			return Event{Type: eventType}, nil, err
 		}
 	}
 	body, contentType, err := encodeData(data)
 	if err != nil {
-		return Event{Type: eventType}, err
+		return Event{Type: eventType}, nil, err
 	}
 	if len(body) > b.cfg.maxEventSize {
-		return Event{Type: eventType}, fmt.Errorf("ripple: %w: %s payload is %d bytes, over the %d-byte limit; store large data elsewhere and publish a reference, or raise MaxEventSize",
+		return Event{Type: eventType}, nil, fmt.Errorf("ripple: %w: %s payload is %d bytes, over the %d-byte limit; store large data elsewhere and publish a reference, or raise MaxEventSize",
 			ErrTooLarge, eventType, len(body), b.cfg.maxEventSize)
 	}
 	if pc.contentType != "" {
@@ -299,7 +361,7 @@ func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []Pu
 		delay = max(pc.at.Sub(now), 0)
 	}
 	if err := b.checkPublishCaps(&pc, delay); err != nil {
-		return Event{Type: eventType}, err
+		return Event{Type: eventType}, nil, err
 	}
 	ev := Event{
 		ID:              pc.id,
@@ -338,15 +400,12 @@ func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []Pu
 		ev.CorrelationID = ev.ID
 	}
 	if n := ev.size(); n > b.cfg.maxEventSize {
-		return Event{Type: eventType}, fmt.Errorf("ripple: %w: %s event is %d bytes with its headers and attributes (payload %d), over the %d-byte limit; keep headers small and publish a reference to large data, or raise MaxEventSize",
+		return Event{Type: eventType}, nil, fmt.Errorf("ripple: %w: %s event is %d bytes with its headers and attributes (payload %d), over the %d-byte limit; keep headers small and publish a reference to large data, or raise MaxEventSize",
 			ErrTooLarge, eventType, n, len(ev.Data), b.cfg.maxEventSize)
 	}
 	msg := ev.toMessage(delay)
 	msg.IDGenerated = generated
-	if err := b.driver.Publish(ctx, []*transport.Message{msg}); err != nil {
-		return ev, b.wrapDriverErr("publish "+eventType, err)
-	}
-	return ev, nil
+	return ev, msg, nil
 }
 
 func (b *Bus) checkPublishCaps(pc *publishConfig, delay time.Duration) error {

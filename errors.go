@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/ripplehq/ripple/transport"
 )
 
 // Sentinel errors. Every error Ripple returns that falls in one of these
@@ -32,6 +34,18 @@ var (
 	// ErrUnknownHandler is returned by dead-letter and replay calls that
 	// name a handler the transport does not know.
 	ErrUnknownHandler = errors.New("unknown handler")
+	// ErrOutcomeUnknown is returned by Publish when the connection to the
+	// transport failed after the event was sent and before it was
+	// acknowledged: the event may or may not be stored. Publishing it again
+	// with the same id (WithID(ev.ID)) is safe; deduplication stores it
+	// at most once.
+	ErrOutcomeUnknown = transport.ErrOutcomeUnknown
+	// ErrStorageFull is returned when the transport's disk or memory is
+	// full. Nothing of the failed call was stored.
+	ErrStorageFull = transport.ErrStorageFull
+	// ErrCorrupt is returned when the transport's stored data is damaged;
+	// the error says what to do.
+	ErrCorrupt = transport.ErrCorrupt
 )
 
 // NotSupportedError reports an option a transport cannot honour. It

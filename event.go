@@ -61,6 +61,12 @@ type Event struct {
 	Attempt int
 	// Handler is, in a handler, the handler's name.
 	Handler string
+	// Duplicate is set on the event Publish returns when an event with the
+	// same source and id was already stored: nothing new was stored, and
+	// the returned event is the one kept (its time and data are the first
+	// publish's). Publishing again after a lost reply is therefore safe,
+	// and a caller that reused an id by mistake can tell.
+	Duplicate bool
 }
 
 // Decode unmarshals the event's JSON data into v. In a handler, wrap a
