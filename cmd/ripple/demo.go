@@ -21,6 +21,10 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// defaultDemoAddr is where the demo serves unless --addr says otherwise:
+// the loopback interface only, as the demo has no authentication.
+const defaultDemoAddr = "127.0.0.1:8080"
+
 // demoDB is the database file the demo recreates on each run unless --url
 // names another transport.
 const demoDB = "ripple-demo.db"
@@ -69,8 +73,9 @@ article's numbers (about 1.9 s per synchronous signup), 0.01 runs the same
 flow a hundred times faster.`,
 		Example: `  ripple demo
   ripple demo --once --signups 100 --scale 0.1
-  ripple demo --url memory:// --addr :9090`,
-		Args: args(0, 0, "ripple demo [--once] [--signups N] [--scale F] [--addr :8080] [--url URL]"),
+  ripple demo --url memory:// --addr 127.0.0.1:9090
+  ripple demo --addr :8080     # every interface, for a demo shown on another machine`,
+		Args: args(0, 0, "ripple demo [--once] [--signups N] [--scale F] [--addr 127.0.0.1:8080] [--url URL]"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return c.runDemo(cmd, &f)
 		},
@@ -81,7 +86,7 @@ flow a hundred times faster.`,
 	fl.IntVar(&f.signups, "signups", 50, "signups sent to each version")
 	fl.IntVar(&f.clients, "clients", 10, "concurrent clients sending them")
 	fl.Float64Var(&f.scale, "scale", 1, "multiplier for every simulated latency; 1 is the article's numbers")
-	fl.StringVar(&f.addr, "addr", ":8080", "HTTP address to serve on (with --once and no --addr, a free local port)")
+	fl.StringVar(&f.addr, "addr", defaultDemoAddr, "HTTP address to serve on; :8080 serves every interface (with --once and no --addr, a free loopback port)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed for the simulated Stripe failures, to repeat a run (0: random)")
 	fl.DurationVar(&f.wait, "wait", 0, "how long to wait for the handlers to finish (default: from the load and --scale)")
 	fl.BoolVar(&f.asJSON, "json", false, "print the summary as JSON")
@@ -91,16 +96,21 @@ flow a hundred times faster.`,
 // demoSummary is what the demo measured; --json prints it.
 type demoSummary struct {
 	// URL is the transport URL with any password replaced by xxxxx.
-	URL           string           `json:"url"`
-	FreshDatabase bool             `json:"fresh_database"`
-	Addr          string           `json:"addr"`
-	Signups       int              `json:"signups"`
-	Clients       int              `json:"clients"`
-	Scale         float64          `json:"scale"`
-	Seed          uint64           `json:"seed"`
-	Sync          loadSummary      `json:"sync"`
-	Evented       loadSummary      `json:"evented"`
-	Handlers      []handlerSummary `json:"handlers"`
+	URL           string `json:"url"`
+	FreshDatabase bool   `json:"fresh_database"`
+	// Addr is the base URL a local client reaches the demo at.
+	Addr string `json:"addr"`
+	// Listen is the address the demo listens on, as the system bound it:
+	// a loopback address unless --addr asked for another, such as ":8080"
+	// for every interface.
+	Listen   string           `json:"listen"`
+	Signups  int              `json:"signups"`
+	Clients  int              `json:"clients"`
+	Scale    float64          `json:"scale"`
+	Seed     uint64           `json:"seed"`
+	Sync     loadSummary      `json:"sync"`
+	Evented  loadSummary      `json:"evented"`
+	Handlers []handlerSummary `json:"handlers"`
 	// SideEffectsSeconds runs from the first event-driven request until
 	// the last handler finished its last signup.
 	SideEffectsSeconds float64 `json:"side_effects_seconds"`
@@ -109,6 +119,16 @@ type demoSummary struct {
 	// passwordHidden says that URL lost a password, so commands printed
 	// with it need the user's own password put back.
 	passwordHidden bool
+}
+
+// everyInterface notes, after the local URL, that the demo listens on
+// every interface rather than on loopback only.
+func (s *demoSummary) everyInterface() string {
+	host, _, err := net.SplitHostPort(s.Listen)
+	if ip := net.ParseIP(host); err == nil && (host == "" || ip != nil && ip.IsUnspecified()) {
+		return " (listening on " + s.Listen + ": every interface)"
+	}
+	return ""
 }
 
 // passwordNote is what follows a suggested command line holding s.URL.
@@ -203,7 +223,7 @@ func (c *cli) runDemo(cmd *cobra.Command, f *demoFlags) error {
 		return fmt.Errorf("demo: cannot serve on %s: %w; pick another address with --addr", addr, err)
 	}
 	baseURL := "http://" + dialAddr(ln.Addr())
-	sum.Addr = baseURL
+	sum.Addr, sum.Listen = baseURL, ln.Addr().String()
 	srv := &http.Server{Handler: demoMux(app, bus, metrics), ReadHeaderTimeout: 5 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -376,7 +396,7 @@ func printDemoHeader(w io.Writer, s *demoSummary, cfg signupapp.Config) {
 	}
 	t := cfg.Timings
 	fmt.Fprintf(w, "  transport  %s%s\n", s.URL, fresh)
-	fmt.Fprintf(w, "  load       %d signups per version from %d concurrent clients, served at %s\n", s.Signups, s.Clients, s.Addr)
+	fmt.Fprintf(w, "  load       %d signups per version from %d concurrent clients, served at %s%s\n", s.Signups, s.Clients, s.Addr, s.everyInterface())
 	fmt.Fprintf(w, "  latencies  ×%g: user write %s, email %s, Stripe %s, workspace %s, Slack %s, analytics %s\n",
 		s.Scale, fmtDur(t.DBWrite), fmtDur(t.WelcomeEmail), fmtDur(t.StripeCustomer), fmtDur(t.Workspace),
 		fmtDur(t.SlackNotify), fmtDur(t.Analytics))
@@ -440,7 +460,7 @@ func printServing(w io.Writer, s *demoSummary, asJSON bool, stderr io.Writer) {
 		w = stderr
 	}
 	host := strings.TrimPrefix(s.Addr, "http://")
-	fmt.Fprintf(w, "\nServing on %s until Ctrl-C. Try:\n", s.Addr)
+	fmt.Fprintf(w, "\nServing on %s%s until Ctrl-C. Try:\n", s.Addr, s.everyInterface())
 	fmt.Fprintf(w, "  curl -X POST %s/signup -d '{\"email\":\"you@example.com\"}'\n", host)
 	fmt.Fprintf(w, "  curl -X POST %s/signup-sync -d '{\"email\":\"me@example.com\"}'\n", host)
 	fmt.Fprintf(w, "  curl %s/stats\n", host)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -76,16 +77,14 @@ func TestDemoJSON(t *testing.T) {
 	}
 }
 
-// checkSummary asserts the article's point: the event-driven signup
-// answers well before the synchronous one, and every handler still
-// completes every signup, with Stripe's failures retried.
+// checkSummary asserts what the demo shows: every handler completes
+// every signup, with Stripe's failures retried. How much sooner the
+// event-driven signup answers is a measurement, not a test (see
+// signupapp's BenchmarkSignup), as a busy machine moves it.
 func checkSummary(t *testing.T, s demoSummary, n int) {
 	t.Helper()
 	if !s.AllCompleted || s.Evented.Failed != 0 || s.WaitError != "" {
 		t.Fatalf("demo did not complete: %+v", s)
-	}
-	if s.Evented.P50Seconds*2 > s.Sync.P50Seconds {
-		t.Errorf("event-driven p50 %gs is not well under synchronous p50 %gs", s.Evented.P50Seconds, s.Sync.P50Seconds)
 	}
 	if len(s.Handlers) != 5 {
 		t.Fatalf("%d handlers in the summary, want 5", len(s.Handlers))
@@ -96,6 +95,53 @@ func checkSummary(t *testing.T, s demoSummary, n int) {
 		}
 		if h.Handler == signupapp.HandlerStripeCustomer && h.Retried == 0 {
 			t.Errorf("Stripe handler shows no retries: %+v", h)
+		}
+	}
+}
+
+// The demo has no authentication, so it serves on loopback unless --addr
+// names another interface, and says where it listens.
+func TestDemoListensOnLoopback(t *testing.T) {
+	def := newRoot(&cli{}).Commands()
+	var addr string
+	for _, c := range def {
+		if c.Name() == "demo" {
+			addr = c.Flags().Lookup("addr").DefValue
+		}
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		t.Errorf("demo --addr defaults to %q, want a loopback address", addr)
+	}
+
+	for _, c := range []struct {
+		args       []string
+		wantListen string
+		every      bool
+	}{
+		{nil, "127.0.0.1:", false}, // --once without --addr: a free loopback port
+		{[]string{"--addr", "127.0.0.1:0"}, "127.0.0.1:", false},
+		{[]string{"--addr", ":0"}, "", true},
+	} {
+		args := append([]string{"demo", "--once", "--scale", "0", "--signups", "1", "--url", "memory://", "--json"}, c.args...)
+		r := mustRun(t, args...)
+		var s demoSummary
+		if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+			t.Fatalf("%v: %v %q", c.args, err, r.stdout)
+		}
+		host, port, err := net.SplitHostPort(s.Listen)
+		if err != nil || port == "0" || !strings.HasPrefix(s.Listen, c.wantListen) {
+			t.Errorf("%v: listening on %q, want %s and a real port", c.args, s.Listen, c.wantListen)
+		}
+		if s.Addr != "http://127.0.0.1:"+port {
+			t.Errorf("%v: printed %q, want http://127.0.0.1:%s", c.args, s.Addr, port)
+		}
+		ip := net.ParseIP(host)
+		if c.every != (ip != nil && ip.IsUnspecified()) {
+			t.Errorf("%v: listening on %q", c.args, s.Listen)
+		}
+		if got := s.everyInterface() != ""; got != c.every {
+			t.Errorf("%v: every-interface note %v, want %v", c.args, got, c.every)
 		}
 	}
 }

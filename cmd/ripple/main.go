@@ -4,7 +4,7 @@
 //
 // Usage:
 //
-//	ripple demo [--once] [--signups N] [--scale F] [--addr :8080]
+//	ripple demo [--once] [--signups N] [--scale F] [--addr 127.0.0.1:8080]
 //	ripple publish TYPE --data JSON [--key K] [--delay D] [--priority P] [--id ID]
 //	ripple stats
 //	ripple dlq list|requeue|purge HANDLER [IDS...]
