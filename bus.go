@@ -367,8 +367,10 @@ func (b *Bus) prepare(ctx context.Context, eventType string, data any, opts []Pu
 		ID:              pc.id,
 		Type:            eventType,
 		Source:          pc.source,
+		Subject:         pc.subject,
 		Time:            now,
 		DataContentType: contentType,
+		DataSchema:      pc.dataSchema,
 		DataVersion:     pc.version,
 		CorrelationID:   pc.correlationID,
 		CausationID:     pc.causationID,
@@ -377,6 +379,9 @@ func (b *Bus) prepare(ctx context.Context, eventType string, data any, opts []Pu
 		Priority:        pc.priority,
 		Headers:         pc.headers,
 		Data:            body,
+	}
+	if !pc.eventTime.IsZero() {
+		ev.Time = pc.eventTime
 	}
 	generated := ev.ID == ""
 	if generated {
@@ -414,7 +419,7 @@ func (b *Bus) checkPublishCaps(pc *publishConfig, delay time.Duration) error {
 	case pc.setPriority && pc.priority != 0 && !b.caps.Priority:
 		return &NotSupportedError{Transport: name, Option: "WithPriority", Hint: "publish urgent events under their own type and give that handler more concurrency"}
 	case delay > 0 && !b.caps.Delay:
-		return &NotSupportedError{Transport: name, Option: "WithDelay/WithTime"}
+		return &NotSupportedError{Transport: name, Option: "WithDelay/WithDeliverAt"}
 	case pc.id != "" && !b.caps.Dedup:
 		return &NotSupportedError{Transport: name, Option: "WithID (publish deduplication)", Hint: "use Idempotent() on handlers to absorb duplicates"}
 	}

@@ -2,9 +2,13 @@ package ripple
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"mime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -20,6 +24,9 @@ const (
 	attrCausationID     = "causationid"
 	attrTraceParent     = "traceparent"
 	attrSpecVersion     = "specversion"
+	attrSubject         = "subject"
+	attrDataSchema      = "dataschema"
+	attrPartitionKey    = "partitionkey"
 )
 
 // Event is a CloudEvents 1.0 event with Ripple's extensions. Handlers
@@ -31,11 +38,19 @@ type Event struct {
 	Type string
 	// Source identifies the publisher (CloudEvents "source").
 	Source string
-	// Time is when the event was published.
+	// Subject is what the event is about within its source, such as the
+	// id of the user a "user.signup.completed" event concerns
+	// (CloudEvents "subject"); empty when unset. See WithSubject.
+	Subject string
+	// Time is when the event happened (CloudEvents "time"): when it was
+	// published unless the publisher set it with WithEventTime.
 	Time time.Time
 	// DataContentType is the media type of Data, "application/json" for
 	// payloads Ripple encoded.
 	DataContentType string
+	// DataSchema is the URI of the schema Data adheres to (CloudEvents
+	// "dataschema"); empty when unset. See WithDataSchema.
+	DataSchema string
 	// DataVersion is the payload's schema version (extension
 	// "dataversion"); 0 when unset.
 	DataVersion int
@@ -82,7 +97,13 @@ func (e Event) Decode(v any) error {
 }
 
 // MarshalJSON writes the event in CloudEvents JSON structured format, so
-// any CloudEvents tool can read it.
+// any CloudEvents tool can read it: the attributes, the extensions
+// (Ripple's and Headers) as top-level members, and the payload as "data"
+// when its content type is JSON (application/json, text/json or
+// application/*+json, or none) and it is valid JSON, else as
+// "data_base64". Priority and the handler-side fields (Attempt, Handler,
+// Duplicate) are delivery details, not part of the event, and are not
+// written. UnmarshalJSON reads the same form back.
 func (e Event) MarshalJSON() ([]byte, error) {
 	m := map[string]any{
 		attrSpecVersion: "1.0",
@@ -91,8 +112,14 @@ func (e Event) MarshalJSON() ([]byte, error) {
 		"source":        e.Source,
 		"time":          e.Time.UTC().Format(time.RFC3339Nano),
 	}
+	if e.Subject != "" {
+		m[attrSubject] = e.Subject
+	}
 	if e.DataContentType != "" {
 		m[attrDataContentType] = e.DataContentType
+	}
+	if e.DataSchema != "" {
+		m[attrDataSchema] = e.DataSchema
 	}
 	if e.DataVersion != 0 {
 		m[attrDataVersion] = e.DataVersion
@@ -104,28 +131,167 @@ func (e Event) MarshalJSON() ([]byte, error) {
 		m[attrCausationID] = e.CausationID
 	}
 	if e.Key != "" {
-		m["partitionkey"] = e.Key
+		m[attrPartitionKey] = e.Key
 	}
 	if e.TraceParent != "" {
 		m[attrTraceParent] = e.TraceParent
 	}
 	for k, v := range e.Headers {
-		if _, taken := m[k]; !taken {
+		if _, taken := m[k]; !taken && !reservedAttrs[k] {
 			m[k] = v
 		}
 	}
 	if len(e.Data) > 0 {
-		if e.DataContentType == "" || e.DataContentType == "application/json" {
-			if json.Valid(e.Data) {
-				m["data"] = json.RawMessage(e.Data)
-			} else {
-				m["data_base64"] = e.Data
-			}
+		if isJSONMediaType(e.DataContentType) && json.Valid(e.Data) {
+			m["data"] = json.RawMessage(e.Data)
 		} else {
 			m["data_base64"] = e.Data
 		}
 	}
 	return json.Marshal(m)
+}
+
+// isJSONMediaType reports whether a datacontenttype says JSON, as
+// CloudEvents' JSON format reads it: empty (JSON is the format's
+// default), application/json, text/json or any application/*+json, with
+// or without parameters such as charset.
+func isJSONMediaType(ct string) bool {
+	if ct == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		mt = strings.ToLower(strings.TrimSpace(strings.Split(ct, ";")[0]))
+	}
+	return mt == "application/json" || mt == "text/json" ||
+		strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json")
+}
+
+// UnmarshalJSON reads an event in CloudEvents 1.0 JSON structured format,
+// such as MarshalJSON writes or a CloudEvents SDK produces. specversion
+// must be "1.0" and id, source and type present. Ripple's extensions go
+// to their fields (partitionkey to Key, dataversion to DataVersion,
+// correlationid, causationid, traceparent); every other extension goes to
+// Headers, its value in CloudEvents' string form (a number 7 becomes
+// "7"). "data" becomes Data: as JSON text for a JSON content type, and
+// for other content types a JSON string's text (a text/plain "hi" gives
+// the two bytes hi); "data_base64" is decoded. Priority, Attempt, Handler
+// and Duplicate are left zero: they are not part of the event.
+func (e *Event) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("ripple: decode CloudEvents JSON: %w", err)
+	}
+	if raw == nil {
+		return errors.New("ripple: decode CloudEvents JSON: null is not an event")
+	}
+	var out Event
+	str := func(name string) (string, bool, error) {
+		v, ok := raw[name]
+		if !ok || string(v) == "null" {
+			return "", false, nil
+		}
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return "", true, fmt.Errorf("ripple: decode CloudEvents JSON: attribute %q is %s, want a string", name, v)
+		}
+		return s, true, nil
+	}
+	spec, ok, err := str(attrSpecVersion)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return errors.New("ripple: decode CloudEvents JSON: no specversion; a CloudEvents 1.0 event has \"specversion\":\"1.0\"")
+	case spec != "1.0":
+		return fmt.Errorf("ripple: decode CloudEvents JSON: specversion %q; Ripple reads CloudEvents 1.0", spec)
+	}
+	for _, f := range []struct {
+		name     string
+		dst      *string
+		required bool
+	}{
+		{"id", &out.ID, true},
+		{"type", &out.Type, true},
+		{"source", &out.Source, true},
+		{attrSubject, &out.Subject, false},
+		{attrDataContentType, &out.DataContentType, false},
+		{attrDataSchema, &out.DataSchema, false},
+		{attrCorrelationID, &out.CorrelationID, false},
+		{attrCausationID, &out.CausationID, false},
+		{attrTraceParent, &out.TraceParent, false},
+		{attrPartitionKey, &out.Key, false},
+	} {
+		v, ok, err := str(f.name)
+		if err != nil {
+			return err
+		}
+		if f.required && (!ok || v == "") {
+			return fmt.Errorf("ripple: decode CloudEvents JSON: required attribute %q is missing or empty", f.name)
+		}
+		*f.dst = v
+	}
+	if t, ok, err := str("time"); err != nil {
+		return err
+	} else if ok {
+		if out.Time, err = time.Parse(time.RFC3339Nano, t); err != nil {
+			return fmt.Errorf("ripple: decode CloudEvents JSON: time %q is not an RFC 3339 timestamp", t)
+		}
+	}
+	if v, ok := raw[attrDataVersion]; ok && string(v) != "null" {
+		text := extensionText(v)
+		n, err := strconv.Atoi(text)
+		if err != nil || n < 0 {
+			return fmt.Errorf("ripple: decode CloudEvents JSON: dataversion %s is not a non-negative integer", v)
+		}
+		out.DataVersion = n
+	}
+	data, hasData := raw["data"]
+	b64, hasB64 := raw["data_base64"]
+	switch {
+	case hasData && hasB64:
+		return errors.New("ripple: decode CloudEvents JSON: both data and data_base64 are present; an event has one or the other")
+	case hasB64 && string(b64) != "null":
+		var enc string
+		if err := json.Unmarshal(b64, &enc); err != nil {
+			return errors.New("ripple: decode CloudEvents JSON: data_base64 is not a string")
+		}
+		if out.Data, err = base64.StdEncoding.DecodeString(enc); err != nil {
+			return fmt.Errorf("ripple: decode CloudEvents JSON: data_base64 is not base64: %v", err)
+		}
+	case hasData && string(data) != "null":
+		var text string
+		if !isJSONMediaType(out.DataContentType) && json.Unmarshal(data, &text) == nil {
+			out.Data = []byte(text)
+		} else {
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, data); err != nil {
+				return fmt.Errorf("ripple: decode CloudEvents JSON: data: %v", err)
+			}
+			out.Data = buf.Bytes()
+		}
+	}
+	for k, v := range raw {
+		if reservedAttrs[k] || k == attrSpecVersion || string(v) == "null" {
+			continue
+		}
+		if out.Headers == nil {
+			out.Headers = make(map[string]string)
+		}
+		out.Headers[k] = extensionText(v)
+	}
+	*e = out
+	return nil
+}
+
+// extensionText is an extension value's CloudEvents string form: a
+// JSON string's text, or the JSON text of a number or boolean.
+func extensionText(v json.RawMessage) string {
+	var s string
+	if json.Unmarshal(v, &s) == nil {
+		return s
+	}
+	return string(bytes.TrimSpace(v))
 }
 
 // newID returns a time-ordered UUIDv7.
@@ -142,7 +308,7 @@ func newID() string {
 // size is the event's size for MaxEventSize: its payload and every
 // string it carries besides.
 func (e *Event) size() int {
-	n := len(e.Data) + len(e.ID) + len(e.Type) + len(e.Source) + len(e.DataContentType) +
+	n := len(e.Data) + len(e.ID) + len(e.Type) + len(e.Source) + len(e.DataContentType) + len(e.Subject) + len(e.DataSchema) +
 		len(e.CorrelationID) + len(e.CausationID) + len(e.TraceParent) + len(e.Key)
 	for k, v := range e.Headers {
 		n += len(k) + len(v)
@@ -159,6 +325,12 @@ func (e *Event) toMessage(delay time.Duration) *transport.Message {
 	attrs[attrSource] = e.Source
 	if e.DataContentType != "" {
 		attrs[attrDataContentType] = e.DataContentType
+	}
+	if e.Subject != "" {
+		attrs[attrSubject] = e.Subject
+	}
+	if e.DataSchema != "" {
+		attrs[attrDataSchema] = e.DataSchema
 	}
 	if e.DataVersion != 0 {
 		attrs[attrDataVersion] = strconv.Itoa(e.DataVersion)
@@ -200,6 +372,10 @@ func eventFromMessage(m *transport.Message) Event {
 			e.Source = v
 		case attrDataContentType:
 			e.DataContentType = v
+		case attrSubject:
+			e.Subject = v
+		case attrDataSchema:
+			e.DataSchema = v
 		case attrDataVersion:
 			e.DataVersion, _ = strconv.Atoi(v)
 		case attrCorrelationID:

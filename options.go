@@ -3,6 +3,7 @@ package ripple
 import (
 	"log/slog"
 	"math"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -155,6 +156,9 @@ type publishConfig struct {
 	key           string
 	delay         time.Duration
 	at            time.Time
+	eventTime     time.Time
+	subject       string
+	dataSchema    string
 	priority      int
 	setPriority   bool
 	headers       map[string]string
@@ -189,14 +193,58 @@ func WithDelay(d time.Duration) PublishOption {
 	}
 }
 
-// WithTime delivers the event no sooner than t. A time in the past
-// delivers at once.
-func WithTime(t time.Time) PublishOption {
+// WithDeliverAt delivers the event no sooner than t. A time in the past
+// delivers at once. It does not change the event's Time, which says when
+// the event happened (see WithEventTime).
+func WithDeliverAt(t time.Time) PublishOption {
 	return func(c *publishConfig) error {
 		if t.IsZero() {
-			return invalidOption("WithTime(zero time); pass the time to deliver at")
+			return invalidOption("WithDeliverAt(zero time); pass the time to deliver at")
 		}
 		c.at = t
+		return nil
+	}
+}
+
+// WithEventTime sets the event's Time, when it happened (CloudEvents
+// "time"), such as the time a payment cleared when the event is published
+// later. Default: the time of the Publish call. It does not delay delivery
+// (see WithDeliverAt); HandleResult.Latency, and so the
+// ripple_event_latency_seconds metric, run from this time.
+func WithEventTime(t time.Time) PublishOption {
+	return func(c *publishConfig) error {
+		if t.IsZero() {
+			return invalidOption("WithEventTime(zero time); pass when the event happened, or leave the option out for now")
+		}
+		c.eventTime = t
+		return nil
+	}
+}
+
+// WithSubject sets what the event is about within its source (CloudEvents
+// "subject"), such as the id of the user or the path of the file it
+// concerns, so that consumers can filter on it without decoding the data.
+func WithSubject(subject string) PublishOption {
+	return func(c *publishConfig) error {
+		if subject == "" {
+			return invalidOption("WithSubject(\"\"); a subject must not be empty; leave the option out for none")
+		}
+		c.subject = subject
+		return nil
+	}
+}
+
+// WithDataSchema sets the URI of the schema the payload adheres to
+// (CloudEvents "dataschema"), such as
+// "https://example.com/schemas/user-signup/v2.json". It must be an
+// absolute URI.
+func WithDataSchema(uri string) PublishOption {
+	return func(c *publishConfig) error {
+		u, err := url.Parse(uri)
+		if uri == "" || err != nil || !u.IsAbs() {
+			return invalidOption("WithDataSchema(%q); pass an absolute URI such as \"https://example.com/schemas/order-placed.json\"", uri)
+		}
+		c.dataSchema = uri
 		return nil
 	}
 }
@@ -254,6 +302,18 @@ var reservedAttrs = map[string]bool{
 	attrCausationID: true, "partitionkey": true, attrTraceParent: true,
 }
 
+// attrOptions names the option that sets each reserved attribute a
+// publisher may set.
+var attrOptions = map[string]string{
+	"id": "WithID", "source": "WithSource", "time": "WithEventTime",
+	"datacontenttype": "WithContentType", "dataschema": "WithDataSchema",
+	"subject": "WithSubject", "data": "the payload argument of Publish",
+	"data_base64": "a []byte payload", attrDataVersion: "WithVersion",
+	attrCorrelationID: "WithCorrelationID", attrCausationID: "WithCausationID",
+	"partitionkey": "WithKey", attrTraceParent: "WithTraceParent",
+	"type": "the type argument of Publish",
+}
+
 func validateHeaderName(name string) error {
 	if name == "" || len(name) > 20 {
 		return invalidOption("WithHeader(%q); a header name is 1 to 20 characters", name)
@@ -263,8 +323,11 @@ func validateHeaderName(name string) error {
 			return invalidOption("WithHeader(%q); a header name may hold only a-z and 0-9 (CloudEvents extension naming)", name)
 		}
 	}
-	if reservedAttrs[name] {
-		return invalidOption("WithHeader(%q); %q is a reserved attribute, set by its own option", name, name)
+	if reservedAttrs[name] || name == attrSpecVersion {
+		if opt, ok := attrOptions[name]; ok {
+			return invalidOption("WithHeader(%q); %q is a CloudEvents attribute with its own option: use %s", name, name, opt)
+		}
+		return invalidOption("WithHeader(%q); %q is a reserved CloudEvents attribute that Ripple sets itself", name, name)
 	}
 	return nil
 }

@@ -523,7 +523,7 @@ func TestPublishErrorsNameFlags(t *testing.T) {
 func TestUnsupportedFlag(t *testing.T) {
 	for opt, flag := range map[string]string{
 		"WithPriority":                   "--priority",
-		"WithDelay/WithTime":             "--delay",
+		"WithDelay/WithDeliverAt":        "--delay",
 		"WithID (publish deduplication)": "--id",
 	} {
 		err := fmt.Errorf("ripple: publish: %w", &ripple.NotSupportedError{Transport: "kafka", Option: opt, Hint: "use Idempotent() on handlers"})

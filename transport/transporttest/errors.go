@@ -29,7 +29,7 @@ func testCapabilityGaps(t *testing.T, s *suite) {
 	}
 	check(s.caps.Priority, "Publish WithPriority(5)", second(bus.Publish(bg, typ, 1, ripple.WithPriority(5))))
 	check(s.caps.Delay, "Publish WithDelay(1s)", second(bus.Publish(bg, typ, 1, ripple.WithDelay(time.Second))))
-	check(s.caps.Delay, "Publish WithTime(+1s)", second(bus.Publish(bg, typ, 1, ripple.WithTime(time.Now().Add(time.Second)))))
+	check(s.caps.Delay, "Publish WithDeliverAt(+1s)", second(bus.Publish(bg, typ, 1, ripple.WithDeliverAt(time.Now().Add(time.Second)))))
 	check(s.caps.Dedup, "Publish WithID", second(bus.Publish(bg, typ, 1, ripple.WithID("caps-1"))))
 	check(s.caps.Ordered, "On with Ordered()", bus.On(typ, "caps.ordered", nop, ripple.Ordered()))
 	check(s.claimer, "On with Idempotent()", bus.On(typ, "caps.idempotent", nop, ripple.Idempotent()))

@@ -262,7 +262,7 @@ func testRetryAfter(t *testing.T, s *suite) {
 	}
 }
 
-// testDelay: WithDelay and WithTime events are not delivered before their
+// testDelay: WithDelay and WithDeliverAt events are not delivered before their
 // time, and are delivered after it.
 func testDelay(t *testing.T, s *suite) {
 	bus := s.open(t, s.h.NewURL(t))
@@ -273,29 +273,29 @@ func testDelay(t *testing.T, s *suite) {
 	const delay = 400 * time.Millisecond
 	if !s.caps.Delay {
 		s.wantNotSupported(t, "Publish WithDelay", second(bus.Publish(bg, typ, 1, ripple.WithDelay(delay))))
-		s.wantNotSupported(t, "Publish WithTime in the future", second(bus.Publish(bg, typ, 1, ripple.WithTime(time.Now().Add(time.Hour)))))
-		past := publish(t, bus, typ, 1, ripple.WithTime(time.Now().Add(-time.Hour)))
-		rec.waitSucceeded(t, "an event with WithTime in the past to be delivered at once", past.ID)
+		s.wantNotSupported(t, "Publish WithDeliverAt in the future", second(bus.Publish(bg, typ, 1, ripple.WithDeliverAt(time.Now().Add(time.Hour)))))
+		past := publish(t, bus, typ, 1, ripple.WithDeliverAt(time.Now().Add(-time.Hour)))
+		rec.waitSucceeded(t, "an event with WithDeliverAt in the past to be delivered at once", past.ID)
 		return
 	}
 	t0 := time.Now()
 	delayed := publish(t, bus, typ, map[string]string{"via": "WithDelay"}, ripple.WithDelay(delay))
 	at := time.Now().Add(delay)
-	timed := publish(t, bus, typ, map[string]string{"via": "WithTime"}, ripple.WithTime(at))
-	past := publish(t, bus, typ, map[string]string{"via": "WithTime past"}, ripple.WithTime(time.Now().Add(-time.Hour)))
+	timed := publish(t, bus, typ, map[string]string{"via": "WithDeliverAt"}, ripple.WithDeliverAt(at))
+	past := publish(t, bus, typ, map[string]string{"via": "WithDeliverAt past"}, ripple.WithDeliverAt(time.Now().Add(-time.Hour)))
 	// Past the year 2262, where a time in int64 nanoseconds wraps around.
-	far := publish(t, bus, typ, map[string]string{"via": "WithTime far"}, ripple.WithTime(time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)))
+	far := publish(t, bus, typ, map[string]string{"via": "WithDeliverAt far"}, ripple.WithDeliverAt(time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)))
 	now := publish(t, bus, typ, map[string]string{"via": "none"})
 	rec.waitSucceeded(t, "events without delay to be delivered at once", now.ID, past.ID)
 	rec.waitSucceeded(t, "delayed events to be delivered after their time", delayed.ID, timed.ID)
 	if n := len(rec.of(far.ID)); n != 0 {
-		t.Errorf("an event published WithTime(year 2300) was delivered %d times already", n)
+		t.Errorf("an event published WithDeliverAt(year 2300) was delivered %d times already", n)
 	}
 	if c := rec.of(delayed.ID)[0]; c.start.Before(t0.Add(delay - clockSlack)) {
 		t.Errorf("WithDelay(%s) event was delivered after %s", delay, c.start.Sub(t0))
 	}
 	if c := rec.of(timed.ID)[0]; c.start.Before(at.Add(-clockSlack)) {
-		t.Errorf("WithTime event was delivered %s before its time", at.Sub(c.start))
+		t.Errorf("WithDeliverAt event was delivered %s before its time", at.Sub(c.start))
 	}
 	if first := rec.all()[0].ev.ID; first != now.ID && first != past.ID {
 		t.Errorf("the first event handled was %s, want one published without a delay", first)
