@@ -3,6 +3,7 @@ package ripple
 import (
 	"log/slog"
 	"math"
+	"mime"
 	"net/url"
 	"strings"
 	"time"
@@ -415,12 +416,14 @@ func validTraceParent(tp string) bool {
 	return strings.Trim(parts[1], "0") != "" && strings.Trim(parts[2], "0") != ""
 }
 
-// WithContentType sets the media type of a []byte payload. Default:
+// WithContentType sets the media type of the payload (CloudEvents
+// "datacontenttype"), such as "text/plain" for a []byte payload or
+// "application/vnd.acme.order+json" for a JSON one. Default:
 // "application/octet-stream" for []byte, "application/json" otherwise.
 func WithContentType(mediaType string) PublishOption {
 	return func(c *publishConfig) error {
-		if mediaType == "" {
-			return invalidOption("WithContentType(\"\"); pass a media type such as \"text/plain\"")
+		if _, _, err := mime.ParseMediaType(mediaType); err != nil || !strings.Contains(mediaType, "/") {
+			return invalidOption("WithContentType(%q); pass a media type (RFC 2046) such as \"text/plain\" or \"application/vnd.acme.order+json\"", mediaType)
 		}
 		c.contentType = mediaType
 		return nil
