@@ -47,6 +47,8 @@ type Bus struct {
 
 	publishHooks []PublishHook
 	handleHooks  []HandleHook
+	// middleware wraps every handler (Use); set before Start.
+	middleware []Middleware
 
 	// lifecycle serialises Start, On and Unsubscribe, which wait for the
 	// transport; mu is held only briefly, so that Shutdown never waits

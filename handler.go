@@ -28,6 +28,9 @@ type runner struct {
 	pattern string
 	name    string
 	fn      HandlerFunc
+	// wrapped is fn inside the bus's and the handler's middleware, set
+	// when the runner starts.
+	wrapped HandlerFunc
 	cfg     handlerConfig
 	limiter *rate.Limiter
 	shared  transport.RateLimiter
@@ -44,6 +47,9 @@ type runner struct {
 	runCancel context.CancelFunc
 	loopDone  chan struct{}
 	handlers  sync.WaitGroup
+	// busy counts what handlers counts, for WaitIdle: deliveries taken
+	// and not yet finished, their outcome recorded and hooks run.
+	busy atomic.Int64
 
 	settleDeadline atomic.Pointer[sharedDeadline]
 
@@ -95,6 +101,7 @@ func (r *runner) subscribe(ctx context.Context) error {
 
 // run starts receiving and handling.
 func (r *runner) run() {
+	r.wrapped = chain(r.fn, r.bus.middleware, r.cfg.middleware)
 	r.recvCtx, r.recvCancel = context.WithCancel(context.Background())
 	r.runCtx, r.runCancel = context.WithCancel(context.Background())
 	go r.loop()
@@ -303,6 +310,7 @@ func (r *runner) track(ds []*transport.Delivery) bool {
 	}
 	r.mu.Unlock()
 	r.handlers.Add(len(ds))
+	r.busy.Add(int64(len(ds)))
 	return true
 }
 
@@ -471,6 +479,7 @@ func (r *runner) handle(d *transport.Delivery) {
 
 func (r *runner) free() {
 	<-r.slots
+	r.busy.Add(-1)
 	r.handlers.Done()
 }
 
@@ -514,7 +523,8 @@ func (r *runner) finishClaim(ev *Event, success bool) {
 	}
 }
 
-// call runs the handler, turning a panic into an error.
+// call runs the handler inside its middleware, turning a panic in either
+// into an error.
 func (r *runner) call(ctx context.Context, ev *Event) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -522,7 +532,7 @@ func (r *runner) call(ctx context.Context, ev *Event) (err error) {
 			err = fmt.Errorf("handler panicked: %v", p)
 		}
 	}()
-	return r.fn(ctx, *ev)
+	return r.wrapped(ctx, *ev)
 }
 
 // finish records the attempt's outcome and tells the hooks.

@@ -446,6 +446,7 @@ type handlerConfig struct {
 	idempotent  bool
 	ordered     bool
 	lease       time.Duration
+	middleware  []Middleware
 }
 
 func defaultHandlerConfig() handlerConfig {
