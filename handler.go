@@ -550,9 +550,14 @@ func (r *runner) finish(d *transport.Delivery, ev *Event, err error, abandoned b
 		}
 		s.Error = err.Error()
 		switch {
-		case IsPermanent(err) || d.Attempt >= r.cfg.maxAttempts:
+		case IsPermanent(err):
+			// The handler decided: an expected outcome, not a fault.
 			s.Outcome, outcome = transport.Dead, OutcomeDead
-			r.bus.log.Error("ripple: event dead-lettered", "handler", r.name, "event", ev.ID, "type", ev.Type,
+			r.bus.log.Warn("ripple: event dead-lettered: the handler returned a permanent error", "handler", r.name, "event", ev.ID, "type", ev.Type,
+				"attempt", d.Attempt, "err", err)
+		case d.Attempt >= r.cfg.maxAttempts:
+			s.Outcome, outcome = transport.Dead, OutcomeDead
+			r.bus.log.Error("ripple: event dead-lettered: attempts used up", "handler", r.name, "event", ev.ID, "type", ev.Type,
 				"attempt", d.Attempt, "err", err)
 		default:
 			s.Outcome, outcome = transport.Retry, OutcomeRetry

@@ -25,6 +25,9 @@ const envURL = "RIPPLE_URL"
 // busFlags are the flags of commands that open a bus.
 type busFlags struct {
 	url string
+	// create lets open create a missing sqlite database; only commands
+	// that register --create set it.
+	create bool
 }
 
 func (f *busFlags) add(cmd *cobra.Command) {
@@ -58,8 +61,10 @@ func (c *cli) open(cmd *cobra.Command, f *busFlags) (*ripple.Bus, string, error)
 		return nil, "", err
 	}
 	shown := ripple.RedactURL(u)
-	if err := requireDatabase(u); err != nil {
-		return nil, shown, err
+	if !f.create {
+		if err := requireDatabase(u, cmd.Flags().Lookup("create") != nil); err != nil {
+			return nil, shown, err
+		}
 	}
 	if strings.HasPrefix(u, "memory://") {
 		fmt.Fprintln(c.stderr, "note: a memory:// store lives inside one process, so this command sees only what it does itself")
@@ -71,8 +76,10 @@ func (c *cli) open(cmd *cobra.Command, f *busFlags) (*ripple.Bus, string, error)
 	return bus, shown, nil
 }
 
-// requireDatabase fails for a sqlite:// URL whose file is missing.
-func requireDatabase(rawURL string) error {
+// requireDatabase fails for a sqlite:// URL whose file is missing, saying
+// how to create one: with --create when the command has it, else with
+// ripple publish --create.
+func requireDatabase(rawURL string, hasCreate bool) error {
 	rest, ok := strings.CutPrefix(rawURL, "sqlite://")
 	if !ok {
 		return nil
@@ -85,7 +92,11 @@ func requireDatabase(rawURL string) error {
 		return nil // the transport explains what is wrong with the URL
 	}
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("no Ripple database at %s (from %s); run ripple where your application keeps its database, or pass --url or set $%s", path, ripple.RedactURL(rawURL), envURL)
+		create := "pass --create to create a new one there"
+		if !hasCreate {
+			create = "to start a new one there, publish its first event with ripple publish TYPE --create --url " + shellQuote(ripple.RedactURL(rawURL))
+		}
+		return fmt.Errorf("no Ripple database at %s (from %s); run ripple where your application keeps its database, or pass --url or set $%s; %s", path, ripple.RedactURL(rawURL), envURL, create)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -27,6 +28,10 @@ the last error, the attempt count and the times.`,
 		},
 		DisableFlagsInUseLine:      true,
 		SuggestionsMinimumDistance: 2,
+		// A mistyped subcommand followed by its flags (dlq lsit x --url U)
+		// must be reported as the unknown subcommand, not as an unknown
+		// flag of dlq itself, which has none.
+		FParseErrWhitelist: cobra.FParseErrWhitelist{UnknownFlags: true},
 	}
 	cmd.AddCommand(c.dlqListCmd(), c.dlqRequeueCmd(), c.dlqPurgeCmd())
 	return cmd
@@ -51,24 +56,55 @@ func (c *cli) dlqListCmd() *cobra.Command {
 				return err
 			}
 			defer c.closeBus(bus)
-			dead, err := bus.DeadLetters(cmd.Context(), a[0], limit)
+			// One more than asked tells whether there are more; the
+			// statistics then say how many.
+			dead, err := bus.DeadLetters(cmd.Context(), a[0], limit+1)
 			if err != nil {
 				return err
 			}
+			more := len(dead) > limit
+			if more {
+				dead = dead[:limit]
+			}
 			if asJSON {
+				if more {
+					fmt.Fprintln(c.stderr, moreDeadLetters(cmd, bus, a[0], limit))
+				}
 				return writeJSON(c.stdout, dead)
 			}
 			if len(dead) == 0 {
 				fmt.Fprintf(c.stdout, "%s has no dead letters\n", a[0])
 				return nil
 			}
-			return printDeadLetters(c.stdout, dead)
+			if err := printDeadLetters(c.stdout, dead); err != nil {
+				return err
+			}
+			if more {
+				fmt.Fprintln(c.stdout, moreDeadLetters(cmd, bus, a[0], limit))
+			}
+			return nil
 		},
 	}
 	bf.add(cmd)
 	cmd.Flags().IntVar(&limit, "limit", 100, "list at most this many")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the dead letters as JSON, events in CloudEvents form")
 	return cmd
+}
+
+// moreDeadLetters says how many dead letters of handler a list limited to
+// limit left out, from the handler's statistics when the transport keeps
+// them.
+func moreDeadLetters(cmd *cobra.Command, bus *ripple.Bus, handler string, limit int) string {
+	ctx, cancel := statsContext(cmd.Context())
+	defer cancel()
+	if stats, err := bus.Stats(ctx); err == nil {
+		for _, s := range stats {
+			if s.Handler == handler && s.Dead > int64(limit) {
+				return fmt.Sprintf("... and %d more (%d dead letters in all); raise --limit to see them", s.Dead-int64(limit), s.Dead)
+			}
+		}
+	}
+	return "... and more; raise --limit to see them"
 }
 
 func printDeadLetters(w io.Writer, dead []ripple.DeadLetter) error {
@@ -103,12 +139,17 @@ are given, back to its queue with a fresh attempt budget.`,
 				return err
 			}
 			defer c.closeBus(bus)
-			n, err := bus.RequeueDead(cmd.Context(), a[0], a[1:]...)
-			if err != nil {
-				return err
+			if len(a) == 1 {
+				n, err := bus.RequeueDead(cmd.Context(), a[0])
+				if err != nil {
+					return err
+				}
+				c.reportCount("requeued", a[0], n)
+				return nil
 			}
-			c.reportCount("requeued", a[0], n, a[1:])
-			return nil
+			return c.eachID("requeued", a[0], a[1:], func(id string) (int, error) {
+				return bus.RequeueDead(cmd.Context(), a[0], id)
+			})
 		},
 	}
 	bf.add(cmd)
@@ -139,12 +180,17 @@ func (c *cli) dlqPurgeCmd() *cobra.Command {
 				return err
 			}
 			defer c.closeBus(bus)
-			n, err := bus.PurgeDead(cmd.Context(), a[0], ids...)
-			if err != nil {
-				return err
+			if all {
+				n, err := bus.PurgeDead(cmd.Context(), a[0])
+				if err != nil {
+					return err
+				}
+				c.reportCount("purged", a[0], n)
+				return nil
 			}
-			c.reportCount("purged", a[0], n, ids)
-			return nil
+			return c.eachID("purged", a[0], ids, func(id string) (int, error) {
+				return bus.PurgeDead(cmd.Context(), a[0], id)
+			})
 		},
 	}
 	bf.add(cmd)
@@ -152,15 +198,43 @@ func (c *cli) dlqPurgeCmd() *cobra.Command {
 	return cmd
 }
 
-// reportCount prints how many dead letters an operation moved, and says so
-// when some named ids were not found.
-func (c *cli) reportCount(verb, handler string, n int, ids []string) {
+// reportCount prints how many dead letters an operation moved.
+func (c *cli) reportCount(verb, handler string, n int) {
 	noun := "dead letters"
 	if n == 1 {
 		noun = "dead letter"
 	}
 	fmt.Fprintf(c.stdout, "%s %d %s of %s\n", verb, n, noun, handler)
-	if len(ids) > n {
-		fmt.Fprintf(c.stderr, "note: %d of the %d ids given were not in %s's dead-letter queue\n", len(ids)-n, len(ids), handler)
+}
+
+// eachID applies op to each named dead letter, one at a time so that the
+// ids that were not there can be named, reports the count, and fails
+// naming the ids not found.
+func (c *cli) eachID(verb, handler string, ids []string, op func(id string) (int, error)) error {
+	done := 0
+	var missing []string
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		n, err := op(id)
+		if err != nil {
+			if done > 0 {
+				c.reportCount(verb, handler, done)
+			}
+			return err
+		}
+		if n == 0 {
+			missing = append(missing, id)
+		}
+		done += n
 	}
+	c.reportCount(verb, handler, done)
+	if len(missing) > 0 {
+		return fmt.Errorf("%d of the %d ids given %s not in %s's dead-letter queue: %s (see ripple dlq list %s)",
+			len(missing), len(seen), map[bool]string{true: "is", false: "are"}[len(missing) == 1], handler, strings.Join(missing, ", "), handler)
+	}
+	return nil
 }

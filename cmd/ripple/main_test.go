@@ -189,8 +189,11 @@ func TestPublishStatsAndDeadLetters(t *testing.T) {
 	wantError(t, rippleCmd(t, "", "dlq", "purge", "audit.record", "--url", u), "--all")
 	wantError(t, rippleCmd(t, "", "dlq", "purge", "audit.record", "evt-1", "--all", "--url", u), "not both")
 
-	r = mustRun(t, "dlq", "requeue", "audit.record", "evt-1", "missing-id", "--url", u)
-	if r.stdout != "requeued 1 dead letter of audit.record\n" || !strings.Contains(r.stderr, "1 of the 2 ids") {
+	// Ids that are not there fail the command, named, after the others
+	// are done.
+	r = rippleCmd(t, "", "dlq", "requeue", "audit.record", "evt-1", "missing-id", "--url", u)
+	wantError(t, r, "1 of the 2 ids given is not in audit.record's dead-letter queue: missing-id")
+	if r.stdout != "requeued 1 dead letter of audit.record\n" {
 		t.Errorf("requeue: %q / %q", r.stdout, r.stderr)
 	}
 	// The requeued event fails again, permanently.
@@ -198,6 +201,8 @@ func TestPublishStatsAndDeadLetters(t *testing.T) {
 		d, err := bus.DeadLetters(context.Background(), "audit.record", 10)
 		return err == nil && len(d) == 1
 	})
+	wantError(t, rippleCmd(t, "", "dlq", "purge", "audit.record", "gone-1", "gone-2", "--url", u),
+		"2 of the 2 ids given are not in audit.record's dead-letter queue: gone-1, gone-2")
 	r = mustRun(t, "dlq", "purge", "audit.record", "--all", "--url", u)
 	if r.stdout != "purged 1 dead letter of audit.record\n" {
 		t.Errorf("purge --all: %q", r.stdout)
@@ -240,6 +245,8 @@ func TestPublishOptionsAndInput(t *testing.T) {
 	wantError(t, rippleCmd(t, "", "publish", "report.requested", "--url", u, "--id", "has space"), `--id "has space"`, "printable ASCII")
 	wantError(t, rippleCmd(t, "", "publish", "--url", u), "usage: ripple publish TYPE")
 	wantError(t, rippleCmd(t, "", "publish", "a.b", "--bogus"), "unknown flag: --bogus", "ripple publish --help")
+	// An empty --data is a mistake (an unset shell variable), not {}.
+	wantError(t, rippleCmd(t, "", "publish", "report.requested", "--url", u, "--data", ""), "--data is empty", "--data '{}'")
 }
 
 func TestURLResolution(t *testing.T) {
@@ -478,6 +485,9 @@ func TestURLsPrintedWithoutPassword(t *testing.T) {
 func TestUnknownCommands(t *testing.T) {
 	wantError(t, rippleCmd(t, "", "dlq", "lsit", "foo"), `unknown command "lsit" for "ripple dlq"`, "did you mean list?", "see 'ripple dlq --help'")
 	wantError(t, rippleCmd(t, "", "dlq", "frob", "x"), `unknown command "frob" for "ripple dlq"`, "see 'ripple dlq --help'")
+	// The subcommand's flags after a mistyped subcommand do not hide it.
+	wantError(t, rippleCmd(t, "", "dlq", "foo", "x", "--url", "memory://"), `unknown command "foo" for "ripple dlq"`)
+	wantError(t, rippleCmd(t, "", "dlq", "lsit", "x", "--limit", "3", "--json"), `unknown command "lsit" for "ripple dlq"`, "did you mean list?")
 	wantError(t, rippleCmd(t, "", "help", "bogus"), `unknown help topic "bogus"`, "see 'ripple --help'")
 	wantError(t, rippleCmd(t, "", "help", "dlq", "lsit"), `unknown help topic "dlq lsit"`, "did you mean list?")
 	wantError(t, rippleCmd(t, "", "bogus"), `unknown command "bogus" for "ripple"`, "see 'ripple --help'")
@@ -511,6 +521,9 @@ func TestPublishErrorsNameFlags(t *testing.T) {
 		{[]string{"--key", strings.Repeat("k", 300)}, []string{"--key is 300 bytes"}},
 		{[]string{"--priority", "x"}, []string{`invalid argument "x" for "--priority"`, "see 'ripple publish --help'"}},
 		{[]string{"--data", big}, []string{"the payload is", "store the data elsewhere"}},
+		// A payload under the limit that the key takes over it.
+		{[]string{"--data", `"` + strings.Repeat("a", ripple.DefaultMaxEventSize-200) + `"`, "--key", strings.Repeat("k", 255)},
+			[]string{"over the 1048576-byte limit", "publish a reference"}},
 	} {
 		r := rippleCmd(t, "", append([]string{"publish", "report.requested", "--url", u}, c.args...)...)
 		wantError(t, r, c.want...)
@@ -536,4 +549,61 @@ func TestUnsupportedFlag(t *testing.T) {
 	if got := unsupportedFlag(other); got != other {
 		t.Errorf("another error became %v", got)
 	}
+}
+
+// dlq list says how many dead letters a --limit left out.
+func TestDeadLetterListSaysHowManyMore(t *testing.T) {
+	bus, u := sharedBus(t, "cli-dlq-more")
+	if err := bus.On("job.run", "job.reject", func(context.Context, ripple.Event) error {
+		return ripple.Permanent(errors.New("rejected"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := bus.Publish(context.Background(), "job.run", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "5 dead letters", func() bool {
+		d, err := bus.DeadLetters(context.Background(), "job.reject", 10)
+		return err == nil && len(d) == 5
+	})
+	r := mustRun(t, "dlq", "list", "job.reject", "--limit", "3", "--url", u)
+	if n := strings.Count(r.stdout, "rejected"); n != 3 || !strings.Contains(r.stdout, "and 2 more (5 dead letters in all)") {
+		t.Errorf("dlq list --limit 3 of 5:\n%s", r.stdout)
+	}
+	r = mustRun(t, "dlq", "list", "job.reject", "--limit", "3", "--url", u, "--json")
+	var dead []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &dead); err != nil || len(dead) != 3 || !strings.Contains(r.stderr, "and 2 more") {
+		t.Errorf("dlq list --json --limit 3 of 5: %v %q %q", err, r.stdout, r.stderr)
+	}
+	if r := mustRun(t, "dlq", "list", "job.reject", "--limit", "5", "--url", u); strings.Contains(r.stdout, "more") {
+		t.Errorf("dlq list --limit 5 of 5 says there are more:\n%s", r.stdout)
+	}
+}
+
+// publish on a sqlite file that does not exist says how to create one,
+// and --create does.
+func TestPublishCreate(t *testing.T) {
+	if _, ok := transport.Lookup("sqlite"); !ok {
+		t.Skip("the sqlite transport is not registered in this build")
+	}
+	db := filepath.Join(t.TempDir(), "new.db")
+	u := "sqlite://" + db
+	wantError(t, rippleCmd(t, "", "publish", "user.signup.completed", "--url", u), "no Ripple database at "+db, "--create")
+	wantError(t, rippleCmd(t, "", "stats", "--url", u), "no Ripple database at "+db, "ripple publish TYPE --create --url "+u)
+	if _, err := os.Stat(db); err == nil {
+		t.Fatal("a refused publish created the database")
+	}
+	r := mustRun(t, "publish", "user.signup.completed", "--url", u, "--create", "--data", `{"a":1}`)
+	if !strings.Contains(r.stdout, "published") {
+		t.Errorf("publish --create: %q", r.stdout)
+	}
+	if _, err := os.Stat(db); err != nil {
+		t.Errorf("publish --create left no database: %v", err)
+	}
+	mustRun(t, "stats", "--url", u)
 }

@@ -36,6 +36,9 @@ stored event.
 --data takes the JSON itself, @FILE to read it from a file, or - to read it
 from standard input; without --data the payload is {}.
 
+On a sqlite:// URL whose file does not exist, publish fails unless --create
+is given, so that a typo in the path does not start a new, empty database.
+
 Handlers receive only events published after they subscribed, so publish
 warns when no handler on the transport matches TYPE.`,
 		Example: `  ripple publish user.signup.completed --data '{"user_id":"42","email":"ada@example.com"}'
@@ -46,6 +49,9 @@ warns when no handler on the transport matches TYPE.`,
 			typ := a[0]
 			if err := ripple.ValidateName(typ); err != nil {
 				return err
+			}
+			if cmd.Flags().Changed("data") && data == "" {
+				return fmt.Errorf("--data is empty; give the JSON payload, such as --data '{\"email\":\"ada@example.com\"}', or --data '{}' (or no --data) for an empty object")
 			}
 			payload, err := readData(data, c.stdin)
 			if err != nil {
@@ -92,7 +98,7 @@ warns when no handler on the transport matches TYPE.`,
 			defer c.closeBus(bus)
 			ev, err := bus.Publish(cmd.Context(), typ, payload, opts...)
 			if err != nil {
-				return unsupportedFlag(err)
+				return tooLarge(unsupportedFlag(err))
 			}
 			c.warnUnmatched(cmd, bus, typ, shown)
 			if asJSON {
@@ -109,6 +115,7 @@ warns when no handler on the transport matches TYPE.`,
 	f.IntVar(&priority, "priority", 0, "higher is handled first among waiting events")
 	f.StringVar(&id, "id", "", "event id; publishing an id the transport remembers stores nothing")
 	f.BoolVar(&asJSON, "json", false, "print the stored event as CloudEvents JSON")
+	f.BoolVar(&bf.create, "create", false, "create the sqlite database if it does not exist")
 	return cmd
 }
 
@@ -157,6 +164,15 @@ func checkID(id string) error {
 		}
 	}
 	return nil
+}
+
+// tooLarge restates a size-limit error for a CLI user, who cannot raise
+// the bus's limit: it gives the limit and what to do instead.
+func tooLarge(err error) error {
+	if !errors.Is(err, ripple.ErrTooLarge) {
+		return err
+	}
+	return fmt.Errorf("the event is over the %d-byte limit of ripple publish, counting its payload, key and id; store large data elsewhere, such as in object storage, and publish a reference to it", ripple.DefaultMaxEventSize)
 }
 
 // unsupportedFlag restates the error for an option the transport cannot
