@@ -676,7 +676,7 @@ type HandleResult struct {
 	Outcome  Outcome
 	Err      error
 	Duration time.Duration // time spent in the handler
-	Latency  time.Duration // from publish to the end of this attempt
+	Latency  time.Duration // from the event's Time (its publish unless set with WithEventTime) to the end of this attempt
 }
 
 // PublishHook observes publishes. err is nil for a stored event.

@@ -13,15 +13,24 @@
 //
 // # Metrics
 //
-//	ripple_events_published_total{type}               counter: events stored by Publish
+//	ripple_events_published_total{type}               counter: events stored by Publish (a
+//	                                                  duplicate, which stores nothing, is not counted)
+//	ripple_publish_failures_total{type}               counter: Publish calls that returned an error
+//	                                                  (a duplicate is not a failure); type is
+//	                                                  "invalid" for a name ValidateName refuses
 //	ripple_handler_events_total{handler,outcome}      counter: handler attempts by outcome
 //	                                                  (success, retry, dead)
 //	ripple_handler_duration_seconds{handler}          histogram: time spent in one attempt
-//	ripple_event_latency_seconds{handler}             histogram: from publish to the attempt
-//	                                                  that finished the event (success or dead)
+//	ripple_event_latency_seconds{handler}             histogram: from the event's Time (its
+//	                                                  publish unless set with WithEventTime) to
+//	                                                  the attempt that finished the event
+//	                                                  (success or dead)
 //	ripple_queue_depth{handler,state}                 gauge: events per state (waiting, active,
 //	                                                  delayed, dead), read from bus.Stats at
 //	                                                  scrape time
+//	ripple_queue_oldest_waiting_seconds{handler}      gauge: age of the oldest event waiting to be
+//	                                                  handled (0 when none waits), from bus.Stats
+//	                                                  at scrape time
 //
 // The counters and histograms count what this process saw. The queue depth
 // comes from the transport, so on a shared transport (sqlite, redis, ...)
@@ -73,10 +82,12 @@ var outcomes = []ripple.Outcome{ripple.OutcomeSuccess, ripple.OutcomeRetry, ripp
 // for concurrent use. Create it with NewMetrics.
 type Metrics struct {
 	published *prometheus.CounterVec
+	failed    *prometheus.CounterVec
 	handled   *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
 	latency   *prometheus.HistogramVec
 	depth     *prometheus.Desc
+	oldest    *prometheus.Desc
 
 	statsTimeout time.Duration
 
@@ -110,6 +121,10 @@ func NewMetrics(opts ...Option) *Metrics {
 			Name: "ripple_events_published_total",
 			Help: "Events stored by Publish, by event type.",
 		}, []string{"type"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ripple_publish_failures_total",
+			Help: "Publish calls that returned an error, by event type (\"invalid\" for a name that is not valid). A duplicate publish is not a failure.",
+		}, []string{"type"}),
 		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ripple_handler_events_total",
 			Help: "Handler attempts by handler and outcome (success, retry, dead).",
@@ -127,6 +142,9 @@ func NewMetrics(opts ...Option) *Metrics {
 		depth: prometheus.NewDesc("ripple_queue_depth",
 			"Events per handler and state (waiting, active, delayed, dead), as the transport reports them at scrape time.",
 			[]string{"handler", "state"}, nil),
+		oldest: prometheus.NewDesc("ripple_queue_oldest_waiting_seconds",
+			"Age of the oldest event waiting to be handled, per handler (0 when none waits), as the transport reports it at scrape time.",
+			[]string{"handler"}, nil),
 		statsTimeout: DefaultStatsTimeout,
 	}
 	for _, o := range opts {
@@ -166,12 +184,21 @@ func (m *Metrics) initHandlers(bus *ripple.Bus) {
 	}
 }
 
-// OnPublish counts stored events; failed publishes are not counted.
+// OnPublish counts stored events and failed publishes. A duplicate
+// publish (e.Duplicate) stored nothing and failed in nothing, so it counts
+// in neither.
 func (m *Metrics) OnPublish(_ context.Context, e ripple.Event, err error) {
-	if err != nil {
-		return
+	switch {
+	case err != nil:
+		typ := e.Type
+		if ripple.ValidateName(typ) != nil {
+			// Keeps a caller's bad input from making series without end.
+			typ = "invalid"
+		}
+		m.failed.WithLabelValues(typ).Inc()
+	case !e.Duplicate:
+		m.published.WithLabelValues(e.Type).Inc()
 	}
-	m.published.WithLabelValues(e.Type).Inc()
 }
 
 // OnHandle records one finished handler attempt.
@@ -186,17 +213,19 @@ func (m *Metrics) OnHandle(res ripple.HandleResult) {
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.published.Describe(ch)
+	m.failed.Describe(ch)
 	m.handled.Describe(ch)
 	m.duration.Describe(ch)
 	m.latency.Describe(ch)
 	ch <- m.depth
+	ch <- m.oldest
 }
 
-// Collect implements prometheus.Collector. It reads the queue depth with
-// bus.Stats, bounded by StatsTimeout. When the watched bus is closed or its
-// transport keeps no statistics, the gauge is left out; any other Stats
-// error is reported to the registry as an invalid ripple_queue_depth
-// metric, which fails the scrape or is logged depending on the registry's
+// Collect implements prometheus.Collector. It reads the queue depth and
+// the oldest waiting age with bus.Stats, bounded by StatsTimeout. When the
+// watched bus is closed or its transport keeps no statistics, the gauges
+// are left out; any other Stats error is reported to the registry as an
+// invalid ripple_queue_depth metric, which fails the scrape or is logged depending on the registry's
 // error handling (Handler continues and logs).
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	bus := m.watched()
@@ -204,6 +233,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		m.initHandlers(bus)
 	}
 	m.published.Collect(ch)
+	m.failed.Collect(ch)
 	m.handled.Collect(ch)
 	m.duration.Collect(ch)
 	m.latency.Collect(ch)
@@ -239,6 +269,7 @@ func (m *Metrics) collectDepth(bus *ripple.Bus, ch chan<- prometheus.Metric) {
 		} {
 			ch <- prometheus.MustNewConstMetric(m.depth, prometheus.GaugeValue, float64(v.n), s.Handler, v.state)
 		}
+		ch <- prometheus.MustNewConstMetric(m.oldest, prometheus.GaugeValue, s.OldestWaiting.Seconds(), s.Handler)
 	}
 }
 

@@ -273,3 +273,78 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// fixedStats is a memory driver whose Stats reports fixed counts.
+type fixedStats struct {
+	transport.Driver
+	stats []transport.Stats
+}
+
+func (f fixedStats) Stats(context.Context) ([]transport.Stats, error) { return f.stats, nil }
+
+// ripple_queue_oldest_waiting_seconds comes from Stats.OldestWaiting at
+// scrape time.
+func TestOldestWaiting(t *testing.T) {
+	m := NewMetrics()
+	d := fixedStats{Driver: memory.New(transport.Retention{}), stats: []transport.Stats{
+		{Handler: "email.welcome", Pattern: "user.>", Waiting: 3, OldestWaiting: 90 * time.Second},
+		{Handler: "crm.sync", Pattern: "user.>"},
+	}}
+	bus, err := ripple.New(d, ripple.WithHooks(m), quiet)
+	must(t, err)
+	t.Cleanup(func() { _ = bus.Close() })
+	m.Watch(bus)
+	want := `
+# HELP ripple_queue_oldest_waiting_seconds Age of the oldest event waiting to be handled, per handler (0 when none waits), as the transport reports it at scrape time.
+# TYPE ripple_queue_oldest_waiting_seconds gauge
+ripple_queue_oldest_waiting_seconds{handler="crm.sync"} 0
+ripple_queue_oldest_waiting_seconds{handler="email.welcome"} 90
+`
+	if err := testutil.CollectAndCompare(m, strings.NewReader(want), "ripple_queue_oldest_waiting_seconds"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Failed publishes are counted by type; a duplicate is neither a failure
+// nor a new stored event.
+func TestPublishFailures(t *testing.T) {
+	m := NewMetrics()
+	bus := openBus(t, m)
+	ctx := context.Background()
+	_, err := bus.Publish(ctx, "order.placed", map[string]int{"n": 1}, ripple.WithID("o-1"))
+	must(t, err)
+	dup, err := bus.Publish(ctx, "order.placed", map[string]int{"n": 2}, ripple.WithID("o-1"))
+	must(t, err)
+	if _, err := bus.Publish(ctx, "order.placed", func() {}); err == nil {
+		t.Fatal("a func payload was published")
+	}
+	if _, err := bus.Publish(ctx, "Not A Name", 1); err == nil {
+		t.Fatal("an invalid type was published")
+	}
+	if got := testutil.ToFloat64(m.failed.WithLabelValues("order.placed")); got != 1 {
+		t.Errorf("order.placed failures %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.failed.WithLabelValues("invalid")); got != 1 {
+		t.Errorf("invalid-type failures %v, want 1", got)
+	}
+	wantPublished := 2.0 // the duplicate, where the transport does not report it, counts as a publish
+	if dup.Duplicate {
+		wantPublished = 1
+	}
+	if got := testutil.ToFloat64(m.published.WithLabelValues("order.placed")); got != wantPublished {
+		t.Errorf("published %v, want %v (duplicate reported: %v)", got, wantPublished, dup.Duplicate)
+	}
+	if n := testutil.CollectAndCount(m, "ripple_publish_failures_total"); n != 2 {
+		t.Errorf("%d failure series, want 2 (order.placed and invalid)", n)
+	}
+
+	// A hook call with a duplicate: not a failure, not a publish.
+	before := testutil.ToFloat64(m.published.WithLabelValues("order.placed"))
+	m.OnPublish(ctx, ripple.Event{Type: "order.placed", Duplicate: true}, nil)
+	if got := testutil.ToFloat64(m.published.WithLabelValues("order.placed")); got != before {
+		t.Errorf("a duplicate counted as published")
+	}
+	if n := testutil.CollectAndCount(m, "ripple_publish_failures_total"); n != 2 {
+		t.Errorf("a duplicate counted as a failure")
+	}
+}
