@@ -29,13 +29,23 @@
 // Options tune each handler: Concurrency, RateLimit, MaxAttempts, Backoff,
 // Timeout, Lease, Idempotent and Ordered. Each documents its default.
 //
+// Middleware wraps handlers for what every handler needs (logging,
+// tracing, tenancy): Bus.Use wraps every handler of the bus, WithMiddleware
+// one. WaitIdle waits until the handlers have nothing left to do, for
+// scripts and tests.
+//
 // # Publishing
 //
 // Publish validates the event name, encodes the payload as JSON and
 // returns once the transport has stored the event durably. Publish
-// options set the ordering key, a delay or delivery time, a priority, an
-// explicit id (publishing the same id again stores nothing), headers,
-// source and schema version.
+// options set the ordering key, a delay or delivery time (WithDelay,
+// WithDeliverAt), a priority, an explicit id (publishing the same source
+// and id again stores nothing), the CloudEvents attributes (WithSource,
+// WithSubject, WithDataSchema, WithEventTime, WithContentType), headers
+// and the schema version.
+//
+// Events are CloudEvents 1.0: Event's MarshalJSON and UnmarshalJSON write
+// and read the CloudEvents JSON structured format.
 //
 // # Delivery guarantees
 //

@@ -132,7 +132,6 @@ func TestMiddlewareContextResultAndPanic(t *testing.T) {
 		attempt     int
 		hasDeadline bool
 		inCtx       bool
-		tenant      any
 	}
 	results := make(chan seen, 10)
 	if err := bus.Use(func(next ripple.HandlerFunc) ripple.HandlerFunc {
