@@ -43,6 +43,18 @@ func TestEventJSONRoundTrip(t *testing.T) {
 			t.Errorf("%s: round trip through %s\n got %+v\nwant %+v", ev.ID, b, got, ev)
 		}
 	}
+
+	// What ripple dlq list --json prints reads back too.
+	dl := []ripple.DeadLetter{{Event: ripple.Event{ID: "d1", Type: "a.b", Source: "/s", Time: at, DataContentType: "application/json", Data: []byte(`{"n":1}`)},
+		Handler: "h", Attempts: 3, Error: "boom", First: at, DeadAt: at}}
+	b, err := json.Marshal(dl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back []ripple.DeadLetter
+	if err := json.Unmarshal(b, &back); err != nil || len(back) != 1 || back[0].Event.ID != "d1" || string(back[0].Event.Data) != `{"n":1}` || back[0].Attempts != 3 {
+		t.Errorf("dead letters through %s: %v %+v", b, err, back)
+	}
 }
 
 // JSON payloads go out inline whatever JSON media type names them; others
