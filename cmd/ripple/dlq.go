@@ -103,7 +103,12 @@ are given, back to its queue with a fresh attempt budget.`,
 				return err
 			}
 			defer c.closeBus(bus)
-			n, err := bus.RequeueDead(cmd.Context(), a[0], a[1:]...)
+			var n int
+			if len(a) > 1 {
+				n, err = bus.RequeueDead(cmd.Context(), a[0], a[1:]...)
+			} else {
+				n, err = bus.RequeueAllDead(cmd.Context(), a[0])
+			}
 			if err != nil {
 				return err
 			}
@@ -139,7 +144,12 @@ func (c *cli) dlqPurgeCmd() *cobra.Command {
 				return err
 			}
 			defer c.closeBus(bus)
-			n, err := bus.PurgeDead(cmd.Context(), a[0], ids...)
+			var n int
+			if all {
+				n, err = bus.PurgeAllDead(cmd.Context(), a[0])
+			} else {
+				n, err = bus.PurgeDead(cmd.Context(), a[0], ids...)
+			}
 			if err != nil {
 				return err
 			}

@@ -48,8 +48,8 @@ func testCapabilityGaps(t *testing.T, s *suite) {
 	check(s.replayer, "Replay", second(bus.Replay(bg, "caps.plain", time.Now())))
 	check(s.inspector, "Stats", second(bus.Stats(bg)))
 	check(s.dlq, "DeadLetters", second(bus.DeadLetters(bg, "caps.plain", 10)))
-	check(s.dlq, "RequeueDead", second(bus.RequeueDead(bg, "caps.plain")))
-	check(s.dlq, "PurgeDead", second(bus.PurgeDead(bg, "caps.plain")))
+	check(s.dlq, "RequeueAllDead", second(bus.RequeueAllDead(bg, "caps.plain")))
+	check(s.dlq, "PurgeAllDead", second(bus.PurgeAllDead(bg, "caps.plain")))
 }
 
 // testInvalidInput: bad names, patterns, payloads and options fail with
@@ -156,8 +156,8 @@ func testClosed(t *testing.T, s *suite) {
 	}
 	if s.dlq {
 		wantErr(t, "DeadLetters after Close", second(bus.DeadLetters(bg, "closed.handler", 10)), ripple.ErrClosed)
-		wantErr(t, "RequeueDead after Close", second(bus.RequeueDead(bg, "closed.handler")), ripple.ErrClosed)
-		wantErr(t, "PurgeDead after Close", second(bus.PurgeDead(bg, "closed.handler")), ripple.ErrClosed)
+		wantErr(t, "RequeueDead after Close", second(bus.RequeueDead(bg, "closed.handler", "x")), ripple.ErrClosed)
+		wantErr(t, "PurgeDead after Close", second(bus.PurgeDead(bg, "closed.handler", "x")), ripple.ErrClosed)
 	}
 	if s.replayer {
 		wantErr(t, "Replay after Close", second(bus.Replay(bg, "closed.handler", time.Now())), ripple.ErrClosed)

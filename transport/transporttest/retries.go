@@ -149,8 +149,8 @@ func testDeadLetters(t *testing.T, s *suite) {
 	if !s.dlq {
 		for _, err := range []error{
 			second(bus.DeadLetters(bg, name, 10)),
-			second(bus.RequeueDead(bg, name)),
-			second(bus.PurgeDead(bg, name)),
+			second(bus.RequeueAllDead(bg, name)),
+			second(bus.PurgeAllDead(bg, name)),
 		} {
 			s.wantNotSupported(t, "dead-letter administration on a transport without a dead-letter queue", err)
 		}
@@ -204,12 +204,12 @@ func testDeadLetters(t *testing.T, s *suite) {
 	if left[0].Event.ID != pubs[2].ID {
 		t.Errorf("after requeueing one and purging one, dead letters hold %s, want %s", left[0].Event.ID, pubs[2].ID)
 	}
-	if n, err := bus.RequeueDead(bg, name); err != nil || n != 1 {
-		t.Fatalf("RequeueDead(all) = %d, %v; want 1", n, err)
+	if n, err := bus.RequeueAllDead(bg, name); err != nil || n != 1 {
+		t.Fatalf("RequeueAllDead = %d, %v; want 1", n, err)
 	}
 	rec.waitSucceeded(t, "every requeued event to run again", pubs[2].ID)
-	if n, err := bus.PurgeDead(bg, name); err != nil || n != 0 {
-		t.Errorf("PurgeDead(all) of an empty queue = %d, %v; want 0", n, err)
+	if n, err := bus.PurgeAllDead(bg, name); err != nil || n != 0 {
+		t.Errorf("PurgeAllDead of an empty queue = %d, %v; want 0", n, err)
 	}
 	if n := len(rec.of(pubs[1].ID)); n != 3 {
 		t.Errorf("purged event ran %d times, want only its 3 original attempts", n)
@@ -220,9 +220,11 @@ func testDeadLetters(t *testing.T, s *suite) {
 	}
 
 	for what, err := range map[string]error{
-		"DeadLetters": second(bus.DeadLetters(bg, "no.such.handler", 10)),
-		"RequeueDead": second(bus.RequeueDead(bg, "no.such.handler")),
-		"PurgeDead":   second(bus.PurgeDead(bg, "no.such.handler")),
+		"DeadLetters":    second(bus.DeadLetters(bg, "no.such.handler", 10)),
+		"RequeueDead":    second(bus.RequeueDead(bg, "no.such.handler", "x")),
+		"PurgeDead":      second(bus.PurgeDead(bg, "no.such.handler", "x")),
+		"RequeueAllDead": second(bus.RequeueAllDead(bg, "no.such.handler")),
+		"PurgeAllDead":   second(bus.PurgeAllDead(bg, "no.such.handler")),
 	} {
 		wantErr(t, what+" of an unknown handler", err, ripple.ErrUnknownHandler)
 	}
