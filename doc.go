@@ -27,21 +27,27 @@
 // never acknowledge by hand.
 //
 // Options tune each handler: Concurrency, RateLimit, MaxAttempts, Backoff,
-// Timeout, Lease, Idempotent and Ordered. Each documents its default.
+// Timeout, Lease, Idempotent, Ordered, Ephemeral, and StartFrom or
+// FromBeginning for a new handler that starts from retained history. Each
+// documents its default. A handler's ctx carries the values of the ctx
+// the bus was started with. Pause and Resume stop and restart one handler
+// in every process without deleting its queue.
 //
 // # Publishing
 //
 // Publish validates the event name, encodes the payload as JSON and
 // returns once the transport has stored the event durably. Publish
 // options set the ordering key, a delay or delivery time, a priority, an
-// explicit id (publishing the same id again stores nothing), headers,
-// source and schema version.
+// explicit id, headers, source and schema version. An event's identity is
+// its source and id: publishing a (source, id) the transport still
+// remembers stores nothing and returns the kept event marked Duplicate.
 //
 // # Delivery guarantees
 //
 // Delivery is at least once: a handler may see an event again after a
-// crash or a lost lease. Idempotent() makes each (handler, event id) run to
-// success at most once by claiming it atomically before the handler runs.
+// crash or a lost lease. Idempotent() makes each (handler, event source
+// and id) run to success at most once by claiming it atomically before
+// the handler runs.
 // Ordered() handles events with the same key one at a time, in publish
 // order. A transport that cannot honour an option fails at On or Publish
 // with an error matching ErrNotSupported.
@@ -49,9 +55,11 @@
 // # Errors
 //
 // Errors match the sentinels ErrClosed, ErrNotSupported, ErrInvalidOption,
-// ErrInvalidName, ErrTooLarge, ErrDuplicateHandler, ErrUnknownTransport and
-// ErrUnknownHandler through errors.Is, and wrap the transport's own error
-// so errors.As reaches it.
+// ErrInvalidName, ErrTooLarge, ErrDuplicateHandler, ErrUnknownTransport,
+// ErrUnknownHandler, ErrOutcomeUnknown (a publish whose outcome is unknown;
+// publishing it again with the same id is safe), ErrStorageFull and
+// ErrCorrupt through errors.Is, and wrap the transport's own error so
+// errors.As reaches it.
 //
 // # Stopping
 //
