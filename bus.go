@@ -1138,8 +1138,9 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 		}
 	}
 	if err := u.Unsubscribe(ctx, handler); err != nil {
-		if r != nil && !ran && errors.Is(err, transport.ErrNotFound) {
-			// Registered here but never started: nothing was subscribed.
+		if r != nil && (!ran || r.cfg.ephemeral) && errors.Is(err, transport.ErrNotFound) {
+			// Registered here but never started: nothing was subscribed;
+			// or ephemeral: closing it deleted it.
 			return nil
 		}
 		return b.adminErr("unsubscribe", handler, err)

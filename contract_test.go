@@ -414,3 +414,26 @@ func TestPauseStopsLocalReceiveAtOnce(t *testing.T) {
 		t.Fatal("the event published during the pause did not run after Resume")
 	}
 }
+
+// Unsubscribing an ephemeral handler that runs on this bus succeeds,
+// although stopping it already deleted its subscription.
+func TestUnsubscribeEphemeral(t *testing.T) {
+	ctx := context.Background()
+	bus, err := ripple.Open(ctx, "memory://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	if err := bus.On("a.b", "tail.x", func(context.Context, ripple.Event) error { return nil }, ripple.Ephemeral()); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Unsubscribe(ctx, "tail.x"); err != nil {
+		t.Errorf("Unsubscribe of a running ephemeral handler: %v", err)
+	}
+	if st, err := bus.Stats(ctx); err != nil || len(st) != 0 {
+		t.Errorf("after Unsubscribe: %+v, %v; want no handlers", st, err)
+	}
+}
