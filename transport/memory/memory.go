@@ -18,7 +18,8 @@
 // claims, dead letters, retention, replay of retained events, new handlers
 // starting from retained history (StartFrom), ephemeral subscriptions
 // (deleted when the last bus receiving them closes them) and pausing a
-// handler, for every bus sharing the store. The rate limit is per bus.
+// handler, for every bus sharing the store. A handler's rate limit is
+// shared by every bus of the store that runs it (SharedRateLimit).
 //
 // # Limits
 //
@@ -97,6 +98,7 @@ type store struct {
 	histHead int
 	ids      map[string]*transport.Message // by transport.IdentityKey
 	claims   map[claimKey]*claim
+	limits   map[string]*window // rate limits by handler
 	seq      uint64
 	now      func() time.Time
 }
@@ -122,6 +124,7 @@ func newStore(r transport.Retention, name string) *store {
 		subs:   map[string]*sub{},
 		ids:    map[string]*transport.Message{},
 		claims: map[claimKey]*claim{},
+		limits: map[string]*window{},
 		now:    time.Now,
 	}
 }
@@ -138,7 +141,7 @@ type driver struct {
 func (d *driver) Name() string { return "memory" }
 
 func (d *driver) Capabilities() transport.Capabilities {
-	return transport.Capabilities{Delay: true, Priority: true, Ordered: true, Dedup: true, Ephemeral: true, StartFrom: true}
+	return transport.Capabilities{Delay: true, Priority: true, Ordered: true, Dedup: true, Ephemeral: true, StartFrom: true, SharedRateLimit: true}
 }
 
 func (d *driver) isClosed() bool {
@@ -857,6 +860,46 @@ func (d *driver) Finish(ctx context.Context, handler, eventID string, success bo
 	return nil
 }
 
+// window is a sliding-window rate limit: the start times of the last n
+// reservations, oldest at next.
+type window struct {
+	per    time.Duration
+	starts []time.Time
+	next   int
+}
+
+// Reserve implements transport.RateLimiter for every bus sharing the
+// store: at most n reservations start in any interval of length per.
+func (d *driver) Reserve(ctx context.Context, handler string, n int, per time.Duration) (time.Duration, error) {
+	if d.isClosed() {
+		return 0, ErrClosed
+	}
+	if n <= 0 || per <= 0 {
+		return 0, errors.New("memory transport: a rate limit needs n > 0 and a positive period")
+	}
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	w := s.limits[handler]
+	if w == nil || w.per != per || len(w.starts) != n {
+		w = &window{per: per, starts: make([]time.Time, n)}
+		s.limits[handler] = w
+	}
+	at := now
+	// The oldest of the last n starts must be per in the past; starts
+	// are handed out in time order.
+	if oldest := w.starts[w.next]; !oldest.IsZero() && oldest.Add(per).After(at) {
+		at = oldest.Add(per)
+	}
+	if last := w.starts[(w.next+n-1)%n]; last.After(at) {
+		at = last
+	}
+	w.starts[w.next] = at
+	w.next = (w.next + 1) % n
+	return at.Sub(now), nil
+}
+
 // pruneClaims drops expired claims once the map has grown, amortised.
 func (s *store) pruneClaims() {
 	if len(s.claims) < 2*MaxHistory {
@@ -968,6 +1011,7 @@ func (d *driver) Unsubscribe(ctx context.Context, handler string) error {
 		return err
 	}
 	d.s.deleteSub(sb)
+	delete(d.s.limits, handler)
 	return nil
 }
 
