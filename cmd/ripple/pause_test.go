@@ -67,3 +67,33 @@ func TestPublishDuplicateSaysAlreadyStored(t *testing.T) {
 		t.Errorf("publishing a stored id noted %q", r.stderr)
 	}
 }
+
+// tail's subscription is ephemeral where the transport has them, so a
+// tail that is killed leaves nothing durable: the memory store knows it as
+// ephemeral while it runs, and it is gone when tail stops.
+func TestTailIsEphemeral(t *testing.T) {
+	bus, u := sharedBus(t, "cli-tail-eph-"+randomSuffix())
+	_, errb, stop := startTail(t, "user.>", "--url", u)
+	waitFor(t, "tail to start", func() bool { return strings.Contains(errb.String(), "as handler tail.") })
+	stats, err := bus.Stats(context.Background())
+	if err != nil || len(stats) != 1 {
+		t.Fatalf("subscriptions while tailing: %+v, %v", stats, err)
+	}
+	probe, err := ripple.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	if err := probe.On("user.>", stats[0].Handler, func(context.Context, ripple.Event) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := probe.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "ephemeral") {
+		t.Errorf("a durable subscription under tail's name: %v; want it refused as tail's is ephemeral", err)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("tail exited %d: %s", code, errb.String())
+	}
+	if strings.Contains(errb.String(), "could not delete") || strings.Contains(errb.String(), "stays on") {
+		t.Errorf("tail reported leaving a subscription: %s", errb.String())
+	}
+}
