@@ -716,8 +716,12 @@ type PublishHook interface {
 	OnPublish(ctx context.Context, e Event, err error)
 }
 
-// HandleHook observes finished handler attempts. It runs on the handler's
-// goroutine, so it must be quick.
+// HandleHook observes finished handler attempts whose outcome the
+// transport recorded. An attempt that Shutdown or Unsubscribe cut off, and
+// whose event was handed back for redelivery, is not reported, whatever
+// the handler returned afterwards; nor is one whose outcome the transport
+// failed to record (it is delivered again). OnHandle runs on the
+// handler's goroutine, so it must be quick.
 type HandleHook interface {
 	OnHandle(res HandleResult)
 }
