@@ -17,7 +17,8 @@
 // and id (a duplicate is reported with the event kept), idempotency
 // claims, dead letters, retention, replay of retained events, new handlers
 // starting from retained history (StartFrom), ephemeral subscriptions
-// (deleted when the last bus receiving them closes them) and pausing a
+// (deleted when the last bus receiving them closes them; a killed process
+// takes its store with it, so nothing needs reaping) and pausing a
 // handler, for every bus sharing the store. A handler's rate limit is
 // shared by every bus of the store that runs it (SharedRateLimit).
 //
