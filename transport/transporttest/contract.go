@@ -267,7 +267,8 @@ func testPause(t *testing.T, s *suite) {
 
 // testStartFrom: a new handler registered with FromBeginning gets the
 // retained events published before it existed; with StartFrom(t), only
-// those published at or after t; both then get what comes next.
+// those published at or after t; both then get what comes next. A
+// handler that already exists keeps its position whatever From says.
 func testStartFrom(t *testing.T, s *suite) {
 	url := s.h.NewURL(t)
 	bus := s.open(t, url)
@@ -278,9 +279,10 @@ func testStartFrom(t *testing.T, s *suite) {
 		s.wantNotSupported(t, "On with StartFrom(t)", bus.On(typ, "history.from", nop, ripple.StartFrom(time.Now())))
 		return
 	}
-	// An ordinary handler makes sure the store has seen the type; the
-	// events are published before the new handlers exist.
-	on(t, bus, typ, "history.existing", nop)
+	// An existing handler; the events are published before the new
+	// handlers exist.
+	var existing recorder
+	on(t, bus, typ, "history.existing", existing.handler("", nil))
 	start(t, bus)
 	var old []string
 	for i := range 3 {
@@ -298,11 +300,18 @@ func testStartFrom(t *testing.T, s *suite) {
 	var all, since recorder
 	on(t, late, typ, "history.beginning", all.handler("", nil), ripple.FromBeginning())
 	on(t, late, typ, "history.from", since.handler("", nil), ripple.StartFrom(mark))
+	on(t, late, typ, "history.existing", existing.handler("", nil), ripple.FromBeginning())
 	start(t, late)
 	next := publish(t, bus, typ, map[string]int{"next": 0}).ID
 	all.waitSucceeded(t, "FromBeginning to get every earlier event and the next", append(append(slices.Clone(old), recent...), next)...)
 	since.waitSucceeded(t, "StartFrom(t) to get the events from t and the next", append(slices.Clone(recent), next)...)
-	s.settled(t, late, "history.beginning", "history.from")
+	existing.waitSucceeded(t, "the existing handler to get every event", append(append(slices.Clone(old), recent...), next)...)
+	s.settled(t, late, "history.beginning", "history.from", "history.existing")
+	for id, n := range existing.succeeded() {
+		if n != 1 {
+			t.Errorf("an existing handler registered again with FromBeginning handled event %s %d times, want once (it keeps its position)", id, n)
+		}
+	}
 	got := since.succeeded()
 	for _, id := range old {
 		if got[id] > 0 {
