@@ -87,7 +87,9 @@ const (
 // An empty url means DefaultURL. The transport's package must be imported
 // (for example `import _ "github.com/ripplehq/ripple/transport/sqlite"`,
 // or transport/all for every one); otherwise Open fails with an error
-// naming the import.
+// naming the import. A transport whose disk or memory is full, or whose
+// stored data is damaged, fails Open with an error matching
+// ErrStorageFull or ErrCorrupt.
 func Open(ctx context.Context, url string, opts ...Option) (*Bus, error) {
 	if url == "" {
 		url = DefaultURL
