@@ -59,8 +59,11 @@ type Bus struct {
 	retiring  map[string]bool // names being unsubscribed
 	// orphans counts handlers that Unsubscribe cut off and took off the
 	// bus before they returned; Shutdown waits for them too.
-	orphans  sync.WaitGroup
-	order    []string // registration order, for stable listings
+	orphans sync.WaitGroup
+	order   []string // registration order, for stable listings
+	// values is the ctx given to Start, without its cancellation: handler
+	// contexts carry its values.
+	values   context.Context
 	started  bool
 	stopping bool // Shutdown began: no new handlers or starts
 	// closed is set once the driver is closed: no publishes either. It is
@@ -86,7 +89,9 @@ const (
 // An empty url means DefaultURL. The transport's package must be imported
 // (for example `import _ "github.com/ripplehq/ripple/transport/sqlite"`,
 // or transport/all for every one); otherwise Open fails with an error
-// naming the import.
+// naming the import. A transport whose disk or memory is full, or whose
+// stored data is damaged, fails Open with an error matching
+// ErrStorageFull or ErrCorrupt.
 func Open(ctx context.Context, url string, opts ...Option) (*Bus, error) {
 	if url == "" {
 		url = DefaultURL
@@ -259,13 +264,40 @@ func (b *Bus) As(target any) bool {
 // stored event. When Publish returns nil the event is durable to the
 // degree the transport documents. Inside a handler, pass the handler's ctx:
 // the new event then carries the handled event's correlation id and has
-// its id as causation id.
+// its id as causation id. A nil ctx, a nil payload and a payload that
+// encodes to JSON null (such as a nil pointer) are refused with
+// ErrInvalidOption.
+//
+// An event's identity is its source and id together (as in CloudEvents).
+// When the transport still remembers an event with the same source and
+// id (see WithID and DedupWindow), Publish stores nothing and returns the
+// event that was kept, with its own time and data, marked Duplicate, and
+// a nil error: retrying a publish whose reply was lost is safe.
+//
+// Errors from the transport match, with errors.Is, ErrClosed when the bus
+// is shut down, ErrOutcomeUnknown when the connection failed after the
+// event was sent (it may have been stored: publish it again with the same
+// id, WithID(ev.ID), which is safe), ErrStorageFull when the transport's
+// disk or memory is full (nothing was stored), and ErrCorrupt when its
+// stored data is damaged.
 func (b *Bus) Publish(ctx context.Context, eventType string, data any, opts ...PublishOption) (Event, error) {
 	ev, err := b.publish(ctx, eventType, data, opts)
-	for _, h := range b.publishHooks {
-		h.OnPublish(ctx, ev, err)
+	if len(b.publishHooks) > 0 {
+		hctx := hookContext(ctx)
+		for _, h := range b.publishHooks {
+			h.OnPublish(hctx, ev, err)
+		}
 	}
 	return ev, err
+}
+
+// hookContext is the ctx passed to publish hooks: ctx, or Background when
+// the caller passed nil (which Publish refuses).
+func hookContext(ctx context.Context) context.Context {
+	if ctx == nil {
+		return context.Background()
+	}
+	return ctx
 }
 
 func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []PublishOption) (Event, error) {
@@ -293,8 +325,11 @@ func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []Pu
 // tx commits.
 func (b *Bus) PublishTx(ctx context.Context, tx any, eventType string, data any, opts ...PublishOption) (Event, error) {
 	ev, err := b.publishTx(ctx, tx, eventType, data, opts)
-	for _, h := range b.publishHooks {
-		h.OnPublish(ctx, ev, err)
+	if len(b.publishHooks) > 0 {
+		hctx := hookContext(ctx)
+		for _, h := range b.publishHooks {
+			h.OnPublish(hctx, ev, err)
+		}
 	}
 	return ev, err
 }
@@ -331,6 +366,9 @@ func storedEvent(ev Event, msg *transport.Message) Event {
 
 // prepare validates a publish and builds its event and message.
 func (b *Bus) prepare(ctx context.Context, eventType string, data any, opts []PublishOption) (Event, *transport.Message, error) {
+	if ctx == nil {
+		return Event{Type: eventType}, nil, invalidOption("Publish(nil ctx, %q); pass a context, such as context.Background() or the handler's ctx", eventType)
+	}
 	if b.isClosed() {
 		return Event{}, nil, ErrClosed
 	}
@@ -441,8 +479,9 @@ func (b *Bus) isClosed() bool { return b.closed.Load() }
 // HandlerFunc handles one event. Returning nil acknowledges it; returning
 // an error retries it with backoff, or dead-letters it when the error is
 // Permanent or the attempts are used up. Handlers never acknowledge by
-// hand. ctx is cancelled when the attempt's Timeout passes or the bus
-// stops hard; a handler should return promptly then.
+// hand. ctx carries the values of the ctx the bus was started with (Start
+// or Run); it is cancelled when the attempt's Timeout passes or the bus
+// stops hard, and a handler should return promptly then.
 type HandlerFunc func(ctx context.Context, e Event) error
 
 // On registers fn under a durable handler name for events matching
@@ -482,6 +521,12 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 			return &NotSupportedError{Transport: b.driver.Name(), Option: "Idempotent"}
 		}
 	}
+	if cfg.ephemeral && !b.caps.Ephemeral {
+		return &NotSupportedError{Transport: b.driver.Name(), Option: "Ephemeral", Hint: "use a durable handler and Unsubscribe it when done"}
+	}
+	if !cfg.from.IsZero() && !b.caps.StartFrom {
+		return &NotSupportedError{Transport: b.driver.Name(), Option: "StartFrom/FromBeginning", Hint: "this transport keeps no history a new handler can start from"}
+	}
 	r := newRunner(b, pattern, name, fn, cfg)
 
 	b.lifecycle.Lock()
@@ -512,7 +557,7 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 		return ErrClosed
 	}
 	if started {
-		r.run()
+		r.run(b.values)
 	}
 	b.handlers[name] = r
 	b.order = append(b.order, name)
@@ -521,7 +566,10 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 
 // Start subscribes every registered handler and starts running them in
 // the background; it returns once the subscriptions exist. ctx bounds only
-// that setup. Stop the bus with Shutdown or Close.
+// that setup, and its values (a logger, a tenant, a tracing provider) are
+// carried by every handler's ctx, including handlers registered later;
+// its cancellation does not reach handlers. Stop the bus with Shutdown or
+// Close.
 func (b *Bus) Start(ctx context.Context) error {
 	b.lifecycle.Lock()
 	defer b.lifecycle.Unlock()
@@ -557,15 +605,17 @@ func (b *Bus) Start(ctx context.Context) error {
 		}
 		return ErrClosed
 	}
+	b.values = context.WithoutCancel(ctx)
 	for _, r := range runners {
-		r.run()
+		r.run(b.values)
 	}
 	b.started = true
 	return nil
 }
 
 // Run starts the bus (if Start has not) and blocks until ctx is done, then
-// shuts down gracefully within ShutdownTimeout. It returns nil after a
+// shuts down gracefully within ShutdownTimeout. Handlers' contexts carry
+// ctx's values, as with Start. It returns nil after a
 // clean stop. When ShutdownTimeout runs out, the error wraps
 // context.DeadlineExceeded and says what outlasted it: handlers, which
 // were then cut off, or the transport's close.
@@ -913,10 +963,25 @@ func (b *Bus) DeadLetters(ctx context.Context, handler string, limit int) ([]Dea
 	return out, nil
 }
 
-// RequeueDead moves dead letters of the handler (all of them when no ids
-// are given) back to its queue with a fresh attempt budget, and returns
-// how many moved.
+// RequeueDead moves the named dead letters of the handler back to its
+// queue with a fresh attempt budget, and returns how many moved (ids not
+// in the queue are skipped). At least one id is required, so that a
+// forgotten id list never moves the whole queue; RequeueAllDead moves
+// every one.
 func (b *Bus) RequeueDead(ctx context.Context, handler string, ids ...string) (int, error) {
+	if len(ids) == 0 {
+		return 0, invalidOption("RequeueDead(%q) with no ids; name the dead letters to requeue, or call RequeueAllDead to requeue every one", handler)
+	}
+	return b.requeueDead(ctx, handler, ids)
+}
+
+// RequeueAllDead moves every dead letter of the handler back to its queue
+// with a fresh attempt budget, and returns how many moved.
+func (b *Bus) RequeueAllDead(ctx context.Context, handler string) (int, error) {
+	return b.requeueDead(ctx, handler, nil)
+}
+
+func (b *Bus) requeueDead(ctx context.Context, handler string, ids []string) (int, error) {
 	q, err := b.dlq()
 	if err != nil {
 		return 0, err
@@ -928,9 +993,24 @@ func (b *Bus) RequeueDead(ctx context.Context, handler string, ids ...string) (i
 	return n, nil
 }
 
-// PurgeDead deletes dead letters of the handler (all of them when no ids
-// are given) and returns how many were deleted.
+// PurgeDead deletes the named dead letters of the handler for good and
+// returns how many were deleted (ids not in the queue are skipped). At
+// least one id is required, so that a forgotten id list never wipes the
+// queue; PurgeAllDead deletes every one.
 func (b *Bus) PurgeDead(ctx context.Context, handler string, ids ...string) (int, error) {
+	if len(ids) == 0 {
+		return 0, invalidOption("PurgeDead(%q) with no ids; name the dead letters to delete, or call PurgeAllDead to delete every one", handler)
+	}
+	return b.purgeDead(ctx, handler, ids)
+}
+
+// PurgeAllDead deletes every dead letter of the handler for good and
+// returns how many were deleted.
+func (b *Bus) PurgeAllDead(ctx context.Context, handler string) (int, error) {
+	return b.purgeDead(ctx, handler, nil)
+}
+
+func (b *Bus) purgeDead(ctx context.Context, handler string, ids []string) (int, error) {
 	q, err := b.dlq()
 	if err != nil {
 		return 0, err
@@ -959,6 +1039,56 @@ func (b *Bus) Replay(ctx context.Context, handler string, since time.Time) (int,
 		return n, b.adminErr("replay", handler, err)
 	}
 	return n, nil
+}
+
+// Pause stops the handler from taking new events, in every process that
+// runs it where the transport shares the pause (see its documentation),
+// until Resume: its events keep being stored for it and wait, attempts
+// already running finish and settle as usual, and nothing is lost. Use it
+// during a downstream outage instead of stopping the whole bus. On this
+// bus the handler stops receiving at once; other processes follow within
+// about a second. Pausing a paused handler does nothing; an unknown
+// handler is an error matching ErrUnknownHandler. Stats reports Paused.
+// The pause is kept by the transport, so it outlives this bus. Transports
+// that cannot pause return ErrNotSupported.
+func (b *Bus) Pause(ctx context.Context, handler string) error {
+	p, err := b.pauser()
+	if err != nil {
+		return err
+	}
+	if err := p.Pause(ctx, handler); err != nil {
+		return b.adminErr("pause", handler, err)
+	}
+	b.mu.Lock()
+	r := b.handlers[handler]
+	b.mu.Unlock()
+	if r != nil {
+		r.interrupt() // does nothing before the runner runs
+	}
+	return nil
+}
+
+// Resume lets a paused handler take events again, in every process that
+// runs it; what was published meanwhile is delivered. Resuming a handler
+// that is not paused does nothing; an unknown handler is an error matching
+// ErrUnknownHandler.
+func (b *Bus) Resume(ctx context.Context, handler string) error {
+	p, err := b.pauser()
+	if err != nil {
+		return err
+	}
+	if err := p.Resume(ctx, handler); err != nil {
+		return b.adminErr("resume", handler, err)
+	}
+	return nil
+}
+
+func (b *Bus) pauser() (transport.Pauser, error) {
+	p, ok := b.driver.(transport.Pauser)
+	if !ok {
+		return nil, &NotSupportedError{Transport: b.driver.Name(), Option: "Pause/Resume", Hint: "stop the processes running the handler, or Shutdown the bus"}
+	}
+	return p, nil
 }
 
 func (b *Bus) adminErr(op, handler string, err error) error {
@@ -1017,8 +1147,9 @@ func (b *Bus) Unsubscribe(ctx context.Context, handler string) error {
 		}
 	}
 	if err := u.Unsubscribe(ctx, handler); err != nil {
-		if r != nil && !ran && errors.Is(err, transport.ErrNotFound) {
-			// Registered here but never started: nothing was subscribed.
+		if r != nil && (!ran || r.cfg.ephemeral) && errors.Is(err, transport.ErrNotFound) {
+			// Registered here but never started: nothing was subscribed;
+			// or ephemeral: closing it deleted it.
 			return nil
 		}
 		return b.adminErr("unsubscribe", handler, err)

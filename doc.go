@@ -27,7 +27,11 @@
 // never acknowledge by hand.
 //
 // Options tune each handler: Concurrency, RateLimit, MaxAttempts, Backoff,
-// Timeout, Lease, Idempotent and Ordered. Each documents its default.
+// Timeout, Lease, Idempotent, Ordered, Ephemeral, and StartFrom or
+// FromBeginning for a new handler that starts from retained history. Each
+// documents its default. A handler's ctx carries the values of the ctx
+// the bus was started with. Pause and Resume stop and restart one handler
+// in every process without deleting its queue.
 //
 // Middleware wraps handlers for what every handler needs (logging,
 // tracing, tenancy): Bus.Use wraps every handler of the bus, WithMiddleware
@@ -39,8 +43,9 @@
 // Publish validates the event name, encodes the payload as JSON and
 // returns once the transport has stored the event durably. Publish
 // options set the ordering key, a delay or delivery time (WithDelay,
-// WithDeliverAt), a priority, an explicit id (publishing the same source
-// and id again stores nothing), the CloudEvents attributes (WithSource,
+// WithDeliverAt), a priority, an explicit id (an event's identity is its
+// source and id: publishing a (source, id) the transport still remembers
+// stores nothing and returns the kept event marked Duplicate), the CloudEvents attributes (WithSource,
 // WithSubject, WithDataSchema, WithEventTime, WithContentType), headers
 // and the schema version.
 //
@@ -50,8 +55,9 @@
 // # Delivery guarantees
 //
 // Delivery is at least once: a handler may see an event again after a
-// crash or a lost lease. Idempotent() makes each (handler, event id) run to
-// success at most once by claiming it atomically before the handler runs.
+// crash or a lost lease. Idempotent() makes each (handler, event source
+// and id) run to success at most once by claiming it atomically before
+// the handler runs.
 // Ordered() handles events with the same key one at a time, in publish
 // order. A transport that cannot honour an option fails at On or Publish
 // with an error matching ErrNotSupported.
@@ -59,9 +65,11 @@
 // # Errors
 //
 // Errors match the sentinels ErrClosed, ErrNotSupported, ErrInvalidOption,
-// ErrInvalidName, ErrTooLarge, ErrDuplicateHandler, ErrUnknownTransport and
-// ErrUnknownHandler through errors.Is, and wrap the transport's own error
-// so errors.As reaches it.
+// ErrInvalidName, ErrTooLarge, ErrDuplicateHandler, ErrUnknownTransport,
+// ErrUnknownHandler, ErrOutcomeUnknown (a publish whose outcome is unknown;
+// publishing it again with the same id is safe), ErrStorageFull and
+// ErrCorrupt through errors.Is, and wrap the transport's own error so
+// errors.As reaches it.
 //
 // # Stopping
 //

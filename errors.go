@@ -75,9 +75,11 @@ func (e *permanentError) Unwrap() error { return e.err }
 // Permanent wraps err so that the handler is not retried: the event goes
 // straight to the handler's dead-letter queue with err's text. Use it for
 // failures no retry can fix, such as a payload that does not decode.
+// Permanent(nil) is nil, like the error it wraps: a handler that returns
+// Permanent(err) with a nil err succeeds.
 func Permanent(err error) error {
 	if err == nil {
-		err = errors.New("permanent failure")
+		return nil
 	}
 	return &permanentError{err: err}
 }

@@ -411,5 +411,9 @@ func encodeData(data any) ([]byte, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("ripple: %w: payload of type %T does not encode to JSON: %v", ErrInvalidOption, data, err)
 	}
+	if string(b) == "null" {
+		// A nil pointer, map or slice: refused like a plain nil.
+		return nil, "", fmt.Errorf("ripple: %w: payload (%T) is nil and encodes to JSON null; publish a value, or json.RawMessage(\"{}\") for an event without data", ErrInvalidOption, data)
+	}
 	return b, "application/json", nil
 }

@@ -88,7 +88,7 @@ func ExampleBus_DeadLetters() {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	n, _ := bus.PurgeDead(ctx, "billing.dunning")
+	n, _ := bus.PurgeAllDead(ctx, "billing.dunning")
 	fmt.Println("purged", n)
 	// Output:
 	// true 1 permanent: customer has no card on file

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
-	"golang.org/x/time/rate"
 )
 
 // abandonGrace is how long past its Timeout a handler may keep running
@@ -32,15 +31,24 @@ type runner struct {
 	// when the runner starts.
 	wrapped HandlerFunc
 	cfg     handlerConfig
-	limiter *rate.Limiter
+	limiter *slidingWindow
 	shared  transport.RateLimiter
 	claimer transport.Claimer
 
-	sub        transport.Subscription
+	sub transport.Subscription
+	// values is the ctx the bus was started with, whose values handler
+	// contexts carry (not its cancellation).
+	values     context.Context
 	slots      chan struct{}
 	work       chan *transport.Delivery // to idle workers
 	recvCtx    context.Context
 	recvCancel context.CancelFunc
+	// pollCtx, under pollMu, is the ctx of the Receive call under way:
+	// Pause cancels it (and makes a new one), so that a Receive that
+	// began before the pause stops at once.
+	pollMu     sync.Mutex
+	pollCtx    context.Context
+	pollCancel context.CancelFunc
 	// runCtx ends once the handler has drained or on abort; it bounds
 	// idempotency claims and the heartbeat.
 	runCtx    context.Context
@@ -74,7 +82,7 @@ func newRunner(b *Bus, pattern, name string, fn HandlerFunc, cfg handlerConfig) 
 		if rl, ok := b.driver.(transport.RateLimiter); ok && b.caps.SharedRateLimit {
 			r.shared = rl
 		} else {
-			r.limiter = rate.NewLimiter(rate.Every(cfg.ratePer/time.Duration(cfg.rateN)), cfg.rateN)
+			r.limiter = newSlidingWindow(cfg.rateN, cfg.ratePer)
 		}
 	}
 	if cfg.idempotent {
@@ -91,6 +99,8 @@ func (r *runner) subscribe(ctx context.Context) error {
 		Ordered:     r.cfg.ordered,
 		Lease:       r.cfg.lease,
 		MaxAttempts: r.cfg.maxAttempts,
+		Ephemeral:   r.cfg.ephemeral,
+		From:        r.cfg.from,
 	})
 	if err != nil {
 		return r.bus.wrapDriverErr("subscribe "+r.name, err)
@@ -99,10 +109,15 @@ func (r *runner) subscribe(ctx context.Context) error {
 	return nil
 }
 
-// run starts receiving and handling.
-func (r *runner) run() {
+// run starts receiving and handling. Handler contexts carry the values
+// of values.
+func (r *runner) run(values context.Context) {
+	r.values = values
 	r.wrapped = chain(r.fn, r.bus.middleware, r.cfg.middleware)
 	r.recvCtx, r.recvCancel = context.WithCancel(context.Background())
+	r.pollMu.Lock()
+	r.pollCtx, r.pollCancel = context.WithCancel(r.recvCtx)
+	r.pollMu.Unlock()
 	r.runCtx, r.runCancel = context.WithCancel(context.Background())
 	go r.loop()
 	go r.heartbeat()
@@ -216,7 +231,8 @@ func (r *runner) loop() {
 				}
 			}
 		}
-		ds, err := r.sub.Receive(r.recvCtx, want)
+		pctx := r.poll()
+		ds, err := r.sub.Receive(pctx, want)
 		for range want - len(ds) {
 			<-r.slots
 		}
@@ -237,6 +253,9 @@ func (r *runner) loop() {
 			if r.recvCtx.Err() != nil {
 				return
 			}
+			if pctx.Err() != nil {
+				continue // interrupted by Pause: receive again
+			}
 			failures++
 			r.bus.log.Error("ripple: receive failed; retrying", "handler", r.name, "transport", r.bus.driver.Name(), "err", err)
 			r.sleep(failureBackoff(failures))
@@ -244,6 +263,25 @@ func (r *runner) loop() {
 		}
 		failures = 0
 	}
+}
+
+// poll returns the ctx for the next Receive.
+func (r *runner) poll() context.Context {
+	r.pollMu.Lock()
+	defer r.pollMu.Unlock()
+	return r.pollCtx
+}
+
+// interrupt ends the Receive under way, if any; the loop then receives
+// again, which a paused subscription answers with nothing.
+func (r *runner) interrupt() {
+	r.pollMu.Lock()
+	defer r.pollMu.Unlock()
+	if r.pollCancel == nil || r.recvCtx.Err() != nil {
+		return
+	}
+	r.pollCancel()
+	r.pollCtx, r.pollCancel = context.WithCancel(r.recvCtx)
 }
 
 // dispatch hands received deliveries, whose slots are taken, to workers.
@@ -349,7 +387,8 @@ func (r *runner) worker(d *transport.Delivery) {
 
 func (r *runner) waitRate() error {
 	if r.limiter != nil {
-		return r.limiter.Wait(r.recvCtx)
+		r.sleep(r.limiter.reserve(time.Now()))
+		return r.recvCtx.Err()
 	}
 	d, err := r.shared.Reserve(r.recvCtx, r.name, r.cfg.rateN, r.cfg.ratePer)
 	if err != nil {
@@ -439,7 +478,7 @@ func (r *runner) handle(d *transport.Delivery) {
 	}
 
 	f.start = time.Now()
-	f.hctx = handlerCtx{ev: ev, deadline: f.start.Add(r.cfg.timeout)}
+	f.hctx = handlerCtx{ev: ev, deadline: f.start.Add(r.cfg.timeout), values: r.values}
 	f.ctx = &f.hctx
 	r.mu.Lock()
 	if _, mine := r.inflight[d]; !mine {
@@ -486,7 +525,7 @@ func (r *runner) free() {
 // claim takes the idempotency claim. skip is true when the handler must
 // not run, with the settlement to record instead.
 func (r *runner) claim(ev *Event) (s transport.Settlement, skip bool) {
-	res, err := r.claimer.Claim(r.runCtx, r.name, ev.ID, r.claimTTL())
+	res, err := r.claimer.Claim(r.runCtx, r.name, transport.IdentityKey(ev.Source, ev.ID), r.claimTTL())
 	switch {
 	case err != nil:
 		r.bus.log.Warn("ripple: idempotency claim failed; event released", "handler", r.name, "event", ev.ID, "err", err)
@@ -518,7 +557,7 @@ func (r *runner) claimTTL() time.Duration {
 func (r *runner) finishClaim(ev *Event, success bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := r.claimer.Finish(ctx, r.name, ev.ID, success); err != nil {
+	if err := r.claimer.Finish(ctx, r.name, transport.IdentityKey(ev.Source, ev.ID), success); err != nil {
 		r.bus.log.Warn("ripple: could not record idempotency claim", "handler", r.name, "event", ev.ID, "err", err)
 	}
 }
@@ -570,7 +609,12 @@ func (r *runner) finish(d *transport.Delivery, ev *Event, err error, abandoned b
 				"attempt", d.Attempt, "retry_in", s.Delay, "err", err)
 		}
 	}
-	r.settle(d, s)
+	if !r.settle(d, s) {
+		// Not recorded: a shutdown took the delivery back first (it is
+		// delivered again), or the transport failed. The hooks hear only
+		// of outcomes the store holds.
+		return
+	}
 	if len(r.bus.handleHooks) > 0 {
 		res := HandleResult{Handler: r.name, Event: *ev, Outcome: outcome, Err: err, Duration: elapsed, Latency: time.Since(ev.Time)}
 		for _, h := range r.bus.handleHooks {
@@ -585,20 +629,23 @@ func (r *runner) isAborted() bool {
 	return r.aborted
 }
 
-// settle records an outcome unless abort already released the delivery.
-func (r *runner) settle(d *transport.Delivery, s transport.Settlement) {
+// settle records an outcome unless abort already released the delivery,
+// and reports whether the transport recorded it.
+func (r *runner) settle(d *transport.Delivery, s transport.Settlement) bool {
 	r.mu.Lock()
 	_, mine := r.inflight[d]
 	delete(r.inflight, d)
 	r.mu.Unlock()
 	if !mine {
-		return
+		return false
 	}
 	s.Delivery = d
 	if err := r.sub.Settle(r.settleCtx(), []transport.Settlement{s}); err != nil {
 		r.bus.log.Error("ripple: could not record outcome; the event will be delivered again after its lease",
 			"handler", r.name, "event", d.ID, "outcome", s.Outcome.String(), "err", err)
+		return false
 	}
+	return true
 }
 
 // settleTimeout bounds one settlement.
@@ -684,8 +731,12 @@ type PublishHook interface {
 	OnPublish(ctx context.Context, e Event, err error)
 }
 
-// HandleHook observes finished handler attempts. It runs on the handler's
-// goroutine, so it must be quick.
+// HandleHook observes finished handler attempts whose outcome the
+// transport recorded. An attempt that Shutdown or Unsubscribe cut off, and
+// whose event was handed back for redelivery, is not reported, whatever
+// the handler returned afterwards; nor is one whose outcome the transport
+// failed to record (it is delivered again). OnHandle runs on the
+// handler's goroutine, so it must be quick.
 type HandleHook interface {
 	OnHandle(res HandleResult)
 }

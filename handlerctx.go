@@ -20,6 +20,10 @@ import (
 type handlerCtx struct {
 	ev       *Event
 	deadline time.Time
+	// values is the ctx given to Start or Run: a handler's ctx carries its
+	// values, so that loggers, tenants and tracing providers put there
+	// reach handlers. Its cancellation does not reach them.
+	values context.Context
 
 	mu     sync.Mutex
 	done   chan struct{} // made on the first Done, or closed at cancel
@@ -61,6 +65,9 @@ func (c *handlerCtx) Err() error {
 func (c *handlerCtx) Value(key any) any {
 	if key == any(eventKey{}) {
 		return c.ev
+	}
+	if c.values != nil {
+		return c.values.Value(key)
 	}
 	return nil
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/ripplehq/ripple"
 )
 
-type tenantKey struct{}
+type middlewareTenantKey struct{}
 
 // trace records the order middleware and the handler run in.
 type trace struct {
@@ -142,7 +142,7 @@ func TestMiddlewareContextResultAndPanic(t *testing.T) {
 				panic("middleware bug on the first attempt")
 			}
 			results <- seen{attempt: e.Attempt, hasDeadline: hasDeadline, inCtx: ok && cur.ID == e.ID}
-			err := next(context.WithValue(ctx, tenantKey{}, e.Headers["tenant"]), e)
+			err := next(context.WithValue(ctx, middlewareTenantKey{}, e.Headers["tenant"]), e)
 			if err != nil && strings.Contains(err.Error(), "bad data") {
 				return ripple.Permanent(err)
 			}
@@ -153,7 +153,7 @@ func TestMiddlewareContextResultAndPanic(t *testing.T) {
 	}
 	tenants := make(chan any, 10)
 	if err := bus.On("order.>", "orders", func(ctx context.Context, e ripple.Event) error {
-		tenants <- ctx.Value(tenantKey{})
+		tenants <- ctx.Value(middlewareTenantKey{})
 		if e.Type == "order.bad" {
 			return errors.New("bad data")
 		}

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/ripplehq/ripple/transport"
 )
 
 // Defaults. Each option's documentation repeats the default it replaces.
@@ -447,6 +449,8 @@ type handlerConfig struct {
 	ordered     bool
 	lease       time.Duration
 	middleware  []Middleware
+	ephemeral   bool
+	from        time.Time
 }
 
 func defaultHandlerConfig() handlerConfig {
@@ -472,10 +476,14 @@ func Concurrency(n int) HandlerOption {
 	}
 }
 
-// RateLimit starts at most n events per period, with bursts up to n.
-// Default: no limit. On transports that declare a shared rate limit it
-// holds across every process running the handler; on others (memory,
-// sqlite) it holds per process.
+// RateLimit starts at most n events in any window of length per: counted
+// by the times handlers start, no interval of length per holds more than
+// n starts (a sliding window, not a token bucket, which would let 2n start
+// within one period). Up to n may start at once after an idle period.
+// Default: no limit. On transports that declare a shared rate limit
+// (transport.Capabilities.SharedRateLimit) it holds across every process
+// running the handler; on others it holds per process, so that k
+// processes running the handler start up to k×n per window.
 func RateLimit(n int, per time.Duration) HandlerOption {
 	return func(c *handlerConfig) error {
 		if n < 1 || per <= 0 {
@@ -533,9 +541,10 @@ func Timeout(d time.Duration) HandlerOption {
 	}
 }
 
-// Idempotent makes the handler run to success at most once per event id,
-// even when the transport delivers an event twice: an attempt first claims
-// (handler, event id) atomically, and a completed claim skips the handler.
+// Idempotent makes the handler run to success at most once per event (its
+// source and id), even when the transport delivers an event twice: an
+// attempt first claims (handler, event source and id) atomically, and a
+// completed claim skips the handler.
 // A claim is held for twice the time after which an attempt that ignores
 // its cancelled ctx is abandoned (Timeout plus 2 s); until then a retry
 // waits for it, and the abandoned attempt's late outcome still counts: a
@@ -570,6 +579,46 @@ func Lease(d time.Duration) HandlerOption {
 			return invalidOption("Lease(%s); a lease must be at least 10ms", d)
 		}
 		c.lease = d
+		return nil
+	}
+}
+
+// Ephemeral makes the handler's subscription last only while this bus
+// runs it: the transport deletes it, with everything queued for it, when
+// the bus stops, and reaps it when the process dies without stopping, so
+// it leaves nothing durable behind (`ripple tail` uses it). It sees only
+// events published while it exists. Transports that cannot give it
+// refuse it with ErrNotSupported. Do not give an ephemeral handler the
+// name of a durable one.
+func Ephemeral() HandlerOption {
+	return func(c *handlerConfig) error {
+		c.ephemeral = true
+		return nil
+	}
+}
+
+// StartFrom makes a handler whose subscription does not exist yet start
+// from the transport's retained history: every retained event matching
+// its pattern published at or after t is delivered to it, then every
+// event published afterwards (for example a projection building its read
+// model). A handler that has subscribed before keeps its position, and
+// history is bounded by the transport's retention (see DedupWindow).
+// Default: a new handler gets only the events published after it
+// subscribed. Transports without history refuse it with ErrNotSupported.
+func StartFrom(t time.Time) HandlerOption {
+	return func(c *handlerConfig) error {
+		if t.IsZero() {
+			return invalidOption("StartFrom(zero time); pass the time to start from, or use FromBeginning()")
+		}
+		c.from = t
+		return nil
+	}
+}
+
+// FromBeginning is StartFrom the oldest retained event.
+func FromBeginning() HandlerOption {
+	return func(c *handlerConfig) error {
+		c.from = transport.Beginning
 		return nil
 	}
 }

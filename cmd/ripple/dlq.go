@@ -140,7 +140,7 @@ are given, back to its queue with a fresh attempt budget.`,
 			}
 			defer c.closeBus(bus)
 			if len(a) == 1 {
-				n, err := bus.RequeueDead(cmd.Context(), a[0])
+				n, err := bus.RequeueAllDead(cmd.Context(), a[0])
 				if err != nil {
 					return err
 				}
@@ -181,7 +181,7 @@ func (c *cli) dlqPurgeCmd() *cobra.Command {
 			}
 			defer c.closeBus(bus)
 			if all {
-				n, err := bus.PurgeDead(cmd.Context(), a[0])
+				n, err := bus.PurgeAllDead(cmd.Context(), a[0])
 				if err != nil {
 					return err
 				}

@@ -9,6 +9,7 @@
 //	ripple stats
 //	ripple dlq list|requeue|purge HANDLER [IDS...]
 //	ripple tail PATTERN
+//	ripple pause|resume HANDLER
 //	ripple lint NAME...
 //
 // Every command that opens a bus takes --url, defaulting to the RIPPLE_URL
@@ -115,6 +116,8 @@ is data take --json.`,
 		c.statsCmd(),
 		c.dlqCmd(),
 		c.tailCmd(),
+		c.pauseCmd(),
+		c.resumeCmd(),
 		c.lintCmd(),
 	)
 	return root

@@ -100,7 +100,11 @@ warns when no handler on the transport matches TYPE.`,
 			if err != nil {
 				return tooLarge(unsupportedFlag(err))
 			}
-			c.warnUnmatched(cmd, bus, typ, shown)
+			if ev.Duplicate {
+				fmt.Fprintf(c.stderr, "note: an event with id %s from source %s is already stored on %s, so nothing new was stored; the event shown is the one kept\n", ev.ID, ev.Source, shown)
+			} else {
+				c.warnUnmatched(cmd, bus, typ, shown)
+			}
 			if asJSON {
 				return writeJSON(c.stdout, ev)
 			}
@@ -212,7 +216,12 @@ func (c *cli) warnUnmatched(cmd *cobra.Command, bus *ripple.Bus, typ, shownURL s
 
 func printEvent(w io.Writer, ev ripple.Event, delay time.Duration) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "published\t%s\n", ev.Type)
+	if ev.Duplicate {
+		fmt.Fprintf(tw, "already stored\t%s\n", ev.Type)
+		delay = 0 // the kept event's delivery time is not known here
+	} else {
+		fmt.Fprintf(tw, "published\t%s\n", ev.Type)
+	}
 	fmt.Fprintf(tw, "id\t%s\n", ev.ID)
 	fmt.Fprintf(tw, "source\t%s\n", ev.Source)
 	fmt.Fprintf(tw, "time\t%s\n", ev.Time.UTC().Format(time.RFC3339Nano))

@@ -26,7 +26,8 @@ func (c *cli) statsCmd() *cobra.Command {
 other processes), how many events are waiting, active (being handled),
 delayed (by WithDelay or retry backoff), completed and still retained,
 the failed attempts (in retained history; on redis:// since the handler
-subscribed), the dead letters, and the age of the oldest waiting event.`,
+subscribed), the dead letters, and the age of the oldest waiting event.
+A paused handler (ripple pause) is shown as "HANDLER (paused)".`,
 		Args: args(0, 0, "ripple stats [--url URL] [--json]"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			bus, shown, err := c.open(cmd, &bf)
@@ -63,7 +64,11 @@ func printStats(w io.Writer, stats []ripple.HandlerStats) error {
 		if s.OldestWaiting > 0 {
 			oldest = s.OldestWaiting.Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", s.Handler, s.Pattern,
+		handler := s.Handler
+		if s.Paused {
+			handler += " (paused)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", handler, s.Pattern,
 			s.Waiting, s.Active, s.Delayed, s.Completed, s.Failed, s.Dead, oldest)
 	}
 	return tw.Flush()

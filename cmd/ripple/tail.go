@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -29,12 +30,15 @@ prints every matching event published from then on, until interrupted
 (Ctrl-C). PATTERN is an event name whose segments may be * (one segment),
 ending in > (one or more segments): user.*, order.>, or > for everything.
 
-The handler is an ordinary Ripple subscription. It receives its own copy of
-every matching event, so it takes nothing away from the application's
-handlers. When tail exits it deletes its subscription (where the transport
-can), so nothing keeps collecting events for it. With --name the
-subscription is kept instead: a later 'ripple tail --name' with the same
-name prints what arrived while it was away. The name must start with
+The handler receives its own copy of every matching event, so it takes
+nothing away from the application's handlers. It is ephemeral where the
+transport can make it so: the subscription lasts only while tail runs and
+is deleted when tail exits, or reaped if tail is killed, so nothing keeps
+collecting events for it. On a transport without ephemeral subscriptions
+tail deletes its subscription when it exits (a tail killed with SIGKILL
+leaves it behind; remove it with Unsubscribe). With --name the
+subscription is durable instead: a later 'ripple tail --name' with the
+same name prints what arrived while it was away. The name must start with
 tail., so that tail never subscribes under the name of one of the
 application's handlers: it would take that handler's waiting events and
 change its pattern.`,
@@ -62,12 +66,21 @@ change its pattern.`,
 			}
 			var mu sync.Mutex
 			printed := 0
-			err = bus.On(pattern, name, func(ctx context.Context, e ripple.Event) error {
+			show := func(ctx context.Context, e ripple.Event) error {
 				mu.Lock()
 				defer mu.Unlock()
 				printed++
 				return printTailEvent(c.stdout, e, asJSON)
-			}, ripple.Concurrency(1))
+			}
+			keep := cmd.Flags().Changed("name")
+			ephemeral := false
+			if !keep {
+				err = bus.On(pattern, name, show, ripple.Concurrency(1), ripple.Ephemeral())
+				ephemeral = err == nil
+			}
+			if !ephemeral && (keep || errors.Is(err, ripple.ErrNotSupported)) {
+				err = bus.On(pattern, name, show, ripple.Concurrency(1))
+			}
 			if err == nil {
 				err = bus.Start(cmd.Context())
 			}
@@ -79,8 +92,7 @@ change its pattern.`,
 			<-cmd.Context().Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			keep := cmd.Flags().Changed("name")
-			if !keep {
+			if !keep && !ephemeral {
 				if err := bus.Unsubscribe(sctx, name); err != nil {
 					fmt.Fprintf(c.stderr, "ripple: could not delete subscription %s: %s\n", name, errText(err))
 					keep = true

@@ -13,14 +13,20 @@
 // Capabilities().Durable is false. Within the process it gives every
 // semantic of Ripple's contract: fan-out per handler, competing consumers
 // between buses sharing a named store, leases with redelivery, delays,
-// priority, per-key ordering, publish deduplication, idempotency claims,
-// dead letters, retention and replay of retained events. The rate limit is
-// per bus.
+// priority, per-key ordering, publish deduplication on an event's source
+// and id (a duplicate is reported with the event kept), idempotency
+// claims, dead letters, retention, replay of retained events, new handlers
+// starting from retained history (StartFrom), ephemeral subscriptions
+// (deleted when the last bus receiving them closes them; a killed process
+// takes its store with it, so nothing needs reaping) and pausing a
+// handler, for every bus sharing the store. A handler's rate limit is
+// shared by every bus of the store that runs it (SharedRateLimit).
 //
 // # Limits
 //
-// Retained history (for deduplication and replay) is bounded by the
-// dedup window and by MaxHistory events, whichever is reached first.
+// Retained history (for deduplication, replay and StartFrom) is bounded
+// by the dedup window and by MaxHistory events, whichever is reached
+// first.
 package memory
 
 import (
@@ -91,8 +97,9 @@ type store struct {
 	subs     map[string]*sub
 	history  []histEntry // publish order, for dedup expiry and replay; live from histHead
 	histHead int
-	ids      map[string]struct{}
+	ids      map[string]*transport.Message // by transport.IdentityKey
 	claims   map[claimKey]*claim
+	limits   map[string]*window // rate limits by handler
 	seq      uint64
 	now      func() time.Time
 }
@@ -116,8 +123,9 @@ func newStore(r transport.Retention, name string) *store {
 		refs:   1,
 		ret:    r.Resolve(),
 		subs:   map[string]*sub{},
-		ids:    map[string]struct{}{},
+		ids:    map[string]*transport.Message{},
 		claims: map[claimKey]*claim{},
+		limits: map[string]*window{},
 		now:    time.Now,
 	}
 }
@@ -126,12 +134,15 @@ type driver struct {
 	s      *store
 	mu     sync.Mutex
 	closed bool
+	// recvs are the driver's open receivers, closed with it, so that an
+	// ephemeral subscription goes when its last bus closes.
+	recvs map[*receiver]struct{}
 }
 
 func (d *driver) Name() string { return "memory" }
 
 func (d *driver) Capabilities() transport.Capabilities {
-	return transport.Capabilities{Delay: true, Priority: true, Ordered: true, Dedup: true}
+	return transport.Capabilities{Delay: true, Priority: true, Ordered: true, Dedup: true, Ephemeral: true, StartFrom: true, SharedRateLimit: true}
 }
 
 func (d *driver) isClosed() bool {
@@ -147,7 +158,12 @@ func (d *driver) Close() error {
 		return nil
 	}
 	d.closed = true
+	recvs := d.recvs
+	d.recvs = nil
 	d.mu.Unlock()
+	for r := range recvs {
+		_ = r.Close()
+	}
 	if d.s.name != "" {
 		namedMu.Lock()
 		d.s.refs--
@@ -172,13 +188,16 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	now := s.now()
 	s.expireHistory(now)
 	for _, m := range msgs {
-		if _, dup := s.ids[m.ID]; dup {
+		key := transport.IdentityKey(m.Source(), m.ID)
+		if kept, dup := s.ids[key]; dup {
+			m.Duplicate = copyMessage(kept)
 			continue
 		}
+		m.Duplicate = nil
 		// The store keeps its own copy: the caller may reuse its buffers.
 		m = copyMessage(m)
 		s.seq++
-		s.ids[m.ID] = struct{}{}
+		s.ids[key] = m
 		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq})
 		for _, sb := range s.subs {
 			if transport.Match(sb.pattern, m.Type) {
@@ -206,7 +225,8 @@ func copyMessage(m *transport.Message) *transport.Message {
 func (s *store) expireHistory(now time.Time) {
 	h := s.histHead
 	for h < len(s.history) && (len(s.history)-h > MaxHistory || now.Sub(s.history[h].at) > s.ret.DedupWindow) {
-		delete(s.ids, s.history[h].msg.ID)
+		m := s.history[h].msg
+		delete(s.ids, transport.IdentityKey(m.Source(), m.ID))
 		s.history[h] = histEntry{}
 		h++
 	}
@@ -230,11 +250,47 @@ func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if sb == nil {
 		sb = newSub(s, spec)
 		s.subs[spec.Name] = sb
+		if !spec.From.IsZero() {
+			s.startFrom(sb, spec.From)
+		}
 	} else if sb.pattern != spec.Pattern || sb.ordered != spec.Ordered {
 		return nil, fmt.Errorf("memory transport: handler %q is already subscribed to %q (ordered=%v); another bus in this process registered it differently (%q, ordered=%v)",
 			spec.Name, sb.pattern, sb.ordered, spec.Pattern, spec.Ordered)
+	} else if sb.ephemeral != spec.Ephemeral {
+		return nil, fmt.Errorf("memory transport: handler %q exists as %s subscription; it cannot be received as %s one: give the handler another name",
+			spec.Name, article(sb.ephemeral), article(spec.Ephemeral))
 	}
-	return &receiver{d: d, sb: sb, lease: spec.Lease}, nil
+	r := &receiver{d: d, sb: sb, lease: spec.Lease}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if d.recvs == nil {
+		d.recvs = map[*receiver]struct{}{}
+	}
+	d.recvs[r] = struct{}{}
+	d.mu.Unlock()
+	sb.holders++
+	return r, nil
+}
+
+func article(ephemeral bool) string {
+	if ephemeral {
+		return "an ephemeral"
+	}
+	return "a durable"
+}
+
+// startFrom gives a new subscription every retained message of its
+// pattern published at or after from. s.mu must be held.
+func (s *store) startFrom(sb *sub, from time.Time) {
+	now := s.now()
+	for _, h := range s.history[s.histHead:] {
+		if !h.at.Before(from) && transport.Match(sb.pattern, h.msg.Type) {
+			sb.add(&entry{msg: h.msg, seq: h.seq, runAt: h.at.Add(h.msg.Delay), published: h.at}, now)
+		}
+	}
 }
 
 // ---- subscriptions ----
@@ -267,10 +323,15 @@ type entry struct {
 }
 
 type sub struct {
-	s       *store
-	name    string
-	pattern string
-	ordered bool
+	s         *store
+	name      string
+	pattern   string
+	ordered   bool
+	ephemeral bool
+	// holders counts open receivers; an ephemeral subscription is deleted
+	// when it drops to zero.
+	holders int
+	paused  bool
 
 	ready   readyQueue
 	delayed timeHeap // by runAt
@@ -284,7 +345,7 @@ type sub struct {
 
 func newSub(s *store, spec transport.SubscriptionSpec) *sub {
 	return &sub{
-		s: s, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered,
+		s: s, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered, ephemeral: spec.Ephemeral,
 		delayed: timeHeap{at: func(e *entry) time.Time { return e.runAt }},
 		active:  timeHeap{at: func(e *entry) time.Time { return e.leaseEnd }},
 		keys:    map[string][]*entry{},
@@ -397,9 +458,10 @@ func trim(list []*entry, count int, age time.Duration, now time.Time) []*entry {
 // ---- receiver ----
 
 type receiver struct {
-	d     *driver
-	sb    *sub
-	lease time.Duration
+	d      *driver
+	sb     *sub
+	lease  time.Duration
+	closed bool // under the store's mu
 }
 
 type token struct {
@@ -416,7 +478,7 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 		s.mu.Lock()
 		now := s.now()
 		r.sb.promote(now)
-		if n := min(r.sb.ready.Len(), limit); n > 0 {
+		if n := min(r.sb.ready.Len(), limit); n > 0 && !r.sb.paused {
 			out := make([]*transport.Delivery, n)
 			for i := range out {
 				e := r.sb.ready.pop()
@@ -527,7 +589,25 @@ func (r *receiver) Extend(ctx context.Context, ds []*transport.Delivery, lease t
 	return nil
 }
 
-func (r *receiver) Close() error { return nil }
+// Close stops receiving. The last receiver of an ephemeral subscription
+// deletes it, with everything queued for it.
+func (r *receiver) Close() error {
+	s := r.sb.s
+	r.d.mu.Lock()
+	delete(r.d.recvs, r)
+	r.d.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	r.sb.holders--
+	if r.sb.ephemeral && r.sb.holders == 0 && s.subs[r.sb.name] == r.sb {
+		s.deleteSub(r.sb)
+	}
+	return nil
+}
 
 // ---- optional interfaces ----
 
@@ -549,6 +629,7 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 			Delayed:   int64(sb.delayed.Len()),
 			Completed: int64(len(sb.done)),
 			Dead:      int64(len(sb.dead)),
+			Paused:    sb.paused,
 		}
 		for _, q := range sb.keys {
 			for _, e := range q {
@@ -780,6 +861,46 @@ func (d *driver) Finish(ctx context.Context, handler, eventID string, success bo
 	return nil
 }
 
+// window is a sliding-window rate limit: the start times of the last n
+// reservations, oldest at next.
+type window struct {
+	per    time.Duration
+	starts []time.Time
+	next   int
+}
+
+// Reserve implements transport.RateLimiter for every bus sharing the
+// store: at most n reservations start in any interval of length per.
+func (d *driver) Reserve(ctx context.Context, handler string, n int, per time.Duration) (time.Duration, error) {
+	if d.isClosed() {
+		return 0, ErrClosed
+	}
+	if n <= 0 || per <= 0 {
+		return 0, errors.New("memory transport: a rate limit needs n > 0 and a positive period")
+	}
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	w := s.limits[handler]
+	if w == nil || w.per != per || len(w.starts) != n {
+		w = &window{per: per, starts: make([]time.Time, n)}
+		s.limits[handler] = w
+	}
+	at := now
+	// The oldest of the last n starts must be per in the past; starts
+	// are handed out in time order.
+	if oldest := w.starts[w.next]; !oldest.IsZero() && oldest.Add(per).After(at) {
+		at = oldest.Add(per)
+	}
+	if last := w.starts[(w.next+n-1)%n]; last.After(at) {
+		at = last
+	}
+	w.starts[w.next] = at
+	w.next = (w.next + 1) % n
+	return at.Sub(now), nil
+}
+
 // pruneClaims drops expired claims once the map has grown, amortised.
 func (s *store) pruneClaims() {
 	if len(s.claims) < 2*MaxHistory {
@@ -890,10 +1011,42 @@ func (d *driver) Unsubscribe(ctx context.Context, handler string) error {
 	if err != nil {
 		return err
 	}
-	delete(d.s.subs, handler)
-	for k := range d.s.claims {
+	d.s.deleteSub(sb)
+	delete(d.s.limits, handler)
+	return nil
+}
+
+// Pause implements transport.Pauser: receivers of every bus sharing the
+// store get nothing until Resume.
+func (d *driver) Pause(ctx context.Context, handler string) error {
+	return d.setPaused(handler, true)
+}
+
+// Resume implements transport.Pauser.
+func (d *driver) Resume(ctx context.Context, handler string) error {
+	return d.setPaused(handler, false)
+}
+
+func (d *driver) setPaused(handler string, paused bool) error {
+	d.s.mu.Lock()
+	defer d.s.mu.Unlock()
+	sb, err := d.lookup(handler)
+	if err != nil {
+		return err
+	}
+	sb.paused = paused
+	sb.wake()
+	return nil
+}
+
+// deleteSub deletes a subscription with everything queued for it and its
+// claims. s.mu must be held.
+func (s *store) deleteSub(sb *sub) {
+	handler := sb.name
+	delete(s.subs, handler)
+	for k := range s.claims {
 		if k.handler == handler {
-			delete(d.s.claims, k)
+			delete(s.claims, k)
 		}
 	}
 	// Receivers of other buses sharing the store may still hold leases:
@@ -906,5 +1059,4 @@ func (d *driver) Unsubscribe(ctx context.Context, handler string) error {
 	sb.ready, sb.delayed.items, sb.active.items = readyQueue{}, nil, nil
 	sb.keys, sb.done, sb.dead = map[string][]*entry{}, nil, nil
 	sb.wake()
-	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ripplehq/ripple"
+	"github.com/ripplehq/ripple/transport"
 )
 
 // testCapabilityGaps: every optional semantic the driver does not declare
@@ -33,6 +34,9 @@ func testCapabilityGaps(t *testing.T, s *suite) {
 	check(s.caps.Dedup, "Publish WithID", second(bus.Publish(bg, typ, 1, ripple.WithID("caps-1"))))
 	check(s.caps.Ordered, "On with Ordered()", bus.On(typ, "caps.ordered", nop, ripple.Ordered()))
 	check(s.claimer, "On with Idempotent()", bus.On(typ, "caps.idempotent", nop, ripple.Idempotent()))
+	check(s.caps.Ephemeral, "On with Ephemeral()", bus.On(typ, "caps.ephemeral", nop, ripple.Ephemeral()))
+	check(s.caps.StartFrom, "On with FromBeginning()", bus.On(typ, "caps.beginning", nop, ripple.FromBeginning()))
+	check(s.caps.StartFrom, "On with StartFrom(t)", bus.On(typ, "caps.from", nop, ripple.StartFrom(time.Now().Add(-time.Hour))))
 	// Options every transport honours are always accepted.
 	if err := bus.On(typ, "caps.plain", nop, ripple.Concurrency(2), ripple.RateLimit(10, time.Second),
 		ripple.MaxAttempts(2), ripple.Backoff(time.Millisecond, time.Second), ripple.Timeout(time.Second), ripple.Lease(time.Second)); err != nil {
@@ -48,8 +52,11 @@ func testCapabilityGaps(t *testing.T, s *suite) {
 	check(s.replayer, "Replay", second(bus.Replay(bg, "caps.plain", time.Now())))
 	check(s.inspector, "Stats", second(bus.Stats(bg)))
 	check(s.dlq, "DeadLetters", second(bus.DeadLetters(bg, "caps.plain", 10)))
-	check(s.dlq, "RequeueDead", second(bus.RequeueDead(bg, "caps.plain")))
-	check(s.dlq, "PurgeDead", second(bus.PurgeDead(bg, "caps.plain")))
+	check(s.dlq, "RequeueAllDead", second(bus.RequeueAllDead(bg, "caps.plain")))
+	check(s.dlq, "PurgeAllDead", second(bus.PurgeAllDead(bg, "caps.plain")))
+	_, pauser := s.driver(t, bus).(transport.Pauser)
+	check(pauser, "Pause", bus.Pause(bg, "caps.plain"))
+	check(pauser, "Resume", bus.Resume(bg, "caps.plain"))
 }
 
 // testInvalidInput: bad names, patterns, payloads and options fail with
@@ -156,8 +163,8 @@ func testClosed(t *testing.T, s *suite) {
 	}
 	if s.dlq {
 		wantErr(t, "DeadLetters after Close", second(bus.DeadLetters(bg, "closed.handler", 10)), ripple.ErrClosed)
-		wantErr(t, "RequeueDead after Close", second(bus.RequeueDead(bg, "closed.handler")), ripple.ErrClosed)
-		wantErr(t, "PurgeDead after Close", second(bus.PurgeDead(bg, "closed.handler")), ripple.ErrClosed)
+		wantErr(t, "RequeueDead after Close", second(bus.RequeueDead(bg, "closed.handler", "x")), ripple.ErrClosed)
+		wantErr(t, "PurgeDead after Close", second(bus.PurgeDead(bg, "closed.handler", "x")), ripple.ErrClosed)
 	}
 	if s.replayer {
 		wantErr(t, "Replay after Close", second(bus.Replay(bg, "closed.handler", time.Now())), ripple.ErrClosed)

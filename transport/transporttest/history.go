@@ -113,10 +113,10 @@ func testIdempotentRedelivery(t *testing.T, s *suite) {
 		t.Fatalf("Receive: %d deliveries, %v; want event %s", len(ds), err, done.ID)
 	}
 	c := d.(transport.Claimer)
-	if r, err := c.Claim(bg, name, done.ID, time.Minute); err != nil || r != transport.Claimed {
+	if r, err := c.Claim(bg, name, transport.IdentityKey(done.Source, done.ID), time.Minute); err != nil || r != transport.Claimed {
 		t.Fatalf("Claim = %d, %v; want Claimed", r, err)
 	}
-	if err := c.Finish(bg, name, done.ID, true); err != nil {
+	if err := c.Finish(bg, name, transport.IdentityKey(done.Source, done.ID), true); err != nil {
 		t.Fatalf("Finish: %v", err)
 	}
 

@@ -3,7 +3,8 @@
 // whichever URL it opens: the cases check, through the public ripple API,
 // each semantic listed in Ripple's contract (fan-out, competing consumers,
 // at-least-once delivery, retries and dead letters, delays, priority,
-// concurrency and rate limits, ordering, idempotency, retention, replay,
+// concurrency and rate limits, ordering, idempotency and event identity,
+// retention, replay and starting from history, ephemeral handlers, pause,
 // capability gaps and bad input) and, for durable transports, that events
 // survive a process killed with SIGKILL.
 //
@@ -153,6 +154,8 @@ var cases = []testCase{
 	{"IdempotentRedelivery", testIdempotentRedelivery},
 	{"PublishDedup", testPublishDedup},
 	{"DuplicateIDAfterPublisherRestart", testDuplicateIDAfterPublisherRestart},
+	{"DuplicateReported", testDuplicateReported},
+	{"IdentityIsSourceAndID", testIdentityIsSourceAndID},
 	// 8. Retention.
 	{"RetentionCount", testRetentionCount},
 	{"RetentionAge", testRetentionAge},
@@ -161,6 +164,10 @@ var cases = []testCase{
 	{"ReplayUnfinished", testReplayUnfinished},
 	{"ReplayFinished", testReplayFinished},
 	{"Unsubscribe", testUnsubscribe},
+	{"StartFrom", testStartFrom},
+	// Handler lifetime: ephemeral handlers, pause and resume.
+	{"Ephemeral", testEphemeral},
+	{"Pause", testPause},
 	// 10. Capability gaps, bad input, closing.
 	{"CapabilityGaps", testCapabilityGaps},
 	{"InvalidInput", testInvalidInput},
