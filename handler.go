@@ -398,7 +398,13 @@ func (r *runner) waitRate() error {
 	return r.recvCtx.Err()
 }
 
+// sleep waits d, or until the runner stops receiving. A d of zero or
+// less returns at once, without a timer: a rate-limited handler sleeps
+// before every event, most often for nothing.
 func (r *runner) sleep(d time.Duration) {
+	if d <= 0 {
+		return
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

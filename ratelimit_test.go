@@ -1,6 +1,7 @@
 package ripple
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -32,5 +33,19 @@ func TestSlidingWindowBound(t *testing.T) {
 		if starts[i+n].Sub(starts[i]) < per {
 			t.Errorf("starts %d and %d are %s apart: %d starts in one window", i, i+n, starts[i+n].Sub(starts[i]), n+1)
 		}
+	}
+}
+
+// A rate-limited handler waits for its slot before every event; when the
+// slot is free at once, that wait must cost nothing (no timer).
+func TestRateLimitFreeSlotAllocatesNothing(t *testing.T) {
+	r := &runner{recvCtx: context.Background(), limiter: newSlidingWindow(1<<16, time.Hour)}
+	allocs := testing.AllocsPerRun(1000, func() {
+		if err := r.waitRate(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("waitRate with a free slot: %.1f allocations per event, want 0", allocs)
 	}
 }
