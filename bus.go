@@ -370,7 +370,7 @@ func (b *Bus) prepare(ctx context.Context, eventType string, data any, opts []Pu
 		return Event{Type: eventType}, nil, invalidOption("Publish(nil ctx, %q); pass a context, such as context.Background() or the handler's ctx", eventType)
 	}
 	if b.isClosed() {
-		return Event{}, nil, ErrClosed
+		return Event{Type: eventType}, nil, ErrClosed
 	}
 	if err := ValidateName(eventType); err != nil {
 		return Event{Type: eventType}, nil, err

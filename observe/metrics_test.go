@@ -348,3 +348,20 @@ func TestPublishFailures(t *testing.T) {
 		t.Errorf("a duplicate counted as a failure")
 	}
 }
+
+// A publish on a closed bus is a failure of its event type, not of an
+// "invalid" one.
+func TestPublishOnClosedBusCountsItsType(t *testing.T) {
+	m := NewMetrics()
+	bus := openBus(t, m)
+	must(t, bus.Close())
+	if _, err := bus.Publish(context.Background(), "order.placed", 1); !errors.Is(err, ripple.ErrClosed) {
+		t.Fatalf("Publish on a closed bus = %v, want ErrClosed", err)
+	}
+	if got := testutil.ToFloat64(m.failed.WithLabelValues("order.placed")); got != 1 {
+		t.Errorf("order.placed failures %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.failed.WithLabelValues("invalid")); got != 0 {
+		t.Errorf("invalid-type failures %v, want 0: the closed bus's failure lost its type", got)
+	}
+}
