@@ -2,6 +2,7 @@ package ripple
 
 import (
 	"context"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -47,5 +48,21 @@ func TestRateLimitFreeSlotAllocatesNothing(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("waitRate with a free slot: %.1f allocations per event, want 0", allocs)
+	}
+}
+
+// A limit's memory follows the starts it must remember, not n: a large n
+// (a limit meant never to bind, or a count per day) costs nothing up front.
+func TestSlidingWindowMemoryFollowsUse(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	w := newSlidingWindow(1<<20, time.Hour)
+	now := time.Now()
+	for range 100 {
+		w.reserve(now)
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<10 {
+		t.Errorf("RateLimit(1<<20, time.Hour) allocated %d bytes for 100 starts, want it to grow with use", grew)
 	}
 }
