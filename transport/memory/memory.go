@@ -42,6 +42,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ripplehq/ripple/internal/ratewindow"
 	"github.com/ripplehq/ripple/transport"
 )
 
@@ -99,7 +100,7 @@ type store struct {
 	histHead int
 	ids      map[string]*transport.Message // by transport.IdentityKey
 	claims   map[claimKey]*claim
-	limits   map[string]*window // rate limits by handler
+	limits   map[string]*ratewindow.Window // rate limits by handler
 	seq      uint64
 	now      func() time.Time
 }
@@ -125,7 +126,7 @@ func newStore(r transport.Retention, name string) *store {
 		subs:   map[string]*sub{},
 		ids:    map[string]*transport.Message{},
 		claims: map[claimKey]*claim{},
-		limits: map[string]*window{},
+		limits: map[string]*ratewindow.Window{},
 		now:    time.Now,
 	}
 }
@@ -861,16 +862,9 @@ func (d *driver) Finish(ctx context.Context, handler, eventID string, success bo
 	return nil
 }
 
-// window is a sliding-window rate limit: the start times of the last n
-// reservations, oldest at next.
-type window struct {
-	per    time.Duration
-	starts []time.Time
-	next   int
-}
-
 // Reserve implements transport.RateLimiter for every bus sharing the
-// store: at most n reservations start in any interval of length per.
+// store: at most n reservations start in any interval of length per (a
+// sliding window).
 func (d *driver) Reserve(ctx context.Context, handler string, n int, per time.Duration) (time.Duration, error) {
 	if d.isClosed() {
 		return 0, ErrClosed
@@ -881,24 +875,17 @@ func (d *driver) Reserve(ctx context.Context, handler string, n int, per time.Du
 	s := d.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
 	w := s.limits[handler]
-	if w == nil || w.per != per || len(w.starts) != n {
-		w = &window{per: per, starts: make([]time.Time, n)}
+	if w == nil || !sameLimit(w, n, per) {
+		w = ratewindow.New(n, per)
 		s.limits[handler] = w
 	}
-	at := now
-	// The oldest of the last n starts must be per in the past; starts
-	// are handed out in time order.
-	if oldest := w.starts[w.next]; !oldest.IsZero() && oldest.Add(per).After(at) {
-		at = oldest.Add(per)
-	}
-	if last := w.starts[(w.next+n-1)%n]; last.After(at) {
-		at = last
-	}
-	w.starts[w.next] = at
-	w.next = (w.next + 1) % n
-	return at.Sub(now), nil
+	return w.Reserve(s.now()), nil
+}
+
+func sameLimit(w *ratewindow.Window, n int, per time.Duration) bool {
+	wn, wper := w.Limit()
+	return wn == n && wper == per
 }
 
 // pruneClaims drops expired claims once the map has grown, amortised.

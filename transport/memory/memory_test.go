@@ -3,6 +3,7 @@ package memory_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -101,5 +102,33 @@ func TestUnsubscribeWhileAnotherDriverHoldsLeases(t *testing.T) {
 	}
 	if err := s.Settle(ctx, ss); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A shared rate limit's memory follows the starts it must remember, not
+// n, and it still holds n per period.
+func TestRateLimitMemoryFollowsUse(t *testing.T) {
+	d := memory.New(transport.Retention{})
+	defer d.Close()
+	rl := d.(transport.RateLimiter)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 100 {
+		if _, err := rl.Reserve(context.Background(), "h", 1<<20, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<10 {
+		t.Errorf("Reserve with n=1<<20 allocated %d bytes for 100 starts, want it to grow with use", grew)
+	}
+	for i := range 4 {
+		wait, err := rl.Reserve(context.Background(), "small", 3, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := wait > 30*time.Minute; got != (i == 3) {
+			t.Errorf("start %d of RateLimit(3, 1h) waits %s", i+1, wait)
+		}
 	}
 }
