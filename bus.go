@@ -322,7 +322,9 @@ func (b *Bus) publish(ctx context.Context, eventType string, data any, opts []Pu
 // write through tx return an error matching ErrNotSupported. Options and
 // the returned event are as for Publish; a duplicate (source, id) found
 // only when tx commits cannot be reported. Handlers are not woken before
-// tx commits.
+// tx commits. Publish hooks (and so observe's published counter) hear of
+// the event when PublishTx returns, before tx commits: an event whose tx
+// rolls back has been counted all the same.
 func (b *Bus) PublishTx(ctx context.Context, tx any, eventType string, data any, opts ...PublishOption) (Event, error) {
 	ev, err := b.publishTx(ctx, tx, eventType, data, opts)
 	if len(b.publishHooks) > 0 {
