@@ -61,6 +61,9 @@ func (c *cli) open(cmd *cobra.Command, f *busFlags) (*ripple.Bus, string, error)
 		return nil, "", err
 	}
 	shown := ripple.RedactURL(u)
+	if f.create && !strings.HasPrefix(u, "sqlite://") {
+		return nil, shown, fmt.Errorf("--create applies to sqlite:// databases only; %s needs no creating: its transport makes what it needs on first use, so drop --create", shown)
+	}
 	if !f.create {
 		if err := requireDatabase(u, cmd.Flags().Lookup("create") != nil); err != nil {
 			return nil, shown, err

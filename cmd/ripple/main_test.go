@@ -606,4 +606,5 @@ func TestPublishCreate(t *testing.T) {
 		t.Errorf("publish --create left no database: %v", err)
 	}
 	mustRun(t, "stats", "--url", u)
+	wantError(t, rippleCmd(t, "", "publish", "user.signup.completed", "--url", "memory://", "--create"), "--create applies to sqlite:// databases only")
 }
