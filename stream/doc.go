@@ -1,0 +1,90 @@
+// Package stream computes windowed aggregates over events: how many
+// signups per plan per minute, the revenue per country over the last
+// hour every ten minutes. It is Ripple's Level-3 stream processing, built
+// on the public API only: a stream is a handler registered with bus.On,
+// and its results are events published with bus.Publish. It therefore
+// runs on every transport.
+//
+//	s := stream.New(bus, "signups-per-plan", "user.signup.completed",
+//		stream.Tumbling(time.Minute),
+//		stream.KeyByData(func(s Signup) string { return s.Plan }),
+//		stream.AllowedLateness(5*time.Second),
+//		stream.Emit("signup.plan.counted"))
+//	if err := s.Count(); err != nil { ... }   // before bus.Start
+//
+// # Windows and event time
+//
+// Windows are tumbling (Tumbling: back to back) or hopping (Hopping: a
+// window of a given size every hop, overlapping), aligned on the Unix
+// epoch, and computed per key (KeyBy, KeyByData). An event belongs to a
+// window by its event time, Event.Time: when it happened, which a
+// publisher sets with ripple.WithEventTime (the publish time otherwise),
+// not when it arrives.
+//
+// Events arrive out of order: publishers race, deliveries are retried.
+// The stream's watermark is the latest event time it has seen minus the
+// allowed lateness (AllowedLateness). A window closes when the watermark
+// reaches its end, and its result is published then, one event of the
+// Emit type per key with a Result as data. An event arriving after its
+// window closed is late: it is not folded into the closed window (whose
+// result is out already), and it is counted in Stats.Dropped (or
+// Stats.PartlyLate for a hopping event still in time for some of its
+// windows), logged at WARN (at most a line a second) and passed to OnLate.
+// It is never silently lost.
+//
+// Windows close only as later events arrive. A live stream whose input may
+// pause calls Advance from a ticker so that its last windows are
+// published without waiting for the next event.
+//
+// # Exactly-once results over at-least-once delivery
+//
+// Delivery is at least once, so a stream may see an event twice. Each
+// open window remembers the identities (source and id) of its events and
+// ignores a second delivery (Stats.Duplicates): a window counts each
+// event once.
+//
+// Results are published with ids derived from the stream's name, the
+// result type, the window and the key (ResultID), and under the source
+// "ripple://stream/NAME", whatever process publishes them. Publishing a
+// result again stores nothing: the transport's publish deduplication
+// returns the stored event marked Duplicate (Stats.Republished). So a
+// re-run over the same events publishes each result once.
+//
+// # State, crashes and replay
+//
+// A stream keeps its open windows in memory, and forgets each window once
+// its result is stored, so memory holds only the windows still open: for
+// each key, about (size + lateness + how far input runs out of order) /
+// hop windows, each with the identities of its events.
+//
+// After a crash those windows are gone. They are rebuilt from history:
+// replay the stream's handler (bus.Replay(ctx, s.Handler(), since), or
+// `ripple replay HANDLER --since T`) from a time at least one window size
+// plus the lateness before the crash, or register the stream's handler
+// from the beginning of retained history with a start-position option
+// passed through HandlerOptions. Windows that had already been published
+// are computed again and their results deduplicated; open windows are
+// completed and published once. Replay needs a transport that keeps
+// history (sqlite, postgres, redis, nats, kafka, and memory within one
+// process), and the dedup window (ripple.DedupWindow, 24 h by default)
+// must reach back over the replayed span, or old results are stored again.
+// A replay that delivers events in a different order may drop different
+// late events than the first run did; the result stored first stands, and
+// the difference is counted in Stats.Conflicts and logged.
+//
+// # Limits
+//
+// A stream's state lives in one process: run a stream's handler in one
+// process only. Processes sharing a handler name share its events
+// (competing consumers), and each would publish partial windows under the
+// same ids, of which the first stored would stand.
+//
+// An event time far in the future (a publisher's wrong clock) moves the
+// watermark with it and makes every event after it late: publishers should
+// set event times from a clock they trust.
+//
+// Aggregates are JSON-encoded into the result: an accumulator must encode
+// (a result that does not is logged at ERROR and not published).
+// Changing a stream's computation under the same name would make its new
+// results collide with stored old ones: rename the stream instead.
+package stream
