@@ -371,4 +371,3 @@ func TestAgainstBruteForce(t *testing.T) {
 		}
 	}
 }
-
