@@ -8,6 +8,7 @@
 //	ripple publish TYPE --data JSON [--key K] [--delay D] [--priority P] [--id ID]
 //	ripple stats
 //	ripple dlq list|requeue|purge HANDLER [IDS...]
+//	ripple replay HANDLER --since T [--wait]
 //	ripple tail PATTERN
 //	ripple lint NAME...
 //
@@ -114,6 +115,7 @@ is data take --json.`,
 		c.publishCmd(),
 		c.statsCmd(),
 		c.dlqCmd(),
+		c.replayCmd(),
 		c.tailCmd(),
 		c.lintCmd(),
 	)
