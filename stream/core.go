@@ -39,6 +39,7 @@ type core[T, A any] struct {
 	decode func(ripple.Event) (T, error)
 	init   func() A
 	add    func(A, T) A
+	keyOf  func(T) string // the key from the decoded payload, when KeyByData's type is T
 	size   int64
 	hop    int64
 	late   int64
@@ -59,7 +60,9 @@ type core[T, A any] struct {
 }
 
 func newCore[T, A any](s *Stream, decode func(ripple.Event) (T, error), init func() A, add func(A, T) A) *core[T, A] {
+	keyOf, _ := s.cfg.keyOfData.(func(T) string)
 	return &core[T, A]{
+		keyOf:  keyOf,
 		s:      s,
 		decode: decode,
 		init:   init,
@@ -104,17 +107,19 @@ func (c *core[T, A]) handle(ctx context.Context, e ripple.Event) error {
 	}
 	// Keying and decoding happen before the lock, so that concurrent
 	// deliveries do that work in parallel.
+	v, err := c.decode(e)
+	if err != nil {
+		return ripple.Permanent(fmt.Errorf("stream %q: %w", c.s.name, err))
+	}
 	key := ""
-	if c.s.cfg.key != nil {
+	if c.keyOf != nil {
+		key = c.keyOf(v)
+	} else if c.s.cfg.key != nil {
 		k, err := c.s.cfg.key(e)
 		if err != nil {
 			return ripple.Permanent(fmt.Errorf("stream %q: key of event %s (%s): %w", c.s.name, e.ID, e.Type, err))
 		}
 		key = k
-	}
-	v, err := c.decode(e)
-	if err != nil {
-		return ripple.Permanent(fmt.Errorf("stream %q: %w", c.s.name, err))
 	}
 	t := e.Time.UnixNano()
 	if err := c.acquire(ctx); err != nil {

@@ -75,6 +75,7 @@ type config struct {
 	size, hop   time.Duration
 	windows     int // how many window options were given
 	key         func(ripple.Event) (string, error)
+	keyOfData   any // KeyByData's func(T) string
 	lateness    time.Duration
 	emit        string
 	handler     string
@@ -145,6 +146,9 @@ func KeyByData[T any](key func(T) string) Option {
 			}
 			return key(v), nil
 		}
+		// Aggregate over the same T keys the payload it decodes anyway,
+		// rather than decoding every event twice.
+		c.keyOfData = key
 		return nil
 	}
 }
