@@ -58,19 +58,29 @@
 // hop windows, each with the identities of its events.
 //
 // After a crash those windows are gone. They are rebuilt from history:
-// replay the stream's handler (bus.Replay(ctx, s.Handler(), since), or
-// `ripple replay HANDLER --since T`) from a time at least one window size
-// plus the lateness before the crash, or register the stream's handler
-// from the beginning of retained history with a start-position option
-// passed through HandlerOptions. Windows that had already been published
-// are computed again and their results deduplicated; open windows are
-// completed and published once. Replay needs a transport that keeps
-// history (sqlite, postgres, redis, nats, kafka, and memory within one
-// process), and the dedup window (ripple.DedupWindow, 24 h by default)
-// must reach back over the replayed span, or old results are stored again.
-// A replay that delivers events in a different order may drop different
-// late events than the first run did; the result stored first stands, and
-// the difference is counted in Stats.Conflicts and logged.
+// on start, replay the stream's handler from far enough back that every
+// window still open at the crash is complete again:
+//
+//	bus.Replay(ctx, s.Handler(), time.Now().Add(-(size + lateness + margin)))
+//
+// (or `ripple replay HANDLER --since 10m`), where margin covers how long
+// after their event time events are published. Replay goes by publish
+// time, windows by event time. Windows already published are computed
+// again, partly for the earliest, and their results deduplicated (the
+// stored one stands; a partial recomputation differs from it and is
+// counted in Stats.Conflicts and logged); the windows that were open are
+// completed and published once. A stream deployed over existing history
+// computes its first windows from it when its handler is registered with
+// stream.HandlerOptions(ripple.FromBeginning()) or ripple.StartFrom(t),
+// which apply only to a handler that has not subscribed before.
+//
+// Replay needs a transport that keeps history (sqlite, postgres, redis,
+// nats, kafka, and memory within one process), and the dedup window
+// (ripple.DedupWindow, 24 h by default) must reach back over the
+// replayed span, or old results are stored again. A replay that delivers
+// events in another order may drop other late events than the first run
+// did; again the result stored first stands, and the difference is
+// counted in Stats.Conflicts and logged.
 //
 // # Limits
 //

@@ -195,8 +195,8 @@ func HandlerName(name string) Option {
 }
 
 // HandlerOptions passes options to the bus.On call that registers the
-// stream's handler: a start position from history for a stream rebuilt
-// after a restart, MaxAttempts, Timeout, middleware.
+// stream's handler: a start position in retained history for a new
+// stream (ripple.FromBeginning), MaxAttempts, Timeout, middleware.
 func HandlerOptions(opts ...ripple.HandlerOption) Option {
 	return func(c *config) error {
 		c.handlerOpts = append(c.handlerOpts, opts...)
