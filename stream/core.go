@@ -5,10 +5,12 @@ import (
 	"container/heap"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -55,13 +57,14 @@ type core[T, A any] struct {
 	wm     int64 // watermark: windows with end <= wm are closed
 	hasMax bool
 	maxT   int64 // latest event time seen
-	st     Stats
+	n      counters
+	wmSeen atomic.Int64 // wm for Stats, which reads without the lock; math.MinInt64 before any
 	logged logThrottle
 }
 
 func newCore[T, A any](s *Stream, decode func(ripple.Event) (T, error), init func() A, add func(A, T) A) *core[T, A] {
 	keyOf, _ := s.cfg.keyOfData.(func(T) string)
-	return &core[T, A]{
+	c := &core[T, A]{
 		keyOf:  keyOf,
 		s:      s,
 		decode: decode,
@@ -74,6 +77,8 @@ func newCore[T, A any](s *Stream, decode func(ripple.Event) (T, error), init fun
 		lock:   make(chan struct{}, 1),
 		panes:  make(map[int64]*pane[A]),
 	}
+	c.wmSeen.Store(math.MinInt64)
+	return c
 }
 
 func (c *core[T, A]) acquire(ctx context.Context) error {
@@ -134,19 +139,19 @@ func (c *core[T, A]) handle(ctx context.Context, e ripple.Event) error {
 	// there; once it has closed, the event is late for every window.
 	latest := floorDiv(t, c.hop) * c.hop
 	if c.closed(latest) {
-		c.st.Dropped++
+		c.n.Dropped.Add(1)
 		c.reportLate(e, key, latest, true)
 	} else {
 		id := identity{e.Source, e.ID}
 		lw := c.window(latest, key)
 		if _, dup := lw.seen[id]; dup {
-			c.st.Duplicates++
+			c.n.Duplicates.Add(1)
 		} else {
 			if lw.seen == nil {
 				lw.seen = make(map[identity]struct{})
 			}
 			lw.seen[id] = struct{}{}
-			c.st.Events++
+			c.n.Events.Add(1)
 			lw.acc = c.add(lw.acc, v)
 			lw.n++
 			missed := false
@@ -160,7 +165,7 @@ func (c *core[T, A]) handle(ctx context.Context, e ripple.Event) error {
 				w.n++
 			}
 			if missed {
-				c.st.PartlyLate++
+				c.n.PartlyLate.Add(1)
 				c.reportLate(e, key, latest, false)
 			}
 		}
@@ -169,6 +174,7 @@ func (c *core[T, A]) handle(ctx context.Context, e ripple.Event) error {
 		c.maxT, c.hasMax = t, true
 		if wm := sat(t, -c.late); !c.hasWM || wm > c.wm {
 			c.wm, c.hasWM = wm, true
+			c.wmSeen.Store(wm)
 		}
 	}
 	return c.emit(ctx)
@@ -198,7 +204,7 @@ func (c *core[T, A]) window(start int64, key string) *win[A] {
 	if w == nil {
 		w = &win[A]{acc: c.init()}
 		p.wins[key] = w
-		c.st.OpenWindows++
+		c.n.OpenWindows.Add(1)
 	}
 	return w
 }
@@ -243,6 +249,7 @@ func (c *core[T, A]) advance(ctx context.Context, t time.Time) error {
 	defer c.release()
 	if n := t.UnixNano(); !c.hasWM || n > c.wm {
 		c.wm, c.hasWM = n, true
+		c.wmSeen.Store(n)
 	}
 	return c.emit(ctx)
 }
@@ -270,7 +277,7 @@ func (c *core[T, A]) emit(ctx context.Context) error {
 				return err
 			}
 			delete(p.wins, k)
-			c.st.OpenWindows--
+			c.n.OpenWindows.Add(-1)
 		}
 		heap.Pop(&c.starts)
 		delete(c.panes, p.start)
@@ -284,6 +291,7 @@ func (c *core[T, A]) publish(ctx context.Context, start int64, key string, w *wi
 	if err != nil {
 		// No retry makes this value encode: say so, and let the window go
 		// rather than hold every later result behind it.
+		c.n.Unpublished.Add(1)
 		c.s.cfg.logger.Error("stream: window result does not encode to JSON; it is not published",
 			"stream", c.s.name, "key", key, "start", b.Start, "end", b.End, "err", err)
 		return nil
@@ -297,17 +305,25 @@ func (c *core[T, A]) publish(ctx context.Context, start int64, key string, w *wi
 		opts = append(opts, ripple.WithKey(key))
 	}
 	ev, err := c.s.bus.Publish(ctx, c.s.cfg.emit, json.RawMessage(data), opts...)
+	if refused(err) {
+		// Publish refuses this result whatever the retries (too large
+		// for the bus, say): the same as a result that does not encode.
+		c.n.Unpublished.Add(1)
+		c.s.cfg.logger.Error("stream: window result refused by Publish; it is not published",
+			"stream", c.s.name, "key", key, "start", b.Start, "end", b.End, "err", err)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("stream %q: publish the result of window %s..%s key %q: %w", c.s.name,
 			b.Start.Format(time.RFC3339Nano), b.End.Format(time.RFC3339Nano), key, err)
 	}
 	if !ev.Duplicate {
-		c.st.Emitted++
+		c.n.Emitted.Add(1)
 		return nil
 	}
-	c.st.Republished++
+	c.n.Republished.Add(1)
 	if !bytes.Equal(ev.Data, data) {
-		c.st.Conflicts++
+		c.n.Conflicts.Add(1)
 		c.s.cfg.logger.Warn("stream: a window result was published before with other data; the first one stands",
 			"stream", c.s.name, "key", key, "start", b.Start, "end", b.End,
 			"stored", string(ev.Data), "computed", string(data))
@@ -316,15 +332,36 @@ func (c *core[T, A]) publish(ctx context.Context, start int64, key string, w *wi
 }
 
 func (c *core[T, A]) stats() Stats {
-	// Stats waits for the lock without a ctx: it is held only while
-	// events are folded and results published.
-	c.lock <- struct{}{}
-	defer c.release()
-	st := c.st
-	if c.hasWM {
-		st.Watermark = time.Unix(0, c.wm).UTC()
+	st := Stats{
+		Events:      c.n.Events.Load(),
+		Duplicates:  c.n.Duplicates.Load(),
+		Dropped:     c.n.Dropped.Load(),
+		PartlyLate:  c.n.PartlyLate.Load(),
+		Emitted:     c.n.Emitted.Load(),
+		Republished: c.n.Republished.Load(),
+		Conflicts:   c.n.Conflicts.Load(),
+		Unpublished: c.n.Unpublished.Load(),
+		OpenWindows: int(c.n.OpenWindows.Load()),
+	}
+	if wm := c.wmSeen.Load(); wm != math.MinInt64 {
+		st.Watermark = time.Unix(0, wm).UTC()
 	}
 	return st
+}
+
+// counters are Stats' counts, atomic so that Stats never waits for the
+// lock, which a publish to a slow transport may hold.
+type counters struct {
+	Events, Duplicates, Dropped, PartlyLate      atomic.Int64
+	Emitted, Republished, Conflicts, Unpublished atomic.Int64
+	OpenWindows                                  atomic.Int64
+}
+
+// refused reports whether a publish error says the event itself is
+// wrong, so that publishing it again cannot succeed.
+func refused(err error) bool {
+	return errors.Is(err, ripple.ErrTooLarge) || errors.Is(err, ripple.ErrInvalidOption) ||
+		errors.Is(err, ripple.ErrInvalidName) || errors.Is(err, ripple.ErrNotSupported)
 }
 
 // ResultID returns the id of the result event a stream publishes for one

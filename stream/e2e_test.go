@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
@@ -297,7 +298,7 @@ func TestLateness(t *testing.T) {
 	if n := len(col.byWindow()); n != 0 {
 		t.Fatalf("%d results before the watermark passed the window's end", n)
 	}
-	feed("d", 71*time.Second) // watermark 1:01: [0,1m) closes with a, c
+	feed("d", 70*time.Second) // watermark 1:00, the window's end: [0,1m) closes with a, c
 	if got := col.byWindow()[wkey{epoch, "pro"}]; got.N != 2 {
 		t.Fatalf("window [0,1m) = %+v once closed, want a and c", got)
 	}
@@ -462,5 +463,47 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if err := s.Handle(context.Background(), ripple.Event{ID: "x"}); !ripple.IsPermanent(err) {
 		t.Errorf("event without a time: %v, want a Permanent error", err)
+	}
+}
+
+// TestUnpublishableResultLetGo: a result Publish refuses whatever the
+// retries (larger than the bus's MaxEventSize) is logged, counted in
+// Unpublished and let go, so that it does not hold every later window
+// behind it.
+func TestUnpublishableResultLetGo(t *testing.T) {
+	var logMu sync.Mutex
+	var logBuf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logBuf}, nil))
+	bus, err := ripple.Open(context.Background(), "memory://", ripple.WithLogger(quiet), ripple.MaxEventSize(600))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	s := stream.New(bus, "ids", "order.placed", stream.Tumbling(time.Minute), stream.Emit(resultType), stream.WithLogger(logger))
+	if err := stream.Reduce(s, func() []string { return nil }, func(ids []string, e ripple.Event) []string { return append(ids, e.ID) }); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 40 { // 40 ids: too large for 600 bytes
+		if err := s.Handle(ctx, input{source: "test", id: fmt.Sprintf("event-%03d", i), t: epoch.Add(time.Second)}.event()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Handle(ctx, input{source: "test", id: "next", t: epoch.Add(61 * time.Second)}.event()); err != nil {
+		t.Fatalf("closing a window whose result is too large: %v, want the window let go", err)
+	}
+	if st := s.Stats(); st.Unpublished != 1 || st.Emitted != 0 || st.OpenWindows != 1 {
+		t.Errorf("stats %+v; want 1 unpublished, 0 emitted, the next window open", st)
+	}
+	if err := s.Advance(ctx, epoch.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Emitted != 1 {
+		t.Errorf("the next window's result: %+v, want it emitted", st)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if !strings.Contains(logBuf.String(), "refused by Publish") || !strings.Contains(logBuf.String(), "too large") {
+		t.Errorf("log does not report the refused result:\n%s", logBuf.String())
 	}
 }

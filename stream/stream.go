@@ -60,6 +60,12 @@ type Stats struct {
 	// Conflicts counts, among Republished, results whose stored data
 	// differs from the one computed this time (the first one stands).
 	Conflicts int64 `json:"conflicts"`
+	// Unpublished counts window results that could not be published at
+	// all, and were logged at ERROR and let go: an accumulator that does
+	// not encode to JSON, or a result Publish refuses whatever the
+	// retries (larger than the bus's MaxEventSize, say). A publish that
+	// fails otherwise (the transport unreachable) is retried instead.
+	Unpublished int64 `json:"unpublished"`
 	// OpenWindows is how many (window, key) pairs are held in memory.
 	OpenWindows int `json:"open_windows"`
 	// Watermark is the event time before which windows have closed: the

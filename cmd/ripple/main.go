@@ -94,7 +94,7 @@ func newRoot(c *cli) *cobra.Command {
 		Short: "Event-driven architecture at the size your team needs",
 		Long: `ripple works with Ripple buses from the command line: run the article's
 signup demo, publish events, watch handler statistics, manage dead letters,
-tail events and lint event names.
+replay a handler's events, tail events and lint event names.
 
 Commands that open a bus take --url; it defaults to $RIPPLE_URL and then to
 sqlite://ripple.db (the file in the current directory). Commands whose output
