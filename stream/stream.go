@@ -381,9 +381,12 @@ func (s *Stream) registered() (engine, error) {
 // Handle folds one event into the stream's windows and publishes the
 // results of the windows it closes. It is the handler the stream
 // registers with bus.On; call it directly to feed the stream events
-// from elsewhere. It returns an error, and the event is retried, only
-// when a result could not be published (the result is tried again on
-// the next call) or ctx ended; a redelivered event is not counted twice.
+// from elsewhere. It returns a Permanent error (the event goes to the
+// dead-letter queue, uncounted) for an event without a time or whose
+// data does not decode for KeyByData or Aggregate; otherwise an error,
+// and the event is retried, only when a result could not be published
+// (it is tried again on the next call) or ctx ended. A redelivered event
+// is not counted twice.
 func (s *Stream) Handle(ctx context.Context, e ripple.Event) error {
 	eng, err := s.registered()
 	if err != nil {

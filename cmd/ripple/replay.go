@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,7 +41,7 @@ published at or after T that it has finished (completed or dead-lettered;
 dead letters leave the dead-letter queue), such as to rebuild a projection
 or a stream's windows after a fix. Events it has not finished yet are left
 as they are. T is an RFC 3339 time (2026-03-01T09:00:00Z), a date
-(2026-03-01, midnight UTC) or a duration back from now (90m, 24h).
+(2026-03-01, midnight UTC) or a duration back from now (90m, 24h, 7d).
 
 The handler must run somewhere (this command only schedules the events).
 With --wait, replay follows the handler's statistics until the replayed
@@ -112,6 +113,12 @@ published meanwhile slow it down. Needs a transport that keeps history
 // duration back from now.
 func parseSince(s string, now time.Time) (time.Time, error) {
 	s = strings.TrimSpace(s)
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		// Go durations stop at hours; a replay often goes back days.
+		if n, err := strconv.Atoi(days); err == nil {
+			s = strconv.Itoa(n*24) + "h"
+		}
+	}
 	if d, err := time.ParseDuration(s); err == nil {
 		if d <= 0 {
 			return time.Time{}, fmt.Errorf("--since %s: give a positive duration back from now, such as 1h", s)
@@ -123,7 +130,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 		t, err = time.Parse(time.DateOnly, s)
 	}
 	if err != nil {
-		return time.Time{}, fmt.Errorf("--since %q: give an RFC 3339 time such as 2026-03-01T09:00:00Z, a date such as 2026-03-01, or a duration back from now such as 90m or 24h", s)
+		return time.Time{}, fmt.Errorf("--since %q: give an RFC 3339 time such as 2026-03-01T09:00:00Z, a date such as 2026-03-01, or a duration back from now such as 90m, 24h or 7d", s)
 	}
 	if t.After(now) {
 		return time.Time{}, fmt.Errorf("--since %s is in the future: nothing was published after it yet", t.Format(time.RFC3339))

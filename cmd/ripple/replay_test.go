@@ -102,6 +102,7 @@ func TestParseSince(t *testing.T) {
 	for in, want := range map[string]time.Time{
 		"1h":                        now.Add(-time.Hour),
 		"90m":                       now.Add(-90 * time.Minute),
+		"7d":                        now.Add(-7 * 24 * time.Hour),
 		"2026-03-01T09:30:00Z":      time.Date(2026, 3, 1, 9, 30, 0, 0, time.UTC),
 		"2026-03-01T10:30:00+01:00": time.Date(2026, 3, 1, 9, 30, 0, 0, time.UTC),
 		"2026-03-01":                time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC),
@@ -110,5 +111,20 @@ func TestParseSince(t *testing.T) {
 		if err != nil || !got.Equal(want) {
 			t.Errorf("parseSince(%q) = %v, %v; want %v", in, got, err, want)
 		}
+	}
+}
+
+// TestProgressOnTerminal: on a terminal the progress line is redrawn in
+// place, and ended with a newline.
+func TestProgressOnTerminal(t *testing.T) {
+	var b strings.Builder
+	p := progress{w: &b, tty: true, handler: "h", total: 4}
+	p.show(1)
+	p.show(4)
+	p.end()
+	want := "\r\033[K[#######-----------------------] 1/4 handled (25%) h" +
+		"\r\033[K[##############################] 4/4 handled (100%) h\n"
+	if b.String() != want {
+		t.Errorf("terminal progress %q, want %q", b.String(), want)
 	}
 }
