@@ -507,3 +507,22 @@ func TestUnpublishableResultLetGo(t *testing.T) {
 		t.Errorf("log does not report the refused result:\n%s", logBuf.String())
 	}
 }
+
+// TestWindowsBefore1970 checks that windows align on the epoch for
+// negative Unix times too: an event 30 s before 1970 is in [-1m, 0).
+func TestWindowsBefore1970(t *testing.T) {
+	col := &collector{}
+	bus := newBus(t, "memory://", col)
+	s := sumStream(t, bus, "old", stream.Tumbling(time.Minute))
+	ctx := context.Background()
+	if err := s.Handle(ctx, input{source: "test", id: "a", t: time.Unix(-30, 0), p: payload{Plan: "pro", Amount: 3}}.event()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Advance(ctx, time.Time{}); err == nil {
+		t.Error("Advance(zero time) accepted")
+	}
+	if err := s.Advance(ctx, time.Unix(0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	diff(t, col.byWindow(), map[wkey]sums{{time.Unix(-60, 0).UTC(), "pro"}: {1, 3}})
+}
