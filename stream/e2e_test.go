@@ -7,25 +7,59 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/ripplehq/ripple"
 	"github.com/ripplehq/ripple/stream"
 	"github.com/ripplehq/ripple/transport"
 	"github.com/ripplehq/ripple/transport/memory"
+	_ "github.com/ripplehq/ripple/transport/redis"
 )
 
 // urls are the transports the end-to-end tests run on: the in-process
-// one, and the durable default.
+// one, the durable default, and Redis when RIPPLE_TEST_REDIS_URL names a
+// server (as scripts/test sets it; the redis transport's own tests
+// report a missing server). Each call gives a fresh store.
 func urls(t *testing.T) map[string]func() string {
-	return map[string]func() string{
+	m := map[string]func() string{
 		"memory": func() string { return "memory://" + strings.NewReplacer("/", "-").Replace(t.Name()) },
 		"sqlite": func() string { return "sqlite://" + filepath.Join(t.TempDir(), "ripple.db") },
 	}
+	if base := os.Getenv("RIPPLE_TEST_REDIS_URL"); base != "" {
+		m["redis"] = func() string { return redisURL(t, base) }
+	}
+	return m
+}
+
+// redisURL is base with a key prefix of its own, whose keys are deleted
+// when the test ends.
+func redisURL(t *testing.T, base string) string {
+	prefix := fmt.Sprintf("stream-test.%s.%d", strings.NewReplacer("/", ".").Replace(t.Name()), rand.Int64())
+	t.Cleanup(func() {
+		opts, err := goredis.ParseURL(base)
+		if err != nil {
+			return
+		}
+		c := goredis.NewClient(opts)
+		defer c.Close()
+		ctx := context.Background()
+		iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+	})
+	sep := "?"
+	if strings.Contains(base, "?") {
+		sep = "&"
+	}
+	return base + sep + "prefix=" + url.QueryEscape(prefix)
 }
 
 // unique gives every input an id of its own. The stream keys events by
