@@ -480,6 +480,8 @@ func TestConfigErrors(t *testing.T) {
 		{"negative lateness", count("s7", "order.placed", emit, tum, stream.AllowedLateness(-time.Second)), "must not be negative"},
 		{"bad name", count("Bad Name", "order.placed", emit, tum), "handler name"},
 		{"bad emit", count("s8", "order.placed", tum, stream.Emit("Counted")), "Emit"},
+		{"two keys", count("s9", "order.placed", tum, emit, stream.KeyBy(func(e ripple.Event) string { return e.Key }),
+			stream.KeyByData(func(p payload) string { return p.Plan })), "more than one key"},
 	} {
 		if c.err == nil || !strings.Contains(c.err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error mentioning %q", c.name, c.err, c.want)

@@ -82,6 +82,7 @@ type config struct {
 	windows     int // how many window options were given
 	key         func(ripple.Event) (string, error)
 	keyOfData   any // KeyByData's func(T) string
+	keys        int // how many key options were given
 	lateness    time.Duration
 	emit        string
 	handler     string
@@ -132,6 +133,7 @@ func KeyBy(key func(ripple.Event) string) Option {
 			return errors.New("KeyBy(nil): pass the function that returns an event's key")
 		}
 		c.key = func(e ripple.Event) (string, error) { return key(e), nil }
+		c.keys++
 		return nil
 	}
 }
@@ -155,6 +157,7 @@ func KeyByData[T any](key func(T) string) Option {
 		// Aggregate over the same T keys the payload it decodes anyway,
 		// rather than decoding every event twice.
 		c.keyOfData = key
+		c.keys++
 		return nil
 	}
 }
@@ -294,6 +297,9 @@ func New(bus *ripple.Bus, name, pattern string, opts ...Option) *Stream {
 		fail(errors.New("no window: pass stream.Tumbling(size) or stream.Hopping(size, hop)"))
 	case s.cfg.windows > 1:
 		fail(errors.New("more than one window option: pass one of Tumbling and Hopping"))
+	}
+	if s.cfg.keys > 1 {
+		fail(errors.New("more than one key option: pass one of KeyBy and KeyByData"))
 	}
 	if s.cfg.emit == "" {
 		fail(errors.New("no result type: pass stream.Emit(\"some.result.type\")"))
