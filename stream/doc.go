@@ -93,8 +93,13 @@
 // watermark with it and makes every event after it late: publishers should
 // set event times from a clock they trust.
 //
-// Aggregates are JSON-encoded into the result: an accumulator must encode
-// (a result that does not is logged at ERROR and not published).
+// Aggregates are JSON-encoded into the result, which must encode and fit
+// the bus's MaxEventSize: a result that does not encode, or that Publish
+// refuses as invalid or too large, is logged at ERROR, counted in
+// Stats.Unpublished and let go, rather than holding every later window
+// behind it. A publish that fails otherwise (the transport unreachable)
+// fails the handler, so the event is retried, and the result is published
+// by a later call.
 // Changing a stream's computation under the same name would make its new
 // results collide with stored old ones: rename the stream instead.
 package stream
