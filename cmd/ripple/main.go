@@ -8,6 +8,7 @@
 //	ripple publish TYPE --data JSON [--key K] [--delay D] [--priority P] [--id ID]
 //	ripple stats
 //	ripple dlq list|requeue|purge HANDLER [IDS...]
+//	ripple replay HANDLER --since T [--wait]
 //	ripple tail PATTERN
 //	ripple pause|resume HANDLER
 //	ripple lint NAME...
@@ -94,7 +95,7 @@ func newRoot(c *cli) *cobra.Command {
 		Short: "Event-driven architecture at the size your team needs",
 		Long: `ripple works with Ripple buses from the command line: run the article's
 signup demo, publish events, watch handler statistics, manage dead letters,
-tail events and lint event names.
+replay a handler's events, tail events and lint event names.
 
 Commands that open a bus take --url; it defaults to $RIPPLE_URL and then to
 sqlite://ripple.db (the file in the current directory). Commands whose output
@@ -115,6 +116,7 @@ is data take --json.`,
 		c.publishCmd(),
 		c.statsCmd(),
 		c.dlqCmd(),
+		c.replayCmd(),
 		c.tailCmd(),
 		c.pauseCmd(),
 		c.resumeCmd(),
