@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/ripplehq/ripple/transport"
 )
 
 // A job is one caller's share of a batched round trip: a Publish (sub is
@@ -14,6 +16,11 @@ type job struct {
 	sub    *subscription
 	args   []any
 	direct []directMsg // direct publishes (see route.go)
+	// msgs are a publish script job's messages, in the order of args, and
+	// nonce the value that tells its dedup records from other calls'
+	// (see publishScript).
+	msgs  []*transport.Message
+	nonce string
 	n      int         // items (messages or settlements)
 	size   int         // approximate bytes
 	err    error
@@ -238,12 +245,41 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 		if c.sub == nil {
 			if err = c.cmd.Err(); err != nil {
 				err = publishErr(err)
+			} else {
+				markDuplicates(c.jobs, c.cmd)
 			}
 		} else {
 			err = c.sub.settled(c.cmd)
 		}
 		for _, j := range c.jobs {
 			j.err = err
+		}
+	}
+}
+
+// markDuplicates sets Message.Duplicate on the messages that the publish
+// script call found already stored: its reply lists {position among the
+// call's messages, 1-based, the fields first stored}.
+func markDuplicates(jobs []*job, cmd *goredis.Cmd) {
+	dups, _ := cmd.Val().([]any)
+	for _, r := range dups {
+		pair, _ := r.([]any)
+		if len(pair) != 2 {
+			continue
+		}
+		pos, _ := pair[0].(int64)
+		fields, _ := pair[1].([]any)
+		i := int(pos) - 1
+		for _, j := range jobs {
+			if i < len(j.msgs) {
+				if i >= 0 {
+					if kept, _, _, ok := parseEntry(fields); ok {
+						j.msgs[i].Duplicate = &kept
+					}
+				}
+				break
+			}
+			i -= len(j.msgs)
 		}
 	}
 }

@@ -187,19 +187,32 @@
 // implements transport.Inspector, transport.DeadLetterQueue,
 // transport.Replayer, transport.Claimer and transport.RateLimiter:
 //
-//   - Dedup: the publish script remembers each event id the publisher
-//     chose (ripple.WithID) with SET NX PX for the dedup window (default
-//     24h). An id Ripple generated can only come again through a retry of
-//     the same publish; the direct path never resends, so it keeps no
-//     record (a delayed event with a generated id keeps one for
-//     transport.GeneratedIDWindow, 10 min, as go-redis may resend the
-//     script). A publish that fails once its command may have reached
-//     Redis (a lost reply) has perhaps stored the event. One published
-//     with ripple.WithID can be published again with the same id without
-//     risking a second copy: its dedup record stops the retry. One with a
-//     generated id has no record, so a retry may store it twice, and its
-//     handlers see it twice (which Idempotent absorbs); give an event an
-//     id of your own from its first publish when it must not.
+//   - Dedup: an event's identity is its source and id together
+//     (CloudEvents), so the same id under another source is another event.
+//     The publish script remembers the identity of each event whose id the
+//     publisher chose (ripple.WithID) in PREFIX:di:IDENTITY (SET PX) for
+//     the dedup window (default 24h). The record holds a copy of the event
+//     as stored, so a publish that finds it stores nothing and returns the
+//     kept event marked Duplicate (its id, type, time, key, attributes and
+//     data, whatever the handlers' streams have since trimmed); this costs
+//     Redis memory of about one event per chosen id for the window, which
+//     Retention.DedupWindow bounds. Records written by versions of Ripple
+//     before identity dedup (PREFIX:dd:ID) are not read: an id published
+//     in the dedup window before an upgrade and again after it is stored
+//     twice, and the old records expire by themselves. An id Ripple
+//     generated can only come again through a retry of the same publish;
+//     the direct path never resends, so it keeps no record (a delayed event
+//     with a generated id keeps one for transport.GeneratedIDWindow, 10
+//     min, as go-redis may resend the script; a resend that finds its own
+//     call's record is not reported as a duplicate). A publish that fails
+//     once its command may have reached Redis (a lost reply) returns an
+//     error matching ripple.ErrOutcomeUnknown: it has perhaps stored the
+//     event. One published with ripple.WithID can be published again with
+//     the same id without risking a second copy: its dedup record stops
+//     the retry. One with a generated id has no record, so a retry may
+//     store it twice, and its handlers see it twice (which Idempotent
+//     absorbs); give an event an id of your own from its first publish
+//     when it must not.
 //   - Idempotent(): claims are keys set atomically by a Lua script
 //     (PREFIX:c:HANDLER:ID); a done claim is kept for the dedup window.
 //   - Rate limits (RateLimit) are shared by every process of a handler: a

@@ -84,9 +84,10 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		if script == nil {
 			// The prefix, the first argument, is filled in by execBatch,
 			// so a batch of one job uses its slice as it is.
-			script = &job{args: make([]any, publishHead, publishHead+20*len(msgs))}
+			script = &job{args: make([]any, publishHead, publishHead+20*len(msgs)), nonce: randHex(8)}
 		}
-		script.args = appendMessage(script.args, m, d.ret.DedupWindow)
+		script.args = appendMessage(script.args, m, d.ret.DedupWindow, script.nonce)
+		script.msgs = append(script.msgs, m)
 		script.n++
 		script.size += len(m.Data) + 256
 	}
@@ -129,8 +130,9 @@ func partialPublishErr(err error) error {
 }
 
 // appendMessage appends one message's publish-script arguments: its delay,
-// how long to keep its dedup record (0: none), its field count and fields.
-func appendMessage(args []any, m *transport.Message, window time.Duration) []any {
+// how long to keep its dedup record (0: none), its identity, the nonce of
+// the publish call, its field count and fields.
+func appendMessage(args []any, m *transport.Message, window time.Duration, nonce string) []any {
 	delay := int64(0)
 	if m.Delay > 0 {
 		delay = max(m.Delay.Milliseconds(), 1)
@@ -148,7 +150,7 @@ func appendMessage(args []any, m *transport.Message, window time.Duration) []any
 	if m.Key != "" {
 		nf += 2
 	}
-	return appendFields(append(args, delay, ttl, nf), m)
+	return appendFields(append(args, delay, ttl, transport.IdentityKey(m.Source(), m.ID), nonce, nf), m)
 }
 
 // appendFields appends a message's stream entry fields, id and type first.

@@ -397,6 +397,11 @@ func (d *Driver) claimKey(handler, id string) string {
 	return d.prefix + ":c:" + handler + ":" + id
 }
 func (d *Driver) rateKey(handler string) string { return d.prefix + ":rl:" + handler }
+
+// dedupKey is the dedup record of an event identity (see publishScript).
+func (d *Driver) dedupKey(source, id string) string {
+	return d.prefix + ":di:" + transport.IdentityKey(source, id)
+}
 func (d *Driver) failedKey(name string) string  { return d.prefix + ":n:" + name }
 func (d *Driver) leasesKey(name string) string  { return d.prefix + ":l:" + name }
 

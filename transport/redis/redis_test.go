@@ -320,7 +320,7 @@ func TestPublishDedup(t *testing.T) {
 	gen.IDGenerated = true
 	publish(t, d, gen)
 	receive(t, s, 1, 2*time.Second)
-	if n := d.client.Exists(ctx, d.prefix+":dd:"+gen.ID).Val(); n != 0 {
+	if n := d.client.Exists(ctx, d.dedupKey("test", gen.ID)).Val(); n != 0 {
 		t.Errorf("a generated id published directly left a dedup record")
 	}
 	late := msg("a.b")
@@ -330,8 +330,8 @@ func TestPublishDedup(t *testing.T) {
 	publish(t, d, late)
 	receive(t, s, 1, 2*time.Second)
 	receiveNone(t, s, 300*time.Millisecond)
-	genTTL := d.client.PTTL(ctx, d.prefix+":dd:"+late.ID).Val()
-	chosenTTL := d.client.PTTL(ctx, d.prefix+":dd:"+m.ID).Val()
+	genTTL := d.client.PTTL(ctx, d.dedupKey("test", late.ID)).Val()
+	chosenTTL := d.client.PTTL(ctx, d.dedupKey("test", m.ID)).Val()
 	if genTTL <= 0 || genTTL > transport.GeneratedIDWindow {
 		t.Errorf("generated id's dedup record lives %s, want at most %s", genTTL, transport.GeneratedIDWindow)
 	}

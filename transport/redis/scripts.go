@@ -134,29 +134,37 @@ end
 const luaLib = luaNow + luaMatch + luaIDs + luaGroups + luaStrip + luaDelay + luaRegister
 
 // publishScript stores a batch of messages. ARGV: prefix, then per
-// message: delay ms, dedup record ms (0 = none), field count, fields (the
-// first four are "id", id, "type", type). A message whose id is still
-// remembered is skipped; the others are appended to the stream (or the
-// delayed set) of every subscription whose pattern matches, all in one
-// atomic step.
+// message: delay ms, dedup record ms (0 = none), the event's identity
+// (transport.IdentityKey of its source and id), the publish call's nonce,
+// field count, fields (the first four are "id", id, "type", type). A
+// message whose identity is still remembered is not stored again: it
+// returns {its position among the call's messages, the fields first
+// stored} unless the record carries the same nonce (a resend of this very
+// call, which stored it). Every other message is appended to the stream
+// (or the delayed set) of every subscription whose pattern matches, all in
+// one atomic step, and its dedup record PREFIX:di:IDENTITY keeps the
+// nonce and the fields, so that a later duplicate learns what was kept.
 var publishScript = newScript(luaNow + luaMatch + luaDelay + `
 local call = redis.call
 local p = ARGV[1]
-local dd = p .. ':dd:'
+local di = p .. ':di:'
 local subs = call('HGETALL', p .. ':subs')
 local now
 local routes = {}
 local i, last = 2, #ARGV
-local stored = 0
+local pos = 0
+local dups = {}
 while i <= last do
-  local delay, ttl, fs = tonumber(ARGV[i]), ARGV[i + 1], i + 3
-  local fe = fs + tonumber(ARGV[i + 2]) - 1
+  local delay, ttl, ident, nonce, fs = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], i + 5
+  local fe = fs + tonumber(ARGV[i + 4]) - 1
   local typ = ARGV[fs + 3]
   i = fe + 1
-  -- The dedup record is written after the event, so that a write that
-  -- fails leaves none and the publish can be retried.
-  if ttl == '0' or call('EXISTS', dd .. ARGV[fs + 1]) == 0 then
-    stored = stored + 1
+  pos = pos + 1
+  local kept = ttl ~= '0' and call('GET', di .. ident)
+  if kept then
+    local n, f = cmsgpack.unpack(kept)
+    if n ~= nonce then dups[#dups + 1] = {pos, f} end
+  else
     -- routes caches, per event type, the names of the matching
     -- subscriptions, so a batch matches each type once.
     local r = routes[typ]
@@ -181,10 +189,14 @@ while i <= last do
         call('ZADD', p .. ':d:' .. r[k], now + delay, delay_member(p, f))
       end
     end
-    if ttl ~= '0' then call('SET', dd .. ARGV[fs + 1], '1', 'PX', ttl) end
+    -- The dedup record is written after the event, so that a write that
+    -- fails leaves none and the publish can be retried.
+    if ttl ~= '0' then
+      call('SET', di .. ident, cmsgpack.pack(nonce, {unpack(ARGV, fs, fe)}), 'PX', ttl)
+    end
   end
 end
-return stored
+return dups
 `)
 
 // registryScript reads the subscription registry: {PREFIX:subsv or "",
