@@ -21,9 +21,9 @@ type job struct {
 	// (see publishScript).
 	msgs  []*transport.Message
 	nonce string
-	n      int         // items (messages or settlements)
-	size   int         // approximate bytes
-	err    error
+	n     int // items (messages or settlements)
+	size  int // approximate bytes
+	err   error
 	// stored tells that Redis appended at least one of the job's direct
 	// events, so an error of the job is not one where nothing was stored.
 	stored bool

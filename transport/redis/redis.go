@@ -402,8 +402,8 @@ func (d *Driver) rateKey(handler string) string { return d.prefix + ":rl:" + han
 func (d *Driver) dedupKey(source, id string) string {
 	return d.prefix + ":di:" + transport.IdentityKey(source, id)
 }
-func (d *Driver) failedKey(name string) string  { return d.prefix + ":n:" + name }
-func (d *Driver) leasesKey(name string) string  { return d.prefix + ":l:" + name }
+func (d *Driver) failedKey(name string) string { return d.prefix + ":n:" + name }
+func (d *Driver) leasesKey(name string) string { return d.prefix + ":l:" + name }
 
 // consumerName identifies one receiver in a consumer group; it names the
 // host and process so that XINFO CONSUMERS shows who holds what.
