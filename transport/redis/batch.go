@@ -244,7 +244,7 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 		var err error
 		if c.sub == nil {
 			if err = c.cmd.Err(); err != nil {
-				err = publishErr(err)
+				err = publishErr(err, true)
 			} else {
 				markDuplicates(c.jobs, c.cmd)
 			}

@@ -68,6 +68,19 @@
 // Replication is asynchronous: a failover to a replica can lose the most
 // recent writes.
 //
+// A Publish that fails tells what is known of its event. When the
+// connection breaks or times out after the command was sent and before
+// Redis answered (or ctx ends meanwhile), the error matches
+// ripple.ErrOutcomeUnknown (transport.ErrOutcomeUnknown): the event may
+// have been stored. Publishing it again with the same id stores it at most
+// once when it went through the publish script with an id of its own
+// (ripple.WithID, see Dedup below); an event with a generated id has no
+// dedup record, and the error says so. A failure to connect at all sent
+// nothing and does not match. A Redis at maxmemory (noeviction) refuses
+// writes with OOM: Publish and Subscribe then fail with an error matching
+// ripple.ErrStorageFull (transport.ErrStorageFull) that says whether part
+// of a batched publish was stored nonetheless (see Delivery semantics).
+//
 // # Delivery semantics
 //
 // Each handler name is a subscription with its own stream (PREFIX:s:NAME)

@@ -433,6 +433,9 @@ func TestFullRedisErrorSaysWhatToDo(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "Redis is full (maxmemory)") || !strings.Contains(err.Error(), "OOM") {
 			t.Errorf("own id %v: Publish on a full Redis = %v; want an error that says Redis is full, with Redis's own", ownID, err)
 		}
+		if !errors.Is(err, transport.ErrStorageFull) || errors.Is(err, transport.ErrOutcomeUnknown) {
+			t.Errorf("own id %v: Publish on a full Redis = %v; want it to match transport.ErrStorageFull (and not ErrOutcomeUnknown)", ownID, err)
+		}
 	}
 }
 

@@ -249,7 +249,7 @@ func TestPartialPublishErrOOM(t *testing.T) {
 	if msg := partialPublishErr(oom).Error(); strings.Contains(msg, "nothing was stored") || !strings.Contains(msg, "Redis is full (maxmemory)") || !strings.Contains(msg, "after storing part of it") {
 		t.Errorf("partialPublishErr(OOM) = %q", msg)
 	}
-	if msg := publishErr(oom).Error(); !strings.Contains(msg, "nothing was stored") {
+	if msg := publishErr(oom, true).Error(); !strings.Contains(msg, "nothing was stored") {
 		t.Errorf("publishErr(OOM) = %q", msg)
 	}
 }

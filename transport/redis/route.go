@@ -182,7 +182,7 @@ func (d *Driver) execDirect(ctx context.Context, batch []*job) {
 		case j.stored:
 			j.err = partialPublishErr(j.err)
 		default:
-			j.err = publishErr(j.err)
+			j.err = publishErr(j.err, false)
 		}
 	}
 }

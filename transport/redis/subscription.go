@@ -130,6 +130,9 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		lease = defaultLease
 	}
 	if err := subscribeScript.Run(ctx, d.client, nil, d.prefix, spec.Name, spec.Pattern, newRegistryVersion()).Err(); err != nil {
+		if isOOM(err) {
+			return nil, fmt.Errorf("redis transport: subscribe %q: Redis is full (maxmemory): %w; free memory or raise maxmemory: %w", spec.Name, err, transport.ErrStorageFull)
+		}
 		return nil, fmt.Errorf("redis transport: subscribe %q: %w", spec.Name, err)
 	}
 	s := &subscription{
