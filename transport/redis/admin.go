@@ -447,7 +447,9 @@ func (d *Driver) Finish(ctx context.Context, handler, eventID string, success bo
 }
 
 // Reserve takes one start slot of a rate limit shared by every process of
-// the handler (a GCRA limiter kept in Redis) and returns how long to wait.
+// the handler and returns how long to wait. The limit is a sliding window
+// kept in Redis (see reserveScript): at most n starts in any interval of
+// length per, whichever processes they are in.
 func (d *Driver) Reserve(ctx context.Context, handler string, n int, per time.Duration) (time.Duration, error) {
 	if d.isClosed() {
 		return 0, ErrClosed
@@ -455,7 +457,7 @@ func (d *Driver) Reserve(ctx context.Context, handler string, n int, per time.Du
 	if n <= 0 || per <= 0 {
 		return 0, errors.New("redis transport: rate limit needs n > 0 and a positive period")
 	}
-	us, err := reserveScript.Run(ctx, d.client, nil, d.rateKey(handler), n, per.Microseconds()).Int64()
+	us, err := reserveScript.Run(ctx, d.client, nil, d.rateKey(handler), n, per.Microseconds(), randHex(8)).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("redis transport: rate limit of %q: %w", handler, err)
 	}
@@ -484,7 +486,7 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 		p.HDel(ctx, d.subsKey(), handler)
 		p.HDel(ctx, d.subsFromKey(), handler)
 		p.Set(ctx, d.subsVersionKey(), newRegistryVersion(), 0)
-		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler), d.failedKey(handler), d.leasesKey(handler))
+		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler), d.prefix+":rl:"+handler, d.failedKey(handler), d.leasesKey(handler))
 		return nil
 	})
 	if err != nil {

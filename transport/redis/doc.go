@@ -228,8 +228,14 @@
 //     when it must not.
 //   - Idempotent(): claims are keys set atomically by a Lua script
 //     (PREFIX:c:HANDLER:ID); a done claim is kept for the dedup window.
-//   - Rate limits (RateLimit) are shared by every process of a handler: a
-//     GCRA limiter in one Redis key per handler.
+//   - Rate limits (RateLimit(n, per)) are shared by every process of a
+//     handler, and are a sliding window: at most n handler starts in any
+//     interval of length per, counted over every process. Each handler has
+//     a sorted set of its reserved start times (PREFIX:rw:NAME), trimmed of
+//     those older than per by the Lua script that reserves the next one.
+//     Reserved starts are measured on the Redis server's clock; a process
+//     starts its handler after the wait Reserve returned, so one network
+//     round trip of jitter separates the two clocks.
 //   - Stats come from Redis itself: waiting is the group's lag plus the
 //     delayed entries already due, active its pending count (entries read
 //     ahead included), delayed the rest of the delayed set, dead the length

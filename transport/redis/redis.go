@@ -396,7 +396,9 @@ func (d *Driver) deadKey(name string) string   { return d.prefix + ":x:" + name 
 func (d *Driver) claimKey(handler, id string) string {
 	return d.prefix + ":c:" + handler + ":" + id
 }
-func (d *Driver) rateKey(handler string) string { return d.prefix + ":rl:" + handler }
+// rateKey is the handler's sliding rate-limit window (see reserveScript);
+// PREFIX:rl:NAME held the token bucket of earlier versions.
+func (d *Driver) rateKey(handler string) string { return d.prefix + ":rw:" + handler }
 
 // dedupKey is the dedup record of an event identity (see publishScript).
 func (d *Driver) dedupKey(source, id string) string {

@@ -583,21 +583,30 @@ end
 return 1
 `)
 
-// reserveScript is a GCRA rate limiter: n starts per period with a burst
-// of n, shared by every process. ARGV: key, n, period µs. It returns how
-// many µs the caller must wait before its start.
+// reserveScript is a sliding-window rate limiter shared by every process:
+// at most n starts in any interval of length per. The key is a sorted set
+// of the start times reserved (µs on the server's clock, some in the
+// future), trimmed of those a period or more in the past, which can share
+// no interval with a start from now on. A new start goes at the earliest
+// time from now that is a period after the n-th most recent start and not
+// before the latest, so every interval of length per that holds it holds
+// at most n. ARGV: key, n, period µs, a unique member suffix. It returns
+// how many µs the caller must wait before its start.
 var reserveScript = newScript(`
-local n, per = tonumber(ARGV[2]), tonumber(ARGV[3])
+local key, n, per = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = per / n
-local tat = tonumber(redis.call('GET', ARGV[1]) or '0')
-if tat < now then tat = now end
-local nt = tat + interval
-local wait = nt - per - now
-if wait < 0 then wait = 0 end
-redis.call('SET', ARGV[1], string.format('%.0f', nt), 'PX', math.floor((nt - now) / 1000) + 1)
-return math.floor(wait)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - per)
+local k = redis.call('ZCARD', key)
+local start = now
+if k >= n then
+  local nth = redis.call('ZRANGE', key, k - n, k - n, 'WITHSCORES')
+  local latest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  start = math.max(now, tonumber(nth[2]) + per, tonumber(latest[2]))
+end
+redis.call('ZADD', key, start, string.format('%.0f', start) .. ':' .. ARGV[4])
+redis.call('PEXPIRE', key, math.floor((start + per - now) / 1000) + 1)
+return math.floor(start - now)
 `)
 
 // leaveScript deletes a consumer that holds no pending entries, and its
