@@ -35,6 +35,10 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	paused, err := d.client.HGetAll(ctx, d.pausedKey()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis transport: stats: %w", err)
+	}
 	out := make([]transport.Stats, 0, len(names))
 	for _, name := range names {
 		res, err := statsScript.Run(ctx, d.client, nil, d.prefix, name).Int64Slice()
@@ -50,6 +54,7 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 			Waiting: waiting + res[7], Active: pending, Delayed: res[4],
 			Completed: max(xlen-pending-waiting, 0),
 			Failed:    res[6], Dead: res[5],
+			Paused: paused[name] != "",
 		}
 		if oldest > 0 {
 			st.OldestWaiting = max(time.Since(time.UnixMilli(oldest)), 0)
@@ -464,7 +469,41 @@ func (d *Driver) Reserve(ctx context.Context, handler string, n int, per time.Du
 	return time.Duration(us) * time.Microsecond, nil
 }
 
+// Pause stops every process from handing out the handler's events, within
+// about maxBlock (250 ms) of Pause returning: each receiver reads the
+// handler's flag in PREFIX:paused at every receive script, and makes no
+// blocking read while it is set. Events published meanwhile wait in the
+// handler's stream, deliveries already leased finish and settle as usual,
+// and expired leases are reclaimed only once the handler is resumed.
+func (d *Driver) Pause(ctx context.Context, handler string) error {
+	return d.setPaused(ctx, handler, true)
+}
+
+// Resume lets a paused handler's events be handed out again.
+func (d *Driver) Resume(ctx context.Context, handler string) error {
+	return d.setPaused(ctx, handler, false)
+}
+
+func (d *Driver) setPaused(ctx context.Context, handler string, paused bool) error {
+	if d.isClosed() {
+		return ErrClosed
+	}
+	op, flag := "resume", "0"
+	if paused {
+		op, flag = "pause", "1"
+	}
+	n, err := pauseScript.Run(ctx, d.client, nil, d.prefix, handler, flag).Int()
+	if err != nil {
+		return fmt.Errorf("redis transport: %s %q: %w", op, handler, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("redis transport: %s %q: %w", op, handler, transport.ErrNotFound)
+	}
+	return nil
+}
+
 var (
+	_ transport.Pauser          = (*Driver)(nil)
 	_ transport.Inspector       = (*Driver)(nil)
 	_ transport.DeadLetterQueue = (*Driver)(nil)
 	_ transport.Replayer        = (*Driver)(nil)
@@ -485,6 +524,7 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 	_, err := d.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
 		p.HDel(ctx, d.subsKey(), handler)
 		p.HDel(ctx, d.subsFromKey(), handler)
+		p.HDel(ctx, d.pausedKey(), handler)
 		p.Set(ctx, d.subsVersionKey(), newRegistryVersion(), 0)
 		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler), d.prefix+":rl:"+handler, d.failedKey(handler), d.leasesKey(handler))
 		return nil

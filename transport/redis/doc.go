@@ -198,7 +198,8 @@
 // order and its consumer group has no per-key lock, so WithPriority and
 // Ordered() fail with an error matching ripple.ErrNotSupported. The driver
 // implements transport.Inspector, transport.DeadLetterQueue,
-// transport.Replayer, transport.Claimer and transport.RateLimiter:
+// transport.Replayer, transport.Claimer, transport.RateLimiter,
+// transport.Pauser and transport.Unsubscriber:
 //
 //   - Dedup: an event's identity is its source and id together
 //     (CloudEvents), so the same id under another source is another event.
@@ -242,6 +243,17 @@
 //     of the dead-letter stream, completed the acknowledged entries still
 //     in the stream, failed a per-handler counter kept since the handler
 //     subscribed.
+//   - Pause and Resume (per handler) are shared by every process: the hash
+//     PREFIX:paused names the paused handlers, and the receive script of
+//     every receiver reads it at each poll (at least every 250 ms while a
+//     process receives) and then reads nothing, reclaims nothing, and
+//     makes no blocking read; entries it had read ahead go back to the
+//     stream. So within about 250 ms of Pause returning (a blocking read
+//     already under way may still bring entries) no process hands out the
+//     handler's events. Events published meanwhile wait in its stream, and
+//     due delayed ones move there as usual; deliveries already leased
+//     finish and settle; expired leases are reclaimed once it is resumed.
+//     Stats reports Paused.
 //   - Replay, for events published at or after the given time, moves their
 //     dead letters back to the stream and appends a fresh copy of each
 //     completed entry still retained; events not finished (undelivered,

@@ -392,10 +392,12 @@ func (d *Driver) subsKey() string              { return d.prefix + ":subs" }
 func (d *Driver) subsVersionKey() string       { return d.prefix + ":subsv" }
 func (d *Driver) subsFromKey() string          { return d.prefix + ":subsfrom" }
 func (d *Driver) streamKey(name string) string { return d.prefix + ":s:" + name }
+func (d *Driver) pausedKey() string            { return d.prefix + ":paused" }
 func (d *Driver) deadKey(name string) string   { return d.prefix + ":x:" + name }
 func (d *Driver) claimKey(handler, id string) string {
 	return d.prefix + ":c:" + handler + ":" + id
 }
+
 // rateKey is the handler's sliding rate-limit window (see reserveScript);
 // PREFIX:rl:NAME held the token bucket of earlier versions.
 func (d *Driver) rateKey(handler string) string { return d.prefix + ":rw:" + handler }

@@ -295,7 +295,8 @@ end
 // It returns {ms until the next delayed entry is due or -1, ids XAUTOCLAIM found
 // deleted, {id, delivery count, fields}..., the registry version, where
 // the next reclaim scan starts, the error that stopped moving delayed
-// entries or ""}; after such an error the next try is a second later. Each scan goes on from where the last
+// entries or "", 1 when the handler is paused or 0}; after such an error
+// the next try is a second later. Each scan goes on from where the last
 // one stopped, so expired leases behind many live ones are reached too.
 var receiveScript = newScript(luaNow + luaGroups + luaRegister + luaKeepLease + luaLeases + `
 local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
@@ -323,6 +324,13 @@ for _, m in ipairs(due) do
 end
 if #moved > 0 then redis.call('ZREM', dk, unpack(moved)) end
 local out, deleted, cursor = {}, {}, ARGV[9]
+-- A paused handler (see Pause) gets nothing: its entries wait, expired
+-- leases included, until it is resumed.
+local paused = redis.call('HEXISTS', p .. ':paused', name)
+if paused == 1 then
+  reclaim = false
+  count = 0
+end
 if reclaim then
   local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, longest_lease(s, name, lk, lease, now), ARGV[9], 'COUNT', count)
   if r.err then return r end
@@ -348,7 +356,7 @@ local nxt = -1
 local first = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
 if first[2] then nxt = math.max(tonumber(first[2]) - now, 0) end
 if refused ~= '' then nxt = 1000 end
-return {nxt, deleted, out, redis.call('GET', p .. ':subsv') or '', cursor, refused}
+return {nxt, deleted, out, redis.call('GET', p .. ':subsv') or '', cursor, refused, paused}
 `)
 
 // settleScript records retries, releases and dead letters (completions
@@ -609,6 +617,20 @@ redis.call('PEXPIRE', key, math.floor((start + per - now) / 1000) + 1)
 return math.floor(start - now)
 `)
 
+// pauseScript pauses (ARGV[3] = "1") or resumes a registered handler: the
+// hash PREFIX:paused holds the paused ones, which the receive script reads.
+// ARGV: prefix, name, flag. It returns 0 for an unknown handler.
+var pauseScript = newScript(`
+local p, name = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', p .. ':subs', name) == 0 then return 0 end
+if ARGV[3] == '1' then
+  redis.call('HSET', p .. ':paused', name, '1')
+else
+  redis.call('HDEL', p .. ':paused', name)
+end
+return 1
+`)
+
 // leaveScript deletes a consumer that holds no pending entries, and its
 // lease entry (see luaLeases), so closed receivers do not accumulate.
 // ARGV: prefix, name, consumer.
@@ -630,6 +652,7 @@ var allScripts = []*goredis.Script{
 	leaveScript,
 	publishScript, subscribeScript, receiveScript, settleScript, extendScript,
 	trimScript, statsScript, requeueScript, claimScript, finishScript, reserveScript,
+	pauseScript,
 }
 
 // loadScripts compiles every script on the server once, so a syntax error

@@ -75,6 +75,10 @@ type subscription struct {
 	bufAt          time.Time             // when buf was read
 	fullAt         time.Time             // when a Receive last returned all it was asked for
 	view           registryView          // the registry's entry for this subscription
+	// paused is the handler's pause flag as the last receive script read
+	// it (at least every maxBlock while Receive is called); while it is
+	// set Receive hands out nothing and reads nothing.
+	paused bool
 
 	trimming atomic.Bool
 }
@@ -191,6 +195,9 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 		// XREADGROUP alone, which returns at once when entries wait.
 		s.mu.Lock()
 		wait := time.Until(s.nextPoll)
+		if s.paused {
+			wait = 0 // read the flag again before any blocking read
+		}
 		count := limit
 		if time.Since(s.fullAt) < busyWithin {
 			count = min(max(2*limit, minRead), maxRead) // read ahead
@@ -210,9 +217,25 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 			}
 			s.mu.Lock()
 			s.nextPoll = time.Now().Add(wait)
+			paused := s.paused
 			s.mu.Unlock()
 			if len(ds) > 0 {
 				return s.keep(ds, limit), nil
+			}
+			if paused {
+				// No blocking read while paused: it would lease entries.
+				// The next poll looks at the flag again.
+				t := time.NewTimer(min(maxBlock, s.reclaim))
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return nil, ctx.Err()
+				}
+				s.mu.Lock()
+				s.nextPoll = time.Time{}
+				s.mu.Unlock()
+				continue
 			}
 		}
 		if dl, ok := ctx.Deadline(); ok {
@@ -271,7 +294,7 @@ func (s *subscription) buffered(ctx context.Context, limit int) []*transport.Del
 		return nil
 	}
 	s.mu.Lock()
-	if len(s.buf) == 0 {
+	if len(s.buf) == 0 || s.paused {
 		s.mu.Unlock()
 		return nil
 	}
@@ -344,14 +367,24 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	if err != nil {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
 	}
-	if len(res) != 6 {
+	if len(res) != 7 {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: unexpected script reply %v", s.name, res)
 	}
 	refused, _ := res[5].(string)
+	paused, _ := res[6].(int64)
 	s.mu.Lock()
 	report := refused != "" && !s.promoteRefused
 	s.promoteRefused = refused != ""
+	s.paused = paused == 1
+	var ahead []*transport.Delivery
+	if s.paused {
+		ahead, s.buf = s.buf, nil
+	}
 	s.mu.Unlock()
+	if len(ahead) > 0 {
+		// Read ahead before the pause: handed back, not handed out.
+		s.release(ctx, ahead)
+	}
 	if report {
 		s.d.log.Warn("redis transport: Redis refused to move due delayed events (retries, WithDelay) to the stream; they wait until it accepts writes again, events already in the stream are still handled",
 			"handler", s.name, "err", refused)
