@@ -26,6 +26,10 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if err := d.acks.flush(ctx); err != nil {
 		return nil, fmt.Errorf("redis transport: stats: %w", err)
 	}
+	// Abandoned ephemeral subscriptions go first, so they are not reported.
+	if err := reapScript.Run(ctx, d.client, nil, d.prefix, newRegistryVersion()).Err(); err != nil && !isOOM(err) {
+		return nil, fmt.Errorf("redis transport: stats: %w", err)
+	}
 	subs, err := d.client.HGetAll(ctx, d.subsKey()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis transport: stats: %w", err)
@@ -525,6 +529,7 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 		p.HDel(ctx, d.subsKey(), handler)
 		p.HDel(ctx, d.subsFromKey(), handler)
 		p.HDel(ctx, d.pausedKey(), handler)
+		p.HDel(ctx, d.prefix+":eph", handler)
 		p.Set(ctx, d.subsVersionKey(), newRegistryVersion(), 0)
 		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler), d.prefix+":rl:"+handler, d.failedKey(handler), d.leasesKey(handler))
 		return nil
@@ -532,5 +537,12 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 	if err != nil {
 		return fmt.Errorf("redis transport: unsubscribe %q: %w", handler, err)
 	}
+	return nil
+}
+
+// startFrom gives a subscription just created the retained history of
+// its pattern from spec.From on (SubscriptionSpec.From). Stub replaced
+// below.
+func (d *Driver) startFrom(ctx context.Context, spec transport.SubscriptionSpec, hist []any) error {
 	return nil
 }

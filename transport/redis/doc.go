@@ -243,6 +243,18 @@
 //     of the dead-letter stream, completed the acknowledged entries still
 //     in the stream, failed a per-handler counter kept since the handler
 //     subscribed.
+//   - Ephemeral subscriptions (SubscriptionSpec.Ephemeral, used by ripple
+//     tail) are registered as any other, and listed in the hash
+//     PREFIX:eph with their lease and when a receiver last touched them
+//     (every receive script and lease renewal). When the last live
+//     receiver closes, it deletes the subscription with everything kept
+//     for it, as Unsubscribe does. One that no receiver has touched for
+//     three leases and two seconds (its process was killed) is deleted by
+//     whichever process next runs a reclaim scan (every receiver does,
+//     several times a second), a Subscribe or Stats, so a killed tail
+//     leaves nothing behind for long as long as some process of the
+//     application uses the Redis. A durable handler and an ephemeral
+//     subscription cannot share a name.
 //   - Pause and Resume (per handler) are shared by every process: the hash
 //     PREFIX:paused names the paused handlers, and the receive script of
 //     every receiver reads it at each poll (at least every 250 ms while a

@@ -30,7 +30,10 @@ func TestMain(m *testing.M) {
 	if u := os.Getenv(envChildURL); u != "" {
 		os.Exit(hangingWorker(u))
 	}
-	if u := os.Getenv(envTLSChildURL); u != "" {
+	if u := os.Getenv(envEphemeralChildURL); u != "" {
+		os.Exit(ephemeralChild(u))
+	}
+		if u := os.Getenv(envTLSChildURL); u != "" {
 		os.Exit(tlsChild(u))
 	}
 	os.Exit(m.Run())

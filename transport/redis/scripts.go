@@ -130,6 +130,35 @@ local function register(p, name, pattern, version)
 end
 `
 
+// luaEphemeral keeps ephemeral subscriptions (SubscriptionSpec.Ephemeral):
+// PREFIX:eph maps each to "lease ms:last touched ms". Its receivers touch
+// it at every receive script and lease renewal; one not touched for three
+// leases and two seconds has lost every receiver (a process killed with
+// SIGKILL) and is reaped, by the receive script of any process, a
+// Subscribe, or Stats. delete_sub deletes a subscription with everything
+// kept for it, as Unsubscribe does.
+const luaEphemeral = `
+local function delete_sub(p, name, version)
+  for _, h in ipairs({':subs', ':subsfrom', ':paused', ':eph'}) do redis.call('HDEL', p .. h, name) end
+  for _, k in ipairs({':s:', ':d:', ':x:', ':rw:', ':rl:', ':n:', ':l:'}) do redis.call('DEL', p .. k .. name) end
+  redis.call('SET', p .. ':subsv', version)
+end
+
+local function touch(p, name, lease, now)
+  redis.pcall('HSET', p .. ':eph', name, lease .. ':' .. now)
+end
+
+local function reap(p, now, version)
+  local all = redis.call('HGETALL', p .. ':eph')
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local c = string.find(v, ':', 1, true)
+    local l, u = tonumber(string.sub(v, 1, (c or 1) - 1)), tonumber(string.sub(v, (c or #v) + 1))
+    if not l or not u or u + 3 * l + 2000 < now then delete_sub(p, all[i], version) end
+  end
+end
+`
+
 // luaLib is every helper.
 const luaLib = luaNow + luaMatch + luaIDs + luaGroups + luaStrip + luaDelay + luaRegister
 
@@ -225,16 +254,49 @@ return out
 `)
 
 // subscribeScript registers (or updates) a subscription and creates its
-// stream and consumer group. ARGV: prefix, name, pattern, a fresh registry
-// version (see route.go).
-var subscribeScript = newScript(luaRegister + `
+// stream and consumer group, after reaping abandoned ephemeral
+// subscriptions. ARGV: prefix, name, pattern, a fresh registry version
+// (see route.go), "1" for an ephemeral subscription, the receiver's
+// consumer and lease ms (ephemeral ones start with a live receiver), "1"
+// to list where history ends (see startFrom). It returns {0, history}
+// when it created the subscription, {1} when it existed, {-1} when an
+// ephemeral one was asked for under a durable one's name, {-2} for the
+// reverse. history lists, for every other subscription, {name, the last
+// id of its stream, the last id of its dead-letter stream}.
+var subscribeScript = newScript(luaNow + luaRegister + luaKeepLease + luaEphemeral + `
 local p, name, pattern = ARGV[1], ARGV[2], ARGV[3]
+local eph, consumer, lease = ARGV[5] == '1', ARGV[6], ARGV[7]
+local now = now_ms()
+reap(p, now, ARGV[4])
+local existed = redis.call('HEXISTS', p .. ':subs', name) == 1
+if existed then
+  local was = redis.call('HEXISTS', p .. ':eph', name) == 1
+  if eph and not was then return {-1} end
+  if was and not eph then return {-2} end
+end
+local history = {}
+if not existed and ARGV[8] == '1' then
+  local subs = redis.call('HGETALL', p .. ':subs')
+  for i = 1, #subs, 2 do
+    local last = {}
+    for j, k in ipairs({':s:', ':x:'}) do
+      local e = redis.call('XREVRANGE', p .. k .. subs[i], '+', '-', 'COUNT', 1)
+      last[j] = e[1] and e[1][1] or ''
+    end
+    history[#history + 1] = {subs[i], last[1], last[2]}
+  end
+end
 register(p, name, pattern, ARGV[4])
 local r = redis.pcall('XGROUP', 'CREATE', p .. ':s:' .. name, name, '0', 'MKSTREAM')
 if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP', 1, true) then
   return redis.error_reply(r.err)
 end
-return 1
+if eph then
+  touch(p, name, lease, now)
+  keep_lease(p .. ':l:' .. name, consumer, lease, now)
+end
+if existed then return {1} end
+return {0, history}
 `)
 
 // luaKeepLease and luaLeases keep the leases of a handler's live
@@ -291,14 +353,16 @@ end
 // reclaims entries idle for longer than the longest lease of the handler's
 // live receivers (when ARGV[5] is "1", see luaLeases), and reads new
 // entries. ARGV: prefix, name, consumer, count, reclaim, lease ms, pattern,
-// a fresh registry version (see route.go), where the reclaim scan starts.
+// a fresh registry version (see route.go), where the reclaim scan starts,
+// "1" for an ephemeral subscription (see luaEphemeral; the reclaim scan
+// also reaps abandoned ones).
 // It returns {ms until the next delayed entry is due or -1, ids XAUTOCLAIM found
 // deleted, {id, delivery count, fields}..., the registry version, where
 // the next reclaim scan starts, the error that stopped moving delayed
 // entries or "", 1 when the handler is paused or 0}; after such an error
 // the next try is a second later. Each scan goes on from where the last
 // one stopped, so expired leases behind many live ones are reached too.
-var receiveScript = newScript(luaNow + luaGroups + luaRegister + luaKeepLease + luaLeases + `
+var receiveScript = newScript(luaNow + luaGroups + luaRegister + luaKeepLease + luaLeases + luaEphemeral + `
 local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
 local reclaim = ARGV[5] == '1'
@@ -309,6 +373,8 @@ if redis.call('HEXISTS', subs, name) == 0 then
 end
 local now = now_ms()
 keep_lease(lk, consumer, lease, now)
+if ARGV[10] == '1' then touch(p, name, lease, now) end
+if reclaim then reap(p, now, ARGV[8]) end
 local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, 256)
 -- A full Redis (maxmemory) refuses the XADD; the entries then stay
 -- delayed, and the entries already in the stream are still read.
@@ -420,14 +486,17 @@ return lost
 // extendScript resets the idle time of entries still held by this
 // consumer with the given delivery count (XCLAIM JUSTID does not count a
 // delivery), and renews the receiver's lease entry (see luaLeases). ARGV:
-// prefix, name, the receiver's consumer and lease ms, then id, consumer,
+// prefix, name, the receiver's consumer and lease ms, "1" for an
+// ephemeral subscription (touched, see luaEphemeral), then id, consumer,
 // delivery count triples.
-var extendScript = newScript(luaNow + luaKeepLease + `
+var extendScript = newScript(luaNow + luaKeepLease + luaEphemeral + `
 local p, name = ARGV[1], ARGV[2]
 local s = p .. ':s:' .. name
 local n = 0
-keep_lease(p .. ':l:' .. name, ARGV[3], ARGV[4], now_ms())
-for i = 5, #ARGV, 3 do
+local now = now_ms()
+keep_lease(p .. ':l:' .. name, ARGV[3], ARGV[4], now)
+if ARGV[5] == '1' then touch(p, name, ARGV[4], now) end
+for i = 6, #ARGV, 3 do
   local id, consumer, cnt = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local pe = redis.pcall('XPENDING', s, name, id, id, 1)
   if type(pe) == 'table' and not pe.err and pe[1] and pe[1][2] == consumer and pe[1][4] == cnt then
@@ -632,10 +701,34 @@ return 1
 `)
 
 // leaveScript deletes a consumer that holds no pending entries, and its
-// lease entry (see luaLeases), so closed receivers do not accumulate.
-// ARGV: prefix, name, consumer.
-var leaveScript = newScript(luaLeases + `
-drop_consumer(ARGV[1] .. ':s:' .. ARGV[2], ARGV[2], ARGV[1] .. ':l:' .. ARGV[2], ARGV[3])
+// lease entry (see luaLeases), so closed receivers do not accumulate. For
+// an ephemeral subscription (ARGV[4] = "1") whose other receivers are all
+// gone, it deletes the subscription. ARGV: prefix, name, consumer,
+// ephemeral flag, a fresh registry version.
+var leaveScript = newScript(luaNow + luaLeases + luaEphemeral + `
+local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
+local lk = p .. ':l:' .. name
+drop_consumer(p .. ':s:' .. name, name, lk, consumer)
+if ARGV[4] == '1' then
+  -- This receiver is gone even when it still holds entries: other
+  -- receivers of the subscription reclaim them by their own leases.
+  redis.call('HDEL', lk, consumer)
+  local now = now_ms()
+  local all = redis.call('HGETALL', lk)
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local u = tonumber(string.sub(v, (string.find(v, ':', 1, true) or #v) + 1))
+    if all[i] ~= consumer and u and u >= now then return 1 end
+  end
+  delete_sub(p, name, ARGV[5])
+end
+return 1
+`)
+
+// reapScript reaps abandoned ephemeral subscriptions (see luaEphemeral).
+// ARGV: prefix, a fresh registry version.
+var reapScript = newScript(luaNow + luaEphemeral + `
+reap(ARGV[1], now_ms(), ARGV[2])
 return 1
 `)
 
@@ -652,7 +745,7 @@ var allScripts = []*goredis.Script{
 	leaveScript,
 	publishScript, subscribeScript, receiveScript, settleScript, extendScript,
 	trimScript, statsScript, requeueScript, claimScript, finishScript, reserveScript,
-	pauseScript,
+	pauseScript, reapScript,
 }
 
 // loadScripts compiles every script on the server once, so a syntax error

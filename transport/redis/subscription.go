@@ -50,10 +50,11 @@ const (
 )
 
 type subscription struct {
-	d        *Driver
-	name     string
-	pattern  string
-	lease    time.Duration
+	d         *Driver
+	name      string
+	pattern   string
+	lease     time.Duration
+	ephemeral bool // see SubscriptionSpec.Ephemeral and luaEphemeral
 	consumer string
 	stream   string
 	reclaim  time.Duration // how often Receive looks for expired leases
@@ -133,15 +134,36 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if lease <= 0 {
 		lease = defaultLease
 	}
-	if err := subscribeScript.Run(ctx, d.client, nil, d.prefix, spec.Name, spec.Pattern, newRegistryVersion()).Err(); err != nil {
+	consumer := consumerName()
+	history := "0"
+	if !spec.From.IsZero() {
+		history = "1"
+	}
+	res, err := subscribeScript.Run(ctx, d.client, nil, d.prefix, spec.Name, spec.Pattern, newRegistryVersion(),
+		flag(spec.Ephemeral), consumer, lease.Milliseconds(), history).Slice()
+	if err != nil {
 		if isOOM(err) {
 			return nil, fmt.Errorf("redis transport: subscribe %q: Redis is full (maxmemory): %w; free memory or raise maxmemory: %w", spec.Name, err, transport.ErrStorageFull)
 		}
 		return nil, fmt.Errorf("redis transport: subscribe %q: %w", spec.Name, err)
 	}
+	code, _ := res[0].(int64)
+	switch code {
+	case -1:
+		return nil, fmt.Errorf("redis transport: subscribe %q: a durable handler of that name exists, so it cannot be subscribed as an ephemeral one (which is deleted when its receivers go); give the ephemeral subscription a name of its own", spec.Name)
+	case -2:
+		return nil, fmt.Errorf("redis transport: subscribe %q: an ephemeral subscription of that name exists (a ripple tail, say), which is deleted when its receivers go; give the durable handler a name of its own", spec.Name)
+	case 0:
+		if !spec.From.IsZero() && len(res) == 2 {
+			hist, _ := res[1].([]any)
+			if err := d.startFrom(ctx, spec, hist); err != nil {
+				return nil, fmt.Errorf("redis transport: subscribe %q from %s: %w", spec.Name, spec.From.Format(time.RFC3339Nano), err)
+			}
+		}
+	}
 	s := &subscription{
-		d: d, name: spec.Name, pattern: spec.Pattern, lease: lease,
-		consumer: consumerName(),
+		d: d, name: spec.Name, pattern: spec.Pattern, lease: lease, ephemeral: spec.Ephemeral,
+		consumer: consumer,
 		stream:   d.streamKey(spec.Name),
 		reclaim:  min(max(lease/4, 5*time.Millisecond), maxBlock),
 		blk:      make(chan *blockConn, idleBlockClients),
@@ -349,10 +371,7 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	if trim {
 		s.trimAsync(0)
 	}
-	flag := "0"
-	if reclaim {
-		flag = "1"
-	}
+	reclaimFlag := flag(reclaim)
 	// On the client that never resends: a resent poll whose first reply
 	// was lost would lease entries nobody receives until the lease ends.
 	// For the same reason the reply is awaited past ctx's deadline (the
@@ -361,7 +380,7 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	var res []any
 	err := s.d.retryDial(ctx, func() error {
 		var err error
-		res, err = receiveScript.Run(context.WithoutCancel(ctx), s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern, newRegistryVersion(), claimFrom).Slice()
+		res, err = receiveScript.Run(context.WithoutCancel(ctx), s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, reclaimFlag, s.lease.Milliseconds(), s.pattern, newRegistryVersion(), claimFrom, flag(s.ephemeral)).Slice()
 		return err
 	})
 	if err != nil {
@@ -601,7 +620,8 @@ func (s *subscription) block(ctx context.Context, limit int, wait time.Duration)
 	case err != nil && strings.Contains(err.Error(), "NOGROUP"):
 		// Redis lost the group (restart without persistence, FLUSHDB):
 		// recreate it and the subscription's registration.
-		if err := subscribeScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.pattern, newRegistryVersion()).Err(); err != nil {
+		if err := subscribeScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.pattern, newRegistryVersion(),
+			flag(s.ephemeral), s.consumer, s.lease.Milliseconds(), "0").Err(); err != nil {
 			return nil, fmt.Errorf("redis transport: recreating consumer group %q: %w", s.name, err)
 		}
 		return nil, nil
@@ -822,14 +842,14 @@ func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, _ t
 	if s.d.isClosed() {
 		return ErrClosed
 	}
-	args := make([]any, 0, 4+3*len(ds))
-	args = append(args, s.d.prefix, s.name, s.consumer, s.lease.Milliseconds())
+	args := make([]any, 0, 5+3*len(ds))
+	args = append(args, s.d.prefix, s.name, s.consumer, s.lease.Milliseconds(), flag(s.ephemeral))
 	for _, d := range ds {
 		if tk, ok := d.Token.(*token); ok {
 			args = append(args, tk.id, tk.consumer, tk.count)
 		}
 	}
-	if len(args) == 4 {
+	if len(args) == 5 {
 		return nil
 	}
 	if err := extendScript.Run(ctx, s.d.client, nil, args...).Err(); err != nil {
@@ -844,7 +864,9 @@ func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, _ t
 	return nil
 }
 
-// Close stops receiving. The subscription stays registered in Redis.
+// Close stops receiving. The subscription stays registered in Redis,
+// unless it is ephemeral and this was its last live receiver: then it is
+// deleted with everything kept for it.
 func (s *subscription) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -877,8 +899,16 @@ func (s *subscription) Close() error {
 	if err := s.d.acks.flush(ctx); err != nil {
 		return fmt.Errorf("redis transport: close %q: completions could not be acknowledged, so those events will be delivered again: %w", s.name, err)
 	}
-	if err := leaveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer).Err(); err != nil {
+	if err := leaveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer, flag(s.ephemeral), newRegistryVersion()).Err(); err != nil {
 		return fmt.Errorf("redis transport: close %q: leaving the consumer group: %w", s.name, err)
 	}
 	return nil
+}
+
+// flag is a script argument for a boolean.
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
