@@ -541,8 +541,107 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 }
 
 // startFrom gives a subscription just created the retained history of
-// its pattern from spec.From on (SubscriptionSpec.From). Stub replaced
-// below.
+// its pattern from spec.From on (SubscriptionSpec.From). Each handler
+// has a stream of its own, so a new one starts empty: the history is
+// what the other handlers' streams (completed entries still retained,
+// and entries pending or undelivered) and dead-letter streams hold,
+// up to where they ended when the subscription was registered (hist,
+// from subscribeScript: events added later were routed to the new
+// subscription by their publishers). Each event (source, id) is copied
+// once, oldest first, with a fresh attempt budget.
 func (d *Driver) startFrom(ctx context.Context, spec transport.SubscriptionSpec, hist []any) error {
+	type copied struct {
+		at     time.Time
+		sid    streamID
+		fields []any
+	}
+	// Events already routed to the new subscription are not copied again.
+	seen := map[string]bool{}
+	identity := func(e rawEntry) string {
+		return transport.IdentityKey(e.field(attrPrefix+"source"), e.field(fieldID))
+	}
+	stream := d.streamKey(spec.Name)
+	if err := d.scanStream(ctx, stream, "-", "+", func(es []rawEntry) error {
+		for _, e := range es {
+			seen[identity(e)] = true
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	// Stream entries are added when their event is published or later
+	// (a retry), by Redis's clock: those added before From, less a minute
+	// for clocks that disagree, are skipped unread.
+	from := "-"
+	if ms := spec.From.Add(-time.Minute).UnixMilli(); ms > 0 {
+		from = strconv.FormatInt(ms, 10)
+	}
+	drop := map[string]bool{fieldAttempts: true, fieldFirst: true, "x_error": true, "x_attempts": true, "x_first": true, "x_dead": true}
+	var todo []copied
+	collect := func(es []rawEntry) error {
+		for _, e := range es {
+			typ := e.field(fieldType)
+			if e.field(fieldID) == "" || typ == "" || !transport.Match(spec.Pattern, typ) {
+				continue
+			}
+			at := publishedAt(e)
+			if at.Before(spec.From) || seen[identity(e)] {
+				continue
+			}
+			seen[identity(e)] = true
+			c := copied{at: at, fields: make([]any, 0, len(e.fields)+2)}
+			c.sid, _ = parseStreamID(e.id)
+			for i := 0; i+1 < len(e.fields); i += 2 {
+				if k, _ := e.fields[i].(string); !drop[k] {
+					c.fields = append(c.fields, e.fields[i], e.fields[i+1])
+				}
+			}
+			// Re-added by Ripple (see misrouted), no attempt used.
+			c.fields = append(c.fields, fieldAttempts, "0")
+			todo = append(todo, c)
+		}
+		return nil
+	}
+	for _, h := range hist {
+		row, _ := h.([]any)
+		if len(row) != 3 {
+			continue
+		}
+		name, _ := row[0].(string)
+		lastStream, _ := row[1].(string)
+		lastDead, _ := row[2].(string)
+		if name == spec.Name {
+			continue
+		}
+		if lastStream != "" {
+			if err := d.scanStream(ctx, d.streamKey(name), from, lastStream, collect); err != nil {
+				return err
+			}
+		}
+		if lastDead != "" {
+			if err := d.scanStream(ctx, d.deadKey(name), "-", lastDead, collect); err != nil {
+				return err
+			}
+		}
+	}
+	sort.SliceStable(todo, func(i, j int) bool {
+		if !todo[i].at.Equal(todo[j].at) {
+			return todo[i].at.Before(todo[j].at)
+		}
+		return todo[j].sid.after(todo[i].sid)
+	})
+	for len(todo) > 0 {
+		chunk := todo[:min(len(todo), 500)]
+		todo = todo[len(chunk):]
+		pipe := d.client.Pipeline()
+		for _, c := range chunk {
+			args := make([]any, 0, 4+len(c.fields))
+			args = append(args, "xadd", stream, "nomkstream", "*")
+			pipe.Do(ctx, append(args, c.fields...)...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+			return err
+		}
+	}
 	return nil
 }

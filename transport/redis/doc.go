@@ -193,8 +193,8 @@
 //
 // # Capabilities
 //
-// Durable (in the sense above), Delay, Dedup and SharedRateLimit are
-// supported. Priority and Ordered are not: a stream is delivered in append
+// Durable (in the sense above), Delay, Dedup, SharedRateLimit, Ephemeral
+// and StartFrom are supported. Priority and Ordered are not: a stream is delivered in append
 // order and its consumer group has no per-key lock, so WithPriority and
 // Ordered() fail with an error matching ripple.ErrNotSupported. The driver
 // implements transport.Inspector, transport.DeadLetterQueue,
@@ -255,6 +255,24 @@
 //     leaves nothing behind for long as long as some process of the
 //     application uses the Redis. A durable handler and an ephemeral
 //     subscription cannot share a name.
+//   - Starting from history (SubscriptionSpec.From, for a handler that
+//     does not exist yet, such as a projection rebuilding its read model):
+//     each handler has a stream of its own, so a new handler's stream
+//     starts empty, and Subscribe copies into it the history the other
+//     handlers' streams and dead-letter streams hold: every event of its
+//     pattern published at or after From (by the event's time), once per
+//     (source, id), oldest first, with a fresh attempt budget, up to where
+//     those streams ended when the new handler was registered (later
+//     events reach it as any subscription). So history is bounded by
+//     retention (completed entries: 1000 per handler and 24h by default;
+//     undelivered and pending entries are always there), and holds only
+//     events some other handler received: an event that matched no
+//     handler, or that waits in another handler's delayed set (a delay or
+//     a retry's backoff), is not in it. Events published while Subscribe
+//     runs may come before the copies, and one published in that instant
+//     may come twice. Subscribing an existing handler again keeps its
+//     position whatever From says. transport.Beginning copies all
+//     retained history.
 //   - Pause and Resume (per handler) are shared by every process: the hash
 //     PREFIX:paused names the paused handlers, and the receive script of
 //     every receiver reads it at each poll (at least every 250 ms while a

@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 	if u := os.Getenv(envEphemeralChildURL); u != "" {
 		os.Exit(ephemeralChild(u))
 	}
-		if u := os.Getenv(envTLSChildURL); u != "" {
+	if u := os.Getenv(envTLSChildURL); u != "" {
 		os.Exit(tlsChild(u))
 	}
 	os.Exit(m.Run())

@@ -325,7 +325,7 @@ func (d *Driver) Name() string { return "redis" }
 
 // Capabilities declares what the driver gives; see the package doc.
 func (d *Driver) Capabilities() transport.Capabilities {
-	return transport.Capabilities{Durable: true, Delay: true, Dedup: true, SharedRateLimit: true, Ephemeral: true}
+	return transport.Capabilities{Durable: true, Delay: true, Dedup: true, SharedRateLimit: true, Ephemeral: true, StartFrom: true}
 }
 
 // As sets target to the driver's go-redis client when target is a

@@ -55,9 +55,9 @@ type subscription struct {
 	pattern   string
 	lease     time.Duration
 	ephemeral bool // see SubscriptionSpec.Ephemeral and luaEphemeral
-	consumer string
-	stream   string
-	reclaim  time.Duration // how often Receive looks for expired leases
+	consumer  string
+	stream    string
+	reclaim   time.Duration // how often Receive looks for expired leases
 
 	blk chan *blockConn // idle dedicated connections for blocking reads
 
