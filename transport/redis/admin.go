@@ -503,6 +503,19 @@ func (d *Driver) setPaused(ctx context.Context, handler string, paused bool) err
 	if n == 0 {
 		return fmt.Errorf("redis transport: %s %q: %w", op, handler, transport.ErrNotFound)
 	}
+	// This process's receivers follow at once: their next Receive reads
+	// the flag before any blocking read (other processes' at their next
+	// poll).
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for s := range d.subs {
+		if s.name == handler {
+			s.mu.Lock()
+			s.paused = paused
+			s.nextPoll = time.Time{}
+			s.mu.Unlock()
+		}
+	}
 	return nil
 }
 
