@@ -141,7 +141,9 @@ const luaEphemeral = `
 local function delete_sub(p, name, version)
   for _, h in ipairs({':subs', ':subsfrom', ':paused', ':eph'}) do redis.call('HDEL', p .. h, name) end
   for _, k in ipairs({':s:', ':d:', ':x:', ':rw:', ':rl:', ':n:', ':l:'}) do redis.call('DEL', p .. k .. name) end
-  redis.call('SET', p .. ':subsv', version)
+  -- pcall: a full Redis (maxmemory) refuses the SET, and a receive that
+  -- reaps must not fail for it (publishers find the streams gone anyway).
+  redis.pcall('SET', p .. ':subsv', version)
 end
 
 local function touch(p, name, lease, now)
