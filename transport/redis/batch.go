@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"sync"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -223,38 +224,99 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 			c.args[1], c.args[2] = c.sub.name, int64(d.ret.DeadCount)
 		}
 	}
+	// A batch with publishes goes on the client that never resends a
+	// command that may have reached Redis (see retryDial): after a lost
+	// reply, go-redis's resend would end with the error of its last try
+	// (a refused dial, say), hiding that the first was sent. Instead the
+	// publish's dedup records tell what happened (resolveRecords).
+	cl := d.client
+	for _, c := range calls {
+		if c.sub == nil {
+			cl = d.noRetry
+		}
+	}
 	if len(calls) == 1 {
 		c := calls[0]
-		c.cmd = c.script.Run(ctx, d.client, nil, c.args...)
+		_ = d.retryDial(ctx, func() error {
+			c.cmd = c.script.Run(ctx, cl, nil, c.args...)
+			return c.cmd.Err()
+		})
 	} else {
-		pipe := d.client.Pipeline()
-		for _, c := range calls {
-			c.cmd = pipe.EvalSha(ctx, c.script.Hash(), nil, c.args...)
-		}
-		_, _ = pipe.Exec(ctx) // each command's error is checked below
+		_ = d.retryDial(ctx, func() error {
+			pipe := cl.Pipeline()
+			for _, c := range calls {
+				c.cmd = pipe.EvalSha(ctx, c.script.Hash(), nil, c.args...)
+			}
+			_, err := pipe.Exec(ctx) // each command's error is checked below
+			return err
+		})
 		for _, c := range calls {
 			if goredis.HasErrorPrefix(c.cmd.Err(), "NOSCRIPT") {
 				// Redis lost its script cache (a restart): Run sends the
 				// source again.
-				c.cmd = c.script.Run(ctx, d.client, nil, c.args...)
+				c.cmd = c.script.Run(ctx, cl, nil, c.args...)
 			}
 		}
 	}
 	for _, c := range calls {
-		var err error
 		if c.sub == nil {
-			if err = c.cmd.Err(); err != nil {
-				err = publishErr(err, true)
-			} else {
+			err := c.cmd.Err()
+			if err == nil {
 				markDuplicates(c.jobs, c.cmd)
 			}
-		} else {
-			err = c.sub.settled(c.cmd)
+			for _, j := range c.jobs {
+				j.err = nil
+				// A lost reply: the job's dedup records tell whether the
+				// call ran.
+				if err != nil && !(outcomeUnknown(err) && d.resolveRecords(ctx, j)) {
+					j.err = publishErr(err, true)
+				}
+			}
+			continue
 		}
+		err := c.sub.settled(c.cmd)
 		for _, j := range c.jobs {
 			j.err = err
 		}
 	}
+}
+
+// resolveRecords finds out, after a publish script call carrying job j
+// lost its connection before its reply, whether the call ran: it stores
+// every message or none, and leaves a dedup record for each, so when
+// every message of j has a record the call ran (or the events were stored
+// meanwhile by another call, which makes j's duplicates), and it reports
+// true, with Message.Duplicate set for those whose record is another
+// call's. A message without a record (none kept: the dedup window is
+// off) leaves the outcome unknown, as does any failure; ctx bounds it.
+func (d *Driver) resolveRecords(ctx context.Context, j *job) bool {
+	if ctx.Err() != nil || len(j.msgs) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	args := make([]any, 0, 2+len(j.msgs))
+	args = append(args, d.prefix, j.nonce)
+	for _, m := range j.msgs {
+		args = append(args, transport.IdentityKey(m.Source(), m.ID))
+	}
+	res, err := recordsScript.Run(ctx, d.client, nil, args...).Slice()
+	if err != nil || len(res) != len(j.msgs) {
+		return false
+	}
+	for _, r := range res {
+		if n, ok := r.(int64); ok && n == 0 {
+			return false
+		}
+	}
+	for i, r := range res {
+		if fields, ok := r.([]any); ok {
+			if kept, _, _, ok := parseEntry(fields); ok {
+				j.msgs[i].Duplicate = &kept
+			}
+		}
+	}
+	return true
 }
 
 // markDuplicates sets Message.Duplicate on the messages that the publish

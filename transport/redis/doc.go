@@ -68,12 +68,21 @@
 // Replication is asynchronous: a failover to a replica can lose the most
 // recent writes.
 //
-// A Publish that fails tells what is known of its event. When the
-// connection breaks or times out after the command was sent and before
-// Redis answered (or ctx ends meanwhile), the error matches
+// A Publish that fails tells what is known of its event. Publishes are
+// sent on a connection that never resends a command that may have reached
+// Redis. When the connection breaks or times out after the command was
+// sent and before Redis answered (or ctx ends meanwhile), the driver
+// first tries to find out what Redis stored: a publish script call leaves
+// a dedup record for each event (see Dedup below), marked with the call,
+// and a direct publish's events can be read back from the newest entries
+// of their handlers' streams. When it finds every event stored, Publish
+// returns nil (an event found in one of its handlers' streams is appended
+// to any matching handler registered meanwhile that lacks it). Otherwise
+// (not found, or Redis unreachable) the error matches
 // ripple.ErrOutcomeUnknown (transport.ErrOutcomeUnknown): the event may
-// have been stored. Publishing it again with the same id stores it at most
-// once when it went through the publish script with an id of its own
+// have been stored, since Redis may still read a command sent before the
+// connection broke. Publishing it again with the same id stores it at
+// most once when it went through the publish script with an id of its own
 // (ripple.WithID, see Dedup below); an event with a generated id has no
 // dedup record, and the error says so. A failure to connect at all sent
 // nothing and does not match. A Redis at maxmemory (noeviction) refuses

@@ -79,7 +79,7 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 			}
 			args := make([]any, xaddHead, xaddHead+10+2*len(m.Attrs))
 			args[0], args[2], args[3] = "xadd", "nomkstream", "*"
-			direct.direct = append(direct.direct, directMsg{typ: m.Type, args: appendFields(args, m)})
+			direct.direct = append(direct.direct, directMsg{typ: m.Type, args: appendFields(args, m), msg: m})
 			direct.n++
 			direct.size += len(m.Data) + 256
 			continue

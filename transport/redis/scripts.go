@@ -688,6 +688,50 @@ redis.call('PEXPIRE', key, math.floor((start + per - now) / 1000) + 1)
 return math.floor(start - now)
 `)
 
+// findScript looks for an event among a stream's newest entries: those
+// added in the last ARGV[2] ms by the server's clock, newest first, at
+// most ARGV[5] of them. ARGV: stream, lookback ms, event id, source,
+// limit. It returns 1 when an entry has that id and source, 0 when none
+// has, -1 when the limit was reached first.
+var findScript = newScript(luaNow + `
+local s, id, src, limit = ARGV[1], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local minid = string.format('%.0f', math.max(now_ms() - tonumber(ARGV[2]), 0))
+local last, seen = '+', 0
+while seen < limit do
+  local es = redis.call('XREVRANGE', s, last, minid, 'COUNT', 200)
+  for _, e in ipairs(es) do
+    local f, fid, fsrc = e[2], nil, ''
+    for i = 1, #f, 2 do
+      if f[i] == 'id' then fid = f[i + 1] elseif f[i] == 'ce_source' then fsrc = f[i + 1] end
+    end
+    if fid == id and fsrc == src then return 1 end
+  end
+  if #es < 200 then return 0 end
+  seen = seen + #es
+  last = '(' .. es[#es][1]
+end
+return -1
+`)
+
+// recordsScript reads the dedup records of a publish call's messages (see
+// publishScript). ARGV: prefix, the call's nonce, identities. It returns,
+// per identity, 0 when there is no record, 1 when the record is the
+// call's own, or the fields of the event another call stored.
+var recordsScript = newScript(`
+local p, nonce = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV do
+  local v = redis.call('GET', p .. ':di:' .. ARGV[i])
+  if not v then
+    out[#out + 1] = 0
+  else
+    local n, f = cmsgpack.unpack(v)
+    if n == nonce then out[#out + 1] = 1 else out[#out + 1] = f end
+  end
+end
+return out
+`)
+
 // pauseScript pauses (ARGV[3] = "1") or resumes a registered handler: the
 // hash PREFIX:paused holds the paused ones, which the receive script reads.
 // ARGV: prefix, name, flag. It returns 0 for an unknown handler.
@@ -747,7 +791,7 @@ var allScripts = []*goredis.Script{
 	leaveScript,
 	publishScript, subscribeScript, receiveScript, settleScript, extendScript,
 	trimScript, statsScript, requeueScript, claimScript, finishScript, reserveScript,
-	pauseScript, reapScript,
+	pauseScript, reapScript, findScript, recordsScript,
 }
 
 // loadScripts compiles every script on the server once, so a syntax error
