@@ -223,14 +223,15 @@
 //     before identity dedup (PREFIX:dd:ID) are not read: an id published
 //     in the dedup window before an upgrade and again after it is stored
 //     twice, and the old records expire by themselves. An id Ripple
-//     generated can only come again through a retry of the same publish;
-//     the direct path never resends, so it keeps no record (a delayed event
-//     with a generated id keeps one for transport.GeneratedIDWindow, 10
-//     min, as go-redis may resend the script; a resend that finds its own
-//     call's record is not reported as a duplicate). A publish that fails
-//     once its command may have reached Redis (a lost reply) returns an
-//     error matching ripple.ErrOutcomeUnknown: it has perhaps stored the
-//     event. One published with ripple.WithID can be published again with
+//     generated can only come again through a retry of the same publish,
+//     and publishes are never resent, so the direct path keeps no record (a
+//     delayed event with a generated id keeps one for
+//     transport.GeneratedIDWindow, 10 min, which tells after a lost reply
+//     whether it was stored; a call that finds its own record is not
+//     reported as a duplicate). A publish that fails once its command may
+//     have reached Redis (a lost reply) and cannot find out what was stored
+//     returns an error matching ripple.ErrOutcomeUnknown (see Durability).
+//     One published with ripple.WithID can be published again with
 //     the same id without risking a second copy: its dedup record stops
 //     the retry. One with a generated id has no record, so a retry may
 //     store it twice, and its handlers see it twice (which Idempotent
