@@ -637,6 +637,53 @@ func (d *Driver) startFrom(ctx context.Context, spec transport.SubscriptionSpec,
 			}
 		}
 	}
+	// Events waiting in another handler's delayed set (a delay not yet
+	// due, or a retry's backoff) go to the new one's delayed set, due at
+	// the same time, unless it has them already.
+	own, err := d.delayedPage(ctx, spec.Name, -1)
+	if err != nil {
+		return err
+	}
+	for _, e := range own {
+		seen[identity(e.rawEntry)] = true
+	}
+	var later []delayedEntry
+	for _, h := range hist {
+		row, _ := h.([]any)
+		name, _ := row[0].(string)
+		if len(row) != 3 || name == spec.Name {
+			continue
+		}
+		es, err := d.delayedPage(ctx, name, -1)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			typ := e.field(fieldType)
+			if e.field(fieldID) == "" || typ == "" || !transport.Match(spec.Pattern, typ) || publishedAt(e.rawEntry).Before(spec.From) || seen[identity(e.rawEntry)] {
+				continue
+			}
+			seen[identity(e.rawEntry)] = true
+			fields := make([]any, 0, len(e.fields)+2)
+			for i := 0; i+1 < len(e.fields); i += 2 {
+				if k, _ := e.fields[i].(string); !drop[k] {
+					fields = append(fields, e.fields[i], e.fields[i+1])
+				}
+			}
+			later = append(later, delayedEntry{due: e.due, rawEntry: rawEntry{fields: append(fields, fieldAttempts, "0")}})
+		}
+	}
+	for len(later) > 0 {
+		chunk := later[:min(len(later), 200)]
+		later = later[len(chunk):]
+		args := []any{d.prefix, spec.Name}
+		for _, e := range chunk {
+			args = append(append(args, e.due, len(e.fields)), e.fields...)
+		}
+		if err := addDelayedScript.Run(ctx, d.client, nil, args...).Err(); err != nil {
+			return err
+		}
+	}
 	sort.SliceStable(todo, func(i, j int) bool {
 		if !todo[i].at.Equal(todo[j].at) {
 			return todo[i].at.Before(todo[j].at)
@@ -657,4 +704,36 @@ func (d *Driver) startFrom(ctx context.Context, spec transport.SubscriptionSpec,
 		}
 	}
 	return nil
+}
+
+// A delayedEntry is an entry of a delayed set and when it is due.
+type delayedEntry struct {
+	rawEntry
+	due string // ms, as Redis keeps the score
+}
+
+// delayedPage lists the entries of a subscription's delayed set, all of
+// them when limit is negative.
+func (d *Driver) delayedPage(ctx context.Context, name string, limit int) ([]delayedEntry, error) {
+	const page = 500
+	var out []delayedEntry
+	for start := 0; limit < 0 || start < limit; start += page {
+		res, err := delayedPageScript.Run(ctx, d.client, nil, d.prefix, name, start, start+page-1).Slice()
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range res {
+			pair, _ := r.([]any)
+			if len(pair) != 2 {
+				continue
+			}
+			due, _ := pair[0].(string)
+			fields, _ := pair[1].([]any)
+			out = append(out, delayedEntry{due: due, rawEntry: rawEntry{fields: fields}})
+		}
+		if len(res) < page {
+			break
+		}
+	}
+	return out, nil
 }

@@ -269,20 +269,22 @@
 //     does not exist yet, such as a projection rebuilding its read model):
 //     each handler has a stream of its own, so a new handler's stream
 //     starts empty, and Subscribe copies into it the history the other
-//     handlers' streams and dead-letter streams hold: every event of its
-//     pattern published at or after From (by the event's time), once per
-//     (source, id), oldest first, with a fresh attempt budget, up to where
-//     those streams ended when the new handler was registered (later
-//     events reach it as any subscription). So history is bounded by
+//     handlers hold: every event of its pattern published at or after
+//     From (by the event's time), once per (source, id), with a fresh
+//     attempt budget. Events in their streams (completed and retained,
+//     pending or undelivered) and dead-letter streams are appended oldest
+//     first, up to where those streams ended when the new handler was
+//     registered (later events reach it as any subscription); events in
+//     their delayed sets (a delay not yet due, a retry's backoff) go to
+//     its delayed set, due at the same time. So history is bounded by
 //     retention (completed entries: 1000 per handler and 24h by default;
-//     undelivered and pending entries are always there), and holds only
-//     events some other handler received: an event that matched no
-//     handler, or that waits in another handler's delayed set (a delay or
-//     a retry's backoff), is not in it. Events published while Subscribe
-//     runs may come before the copies, and one published in that instant
-//     may come twice. Subscribing an existing handler again keeps its
-//     position whatever From says. transport.Beginning copies all
-//     retained history.
+//     dead letters: 10000 and 7 days), and holds only events some other
+//     handler received: an event that matched no handler is not kept.
+//     Events published while Subscribe runs may come before the copies,
+//     and one published in that instant may come twice. If copying fails,
+//     Subscribe removes the new subscription, so subscribing again starts
+//     afresh. Subscribing an existing handler again keeps its position
+//     whatever From says. transport.Beginning copies all retained history.
 //   - Pause and Resume (per handler) are shared by every process: the hash
 //     PREFIX:paused names the paused handlers, and the receive script of
 //     every receiver reads it at each poll (at least every 250 ms while a

@@ -255,6 +255,34 @@ end
 return out
 `)
 
+// delayedPageScript lists a range of a subscription's delayed set, by
+// rank: {due ms, fields} per entry. ARGV: prefix, name, first rank, last
+// rank.
+var delayedPageScript = newScript(`
+local out = {}
+local r = redis.call('ZRANGE', ARGV[1] .. ':d:' .. ARGV[2], ARGV[3], ARGV[4], 'WITHSCORES')
+for i = 1, #r, 2 do
+  local _, f = cmsgpack.unpack(r[i])
+  out[#out + 1] = {r[i + 1], f}
+end
+return out
+`)
+
+// addDelayedScript adds entries to a registered subscription's delayed
+// set. ARGV: prefix, name, then per entry: due ms, field count, fields.
+var addDelayedScript = newScript(luaDelay + `
+local p, name = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', p .. ':subs', name) == 0 then return 0 end
+local i, n = 3, 0
+while i <= #ARGV do
+  local due, nf = ARGV[i], tonumber(ARGV[i + 1])
+  redis.call('ZADD', p .. ':d:' .. name, due, delay_member(p, {unpack(ARGV, i + 2, i + 1 + nf)}))
+  i = i + 2 + nf
+  n = n + 1
+end
+return n
+`)
+
 // subscribeScript registers (or updates) a subscription and creates its
 // stream and consumer group, after reaping abandoned ephemeral
 // subscriptions. ARGV: prefix, name, pattern, a fresh registry version
@@ -791,7 +819,7 @@ var allScripts = []*goredis.Script{
 	leaveScript,
 	publishScript, subscribeScript, receiveScript, settleScript, extendScript,
 	trimScript, statsScript, requeueScript, claimScript, finishScript, reserveScript,
-	pauseScript, reapScript, findScript, recordsScript,
+	pauseScript, reapScript, findScript, recordsScript, delayedPageScript, addDelayedScript,
 }
 
 // loadScripts compiles every script on the server once, so a syntax error

@@ -33,6 +33,10 @@ func TestStartFromHistory(t *testing.T) {
 	publish(t, d, e4)
 	settle(t, a, transport.Dead, 0, receive(t, a, 1, 5*time.Second)...) // e4 dead for a
 	publish(t, d, e2, e3)                                               // e2 undelivered
+	// e6 waits in the delayed sets; e7 too, but is older than proj2's From.
+	e6, e7 := at("a.e", 30*time.Minute), at("a.f", 4*time.Hour)
+	e6.Delay, e7.Delay = time.Hour, time.Hour
+	publish(t, d, e6, e7)
 	if err := d.acks.flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +72,20 @@ func TestStartFromHistory(t *testing.T) {
 		t.Fatalf("from 150 minutes ago: got %v, want %v", got, want)
 	}
 	receiveNone(t, p2, 300*time.Millisecond)
+
+	delayed := func(name string) map[string]bool {
+		ids := map[string]bool{}
+		if err := d.delayedIDs(ctx, name, ids); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	if got := delayed("proj"); len(got) != 2 || !got[e6.ID] || !got[e7.ID] {
+		t.Fatalf("from the beginning: delayed set holds %v, want %s and %s", got, e6.ID, e7.ID)
+	}
+	if got := delayed("proj2"); len(got) != 1 || !got[e6.ID] {
+		t.Fatalf("from 150 minutes ago: delayed set holds %v, want %s", got, e6.ID)
+	}
 
 	fresh := from("fresh", time.Time{})
 	receiveNone(t, fresh, 300*time.Millisecond)

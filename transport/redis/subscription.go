@@ -157,7 +157,15 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		if !spec.From.IsZero() && len(res) == 2 {
 			hist, _ := res[1].([]any)
 			if err := d.startFrom(ctx, spec, hist); err != nil {
-				return nil, fmt.Errorf("redis transport: subscribe %q from %s: %w", spec.Name, spec.From.Format(time.RFC3339Nano), err)
+				// Subscribed again, an existing subscription would keep its
+				// position: without this one, a retry starts afresh.
+				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				uerr := d.Unsubscribe(uctx, spec.Name)
+				cancel()
+				if uerr != nil {
+					return nil, fmt.Errorf("redis transport: subscribe %q from %s: copying history failed: %w; removing the subscription failed too (%v), so Unsubscribe it before subscribing it again", spec.Name, spec.From.Format(time.RFC3339Nano), err, uerr)
+				}
+				return nil, fmt.Errorf("redis transport: subscribe %q from %s: copying history failed, so the subscription was removed; subscribe again: %w", spec.Name, spec.From.Format(time.RFC3339Nano), err)
 			}
 		}
 	}
