@@ -323,6 +323,18 @@
 // whose primary becomes a replica later gets Redis's READONLY error on
 // every write until the address leads to the new primary.
 //
+// # Upgrading
+//
+// Processes of this version and of versions before identity dedup (which
+// kept dedup records as PREFIX:dd:ID and a token-bucket rate limit in
+// PREFIX:rl:NAME) can share a Redis during a rolling upgrade, with three
+// differences until the last old process is gone: an id published by one
+// generation is not recognised as a duplicate by the other (old records
+// expire with the dedup window), each generation keeps its own rate
+// limit, so together they may start up to twice the limit, and old
+// processes neither honour Pause nor touch ephemeral subscriptions (there
+// are none until a new process makes one).
+//
 // # Logging
 //
 // The driver logs to transport.Config.Logger (ripple.WithLogger), or to
