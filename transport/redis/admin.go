@@ -506,15 +506,21 @@ func (d *Driver) setPaused(ctx context.Context, handler string, paused bool) err
 	// This process's receivers follow at once: their next Receive reads
 	// the flag before any blocking read (other processes' at their next
 	// poll).
+	// (s.mu is taken after d.mu is released: isClosed takes them the
+	// other way round.)
+	var mine []*subscription
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	for s := range d.subs {
 		if s.name == handler {
-			s.mu.Lock()
-			s.paused = paused
-			s.nextPoll = time.Time{}
-			s.mu.Unlock()
+			mine = append(mine, s)
 		}
+	}
+	d.mu.Unlock()
+	for _, s := range mine {
+		s.mu.Lock()
+		s.paused = paused
+		s.nextPoll = time.Time{}
+		s.mu.Unlock()
 	}
 	return nil
 }

@@ -147,6 +147,9 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		}
 		return nil, fmt.Errorf("redis transport: subscribe %q: %w", spec.Name, err)
 	}
+	if len(res) == 0 {
+		return nil, fmt.Errorf("redis transport: subscribe %q: unexpected script reply %v", spec.Name, res)
+	}
 	code, _ := res[0].(int64)
 	switch code {
 	case -1:
