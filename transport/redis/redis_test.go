@@ -779,22 +779,32 @@ func TestReceiveHonoursCancel(t *testing.T) {
 	t.Parallel()
 	d := openTest(t)
 	s := subscribe(t, d, "h", "a.b", time.Minute)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { _, err := s.Receive(ctx, 1); done <- err }()
-	time.Sleep(100 * time.Millisecond)
-	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Receive after cancel: %v", err)
+	// A read that is not ended by the cancellation runs to its block time
+	// (maxBlock, 250ms), 150ms or more after the cancel below. The best of
+	// several tries tells the two apart on a busy machine too.
+	best := time.Hour
+	for range 5 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { _, err := s.Receive(ctx, 1); done <- err }()
+		time.Sleep(100 * time.Millisecond)
+		start := time.Now()
+		cancel()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Receive after cancel: %v", err)
+			}
+			best = min(best, time.Since(start))
+		case <-time.After(2 * time.Second):
+			t.Fatal("Receive ignored cancellation")
 		}
-		if el := time.Since(start); el > 100*time.Millisecond {
-			t.Fatalf("Receive took %v to notice cancellation", el)
+		if best < 100*time.Millisecond {
+			break
 		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Receive ignored cancellation")
+	}
+	if best >= 100*time.Millisecond {
+		t.Fatalf("Receive took at best %v to notice cancellation", best)
 	}
 	// The subscription still works afterwards.
 	publish(t, d, msg("a.b"))
