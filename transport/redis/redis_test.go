@@ -695,6 +695,15 @@ func TestRateLimitSlidingWindow(t *testing.T) {
 			t.Fatalf("reserved starts %d to %d lie within %v on the server's clock, want at most %d in any %v", i, i+n, gap, n, per)
 		}
 	}
+	fullest := 0
+	for i := range starts {
+		j := i
+		for j < len(starts) && starts[j].Sub(starts[i]) < per-jitter {
+			j++
+		}
+		fullest = max(fullest, j-i)
+	}
+	t.Logf("%d starts over %v; the fullest %v window holds %d (process clocks)", total, starts[len(starts)-1].Sub(starts[0]), per-jitter, fullest)
 	if last := starts[len(starts)-1].Sub(starts[0]); last < 2*per-jitter {
 		t.Fatalf("%d starts spread over %v, want about %v", total, last, 2*per)
 	}
