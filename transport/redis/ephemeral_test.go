@@ -78,6 +78,9 @@ func TestEphemeralDeletedWhenLastReceiverCloses(t *testing.T) {
 	if _, err := d.Subscribe(ctx, transport.SubscriptionSpec{Name: "durable", Pattern: "a.>", Ephemeral: true}); err == nil {
 		t.Fatal("an ephemeral subscription under a durable handler's name was accepted")
 	}
+	if _, err := d.Subscribe(ctx, transport.SubscriptionSpec{Name: "tail.x", Pattern: "a.>"}); err == nil {
+		t.Fatal("a durable handler under an ephemeral subscription's name was accepted")
+	}
 	publish(t, d, msg("a.b"), msg("a.c"))
 	receive(t, s1, 1, 5*time.Second)
 	if err := s1.Close(); err != nil {
