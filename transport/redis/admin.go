@@ -532,6 +532,7 @@ var (
 	_ transport.Replayer        = (*Driver)(nil)
 	_ transport.Claimer         = (*Driver)(nil)
 	_ transport.RateLimiter     = (*Driver)(nil)
+	_ transport.Unsubscriber    = (*Driver)(nil)
 )
 
 // Unsubscribe implements transport.Unsubscriber: the handler leaves the
