@@ -26,6 +26,10 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if err := d.acks.flush(ctx); err != nil {
 		return nil, fmt.Errorf("redis transport: stats: %w", err)
 	}
+	// Abandoned ephemeral subscriptions go first, so they are not reported.
+	if err := reapScript.Run(ctx, d.client, nil, d.prefix, newRegistryVersion()).Err(); err != nil && !isOOM(err) {
+		return nil, fmt.Errorf("redis transport: stats: %w", err)
+	}
 	subs, err := d.client.HGetAll(ctx, d.subsKey()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis transport: stats: %w", err)
@@ -35,6 +39,10 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	paused, err := d.client.HGetAll(ctx, d.pausedKey()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis transport: stats: %w", err)
+	}
 	out := make([]transport.Stats, 0, len(names))
 	for _, name := range names {
 		res, err := statsScript.Run(ctx, d.client, nil, d.prefix, name).Int64Slice()
@@ -50,6 +58,7 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 			Waiting: waiting + res[7], Active: pending, Delayed: res[4],
 			Completed: max(xlen-pending-waiting, 0),
 			Failed:    res[6], Dead: res[5],
+			Paused: paused[name] != "",
 		}
 		if oldest > 0 {
 			st.OldestWaiting = max(time.Since(time.UnixMilli(oldest)), 0)
@@ -447,7 +456,9 @@ func (d *Driver) Finish(ctx context.Context, handler, eventID string, success bo
 }
 
 // Reserve takes one start slot of a rate limit shared by every process of
-// the handler (a GCRA limiter kept in Redis) and returns how long to wait.
+// the handler and returns how long to wait. The limit is a sliding window
+// kept in Redis (see reserveScript): at most n starts in any interval of
+// length per, whichever processes they are in.
 func (d *Driver) Reserve(ctx context.Context, handler string, n int, per time.Duration) (time.Duration, error) {
 	if d.isClosed() {
 		return 0, ErrClosed
@@ -455,19 +466,73 @@ func (d *Driver) Reserve(ctx context.Context, handler string, n int, per time.Du
 	if n <= 0 || per <= 0 {
 		return 0, errors.New("redis transport: rate limit needs n > 0 and a positive period")
 	}
-	us, err := reserveScript.Run(ctx, d.client, nil, d.rateKey(handler), n, per.Microseconds()).Int64()
+	us, err := reserveScript.Run(ctx, d.client, nil, d.rateKey(handler), n, per.Microseconds(), randHex(8)).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("redis transport: rate limit of %q: %w", handler, err)
 	}
 	return time.Duration(us) * time.Microsecond, nil
 }
 
+// Pause stops every process from handing out the handler's events, within
+// about maxBlock (250 ms) of Pause returning: each receiver reads the
+// handler's flag in PREFIX:paused at every receive script, and makes no
+// blocking read while it is set. Events published meanwhile wait in the
+// handler's stream, deliveries already leased finish and settle as usual,
+// and expired leases are reclaimed only once the handler is resumed.
+func (d *Driver) Pause(ctx context.Context, handler string) error {
+	return d.setPaused(ctx, handler, true)
+}
+
+// Resume lets a paused handler's events be handed out again.
+func (d *Driver) Resume(ctx context.Context, handler string) error {
+	return d.setPaused(ctx, handler, false)
+}
+
+func (d *Driver) setPaused(ctx context.Context, handler string, paused bool) error {
+	if d.isClosed() {
+		return ErrClosed
+	}
+	op, flag := "resume", "0"
+	if paused {
+		op, flag = "pause", "1"
+	}
+	n, err := pauseScript.Run(ctx, d.client, nil, d.prefix, handler, flag).Int()
+	if err != nil {
+		return fmt.Errorf("redis transport: %s %q: %w", op, handler, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("redis transport: %s %q: %w", op, handler, transport.ErrNotFound)
+	}
+	// This process's receivers follow at once: their next Receive reads
+	// the flag before any blocking read (other processes' at their next
+	// poll).
+	// (s.mu is taken after d.mu is released: isClosed takes them the
+	// other way round.)
+	var mine []*subscription
+	d.mu.Lock()
+	for s := range d.subs {
+		if s.name == handler {
+			mine = append(mine, s)
+		}
+	}
+	d.mu.Unlock()
+	for _, s := range mine {
+		s.mu.Lock()
+		s.paused = paused
+		s.nextPoll = time.Time{}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
 var (
+	_ transport.Pauser          = (*Driver)(nil)
 	_ transport.Inspector       = (*Driver)(nil)
 	_ transport.DeadLetterQueue = (*Driver)(nil)
 	_ transport.Replayer        = (*Driver)(nil)
 	_ transport.Claimer         = (*Driver)(nil)
 	_ transport.RateLimiter     = (*Driver)(nil)
+	_ transport.Unsubscriber    = (*Driver)(nil)
 )
 
 // Unsubscribe implements transport.Unsubscriber: the handler leaves the
@@ -483,12 +548,199 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 	_, err := d.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
 		p.HDel(ctx, d.subsKey(), handler)
 		p.HDel(ctx, d.subsFromKey(), handler)
+		p.HDel(ctx, d.pausedKey(), handler)
+		p.HDel(ctx, d.prefix+":eph", handler)
 		p.Set(ctx, d.subsVersionKey(), newRegistryVersion(), 0)
-		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler), d.failedKey(handler), d.leasesKey(handler))
+		p.Del(ctx, d.streamKey(handler), d.prefix+":d:"+handler, d.deadKey(handler), d.rateKey(handler), d.prefix+":rl:"+handler, d.failedKey(handler), d.leasesKey(handler))
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("redis transport: unsubscribe %q: %w", handler, err)
 	}
 	return nil
+}
+
+// startFrom gives a subscription just created the retained history of
+// its pattern from spec.From on (SubscriptionSpec.From). Each handler
+// has a stream of its own, so a new one starts empty: the history is
+// what the other handlers' streams (completed entries still retained,
+// and entries pending or undelivered) and dead-letter streams hold,
+// up to where they ended when the subscription was registered (hist,
+// from subscribeScript: events added later were routed to the new
+// subscription by their publishers). Each event (source, id) is copied
+// once, oldest first, with a fresh attempt budget.
+func (d *Driver) startFrom(ctx context.Context, spec transport.SubscriptionSpec, hist []any) error {
+	type copied struct {
+		at     time.Time
+		sid    streamID
+		fields []any
+	}
+	// Events already routed to the new subscription are not copied again.
+	seen := map[string]bool{}
+	identity := func(e rawEntry) string {
+		return transport.IdentityKey(e.field(attrPrefix+"source"), e.field(fieldID))
+	}
+	stream := d.streamKey(spec.Name)
+	if err := d.scanStream(ctx, stream, "-", "+", func(es []rawEntry) error {
+		for _, e := range es {
+			seen[identity(e)] = true
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	// Stream entries are added when their event is published or later
+	// (a retry), by Redis's clock: those added before From, less a minute
+	// for clocks that disagree, are skipped unread.
+	from := "-"
+	if ms := spec.From.Add(-time.Minute).UnixMilli(); ms > 0 {
+		from = strconv.FormatInt(ms, 10)
+	}
+	drop := map[string]bool{fieldAttempts: true, fieldFirst: true, "x_error": true, "x_attempts": true, "x_first": true, "x_dead": true}
+	var todo []copied
+	collect := func(es []rawEntry) error {
+		for _, e := range es {
+			typ := e.field(fieldType)
+			if e.field(fieldID) == "" || typ == "" || !transport.Match(spec.Pattern, typ) {
+				continue
+			}
+			at := publishedAt(e)
+			if at.Before(spec.From) || seen[identity(e)] {
+				continue
+			}
+			seen[identity(e)] = true
+			c := copied{at: at, fields: make([]any, 0, len(e.fields)+2)}
+			c.sid, _ = parseStreamID(e.id)
+			for i := 0; i+1 < len(e.fields); i += 2 {
+				if k, _ := e.fields[i].(string); !drop[k] {
+					c.fields = append(c.fields, e.fields[i], e.fields[i+1])
+				}
+			}
+			// Re-added by Ripple (see misrouted), no attempt used.
+			c.fields = append(c.fields, fieldAttempts, "0")
+			todo = append(todo, c)
+		}
+		return nil
+	}
+	for _, h := range hist {
+		row, _ := h.([]any)
+		if len(row) != 3 {
+			continue
+		}
+		name, _ := row[0].(string)
+		lastStream, _ := row[1].(string)
+		lastDead, _ := row[2].(string)
+		if name == spec.Name {
+			continue
+		}
+		if lastStream != "" {
+			if err := d.scanStream(ctx, d.streamKey(name), from, lastStream, collect); err != nil {
+				return err
+			}
+		}
+		if lastDead != "" {
+			if err := d.scanStream(ctx, d.deadKey(name), "-", lastDead, collect); err != nil {
+				return err
+			}
+		}
+	}
+	// Events waiting in another handler's delayed set (a delay not yet
+	// due, or a retry's backoff) go to the new one's delayed set, due at
+	// the same time, unless it has them already.
+	own, err := d.delayedPage(ctx, spec.Name, -1)
+	if err != nil {
+		return err
+	}
+	for _, e := range own {
+		seen[identity(e.rawEntry)] = true
+	}
+	var later []delayedEntry
+	for _, h := range hist {
+		row, _ := h.([]any)
+		name, _ := row[0].(string)
+		if len(row) != 3 || name == spec.Name {
+			continue
+		}
+		es, err := d.delayedPage(ctx, name, -1)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			typ := e.field(fieldType)
+			if e.field(fieldID) == "" || typ == "" || !transport.Match(spec.Pattern, typ) || publishedAt(e.rawEntry).Before(spec.From) || seen[identity(e.rawEntry)] {
+				continue
+			}
+			seen[identity(e.rawEntry)] = true
+			fields := make([]any, 0, len(e.fields)+2)
+			for i := 0; i+1 < len(e.fields); i += 2 {
+				if k, _ := e.fields[i].(string); !drop[k] {
+					fields = append(fields, e.fields[i], e.fields[i+1])
+				}
+			}
+			later = append(later, delayedEntry{due: e.due, rawEntry: rawEntry{fields: append(fields, fieldAttempts, "0")}})
+		}
+	}
+	for len(later) > 0 {
+		chunk := later[:min(len(later), 200)]
+		later = later[len(chunk):]
+		args := []any{d.prefix, spec.Name}
+		for _, e := range chunk {
+			args = append(append(args, e.due, len(e.fields)), e.fields...)
+		}
+		if err := addDelayedScript.Run(ctx, d.client, nil, args...).Err(); err != nil {
+			return err
+		}
+	}
+	sort.SliceStable(todo, func(i, j int) bool {
+		if !todo[i].at.Equal(todo[j].at) {
+			return todo[i].at.Before(todo[j].at)
+		}
+		return todo[j].sid.after(todo[i].sid)
+	})
+	for len(todo) > 0 {
+		chunk := todo[:min(len(todo), 500)]
+		todo = todo[len(chunk):]
+		pipe := d.client.Pipeline()
+		for _, c := range chunk {
+			args := make([]any, 0, 4+len(c.fields))
+			args = append(args, "xadd", stream, "nomkstream", "*")
+			pipe.Do(ctx, append(args, c.fields...)...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+			return err
+		}
+	}
+	return nil
+}
+
+// A delayedEntry is an entry of a delayed set and when it is due.
+type delayedEntry struct {
+	rawEntry
+	due string // ms, as Redis keeps the score
+}
+
+// delayedPage lists the entries of a subscription's delayed set, all of
+// them when limit is negative.
+func (d *Driver) delayedPage(ctx context.Context, name string, limit int) ([]delayedEntry, error) {
+	const page = 500
+	var out []delayedEntry
+	for start := 0; limit < 0 || start < limit; start += page {
+		res, err := delayedPageScript.Run(ctx, d.client, nil, d.prefix, name, start, start+page-1).Slice()
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range res {
+			pair, _ := r.([]any)
+			if len(pair) != 2 {
+				continue
+			}
+			due, _ := pair[0].(string)
+			fields, _ := pair[1].([]any)
+			out = append(out, delayedEntry{due: due, rawEntry: rawEntry{fields: fields}})
+		}
+		if len(res) < page {
+			break
+		}
+	}
+	return out, nil
 }

@@ -3,8 +3,11 @@ package redis
 import (
 	"context"
 	"sync"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/ripplehq/ripple/transport"
 )
 
 // A job is one caller's share of a batched round trip: a Publish (sub is
@@ -14,9 +17,14 @@ type job struct {
 	sub    *subscription
 	args   []any
 	direct []directMsg // direct publishes (see route.go)
-	n      int         // items (messages or settlements)
-	size   int         // approximate bytes
-	err    error
+	// msgs are a publish script job's messages, in the order of args, and
+	// nonce the value that tells its dedup records from other calls'
+	// (see publishScript).
+	msgs  []*transport.Message
+	nonce string
+	n     int // items (messages or settlements)
+	size  int // approximate bytes
+	err   error
 	// stored tells that Redis appended at least one of the job's direct
 	// events, so an error of the job is not one where nothing was stored.
 	stored bool
@@ -216,34 +224,124 @@ func (d *Driver) execBatch(ctx context.Context, batch []*job) {
 			c.args[1], c.args[2] = c.sub.name, int64(d.ret.DeadCount)
 		}
 	}
+	// A batch with publishes goes on the client that never resends a
+	// command that may have reached Redis (see retryDial): after a lost
+	// reply, go-redis's resend would end with the error of its last try
+	// (a refused dial, say), hiding that the first was sent. Instead the
+	// publish's dedup records tell what happened (resolveRecords).
+	cl := d.client
+	for _, c := range calls {
+		if c.sub == nil {
+			cl = d.noRetry
+		}
+	}
 	if len(calls) == 1 {
 		c := calls[0]
-		c.cmd = c.script.Run(ctx, d.client, nil, c.args...)
+		_ = d.retryDial(ctx, func() error {
+			c.cmd = c.script.Run(ctx, cl, nil, c.args...)
+			return c.cmd.Err()
+		})
 	} else {
-		pipe := d.client.Pipeline()
-		for _, c := range calls {
-			c.cmd = pipe.EvalSha(ctx, c.script.Hash(), nil, c.args...)
-		}
-		_, _ = pipe.Exec(ctx) // each command's error is checked below
+		_ = d.retryDial(ctx, func() error {
+			pipe := cl.Pipeline()
+			for _, c := range calls {
+				c.cmd = pipe.EvalSha(ctx, c.script.Hash(), nil, c.args...)
+			}
+			_, err := pipe.Exec(ctx) // each command's error is checked below
+			return err
+		})
 		for _, c := range calls {
 			if goredis.HasErrorPrefix(c.cmd.Err(), "NOSCRIPT") {
 				// Redis lost its script cache (a restart): Run sends the
 				// source again.
-				c.cmd = c.script.Run(ctx, d.client, nil, c.args...)
+				c.cmd = c.script.Run(ctx, cl, nil, c.args...)
 			}
 		}
 	}
 	for _, c := range calls {
-		var err error
 		if c.sub == nil {
-			if err = c.cmd.Err(); err != nil {
-				err = publishErr(err)
+			err := c.cmd.Err()
+			if err == nil {
+				markDuplicates(c.jobs, c.cmd)
 			}
-		} else {
-			err = c.sub.settled(c.cmd)
+			for _, j := range c.jobs {
+				j.err = nil
+				// A lost reply: the job's dedup records tell whether the
+				// call ran.
+				if err != nil && !(outcomeUnknown(err) && d.resolveRecords(ctx, j)) {
+					j.err = publishErr(err, true)
+				}
+			}
+			continue
 		}
+		err := c.sub.settled(c.cmd)
 		for _, j := range c.jobs {
 			j.err = err
+		}
+	}
+}
+
+// resolveRecords finds out, after a publish script call carrying job j
+// lost its connection before its reply, whether the call ran: it stores
+// every message or none, and leaves a dedup record for each, so when
+// every message of j has a record the call ran (or the events were stored
+// meanwhile by another call, which makes j's duplicates), and it reports
+// true, with Message.Duplicate set for those whose record is another
+// call's. A message without a record (none kept: the dedup window is
+// off) leaves the outcome unknown, as does any failure; ctx bounds it.
+func (d *Driver) resolveRecords(ctx context.Context, j *job) bool {
+	if ctx.Err() != nil || len(j.msgs) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	args := make([]any, 0, 2+len(j.msgs))
+	args = append(args, d.prefix, j.nonce)
+	for _, m := range j.msgs {
+		args = append(args, transport.IdentityKey(m.Source(), m.ID))
+	}
+	res, err := recordsScript.Run(ctx, d.client, nil, args...).Slice()
+	if err != nil || len(res) != len(j.msgs) {
+		return false
+	}
+	for _, r := range res {
+		if n, ok := r.(int64); ok && n == 0 {
+			return false
+		}
+	}
+	for i, r := range res {
+		if fields, ok := r.([]any); ok {
+			if kept, _, _, ok := parseEntry(fields); ok {
+				j.msgs[i].Duplicate = &kept
+			}
+		}
+	}
+	return true
+}
+
+// markDuplicates sets Message.Duplicate on the messages that the publish
+// script call found already stored: its reply lists {position among the
+// call's messages, 1-based, the fields first stored}.
+func markDuplicates(jobs []*job, cmd *goredis.Cmd) {
+	dups, _ := cmd.Val().([]any)
+	for _, r := range dups {
+		pair, _ := r.([]any)
+		if len(pair) != 2 {
+			continue
+		}
+		pos, _ := pair[0].(int64)
+		fields, _ := pair[1].([]any)
+		i := int(pos) - 1
+		for _, j := range jobs {
+			if i < len(j.msgs) {
+				if i >= 0 {
+					if kept, _, _, ok := parseEntry(fields); ok {
+						j.msgs[i].Duplicate = &kept
+					}
+				}
+				break
+			}
+			i -= len(j.msgs)
 		}
 	}
 }

@@ -90,7 +90,7 @@ func TestBatchAfterScriptFlush(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := msg("x.y")
-	pub := &job{args: appendMessage(make([]any, publishHead), m, time.Hour), n: 1}
+	pub := &job{args: appendMessage(make([]any, publishHead), m, time.Hour, "n"), n: 1}
 	set := &job{sub: s.(*subscription), n: 1, args: []any{nil, nil, nil,
 		"d", first.Token.(*token).id, first.Token.(*token).consumer, first.Token.(*token).count, 1, 0, 0, "boom"}}
 	d.execBatch(context.Background(), []*job{pub, set})

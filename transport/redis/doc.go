@@ -68,6 +68,28 @@
 // Replication is asynchronous: a failover to a replica can lose the most
 // recent writes.
 //
+// A Publish that fails tells what is known of its event. Publishes are
+// sent on a connection that never resends a command that may have reached
+// Redis. When the connection breaks or times out after the command was
+// sent and before Redis answered (or ctx ends meanwhile), the driver
+// first tries to find out what Redis stored: a publish script call leaves
+// a dedup record for each event (see Dedup below), marked with the call,
+// and a direct publish's events can be read back from the newest entries
+// of their handlers' streams. When it finds every event stored, Publish
+// returns nil (an event found in one of its handlers' streams is appended
+// to any matching handler registered meanwhile that lacks it). Otherwise
+// (not found, or Redis unreachable) the error matches
+// ripple.ErrOutcomeUnknown (transport.ErrOutcomeUnknown): the event may
+// have been stored, since Redis may still read a command sent before the
+// connection broke. Publishing it again with the same id stores it at
+// most once when it went through the publish script with an id of its own
+// (ripple.WithID, see Dedup below); an event with a generated id has no
+// dedup record, and the error says so. A failure to connect at all sent
+// nothing and does not match. A Redis at maxmemory (noeviction) refuses
+// writes with OOM: Publish and Subscribe then fail with an error matching
+// ripple.ErrStorageFull (transport.ErrStorageFull) that says whether part
+// of a batched publish was stored nonetheless (see Delivery semantics).
+//
 // # Delivery semantics
 //
 // Each handler name is a subscription with its own stream (PREFIX:s:NAME)
@@ -180,36 +202,100 @@
 //
 // # Capabilities
 //
-// Durable (in the sense above), Delay, Dedup and SharedRateLimit are
-// supported. Priority and Ordered are not: a stream is delivered in append
+// Durable (in the sense above), Delay, Dedup, SharedRateLimit, Ephemeral
+// and StartFrom are supported. Priority and Ordered are not: a stream is delivered in append
 // order and its consumer group has no per-key lock, so WithPriority and
 // Ordered() fail with an error matching ripple.ErrNotSupported. The driver
 // implements transport.Inspector, transport.DeadLetterQueue,
-// transport.Replayer, transport.Claimer and transport.RateLimiter:
+// transport.Replayer, transport.Claimer, transport.RateLimiter,
+// transport.Pauser and transport.Unsubscriber:
 //
-//   - Dedup: the publish script remembers each event id the publisher
-//     chose (ripple.WithID) with SET NX PX for the dedup window (default
-//     24h). An id Ripple generated can only come again through a retry of
-//     the same publish; the direct path never resends, so it keeps no
-//     record (a delayed event with a generated id keeps one for
-//     transport.GeneratedIDWindow, 10 min, as go-redis may resend the
-//     script). A publish that fails once its command may have reached
-//     Redis (a lost reply) has perhaps stored the event. One published
-//     with ripple.WithID can be published again with the same id without
-//     risking a second copy: its dedup record stops the retry. One with a
-//     generated id has no record, so a retry may store it twice, and its
-//     handlers see it twice (which Idempotent absorbs); give an event an
-//     id of your own from its first publish when it must not.
+//   - Dedup: an event's identity is its source and id together
+//     (CloudEvents), so the same id under another source is another event.
+//     The publish script remembers the identity of each event whose id the
+//     publisher chose (ripple.WithID) in PREFIX:di:IDENTITY (SET PX) for
+//     the dedup window (default 24h). The record holds a copy of the event
+//     as stored, so a publish that finds it stores nothing and returns the
+//     kept event marked Duplicate (its id, type, time, key, attributes and
+//     data, whatever the handlers' streams have since trimmed); this costs
+//     Redis memory of about one event per chosen id for the window, which
+//     Retention.DedupWindow bounds. Records written by versions of Ripple
+//     before identity dedup (PREFIX:dd:ID) are not read: an id published
+//     in the dedup window before an upgrade and again after it is stored
+//     twice, and the old records expire by themselves. An id Ripple
+//     generated can only come again through a retry of the same publish,
+//     and publishes are never resent, so the direct path keeps no record (a
+//     delayed event with a generated id keeps one for
+//     transport.GeneratedIDWindow, 10 min, which tells after a lost reply
+//     whether it was stored; a call that finds its own record is not
+//     reported as a duplicate). A publish that fails once its command may
+//     have reached Redis (a lost reply) and cannot find out what was stored
+//     returns an error matching ripple.ErrOutcomeUnknown (see Durability).
+//     One published with ripple.WithID can be published again with
+//     the same id without risking a second copy: its dedup record stops
+//     the retry. One with a generated id has no record, so a retry may
+//     store it twice, and its handlers see it twice (which Idempotent
+//     absorbs); give an event an id of your own from its first publish
+//     when it must not.
 //   - Idempotent(): claims are keys set atomically by a Lua script
 //     (PREFIX:c:HANDLER:ID); a done claim is kept for the dedup window.
-//   - Rate limits (RateLimit) are shared by every process of a handler: a
-//     GCRA limiter in one Redis key per handler.
+//   - Rate limits (RateLimit(n, per)) are shared by every process of a
+//     handler, and are a sliding window: at most n handler starts in any
+//     interval of length per, counted over every process. Each handler has
+//     a sorted set of its reserved start times (PREFIX:rw:NAME), trimmed of
+//     those older than per by the Lua script that reserves the next one.
+//     Reserved starts are measured on the Redis server's clock; a process
+//     starts its handler after the wait Reserve returned, so one network
+//     round trip of jitter separates the two clocks.
 //   - Stats come from Redis itself: waiting is the group's lag plus the
 //     delayed entries already due, active its pending count (entries read
 //     ahead included), delayed the rest of the delayed set, dead the length
 //     of the dead-letter stream, completed the acknowledged entries still
 //     in the stream, failed a per-handler counter kept since the handler
 //     subscribed.
+//   - Ephemeral subscriptions (SubscriptionSpec.Ephemeral, used by ripple
+//     tail) are registered as any other, and listed in the hash
+//     PREFIX:eph with their lease and when a receiver last touched them
+//     (every receive script and lease renewal). When the last live
+//     receiver closes, it deletes the subscription with everything kept
+//     for it, as Unsubscribe does. One that no receiver has touched for
+//     three leases and two seconds (its process was killed) is deleted by
+//     whichever process next runs a reclaim scan (every receiver does,
+//     several times a second), a Subscribe or Stats, so a killed tail
+//     leaves nothing behind for long as long as some process of the
+//     application uses the Redis. A durable handler and an ephemeral
+//     subscription cannot share a name.
+//   - Starting from history (SubscriptionSpec.From, for a handler that
+//     does not exist yet, such as a projection rebuilding its read model):
+//     each handler has a stream of its own, so a new handler's stream
+//     starts empty, and Subscribe copies into it the history the other
+//     handlers hold: every event of its pattern published at or after
+//     From (by the event's time), once per (source, id), with a fresh
+//     attempt budget. Events in their streams (completed and retained,
+//     pending or undelivered) and dead-letter streams are appended oldest
+//     first, up to where those streams ended when the new handler was
+//     registered (later events reach it as any subscription); events in
+//     their delayed sets (a delay not yet due, a retry's backoff) go to
+//     its delayed set, due at the same time. So history is bounded by
+//     retention (completed entries: 1000 per handler and 24h by default;
+//     dead letters: 10000 and 7 days), and holds only events some other
+//     handler received: an event that matched no handler is not kept.
+//     Events published while Subscribe runs may come before the copies,
+//     and one published in that instant may come twice. If copying fails,
+//     Subscribe removes the new subscription, so subscribing again starts
+//     afresh. Subscribing an existing handler again keeps its position
+//     whatever From says. transport.Beginning copies all retained history.
+//   - Pause and Resume (per handler) are shared by every process: the hash
+//     PREFIX:paused names the paused handlers, and the receive script of
+//     every receiver reads it at each poll (at least every 250 ms while a
+//     process receives) and then reads nothing, reclaims nothing, and
+//     makes no blocking read; entries it had read ahead go back to the
+//     stream. So within about 250 ms of Pause returning (a blocking read
+//     already under way may still bring entries) no process hands out the
+//     handler's events. Events published meanwhile wait in its stream, and
+//     due delayed ones move there as usual; deliveries already leased
+//     finish and settle; expired leases are reclaimed once it is resumed.
+//     Stats reports Paused.
 //   - Replay, for events published at or after the given time, moves their
 //     dead letters back to the stream and appends a fresh copy of each
 //     completed entry still retained; events not finished (undelivered,
@@ -236,6 +322,18 @@
 // reached through one address, is. The check at Open runs once: a process
 // whose primary becomes a replica later gets Redis's READONLY error on
 // every write until the address leads to the new primary.
+//
+// # Upgrading
+//
+// Processes of this version and of versions before identity dedup (which
+// kept dedup records as PREFIX:dd:ID and a token-bucket rate limit in
+// PREFIX:rl:NAME) can share a Redis during a rolling upgrade, with three
+// differences until the last old process is gone: an id published by one
+// generation is not recognised as a duplicate by the other (old records
+// expire with the dedup window), each generation keeps its own rate
+// limit, so together they may start up to twice the limit, and old
+// processes neither honour Pause nor touch ephemeral subscriptions (there
+// are none until a new process makes one).
 //
 // # Logging
 //

@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if u := os.Getenv(envChildURL); u != "" {
 		os.Exit(hangingWorker(u))
 	}
+	if u := os.Getenv(envEphemeralChildURL); u != "" {
+		os.Exit(ephemeralChild(u))
+	}
 	if u := os.Getenv(envTLSChildURL); u != "" {
 		os.Exit(tlsChild(u))
 	}
@@ -432,6 +435,9 @@ func TestFullRedisErrorSaysWhatToDo(t *testing.T) {
 		err := fresh.Publish(ctx, []*transport.Message{m})
 		if err == nil || !strings.Contains(err.Error(), "Redis is full (maxmemory)") || !strings.Contains(err.Error(), "OOM") {
 			t.Errorf("own id %v: Publish on a full Redis = %v; want an error that says Redis is full, with Redis's own", ownID, err)
+		}
+		if !errors.Is(err, transport.ErrStorageFull) || errors.Is(err, transport.ErrOutcomeUnknown) {
+			t.Errorf("own id %v: Publish on a full Redis = %v; want it to match transport.ErrStorageFull (and not ErrOutcomeUnknown)", ownID, err)
 		}
 	}
 }

@@ -249,7 +249,7 @@ func TestPartialPublishErrOOM(t *testing.T) {
 	if msg := partialPublishErr(oom).Error(); strings.Contains(msg, "nothing was stored") || !strings.Contains(msg, "Redis is full (maxmemory)") || !strings.Contains(msg, "after storing part of it") {
 		t.Errorf("partialPublishErr(OOM) = %q", msg)
 	}
-	if msg := publishErr(oom).Error(); !strings.Contains(msg, "nothing was stored") {
+	if msg := publishErr(oom, true).Error(); !strings.Contains(msg, "nothing was stored") {
 		t.Errorf("publishErr(OOM) = %q", msg)
 	}
 }
@@ -270,7 +270,7 @@ func TestPublishScriptOOMAllOrNothing(t *testing.T) {
 	for range 40 {
 		m := msg("a.b")
 		m.Data = []byte(strings.Repeat("y", 50_000)) // 2 MB in all
-		j.args = appendMessage(j.args, m, time.Hour)
+		j.args = appendMessage(j.args, m, time.Hour, "n")
 		j.n++
 	}
 	if err := raw.ConfigSet(ctx, "maxmemory", strconv.FormatInt(usedMemory(t, raw)+(3<<20), 10)).Err(); err != nil {
@@ -287,7 +287,7 @@ func TestPublishScriptOOMAllOrNothing(t *testing.T) {
 	raw.ConfigSet(ctx, "maxmemory", "1")
 	j2 := &job{args: make([]any, publishHead)}
 	for range 3 {
-		j2.args = appendMessage(j2.args, msg("a.b"), time.Hour)
+		j2.args = appendMessage(j2.args, msg("a.b"), time.Hour, "n")
 	}
 	d.execBatch(ctx, []*job{j2})
 	raw.ConfigSet(ctx, "maxmemory", "0")

@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -76,7 +79,7 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 			}
 			args := make([]any, xaddHead, xaddHead+10+2*len(m.Attrs))
 			args[0], args[2], args[3] = "xadd", "nomkstream", "*"
-			direct.direct = append(direct.direct, directMsg{typ: m.Type, args: appendFields(args, m)})
+			direct.direct = append(direct.direct, directMsg{typ: m.Type, args: appendFields(args, m), msg: m})
 			direct.n++
 			direct.size += len(m.Data) + 256
 			continue
@@ -84,29 +87,69 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		if script == nil {
 			// The prefix, the first argument, is filled in by execBatch,
 			// so a batch of one job uses its slice as it is.
-			script = &job{args: make([]any, publishHead, publishHead+20*len(msgs))}
+			script = &job{args: make([]any, publishHead, publishHead+20*len(msgs)), nonce: randHex(8)}
 		}
-		script.args = appendMessage(script.args, m, d.ret.DedupWindow)
+		script.args = appendMessage(script.args, m, d.ret.DedupWindow, script.nonce)
+		script.msgs = append(script.msgs, m)
 		script.n++
 		script.size += len(m.Data) + 256
 	}
 	var directErr, scriptErr error
 	if direct != nil {
-		directErr = d.direct.do(ctx, direct)
+		directErr = queuedErr(d.direct.do(ctx, direct))
 	}
 	if script != nil {
-		scriptErr = d.batch.do(ctx, script)
+		scriptErr = queuedErr(d.batch.do(ctx, script))
 	}
 	return errors.Join(directErr, scriptErr)
 }
 
-// publishErr wraps a failed publish's error, with what to do when Redis
-// is full.
-func publishErr(err error) error {
-	if isOOM(err) {
-		return fmt.Errorf("redis transport: publish: Redis is full (maxmemory), nothing was stored: %w; free memory (let handlers drain, shorten retention) or raise maxmemory", err)
+// queuedErr wraps the error of a publish whose ctx ended while it waited
+// for a batch (the combiner returns ctx's error as it is): the batch may
+// still send it.
+func queuedErr(err error) error {
+	if err == context.Canceled || err == context.DeadlineExceeded {
+		return fmt.Errorf("redis transport: publish: %w while the publish waited to be sent with other calls: %w", err, transport.ErrOutcomeUnknown)
+	}
+	return err
+}
+
+// publishErr wraps a failed publish's error that stored nothing, or may
+// have stored it (see outcomeUnknown), with what to do when Redis is
+// full. recorded tells whether the publish writes dedup records, which
+// make publishing again safe.
+func publishErr(err error, recorded bool) error {
+	switch {
+	case isOOM(err):
+		return fmt.Errorf("redis transport: publish: Redis is full (maxmemory), nothing was stored: %w; free memory (let handlers drain, shorten retention) or raise maxmemory: %w", err, transport.ErrStorageFull)
+	case outcomeUnknown(err) && recorded:
+		return fmt.Errorf("redis transport: publish: the connection failed after the publish was sent (%w): %w", err, transport.ErrOutcomeUnknown)
+	case outcomeUnknown(err):
+		return fmt.Errorf("redis transport: publish: the connection failed after the publish was sent (%w): %w; but this event has no dedup record in Redis (Ripple generated its id, or the dedup window is off), so publishing it again may store it twice: give events an id of your own (WithID) when that matters, or make handlers Idempotent", err, transport.ErrOutcomeUnknown)
 	}
 	return fmt.Errorf("redis transport: publish: %w", err)
+}
+
+// outcomeUnknown reports whether err may have come after a command reached
+// Redis: the connection broke or timed out, or ctx ended, without a reply.
+// A reply from Redis (an error reply included) is an outcome, and a dial
+// that failed or a pool that had no connection sent nothing.
+func outcomeUnknown(err error) bool {
+	var reply goredis.Error
+	var op *net.OpError
+	switch {
+	case err == nil, errors.As(err, &reply):
+		return false
+	case errors.As(err, &op) && op.Op == "dial":
+		return false
+	case errors.Is(err, goredis.ErrPoolTimeout), errors.Is(err, goredis.ErrClosed), errors.Is(err, ErrClosed):
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.As(err, &ne)
 }
 
 // isOOM reports whether err is a full Redis's refusal of a write. A
@@ -122,15 +165,19 @@ func isOOM(err error) bool {
 // subscriptions), so that the caller does not take it for one that
 // stored nothing.
 func partialPublishErr(err error) error {
-	if isOOM(err) {
-		return fmt.Errorf("redis transport: publish: Redis is full (maxmemory) and refused this publish after storing part of it (some events, or an event for some of its handlers): %w; publishing it again would deliver that part twice; free memory (let handlers drain, shorten retention) or raise maxmemory", err)
+	switch {
+	case isOOM(err):
+		return fmt.Errorf("redis transport: publish: Redis is full (maxmemory) and refused this publish after storing part of it (some events, or an event for some of its handlers): %w; publishing it again would deliver that part twice; free memory (let handlers drain, shorten retention) or raise maxmemory: %w", err, transport.ErrStorageFull)
+	case outcomeUnknown(err):
+		return fmt.Errorf("redis transport: publish: failed after Redis stored part of it (some events, or an event for some of its handlers), and the connection failed before the rest was answered (%w): %w", err, transport.ErrOutcomeUnknown)
 	}
 	return fmt.Errorf("redis transport: publish: failed after Redis stored part of it (some events, or an event for some of its handlers): %w", err)
 }
 
 // appendMessage appends one message's publish-script arguments: its delay,
-// how long to keep its dedup record (0: none), its field count and fields.
-func appendMessage(args []any, m *transport.Message, window time.Duration) []any {
+// how long to keep its dedup record (0: none), its identity, the nonce of
+// the publish call, its field count and fields.
+func appendMessage(args []any, m *transport.Message, window time.Duration, nonce string) []any {
 	delay := int64(0)
 	if m.Delay > 0 {
 		delay = max(m.Delay.Milliseconds(), 1)
@@ -148,7 +195,7 @@ func appendMessage(args []any, m *transport.Message, window time.Duration) []any
 	if m.Key != "" {
 		nf += 2
 	}
-	return appendFields(append(args, delay, ttl, nf), m)
+	return appendFields(append(args, delay, ttl, transport.IdentityKey(m.Source(), m.ID), nonce, nf), m)
 }
 
 // appendFields appends a message's stream entry fields, id and type first.

@@ -325,7 +325,7 @@ func (d *Driver) Name() string { return "redis" }
 
 // Capabilities declares what the driver gives; see the package doc.
 func (d *Driver) Capabilities() transport.Capabilities {
-	return transport.Capabilities{Durable: true, Delay: true, Dedup: true, SharedRateLimit: true}
+	return transport.Capabilities{Durable: true, Delay: true, Dedup: true, SharedRateLimit: true, Ephemeral: true, StartFrom: true}
 }
 
 // As sets target to the driver's go-redis client when target is a
@@ -392,13 +392,22 @@ func (d *Driver) subsKey() string              { return d.prefix + ":subs" }
 func (d *Driver) subsVersionKey() string       { return d.prefix + ":subsv" }
 func (d *Driver) subsFromKey() string          { return d.prefix + ":subsfrom" }
 func (d *Driver) streamKey(name string) string { return d.prefix + ":s:" + name }
+func (d *Driver) pausedKey() string            { return d.prefix + ":paused" }
 func (d *Driver) deadKey(name string) string   { return d.prefix + ":x:" + name }
 func (d *Driver) claimKey(handler, id string) string {
 	return d.prefix + ":c:" + handler + ":" + id
 }
-func (d *Driver) rateKey(handler string) string { return d.prefix + ":rl:" + handler }
-func (d *Driver) failedKey(name string) string  { return d.prefix + ":n:" + name }
-func (d *Driver) leasesKey(name string) string  { return d.prefix + ":l:" + name }
+
+// rateKey is the handler's sliding rate-limit window (see reserveScript);
+// PREFIX:rl:NAME held the token bucket of earlier versions.
+func (d *Driver) rateKey(handler string) string { return d.prefix + ":rw:" + handler }
+
+// dedupKey is the dedup record of an event identity (see publishScript).
+func (d *Driver) dedupKey(source, id string) string {
+	return d.prefix + ":di:" + transport.IdentityKey(source, id)
+}
+func (d *Driver) failedKey(name string) string { return d.prefix + ":n:" + name }
+func (d *Driver) leasesKey(name string) string { return d.prefix + ":l:" + name }
 
 // consumerName identifies one receiver in a consumer group; it names the
 // host and process so that XINFO CONSUMERS shows who holds what.

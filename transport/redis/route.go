@@ -63,6 +63,7 @@ func (d *Driver) isDirect(m *transport.Message) bool {
 type directMsg struct {
 	typ  string
 	args []any
+	msg  *transport.Message // for resolveLost
 }
 
 // xaddHead is how many XADD arguments precede the fields.
@@ -172,19 +173,88 @@ func (d *Driver) loadRoutes(ctx context.Context) (*routeTable, error) {
 // told that its stored event failed would publish it again, and its
 // handlers would get it twice.
 func (d *Driver) execDirect(ctx context.Context, batch []*job) {
+	began := time.Now()
 	err := d.publishDirect(ctx, batch)
 	for _, j := range batch {
 		if j.err == nil {
 			j.err = err
+		}
+		if j.err != nil && !j.stored && outcomeUnknown(j.err) {
+			// The reply was lost: look for the events themselves.
+			switch found := d.resolveLost(ctx, j, began); {
+			case found == len(j.direct):
+				j.err = nil
+			case found > 0:
+				j.stored = true
+			}
 		}
 		switch {
 		case j.err == nil:
 		case j.stored:
 			j.err = partialPublishErr(j.err)
 		default:
-			j.err = publishErr(j.err)
+			j.err = publishErr(j.err, false)
 		}
 	}
+}
+
+// resolveLimit bounds the entries resolveLost reads back per stream.
+const resolveLimit = 20_000
+
+// resolveLost finds out, after a direct publish of job j lost its
+// connection before any reply told what Redis stored, which of its events
+// Redis did store: it reads back the newest entries (those added since
+// the publish began, by the server's clock, less a margin) of the streams
+// of the subscriptions each event matches, now. An event found in one of
+// them was stored (a MULTI/EXEC stores an event for all its streams or
+// none); it is appended to any matching subscription that lacks it (one
+// registered meanwhile, as a publish whose registry changed does), and
+// counts. An event not found may still be stored later (a command Redis
+// had not read yet), so it stays unknown. It returns how many of j's
+// events were found stored; any failure ends the search, and ctx bounds
+// it.
+func (d *Driver) resolveLost(ctx context.Context, j *job, began time.Time) int {
+	if ctx.Err() != nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rt, err := d.loadRoutes(ctx)
+	if err != nil {
+		return 0
+	}
+	lookback := (time.Since(began) + 5*time.Second).Milliseconds()
+	found := 0
+	for _, m := range j.direct {
+		if m.msg == nil {
+			return found
+		}
+		var seen bool
+		var lack []route
+		for _, r := range rt.match(m.typ) {
+			n, err := findScript.Run(ctx, d.client, nil, r.stream, lookback, m.msg.ID, m.msg.Source(), resolveLimit).Int()
+			if err != nil || n < 0 {
+				return found
+			}
+			if n == 1 {
+				seen = true
+			} else {
+				lack = append(lack, r)
+			}
+		}
+		if !seen && len(lack) > 0 {
+			continue
+		}
+		for _, r := range lack {
+			args := slices.Clone(m.args)
+			args[1] = r.stream
+			if err := d.noRetry.Do(ctx, args...).Err(); err != nil && !errors.Is(err, goredis.Nil) {
+				return found
+			}
+		}
+		found++
+	}
+	return found
 }
 
 // publishDirect sends the events of batch's jobs. A job one of whose

@@ -130,33 +130,72 @@ local function register(p, name, pattern, version)
 end
 `
 
+// luaEphemeral keeps ephemeral subscriptions (SubscriptionSpec.Ephemeral):
+// PREFIX:eph maps each to "lease ms:last touched ms". Its receivers touch
+// it at every receive script and lease renewal; one not touched for three
+// leases and two seconds has lost every receiver (a process killed with
+// SIGKILL) and is reaped, by the receive script of any process, a
+// Subscribe, or Stats. delete_sub deletes a subscription with everything
+// kept for it, as Unsubscribe does.
+const luaEphemeral = `
+local function delete_sub(p, name, version)
+  for _, h in ipairs({':subs', ':subsfrom', ':paused', ':eph'}) do redis.call('HDEL', p .. h, name) end
+  for _, k in ipairs({':s:', ':d:', ':x:', ':rw:', ':rl:', ':n:', ':l:'}) do redis.call('DEL', p .. k .. name) end
+  -- pcall: a full Redis (maxmemory) refuses the SET, and a receive that
+  -- reaps must not fail for it (publishers find the streams gone anyway).
+  redis.pcall('SET', p .. ':subsv', version)
+end
+
+local function touch(p, name, lease, now)
+  redis.pcall('HSET', p .. ':eph', name, lease .. ':' .. now)
+end
+
+local function reap(p, now, version)
+  local all = redis.call('HGETALL', p .. ':eph')
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local c = string.find(v, ':', 1, true)
+    local l, u = tonumber(string.sub(v, 1, (c or 1) - 1)), tonumber(string.sub(v, (c or #v) + 1))
+    if not l or not u or u + 3 * l + 2000 < now then delete_sub(p, all[i], version) end
+  end
+end
+`
+
 // luaLib is every helper.
 const luaLib = luaNow + luaMatch + luaIDs + luaGroups + luaStrip + luaDelay + luaRegister
 
 // publishScript stores a batch of messages. ARGV: prefix, then per
-// message: delay ms, dedup record ms (0 = none), field count, fields (the
-// first four are "id", id, "type", type). A message whose id is still
-// remembered is skipped; the others are appended to the stream (or the
-// delayed set) of every subscription whose pattern matches, all in one
-// atomic step.
+// message: delay ms, dedup record ms (0 = none), the event's identity
+// (transport.IdentityKey of its source and id), the publish call's nonce,
+// field count, fields (the first four are "id", id, "type", type). A
+// message whose identity is still remembered is not stored again: it
+// returns {its position among the call's messages, the fields first
+// stored} unless the record carries the same nonce (a resend of this very
+// call, which stored it). Every other message is appended to the stream
+// (or the delayed set) of every subscription whose pattern matches, all in
+// one atomic step, and its dedup record PREFIX:di:IDENTITY keeps the
+// nonce and the fields, so that a later duplicate learns what was kept.
 var publishScript = newScript(luaNow + luaMatch + luaDelay + `
 local call = redis.call
 local p = ARGV[1]
-local dd = p .. ':dd:'
+local di = p .. ':di:'
 local subs = call('HGETALL', p .. ':subs')
 local now
 local routes = {}
 local i, last = 2, #ARGV
-local stored = 0
+local pos = 0
+local dups = {}
 while i <= last do
-  local delay, ttl, fs = tonumber(ARGV[i]), ARGV[i + 1], i + 3
-  local fe = fs + tonumber(ARGV[i + 2]) - 1
+  local delay, ttl, ident, nonce, fs = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], i + 5
+  local fe = fs + tonumber(ARGV[i + 4]) - 1
   local typ = ARGV[fs + 3]
   i = fe + 1
-  -- The dedup record is written after the event, so that a write that
-  -- fails leaves none and the publish can be retried.
-  if ttl == '0' or call('EXISTS', dd .. ARGV[fs + 1]) == 0 then
-    stored = stored + 1
+  pos = pos + 1
+  local kept = ttl ~= '0' and call('GET', di .. ident)
+  if kept then
+    local n, f = cmsgpack.unpack(kept)
+    if n ~= nonce then dups[#dups + 1] = {pos, f} end
+  else
     -- routes caches, per event type, the names of the matching
     -- subscriptions, so a batch matches each type once.
     local r = routes[typ]
@@ -181,10 +220,14 @@ while i <= last do
         call('ZADD', p .. ':d:' .. r[k], now + delay, delay_member(p, f))
       end
     end
-    if ttl ~= '0' then call('SET', dd .. ARGV[fs + 1], '1', 'PX', ttl) end
+    -- The dedup record is written after the event, so that a write that
+    -- fails leaves none and the publish can be retried.
+    if ttl ~= '0' then
+      call('SET', di .. ident, cmsgpack.pack(nonce, {unpack(ARGV, fs, fe)}), 'PX', ttl)
+    end
   end
 end
-return stored
+return dups
 `)
 
 // registryScript reads the subscription registry: {PREFIX:subsv or "",
@@ -212,17 +255,78 @@ end
 return out
 `)
 
+// delayedPageScript lists a range of a subscription's delayed set, by
+// rank: {due ms, fields} per entry. ARGV: prefix, name, first rank, last
+// rank.
+var delayedPageScript = newScript(`
+local out = {}
+local r = redis.call('ZRANGE', ARGV[1] .. ':d:' .. ARGV[2], ARGV[3], ARGV[4], 'WITHSCORES')
+for i = 1, #r, 2 do
+  local _, f = cmsgpack.unpack(r[i])
+  out[#out + 1] = {r[i + 1], f}
+end
+return out
+`)
+
+// addDelayedScript adds entries to a registered subscription's delayed
+// set. ARGV: prefix, name, then per entry: due ms, field count, fields.
+var addDelayedScript = newScript(luaDelay + `
+local p, name = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', p .. ':subs', name) == 0 then return 0 end
+local i, n = 3, 0
+while i <= #ARGV do
+  local due, nf = ARGV[i], tonumber(ARGV[i + 1])
+  redis.call('ZADD', p .. ':d:' .. name, due, delay_member(p, {unpack(ARGV, i + 2, i + 1 + nf)}))
+  i = i + 2 + nf
+  n = n + 1
+end
+return n
+`)
+
 // subscribeScript registers (or updates) a subscription and creates its
-// stream and consumer group. ARGV: prefix, name, pattern, a fresh registry
-// version (see route.go).
-var subscribeScript = newScript(luaRegister + `
+// stream and consumer group, after reaping abandoned ephemeral
+// subscriptions. ARGV: prefix, name, pattern, a fresh registry version
+// (see route.go), "1" for an ephemeral subscription, the receiver's
+// consumer and lease ms (ephemeral ones start with a live receiver), "1"
+// to list where history ends (see startFrom). It returns {0, history}
+// when it created the subscription, {1} when it existed, {-1} when an
+// ephemeral one was asked for under a durable one's name, {-2} for the
+// reverse. history lists, for every other subscription, {name, the last
+// id of its stream, the last id of its dead-letter stream}.
+var subscribeScript = newScript(luaNow + luaRegister + luaKeepLease + luaEphemeral + `
 local p, name, pattern = ARGV[1], ARGV[2], ARGV[3]
+local eph, consumer, lease = ARGV[5] == '1', ARGV[6], ARGV[7]
+local now = now_ms()
+reap(p, now, ARGV[4])
+local existed = redis.call('HEXISTS', p .. ':subs', name) == 1
+if existed then
+  local was = redis.call('HEXISTS', p .. ':eph', name) == 1
+  if eph and not was then return {-1} end
+  if was and not eph then return {-2} end
+end
+local history = {}
+if not existed and ARGV[8] == '1' then
+  local subs = redis.call('HGETALL', p .. ':subs')
+  for i = 1, #subs, 2 do
+    local last = {}
+    for j, k in ipairs({':s:', ':x:'}) do
+      local e = redis.call('XREVRANGE', p .. k .. subs[i], '+', '-', 'COUNT', 1)
+      last[j] = e[1] and e[1][1] or ''
+    end
+    history[#history + 1] = {subs[i], last[1], last[2]}
+  end
+end
 register(p, name, pattern, ARGV[4])
 local r = redis.pcall('XGROUP', 'CREATE', p .. ':s:' .. name, name, '0', 'MKSTREAM')
 if type(r) == 'table' and r.err and not string.find(r.err, 'BUSYGROUP', 1, true) then
   return redis.error_reply(r.err)
 end
-return 1
+if eph then
+  touch(p, name, lease, now)
+  keep_lease(p .. ':l:' .. name, consumer, lease, now)
+end
+if existed then return {1} end
+return {0, history}
 `)
 
 // luaKeepLease and luaLeases keep the leases of a handler's live
@@ -279,13 +383,16 @@ end
 // reclaims entries idle for longer than the longest lease of the handler's
 // live receivers (when ARGV[5] is "1", see luaLeases), and reads new
 // entries. ARGV: prefix, name, consumer, count, reclaim, lease ms, pattern,
-// a fresh registry version (see route.go), where the reclaim scan starts.
+// a fresh registry version (see route.go), where the reclaim scan starts,
+// "1" for an ephemeral subscription (see luaEphemeral; the reclaim scan
+// also reaps abandoned ones).
 // It returns {ms until the next delayed entry is due or -1, ids XAUTOCLAIM found
 // deleted, {id, delivery count, fields}..., the registry version, where
 // the next reclaim scan starts, the error that stopped moving delayed
-// entries or ""}; after such an error the next try is a second later. Each scan goes on from where the last
+// entries or "", 1 when the handler is paused or 0}; after such an error
+// the next try is a second later. Each scan goes on from where the last
 // one stopped, so expired leases behind many live ones are reached too.
-var receiveScript = newScript(luaNow + luaGroups + luaRegister + luaKeepLease + luaLeases + `
+var receiveScript = newScript(luaNow + luaGroups + luaRegister + luaKeepLease + luaLeases + luaEphemeral + `
 local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
 local reclaim = ARGV[5] == '1'
@@ -296,6 +403,8 @@ if redis.call('HEXISTS', subs, name) == 0 then
 end
 local now = now_ms()
 keep_lease(lk, consumer, lease, now)
+if ARGV[10] == '1' then touch(p, name, lease, now) end
+if reclaim then reap(p, now, ARGV[8]) end
 local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, 256)
 -- A full Redis (maxmemory) refuses the XADD; the entries then stay
 -- delayed, and the entries already in the stream are still read.
@@ -311,6 +420,13 @@ for _, m in ipairs(due) do
 end
 if #moved > 0 then redis.call('ZREM', dk, unpack(moved)) end
 local out, deleted, cursor = {}, {}, ARGV[9]
+-- A paused handler (see Pause) gets nothing: its entries wait, expired
+-- leases included, until it is resumed.
+local paused = redis.call('HEXISTS', p .. ':paused', name)
+if paused == 1 then
+  reclaim = false
+  count = 0
+end
 if reclaim then
   local r = gcall(s, name, 'XAUTOCLAIM', s, name, consumer, longest_lease(s, name, lk, lease, now), ARGV[9], 'COUNT', count)
   if r.err then return r end
@@ -336,7 +452,7 @@ local nxt = -1
 local first = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
 if first[2] then nxt = math.max(tonumber(first[2]) - now, 0) end
 if refused ~= '' then nxt = 1000 end
-return {nxt, deleted, out, redis.call('GET', p .. ':subsv') or '', cursor, refused}
+return {nxt, deleted, out, redis.call('GET', p .. ':subsv') or '', cursor, refused, paused}
 `)
 
 // settleScript records retries, releases and dead letters (completions
@@ -400,14 +516,17 @@ return lost
 // extendScript resets the idle time of entries still held by this
 // consumer with the given delivery count (XCLAIM JUSTID does not count a
 // delivery), and renews the receiver's lease entry (see luaLeases). ARGV:
-// prefix, name, the receiver's consumer and lease ms, then id, consumer,
+// prefix, name, the receiver's consumer and lease ms, "1" for an
+// ephemeral subscription (touched, see luaEphemeral), then id, consumer,
 // delivery count triples.
-var extendScript = newScript(luaNow + luaKeepLease + `
+var extendScript = newScript(luaNow + luaKeepLease + luaEphemeral + `
 local p, name = ARGV[1], ARGV[2]
 local s = p .. ':s:' .. name
 local n = 0
-keep_lease(p .. ':l:' .. name, ARGV[3], ARGV[4], now_ms())
-for i = 5, #ARGV, 3 do
+local now = now_ms()
+keep_lease(p .. ':l:' .. name, ARGV[3], ARGV[4], now)
+if ARGV[5] == '1' then touch(p, name, ARGV[4], now) end
+for i = 6, #ARGV, 3 do
   local id, consumer, cnt = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local pe = redis.pcall('XPENDING', s, name, id, id, 1)
   if type(pe) == 'table' and not pe.err and pe[1] and pe[1][2] == consumer and pe[1][4] == cnt then
@@ -571,28 +690,119 @@ end
 return 1
 `)
 
-// reserveScript is a GCRA rate limiter: n starts per period with a burst
-// of n, shared by every process. ARGV: key, n, period µs. It returns how
-// many µs the caller must wait before its start.
+// reserveScript is a sliding-window rate limiter shared by every process:
+// at most n starts in any interval of length per. The key is a sorted set
+// of the start times reserved (µs on the server's clock, some in the
+// future), trimmed of those a period or more in the past, which can share
+// no interval with a start from now on. A new start goes at the earliest
+// time from now that is a period after the n-th most recent start and not
+// before the latest, so every interval of length per that holds it holds
+// at most n. ARGV: key, n, period µs, a unique member suffix. It returns
+// how many µs the caller must wait before its start.
 var reserveScript = newScript(`
-local n, per = tonumber(ARGV[2]), tonumber(ARGV[3])
+local key, n, per = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = per / n
-local tat = tonumber(redis.call('GET', ARGV[1]) or '0')
-if tat < now then tat = now end
-local nt = tat + interval
-local wait = nt - per - now
-if wait < 0 then wait = 0 end
-redis.call('SET', ARGV[1], string.format('%.0f', nt), 'PX', math.floor((nt - now) / 1000) + 1)
-return math.floor(wait)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - per)
+local k = redis.call('ZCARD', key)
+local start = now
+if k >= n then
+  local nth = redis.call('ZRANGE', key, k - n, k - n, 'WITHSCORES')
+  local latest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  start = math.max(now, tonumber(nth[2]) + per, tonumber(latest[2]))
+end
+redis.call('ZADD', key, start, string.format('%.0f', start) .. ':' .. ARGV[4])
+redis.call('PEXPIRE', key, math.floor((start + per - now) / 1000) + 1)
+return math.floor(start - now)
+`)
+
+// findScript looks for an event among a stream's newest entries: those
+// added in the last ARGV[2] ms by the server's clock, newest first, at
+// most ARGV[5] of them. ARGV: stream, lookback ms, event id, source,
+// limit. It returns 1 when an entry has that id and source, 0 when none
+// has, -1 when the limit was reached first.
+var findScript = newScript(luaNow + `
+local s, id, src, limit = ARGV[1], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local minid = string.format('%.0f', math.max(now_ms() - tonumber(ARGV[2]), 0))
+local last, seen = '+', 0
+while seen < limit do
+  local es = redis.call('XREVRANGE', s, last, minid, 'COUNT', 200)
+  for _, e in ipairs(es) do
+    local f, fid, fsrc = e[2], nil, ''
+    for i = 1, #f, 2 do
+      if f[i] == 'id' then fid = f[i + 1] elseif f[i] == 'ce_source' then fsrc = f[i + 1] end
+    end
+    if fid == id and fsrc == src then return 1 end
+  end
+  if #es < 200 then return 0 end
+  seen = seen + #es
+  last = '(' .. es[#es][1]
+end
+return -1
+`)
+
+// recordsScript reads the dedup records of a publish call's messages (see
+// publishScript). ARGV: prefix, the call's nonce, identities. It returns,
+// per identity, 0 when there is no record, 1 when the record is the
+// call's own, or the fields of the event another call stored.
+var recordsScript = newScript(`
+local p, nonce = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV do
+  local v = redis.call('GET', p .. ':di:' .. ARGV[i])
+  if not v then
+    out[#out + 1] = 0
+  else
+    local n, f = cmsgpack.unpack(v)
+    if n == nonce then out[#out + 1] = 1 else out[#out + 1] = f end
+  end
+end
+return out
+`)
+
+// pauseScript pauses (ARGV[3] = "1") or resumes a registered handler: the
+// hash PREFIX:paused holds the paused ones, which the receive script reads.
+// ARGV: prefix, name, flag. It returns 0 for an unknown handler.
+var pauseScript = newScript(`
+local p, name = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', p .. ':subs', name) == 0 then return 0 end
+if ARGV[3] == '1' then
+  redis.call('HSET', p .. ':paused', name, '1')
+else
+  redis.call('HDEL', p .. ':paused', name)
+end
+return 1
 `)
 
 // leaveScript deletes a consumer that holds no pending entries, and its
-// lease entry (see luaLeases), so closed receivers do not accumulate.
-// ARGV: prefix, name, consumer.
-var leaveScript = newScript(luaLeases + `
-drop_consumer(ARGV[1] .. ':s:' .. ARGV[2], ARGV[2], ARGV[1] .. ':l:' .. ARGV[2], ARGV[3])
+// lease entry (see luaLeases), so closed receivers do not accumulate. For
+// an ephemeral subscription (ARGV[4] = "1") whose other receivers are all
+// gone, it deletes the subscription. ARGV: prefix, name, consumer,
+// ephemeral flag, a fresh registry version.
+var leaveScript = newScript(luaNow + luaLeases + luaEphemeral + `
+local p, name, consumer = ARGV[1], ARGV[2], ARGV[3]
+local lk = p .. ':l:' .. name
+drop_consumer(p .. ':s:' .. name, name, lk, consumer)
+if ARGV[4] == '1' then
+  -- This receiver is gone even when it still holds entries: other
+  -- receivers of the subscription reclaim them by their own leases.
+  redis.call('HDEL', lk, consumer)
+  local now = now_ms()
+  local all = redis.call('HGETALL', lk)
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local u = tonumber(string.sub(v, (string.find(v, ':', 1, true) or #v) + 1))
+    if all[i] ~= consumer and u and u >= now then return 1 end
+  end
+  delete_sub(p, name, ARGV[5])
+end
+return 1
+`)
+
+// reapScript reaps abandoned ephemeral subscriptions (see luaEphemeral).
+// ARGV: prefix, a fresh registry version.
+var reapScript = newScript(luaNow + luaEphemeral + `
+reap(ARGV[1], now_ms(), ARGV[2])
 return 1
 `)
 
@@ -609,6 +819,7 @@ var allScripts = []*goredis.Script{
 	leaveScript,
 	publishScript, subscribeScript, receiveScript, settleScript, extendScript,
 	trimScript, statsScript, requeueScript, claimScript, finishScript, reserveScript,
+	pauseScript, reapScript, findScript, recordsScript, delayedPageScript, addDelayedScript,
 }
 
 // loadScripts compiles every script on the server once, so a syntax error

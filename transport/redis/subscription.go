@@ -50,13 +50,14 @@ const (
 )
 
 type subscription struct {
-	d        *Driver
-	name     string
-	pattern  string
-	lease    time.Duration
-	consumer string
-	stream   string
-	reclaim  time.Duration // how often Receive looks for expired leases
+	d         *Driver
+	name      string
+	pattern   string
+	lease     time.Duration
+	ephemeral bool // see SubscriptionSpec.Ephemeral and luaEphemeral
+	consumer  string
+	stream    string
+	reclaim   time.Duration // how often Receive looks for expired leases
 
 	blk chan *blockConn // idle dedicated connections for blocking reads
 
@@ -75,6 +76,10 @@ type subscription struct {
 	bufAt          time.Time             // when buf was read
 	fullAt         time.Time             // when a Receive last returned all it was asked for
 	view           registryView          // the registry's entry for this subscription
+	// paused is the handler's pause flag as the last receive script read
+	// it (at least every maxBlock while Receive is called); while it is
+	// set Receive hands out nothing and reads nothing.
+	paused bool
 
 	trimming atomic.Bool
 }
@@ -129,12 +134,47 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if lease <= 0 {
 		lease = defaultLease
 	}
-	if err := subscribeScript.Run(ctx, d.client, nil, d.prefix, spec.Name, spec.Pattern, newRegistryVersion()).Err(); err != nil {
+	consumer := consumerName()
+	history := "0"
+	if !spec.From.IsZero() {
+		history = "1"
+	}
+	res, err := subscribeScript.Run(ctx, d.client, nil, d.prefix, spec.Name, spec.Pattern, newRegistryVersion(),
+		flag(spec.Ephemeral), consumer, lease.Milliseconds(), history).Slice()
+	if err != nil {
+		if isOOM(err) {
+			return nil, fmt.Errorf("redis transport: subscribe %q: Redis is full (maxmemory): %w; free memory or raise maxmemory: %w", spec.Name, err, transport.ErrStorageFull)
+		}
 		return nil, fmt.Errorf("redis transport: subscribe %q: %w", spec.Name, err)
 	}
+	if len(res) == 0 {
+		return nil, fmt.Errorf("redis transport: subscribe %q: unexpected script reply %v", spec.Name, res)
+	}
+	code, _ := res[0].(int64)
+	switch code {
+	case -1:
+		return nil, fmt.Errorf("redis transport: subscribe %q: a durable handler of that name exists, so it cannot be subscribed as an ephemeral one (which is deleted when its receivers go); give the ephemeral subscription a name of its own", spec.Name)
+	case -2:
+		return nil, fmt.Errorf("redis transport: subscribe %q: an ephemeral subscription of that name exists (a ripple tail, say), which is deleted when its receivers go; give the durable handler a name of its own", spec.Name)
+	case 0:
+		if !spec.From.IsZero() && len(res) == 2 {
+			hist, _ := res[1].([]any)
+			if err := d.startFrom(ctx, spec, hist); err != nil {
+				// Subscribed again, an existing subscription would keep its
+				// position: without this one, a retry starts afresh.
+				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				uerr := d.Unsubscribe(uctx, spec.Name)
+				cancel()
+				if uerr != nil {
+					return nil, fmt.Errorf("redis transport: subscribe %q from %s: copying history failed: %w; removing the subscription failed too (%v), so Unsubscribe it before subscribing it again", spec.Name, spec.From.Format(time.RFC3339Nano), err, uerr)
+				}
+				return nil, fmt.Errorf("redis transport: subscribe %q from %s: copying history failed, so the subscription was removed; subscribe again: %w", spec.Name, spec.From.Format(time.RFC3339Nano), err)
+			}
+		}
+	}
 	s := &subscription{
-		d: d, name: spec.Name, pattern: spec.Pattern, lease: lease,
-		consumer: consumerName(),
+		d: d, name: spec.Name, pattern: spec.Pattern, lease: lease, ephemeral: spec.Ephemeral,
+		consumer: consumer,
 		stream:   d.streamKey(spec.Name),
 		reclaim:  min(max(lease/4, 5*time.Millisecond), maxBlock),
 		blk:      make(chan *blockConn, idleBlockClients),
@@ -188,6 +228,9 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 		// XREADGROUP alone, which returns at once when entries wait.
 		s.mu.Lock()
 		wait := time.Until(s.nextPoll)
+		if s.paused {
+			wait = 0 // read the flag again before any blocking read
+		}
 		count := limit
 		if time.Since(s.fullAt) < busyWithin {
 			count = min(max(2*limit, minRead), maxRead) // read ahead
@@ -207,9 +250,25 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Del
 			}
 			s.mu.Lock()
 			s.nextPoll = time.Now().Add(wait)
+			paused := s.paused
 			s.mu.Unlock()
 			if len(ds) > 0 {
 				return s.keep(ds, limit), nil
+			}
+			if paused {
+				// No blocking read while paused: it would lease entries.
+				// The next poll looks at the flag again.
+				t := time.NewTimer(min(maxBlock, s.reclaim))
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return nil, ctx.Err()
+				}
+				s.mu.Lock()
+				s.nextPoll = time.Time{}
+				s.mu.Unlock()
+				continue
 			}
 		}
 		if dl, ok := ctx.Deadline(); ok {
@@ -268,7 +327,7 @@ func (s *subscription) buffered(ctx context.Context, limit int) []*transport.Del
 		return nil
 	}
 	s.mu.Lock()
-	if len(s.buf) == 0 {
+	if len(s.buf) == 0 || s.paused {
 		s.mu.Unlock()
 		return nil
 	}
@@ -323,10 +382,7 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	if trim {
 		s.trimAsync(0)
 	}
-	flag := "0"
-	if reclaim {
-		flag = "1"
-	}
+	reclaimFlag := flag(reclaim)
 	// On the client that never resends: a resent poll whose first reply
 	// was lost would lease entries nobody receives until the lease ends.
 	// For the same reason the reply is awaited past ctx's deadline (the
@@ -335,20 +391,30 @@ func (s *subscription) poll(ctx context.Context, limit int) ([]*transport.Delive
 	var res []any
 	err := s.d.retryDial(ctx, func() error {
 		var err error
-		res, err = receiveScript.Run(context.WithoutCancel(ctx), s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, flag, s.lease.Milliseconds(), s.pattern, newRegistryVersion(), claimFrom).Slice()
+		res, err = receiveScript.Run(context.WithoutCancel(ctx), s.d.noRetry, nil, s.d.prefix, s.name, s.consumer, limit, reclaimFlag, s.lease.Milliseconds(), s.pattern, newRegistryVersion(), claimFrom, flag(s.ephemeral)).Slice()
 		return err
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: %w", s.name, err)
 	}
-	if len(res) != 6 {
+	if len(res) != 7 {
 		return nil, 0, fmt.Errorf("redis transport: receive %q: unexpected script reply %v", s.name, res)
 	}
 	refused, _ := res[5].(string)
+	paused, _ := res[6].(int64)
 	s.mu.Lock()
 	report := refused != "" && !s.promoteRefused
 	s.promoteRefused = refused != ""
+	s.paused = paused == 1
+	var ahead []*transport.Delivery
+	if s.paused {
+		ahead, s.buf = s.buf, nil
+	}
 	s.mu.Unlock()
+	if len(ahead) > 0 {
+		// Read ahead before the pause: handed back, not handed out.
+		s.release(ctx, ahead)
+	}
 	if report {
 		s.d.log.Warn("redis transport: Redis refused to move due delayed events (retries, WithDelay) to the stream; they wait until it accepts writes again, events already in the stream are still handled",
 			"handler", s.name, "err", refused)
@@ -565,7 +631,8 @@ func (s *subscription) block(ctx context.Context, limit int, wait time.Duration)
 	case err != nil && strings.Contains(err.Error(), "NOGROUP"):
 		// Redis lost the group (restart without persistence, FLUSHDB):
 		// recreate it and the subscription's registration.
-		if err := subscribeScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.pattern, newRegistryVersion()).Err(); err != nil {
+		if err := subscribeScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.pattern, newRegistryVersion(),
+			flag(s.ephemeral), s.consumer, s.lease.Milliseconds(), "0").Err(); err != nil {
 			return nil, fmt.Errorf("redis transport: recreating consumer group %q: %w", s.name, err)
 		}
 		return nil, nil
@@ -786,14 +853,14 @@ func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, _ t
 	if s.d.isClosed() {
 		return ErrClosed
 	}
-	args := make([]any, 0, 4+3*len(ds))
-	args = append(args, s.d.prefix, s.name, s.consumer, s.lease.Milliseconds())
+	args := make([]any, 0, 5+3*len(ds))
+	args = append(args, s.d.prefix, s.name, s.consumer, s.lease.Milliseconds(), flag(s.ephemeral))
 	for _, d := range ds {
 		if tk, ok := d.Token.(*token); ok {
 			args = append(args, tk.id, tk.consumer, tk.count)
 		}
 	}
-	if len(args) == 4 {
+	if len(args) == 5 {
 		return nil
 	}
 	if err := extendScript.Run(ctx, s.d.client, nil, args...).Err(); err != nil {
@@ -808,7 +875,9 @@ func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, _ t
 	return nil
 }
 
-// Close stops receiving. The subscription stays registered in Redis.
+// Close stops receiving. The subscription stays registered in Redis,
+// unless it is ephemeral and this was its last live receiver: then it is
+// deleted with everything kept for it.
 func (s *subscription) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -841,8 +910,16 @@ func (s *subscription) Close() error {
 	if err := s.d.acks.flush(ctx); err != nil {
 		return fmt.Errorf("redis transport: close %q: completions could not be acknowledged, so those events will be delivered again: %w", s.name, err)
 	}
-	if err := leaveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer).Err(); err != nil {
+	if err := leaveScript.Run(ctx, s.d.client, nil, s.d.prefix, s.name, s.consumer, flag(s.ephemeral), newRegistryVersion()).Err(); err != nil {
 		return fmt.Errorf("redis transport: close %q: leaving the consumer group: %w", s.name, err)
 	}
 	return nil
+}
+
+// flag is a script argument for a boolean.
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
