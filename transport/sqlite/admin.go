@@ -166,14 +166,14 @@ const requeueSet = `UPDATE deliveries SET state = 0, run_at = ?1, delayed = 0, a
 // a fresh attempt budget and are deliverable at once.
 func (d *driver) Requeue(ctx context.Context, handler string, ids []string) (int, error) {
 	return d.deadOp(ctx, handler, ids, requeueSet,
-		requeueSet+` AND event_seq = (SELECT seq FROM events WHERE id = ?3)`)
+		requeueSet+` AND event_seq IN (SELECT seq FROM events WHERE id = ?3)`)
 }
 
 // Purge implements transport.DeadLetterQueue. The events themselves go
 // when the pruner finds no delivery left that needs them.
 func (d *driver) Purge(ctx context.Context, handler string, ids []string) (int, error) {
 	const del = `DELETE FROM deliveries WHERE ?1 IS NOT NULL AND sub_id = ?2 AND state = 3`
-	return d.deadOp(ctx, handler, ids, del, del+` AND event_seq = (SELECT seq FROM events WHERE id = ?3)`)
+	return d.deadOp(ctx, handler, ids, del, del+` AND event_seq IN (SELECT seq FROM events WHERE id = ?3)`)
 }
 
 // Replay implements transport.Replayer. Every retained event matching the
