@@ -719,12 +719,12 @@ type delRow struct {
 }
 
 const (
-	insEventCols    = `INSERT INTO events (id, source, type, key, priority, time, published_at, attrs, data) VALUES `
-	insEventRow     = `(?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	insEventTail    = ` ON CONFLICT (id, source) DO NOTHING`
+	insEventCols = `INSERT INTO events (id, source, type, key, priority, time, published_at, attrs, data) VALUES `
+	insEventRow  = `(?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	insEventTail = ` ON CONFLICT (id, source) DO NOTHING`
 	// loadStoredSQL reads the event kept under an identity, for
 	// Message.Duplicate.
-	loadStoredSQL = `SELECT type, key, priority, time, attrs, data FROM events WHERE id = ? AND source = ?`
+	loadStoredSQL   = `SELECT type, key, priority, time, attrs, data FROM events WHERE id = ? AND source = ?`
 	insDeliveryCols = `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed) VALUES `
 	insDeliveryRow  = `(?, ?, 0, ?, ?, ?, ?)`
 )
