@@ -25,7 +25,8 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 1),
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 2),
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 3),
-		(SELECT coalesce(sum(failures), 0) FROM deliveries WHERE sub_id = s.id)
+		(SELECT coalesce(sum(failures), 0) FROM deliveries WHERE sub_id = s.id),
+		s.paused
 		FROM subscriptions s ORDER BY s.name`, now)
 	if err != nil {
 		return nil, d.wrap(err)
@@ -35,7 +36,7 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	for rows.Next() {
 		var s transport.Stats
 		var oldest sql.NullInt64
-		if err := rows.Scan(&s.Handler, &s.Pattern, &s.Waiting, &oldest, &s.Delayed, &s.Active, &s.Completed, &s.Dead, &s.Failed); err != nil {
+		if err := rows.Scan(&s.Handler, &s.Pattern, &s.Waiting, &oldest, &s.Delayed, &s.Active, &s.Completed, &s.Dead, &s.Failed, &s.Paused); err != nil {
 			return nil, d.wrap(err)
 		}
 		if oldest.Valid && oldest.Int64 < now {
@@ -186,11 +187,23 @@ func (d *driver) Purge(ctx context.Context, handler string, ids []string) (int, 
 func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
 	var total int
 	err := d.exec(ctx, func(w *writer) error {
-		total = 0
 		s, err := w.subByName(handler)
 		if err != nil {
 			return err
 		}
+		total, err = w.backfill(s, since)
+		return err
+	}, 0)
+	return total, err
+}
+
+// backfill makes every retained event of s's pattern published at or
+// after since that s has finished, or never had, deliverable to s with a
+// fresh attempt budget, and returns how many. Replay and a subscription
+// starting from history use it.
+func (w *writer) backfill(s subInfo, since time.Time) (int, error) {
+	total := 0
+	err := func() error {
 		bg := context.Background()
 		up, err := w.conn.PrepareContext(bg, `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key)
 			VALUES (?1, ?2, 0, ?3, ?4, ?5)
@@ -252,7 +265,7 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 		}
 		w.touch(s.id)
 		return nil
-	}, 0)
+	}()
 	return total, err
 }
 
@@ -312,23 +325,6 @@ func (d *driver) Unsubscribe(ctx context.Context, handler string) error {
 		if err != nil {
 			return err
 		}
-		bg := context.Background()
-		for _, st := range []struct {
-			q   string
-			arg any
-		}{
-			{`DELETE FROM deliveries WHERE sub_id = ?`, s.id},
-			{`DELETE FROM subscriptions WHERE id = ?`, s.id},
-			{`DELETE FROM claims WHERE handler = ?`, handler},
-			{`UPDATE ripple_meta SET value = value + ? WHERE key = 'subs_version'`, 1},
-		} {
-			if _, err := w.conn.ExecContext(bg, st.q, st.arg); err != nil {
-				return err
-			}
-		}
-		w.subsChecked = false
-		w.subsVersion = -1
-		w.touch(s.id)
-		return nil
+		return w.dropSub(s.id, handler)
 	}, 0)
 }

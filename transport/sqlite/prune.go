@@ -103,6 +103,9 @@ func (w *writer) pruneStep() (more bool, err error) {
 			more = more || m
 		}
 	}
+	if err := w.reapEphemeral(); err != nil {
+		return false, err
+	}
 	m, err := w.pruneEvents()
 	if err != nil {
 		return false, err

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
@@ -85,8 +86,9 @@ func parseURL(raw string) (options, error) {
 
 // driver implements transport.Driver and the optional interfaces.
 type driver struct {
-	path string
-	ret  transport.Retention
+	path   string
+	ret    transport.Retention
+	logger *slog.Logger
 
 	wdb  *sql.DB // exactly one connection, owned by the writer goroutine
 	rdb  *sql.DB // read pool
@@ -102,6 +104,9 @@ type driver struct {
 
 	nmu       sync.Mutex
 	notifiers map[int64]*notifier
+	// ephemeral counts this process's open receivers of each ephemeral
+	// subscription, by id (guarded by nmu).
+	ephemeral map[int64]int
 }
 
 var (
@@ -126,8 +131,12 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	d := &driver{
 		path:      o.path,
 		ret:       cfg.Retention.Resolve(),
+		logger:    cfg.Logger,
 		closing:   make(chan struct{}),
 		notifiers: map[int64]*notifier{},
+	}
+	if d.logger == nil {
+		d.logger = slog.Default()
 	}
 	ok := false
 	defer func() {
@@ -201,12 +210,32 @@ func (d *driver) Name() string { return name }
 
 // Capabilities implements transport.Driver.
 func (d *driver) Capabilities() transport.Capabilities {
-	return transport.Capabilities{Durable: true, Delay: true, Priority: true, Ordered: true, Dedup: true}
+	return transport.Capabilities{Durable: true, Delay: true, Priority: true, Ordered: true, Dedup: true,
+		SharedRateLimit: true, Ephemeral: true, StartFrom: true}
 }
 
 // Close stops the background goroutines, lets the writer finish every write
 // already queued, and closes the database. It is idempotent.
 func (d *driver) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.mu.Unlock()
+	// Ephemeral subscriptions still held here go with this process.
+	d.nmu.Lock()
+	var eph []int64
+	for id := range d.ephemeral {
+		eph = append(eph, id)
+	}
+	clear(d.ephemeral)
+	d.nmu.Unlock()
+	for _, id := range eph {
+		if err := d.dropEphemeral(id); err != nil {
+			d.logger.Warn("sqlite transport: deleting an ephemeral subscription at close failed; another process reaps it later", "path", d.path, "err", err)
+		}
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()

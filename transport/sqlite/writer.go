@@ -131,6 +131,7 @@ type stmts struct {
 	begin, commit, rollback *sql.Stmt
 
 	insEvent, subsVersion, loadStored *sql.Stmt
+	subPaused, touchSub               *sql.Stmt
 
 	// leaseBuckets holds the lease statements with a literal LIMIT of 1
 	// to maxLeaseLimit, prepared on first use: SQLite recompiles a
@@ -191,6 +192,8 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		{&w.st.insEvent, insEventCols + insEventRow + insEventTail},
 		{&w.st.subsVersion, `SELECT value FROM ripple_meta WHERE key = 'subs_version'`},
 		{&w.st.loadStored, loadStoredSQL},
+		{&w.st.subPaused, `SELECT paused FROM subscriptions WHERE id = ?`},
+		{&w.st.touchSub, `UPDATE subscriptions SET touched_at = ?1 WHERE id = ?2 RETURNING paused`},
 		{&w.st.nextDue, nextDueSQL},
 		{&w.st.nextLease, `SELECT min(lease_until) FROM deliveries WHERE sub_id = ? AND state = 1`},
 		{&w.st.loadEvent, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`},
@@ -225,7 +228,7 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 // close releases the statements and the connection; the loop has ended.
 func (w *writer) close() error {
 	for _, s := range []*sql.Stmt{
-		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion, w.st.loadStored,
+		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion, w.st.loadStored, w.st.subPaused, w.st.touchSub,
 		w.st.nextDue, w.st.nextLease, w.st.loadEvent,
 		w.st.complete, w.st.retry, w.st.release, w.st.dead, w.st.extend,
 		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
