@@ -44,7 +44,15 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 		}
 		out = append(out, s)
 	}
-	return out, d.wrap(rows.Err())
+	if err := rows.Err(); err != nil {
+		return nil, d.wrap(err)
+	}
+	if err := d.damage(); err != nil {
+		// The counts are right, but the file needs attention: say so
+		// wherever Stats is read (the CLI, health checks, metrics).
+		return out, err
+	}
+	return out, nil
 }
 
 func (d *driver) checkOpen() error {
@@ -60,7 +68,16 @@ func (d *driver) wrap(err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("sqlite transport: %s: %w", d.path, err)
+	return d.storageErr(fmt.Errorf("sqlite transport: %s: %w", d.path, err))
+}
+
+// storageErr classifies err (see storageErr) and remembers a damaged file.
+func (d *driver) storageErr(err error) error {
+	err = storageErr(d.path, err)
+	if errors.Is(err, transport.ErrCorrupt) {
+		d.markDamaged(err)
+	}
+	return err
 }
 
 func notFound(handler string) error {

@@ -211,9 +211,12 @@ func checkFile(path string) error {
 
 func fileErr(path string, err error) error {
 	msg := err.Error()
+	if e := storageErr(path, err); e != err {
+		return e
+	}
 	switch {
-	case strings.Contains(msg, "not a database"), strings.Contains(msg, "malformed"), strings.Contains(msg, "corrupt"):
-		return fmt.Errorf("sqlite transport: %s is a damaged SQLite database (%v); restore it from a backup or point the URL at a new file", path, err)
+	case strings.Contains(msg, "not a database"), strings.Contains(msg, "corrupt"):
+		return corruptErr(path, err)
 	case strings.Contains(msg, "unable to open"):
 		return fmt.Errorf("sqlite transport: cannot open %s (%v); check that its directory exists and is writable", path, err)
 	}

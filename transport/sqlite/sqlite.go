@@ -90,10 +90,13 @@ type driver struct {
 	ret    transport.Retention
 	logger *slog.Logger
 
-	wdb  *sql.DB // exactly one connection, owned by the writer goroutine
-	rdb  *sql.DB // read pool
-	w    *writer
-	poll *sql.Conn
+	wdb *sql.DB // exactly one connection, owned by the writer goroutine
+	rdb *sql.DB // read pool
+	app *sql.DB // the application's pool (DB), for PublishTx
+	// nudge asks the poller to look for a commit at once (see nudgeWake).
+	nudge chan struct{}
+	w     *writer
+	poll  *sql.Conn
 
 	// mu guards closed and the send side of w.ops: senders hold it for
 	// reading, so Close can close the channel once no send is in flight.
@@ -107,6 +110,12 @@ type driver struct {
 	// ephemeral counts this process's open receivers of each ephemeral
 	// subscription, by id (guarded by nmu).
 	ephemeral map[int64]int
+
+	// dmu guards damaged, the error that showed the file damaged, and
+	// when that was last logged.
+	dmu          sync.Mutex
+	damaged      error
+	damageLogged time.Time
 }
 
 var (
@@ -134,6 +143,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		logger:    cfg.Logger,
 		closing:   make(chan struct{}),
 		notifiers: map[int64]*notifier{},
+		nudge:     make(chan struct{}, 1),
 	}
 	if d.logger == nil {
 		d.logger = slog.Default()
@@ -186,6 +196,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		_ = wconn.Close()
 		return nil, fileErr(o.path, err)
 	}
+	d.openAppDB(o.synchronous)
 	d.bg.Add(2)
 	go func() { defer d.bg.Done(); d.w.loop() }()
 	go func() { defer d.bg.Done(); d.pollLoop() }()
@@ -194,6 +205,9 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 }
 
 func (d *driver) closeDBs() {
+	if d.app != nil {
+		_ = d.app.Close()
+	}
 	if d.poll != nil {
 		_ = d.poll.Close()
 	}
@@ -397,10 +411,13 @@ func (d *driver) pollLoop() {
 		last = -1
 	}
 	for {
+		nudged := false
 		select {
 		case <-d.closing:
 			return
 		case <-t.C:
+		case <-d.nudge:
+			nudged = true
 		}
 		d.nmu.Lock()
 		any := len(d.notifiers) > 0
@@ -411,6 +428,19 @@ func (d *driver) pollLoop() {
 		var v int64
 		if err := d.poll.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
 			continue
+		}
+		// An application transaction is committing (its commit hook ran
+		// just before the commit takes effect): look again every
+		// millisecond for a while rather than wait for the next tick.
+		for i := 0; nudged && v == last && i < 100; i++ {
+			select {
+			case <-d.closing:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if err := d.poll.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
+				break
+			}
 		}
 		if v != last {
 			d.signalAll()

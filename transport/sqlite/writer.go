@@ -10,6 +10,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -985,7 +986,8 @@ func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) 
 		out = append(out, ready...)
 	}
 	if len(out) > 0 {
-		for _, d := range out {
+		unreadable := false
+		for i, d := range out {
 			tok := d.Token.(token)
 			if m := w.recent.get(tok.seq); m != nil {
 				d.ID, d.Type, d.Key, d.Priority = m.ID, m.Type, m.Key, m.Priority
@@ -996,9 +998,25 @@ func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) 
 			}
 			var attrs []byte
 			if err := w.st.loadEvent.QueryRowContext(bg, tok.seq).Scan(&d.ID, &d.Type, &d.Key, &d.Priority, (*nanoTime)(&d.Time), &attrs, &d.Data); err != nil {
-				return nil, 0, fmt.Errorf("loading event %d: %w", tok.seq, err)
+				if !isCorrupt(err) {
+					return nil, 0, fmt.Errorf("loading event %d: %w", tok.seq, err)
+				}
+				// A damaged page must not hold back the readable events
+				// behind it: dead-letter this one with SQLite's error.
+				if err := w.deadUnreadable(tok, err); err != nil {
+					return nil, 0, fmt.Errorf("dead-lettering unreadable event %d: %w", tok.seq, err)
+				}
+				out[i], unreadable = nil, true
+				continue
 			}
 			d.Attrs = decodeAttrs(attrs)
+		}
+		if unreadable {
+			out = slices.DeleteFunc(out, func(d *transport.Delivery) bool { return d == nil })
+			if len(out) == 0 {
+				// Look again at once for readable ones.
+				return nil, w.now, nil
+			}
 		}
 		return out, 0, nil
 	}
