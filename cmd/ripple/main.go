@@ -116,6 +116,7 @@ is data take --json.`,
 		c.dlqCmd(),
 		c.tailCmd(),
 		c.lintCmd(),
+		c.checkCmd(),
 	)
 	return root
 }

@@ -100,12 +100,22 @@ func (d *driver) DeadLetters(ctx context.Context, handler string, limit int) ([]
 	if limit <= 0 {
 		limit = -1
 	}
+	out, err := d.deadLetters(ctx, handler, id, limit)
+	if err != nil && isCorrupt(err) {
+		// Some event rows cannot be read: list them one by one, the
+		// unreadable ones without their event (their Error says why).
+		out, err = d.deadLettersByRow(ctx, handler, id, limit)
+	}
+	return out, d.wrap(err)
+}
+
+func (d *driver) deadLetters(ctx context.Context, handler string, id int64, limit int) ([]transport.DeadLetter, error) {
 	rows, err := d.rdb.QueryContext(ctx, `SELECT e.id, e.type, e.key, e.priority, e.time, e.attrs, e.data,
 		d.attempts, d.last_error, d.first_attempt, d.done_at
 		FROM deliveries d JOIN events e ON e.seq = d.event_seq
 		WHERE d.sub_id = ? AND d.state = 3 ORDER BY d.done_at, d.event_seq LIMIT ?`, id, limit)
 	if err != nil {
-		return nil, d.wrap(err)
+		return nil, err
 	}
 	defer rows.Close()
 	var out []transport.DeadLetter
@@ -114,12 +124,51 @@ func (d *driver) DeadLetters(ctx context.Context, handler string, limit int) ([]
 		var attrs []byte
 		if err := rows.Scan(&dl.ID, &dl.Type, &dl.Key, &dl.Priority, (*nanoTime)(&dl.Time), &attrs, &dl.Data,
 			&dl.Attempts, &dl.Error, (*nanoTime)(&dl.FirstAttempt), (*nanoTime)(&dl.DeadAt)); err != nil {
-			return nil, d.wrap(err)
+			return nil, err
 		}
 		dl.Attrs = decodeAttrs(attrs)
 		out = append(out, dl)
 	}
-	return out, d.wrap(rows.Err())
+	return out, rows.Err()
+}
+
+// deadLettersByRow is DeadLetters on a damaged file: the deliveries
+// first, then each event on its own, so an unreadable event costs only
+// its own fields.
+func (d *driver) deadLettersByRow(ctx context.Context, handler string, id int64, limit int) ([]transport.DeadLetter, error) {
+	rows, err := d.rdb.QueryContext(ctx, `SELECT event_seq, attempts, last_error, first_attempt, done_at
+		FROM deliveries WHERE sub_id = ? AND state = 3 ORDER BY done_at, event_seq LIMIT ?`, id, limit)
+	if err != nil {
+		return nil, err
+	}
+	type row struct {
+		seq int64
+		dl  transport.DeadLetter
+	}
+	var rs []row
+	for rows.Next() {
+		r := row{dl: transport.DeadLetter{Handler: handler}}
+		if err := rows.Scan(&r.seq, &r.dl.Attempts, &r.dl.Error, (*nanoTime)(&r.dl.FirstAttempt), (*nanoTime)(&r.dl.DeadAt)); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		rs = append(rs, r)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	out := make([]transport.DeadLetter, 0, len(rs))
+	for _, r := range rs {
+		dl := r.dl
+		var attrs []byte
+		err := d.rdb.QueryRowContext(ctx, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`, r.seq).
+			Scan(&dl.ID, &dl.Type, &dl.Key, &dl.Priority, (*nanoTime)(&dl.Time), &attrs, &dl.Data)
+		if err == nil {
+			dl.Attrs = decodeAttrs(attrs)
+		}
+		out = append(out, dl)
+	}
+	return out, nil
 }
 
 type subInfo struct {

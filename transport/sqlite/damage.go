@@ -40,13 +40,42 @@ func (d *driver) damage() error {
 	return d.damaged
 }
 
-// deadUnreadable dead-letters a leased delivery whose event row cannot be
-// read, with the error as its last error.
-func (w *writer) deadUnreadable(t token, err error) error {
-	w.d.markDamaged(corruptErr(w.d.path, err))
-	msg := fmt.Sprintf("the event (row %d) cannot be read from the damaged database file: %v", t.seq, err)
-	_, e := w.st.dead.ExecContext(context.Background(), w.now, t.sub, t.seq, t.gen, msg)
-	return e
+// unreadableError is returned by a lease that found an event row it
+// cannot read. SQLite refuses every further statement of a transaction
+// that has met a damaged page, so the lease is rolled back and the
+// delivery is dead-lettered by a transaction of its own (deadUnreadable).
+type unreadableError struct {
+	tok token
+	err error
+}
+
+func (e *unreadableError) Error() string {
+	return fmt.Sprintf("the event (row %d) cannot be read from the damaged database file: %v", e.tok.seq, e.err)
+}
+
+func (e *unreadableError) Unwrap() error { return e.err }
+
+// deadUnreadable dead-letters the delivery of an event row that cannot
+// be read, with SQLite's error as its last error, in its own transaction.
+// It reads the row again first: only a row that still fails is
+// dead-lettered.
+func (d *driver) deadUnreadable(ctx context.Context, ue *unreadableError) error {
+	d.markDamaged(corruptErr(d.path, ue.err))
+	// On a read connection: a writer transaction that meets the damage
+	// can do nothing more.
+	var ok bool
+	err := d.rdb.QueryRowContext(ctx, `SELECT length(data) IS NOT NULL OR 1 FROM events WHERE seq = ?`, ue.tok.seq).Scan(&ok)
+	if err == nil || !isCorrupt(err) {
+		return nil // readable after all, or gone: lease again
+	}
+	return d.exec(ctx, func(w *writer) error {
+		_, err := w.conn.ExecContext(context.Background(), `UPDATE deliveries SET state = 3, done_at = ?1, lease_until = 0,
+			attempts = attempts + 1, failures = failures + 1, last_error = ?2,
+			first_attempt = CASE WHEN first_attempt = 0 THEN ?1 ELSE first_attempt END
+			WHERE sub_id = ?3 AND event_seq = ?4 AND state IN (0, 1)`, w.now, ue.Error(), ue.tok.sub, ue.tok.seq)
+		w.touch(ue.tok.sub)
+		return err
+	}, soft)
 }
 
 // Check runs SQLite's integrity check on the Ripple database at path,

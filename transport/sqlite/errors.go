@@ -62,7 +62,8 @@ func storageErr(path string, err error) error {
 	code := sqliteCode(err)
 	switch {
 	case code == codeFull || (code == codeIOErr || strings.Contains(err.Error(), "no space left")) && diskFull(path):
-		return fmt.Errorf("sqlite transport: %s: disk full: %w (%w); free space on the disk that holds the file and try again: nothing of the failed call was stored", path, transport.ErrStorageFull, err)
+		return &storeError{kind: transport.ErrStorageFull, err: err,
+			msg: fmt.Sprintf("sqlite transport: %s: disk full (%s); free space on the disk that holds the file and try again: nothing of the failed call was stored", path, sqliteText(err))}
 	case isCorrupt(err):
 		return corruptErr(path, err)
 	}
@@ -71,5 +72,29 @@ func storageErr(path string, err error) error {
 
 // corruptErr says that the file is damaged and what to do about it.
 func corruptErr(path string, err error) error {
-	return fmt.Errorf("sqlite transport: %s is damaged: %w (%w); restore it from a backup, or copy what is readable to a new file with `ripple check --salvage NEW.db --url sqlite://%s` and point the URL at NEW.db; never delete the -wal and -shm files beside it", path, transport.ErrCorrupt, err, path)
+	return &storeError{kind: transport.ErrCorrupt, err: err,
+		msg: fmt.Sprintf("sqlite transport: %s is damaged (%s); restore it from a backup, or copy what is readable to a new file with `ripple check --salvage NEW.db --url sqlite://%s` and point the URL at NEW.db; never delete the -wal and -shm files beside it", path, sqliteText(err), path)}
+}
+
+// storeError is a storage failure of a known kind (ErrStorageFull,
+// ErrCorrupt): it matches both the kind and the underlying error.
+type storeError struct {
+	kind, err error
+	msg       string
+}
+
+func (e *storeError) Error() string   { return e.msg }
+func (e *storeError) Unwrap() []error { return []error{e.kind, e.err} }
+
+// sqliteText is SQLite's own message inside err, without the driver's
+// prefixes.
+func sqliteText(err error) string {
+	var ce interface {
+		error
+		Code() int
+	}
+	if errors.As(err, &ce) {
+		return ce.Error()
+	}
+	return err.Error()
 }

@@ -93,6 +93,8 @@ type driver struct {
 	wdb *sql.DB // exactly one connection, owned by the writer goroutine
 	rdb *sql.DB // read pool
 	app *sql.DB // the application's pool (DB), for PublishTx
+	// absPath is path made absolute, as PRAGMA database_list reports it.
+	absPath string
 	// nudge asks the poller to look for a commit at once (see nudgeWake).
 	nudge chan struct{}
 	w     *writer

@@ -171,8 +171,14 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			out, next, err = w.receive(s, max)
 			return err
 		}, soft)
+		if ue := (*unreadableError)(nil); errors.As(err, &ue) {
+			if err := s.d.deadUnreadable(ctx, ue); err != nil {
+				return nil, s.d.wrap(err)
+			}
+			continue
+		}
 		if err != nil {
-			return nil, err
+			return nil, s.d.storageErr(err)
 		}
 		if len(out) > 0 {
 			return out, nil

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,8 +27,8 @@ var appDriver = &msqlite.Driver{}
 // a commit hook on each, so that an application transaction that
 // published events wakes the receivers as soon as it commits.
 type appConnector struct {
-	dsn  string
-	wake func()
+	dsn string
+	d   *driver
 }
 
 func (c *appConnector) Connect(context.Context) (sqldriver.Conn, error) {
@@ -35,9 +37,125 @@ func (c *appConnector) Connect(context.Context) (sqldriver.Conn, error) {
 		return nil, err
 	}
 	if hr, ok := conn.(msqlite.HookRegisterer); ok {
-		hr.RegisterCommitHook(func() int32 { c.wake(); return 0 })
+		hr.RegisterCommitHook(func() int32 { c.d.nudgeWake(); return 0 })
 	}
-	return conn, nil
+	return &appConn{Conn: conn, w: c.d.w}, nil
+}
+
+// appConn is a connection of the application's pool. Its transactions
+// and its writes outside transactions hold the writer's lock (writer.mu)
+// while they run, so that within this process they take turns with the
+// driver's own writes directly instead of through SQLite's busy handler,
+// whose sleeps grow to 100ms and would starve them behind a busy writer.
+// Other processes still meet them through SQLite's file lock.
+type appConn struct {
+	sqldriver.Conn
+	w    *writer
+	inTx bool
+}
+
+var (
+	_ sqldriver.ConnBeginTx        = (*appConn)(nil)
+	_ sqldriver.ExecerContext      = (*appConn)(nil)
+	_ sqldriver.QueryerContext     = (*appConn)(nil)
+	_ sqldriver.ConnPrepareContext = (*appConn)(nil)
+	_ sqldriver.SessionResetter    = (*appConn)(nil)
+	_ sqldriver.Validator          = (*appConn)(nil)
+	_ sqldriver.NamedValueChecker  = (*appConn)(nil)
+)
+
+// lock takes the writer's lock, giving up when ctx ends. It queues on
+// the mutex like the writer goroutine does (a TryLock loop would starve
+// behind a writer that relocks at once), and keeps inline writers out
+// while it waits.
+func (c *appConn) lock(ctx context.Context) error {
+	if c.w.mu.TryLock() {
+		return nil
+	}
+	c.w.wantLock.Store(true)
+	got := make(chan struct{})
+	go func() {
+		c.w.mu.Lock()
+		close(got)
+	}()
+	select {
+	case <-got:
+		c.w.wantLock.Store(false)
+		return nil
+	case <-ctx.Done():
+		go func() {
+			<-got
+			c.w.mu.Unlock()
+		}()
+		return ctx.Err()
+	}
+}
+
+func (c *appConn) BeginTx(ctx context.Context, opts sqldriver.TxOptions) (sqldriver.Tx, error) {
+	if err := c.lock(ctx); err != nil {
+		return nil, err
+	}
+	tx, err := c.Conn.(sqldriver.ConnBeginTx).BeginTx(ctx, opts)
+	if err != nil {
+		c.w.mu.Unlock()
+		return nil, err
+	}
+	c.inTx = true
+	return &appTx{Tx: tx, c: c}, nil
+}
+
+type appTx struct {
+	sqldriver.Tx
+	c *appConn
+}
+
+func (t *appTx) Commit() error   { defer t.end(); return t.Tx.Commit() }
+func (t *appTx) Rollback() error { defer t.end(); return t.Tx.Rollback() }
+
+func (t *appTx) end() {
+	if t.c.inTx {
+		t.c.inTx = false
+		t.c.w.mu.Unlock()
+	}
+}
+
+func (c *appConn) ExecContext(ctx context.Context, query string, args []sqldriver.NamedValue) (sqldriver.Result, error) {
+	if !c.inTx {
+		if err := c.lock(ctx); err != nil {
+			return nil, err
+		}
+		defer c.w.mu.Unlock()
+	}
+	return c.Conn.(sqldriver.ExecerContext).ExecContext(ctx, query, args)
+}
+
+func (c *appConn) QueryContext(ctx context.Context, query string, args []sqldriver.NamedValue) (sqldriver.Rows, error) {
+	return c.Conn.(sqldriver.QueryerContext).QueryContext(ctx, query, args)
+}
+
+func (c *appConn) PrepareContext(ctx context.Context, query string) (sqldriver.Stmt, error) {
+	return c.Conn.(sqldriver.ConnPrepareContext).PrepareContext(ctx, query)
+}
+
+func (c *appConn) ResetSession(ctx context.Context) error {
+	if r, ok := c.Conn.(sqldriver.SessionResetter); ok {
+		return r.ResetSession(ctx)
+	}
+	return nil
+}
+
+func (c *appConn) IsValid() bool {
+	if v, ok := c.Conn.(sqldriver.Validator); ok {
+		return v.IsValid()
+	}
+	return true
+}
+
+func (c *appConn) CheckNamedValue(nv *sqldriver.NamedValue) error {
+	if n, ok := c.Conn.(sqldriver.NamedValueChecker); ok {
+		return n.CheckNamedValue(nv)
+	}
+	return sqldriver.ErrSkip
 }
 
 func (c *appConnector) Driver() sqldriver.Driver { return appDriver }
@@ -51,7 +169,12 @@ func (d *driver) openAppDB(synchronous string) {
 	// later fails at once with SQLITE_BUSY when another connection wrote
 	// in between, which no retry inside the transaction can fix.
 	dsn := d.path + "?_pragma=busy_timeout(" + bt + ")&_pragma=synchronous(" + synchronous + ")&_txlock=immediate"
-	d.app = sql.OpenDB(&appConnector{dsn: dsn, wake: d.nudgeWake})
+	d.app = sql.OpenDB(&appConnector{dsn: dsn, d: d})
+	// SQLite reports the main file's path made absolute, as a file name
+	// given to it.
+	if abs, err := filepath.Abs(d.path); err == nil {
+		d.absPath = abs
+	}
 }
 
 // DB returns a connection pool on the bus's own database file, for the
@@ -150,15 +273,25 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 		if m.Delay > 0 {
 			runAt, delayed = after(now, m.Delay), true
 		}
+		// One statement for every matching subscription: each statement
+		// costs the application's transaction, which holds the write
+		// lock, a compilation.
+		ids := make([]byte, 0, 64)
+		ids = append(ids, '[')
 		for _, s := range subs {
-			if !transport.Match(s.pattern, m.Type) {
-				continue
+			if transport.Match(s.pattern, m.Type) {
+				if len(ids) > 1 {
+					ids = append(ids, ',')
+				}
+				ids = strconv.AppendInt(ids, s.id, 10)
 			}
-			key := ""
-			if s.ordered {
-				key = m.Key
-			}
-			if _, err := t.ExecContext(ctx, insDeliveryCols+insDeliveryRow, s.id, seq, runAt, m.Priority, key, delayed); err != nil {
+		}
+		ids = append(ids, ']')
+		if len(ids) > 2 {
+			if _, err := t.ExecContext(ctx, `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed)
+				SELECT s.id, ?1, 0, ?2, ?3, CASE WHEN s.ordered THEN ?4 ELSE '' END, ?5
+				FROM subscriptions s WHERE s.id IN (SELECT value FROM json_each(?6))`,
+				seq, runAt, m.Priority, m.Key, delayed, string(ids)); err != nil {
 				return d.txErr(err)
 			}
 		}
@@ -221,6 +354,9 @@ func (d *driver) checkTxFile(ctx context.Context, t *sql.Tx) error {
 }
 
 func (d *driver) sameFile(file string) bool {
+	if file == d.absPath {
+		return true
+	}
 	a, err := os.Stat(file)
 	if err != nil {
 		return false

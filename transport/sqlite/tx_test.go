@@ -208,7 +208,8 @@ func TestPublishTxKilled(t *testing.T) {
 			d := open(t, path, transport.Config{})
 			db, _ := DB(d)
 			usersTable(t, db)
-			s := subscribe(t, d, transport.SubscriptionSpec{Name: "welcome", Pattern: "user.>"})
+			// The subscription exists before the child publishes.
+			subscribe(t, d, transport.SubscriptionSpec{Name: "welcome", Pattern: "user.>"})
 			d.Close() // the child is alone with the file
 
 			cmd := exec.Command(os.Args[0], "-test.run=^TestTxChild$", "-test.v")
@@ -254,7 +255,7 @@ func TestPublishTxKilled(t *testing.T) {
 			if err := db.QueryRow(`SELECT count(*) FROM events`).Scan(&events); err != nil {
 				t.Fatal(err)
 			}
-			s = subscribe(t, d, transport.SubscriptionSpec{Name: "welcome", Pattern: "user.>"})
+			s := subscribe(t, d, transport.SubscriptionSpec{Name: "welcome", Pattern: "user.>"})
 			if mode == "before-commit" {
 				if users != 0 || events != 0 {
 					t.Fatalf("killed before commit: %d users, %d events; want neither", users, events)

@@ -10,7 +10,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -986,8 +985,7 @@ func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) 
 		out = append(out, ready...)
 	}
 	if len(out) > 0 {
-		unreadable := false
-		for i, d := range out {
+		for _, d := range out {
 			tok := d.Token.(token)
 			if m := w.recent.get(tok.seq); m != nil {
 				d.ID, d.Type, d.Key, d.Priority = m.ID, m.Type, m.Key, m.Priority
@@ -1002,21 +1000,11 @@ func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) 
 					return nil, 0, fmt.Errorf("loading event %d: %w", tok.seq, err)
 				}
 				// A damaged page must not hold back the readable events
-				// behind it: dead-letter this one with SQLite's error.
-				if err := w.deadUnreadable(tok, err); err != nil {
-					return nil, 0, fmt.Errorf("dead-lettering unreadable event %d: %w", tok.seq, err)
-				}
-				out[i], unreadable = nil, true
-				continue
+				// behind it: the caller dead-letters this one with
+				// SQLite's error and leases again.
+				return nil, 0, &unreadableError{tok: tok, err: err}
 			}
 			d.Attrs = decodeAttrs(attrs)
-		}
-		if unreadable {
-			out = slices.DeleteFunc(out, func(d *transport.Delivery) bool { return d == nil })
-			if len(out) == 0 {
-				// Look again at once for readable ones.
-				return nil, w.now, nil
-			}
 		}
 		return out, 0, nil
 	}
