@@ -152,7 +152,9 @@
 //
 // Its transactions begin IMMEDIATE (they take SQLite's write lock at BEGIN,
 // waiting up to 5s for another writer), so keep them short: while one is
-// open no other write, publish or lease of any process can commit. A
+// open no other write, publish or lease of any process can commit (they
+// wait for it, up to a minute, so use PublishTx rather than Publish
+// inside it). A
 // transaction from any database/sql pool opened on the same file works
 // too; one on another file, a closed transaction or anything but a *sql.Tx
 // is refused with an error that says so. Receivers in this process are

@@ -42,12 +42,16 @@ func (c *appConnector) Connect(context.Context) (sqldriver.Conn, error) {
 	return &appConn{Conn: conn, w: c.d.w}, nil
 }
 
-// appConn is a connection of the application's pool. Its transactions
-// and its writes outside transactions hold the writer's lock (writer.mu)
-// while they run, so that within this process they take turns with the
-// driver's own writes directly instead of through SQLite's busy handler,
-// whose sleeps grow to 100ms and would starve them behind a busy writer.
-// Other processes still meet them through SQLite's file lock.
+// appConn is a connection of the application's pool. Its BEGIN, and its
+// writes outside transactions, run holding the writer's lock
+// (writer.mu), so that within this process they take SQLite's write lock
+// in turn with the driver's own transactions instead of through SQLite's
+// busy handler, whose sleeps grow to 100ms and would starve them behind a
+// busy writer. The lock is released once BEGIN IMMEDIATE has taken
+// SQLite's: the driver's writes then wait for the application's commit
+// through SQLite's busy handler, as another process's would, so a
+// Publish made while the application holds a transaction open fails
+// after the busy give-up rather than deadlocking.
 type appConn struct {
 	sqldriver.Conn
 	w    *writer
@@ -96,8 +100,8 @@ func (c *appConn) BeginTx(ctx context.Context, opts sqldriver.TxOptions) (sqldri
 		return nil, err
 	}
 	tx, err := c.Conn.(sqldriver.ConnBeginTx).BeginTx(ctx, opts)
+	c.w.mu.Unlock()
 	if err != nil {
-		c.w.mu.Unlock()
 		return nil, err
 	}
 	c.inTx = true
@@ -109,15 +113,8 @@ type appTx struct {
 	c *appConn
 }
 
-func (t *appTx) Commit() error   { defer t.end(); return t.Tx.Commit() }
-func (t *appTx) Rollback() error { defer t.end(); return t.Tx.Rollback() }
-
-func (t *appTx) end() {
-	if t.c.inTx {
-		t.c.inTx = false
-		t.c.w.mu.Unlock()
-	}
-}
+func (t *appTx) Commit() error   { t.c.inTx = false; return t.Tx.Commit() }
+func (t *appTx) Rollback() error { t.c.inTx = false; return t.Tx.Rollback() }
 
 func (c *appConn) ExecContext(ctx context.Context, query string, args []sqldriver.NamedValue) (sqldriver.Result, error) {
 	if !c.inTx {

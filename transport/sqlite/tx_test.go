@@ -272,3 +272,71 @@ func TestPublishTxKilled(t *testing.T) {
 		})
 	}
 }
+
+// A Publish made while the application holds a transaction of DB open
+// waits for its commit, as another process's write would; it does not
+// deadlock on the driver's in-process lock.
+func TestPublishWhileAppTxOpen(t *testing.T) {
+	d, _ := newDB(t)
+	db, _ := DB(d)
+	usersTable(t, db)
+	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "a.>"})
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT INTO users VALUES ('x@y')`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		done <- d.Publish(ctx, []*transport.Message{msg("a.b")})
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Publish beside an open application transaction: %v", err)
+	}
+	if ds := receive(t, s, 1, 10*time.Second); len(ds) != 1 {
+		t.Fatal("event not delivered")
+	}
+}
+
+// The commit hook wakes a receiver of this process right after an
+// application transaction commits, rather than at the next poll.
+func TestPublishTxWakeLatency(t *testing.T) {
+	d, _ := newDB(t)
+	db, _ := DB(d)
+	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "a.>"})
+	var worst time.Duration
+	for range 20 {
+		got := make(chan time.Time, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			ds, err := s.Receive(ctx, 1)
+			if err == nil {
+				settleAll(t, s, ds, transport.Complete)
+			}
+			got <- time.Now()
+		}()
+		time.Sleep(5 * time.Millisecond)
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.PublishTx(context.Background(), tx, []*transport.Message{msg("a.b")}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		committed := time.Now()
+		worst = max(worst, (<-got).Sub(committed))
+	}
+	t.Logf("worst commit-to-receive latency over 20 transactions: %v", worst)
+}
