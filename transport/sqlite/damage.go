@@ -124,8 +124,10 @@ type SalvageReport struct {
 	Unreadable int
 }
 
-// Salvage copies what can be read of the Ripple database at src into a
-// new Ripple database at dst (which must not exist): the subscriptions,
+// Salvage copies what can be read of the Ripple database at src (of this
+// build's schema version or an older one) into a new Ripple database at
+// dst (which must not exist), of this build's schema: the durable
+// subscriptions,
 // every readable event and the readable deliveries of those events, and
 // the idempotency claims. Events are probed one by one by their sequence
 // number, so a damaged page loses only the rows on it.
@@ -158,7 +160,21 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 	}
 	// Subscriptions: all of them are needed; without them there is
 	// nothing to salvage for.
-	srows, err := in.QueryContext(ctx, `SELECT id, name, pattern, ordered, lease_ns, created_at FROM subscriptions`)
+	var version int64
+	if err := in.QueryRowContext(ctx, `SELECT value FROM ripple_meta WHERE key = 'schema_version'`).Scan(&version); err != nil {
+		return rep, fmt.Errorf("sqlite transport: salvage: the schema version of %s cannot be read (is it a Ripple database?): %w", src, err)
+	}
+	if version > schemaVersion {
+		return rep, fmt.Errorf("sqlite transport: salvage: %s has schema version %d; this build understands up to %d: use a newer ripple", src, version, schemaVersion)
+	}
+	// Ephemeral subscriptions belonged to receivers that are gone.
+	subsQ := `SELECT id, name, pattern, ordered, lease_ns, created_at, paused FROM subscriptions WHERE ephemeral = 0`
+	eventsQ := `SELECT id, source, type, key, priority, time, published_at, attrs, data FROM events WHERE seq = ?`
+	if version < 2 {
+		subsQ = `SELECT id, name, pattern, ordered, lease_ns, created_at, 0 FROM subscriptions`
+		eventsQ = `SELECT id, '', type, key, priority, time, published_at, attrs, data FROM events WHERE seq = ?`
+	}
+	srows, err := in.QueryContext(ctx, subsQ)
 	if err != nil {
 		return rep, fmt.Errorf("sqlite transport: salvage: the subscriptions of %s cannot be read: %w", src, err)
 	}
@@ -166,13 +182,13 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 	for srows.Next() {
 		var id, lease, created int64
 		var name, pattern string
-		var ordered bool
-		if err := srows.Scan(&id, &name, &pattern, &ordered, &lease, &created); err != nil {
+		var ordered, paused bool
+		if err := srows.Scan(&id, &name, &pattern, &ordered, &lease, &created, &paused); err != nil {
 			srows.Close()
 			return rep, fmt.Errorf("sqlite transport: salvage: the subscriptions of %s cannot be read: %w", src, err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
-			id, name, pattern, ordered, lease, created); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at, paused) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			id, name, pattern, ordered, lease, created, paused); err != nil {
 			srows.Close()
 			return rep, err
 		}
@@ -192,7 +208,7 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 			maxSeq = max(maxSeq, v)
 		}
 	}
-	ev, err := in.PrepareContext(ctx, `SELECT id, source, type, key, priority, time, published_at, attrs, data FROM events WHERE seq = ?`)
+	ev, err := in.PrepareContext(ctx, eventsQ)
 	if err != nil {
 		return rep, err
 	}
@@ -218,6 +234,9 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 		if err != nil {
 			rep.Unreadable++
 			continue
+		}
+		if version < 2 {
+			source = decodeAttrs(attrs)["source"]
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO events (seq, id, source, type, key, priority, time, published_at, attrs, data)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, seq, id, source, typ, key, prio, tm, pub, attrs, data); err != nil {

@@ -169,3 +169,23 @@ func TestCheckAndSalvage(t *testing.T) {
 		t.Fatal("Salvage over an existing file")
 	}
 }
+
+// A damaged file of the older schema cannot be migrated (the migration
+// reads every event), so Salvage reads that schema too.
+func TestSalvageSchema1(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "salvaged.db")
+	rep, err := Salvage(context.Background(), "testdata/schema1.db", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Subscriptions != 2 || rep.Events != 4 || rep.Deliveries != 8 || rep.Unreadable != 0 {
+		t.Fatalf("salvage of the schema-1 file: %+v", rep)
+	}
+	d := open(t, out, transport.Config{})
+	dup := sourced("a", "/signup", `{}`)
+	dup.Type = "user.created"
+	publish(t, d, dup)
+	if dup.Duplicate == nil {
+		t.Fatal("salvaged event lost its source")
+	}
+}

@@ -199,5 +199,7 @@
 // The file records its schema version. Version 2 keys events on (id,
 // source) and adds the pause, ephemeral and rate-limit state; a version-1
 // file is migrated in place on first open. A newer version than this
-// build knows is refused, naming both.
+// build knows is refused, naming both. Stop the processes of an older
+// Ripple before a newer one first opens the file: once it is migrated,
+// their writes fail.
 package sqlite
