@@ -310,8 +310,12 @@ func (d *driver) exec(ctx context.Context, fn func(w *writer) error, f execFlags
 }
 
 // execOp runs o (its ctx, run or msgs, and soft set) and waits for the
-// commit.
+// commit. A full disk or a damaged file is reported as such (storageErr).
 func (d *driver) execOp(ctx context.Context, o *op, f execFlags) error {
+	return d.storageErr(d.execOpRaw(ctx, o, f))
+}
+
+func (d *driver) execOpRaw(ctx context.Context, o *op, f execFlags) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}

@@ -20,7 +20,7 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	return d.storageErr(d.execOp(ctx, &op{ctx: ctx, msgs: msgs}, returnOnCancel))
+	return d.execOp(ctx, &op{ctx: ctx, msgs: msgs}, returnOnCancel)
 }
 
 // Subscribe implements transport.Driver. The subscription row is created
