@@ -84,14 +84,8 @@ func checkSummary(t *testing.T, s demoSummary, n int) {
 	if !s.AllCompleted || s.Evented.Failed != 0 || s.WaitError != "" {
 		t.Fatalf("demo did not complete: %+v", s)
 	}
-	// The synchronous signup sleeps through every side effect (190 ms at
-	// scale 0.1); the event-driven one only through the user write and its
-	// commit, which on sqlite:// is one transaction per signup (PublishTx)
-	// and, under -race on a loaded machine, can queue for a large part of
-	// that. Only the ordering is asserted; the speed-up is the demo's to
-	// show, not a test's to time.
-	if s.Evented.P50Seconds >= s.Sync.P50Seconds {
-		t.Errorf("event-driven p50 %gs is not under synchronous p50 %gs", s.Evented.P50Seconds, s.Sync.P50Seconds)
+	if s.Evented.P50Seconds*2 > s.Sync.P50Seconds {
+		t.Errorf("event-driven p50 %gs is not well under synchronous p50 %gs", s.Evented.P50Seconds, s.Sync.P50Seconds)
 	}
 	if len(s.Handlers) != 5 {
 		t.Fatalf("%d handlers in the summary, want 5", len(s.Handlers))
