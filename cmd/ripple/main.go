@@ -121,6 +121,7 @@ is data take --json.`,
 		c.pauseCmd(),
 		c.resumeCmd(),
 		c.lintCmd(),
+		c.checkCmd(),
 	)
 	return root
 }

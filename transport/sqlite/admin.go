@@ -25,7 +25,8 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 1),
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 2),
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 3),
-		(SELECT coalesce(sum(failures), 0) FROM deliveries WHERE sub_id = s.id)
+		(SELECT coalesce(sum(failures), 0) FROM deliveries WHERE sub_id = s.id),
+		s.paused
 		FROM subscriptions s ORDER BY s.name`, now)
 	if err != nil {
 		return nil, d.wrap(err)
@@ -35,7 +36,7 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	for rows.Next() {
 		var s transport.Stats
 		var oldest sql.NullInt64
-		if err := rows.Scan(&s.Handler, &s.Pattern, &s.Waiting, &oldest, &s.Delayed, &s.Active, &s.Completed, &s.Dead, &s.Failed); err != nil {
+		if err := rows.Scan(&s.Handler, &s.Pattern, &s.Waiting, &oldest, &s.Delayed, &s.Active, &s.Completed, &s.Dead, &s.Failed, &s.Paused); err != nil {
 			return nil, d.wrap(err)
 		}
 		if oldest.Valid && oldest.Int64 < now {
@@ -43,7 +44,15 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 		}
 		out = append(out, s)
 	}
-	return out, d.wrap(rows.Err())
+	if err := rows.Err(); err != nil {
+		return nil, d.wrap(err)
+	}
+	if err := d.damage(); err != nil {
+		// The counts are right, but the file needs attention: say so
+		// wherever Stats is read (the CLI, health checks, metrics).
+		return out, err
+	}
+	return out, nil
 }
 
 func (d *driver) checkOpen() error {
@@ -59,7 +68,16 @@ func (d *driver) wrap(err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("sqlite transport: %s: %w", d.path, err)
+	return d.storageErr(fmt.Errorf("sqlite transport: %s: %w", d.path, err))
+}
+
+// storageErr classifies err (see storageErr) and remembers a damaged file.
+func (d *driver) storageErr(err error) error {
+	err = storageErr(d.path, err)
+	if errors.Is(err, transport.ErrCorrupt) {
+		d.markDamaged(err)
+	}
+	return err
 }
 
 func notFound(handler string) error {
@@ -82,12 +100,22 @@ func (d *driver) DeadLetters(ctx context.Context, handler string, limit int) ([]
 	if limit <= 0 {
 		limit = -1
 	}
+	out, err := d.deadLetters(ctx, handler, id, limit)
+	if err != nil && isCorrupt(err) {
+		// Some event rows cannot be read: list them one by one, the
+		// unreadable ones without their event (their Error says why).
+		out, err = d.deadLettersByRow(ctx, handler, id, limit)
+	}
+	return out, d.wrap(err)
+}
+
+func (d *driver) deadLetters(ctx context.Context, handler string, id int64, limit int) ([]transport.DeadLetter, error) {
 	rows, err := d.rdb.QueryContext(ctx, `SELECT e.id, e.type, e.key, e.priority, e.time, e.attrs, e.data,
 		d.attempts, d.last_error, d.first_attempt, d.done_at
 		FROM deliveries d JOIN events e ON e.seq = d.event_seq
 		WHERE d.sub_id = ? AND d.state = 3 ORDER BY d.done_at, d.event_seq LIMIT ?`, id, limit)
 	if err != nil {
-		return nil, d.wrap(err)
+		return nil, err
 	}
 	defer rows.Close()
 	var out []transport.DeadLetter
@@ -96,12 +124,51 @@ func (d *driver) DeadLetters(ctx context.Context, handler string, limit int) ([]
 		var attrs []byte
 		if err := rows.Scan(&dl.ID, &dl.Type, &dl.Key, &dl.Priority, (*nanoTime)(&dl.Time), &attrs, &dl.Data,
 			&dl.Attempts, &dl.Error, (*nanoTime)(&dl.FirstAttempt), (*nanoTime)(&dl.DeadAt)); err != nil {
-			return nil, d.wrap(err)
+			return nil, err
 		}
 		dl.Attrs = decodeAttrs(attrs)
 		out = append(out, dl)
 	}
-	return out, d.wrap(rows.Err())
+	return out, rows.Err()
+}
+
+// deadLettersByRow is DeadLetters on a damaged file: the deliveries
+// first, then each event on its own, so an unreadable event costs only
+// its own fields.
+func (d *driver) deadLettersByRow(ctx context.Context, handler string, id int64, limit int) ([]transport.DeadLetter, error) {
+	rows, err := d.rdb.QueryContext(ctx, `SELECT event_seq, attempts, last_error, first_attempt, done_at
+		FROM deliveries WHERE sub_id = ? AND state = 3 ORDER BY done_at, event_seq LIMIT ?`, id, limit)
+	if err != nil {
+		return nil, err
+	}
+	type row struct {
+		seq int64
+		dl  transport.DeadLetter
+	}
+	var rs []row
+	for rows.Next() {
+		r := row{dl: transport.DeadLetter{Handler: handler}}
+		if err := rows.Scan(&r.seq, &r.dl.Attempts, &r.dl.Error, (*nanoTime)(&r.dl.FirstAttempt), (*nanoTime)(&r.dl.DeadAt)); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		rs = append(rs, r)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	out := make([]transport.DeadLetter, 0, len(rs))
+	for _, r := range rs {
+		dl := r.dl
+		var attrs []byte
+		err := d.rdb.QueryRowContext(ctx, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`, r.seq).
+			Scan(&dl.ID, &dl.Type, &dl.Key, &dl.Priority, (*nanoTime)(&dl.Time), &attrs, &dl.Data)
+		if err == nil {
+			dl.Attrs = decodeAttrs(attrs)
+		}
+		out = append(out, dl)
+	}
+	return out, nil
 }
 
 type subInfo struct {
@@ -166,14 +233,14 @@ const requeueSet = `UPDATE deliveries SET state = 0, run_at = ?1, delayed = 0, a
 // a fresh attempt budget and are deliverable at once.
 func (d *driver) Requeue(ctx context.Context, handler string, ids []string) (int, error) {
 	return d.deadOp(ctx, handler, ids, requeueSet,
-		requeueSet+` AND event_seq = (SELECT seq FROM events WHERE id = ?3)`)
+		requeueSet+` AND event_seq IN (SELECT seq FROM events WHERE id = ?3)`)
 }
 
 // Purge implements transport.DeadLetterQueue. The events themselves go
 // when the pruner finds no delivery left that needs them.
 func (d *driver) Purge(ctx context.Context, handler string, ids []string) (int, error) {
 	const del = `DELETE FROM deliveries WHERE ?1 IS NOT NULL AND sub_id = ?2 AND state = 3`
-	return d.deadOp(ctx, handler, ids, del, del+` AND event_seq = (SELECT seq FROM events WHERE id = ?3)`)
+	return d.deadOp(ctx, handler, ids, del, del+` AND event_seq IN (SELECT seq FROM events WHERE id = ?3)`)
 }
 
 // Replay implements transport.Replayer. Every retained event matching the
@@ -186,11 +253,23 @@ func (d *driver) Purge(ctx context.Context, handler string, ids []string) (int, 
 func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (int, error) {
 	var total int
 	err := d.exec(ctx, func(w *writer) error {
-		total = 0
 		s, err := w.subByName(handler)
 		if err != nil {
 			return err
 		}
+		total, err = w.backfill(s, since)
+		return err
+	}, 0)
+	return total, err
+}
+
+// backfill makes every retained event of s's pattern published at or
+// after since that s has finished, or never had, deliverable to s with a
+// fresh attempt budget, and returns how many. Replay and a subscription
+// starting from history use it.
+func (w *writer) backfill(s subInfo, since time.Time) (int, error) {
+	total := 0
+	err := func() error {
 		bg := context.Background()
 		up, err := w.conn.PrepareContext(bg, `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key)
 			VALUES (?1, ?2, 0, ?3, ?4, ?5)
@@ -252,7 +331,7 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 		}
 		w.touch(s.id)
 		return nil
-	}, 0)
+	}()
 	return total, err
 }
 
@@ -312,23 +391,6 @@ func (d *driver) Unsubscribe(ctx context.Context, handler string) error {
 		if err != nil {
 			return err
 		}
-		bg := context.Background()
-		for _, st := range []struct {
-			q   string
-			arg any
-		}{
-			{`DELETE FROM deliveries WHERE sub_id = ?`, s.id},
-			{`DELETE FROM subscriptions WHERE id = ?`, s.id},
-			{`DELETE FROM claims WHERE handler = ?`, handler},
-			{`UPDATE ripple_meta SET value = value + ? WHERE key = 'subs_version'`, 1},
-		} {
-			if _, err := w.conn.ExecContext(bg, st.q, st.arg); err != nil {
-				return err
-			}
-		}
-		w.subsChecked = false
-		w.subsVersion = -1
-		w.touch(s.id)
-		return nil
+		return w.dropSub(s.id, handler)
 	}, 0)
 }

@@ -22,9 +22,14 @@
 // parameter is synchronous (full or normal, default full); any other
 // parameter is rejected by name, so a typo never silently changes behaviour.
 //
-// The file belongs to Ripple. Opening a SQLite database that holds other
-// tables, a file that is not SQLite at all, a damaged file, or a file written
-// by a newer Ripple schema fails with an error that says which it is.
+// The file belongs to Ripple, which creates its tables in it; the
+// application may add tables of its own to a Ripple file (see "Publishing
+// inside the application's transaction"), but opening a SQLite database
+// that has other tables and no Ripple tables, a file that is not SQLite at
+// all, or a file written by a newer Ripple schema (both versions are
+// named) fails with an error that says which it is. A file written by an
+// older Ripple schema is migrated in place, in one transaction, when it is
+// first opened.
 //
 // # Durability
 //
@@ -38,6 +43,13 @@
 // operating system's page cache and reaches the file), but the most recent
 // commits can be lost if the machine loses power or the kernel crashes. The
 // database itself is never corrupted in either mode.
+//
+// Never delete the -wal and -shm files beside the database file, and never
+// copy the database file without them while a process has it open: after
+// a crash the write-ahead log holds acknowledged events that are not in
+// the main file yet, and deleting it silently loses them. To back up,
+// copy the three files while no process runs, or use SQLite's online
+// backup (VACUUM INTO).
 //
 // Delivery bookkeeping is the exception: a transaction that only leases
 // rows for Receive, extends leases, settles outcomes (complete, retry,
@@ -79,9 +91,18 @@
 // are handled one at a time in publish order, and an event waiting for a
 // retry holds back only its own key. Dead-lettered events do not block.
 //
-// Publishing an event id that is still remembered stores nothing: ids are
-// remembered while any delivery of the event is retained and for at least
-// the dedup window (Config.Retention.DedupWindow, default 24h).
+// An event's identity is its source and id together (CloudEvents): the
+// same id under another source is another event. Publishing an identity
+// that is still remembered stores nothing and sets Message.Duplicate to the
+// event as first stored. Identities are remembered while any delivery of
+// the event is retained and for at least the dedup window
+// (Config.Retention.DedupWindow, default 24h).
+//
+// A subscription created with SubscriptionSpec.From starts from history:
+// every retained event of its pattern published at or after From is
+// delivered to it, then everything published afterwards. Events are
+// retained for the dedup window, and longer while a delivery of theirs is
+// retained.
 //
 // Delays (Message.Delay and retry backoff) are measured on the clock of the
 // process that stores them.
@@ -92,10 +113,73 @@
 //
 // # Capabilities
 //
-// Durable, Delay, Priority, Ordered and Dedup are supported. SharedRateLimit
-// is not: a handler's rate limit holds per process. The driver also
-// implements transport.Inspector, transport.DeadLetterQueue,
-// transport.Replayer and transport.Claimer.
+// Durable, Delay, Priority, Ordered, Dedup, SharedRateLimit, Ephemeral and
+// StartFrom are supported. The driver also implements
+// transport.Inspector, transport.DeadLetterQueue, transport.Replayer,
+// transport.Unsubscriber, transport.Claimer, transport.RateLimiter,
+// transport.Pauser and transport.TxPublisher.
+//
+// Shared state lives in the file, so every process on it honours it:
+//
+//   - Pause and Resume set a flag on the subscription that every lease
+//     reads inside its write transaction: once Pause returns no process
+//     leases another delivery of the handler (deliveries already leased
+//     finish and settle); Resume wakes this process's receivers at once and
+//     other processes' within the poll interval. Stats reports Paused.
+//   - The rate limit is a sliding window: the table rate_starts holds the
+//     start times every process reserved for the handler, and a new start
+//     goes one period after the n-th latest of them, so no interval of
+//     length per holds more than n reserved starts. Each reservation is one
+//     write transaction without fsync.
+//   - An ephemeral subscription (ripple tail) is deleted with everything
+//     queued for it when the last receiver of this process closes, or when
+//     the driver closes. Its receivers touch it while they wait, and any
+//     process's pruner deletes one that no receiver has touched for three
+//     leases: a process killed with SIGKILL leaves nothing behind for long.
+//
+// # Publishing inside the application's transaction
+//
+// The application can keep its own tables in the bus's database file and
+// publish inside its own transactions (ripple.Bus.PublishTx): the event is
+// stored if and only if the transaction commits. DB returns the bus's
+// *sql.DB (also reachable as bus.As(&db) with a db of type *sql.DB):
+//
+//	db, err := sqlite.DB(bus)
+//	tx, err := db.BeginTx(ctx, nil)
+//	_, err = tx.ExecContext(ctx, `INSERT INTO users (id, email) VALUES (?, ?)`, id, email)
+//	_, err = bus.PublishTx(ctx, tx, "user.signup.completed", signup)
+//	err = tx.Commit()
+//
+// Its transactions begin IMMEDIATE (they take SQLite's write lock at BEGIN,
+// waiting up to 5s for another writer), so keep them short: while one is
+// open no other write, publish or lease of any process can commit (they
+// wait for it, up to a minute, so use PublishTx rather than Publish
+// inside it). A
+// transaction from any database/sql pool opened on the same file works
+// too; one on another file, a closed transaction or anything but a *sql.Tx
+// is refused with an error that says so. Receivers in this process are
+// woken by a commit hook on DB's connections, within about a millisecond
+// of the commit; a commit through another pool, or in another process, is
+// noticed within the poll interval (20ms). A duplicate identity already
+// stored is reported in Message.Duplicate as for Publish.
+//
+// # Full disks and damaged files
+//
+// A write refused because the disk is full, and an Open on a full disk,
+// fail with an error matching transport.ErrStorageFull that says "disk
+// full"; nothing of the failed call is stored, and writes succeed again
+// once space is freed.
+//
+// A damaged database file (a disk or file-system fault, a file copied
+// without its -wal file) is reported with errors matching
+// transport.ErrCorrupt that say what to do. An event row on a damaged page
+// does not stall its handlers: its delivery is dead-lettered with SQLite's
+// error and the readable events behind it keep flowing. From then on the
+// driver logs the damage (at most once a minute) and Stats returns the
+// counts with an error matching ErrCorrupt. Check runs SQLite's integrity
+// check and Salvage copies what is readable into a new file; the command
+// line is `ripple check --url sqlite://PATH [--salvage NEW.db]`. The
+// damaged events are lost unless restored from a backup.
 //
 // # Multi-process use
 //
@@ -109,4 +193,13 @@
 // the middle of a handler leaves its rows leased; they are delivered again
 // when their leases run out. The file must be on a local file system: SQLite
 // locking is unreliable on network file systems.
+//
+// # Schema versions
+//
+// The file records its schema version. Version 2 keys events on (id,
+// source) and adds the pause, ephemeral and rate-limit state; a version-1
+// file is migrated in place on first open. A newer version than this
+// build knows is refused, naming both. Stop the processes of an older
+// Ripple before a newer one first opens the file: once it is migrated,
+// their writes fail.
 package sqlite

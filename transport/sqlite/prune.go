@@ -62,6 +62,9 @@ func (w *writer) runPrune() time.Duration {
 		return err
 	}}
 	if err := w.runTx([]*op{o}); err != nil {
+		if isCorrupt(err) {
+			w.d.markDamaged(corruptErr(w.d.path, err))
+		}
 		// Pruning is best effort: the next pass tries again.
 		return pruneInterval
 	}
@@ -102,6 +105,9 @@ func (w *writer) pruneStep() (more bool, err error) {
 			}
 			more = more || m
 		}
+	}
+	if err := w.reapEphemeral(); err != nil {
+		return false, err
 	}
 	m, err := w.pruneEvents()
 	if err != nil {

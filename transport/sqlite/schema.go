@@ -13,8 +13,16 @@ import (
 
 // schemaVersion is the version of the tables below. A file with a higher
 // version was written by a newer Ripple and is refused rather than
-// misread.
-const schemaVersion = 1
+// misread; a file with a lower one is migrated in place when it is first
+// opened (see migrations).
+//
+// Version history:
+//
+//	1  events keyed by id alone
+//	2  events keyed by (id, source), the CloudEvents identity; paused,
+//	   ephemeral and touched_at on subscriptions; rate_starts for the
+//	   shared rate limit
+const schemaVersion = 2
 
 // The deliveries table is WITHOUT ROWID and keyed by (sub_id, event_seq):
 // the key is what every lookup and the replay upsert use, so clustering on it
@@ -34,17 +42,12 @@ var schemaDDL = []string{
 		pattern TEXT NOT NULL,
 		ordered INTEGER NOT NULL,
 		lease_ns INTEGER NOT NULL,
-		created_at INTEGER NOT NULL)`,
-	`CREATE TABLE events (
-		seq INTEGER PRIMARY KEY,
-		id TEXT NOT NULL UNIQUE,
-		type TEXT NOT NULL,
-		key TEXT NOT NULL,
-		priority INTEGER NOT NULL,
-		time INTEGER NOT NULL,
-		published_at INTEGER NOT NULL,
-		attrs BLOB,
-		data BLOB)`,
+		created_at INTEGER NOT NULL,
+		paused INTEGER NOT NULL DEFAULT 0,
+		ephemeral INTEGER NOT NULL DEFAULT 0,
+		touched_at INTEGER NOT NULL DEFAULT 0)`,
+	eventsDDL("events"),
+	eventsIdentityDDL,
 	`CREATE TABLE deliveries (
 		sub_id INTEGER NOT NULL,
 		event_seq INTEGER NOT NULL,
@@ -75,7 +78,103 @@ var schemaDDL = []string{
 		updated_at INTEGER NOT NULL,
 		PRIMARY KEY (handler, event_id)) WITHOUT ROWID`,
 	`CREATE INDEX claims_updated ON claims (updated_at)`,
-	`INSERT INTO ripple_meta (key, value) VALUES ('schema_version', 1), ('subs_version', 0)`,
+	rateStartsDDL,
+	rateStartsIndexDDL,
+	`INSERT INTO ripple_meta (key, value) VALUES ('schema_version', 2), ('subs_version', 0)`,
+}
+
+// eventsDDL creates the events table under the given name. The identity
+// (id, source) is unique through eventsIdentityDDL; source is also kept in
+// attrs with the other attributes.
+func eventsDDL(table string) string {
+	return `CREATE TABLE ` + table + ` (
+		seq INTEGER PRIMARY KEY,
+		id TEXT NOT NULL,
+		source TEXT NOT NULL,
+		type TEXT NOT NULL,
+		key TEXT NOT NULL,
+		priority INTEGER NOT NULL,
+		time INTEGER NOT NULL,
+		published_at INTEGER NOT NULL,
+		attrs BLOB,
+		data BLOB)`
+}
+
+// eventsIdentityDDL is the publish-dedup key. id comes first so that the
+// administration calls that name events by id alone use it too.
+const eventsIdentityDDL = `CREATE UNIQUE INDEX events_identity ON events (id, source)`
+
+// rateStartsDDL holds the start times reserved by the shared rate limit
+// (transport.RateLimiter), pruned as they leave the window.
+const (
+	rateStartsDDL      = `CREATE TABLE rate_starts (handler TEXT NOT NULL, at INTEGER NOT NULL)`
+	rateStartsIndexDDL = `CREATE INDEX rate_starts_at ON rate_starts (handler, at)`
+)
+
+// migrations[v] moves a file from schema version v to v+1 inside the
+// caller's IMMEDIATE transaction.
+var migrations = map[int64]func(ctx context.Context, c *sql.Conn) error{
+	1: migrate1to2,
+}
+
+// migrate1to2 rebuilds events with a source column and the (id, source)
+// key, reading each event's source from its attributes, and adds the
+// columns and table of version 2. The table is rebuilt because SQLite
+// cannot drop the UNIQUE constraint of version 1's id column in place.
+func migrate1to2(ctx context.Context, c *sql.Conn) error {
+	for _, q := range []string{
+		eventsDDL("events_v2"),
+		`INSERT INTO events_v2 (seq, id, source, type, key, priority, time, published_at, attrs, data)
+			SELECT seq, id, '', type, key, priority, time, published_at, attrs, data FROM events`,
+	} {
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	// Sources live in the encoded attributes, which SQL cannot read.
+	rows, err := c.QueryContext(ctx, `SELECT seq, attrs FROM events_v2 WHERE attrs IS NOT NULL`)
+	if err != nil {
+		return err
+	}
+	type src struct {
+		seq    int64
+		source string
+	}
+	var srcs []src
+	for rows.Next() {
+		var seq int64
+		var attrs []byte
+		if err := rows.Scan(&seq, &attrs); err != nil {
+			rows.Close()
+			return err
+		}
+		if s := decodeAttrs(attrs)["source"]; s != "" {
+			srcs = append(srcs, src{seq, s})
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	for _, s := range srcs {
+		if _, err := c.ExecContext(ctx, `UPDATE events_v2 SET source = ? WHERE seq = ?`, s.source, s.seq); err != nil {
+			return err
+		}
+	}
+	for _, q := range []string{
+		`DROP TABLE events`,
+		`ALTER TABLE events_v2 RENAME TO events`,
+		eventsIdentityDDL,
+		`ALTER TABLE subscriptions ADD COLUMN paused INTEGER NOT NULL DEFAULT 0`,
+		`ALTER TABLE subscriptions ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0`,
+		`ALTER TABLE subscriptions ADD COLUMN touched_at INTEGER NOT NULL DEFAULT 0`,
+		rateStartsDDL,
+		rateStartsIndexDDL,
+	} {
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 const sqliteMagic = "SQLite format 3\x00"
@@ -112,9 +211,12 @@ func checkFile(path string) error {
 
 func fileErr(path string, err error) error {
 	msg := err.Error()
+	if e := storageErr(path, err); e != err {
+		return e
+	}
 	switch {
-	case strings.Contains(msg, "not a database"), strings.Contains(msg, "malformed"), strings.Contains(msg, "corrupt"):
-		return fmt.Errorf("sqlite transport: %s is a damaged SQLite database (%v); restore it from a backup or point the URL at a new file", path, err)
+	case strings.Contains(msg, "not a database"), strings.Contains(msg, "corrupt"):
+		return corruptErr(path, err)
 	case strings.Contains(msg, "unable to open"):
 		return fmt.Errorf("sqlite transport: cannot open %s (%v); check that its directory exists and is writable", path, err)
 	}
@@ -150,29 +252,30 @@ func initSchema(ctx context.Context, c *sql.Conn, path string) error {
 	}
 }
 
-// classify reports whether the database is empty (true) or a Ripple
-// database of a supported version (false), or why it is neither.
-func classify(ctx context.Context, c *sql.Conn, path string) (empty bool, err error) {
+// classify returns the schema version of a Ripple database this build can
+// open (migrating it if older), 0 for an empty database, or why it is
+// neither.
+func classify(ctx context.Context, c *sql.Conn, path string) (version int64, err error) {
 	rows, err := c.QueryContext(ctx, "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
 	if err != nil {
-		return false, fileErr(path, err)
+		return 0, fileErr(path, err)
 	}
 	var tables []string
 	for rows.Next() {
 		var n string
 		if err := rows.Scan(&n); err != nil {
 			rows.Close()
-			return false, fileErr(path, err)
+			return 0, fileErr(path, err)
 		}
 		tables = append(tables, n)
 	}
 	if err := rows.Err(); err != nil {
 		rows.Close()
-		return false, fileErr(path, err)
+		return 0, fileErr(path, err)
 	}
 	rows.Close()
 	if len(tables) == 0 {
-		return true, nil
+		return 0, nil
 	}
 	hasMeta := false
 	for _, t := range tables {
@@ -185,22 +288,22 @@ func classify(ctx context.Context, c *sql.Conn, path string) (empty bool, err er
 		if len(shown) > 5 {
 			shown = append(shown[:5:5], "…")
 		}
-		return false, fmt.Errorf("sqlite transport: %s is a SQLite database but not a Ripple database (it has tables %s and no ripple_meta table); Ripple needs a file of its own: point the URL at a new file", path, strings.Join(shown, ", "))
+		return 0, fmt.Errorf("sqlite transport: %s is a SQLite database but not a Ripple database (it has tables %s and no ripple_meta table); Ripple needs a file of its own: point the URL at a new file", path, strings.Join(shown, ", "))
 	}
 	var v int64
 	if err := c.QueryRowContext(ctx, "SELECT value FROM ripple_meta WHERE key = 'schema_version'").Scan(&v); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
-			return false, fmt.Errorf("sqlite transport: %s has a ripple_meta table without a schema_version row; it is not a usable Ripple database: point the URL at a new file", path)
+			return 0, fmt.Errorf("sqlite transport: %s has a ripple_meta table without a schema_version row; it is not a usable Ripple database: point the URL at a new file", path)
 		}
-		return false, fileErr(path, err)
+		return 0, fileErr(path, err)
 	}
 	if v > schemaVersion {
-		return false, fmt.Errorf("sqlite transport: %s was written by a newer Ripple (schema version %d; this build understands up to %d); upgrade Ripple to open it", path, v, schemaVersion)
+		return 0, fmt.Errorf("sqlite transport: %s was written by a newer Ripple (schema version %d; this build understands up to %d); upgrade Ripple to open it", path, v, schemaVersion)
 	}
 	if v < 1 {
-		return false, fmt.Errorf("sqlite transport: %s has invalid schema version %d; it is not a usable Ripple database", path, v)
+		return 0, fmt.Errorf("sqlite transport: %s has invalid schema version %d; it is not a usable Ripple database", path, v)
 	}
-	return false, nil
+	return v, nil
 }
 
 func createSchema(ctx context.Context, c *sql.Conn, path string) error {
@@ -213,15 +316,28 @@ func createSchema(ctx context.Context, c *sql.Conn, path string) error {
 			_, _ = c.ExecContext(context.Background(), "ROLLBACK")
 		}
 	}()
-	empty, err := classify(ctx, c, path)
+	v, err := classify(ctx, c, path)
 	if err != nil {
 		return err
 	}
-	if empty {
+	if v == 0 {
 		for _, stmt := range schemaDDL {
 			if _, err := c.ExecContext(ctx, stmt); err != nil {
 				return fmt.Errorf("sqlite transport: %s: creating the schema: %w", path, err)
 			}
+		}
+	}
+	if v > 0 && v < schemaVersion {
+		for ; v < schemaVersion; v++ {
+			if err := migrations[v](ctx, c); err != nil {
+				if isBusy(err) {
+					return err
+				}
+				return fmt.Errorf("sqlite transport: %s: migrating the schema from version %d to %d: %w (the file is unchanged)", path, v, v+1, err)
+			}
+		}
+		if _, err := c.ExecContext(ctx, `UPDATE ripple_meta SET value = ? WHERE key = 'schema_version'`, schemaVersion); err != nil {
+			return fileErr(path, err)
 		}
 	}
 	if _, err := c.ExecContext(ctx, "COMMIT"); err != nil {

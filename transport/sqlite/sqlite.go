@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
@@ -85,13 +86,19 @@ func parseURL(raw string) (options, error) {
 
 // driver implements transport.Driver and the optional interfaces.
 type driver struct {
-	path string
-	ret  transport.Retention
+	path   string
+	ret    transport.Retention
+	logger *slog.Logger
 
-	wdb  *sql.DB // exactly one connection, owned by the writer goroutine
-	rdb  *sql.DB // read pool
-	w    *writer
-	poll *sql.Conn
+	wdb *sql.DB // exactly one connection, owned by the writer goroutine
+	rdb *sql.DB // read pool
+	app *sql.DB // the application's pool (DB), for PublishTx
+	// absPath is path made absolute, as PRAGMA database_list reports it.
+	absPath string
+	// nudge asks the poller to look for a commit at once (see nudgeWake).
+	nudge chan struct{}
+	w     *writer
+	poll  *sql.Conn
 
 	// mu guards closed and the send side of w.ops: senders hold it for
 	// reading, so Close can close the channel once no send is in flight.
@@ -102,6 +109,15 @@ type driver struct {
 
 	nmu       sync.Mutex
 	notifiers map[int64]*notifier
+	// ephemeral counts this process's open receivers of each ephemeral
+	// subscription, by id (guarded by nmu).
+	ephemeral map[int64]int
+
+	// dmu guards damaged, the error that showed the file damaged, and
+	// when that was last logged.
+	dmu          sync.Mutex
+	damaged      error
+	damageLogged time.Time
 }
 
 var (
@@ -126,8 +142,13 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	d := &driver{
 		path:      o.path,
 		ret:       cfg.Retention.Resolve(),
+		logger:    cfg.Logger,
 		closing:   make(chan struct{}),
 		notifiers: map[int64]*notifier{},
+		nudge:     make(chan struct{}, 1),
+	}
+	if d.logger == nil {
+		d.logger = slog.Default()
 	}
 	ok := false
 	defer func() {
@@ -177,6 +198,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		_ = wconn.Close()
 		return nil, fileErr(o.path, err)
 	}
+	d.openAppDB(o.synchronous)
 	d.bg.Add(2)
 	go func() { defer d.bg.Done(); d.w.loop() }()
 	go func() { defer d.bg.Done(); d.pollLoop() }()
@@ -185,6 +207,9 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 }
 
 func (d *driver) closeDBs() {
+	if d.app != nil {
+		_ = d.app.Close()
+	}
 	if d.poll != nil {
 		_ = d.poll.Close()
 	}
@@ -201,12 +226,32 @@ func (d *driver) Name() string { return name }
 
 // Capabilities implements transport.Driver.
 func (d *driver) Capabilities() transport.Capabilities {
-	return transport.Capabilities{Durable: true, Delay: true, Priority: true, Ordered: true, Dedup: true}
+	return transport.Capabilities{Durable: true, Delay: true, Priority: true, Ordered: true, Dedup: true,
+		SharedRateLimit: true, Ephemeral: true, StartFrom: true}
 }
 
 // Close stops the background goroutines, lets the writer finish every write
 // already queued, and closes the database. It is idempotent.
 func (d *driver) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.mu.Unlock()
+	// Ephemeral subscriptions still held here go with this process.
+	d.nmu.Lock()
+	var eph []int64
+	for id := range d.ephemeral {
+		eph = append(eph, id)
+	}
+	clear(d.ephemeral)
+	d.nmu.Unlock()
+	for _, id := range eph {
+		if err := d.dropEphemeral(id); err != nil {
+			d.logger.Warn("sqlite transport: deleting an ephemeral subscription at close failed; another process reaps it later", "path", d.path, "err", err)
+		}
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -265,8 +310,12 @@ func (d *driver) exec(ctx context.Context, fn func(w *writer) error, f execFlags
 }
 
 // execOp runs o (its ctx, run or msgs, and soft set) and waits for the
-// commit.
+// commit. A full disk or a damaged file is reported as such (storageErr).
 func (d *driver) execOp(ctx context.Context, o *op, f execFlags) error {
+	return d.storageErr(d.execOpRaw(ctx, o, f))
+}
+
+func (d *driver) execOpRaw(ctx context.Context, o *op, f execFlags) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -368,10 +417,13 @@ func (d *driver) pollLoop() {
 		last = -1
 	}
 	for {
+		nudged := false
 		select {
 		case <-d.closing:
 			return
 		case <-t.C:
+		case <-d.nudge:
+			nudged = true
 		}
 		d.nmu.Lock()
 		any := len(d.notifiers) > 0
@@ -382,6 +434,19 @@ func (d *driver) pollLoop() {
 		var v int64
 		if err := d.poll.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
 			continue
+		}
+		// An application transaction is committing (its commit hook ran
+		// just before the commit takes effect): look again every
+		// millisecond for a while rather than wait for the next tick.
+		for i := 0; nudged && v == last && i < 100; i++ {
+			select {
+			case <-d.closing:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if err := d.poll.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
+				break
+			}
 		}
 		if v != last {
 			d.signalAll()

@@ -276,8 +276,9 @@ func TestLeaseExpiryRedelivers(t *testing.T) {
 	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "a.b", Lease: 200 * time.Millisecond})
 	m := msg("a.b")
 	publish(t, d, m)
-	first := receive(t, s, 1, time.Second)[0]
+	// The lease starts after this instant, however slowly Receive returns.
 	start := time.Now()
+	first := receive(t, s, 1, time.Second)[0]
 	// Never settled: after the lease it comes back with attempt 2.
 	second := receive(t, s, 1, 3*time.Second)[0]
 	if el := time.Since(start); el < 150*time.Millisecond {

@@ -44,29 +44,43 @@ func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if err != nil {
 		return nil, err
 	}
+	if spec.Ephemeral {
+		d.ephemeralRef(id, 1)
+	}
 	return &subscription{d: d, id: id, spec: spec, n: d.notifierFor(id), closed: make(chan struct{})}, nil
 }
 
 func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
 	bg := context.Background()
 	var (
-		id      int64
-		pattern string
-		ordered bool
-		lease   int64
+		id        int64
+		pattern   string
+		ordered   bool
+		lease     int64
+		ephemeral bool
 	)
-	err := w.conn.QueryRowContext(bg, `SELECT id, pattern, ordered, lease_ns FROM subscriptions WHERE name = ?`, spec.Name).
-		Scan(&id, &pattern, &ordered, &lease)
+	err := w.conn.QueryRowContext(bg, `SELECT id, pattern, ordered, lease_ns, ephemeral FROM subscriptions WHERE name = ?`, spec.Name).
+		Scan(&id, &pattern, &ordered, &lease, &ephemeral)
+	if err == nil && ephemeral != spec.Ephemeral {
+		kind := map[bool]string{true: "an ephemeral", false: "a durable"}
+		return 0, fmt.Errorf("sqlite transport: handler %q exists as %s subscription and cannot be reopened as %s one; give it another name",
+			spec.Name, kind[ephemeral], kind[spec.Ephemeral])
+	}
+	if err == nil && ephemeral {
+		if _, err := w.conn.ExecContext(bg, `UPDATE subscriptions SET touched_at = ? WHERE id = ?`, w.now, id); err != nil {
+			return 0, err
+		}
+	}
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		// Ids are never reused: a receiver of an unsubscribed handler,
 		// in another process, still leases by its id, which must not come
 		// to mean another handler. ripple_meta's last_sub_id keeps the
 		// highest id ever given, as the row with it may be gone.
-		res, err := w.conn.ExecContext(bg, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at)
+		res, err := w.conn.ExecContext(bg, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at, ephemeral, touched_at)
 			VALUES (max(coalesce((SELECT value FROM ripple_meta WHERE key = 'last_sub_id'), 0),
-				coalesce((SELECT max(id) FROM subscriptions), 0)) + 1, ?, ?, ?, ?, ?)`,
-			spec.Name, spec.Pattern, spec.Ordered, int64(spec.Lease), w.now)
+				coalesce((SELECT max(id) FROM subscriptions), 0)) + 1, ?, ?, ?, ?, ?, ?, ?)`,
+			spec.Name, spec.Pattern, spec.Ordered, int64(spec.Lease), w.now, spec.Ephemeral, w.now)
 		if err != nil {
 			return 0, err
 		}
@@ -76,6 +90,14 @@ func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
 		if _, err := w.conn.ExecContext(bg, `INSERT INTO ripple_meta (key, value) VALUES ('last_sub_id', ?)
 			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, id); err != nil {
 			return 0, err
+		}
+		if !spec.From.IsZero() {
+			// Start from history: the retained events of the pattern
+			// published at or after From, in this same transaction, so
+			// none published meanwhile is missed or doubled.
+			if _, err := w.backfill(subInfo{id: id, pattern: spec.Pattern, ordered: spec.Ordered}, spec.From); err != nil {
+				return 0, err
+			}
 		}
 	case err != nil:
 		return 0, err
@@ -146,14 +168,28 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 		)
 		err := s.d.exec(ctx, func(w *writer) error {
 			var err error
-			out, next, err = w.lease(s.id, s.spec.Ordered, max, s.spec.Lease)
+			out, next, err = w.receive(s, max)
 			return err
 		}, soft)
+		if ue := (*unreadableError)(nil); errors.As(err, &ue) {
+			if err := s.d.deadUnreadable(ctx, ue); err != nil {
+				return nil, s.d.wrap(err)
+			}
+			continue
+		}
 		if err != nil {
-			return nil, err
+			return nil, s.d.storageErr(err)
 		}
 		if len(out) > 0 {
 			return out, nil
+		}
+		if s.spec.Ephemeral {
+			// Touch the subscription while waiting, so that no other
+			// process takes it for abandoned.
+			beat := time.Now().Add(s.spec.Lease / 2).UnixNano()
+			if next == 0 || next > beat {
+				next = beat
+			}
 		}
 		var timerC <-chan time.Time
 		if next > 0 {
@@ -184,7 +220,12 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 	if len(ss) == 0 {
 		return nil
 	}
-	return s.d.exec(ctx, func(w *writer) error { return w.settle(ss) }, returnOnCancel|soft)
+	return s.d.exec(ctx, func(w *writer) error {
+		if err := s.touchEphemeral(w); err != nil {
+			return err
+		}
+		return w.settle(ss)
+	}, returnOnCancel|soft)
 }
 
 // Extend implements transport.Subscription.
@@ -195,12 +236,65 @@ func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, lea
 	if lease <= 0 {
 		lease = s.spec.Lease
 	}
-	return s.d.exec(ctx, func(w *writer) error { return w.extend(ds, lease) }, returnOnCancel|soft)
+	return s.d.exec(ctx, func(w *writer) error {
+		if err := s.touchEphemeral(w); err != nil {
+			return err
+		}
+		return w.extend(ds, lease)
+	}, returnOnCancel|soft)
 }
 
 // Close implements transport.Subscription. It wakes blocked Receive calls,
 // which return an error wrapping ErrClosed; the durable subscription stays.
+// Closing the last receiver this process holds of an ephemeral
+// subscription deletes it with everything queued for it.
 func (s *subscription) Close() error {
-	s.once.Do(func() { close(s.closed) })
-	return nil
+	var err error
+	s.once.Do(func() {
+		close(s.closed)
+		if s.spec.Ephemeral && s.d.ephemeralRef(s.id, -1) == 0 && s.d.checkOpen() == nil {
+			err = s.d.dropEphemeral(s.id)
+		}
+	})
+	return err
+}
+
+// touchEphemeral records that a receiver of an ephemeral subscription is
+// alive (see reapEphemeral).
+func (s *subscription) touchEphemeral(w *writer) error {
+	if !s.spec.Ephemeral {
+		return nil
+	}
+	_, err := w.conn.ExecContext(context.Background(), `UPDATE subscriptions SET touched_at = ? WHERE id = ?`, w.now, s.id)
+	return err
+}
+
+// receive leases for s unless its handler is paused. An ephemeral
+// subscription is touched on the way; one that has been reaped is an
+// error, since nothing will ever be delivered to it again.
+func (w *writer) receive(s *subscription, max int) ([]*transport.Delivery, int64, error) {
+	bg := context.Background()
+	var paused bool
+	var err error
+	if s.spec.Ephemeral {
+		err = w.st.touchSub.QueryRowContext(bg, w.now, s.id).Scan(&paused)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, 0, fmt.Errorf("sqlite transport: ephemeral subscription %q: %w (it was deleted: no receiver touched it for %d leases, or another receiver of this process closed it)",
+				s.spec.Name, transport.ErrNotFound, reapAfter)
+		}
+	} else {
+		err = w.st.subPaused.QueryRowContext(bg, s.id).Scan(&paused)
+		if errors.Is(err, sql.ErrNoRows) {
+			err = nil // unsubscribed: leasing finds nothing
+		}
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if paused {
+		// Resume wakes the receivers: a local one through the notifier,
+		// another process's through the data-version poll.
+		return nil, 0, nil
+	}
+	return w.lease(s.id, s.spec.Ordered, max, s.spec.Lease)
 }

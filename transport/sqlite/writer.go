@@ -130,7 +130,8 @@ type writer struct {
 type stmts struct {
 	begin, commit, rollback *sql.Stmt
 
-	insEvent, subsVersion *sql.Stmt
+	insEvent, subsVersion, loadStored *sql.Stmt
+	subPaused, touchSub               *sql.Stmt
 
 	// leaseBuckets holds the lease statements with a literal LIMIT of 1
 	// to maxLeaseLimit, prepared on first use: SQLite recompiles a
@@ -190,6 +191,9 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		{&w.st.rollback, "ROLLBACK"},
 		{&w.st.insEvent, insEventCols + insEventRow + insEventTail},
 		{&w.st.subsVersion, `SELECT value FROM ripple_meta WHERE key = 'subs_version'`},
+		{&w.st.loadStored, loadStoredSQL},
+		{&w.st.subPaused, `SELECT paused FROM subscriptions WHERE id = ?`},
+		{&w.st.touchSub, `UPDATE subscriptions SET touched_at = ?1 WHERE id = ?2 RETURNING paused`},
 		{&w.st.nextDue, nextDueSQL},
 		{&w.st.nextLease, `SELECT min(lease_until) FROM deliveries WHERE sub_id = ? AND state = 1`},
 		{&w.st.loadEvent, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`},
@@ -224,7 +228,7 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 // close releases the statements and the connection; the loop has ended.
 func (w *writer) close() error {
 	for _, s := range []*sql.Stmt{
-		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion,
+		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion, w.st.loadStored, w.st.subPaused, w.st.touchSub,
 		w.st.nextDue, w.st.nextLease, w.st.loadEvent,
 		w.st.complete, w.st.retry, w.st.release, w.st.dead, w.st.extend,
 		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
@@ -706,7 +710,7 @@ const maxRows = 64
 // pubScratch holds the publish path's buffers, reused across transactions.
 type pubScratch struct {
 	msgs []*transport.Message
-	seqs map[string]int64 // event id → seq, for the rows just inserted
+	seqs map[string]int64 // identity key → seq, for the rows just inserted
 	dels []delRow
 }
 
@@ -718,9 +722,12 @@ type delRow struct {
 }
 
 const (
-	insEventCols    = `INSERT INTO events (id, type, key, priority, time, published_at, attrs, data) VALUES `
-	insEventRow     = `(?, ?, ?, ?, ?, ?, ?, ?)`
-	insEventTail    = ` ON CONFLICT (id) DO NOTHING`
+	insEventCols = `INSERT INTO events (id, source, type, key, priority, time, published_at, attrs, data) VALUES `
+	insEventRow  = `(?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	insEventTail = ` ON CONFLICT (id, source) DO NOTHING`
+	// loadStoredSQL reads the event kept under an identity, for
+	// Message.Duplicate.
+	loadStoredSQL   = `SELECT type, key, priority, time, attrs, data FROM events WHERE id = ? AND source = ?`
 	insDeliveryCols = `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed) VALUES `
 	insDeliveryRow  = `(?, ?, 0, ?, ?, ?, ?)`
 )
@@ -761,7 +768,7 @@ func (w *writer) stmt(cache map[int]*sql.Stmt, n int, q func(int) string) (*sql.
 }
 
 func insEventsSQL(n int) string {
-	return multiRow(insEventCols, insEventRow, insEventTail+` RETURNING seq, id`, n)
+	return multiRow(insEventCols, insEventRow, insEventTail+` RETURNING seq, id, source`, n)
 }
 
 func insDeliveriesSQL(n int) string { return multiRow(insDeliveryCols, insDeliveryRow, "", n) }
@@ -781,6 +788,7 @@ func (w *writer) publish(ops []*op) error {
 			if m.ID == "" {
 				return errors.New("sqlite transport: message has no ID")
 			}
+			m.Duplicate = nil // a batch that failed runs again
 			ms = append(ms, m)
 		}
 	}
@@ -813,11 +821,15 @@ func (w *writer) publish(ops []*op) error {
 	if len(ms) == 1 {
 		// One row needs no RETURNING: the result says it all, cheaper.
 		m := ms[0]
-		res, err := w.st.insEvent.ExecContext(context.Background(), m.ID, m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
+		res, err := w.st.insEvent.ExecContext(context.Background(), m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n > 0 {
+		if n, _ := res.RowsAffected(); n == 0 {
+			if err := w.markDuplicate(m); err != nil {
+				return err
+			}
+		} else {
 			seq, err := res.LastInsertId()
 			if err != nil {
 				return err
@@ -831,11 +843,17 @@ func (w *writer) publish(ops []*op) error {
 			return err
 		}
 		for _, m := range ms {
-			seq, ok := w.pub.seqs[m.ID]
+			k := transport.IdentityKey(m.Source(), m.ID)
+			seq, ok := w.pub.seqs[k]
 			if !ok {
-				continue // remembered, or an earlier message of this run had the id
+				// Remembered, or an earlier message of this run had the
+				// identity.
+				if err := w.markDuplicate(m); err != nil {
+					return err
+				}
+				continue
 			}
-			delete(w.pub.seqs, m.ID)
+			delete(w.pub.seqs, k)
 			if err := add(m, seq); err != nil {
 				return err
 			}
@@ -859,7 +877,7 @@ func (w *writer) insertEvents(ms []*transport.Message) error {
 		}
 		args := w.args[:0]
 		for _, m := range ms[:n] {
-			args = append(args, m.ID, m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
+			args = append(args, m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
 		}
 		err = w.queryInserted(st, args)
 		clear(args)
@@ -880,13 +898,35 @@ func (w *writer) queryInserted(st *sql.Stmt, args []any) error {
 	defer rows.Close()
 	for rows.Next() {
 		var seq int64
-		var id string
-		if err := rows.Scan(&seq, &id); err != nil {
+		var id, source string
+		if err := rows.Scan(&seq, &id, &source); err != nil {
 			return err
 		}
-		w.pub.seqs[id] = seq
+		w.pub.seqs[transport.IdentityKey(source, id)] = seq
 	}
 	return rows.Err()
+}
+
+// markDuplicate sets m.Duplicate to the event stored under m's identity.
+func (w *writer) markDuplicate(m *transport.Message) error {
+	dup, err := loadStored(context.Background(), w.st.loadStored.QueryRowContext, m)
+	if err != nil {
+		return err
+	}
+	m.Duplicate = dup
+	return nil
+}
+
+// loadStored reads the event kept under m's identity through query.
+func loadStored(ctx context.Context, query func(ctx context.Context, args ...any) *sql.Row, m *transport.Message) (*transport.Message, error) {
+	dup := &transport.Message{ID: m.ID}
+	var attrs []byte
+	err := query(ctx, m.ID, m.Source()).Scan(&dup.Type, &dup.Key, &dup.Priority, (*nanoTime)(&dup.Time), &attrs, &dup.Data)
+	if err != nil {
+		return nil, fmt.Errorf("reading the stored event %q of source %q: %w", m.ID, m.Source(), err)
+	}
+	dup.Attrs = decodeAttrs(attrs)
+	return dup, nil
 }
 
 func (w *writer) insertDeliveries(ds []delRow) error {
@@ -956,7 +996,13 @@ func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) 
 			}
 			var attrs []byte
 			if err := w.st.loadEvent.QueryRowContext(bg, tok.seq).Scan(&d.ID, &d.Type, &d.Key, &d.Priority, (*nanoTime)(&d.Time), &attrs, &d.Data); err != nil {
-				return nil, 0, fmt.Errorf("loading event %d: %w", tok.seq, err)
+				if !isCorrupt(err) {
+					return nil, 0, fmt.Errorf("loading event %d: %w", tok.seq, err)
+				}
+				// A damaged page must not hold back the readable events
+				// behind it: the caller dead-letters this one with
+				// SQLite's error and leases again.
+				return nil, 0, &unreadableError{tok: tok, err: err}
 			}
 			d.Attrs = decodeAttrs(attrs)
 		}

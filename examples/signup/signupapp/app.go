@@ -18,6 +18,7 @@ package signupapp
 
 import (
 	"context"
+	"database/sql"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,6 +32,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/ripplehq/ripple"
+	"github.com/ripplehq/ripple/transport/sqlite"
 )
 
 // EventSignupCompleted is the event the event-driven signup publishes.
@@ -194,10 +196,18 @@ func (e *StripeError) Error() string {
 
 // App is the signup application: a user table and the five side effects,
 // with handlers registered on a bus. It is safe for concurrent use.
+//
+// On a sqlite:// bus the user table lives in the bus's own database file,
+// and Signup writes the user row and its event in one transaction
+// (PublishTx): both are stored or neither is, whatever crashes. On other
+// transports the users are kept in memory and the write and the publish
+// are two steps.
 type App struct {
 	bus  *ripple.Bus
 	cfg  Config
 	seed uint64
+	// db is the bus's database on sqlite://, nil elsewhere.
+	db *sql.DB
 
 	mu      sync.Mutex
 	users   map[string]User            // by email
@@ -225,6 +235,16 @@ func New(bus *ripple.Bus, cfg Config) (*App, error) {
 		users:   make(map[string]User),
 		byID:    make(map[string]User),
 		effects: make(map[string]map[string]bool),
+	}
+	if bus.TransportName() == "sqlite" {
+		db, err := sqlite.DB(bus)
+		if err != nil {
+			return nil, fmt.Errorf("signupapp: %w", err)
+		}
+		if _, err := db.ExecContext(context.Background(), usersDDL); err != nil {
+			return nil, fmt.Errorf("signupapp: creating the user table: %w", err)
+		}
+		a.db = db
 	}
 	retryMin := max(cfg.Timings.RetryMin, time.Millisecond)
 	retryMax := max(cfg.Timings.RetryMax, retryMin)
@@ -258,14 +278,24 @@ func (a *App) Config() Config { return a.cfg }
 // Seed returns the seed of the simulated Stripe failures.
 func (a *App) Seed() uint64 { return a.seed }
 
+// usersDDL is the user table in the bus's database (sqlite:// only).
+const usersDDL = `CREATE TABLE IF NOT EXISTS signup_users (
+	id TEXT PRIMARY KEY,
+	email TEXT NOT NULL UNIQUE,
+	created_at INTEGER NOT NULL)`
+
 // Signup is the event-driven signup: it writes the user, publishes
 // user.signup.completed keyed by the user id, and returns. The handlers do
 // the rest in the background.
 //
-// The write and the publish are two steps, as in the article, so a crash
-// between them would lose the event; a transactional outbox makes them one
-// commit when the user table is in SQL.
+// On sqlite:// the user row and the event are written by one transaction
+// (bus.PublishTx), so a crash can never leave a user without its event or
+// an event without its user. On other transports they are two steps, as
+// in the article, and a crash between them would lose the event.
 func (a *App) Signup(ctx context.Context, email string) (User, ripple.Event, error) {
+	if a.db != nil {
+		return a.signupTx(ctx, email)
+	}
 	u, err := a.createUser(ctx, email)
 	if err != nil {
 		return User{}, ripple.Event{}, err
@@ -275,6 +305,40 @@ func (a *App) Signup(ctx context.Context, email string) (User, ripple.Event, err
 		return u, ev, fmt.Errorf("user %s was created but its signup event was not published: %w", u.ID, err)
 	}
 	return u, ev, nil
+}
+
+// signupTx writes the user row and publishes its event in one
+// transaction of the bus's database.
+func (a *App) signupTx(ctx context.Context, email string) (User, ripple.Event, error) {
+	u, err := a.newUser(ctx, email)
+	if err != nil {
+		return User{}, ripple.Event{}, err
+	}
+	tx, err := a.db.BeginTx(ctx, nil)
+	if err != nil {
+		return User{}, ripple.Event{}, err
+	}
+	defer tx.Rollback() // a no-op once committed
+	if err := insertUser(ctx, tx, u); err != nil {
+		return User{}, ripple.Event{}, err
+	}
+	ev, err := a.bus.PublishTx(ctx, tx, EventSignupCompleted, Signup{UserID: u.ID, Email: u.Email}, ripple.WithKey(u.ID))
+	if err != nil {
+		return User{}, ev, fmt.Errorf("signup of %s not stored: %w", u.Email, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return User{}, ev, fmt.Errorf("signup of %s not stored: %w", u.Email, err)
+	}
+	a.remember(u)
+	return u, ev, nil
+}
+
+func insertUser(ctx context.Context, tx *sql.Tx, u User) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO signup_users (id, email, created_at) VALUES (?, ?, ?)`, u.ID, u.Email, u.CreatedAt.UnixNano())
+	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+		return fmt.Errorf("%w: %s", ErrEmailTaken, u.Email)
+	}
+	return err
 }
 
 // SignupSync is the synchronous signup: it writes the user and runs every
@@ -295,7 +359,9 @@ func (a *App) SignupSync(ctx context.Context, email string) (User, error) {
 	return u, nil
 }
 
-func (a *App) createUser(ctx context.Context, email string) (User, error) {
+// newUser validates email, takes the simulated write latency and returns
+// the user to store.
+func (a *App) newUser(ctx context.Context, email string) (User, error) {
 	email = strings.TrimSpace(strings.ToLower(email))
 	if at := strings.IndexByte(email, '@'); at < 1 || at == len(email)-1 || strings.ContainsAny(email, " \t\r\n") {
 		return User{}, fmt.Errorf("%w %q: want an address like ada@example.com", ErrInvalidEmail, email)
@@ -303,23 +369,64 @@ func (a *App) createUser(ctx context.Context, email string) (User, error) {
 	if err := sleep(ctx, a.cfg.Timings.DBWrite); err != nil {
 		return User{}, err
 	}
+	return User{ID: uuid.NewString(), Email: email, CreatedAt: time.Now().UTC()}, nil
+}
+
+// createUser stores a new user: in the bus's database on sqlite://, in
+// memory elsewhere.
+func (a *App) createUser(ctx context.Context, email string) (User, error) {
+	u, err := a.newUser(ctx, email)
+	if err != nil {
+		return User{}, err
+	}
+	if a.db != nil {
+		tx, err := a.db.BeginTx(ctx, nil)
+		if err != nil {
+			return User{}, err
+		}
+		defer tx.Rollback()
+		if err := insertUser(ctx, tx, u); err != nil {
+			return User{}, err
+		}
+		if err := tx.Commit(); err != nil {
+			return User{}, err
+		}
+		a.remember(u)
+		return u, nil
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, taken := a.users[email]; taken {
-		return User{}, fmt.Errorf("%w: %s", ErrEmailTaken, email)
+	if _, taken := a.users[u.Email]; taken {
+		return User{}, fmt.Errorf("%w: %s", ErrEmailTaken, u.Email)
 	}
-	u := User{ID: uuid.NewString(), Email: email, CreatedAt: time.Now().UTC()}
-	a.users[email] = u
+	a.users[u.Email] = u
 	a.byID[u.ID] = u
 	return u, nil
+}
+
+// remember records a user stored in the database in the in-memory index.
+func (a *App) remember(u User) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.users[u.Email] = u
+	a.byID[u.ID] = u
 }
 
 // User returns the user with the given id.
 func (a *App) User(id string) (User, bool) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	u, ok := a.byID[id]
-	return u, ok
+	a.mu.Unlock()
+	if ok || a.db == nil {
+		return u, ok
+	}
+	var at int64
+	err := a.db.QueryRow(`SELECT id, email, created_at FROM signup_users WHERE id = ?`, id).Scan(&u.ID, &u.Email, &at)
+	if err != nil {
+		return User{}, false
+	}
+	u.CreatedAt = time.Unix(0, at).UTC()
+	return u, true
 }
 
 // Effects lists the handler names whose side effect has been done for the
@@ -338,6 +445,12 @@ func (a *App) Effects(userID string) []string {
 
 // Users returns how many users have signed up.
 func (a *App) Users() int {
+	if a.db != nil {
+		var n int
+		if err := a.db.QueryRow(`SELECT count(*) FROM signup_users`).Scan(&n); err == nil {
+			return n
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.users)

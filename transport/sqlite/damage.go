@@ -1,0 +1,288 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// This file holds what the driver does about a damaged database file: an
+// event row that cannot be read is dead-lettered with SQLite's error so
+// that the readable events behind it still flow; Stats and the log say
+// that the file is damaged; Check and Salvage serve `ripple check`.
+
+// damageLogEvery bounds how often the damage is logged again.
+const damageLogEvery = time.Minute
+
+// markDamaged records that the file was found damaged and logs it, at
+// most once per damageLogEvery.
+func (d *driver) markDamaged(err error) {
+	d.dmu.Lock()
+	defer d.dmu.Unlock()
+	if d.damaged == nil {
+		d.damaged = err
+	}
+	if time.Since(d.damageLogged) < damageLogEvery {
+		return
+	}
+	d.damageLogged = time.Now()
+	d.logger.Error("sqlite transport: the database file is damaged; unreadable events are dead-lettered with SQLite's error and the readable ones keep flowing. Restore the file from a backup, or copy what is readable to a new file with `ripple check --salvage NEW.db`, and never delete its -wal and -shm files",
+		"path", d.path, "err", err)
+}
+
+// damage returns the error that showed the file damaged, or nil.
+func (d *driver) damage() error {
+	d.dmu.Lock()
+	defer d.dmu.Unlock()
+	return d.damaged
+}
+
+// unreadableError is returned by a lease that found an event row it
+// cannot read. SQLite refuses every further statement of a transaction
+// that has met a damaged page, so the lease is rolled back and the
+// delivery is dead-lettered by a transaction of its own (deadUnreadable).
+type unreadableError struct {
+	tok token
+	err error
+}
+
+func (e *unreadableError) Error() string {
+	return fmt.Sprintf("the event (row %d) cannot be read from the damaged database file: %v", e.tok.seq, e.err)
+}
+
+func (e *unreadableError) Unwrap() error { return e.err }
+
+// deadUnreadable dead-letters the delivery of an event row that cannot
+// be read, with SQLite's error as its last error, in its own transaction.
+// It reads the row again first: only a row that still fails is
+// dead-lettered.
+func (d *driver) deadUnreadable(ctx context.Context, ue *unreadableError) error {
+	d.markDamaged(corruptErr(d.path, ue.err))
+	// On a read connection: a writer transaction that meets the damage
+	// can do nothing more.
+	var ok bool
+	err := d.rdb.QueryRowContext(ctx, `SELECT length(data) IS NOT NULL OR 1 FROM events WHERE seq = ?`, ue.tok.seq).Scan(&ok)
+	if err == nil || !isCorrupt(err) {
+		return nil // readable after all, or gone: lease again
+	}
+	return d.exec(ctx, func(w *writer) error {
+		_, err := w.conn.ExecContext(context.Background(), `UPDATE deliveries SET state = 3, done_at = ?1, lease_until = 0,
+			attempts = attempts + 1, failures = failures + 1, last_error = ?2,
+			first_attempt = CASE WHEN first_attempt = 0 THEN ?1 ELSE first_attempt END
+			WHERE sub_id = ?3 AND event_seq = ?4 AND state IN (0, 1)`, w.now, ue.Error(), ue.tok.sub, ue.tok.seq)
+		w.touch(ue.tok.sub)
+		return err
+	}, soft)
+}
+
+// Check runs SQLite's integrity check on the Ripple database at path,
+// opened read-only, and returns the problems it reports (none when the
+// file is sound). It does not write to the file.
+func Check(ctx context.Context, path string) ([]string, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("sqlite transport: check %s: %w", path, err)
+	}
+	if err := checkFile(path); err != nil {
+		return []string{err.Error()}, nil
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, `PRAGMA integrity_check(100)`)
+	if err != nil {
+		if isCorrupt(err) {
+			return []string{err.Error()}, nil
+		}
+		return nil, fmt.Errorf("sqlite transport: check %s: %w", path, err)
+	}
+	defer rows.Close()
+	var problems []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return append(problems, err.Error()), nil
+		}
+		if s != "ok" {
+			problems = append(problems, s)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		problems = append(problems, err.Error())
+	}
+	return problems, nil
+}
+
+// SalvageReport says what Salvage copied and what it could not read.
+type SalvageReport struct {
+	Subscriptions, Events, Deliveries int
+	// Unreadable counts event rows that could not be read.
+	Unreadable int
+}
+
+// Salvage copies what can be read of the Ripple database at src (of this
+// build's schema version or an older one) into a new Ripple database at
+// dst (which must not exist), of this build's schema: the durable
+// subscriptions,
+// every readable event and the readable deliveries of those events, and
+// the idempotency claims. Events are probed one by one by their sequence
+// number, so a damaged page loses only the rows on it.
+func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
+	var rep SalvageReport
+	if _, err := os.Stat(dst); err == nil {
+		return rep, fmt.Errorf("sqlite transport: salvage: %s exists; name a new file", dst)
+	}
+	in, err := sql.Open("sqlite", "file:"+src+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return rep, err
+	}
+	defer in.Close()
+	in.SetMaxOpenConns(1)
+	out, err := sql.Open("sqlite", dst)
+	if err != nil {
+		return rep, err
+	}
+	defer out.Close()
+	out.SetMaxOpenConns(1)
+	tx, err := out.BeginTx(ctx, nil)
+	if err != nil {
+		return rep, fmt.Errorf("sqlite transport: salvage: creating %s: %w", dst, err)
+	}
+	defer tx.Rollback()
+	for _, q := range schemaDDL {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return rep, fmt.Errorf("sqlite transport: salvage: creating %s: %w", dst, err)
+		}
+	}
+	// Subscriptions: all of them are needed; without them there is
+	// nothing to salvage for.
+	var version int64
+	if err := in.QueryRowContext(ctx, `SELECT value FROM ripple_meta WHERE key = 'schema_version'`).Scan(&version); err != nil {
+		return rep, fmt.Errorf("sqlite transport: salvage: the schema version of %s cannot be read (is it a Ripple database?): %w", src, err)
+	}
+	if version > schemaVersion {
+		return rep, fmt.Errorf("sqlite transport: salvage: %s has schema version %d; this build understands up to %d: use a newer ripple", src, version, schemaVersion)
+	}
+	// Ephemeral subscriptions belonged to receivers that are gone.
+	subsQ := `SELECT id, name, pattern, ordered, lease_ns, created_at, paused FROM subscriptions WHERE ephemeral = 0`
+	eventsQ := `SELECT id, source, type, key, priority, time, published_at, attrs, data FROM events WHERE seq = ?`
+	if version < 2 {
+		subsQ = `SELECT id, name, pattern, ordered, lease_ns, created_at, 0 FROM subscriptions`
+		eventsQ = `SELECT id, '', type, key, priority, time, published_at, attrs, data FROM events WHERE seq = ?`
+	}
+	srows, err := in.QueryContext(ctx, subsQ)
+	if err != nil {
+		return rep, fmt.Errorf("sqlite transport: salvage: the subscriptions of %s cannot be read: %w", src, err)
+	}
+	var maxSub int64
+	for srows.Next() {
+		var id, lease, created int64
+		var name, pattern string
+		var ordered, paused bool
+		if err := srows.Scan(&id, &name, &pattern, &ordered, &lease, &created, &paused); err != nil {
+			srows.Close()
+			return rep, fmt.Errorf("sqlite transport: salvage: the subscriptions of %s cannot be read: %w", src, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at, paused) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			id, name, pattern, ordered, lease, created, paused); err != nil {
+			srows.Close()
+			return rep, err
+		}
+		maxSub = max(maxSub, id)
+		rep.Subscriptions++
+	}
+	srows.Close()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO ripple_meta (key, value) VALUES ('last_sub_id', ?)`, maxSub); err != nil {
+		return rep, err
+	}
+	// The highest event seq: from the events b-tree's right edge, or, if
+	// that is damaged, from the deliveries.
+	var maxSeq int64
+	for _, q := range []string{`SELECT coalesce(max(seq), 0) FROM events`, `SELECT coalesce(max(event_seq), 0) FROM deliveries`} {
+		var v int64
+		if err := in.QueryRowContext(ctx, q).Scan(&v); err == nil {
+			maxSeq = max(maxSeq, v)
+		}
+	}
+	ev, err := in.PrepareContext(ctx, eventsQ)
+	if err != nil {
+		return rep, err
+	}
+	defer ev.Close()
+	dl, err := in.PrepareContext(ctx, `SELECT sub_id, state, run_at, priority, key, attempts, failures, gen, lease_until, first_attempt, done_at, last_error, delayed
+		FROM deliveries WHERE sub_id IN (SELECT id FROM subscriptions) AND event_seq = ?`)
+	if err != nil {
+		return rep, err
+	}
+	defer dl.Close()
+	for seq := int64(1); seq <= maxSeq; seq++ {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		var id, source, typ, key string
+		var prio int
+		var tm, pub int64
+		var attrs, data []byte
+		err := ev.QueryRowContext(ctx, seq).Scan(&id, &source, &typ, &key, &prio, &tm, &pub, &attrs, &data)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			rep.Unreadable++
+			continue
+		}
+		if version < 2 {
+			source = decodeAttrs(attrs)["source"]
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO events (seq, id, source, type, key, priority, time, published_at, attrs, data)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, seq, id, source, typ, key, prio, tm, pub, attrs, data); err != nil {
+			return rep, err
+		}
+		rep.Events++
+		rows, err := dl.QueryContext(ctx, seq)
+		if err != nil {
+			continue
+		}
+		for rows.Next() {
+			var sub, state, runAt, prio, attempts, failures, gen, leaseUntil, first, doneAt, delayed int64
+			var key, lastErr string
+			if err := rows.Scan(&sub, &state, &runAt, &prio, &key, &attempts, &failures, &gen, &leaseUntil, &first, &doneAt, &lastErr, &delayed); err != nil {
+				break
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, attempts, failures, gen, lease_until, first_attempt, done_at, last_error, delayed)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				sub, seq, state, runAt, prio, key, attempts, failures, gen, leaseUntil, first, doneAt, lastErr, delayed); err != nil {
+				rows.Close()
+				return rep, err
+			}
+			rep.Deliveries++
+		}
+		rows.Close()
+	}
+	// Claims are best effort: a handler without its claim runs again,
+	// which at-least-once delivery allows.
+	if crows, err := in.QueryContext(ctx, `SELECT handler, event_id, done, expires_at, updated_at FROM claims`); err == nil {
+		for crows.Next() {
+			var h, e string
+			var done bool
+			var exp, upd int64
+			if crows.Scan(&h, &e, &done, &exp, &upd) != nil {
+				break
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO claims (handler, event_id, done, expires_at, updated_at) VALUES (?, ?, ?, ?, ?)`,
+				h, e, done, exp, upd); err != nil {
+				crows.Close()
+				return rep, err
+			}
+		}
+		crows.Close()
+	}
+	if err := tx.Commit(); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
