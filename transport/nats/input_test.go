@@ -212,6 +212,12 @@ func TestPauseResume(t *testing.T) {
 	if err := d.Publish(bg, []*transport.Message{m}); err != nil {
 		t.Fatal(err)
 	}
+	// A process starting the handler meanwhile does not resume it.
+	s2, err := d.Subscribe(bg, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
 	ctx, cancel := context.WithTimeout(bg, 1500*time.Millisecond)
 	ds, err := s.Receive(ctx, 1)
 	cancel()

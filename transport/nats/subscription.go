@@ -111,6 +111,8 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		cfg.InactiveThreshold = ci.Config.InactiveThreshold
 		cfg.MemoryStorage = ci.Config.MemoryStorage
 		cfg.Replicas = ci.Config.Replicas
+		// An update without it would resume a paused handler.
+		cfg.PauseUntil = ci.Config.PauseUntil
 	}
 	cons, err := d.js.CreateOrUpdateConsumer(ctx, d.eventsStream(), cfg)
 	if err != nil {
