@@ -72,6 +72,10 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if d.isClosed() {
 		return nil, ErrClosed
 	}
+	// Completions recorded in the background are counted once sent.
+	if err := d.flush(ctx); err != nil {
+		return nil, fmt.Errorf("nats: stats: %w", err)
+	}
 	var out []transport.Stats
 	lister := d.events.ListConsumers(ctx)
 	var infos []*jetstream.ConsumerInfo

@@ -76,6 +76,9 @@
 //     released copy carries. A lease is AckWait; Extend sends InProgress.
 //     A delivery whose lease ran out can no longer retry, release or
 //     dead-letter the message (it is its new holder's), only complete it.
+//   - Complete acks in the background (Ack, not a round trip per event),
+//     as the driver contract allows; Stats and Close first flush what is
+//     on its way. An ack lost with a crash only makes the event come back.
 //   - Retry is NakWithDelay(backoff): the message waits on the server and
 //     does not block the consumer's other messages. Release (shutdown,
 //     claim held elsewhere) acks the message and puts a copy recording the

@@ -420,9 +420,33 @@ func (d *Driver) Close() error {
 	for _, s := range subs {
 		_ = s.Close()
 	}
-	_ = d.nc.Flush()
+	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+	defer cancel()
+	err := d.flush(ctx)
 	d.nc.Close()
+	if err != nil {
+		return fmt.Errorf("nats: completions not confirmed sent at Close (they are delivered again): %w", err)
+	}
 	return nil
+}
+
+// flush waits until the completions recorded in the background (history
+// copies and acks) have reached the server.
+func (d *Driver) flush(ctx context.Context) error {
+	select {
+	case <-d.js.PublishAsyncComplete():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if d.nc.IsClosed() {
+		return nats.ErrConnectionClosed
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, publishTimeout)
+		defer cancel()
+	}
+	return d.nc.FlushWithContext(ctx)
 }
 
 func (d *Driver) isClosed() bool {

@@ -311,25 +311,35 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 				errs = append(errs, err)
 				continue
 			}
-			acks = append(acks, tk.msg)
+			if err := tk.msg.DoubleAck(ctx); err != nil && !errors.Is(err, nats.ErrMsgAlreadyAckd) {
+				errs = append(errs, fmt.Errorf("nats: acknowledging handler %q's dead-lettered message: %w", s.spec.Name, err))
+			}
 		default:
 			errs = append(errs, fmt.Errorf("nats: unknown outcome %v", st.Outcome))
 		}
 	}
-	for _, f := range history {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			s.d.log.Warn("nats: cannot record completed history", "handler", s.spec.Name, "err", err)
-		case <-ctx.Done():
-		}
-	}
+	// Completions are recorded in the background, as the contract allows:
+	// the history copies and the acks are on the connection when Settle
+	// returns, and Close and Stats flush them. One lost to a crash only
+	// means the message is delivered again.
 	for _, m := range acks {
-		if err := m.DoubleAck(ctx); err != nil && !errors.Is(err, nats.ErrMsgAlreadyAckd) {
+		if err := m.Ack(); err != nil && !errors.Is(err, nats.ErrMsgAlreadyAckd) {
 			errs = append(errs, fmt.Errorf("nats: acknowledging handler %q's message: %w", s.spec.Name, err))
 		}
 	}
+	for _, f := range history {
+		go s.watchHistory(f)
+	}
 	return errors.Join(errs...)
+}
+
+// watchHistory logs a history copy the stream refused.
+func (s *subscription) watchHistory(f jetstream.PubAckFuture) {
+	select {
+	case <-f.Ok():
+	case err := <-f.Err():
+		s.d.log.Warn("nats: cannot record completed history", "handler", s.spec.Name, "err", err)
+	}
 }
 
 // release puts a delivery back without using an attempt: a copy that
