@@ -71,7 +71,9 @@
 //     handler has finished the original, interest retention has removed
 //     it and cannot read it back: the duplicate is still refused, and
 //     Message.Duplicate is then the message sent (same source and id, its
-//     other fields as given by the caller).
+//     other fields as given by the caller). The server keeps every id of
+//     the window in memory (about a hundred bytes each): a short
+//     DedupWindow keeps a busy server small.
 //   - Attempts are JetStream's delivery count plus the attempts a
 //     released copy carries. A lease is AckWait; Extend sends InProgress.
 //     A delivery whose lease ran out can no longer retry, release or
