@@ -258,3 +258,27 @@ func TestEphemeral(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestEphemeralReaped: an ephemeral subscription whose process vanished
+// without closing it (its connection dropped, as with SIGKILL) is reaped
+// by the server after a few leases of inactivity.
+func TestEphemeralReaped(t *testing.T) {
+	u := prefixURL(t)
+	d := openDriver(t, u)
+	watcher := openDriver(t, u)
+	if _, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "tail.gone", Pattern: "any.>", Lease: time.Second, Ephemeral: true}); err != nil {
+		t.Fatal(err)
+	}
+	d.nc.Close() // the process dies: nothing deletes the consumer
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		_, err := watcher.js.Consumer(bg, watcher.eventsStream(), consumerName("tail.gone"))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the abandoned ephemeral subscription's consumer is still there after 2m (%v)", err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
