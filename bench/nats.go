@@ -21,7 +21,7 @@ import (
 // natsSystemNames lists the systems that need a NATS server, in report
 // order.
 var natsSystemNames = []string{
-	"ripple-nats", "watermill-nats", "nats-raw-publish-awaited", "nats-raw-publishasync-16",
+	"ripple-nats", "ripple-nats-history-memory", "watermill-nats", "nats-raw-publish-awaited", "nats-raw-publishasync-16",
 }
 
 // NATSURLFromEnv returns the NATS URL set in RIPPLE_BENCH_NATS_URL or,
@@ -43,6 +43,8 @@ func NATSSystems(url string) []System {
 	out := []System{
 		RippleSystem("ripple-nats", "nats transport, default settings (server as given: scripts/test runs sync_interval: always)",
 			func(string) string { return url + "/" + newNamespace() }),
+		RippleSystem("ripple-nats-history-memory", "nats transport, ?history=memory: completed history in memory storage (a server restart forgets it)",
+			func(string) string { return url + "/" + newNamespace() + "?history=memory" }),
 		WatermillNATS(url),
 		RawJetStream(url, false),
 		RawJetStream(url, true),
@@ -51,6 +53,7 @@ func NATSSystems(url string) []System {
 		out[i].Group = "nats"
 	}
 	out[0].Open = cleanupNATSAfter(out[0].Open, url)
+	out[1].Open = cleanupNATSAfter(out[1].Open, url)
 	return out
 }
 
@@ -77,7 +80,7 @@ func (c natsCleanup) Close() error {
 	if !ok {
 		return err
 	}
-	prefix := ri.url[strings.LastIndex(ri.url, "/")+1:]
+	prefix, _, _ := strings.Cut(ri.url[strings.LastIndex(ri.url, "/")+1:], "?")
 	return errors.Join(err, deleteNATS(c.url, func(js jetstream.JetStream, ctx context.Context) error {
 		var errs []error
 		for _, s := range []string{"events", "done", "dlq"} {

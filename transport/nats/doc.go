@@ -23,6 +23,15 @@
 //     on one server are isolated.
 //   - replicas: JetStream replicas (1 to 5, default 1) for every stream,
 //     consumer and bucket Ripple creates; use 3 on a three-node cluster.
+//   - history: file (default) or memory, the storage of the completed
+//     history stream (what Stats.Completed counts and Replay re-delivers).
+//     Every completion writes a copy there; with memory storage that write
+//     needs no fsync, which makes completions, and most of all fan-out to
+//     several handlers, much cheaper on a server with sync_interval:
+//     always, at the price that a server restart forgets completed
+//     history (never events still waiting, nor dead letters). A stream
+//     created with one storage cannot be switched to the other: delete it
+//     (nats stream rm ripple-PREFIX-done) first.
 //   - servers: more seed servers of a cluster, comma-separated host:port.
 //   - timeout: the connection timeout (default 5s).
 //   - tls: true to require TLS (implied by tls://); tls_ca: a PEM file of

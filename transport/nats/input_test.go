@@ -55,7 +55,10 @@ func TestParseURL(t *testing.T) {
 	if o, err := parseURL("tls://h:4222"); err != nil || !o.tls || !strings.HasPrefix(o.servers[0], "tls://") {
 		t.Errorf("tls URL: %+v, %v", o, err)
 	}
-	for _, bad := range []string{"nats://h:4222?replicas=9", "nats://h:4222?bogus=1", "nats://h:4222/a.b", "nats://", "nats://h:4222?timeout=-1s"} {
+	if o, err := parseURL("nats://h:4222?history=memory"); err != nil || o.history != jetstream.MemoryStorage {
+		t.Errorf("history=memory: %+v, %v", o, err)
+	}
+	for _, bad := range []string{"nats://h:4222?history=disk", "nats://h:4222?replicas=9", "nats://h:4222?bogus=1", "nats://h:4222/a.b", "nats://", "nats://h:4222?timeout=-1s"} {
 		if _, err := parseURL(bad); err == nil {
 			t.Errorf("parseURL(%q) accepted it", bad)
 		}

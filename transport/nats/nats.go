@@ -65,6 +65,7 @@ type Driver struct {
 	js       jetstream.JetStream
 	prefix   string
 	replicas int
+	history  jetstream.StorageType
 	ret      transport.Retention
 	maxSize  int
 	log      *slog.Logger
@@ -91,6 +92,8 @@ type options struct {
 	tls      bool
 	tlsCA    string
 	redacted string
+	// history is the storage of the completed-history stream.
+	history jetstream.StorageType
 }
 
 // Open opens a driver for a nats:// or tls:// URL. It connects, checks that
@@ -135,7 +138,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	}
 	ret := cfg.Retention.Resolve()
 	d := &Driver{
-		nc: nc, js: js, prefix: o.prefix, replicas: o.replicas, ret: ret,
+		nc: nc, js: js, prefix: o.prefix, replicas: o.replicas, history: o.history, ret: ret,
 		maxSize: cfg.MaxMessageSize, log: log,
 		subs: map[*subscription]struct{}{}, ephemeral: map[string]int{},
 	}
@@ -148,7 +151,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 
 // parseURL reads a nats:// or tls:// URL.
 func parseURL(raw string) (options, error) {
-	o := options{prefix: DefaultPrefix, replicas: 1, timeout: 5 * time.Second}
+	o := options{prefix: DefaultPrefix, replicas: 1, timeout: 5 * time.Second, history: jetstream.FileStorage}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return o, fmt.Errorf("nats: cannot parse the URL: %w; write it as nats://[user:password@]host:port[/prefix][?params]", redactErr(err))
@@ -200,6 +203,15 @@ func parseURL(raw string) (options, error) {
 		case "tls_ca":
 			o.tlsCA = v
 			o.tls = true
+		case "history":
+			switch v {
+			case "file":
+				o.history = jetstream.FileStorage
+			case "memory":
+				o.history = jetstream.MemoryStorage
+			default:
+				return o, fmt.Errorf("nats: URL %s: history=%q must be file or memory", o.redacted, v)
+			}
 		case "servers":
 			for s := range strings.SplitSeq(v, ",") {
 				if s = strings.TrimSpace(s); s != "" {
@@ -207,7 +219,7 @@ func parseURL(raw string) (options, error) {
 				}
 			}
 		default:
-			return o, fmt.Errorf("nats: URL %s has unknown parameter %q; known: prefix, replicas, timeout, tls, tls_ca, servers", o.redacted, k)
+			return o, fmt.Errorf("nats: URL %s has unknown parameter %q; known: prefix, replicas, history, timeout, tls, tls_ca, servers", o.redacted, k)
 		}
 	}
 	if !validPrefix(o.prefix) {
@@ -310,7 +322,7 @@ func (d *Driver) setup(ctx context.Context, where string) error {
 			Description:       "Ripple completed history of namespace " + d.prefix,
 			Subjects:          []string{d.prefix + ".done.>"},
 			Retention:         jetstream.LimitsPolicy,
-			Storage:           jetstream.FileStorage,
+			Storage:           d.history,
 			Replicas:          d.replicas,
 			MaxMsgsPerSubject: int64(d.ret.CompletedCount),
 			MaxAge:            max(d.ret.CompletedAge, 100*time.Millisecond),
