@@ -90,6 +90,10 @@
 //   - Complete acks in the background (Ack, not a round trip per event),
 //     as the driver contract allows; Stats and Close first flush what is
 //     on its way. An ack lost with a crash only makes the event come back.
+//   - A delivery's FirstDelivered (a dead letter's FirstAttempt) is when
+//     this driver first handed the event out, or, when an earlier attempt
+//     ran elsewhere, when the event was stored: JetStream does not keep
+//     the time of a message's first delivery.
 //   - Retry is NakWithDelay(backoff): the message waits on the server and
 //     does not block the consumer's other messages. Release (shutdown,
 //     claim held elsewhere) acks the message and puts a copy recording the
