@@ -129,7 +129,11 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	}
 	nc, err := nats.Connect(strings.Join(o.servers, ","), copts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats: cannot connect to %s: %w; check that nats-server runs there (with -js) and that the URL's host, port and credentials are right", o.redacted, err)
+		hint := "check that nats-server runs there (with -js) and that the URL's host, port and credentials are right"
+		if strings.Contains(err.Error(), "x509") || strings.Contains(err.Error(), "tls") {
+			hint = "the server's TLS certificate was not accepted: give the certificate authority that signed it with tls_ca=FILE (PEM), and reach the server by a name or address the certificate lists"
+		}
+		return nil, fmt.Errorf("nats: cannot connect to %s: %w; %s", o.redacted, err, hint)
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishTimeout))
 	if err != nil {
