@@ -21,8 +21,10 @@
 //     path): 1 to 64 characters of [A-Za-z0-9_-]. Buses with the same
 //     prefix share events, handlers and dead letters; different prefixes
 //     on one server are isolated.
-//   - replicas: JetStream replicas (1 to 5, default 1) for every stream,
-//     consumer and bucket Ripple creates; use 3 on a three-node cluster.
+//   - replicas: JetStream replicas (1 to 5, default 1) for every stream
+//     and bucket Ripple creates (consumers follow their stream); use 3 on
+//     a three-node cluster. Without it, an existing namespace keeps its
+//     replicas.
 //   - history: file (default) or memory, the storage of the completed
 //     history stream (what Stats.Completed counts and Replay re-delivers).
 //     Every completion writes a copy there; with memory storage that write
@@ -128,8 +130,11 @@
 //     one closes.
 //   - Retention: completed history and dead letters by count and age as
 //     the bus's KeepCompleted and KeepDead say (native stream limits).
-//     When several buses with different retention open one prefix, the
-//     last one opened sets the limits.
+//     The limits live on the streams: a bus that sets KeepCompleted,
+//     KeepDead or DedupWindow applies them to the namespace when it opens,
+//     and a bus that leaves them at their defaults (a tool such as ripple
+//     stats) keeps what the namespace has, as it keeps its replicas and
+//     history storage unless its URL names them.
 //   - Replay re-delivers, from the handler's completed and dead-lettered
 //     copies, those whose original was stored at or after the given time.
 //

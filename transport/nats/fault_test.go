@@ -200,4 +200,18 @@ func TestClusterNodeKilled(t *testing.T) {
 		t.Logf("killing node n%d, the events stream's leader", leader)
 		nodes[leader].kill()
 	})
+	// A tool opening the namespace without ?replicas does not scale it
+	// down.
+	alive := nodes[0]
+	if alive.cmd == nil {
+		alive = nodes[1]
+	}
+	tool := openDriver(t, alive.url()+"/cluster")
+	s, err := tool.js.Stream(bg, tool.eventsStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().Config.Replicas; n != 3 {
+		t.Errorf("after a bus without ?replicas opened the namespace, the events stream has %d replicas; want 3", n)
+	}
 }

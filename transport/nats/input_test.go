@@ -285,3 +285,39 @@ func TestEphemeralReaped(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 }
+
+// TestDefaultsKeepNamespaceSettings: a bus that leaves retention at its
+// defaults (a tool like ripple stats) does not undo the limits another
+// bus set on the namespace, and one that sets them does.
+func TestDefaultsKeepNamespaceSettings(t *testing.T) {
+	u := prefixURL(t)
+	set := func(r transport.Retention) *Driver {
+		d, err := Open(bg, u, transport.Config{Retention: r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Close() })
+		return d.(*Driver)
+	}
+	limits := func(d *Driver) (int64, time.Duration, time.Duration) {
+		done, err := d.js.Stream(bg, d.doneStream())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := d.js.Stream(bg, d.eventsStream())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := done.CachedInfo().Config
+		return c.MaxMsgsPerSubject, c.MaxAge, ev.CachedInfo().Config.Duplicates
+	}
+	app := set(transport.Retention{CompletedCount: 5, CompletedAge: time.Hour, DedupWindow: time.Minute})
+	tool := set(transport.Retention{})
+	if n, age, dup := limits(tool); n != 5 || age != time.Hour || dup != time.Minute {
+		t.Errorf("after a bus with default retention opened: completed %d for %s, dedup %s; want 5 for 1h, dedup 1m as the application set", n, age, dup)
+	}
+	set(transport.Retention{CompletedCount: 7})
+	if n, age, _ := limits(app); n != 7 || age != time.Hour {
+		t.Errorf("after a bus set KeepCompleted(7): completed %d for %s; want 7 for 1h", n, age)
+	}
+}

@@ -66,9 +66,15 @@ type Driver struct {
 	prefix   string
 	replicas int
 	history  jetstream.StorageType
-	ret      transport.Retention
-	maxSize  int
-	log      *slog.Logger
+	// replicasSet and historySet: the URL said replicas= / history=;
+	// otherwise an existing namespace keeps what it has.
+	replicasSet, historySet bool
+	// raw is the retention as the bus gave it: zero fields were not set,
+	// so an existing namespace keeps its own for them.
+	raw     transport.Retention
+	ret     transport.Retention
+	maxSize int
+	log     *slog.Logger
 
 	events jetstream.Stream
 	done   jetstream.Stream // nil when completed history is kept for no time
@@ -94,6 +100,8 @@ type options struct {
 	redacted string
 	// history is the storage of the completed-history stream.
 	history jetstream.StorageType
+	// replicasSet and historySet: the URL gave replicas= / history=.
+	replicasSet, historySet bool
 }
 
 // Open opens a driver for a nats:// or tls:// URL. It connects, checks that
@@ -143,6 +151,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	ret := cfg.Retention.Resolve()
 	d := &Driver{
 		nc: nc, js: js, prefix: o.prefix, replicas: o.replicas, history: o.history, ret: ret,
+		replicasSet: o.replicasSet, historySet: o.historySet, raw: cfg.Retention,
 		maxSize: cfg.MaxMessageSize, log: log,
 		subs: map[*subscription]struct{}{}, ephemeral: map[string]int{},
 	}
@@ -192,6 +201,7 @@ func parseURL(raw string) (options, error) {
 				return o, fmt.Errorf("nats: URL %s: replicas=%q is not a number from 1 to 5", o.redacted, v)
 			}
 			o.replicas = n
+			o.replicasSet = true
 		case "timeout":
 			t, err := time.ParseDuration(v)
 			if err != nil || t <= 0 {
@@ -216,6 +226,7 @@ func parseURL(raw string) (options, error) {
 			default:
 				return o, fmt.Errorf("nats: URL %s: history=%q must be file or memory", o.redacted, v)
 			}
+			o.historySet = true
 		case "servers":
 			for s := range strings.SplitSeq(v, ",") {
 				if s = strings.TrimSpace(s); s != "" {
@@ -316,6 +327,10 @@ func (d *Driver) setup(ctx context.Context, where string) error {
 		AllowMsgSchedules: true,
 		AllowRollup:       true,
 		Discard:           jetstream.DiscardOld,
+	}, func(old, cfg *jetstream.StreamConfig) {
+		if d.raw.DedupWindow == 0 {
+			cfg.Duplicates = old.Duplicates
+		}
 	})
 	if err != nil {
 		return err
@@ -330,7 +345,16 @@ func (d *Driver) setup(ctx context.Context, where string) error {
 			Replicas:          d.replicas,
 			MaxMsgsPerSubject: int64(d.ret.CompletedCount),
 			MaxAge:            max(d.ret.CompletedAge, 100*time.Millisecond),
-			Duplicates:        min(max(d.ret.CompletedAge, 100*time.Millisecond), 2*time.Minute),
+		}, func(old, cfg *jetstream.StreamConfig) {
+			if d.raw.CompletedCount == 0 {
+				cfg.MaxMsgsPerSubject = old.MaxMsgsPerSubject
+			}
+			if d.raw.CompletedAge == 0 {
+				cfg.MaxAge = old.MaxAge
+			}
+			if !d.historySet {
+				cfg.Storage = old.Storage
+			}
 		})
 		if err != nil {
 			return err
@@ -346,7 +370,13 @@ func (d *Driver) setup(ctx context.Context, where string) error {
 			Replicas:          d.replicas,
 			MaxMsgsPerSubject: int64(d.ret.DeadCount),
 			MaxAge:            max(d.ret.DeadAge, 100*time.Millisecond),
-			Duplicates:        min(max(d.ret.DeadAge, 100*time.Millisecond), 2*time.Minute),
+		}, func(old, cfg *jetstream.StreamConfig) {
+			if d.raw.DeadCount == 0 {
+				cfg.MaxMsgsPerSubject = old.MaxMsgsPerSubject
+			}
+			if d.raw.DeadAge == 0 {
+				cfg.MaxAge = old.MaxAge
+			}
 		})
 		if err != nil {
 			return err
@@ -358,34 +388,47 @@ func (d *Driver) setup(ctx context.Context, where string) error {
 		FilterSubject: d.prefix + ".sched.>",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverNewPolicy,
-		Replicas:      d.replicas,
 	}); err != nil {
 		return d.consumerErr(schedulerConsumer, err)
 	}
-	d.claims, err = d.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	d.claims, err = d.ensureBucket(ctx, jetstream.KeyValueConfig{
 		Bucket:      d.claimsBucket(),
 		Description: "Ripple idempotency claims of namespace " + d.prefix,
 		TTL:         max(d.ret.DedupWindow, time.Second),
 		Storage:     jetstream.FileStorage,
 		Replicas:    d.replicas,
-	})
+	}, d.raw.DedupWindow == 0)
 	if err != nil {
-		return fmt.Errorf("nats: cannot create or update key-value bucket %s: %w; delete it if something else created it, or use another prefix", d.claimsBucket(), err)
+		return err
 	}
-	d.state, err = d.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	d.state, err = d.ensureBucket(ctx, jetstream.KeyValueConfig{
 		Bucket:      d.stateBucket(),
 		Description: "Ripple counters and rate limits of namespace " + d.prefix,
 		Storage:     jetstream.FileStorage,
 		Replicas:    d.replicas,
-	})
+	}, false)
 	if err != nil {
-		return fmt.Errorf("nats: cannot create or update key-value bucket %s: %w; delete it if something else created it, or use another prefix", d.stateBucket(), err)
+		return err
 	}
 	return nil
 }
 
-// ensureStream creates a stream or brings an existing one to cfg.
-func (d *Driver) ensureStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+// ensureStream creates a stream or brings an existing one to cfg. For an
+// existing stream, keep copies into cfg what the bus did not ask for
+// (retention left at its defaults), and the replicas unless the URL set
+// them, so that a tool opening the namespace with defaults (ripple stats)
+// does not change what the application set up.
+func (d *Driver) ensureStream(ctx context.Context, cfg jetstream.StreamConfig, keep func(old, cfg *jetstream.StreamConfig)) (jetstream.Stream, error) {
+	if old, err := d.js.Stream(ctx, cfg.Name); err == nil {
+		oc := old.CachedInfo().Config
+		if !d.replicasSet {
+			cfg.Replicas = oc.Replicas
+		}
+		keep(&oc, &cfg)
+	}
+	if cfg.Duplicates == 0 && cfg.MaxAge > 0 {
+		cfg.Duplicates = min(cfg.MaxAge, 2*time.Minute)
+	}
 	s, err := d.js.CreateOrUpdateStream(ctx, cfg)
 	if err == nil {
 		return s, nil
@@ -393,6 +436,27 @@ func (d *Driver) ensureStream(ctx context.Context, cfg jetstream.StreamConfig) (
 	what := "retention " + cfg.Retention.String()
 	return nil, fmt.Errorf("nats: stream %s exists with settings Ripple cannot use, or its subjects %v overlap another stream's (%w); Ripple needs it with %s, file storage and subjects %v: delete it (nats stream rm %s) if nothing else uses it, or give Ripple another prefix",
 		cfg.Name, cfg.Subjects, err, what, cfg.Subjects, cfg.Name)
+}
+
+// ensureBucket creates a key-value bucket or updates an existing one,
+// keeping its TTL when keepTTL and its replicas unless the URL set them.
+func (d *Driver) ensureBucket(ctx context.Context, cfg jetstream.KeyValueConfig, keepTTL bool) (jetstream.KeyValue, error) {
+	if kv, err := d.js.KeyValue(ctx, cfg.Bucket); err == nil {
+		if st, err := kv.Status(ctx); err == nil {
+			oc := st.Config()
+			if !d.replicasSet {
+				cfg.Replicas = oc.Replicas
+			}
+			if keepTTL {
+				cfg.TTL = oc.TTL
+			}
+		}
+	}
+	kv, err := d.js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("nats: cannot create or update key-value bucket %s: %w; delete it if something else created it, or use another prefix", cfg.Bucket, err)
+	}
+	return kv, nil
 }
 
 // consumerErr explains a failure to create a consumer.

@@ -92,7 +92,6 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		MaxDeliver:     -1,
 		MaxAckPending:  -1,
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
-		Replicas:       d.replicas,
 		Metadata:       map[string]string{metaHandler: spec.Name, metaPattern: spec.Pattern},
 	}
 	if spec.Ephemeral {
