@@ -321,3 +321,38 @@ func TestDefaultsKeepNamespaceSettings(t *testing.T) {
 		t.Errorf("after a bus set KeepCompleted(7): completed %d for %s; want 7 for 1h", n, age)
 	}
 }
+
+// TestUnsubscribeFreesStream: what was queued only for an unsubscribed
+// handler leaves the events stream (interest retention), so nothing is
+// kept for a handler that no longer exists.
+func TestUnsubscribeFreesStream(t *testing.T) {
+	d := openDriver(t, prefixURL(t))
+	s, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "gone.h", Pattern: "gone.queued", Lease: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 5 {
+		m := &transport.Message{ID: "g-" + itoa(i), Type: "gone.queued", Time: time.Now(), Attrs: map[string]string{"source": "s"}}
+		if err := d.Publish(bg, []*transport.Message{m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Unsubscribe(bg, "gone.h"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, err := d.events.Info(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the events stream still holds %d messages queued only for the unsubscribed handler", info.State.Msgs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
