@@ -278,14 +278,17 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 			errs = append(errs, fmt.Errorf("nats: settlement of a delivery this transport did not make"))
 			continue
 		}
-		if st.Outcome != transport.Complete && tk.lost(leaseMargin(s.lease)) {
+		lost := tk.lost(leaseMargin(s.lease))
+		if st.Outcome != transport.Complete && lost {
 			// Another receiver may hold the message now; it comes back
 			// (or is with its new holder) whatever this one decided.
 			continue
 		}
 		switch st.Outcome {
 		case transport.Complete:
-			if s.d.done != nil {
+			// A completion after the lease ran out still acks (the event
+			// was handled), but leaves the history copy to the holder.
+			if s.d.done != nil && !lost {
 				h := s.copyOf(tk, st.Delivery)
 				f, err := s.d.js.PublishMsgAsync(&nats.Msg{Subject: s.d.doneSubject(s.tok), Header: h, Data: tk.msg.Data()})
 				if err != nil {
