@@ -29,12 +29,14 @@ var transportPackages = map[string]string{
 	"memory": "transport/memory",
 	"redis":  "transport/redis",
 	"rediss": "transport/redis",
+	"nats":   "transport/nats",
+	"tls":    "transport/nats",
 }
 
 // plannedSchemes are the URL schemes of transports Ripple does not have
 // yet, so that their error says so instead of naming an import that does
 // not exist.
-var plannedSchemes = []string{"nats", "amqp", "amqps", "kafka"}
+var plannedSchemes = []string{"amqp", "amqps", "kafka"}
 
 // Bus publishes events and runs handlers over one transport. Create it
 // with Open (from a URL) or New (from a driver). A Bus is safe for

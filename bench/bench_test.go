@@ -88,8 +88,8 @@ func TestSelect(t *testing.T) {
 	if err != nil || len(all) != len(base) {
 		t.Fatalf("Select(all) = %d systems, %v", len(all), err)
 	}
-	if len(notes) != 1 || !strings.Contains(notes[0], "RIPPLE_BENCH_REDIS_URL") {
-		t.Fatalf("Select(all) without Redis: notes %q, want one naming RIPPLE_BENCH_REDIS_URL", notes)
+	if len(notes) != 2 || !strings.Contains(notes[0], "RIPPLE_BENCH_REDIS_URL") || !strings.Contains(notes[1], "RIPPLE_BENCH_NATS_URL") {
+		t.Fatalf("Select(all) without Redis and NATS: notes %q, want one naming RIPPLE_BENCH_REDIS_URL and one RIPPLE_BENCH_NATS_URL", notes)
 	}
 	two, _, err := Select("ripple-memory, goqite", Env{})
 	if err != nil || len(two) != 2 || two[1].Name != "goqite" {
@@ -286,4 +286,18 @@ func TestCheckSetsPeerMultiplesBesideTheRawCeiling(t *testing.T) {
 	if got != want {
 		t.Errorf("verdict for 6× bullmq:\n got %q\nwant %q", got, want)
 	}
+}
+
+// TestNATSSystemsShort runs a tiny version of every scenario on the NATS
+// systems, against the server in RIPPLE_TEST_NATS_URL (or
+// RIPPLE_BENCH_NATS_URL).
+func TestNATSSystemsShort(t *testing.T) {
+	url := NATSURLFromEnv()
+	if url == "" {
+		if os.Getenv("RIPPLE_TEST_REQUIRE_SERVERS") == "1" {
+			t.Fatal("RIPPLE_TEST_NATS_URL is not set but RIPPLE_TEST_REQUIRE_SERVERS=1: start nats-server -js (scripts/test does) and export RIPPLE_TEST_NATS_URL=nats://127.0.0.1:PORT")
+		}
+		t.Skip("no NATS server: set RIPPLE_TEST_NATS_URL=nats://127.0.0.1:4222 (nats-server -js) to run the NATS systems")
+	}
+	checkShortRun(t, NATSSystems(url))
 }

@@ -210,6 +210,51 @@ func Check(results []Result) []Verdict {
 			Pass:     m.P99 <= time.Millisecond && m.Note == "",
 		})
 	}
+	return append(out, checkNATS(find)...)
+}
+
+// checkNATS evaluates the NATS targets. The server's sync_interval decides
+// every one of these numbers; scripts/test runs it with sync_interval:
+// always (an fsync per write).
+func checkNATS(find func(string, Scenario) (Measurement, bool)) []Verdict {
+	var out []Verdict
+	ratio := func(target, aName string, aSc Scenario, bName string, bSc Scenario, min float64) {
+		a, ok1 := find(aName, aSc)
+		b, ok2 := find(bName, bSc)
+		if !ok1 || !ok2 || b.PerSec == 0 {
+			return
+		}
+		r := a.PerSec / b.PerSec
+		out = append(out, Verdict{
+			Target:   target,
+			Measured: fmt.Sprintf("%s %s / %s %s = %s / %s = %.2f×", aName, aSc, bName, bSc, count(a.PerSec), count(b.PerSec), r),
+			Pass:     r >= min,
+		})
+	}
+	ratio("NATS: end-to-end, one awaiting publisher ≥ 0.8× raw awaited jetstream.Publish",
+		"ripple-nats", E2E1, "nats-raw-publish-awaited", Pub1, 0.8)
+	ratio("NATS: end-to-end, 16 publishers ≥ 0.5× raw PublishAsync with 16 in flight",
+		"ripple-nats", E2E16, "nats-raw-publishasync-16", Pub16, 0.5)
+	for _, sc := range []Scenario{E2E1, E2E16} {
+		ratio(fmt.Sprintf("NATS: end-to-end (%s) ≥ 2× watermill-nats", sc), "ripple-nats", sc, "watermill-nats", sc, 2)
+	}
+	if m, ok := find("ripple-nats", Latency); ok {
+		out = append(out, Verdict{
+			Target:   "NATS: p99 publish→handler ≤ 2 ms at the paced rate (ripple-nats)",
+			Measured: fmt.Sprintf("p50 %s ms, p99 %s ms", ms(m.P50), ms(m.P99)),
+			Pass:     m.P99 <= 2*time.Millisecond && m.Note == "",
+		})
+	}
+	one, ok1 := find("ripple-nats", E2E16)
+	five, ok2 := find("ripple-nats", Fan5)
+	if ok1 && ok2 && five.PerSec > 0 {
+		cost := one.PerSec / five.PerSec
+		out = append(out, Verdict{
+			Target:   "NATS: five handlers cost ≤ 2× one handler (ripple-nats)",
+			Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(five.PerSec), cost),
+			Pass:     cost <= 2,
+		})
+	}
 	return out
 }
 

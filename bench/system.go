@@ -57,6 +57,9 @@ type Env struct {
 	// RedisURL is the Redis server every Redis system uses
 	// (redis://HOST:PORT/DB). Empty leaves the Redis systems out.
 	RedisURL string
+	// NATSURL is the NATS server (JetStream enabled) every NATS system
+	// uses (nats://HOST:PORT). Empty leaves the NATS systems out.
+	NATSURL string
 	// InstallNode lets BullMQ's system run `npm ci` in bench/bullmq when
 	// its node_modules are missing.
 	InstallNode bool
@@ -88,15 +91,24 @@ func Systems(env Env) ([]System, []string) {
 		RawSQLite("FULL"),
 		RawSQLite("NORMAL"),
 	}
+	var notes []string
 	if env.RedisURL == "" {
-		return out, []string{"the Redis systems (" + strings.Join(redisSystemNames, ", ") + ") were left out: no Redis server was given; pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL"}
+		notes = append(notes, "the Redis systems ("+strings.Join(redisSystemNames, ", ")+") were left out: no Redis server was given; pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL")
+	} else {
+		redis, rnotes := RedisSystems(env)
+		out = append(out, redis...)
+		notes = append(notes, rnotes...)
 	}
-	redis, notes := RedisSystems(env)
-	return append(out, redis...), notes
+	if env.NATSURL == "" {
+		notes = append(notes, "the NATS systems ("+strings.Join(natsSystemNames, ", ")+") were left out: no NATS server was given; pass -nats nats://HOST:PORT or set RIPPLE_BENCH_NATS_URL")
+	} else {
+		out = append(out, NATSSystems(env.NATSURL)...)
+	}
+	return out, notes
 }
 
 // Groups lists the names that select a family of systems, besides "all".
-var Groups = []string{"redis"}
+var Groups = []string{"redis", "nats"}
 
 // Select returns the systems named in the comma-separated list names (each
 // a system name, a group name or "all") that can run with env, and a note
@@ -122,6 +134,9 @@ func Select(names string, env Env) ([]System, []string, error) {
 		if needsRedis && env.RedisURL == "" {
 			return nil, nil, fmt.Errorf("%q needs a Redis server: pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL", n)
 		}
+		if (n == "nats" || slices.Contains(natsSystemNames, n)) && env.NATSURL == "" {
+			return nil, nil, fmt.Errorf("%q needs a NATS server with JetStream: pass -nats nats://HOST:PORT or set RIPPLE_BENCH_NATS_URL", n)
+		}
 		switch {
 		case n == "all":
 			for _, s := range avail {
@@ -134,7 +149,11 @@ func Select(names string, env Env) ([]System, []string, error) {
 					add(s)
 				}
 			}
-			outNotes = append(outNotes, notes...)
+			for _, note := range notes {
+				if noteGroup(note) == n {
+					outNotes = append(outNotes, note)
+				}
+			}
 		default:
 			i := slices.IndexFunc(avail, func(s System) bool { return s.Name == n })
 			switch {
@@ -170,5 +189,17 @@ func SystemNames() []string {
 	for _, s := range all {
 		names = append(names, s.Name)
 	}
-	return append(names, redisSystemNames...)
+	return append(append(names, redisSystemNames...), natsSystemNames...)
+}
+
+// noteGroup returns the group a note of Systems is about.
+func noteGroup(note string) string {
+	name, _, _ := strings.Cut(note, " ")
+	switch {
+	case strings.HasPrefix(note, "the Redis systems"), slices.Contains(redisSystemNames, name):
+		return "redis"
+	case strings.HasPrefix(note, "the NATS systems"), slices.Contains(natsSystemNames, name):
+		return "nats"
+	}
+	return ""
 }
