@@ -1,0 +1,2 @@
+// Package amqp is Ripple's RabbitMQ transport (amqp:// and amqps://).
+package amqp

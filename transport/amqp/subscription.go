@@ -1,0 +1,641 @@
+package amqp
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+// bindingKey maps a Ripple pattern to an AMQP topic binding key: "*" stays
+// "*" and a trailing ">" (one or more segments) becomes "*.#".
+func bindingKey(pattern string) string {
+	if p, ok := strings.CutSuffix(pattern, ">"); ok {
+		return p + "*.#"
+	}
+	return pattern
+}
+
+// Delay buckets: a retry or delayed event waits in the handler's delay
+// queue of the largest bucket not over the time left (each queue has one
+// TTL, so its head always expires first), then comes back to the handler
+// queue; one still early waits again. The smallest bucket bounds how late
+// a delay can be.
+const (
+	minBucket  = 10 * time.Millisecond
+	numBuckets = 23 // 10 ms .. ~11.6 h
+)
+
+func bucketFor(left time.Duration) time.Duration {
+	b := minBucket
+	for range numBuckets - 1 {
+		if b*2 > left {
+			break
+		}
+		b *= 2
+	}
+	return b
+}
+
+// queueArgs are the arguments of a handler's queue.
+func (d *Driver) queueArgs(spec transport.SubscriptionSpec) (amqp.Table, bool, bool) {
+	if spec.Ephemeral {
+		return amqp.Table{"x-expires": ephemeralExpiry(spec.Lease)}, false, true
+	}
+	return amqp.Table{"x-queue-type": "quorum"}, true, false
+}
+
+func ephemeralExpiry(lease time.Duration) int64 {
+	return max(int64(4*lease/time.Millisecond), 10_000)
+}
+
+func (d *Driver) deadArgs(ephemeral bool, lease time.Duration) amqp.Table {
+	t := amqp.Table{}
+	if ephemeral {
+		t["x-expires"] = ephemeralExpiry(lease)
+	} else {
+		t["x-queue-type"] = "quorum"
+	}
+	if d.ret.DeadCount > 0 {
+		t["x-max-length"] = int64(d.ret.DeadCount)
+	} else {
+		t["x-max-length"] = int64(0)
+	}
+	if d.ret.DeadAge > 0 {
+		t["x-message-ttl"] = d.ret.DeadAge.Milliseconds()
+	}
+	return t
+}
+
+func (d *Driver) delayArgs(handler string, ttl time.Duration, ephemeral bool, lease time.Duration) amqp.Table {
+	t := amqp.Table{
+		"x-message-ttl":             ttl.Milliseconds(),
+		"x-dead-letter-exchange":    "",
+		"x-dead-letter-routing-key": d.queueName(handler),
+	}
+	if ephemeral {
+		t["x-expires"] = ephemeralExpiry(lease) + ttl.Milliseconds()
+	} else {
+		t["x-queue-type"] = "quorum"
+		t["x-overflow"] = "reject-publish"
+		t["x-dead-letter-strategy"] = "at-least-once"
+	}
+	return t
+}
+
+// Subscribe implements transport.Driver.
+func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec) (transport.Subscription, error) {
+	if d.isClosed() {
+		return nil, ErrClosed
+	}
+	if spec.Lease <= 0 {
+		spec.Lease = 30 * time.Second
+	}
+	if !spec.From.IsZero() {
+		return nil, fmt.Errorf("amqp: starting a subscription from history: %w", errNotSupported("StartFrom"))
+	}
+	if spec.Ordered {
+		return nil, fmt.Errorf("amqp: ordered subscriptions: %w", errNotSupported("Ordered"))
+	}
+	s := &subscription{
+		d:        d,
+		spec:     spec,
+		queue:    d.queueName(spec.Name),
+		inflight: map[*lease]struct{}{},
+		changed:  make(chan struct{}),
+		done:     make(chan struct{}),
+		prefetch: 1,
+	}
+	if err := s.declare(ctx); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		s.Close()
+		return nil, ErrClosed
+	}
+	d.subs[s] = struct{}{}
+	d.handlers[spec.Name] = spec.Pattern
+	d.mu.Unlock()
+	go s.watchdog()
+	return s, nil
+}
+
+func errNotSupported(option string) error {
+	return &notSupported{option}
+}
+
+type notSupported struct{ option string }
+
+func (e *notSupported) Error() string {
+	return "the amqp transport does not support " + e.option
+}
+
+// subscription is a consumer of one handler queue.
+type subscription struct {
+	d     *Driver
+	spec  transport.SubscriptionSpec
+	queue string
+
+	mu         sync.Mutex
+	ch         *amqp.Channel
+	deliveries <-chan amqp.Delivery
+	changed    chan struct{} // closed when ch is replaced
+	prefetch   int
+	inflight   map[*lease]struct{}
+	closed     bool
+	done       chan struct{}
+	recvMu     sync.Mutex
+	started    bool
+	tag        string
+}
+
+// lease is the token of one delivery.
+type lease struct {
+	ch       *amqp.Channel
+	tag      uint64
+	deadline time.Time
+	settled  bool
+	raw      amqp.Delivery
+	prior    int // attempts used before this delivery's own
+}
+
+func (s *subscription) declare(ctx context.Context) error {
+	d, spec := s.d, s.spec
+	args, durable, autoDelete := d.queueArgs(spec)
+	if err := d.declareOnce(ctx, s.queue, args, durable, autoDelete); err != nil {
+		return err
+	}
+	dead := d.deadName(spec.Name)
+	if err := d.declareOnce(ctx, dead, d.deadArgs(spec.Ephemeral, spec.Lease), !spec.Ephemeral, false); err != nil {
+		return err
+	}
+	return d.admin(ctx, func(ch *amqp.Channel) error {
+		if err := ch.QueueBind(s.queue, bindingKey(spec.Pattern), d.exchange, false, nil); err != nil {
+			return fmt.Errorf("amqp: binding queue %q to %q: %w", s.queue, spec.Pattern, err)
+		}
+		return nil
+	})
+}
+
+// open starts consuming on a fresh channel of the consume connection.
+func (s *subscription) open(ctx context.Context) error {
+	c, err := s.d.subConn.get(ctx)
+	if err != nil {
+		return err
+	}
+	ch, err := c.Channel()
+	if err != nil {
+		return fmt.Errorf("amqp: opening a consume channel: %w", err)
+	}
+	s.mu.Lock()
+	pf := s.prefetch
+	s.mu.Unlock()
+	if err := ch.Qos(pf, 0, false); err != nil {
+		ch.Close()
+		return fmt.Errorf("amqp: setting prefetch: %w", err)
+	}
+	tag := "ripple-" + randTag()
+	dl, err := ch.Consume(s.queue, tag, false, false, false, false, nil)
+	if err != nil {
+		if !ch.IsClosed() {
+			ch.Close()
+		}
+		if isNotFound(err) {
+			// The queue is gone (an ephemeral one expired, the broker lost
+			// it): declare it again.
+			s.d.forget(s.queue, s.d.deadName(s.spec.Name))
+		}
+		return fmt.Errorf("amqp: consuming %q: %w", s.queue, err)
+	}
+	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ch.Close()
+		return ErrClosed
+	}
+	s.ch, s.deliveries, s.tag = ch, dl, tag
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	go s.recover(ch, closes)
+	return nil
+}
+
+// recover reopens the consumer when its channel closes (connection lost,
+// channel error) until the subscription closes.
+func (s *subscription) recover(ch *amqp.Channel, closes chan *amqp.Error) {
+	var err error
+	if closes != nil {
+		err = <-closes
+	}
+	s.mu.Lock()
+	if s.closed || s.ch != ch {
+		s.mu.Unlock()
+		return
+	}
+	s.deliveries = nil
+	for l := range s.inflight {
+		if l.ch == ch {
+			l.settled = true
+			delete(s.inflight, l)
+		}
+	}
+	s.mu.Unlock()
+	s.d.log.Warn("amqp: consumer channel closed; resuming", "handler", s.spec.Name, "err", err)
+	backoff := 50 * time.Millisecond
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-time.After(backoff):
+		}
+		ctx, cancel := context.WithTimeout(s.d.ctx, 15*time.Second)
+		err := s.declare(ctx)
+		if err == nil {
+			err = s.open(ctx)
+		}
+		cancel()
+		if err == nil || err == ErrClosed {
+			return
+		}
+		s.d.log.Warn("amqp: resuming the consumer failed; retrying", "handler", s.spec.Name, "err", err)
+		backoff = min(backoff*2, 3*time.Second)
+	}
+}
+
+// Receive implements transport.Subscription.
+func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Delivery, error) {
+	if max <= 0 {
+		max = 1
+	}
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	// The consumer starts with the first Receive, so that its prefetch
+	// (fixed when a quorum queue consumer starts) is what the caller takes
+	// at once.
+	s.mu.Lock()
+	started := s.started
+	if !started {
+		s.started = true
+		s.prefetch = max
+	}
+	s.mu.Unlock()
+	if !started {
+		if err := s.open(ctx); err != nil {
+			if err == ErrClosed {
+				return nil, err
+			}
+			go s.recover(nil, nil)
+		}
+	}
+	var out []*transport.Delivery
+	for len(out) == 0 {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, ErrClosed
+		}
+		dl, changed := s.deliveries, s.changed
+		s.mu.Unlock()
+		select {
+		case m, ok := <-dl:
+			if !ok {
+				select {
+				case <-changed:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-s.done:
+					return nil, ErrClosed
+				}
+				continue
+			}
+			if dv := s.take(ctx, m); dv != nil {
+				out = append(out, dv)
+			}
+		case <-changed:
+			continue
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.done:
+			return nil, ErrClosed
+		}
+		// Take whatever else is already here.
+	more:
+		for len(out) < max {
+			select {
+			case m, ok := <-dl:
+				if !ok {
+					break more
+				}
+				if dv := s.take(ctx, m); dv != nil {
+					out = append(out, dv)
+				}
+			default:
+				break more
+			}
+		}
+	}
+	return out, nil
+}
+
+// take turns a broker delivery into a leased Delivery, or re-delays it
+// and returns nil when it is not due yet.
+func (s *subscription) take(ctx context.Context, m amqp.Delivery) *transport.Delivery {
+	prior := int(headerInt(m.Headers, hdrAttempts))
+	redelivered := int(headerInt(m.Headers, hdrDelivCount))
+	if nb := headerInt(m.Headers, hdrNotBefore); nb > 0 {
+		if left := time.Until(time.UnixMilli(nb)); left > 0 {
+			s.mu.Lock()
+			ch := s.ch
+			s.mu.Unlock()
+			pub := m
+			h := copyTable(m.Headers)
+			h[hdrAttempts] = int64(prior + redelivered)
+			if err := s.delay(ctx, pub, h, left); err != nil {
+				s.d.log.Warn("amqp: could not re-delay an early event; it returns", "handler", s.spec.Name, "err", err)
+				if ch != nil {
+					_ = ch.Nack(m.DeliveryTag, false, true)
+				}
+				return nil
+			}
+			_ = m.Ack(false)
+			return nil
+		}
+	}
+	msg := decode(m.MessageId, m.Type, m.Headers, m.Body)
+	first := time.Now()
+	if f := headerInt(m.Headers, hdrFirst); f > 0 {
+		first = time.UnixMilli(f)
+	}
+	s.mu.Lock()
+	l := &lease{ch: s.ch, tag: m.DeliveryTag, deadline: time.Now().Add(s.spec.Lease), raw: m, prior: prior + redelivered}
+	s.inflight[l] = struct{}{}
+	s.mu.Unlock()
+	return &transport.Delivery{Message: msg, Attempt: prior + redelivered + 1, FirstDelivered: first, Token: l}
+}
+
+func copyTable(t amqp.Table) amqp.Table {
+	c := make(amqp.Table, len(t)+4)
+	for k, v := range t {
+		if strings.HasPrefix(k, "x-") {
+			continue // broker-set (x-death, x-delivery-count, x-first-death-*)
+		}
+		c[k] = v
+	}
+	return c
+}
+
+// republish builds a copy of a delivery for the handler's own queues.
+func (s *subscription) publishing(m amqp.Delivery, h amqp.Table) amqp.Publishing {
+	return amqp.Publishing{
+		Headers:      h,
+		ContentType:  m.ContentType,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    m.MessageId,
+		Type:         m.Type,
+		Timestamp:    m.Timestamp,
+		Body:         m.Body,
+	}
+}
+
+// delay sends a copy to wait in a delay queue for left (or to the handler
+// queue at once when left <= 0).
+func (s *subscription) delay(ctx context.Context, m amqp.Delivery, h amqp.Table, left time.Duration) error {
+	o, err := s.route(ctx, m, h, left)
+	if err != nil {
+		return err
+	}
+	return s.d.pub.send(ctx, []outgoing{o})
+}
+
+func (s *subscription) route(ctx context.Context, m amqp.Delivery, h amqp.Table, left time.Duration) (outgoing, error) {
+	if left <= 0 {
+		delete(h, hdrNotBefore)
+		return outgoing{exchange: "", key: s.queue, msg: s.publishing(m, h)}, nil
+	}
+	h[hdrNotBefore] = time.Now().Add(left).UnixMilli()
+	b := bucketFor(left)
+	q := s.d.delayName(s.spec.Name, b)
+	if err := s.d.declareOnce(ctx, q, s.d.delayArgs(s.spec.Name, b, s.spec.Ephemeral, s.spec.Lease), !s.spec.Ephemeral, false); err != nil {
+		return outgoing{}, err
+	}
+	return outgoing{exchange: "", key: q, msg: s.publishing(m, h)}, nil
+}
+
+// watchdog gives back deliveries whose lease ran out (basic.nack with
+// requeue: the broker counts the redelivery in x-delivery-count).
+func (s *subscription) watchdog() {
+	tick := min(max(s.spec.Lease/4, 5*time.Millisecond), time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		var expired []*lease
+		s.mu.Lock()
+		for l := range s.inflight {
+			if !l.settled && now.After(l.deadline) {
+				l.settled = true
+				delete(s.inflight, l)
+				expired = append(expired, l)
+			}
+		}
+		s.mu.Unlock()
+		for _, l := range expired {
+			_ = l.ch.Nack(l.tag, false, true)
+		}
+	}
+}
+
+// Extend implements transport.Subscription.
+func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, leaseFor time.Duration) error {
+	until := time.Now().Add(leaseFor)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range ds {
+		if l, ok := d.Token.(*lease); ok && !l.settled {
+			l.deadline = until
+		}
+	}
+	return nil
+}
+
+// Settle implements transport.Subscription. Retry, Release and Dead
+// publish a copy (to a delay queue, the handler queue or the dead-letter
+// queue), wait for its confirm, then acknowledge the delivery.
+func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) error {
+	type pending struct {
+		l *lease
+		o outgoing
+	}
+	var acks []*lease
+	var pubs []pending
+	now := time.Now()
+	s.mu.Lock()
+	owned := make([]*lease, len(ss))
+	for i, st := range ss {
+		l, ok := st.Delivery.Token.(*lease)
+		if !ok || l.settled || l.ch.IsClosed() {
+			continue
+		}
+		l.settled = true
+		delete(s.inflight, l)
+		owned[i] = l
+	}
+	s.mu.Unlock()
+	var firstErr error
+	var failed []string
+	for i, st := range ss {
+		l := owned[i]
+		if l == nil {
+			continue
+		}
+		if st.Outcome == transport.Retry || st.Outcome == transport.Dead {
+			failed = append(failed, l.raw.MessageId)
+		}
+		h := copyTable(l.raw.Headers)
+		if _, ok := h[hdrFirst]; !ok {
+			h[hdrFirst] = st.Delivery.FirstDelivered.UnixMilli()
+		}
+		switch st.Outcome {
+		case transport.Complete:
+			acks = append(acks, l)
+			continue
+		case transport.Retry:
+			h[hdrAttempts] = int64(st.Delivery.Attempt)
+			if st.Error != "" {
+				h[hdrError] = st.Error
+			}
+		case transport.Release:
+			h[hdrAttempts] = int64(st.Delivery.Attempt - 1)
+		case transport.Dead:
+			h[hdrAttempts] = int64(st.Delivery.Attempt)
+			h[hdrError] = st.Error
+			h[hdrDeadAt] = now.UnixMilli()
+			delete(h, hdrNotBefore)
+			pubs = append(pubs, pending{l, outgoing{exchange: "", key: s.d.deadName(s.spec.Name), msg: s.publishing(l.raw, h)}})
+			continue
+		default:
+			continue
+		}
+		o, err := s.route(ctx, l.raw, h, st.Delay)
+		if err != nil {
+			firstErr = err
+			_ = l.ch.Nack(l.tag, false, true)
+			continue
+		}
+		pubs = append(pubs, pending{l, o})
+	}
+	if len(pubs) > 0 {
+		out := make([]outgoing, len(pubs))
+		for i, p := range pubs {
+			out[i] = p.o
+		}
+		if err := s.d.pub.send(ctx, out); err != nil {
+			// Give the originals back: they are delivered again.
+			for _, p := range pubs {
+				_ = p.l.ch.Nack(p.l.tag, false, true)
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		} else {
+			for _, p := range pubs {
+				acks = append(acks, p.l)
+			}
+		}
+	}
+	var done []string
+	for _, l := range acks {
+		done = append(done, l.raw.MessageId)
+		if err := l.ch.Ack(l.tag, false); err != nil && firstErr == nil && !l.ch.IsClosed() {
+			firstErr = fmt.Errorf("amqp: ack: %w", err)
+		}
+	}
+	s.d.recordHistory(ctx, s.d.completedName(s.spec.Name), done)
+	s.d.recordHistory(ctx, s.d.failedName(s.spec.Name), failed)
+	return firstErr
+}
+
+// Close implements transport.Subscription: the consumer's channel closes,
+// so the broker returns every unacknowledged delivery to the queue.
+func (s *subscription) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	s.mu.Unlock()
+	// Wait for a Receive in progress to give up, then hand back what the
+	// broker sent ahead (prefetch) without using an attempt: closing the
+	// channel would return it with its delivery count raised.
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	s.mu.Lock()
+	ch, dl, tag := s.ch, s.deliveries, s.tag
+	s.mu.Unlock()
+	if ch != nil {
+		s.handBack(ch, dl, tag)
+		ch.Close()
+	}
+	s.d.mu.Lock()
+	delete(s.d.subs, s)
+	s.d.mu.Unlock()
+	return nil
+}
+
+// handBack cancels the consumer and republishes the deliveries it had
+// buffered to the handler queue with their attempt count unchanged.
+func (s *subscription) handBack(ch *amqp.Channel, dl <-chan amqp.Delivery, tag string) {
+	if ch.IsClosed() || dl == nil {
+		return
+	}
+	if err := ch.Cancel(tag, false); err != nil {
+		return
+	}
+	var back []amqp.Delivery
+	timeout := time.After(2 * time.Second)
+drain:
+	for {
+		select {
+		case m, ok := <-dl:
+			if !ok {
+				break drain
+			}
+			back = append(back, m)
+		case <-timeout:
+			break drain
+		}
+	}
+	if len(back) == 0 {
+		return
+	}
+	out := make([]outgoing, len(back))
+	for i, m := range back {
+		h := copyTable(m.Headers)
+		h[hdrAttempts] = headerInt(m.Headers, hdrAttempts) + headerInt(m.Headers, hdrDelivCount)
+		out[i] = outgoing{key: s.queue, msg: s.publishing(m, h)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.d.pub.send(ctx, out); err != nil {
+		return // they come back when the channel closes
+	}
+	for _, m := range back {
+		_ = m.Ack(false)
+	}
+}
