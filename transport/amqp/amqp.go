@@ -2,9 +2,7 @@ package amqp
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -480,9 +478,3 @@ func isNotFound(err error) bool {
 }
 
 func trimReason(s string) string { return strings.TrimSpace(s) }
-
-func randTag() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}

@@ -107,9 +107,7 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		spec:     spec,
 		queue:    d.queueName(spec.Name),
 		inflight: map[*lease]struct{}{},
-		changed:  make(chan struct{}),
 		done:     make(chan struct{}),
-		prefetch: 1,
 	}
 	if err := s.declare(ctx); err != nil {
 		return nil, err
@@ -143,17 +141,13 @@ type subscription struct {
 	spec  transport.SubscriptionSpec
 	queue string
 
-	mu         sync.Mutex
-	ch         *amqp.Channel
-	deliveries <-chan amqp.Delivery
-	changed    chan struct{} // closed when ch is replaced
-	prefetch   int
-	inflight   map[*lease]struct{}
-	closed     bool
-	done       chan struct{}
-	recvMu     sync.Mutex
-	started    bool
-	tag        string
+	mu       sync.Mutex
+	ch       *amqp.Channel
+	lost     bool // a channel was lost: declare again before the next
+	inflight map[*lease]struct{}
+	closed   bool
+	done     chan struct{}
+	recvMu   sync.Mutex
 }
 
 // lease is the token of one delivery.
@@ -184,186 +178,127 @@ func (s *subscription) declare(ctx context.Context) error {
 	})
 }
 
-// open starts consuming on a fresh channel of the consume connection.
-func (s *subscription) open(ctx context.Context) error {
+// channel returns the subscription's open channel on the consume
+// connection, opening a fresh one (re-declaring the topology after a
+// lost one) when needed.
+func (s *subscription) channel(ctx context.Context) (*amqp.Channel, error) {
+	s.mu.Lock()
+	ch, lost := s.ch, s.lost
+	s.mu.Unlock()
+	if ch != nil && !ch.IsClosed() {
+		return ch, nil
+	}
+	if ch != nil || lost {
+		// The channel or connection was lost: its unacknowledged
+		// deliveries went back to the queue. Declare again in case the
+		// broker lost the queue (an ephemeral one expired).
+		s.d.forget(s.queue, s.d.deadName(s.spec.Name))
+		s.mu.Lock()
+		for l := range s.inflight {
+			if l.ch == ch {
+				l.settled = true
+				delete(s.inflight, l)
+			}
+		}
+		s.lost = true
+		s.mu.Unlock()
+		if err := s.declare(ctx); err != nil {
+			return nil, err
+		}
+	}
 	c, err := s.d.subConn.get(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ch, err := c.Channel()
+	nch, err := c.Channel()
 	if err != nil {
-		return fmt.Errorf("amqp: opening a consume channel: %w", err)
+		return nil, fmt.Errorf("amqp: opening a channel: %w", err)
 	}
 	s.mu.Lock()
-	pf := s.prefetch
-	s.mu.Unlock()
-	if err := ch.Qos(pf, 0, false); err != nil {
-		ch.Close()
-		return fmt.Errorf("amqp: setting prefetch: %w", err)
-	}
-	tag := "ripple-" + randTag()
-	dl, err := ch.Consume(s.queue, tag, false, false, false, false, nil)
-	if err != nil {
-		if !ch.IsClosed() {
-			ch.Close()
-		}
-		if isNotFound(err) {
-			// The queue is gone (an ephemeral one expired, the broker lost
-			// it): declare it again.
-			s.d.forget(s.queue, s.d.deadName(s.spec.Name))
-		}
-		return fmt.Errorf("amqp: consuming %q: %w", s.queue, err)
-	}
-	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
-	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
-		ch.Close()
-		return ErrClosed
+		nch.Close()
+		return nil, ErrClosed
 	}
-	s.ch, s.deliveries, s.tag = ch, dl, tag
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
-	go s.recover(ch, closes)
-	return nil
+	s.ch, s.lost = nch, false
+	return nch, nil
 }
 
-// recover reopens the consumer when its channel closes (connection lost,
-// channel error) until the subscription closes.
-func (s *subscription) recover(ch *amqp.Channel, closes chan *amqp.Error) {
-	var err error
-	if closes != nil {
-		err = <-closes
-	}
-	s.mu.Lock()
-	if s.closed || s.ch != ch {
-		s.mu.Unlock()
-		return
-	}
-	s.deliveries = nil
-	for l := range s.inflight {
-		if l.ch == ch {
-			l.settled = true
-			delete(s.inflight, l)
-		}
-	}
-	s.mu.Unlock()
-	s.d.log.Warn("amqp: consumer channel closed; resuming", "handler", s.spec.Name, "err", err)
-	backoff := 50 * time.Millisecond
-	for {
-		select {
-		case <-s.done:
-			return
-		case <-time.After(backoff):
-		}
-		ctx, cancel := context.WithTimeout(s.d.ctx, 15*time.Second)
-		err := s.declare(ctx)
-		if err == nil {
-			err = s.open(ctx)
-		}
-		cancel()
-		if err == nil || err == ErrClosed {
-			return
-		}
-		s.d.log.Warn("amqp: resuming the consumer failed; retrying", "handler", s.spec.Name, "err", err)
-		backoff = min(backoff*2, 3*time.Second)
-	}
-}
-
-// Receive implements transport.Subscription.
+// Receive implements transport.Subscription. It takes messages with
+// basic.get (a pull: the broker never sends ahead what the caller did not
+// ask for, so closing gives nothing back with an attempt counted), polling
+// with a short backoff while the queue is empty.
 func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Delivery, error) {
 	if max <= 0 {
 		max = 1
 	}
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
-	// The consumer starts with the first Receive, so that its prefetch
-	// (fixed when a quorum queue consumer starts) is what the caller takes
-	// at once.
-	s.mu.Lock()
-	started := s.started
-	if !started {
-		s.started = true
-		s.prefetch = max
-	}
-	s.mu.Unlock()
-	if !started {
-		if err := s.open(ctx); err != nil {
-			if err == ErrClosed {
-				return nil, err
-			}
-			go s.recover(nil, nil)
-		}
-	}
-	var out []*transport.Delivery
-	for len(out) == 0 {
+	wait := time.Millisecond
+	failures := 0
+	for {
 		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
+		closed := s.closed
+		s.mu.Unlock()
+		if closed {
 			return nil, ErrClosed
 		}
-		dl, changed := s.deliveries, s.changed
-		s.mu.Unlock()
-		select {
-		case m, ok := <-dl:
-			if !ok {
-				select {
-				case <-changed:
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				case <-s.done:
-					return nil, ErrClosed
-				}
-				continue
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		ch, err := s.channel(ctx)
+		if err != nil {
+			if err == ErrClosed || ctx.Err() != nil {
+				return nil, err
 			}
-			if dv := s.take(ctx, m); dv != nil {
+			failures++
+			if failures > 3 {
+				return nil, err
+			}
+		}
+		var out []*transport.Delivery
+		for ch != nil && len(out) < max {
+			m, ok, err := ch.Get(s.queue, false)
+			if err != nil {
+				if isNotFound(err) {
+					s.d.forget(s.queue)
+				}
+				break
+			}
+			if !ok {
+				break
+			}
+			if dv := s.take(ctx, ch, m); dv != nil {
 				out = append(out, dv)
 			}
-		case <-changed:
-			continue
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-s.done:
 			return nil, ErrClosed
+		case <-time.After(wait):
 		}
-		// Take whatever else is already here.
-	more:
-		for len(out) < max {
-			select {
-			case m, ok := <-dl:
-				if !ok {
-					break more
-				}
-				if dv := s.take(ctx, m); dv != nil {
-					out = append(out, dv)
-				}
-			default:
-				break more
-			}
-		}
+		wait = min(wait*2, 20*time.Millisecond)
 	}
-	return out, nil
 }
 
 // take turns a broker delivery into a leased Delivery, or re-delays it
 // and returns nil when it is not due yet.
-func (s *subscription) take(ctx context.Context, m amqp.Delivery) *transport.Delivery {
+func (s *subscription) take(ctx context.Context, ch *amqp.Channel, m amqp.Delivery) *transport.Delivery {
 	prior := int(headerInt(m.Headers, hdrAttempts))
 	redelivered := int(headerInt(m.Headers, hdrDelivCount))
 	if nb := headerInt(m.Headers, hdrNotBefore); nb > 0 {
 		if left := time.Until(time.UnixMilli(nb)); left > 0 {
-			s.mu.Lock()
-			ch := s.ch
-			s.mu.Unlock()
 			pub := m
 			h := copyTable(m.Headers)
 			h[hdrAttempts] = int64(prior + redelivered)
 			if err := s.delay(ctx, pub, h, left); err != nil {
 				s.d.log.Warn("amqp: could not re-delay an early event; it returns", "handler", s.spec.Name, "err", err)
-				if ch != nil {
-					_ = ch.Nack(m.DeliveryTag, false, true)
-				}
+				_ = ch.Nack(m.DeliveryTag, false, true)
 				return nil
 			}
 			_ = m.Ack(false)
@@ -376,7 +311,7 @@ func (s *subscription) take(ctx context.Context, m amqp.Delivery) *transport.Del
 		first = time.UnixMilli(f)
 	}
 	s.mu.Lock()
-	l := &lease{ch: s.ch, tag: m.DeliveryTag, deadline: time.Now().Add(s.spec.Lease), raw: m, prior: prior + redelivered}
+	l := &lease{ch: ch, tag: m.DeliveryTag, deadline: time.Now().Add(s.spec.Lease), raw: m, prior: prior + redelivered}
 	s.inflight[l] = struct{}{}
 	s.mu.Unlock()
 	return &transport.Delivery{Message: msg, Attempt: prior + redelivered + 1, FirstDelivered: first, Token: l}
@@ -580,62 +515,30 @@ func (s *subscription) Close() error {
 	s.closed = true
 	close(s.done)
 	s.mu.Unlock()
-	// Wait for a Receive in progress to give up, then hand back what the
-	// broker sent ahead (prefetch) without using an attempt: closing the
-	// channel would return it with its delivery count raised.
+	// A Receive in progress gives up; deliveries it handed out as the
+	// caller was stopping are settled (released) just after: give them a
+	// moment before the channel's close returns them with an attempt
+	// counted.
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		n := len(s.inflight)
+		s.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	s.mu.Lock()
-	ch, dl, tag := s.ch, s.deliveries, s.tag
+	ch := s.ch
 	s.mu.Unlock()
 	if ch != nil {
-		s.handBack(ch, dl, tag)
 		ch.Close()
 	}
 	s.d.mu.Lock()
 	delete(s.d.subs, s)
 	s.d.mu.Unlock()
 	return nil
-}
-
-// handBack cancels the consumer and republishes the deliveries it had
-// buffered to the handler queue with their attempt count unchanged.
-func (s *subscription) handBack(ch *amqp.Channel, dl <-chan amqp.Delivery, tag string) {
-	if ch.IsClosed() || dl == nil {
-		return
-	}
-	if err := ch.Cancel(tag, false); err != nil {
-		return
-	}
-	var back []amqp.Delivery
-	timeout := time.After(2 * time.Second)
-drain:
-	for {
-		select {
-		case m, ok := <-dl:
-			if !ok {
-				break drain
-			}
-			back = append(back, m)
-		case <-timeout:
-			break drain
-		}
-	}
-	if len(back) == 0 {
-		return
-	}
-	out := make([]outgoing, len(back))
-	for i, m := range back {
-		h := copyTable(m.Headers)
-		h[hdrAttempts] = headerInt(m.Headers, hdrAttempts) + headerInt(m.Headers, hdrDelivCount)
-		out[i] = outgoing{key: s.queue, msg: s.publishing(m, h)}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := s.d.pub.send(ctx, out); err != nil {
-		return // they come back when the channel closes
-	}
-	for _, m := range back {
-		_ = m.Ack(false)
-	}
 }
