@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -135,7 +136,37 @@ type publisher struct {
 	mu sync.Mutex // serializes basic.publish and channel replacement
 
 	ch     *amqp.Channel
-	closes chan *amqp.Error
+	closes *closeNote
+}
+
+// closeNote keeps why a channel closed.
+type closeNote struct {
+	done chan struct{}
+	err  *amqp.Error
+}
+
+func noteClose(ch *amqp.Channel) *closeNote {
+	n := &closeNote{done: make(chan struct{})}
+	c := ch.NotifyClose(make(chan *amqp.Error, 1))
+	go func() {
+		n.err = <-c
+		close(n.done)
+	}()
+	return n
+}
+
+// reason is why the channel closed, if it said (waiting briefly for the
+// notification, which follows the close).
+func (n *closeNote) reason() string {
+	select {
+	case <-n.done:
+	case <-time.After(100 * time.Millisecond):
+		return ""
+	}
+	if n.err != nil {
+		return ": " + n.err.Error()
+	}
+	return ""
 }
 
 func newPublisher(d *Driver) *publisher { return &publisher{d: d} }
@@ -158,22 +189,8 @@ func (p *publisher) channel(ctx context.Context) (*amqp.Channel, error) {
 		return nil, fmt.Errorf("amqp: enabling publisher confirms: %w", err)
 	}
 	p.ch = ch
-	p.closes = ch.NotifyClose(make(chan *amqp.Error, 1))
+	p.closes = noteClose(ch)
 	return ch, nil
-}
-
-// closeReason is why a publish channel closed, if it says.
-func closeReason(closes chan *amqp.Error) string {
-	select {
-	case e, ok := <-closes:
-		if ok && e != nil {
-			// Keep it for the other waiters.
-			go func() { closes <- e }()
-			return ": " + e.Error()
-		}
-	default:
-	}
-	return ""
 }
 
 // send publishes every message and waits for the broker's confirms. It
@@ -186,7 +203,7 @@ func (p *publisher) send(ctx context.Context, out []outgoing) error {
 	}
 	var (
 		dcs    []*amqp.DeferredConfirmation
-		closes chan *amqp.Error
+		closes *closeNote
 		ch     *amqp.Channel
 	)
 	for {
@@ -243,7 +260,15 @@ func (p *publisher) send(ctx context.Context, out []outgoing) error {
 			continue
 		}
 		if ch.IsClosed() {
-			return fmt.Errorf("amqp: publish: the channel closed before the broker confirmed%s: %w", closeReason(closes), transport.ErrOutcomeUnknown)
+			reason := closes.reason()
+			if limit, ok := brokerSizeLimit(reason); ok {
+				for _, o := range out {
+					if len(o.msg.Body) > limit {
+						return fmt.Errorf("amqp: publish: the broker refused a %d-byte event over its max_message_size of %d bytes%s; nothing of it was stored (raise max_message_size in rabbitmq.conf, or publish a reference to the payload)", len(o.msg.Body), limit, reason)
+					}
+				}
+			}
+			return fmt.Errorf("amqp: publish: the channel closed before the broker confirmed%s: %w", reason, transport.ErrOutcomeUnknown)
 		}
 		return fmt.Errorf("amqp: publish: the broker refused the message (basic.nack: a queue rejected it, e.g. over its length limit); nothing was stored for it")
 	}
@@ -272,4 +297,17 @@ func (p *publisher) sendNoWait(ctx context.Context, out []outgoing) {
 			return
 		}
 	}
+}
+
+var sizeLimitRE = regexp.MustCompile(`larger than configured max size (\d+)`)
+
+// brokerSizeLimit reads the broker's max_message_size from the reason it
+// gave for closing a channel over a too-large message.
+func brokerSizeLimit(reason string) (int, bool) {
+	m := sizeLimitRE.FindStringSubmatch(reason)
+	if m == nil {
+		return 0, false
+	}
+	n, err := strconv.Atoi(m[1])
+	return n, err == nil
 }

@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -45,7 +46,7 @@ func bucketFor(left time.Duration) time.Duration {
 // queueArgs are the arguments of a handler's queue.
 func (d *Driver) queueArgs(spec transport.SubscriptionSpec) (amqp.Table, bool, bool) {
 	if spec.Ephemeral {
-		return amqp.Table{"x-expires": ephemeralExpiry(spec.Lease)}, false, true
+		return amqp.Table{"x-expires": ephemeralExpiry(spec.Lease)}, false, false
 	}
 	return amqp.Table{"x-queue-type": "quorum"}, true, false
 }
@@ -540,5 +541,12 @@ func (s *subscription) Close() error {
 	s.d.mu.Lock()
 	delete(s.d.subs, s)
 	s.d.mu.Unlock()
+	if s.spec.Ephemeral {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.d.Unsubscribe(ctx, s.spec.Name); err != nil && !errors.Is(err, transport.ErrNotFound) {
+			return fmt.Errorf("amqp: deleting ephemeral subscription %q: %w", s.spec.Name, err)
+		}
+	}
 	return nil
 }
