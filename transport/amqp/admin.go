@@ -39,7 +39,8 @@ func (d *Driver) passiveCount(ctx context.Context, name string) (int, bool, erro
 	return n, err == nil, err
 }
 
-// knownHandlers lists the handlers subscribed through this driver.
+// knownHandlers lists the handlers subscribed through this driver
+// (ephemeral ones included, which the registry does not keep).
 func (d *Driver) knownHandlers() map[string]string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -50,14 +51,20 @@ func (d *Driver) knownHandlers() map[string]string {
 	return m
 }
 
-// Stats implements transport.Inspector for the handlers subscribed
-// through this driver: waiting, delayed, completed and dead come from the
+// Stats implements transport.Inspector for the namespace's registered
+// handlers and those subscribed through this driver: waiting, delayed, completed and dead come from the
 // broker's queue depths; active counts this process's leased deliveries.
 func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if d.isClosed() {
 		return nil, ErrClosed
 	}
-	hs := d.knownHandlers()
+	hs, err := d.handlersFromRegistry(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for n, p := range d.knownHandlers() {
+		hs[n] = p
+	}
 	names := make([]string, 0, len(hs))
 	for n := range hs {
 		names = append(names, n)
@@ -96,13 +103,18 @@ func (d *Driver) handlerStats(ctx context.Context, name, pattern string) (transp
 		return st, err
 	}
 	st.Failed = int64(failed)
+	d.mu.Lock()
+	_, local := d.handlers[name]
+	d.mu.Unlock()
 	b := minBucket
 	for range numBuckets {
 		q := d.delayName(name, b)
 		d.mu.Lock()
 		known := d.declared[q]
 		d.mu.Unlock()
-		if known {
+		// A process that does not run the handler does not know which
+		// delay queues exist: it asks for each.
+		if known || !local {
 			n, _, err := d.passiveCount(ctx, q)
 			if err != nil {
 				return st, err
@@ -310,6 +322,9 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 		}
 	}
 	d.forget(names...)
+	if err := d.unregister(ctx, handler); err != nil {
+		return fmt.Errorf("amqp: removing handler %q from %s: %w", handler, d.registryName(), err)
+	}
 	d.mu.Lock()
 	delete(d.handlers, handler)
 	d.mu.Unlock()

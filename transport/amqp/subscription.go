@@ -113,6 +113,11 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if err := s.declare(ctx); err != nil {
 		return nil, err
 	}
+	if !spec.Ephemeral {
+		if err := d.register(ctx, spec.Name, spec.Pattern); err != nil {
+			return nil, fmt.Errorf("amqp: recording handler %q in %s: %w", spec.Name, d.registryName(), err)
+		}
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -432,7 +437,7 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 	}
 	s.mu.Unlock()
 	var firstErr error
-	var failed []string
+	var failed, completed []string
 	for i, st := range ss {
 		l := owned[i]
 		if l == nil {
@@ -448,6 +453,7 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 		switch st.Outcome {
 		case transport.Complete:
 			acks = append(acks, l)
+			completed = append(completed, l.raw.MessageId)
 			continue
 		case transport.Retry:
 			h[hdrAttempts] = int64(st.Delivery.Attempt)
@@ -493,14 +499,12 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 			}
 		}
 	}
-	var done []string
 	for _, l := range acks {
-		done = append(done, l.raw.MessageId)
 		if err := l.ch.Ack(l.tag, false); err != nil && firstErr == nil && !l.ch.IsClosed() {
 			firstErr = fmt.Errorf("amqp: ack: %w", err)
 		}
 	}
-	s.d.recordHistory(ctx, s.d.completedName(s.spec.Name), done)
+	s.d.recordHistory(ctx, s.d.completedName(s.spec.Name), completed)
 	s.d.recordHistory(ctx, s.d.failedName(s.spec.Name), failed)
 	return firstErr
 }
