@@ -82,7 +82,11 @@
 //     completed and failed the history queues' counts. Active counts only
 //     the deliveries this process holds (AMQP does not report another
 //     connection's unacknowledged messages), and OldestWaiting is not known
-//     (zero). Stats lists the handlers subscribed through this driver.
+//     (zero). Stats lists every durable handler of the namespace: each
+//     records itself (name and pattern) in a durable classic queue
+//     NAMESPACE.handlers when it subscribes, which any process reads
+//     (basic.get, then every message given back), so `ripple stats` works
+//     from a process that runs no handler.
 //   - Ephemeral subscriptions (ripple tail) are non-durable classic queues
 //     with an x-expires of four leases (at least 10 s): the receiver's
 //     Close deletes them with their delay and dead-letter queues, and the
