@@ -146,7 +146,7 @@ func (d *Driver) recordHistory(ctx context.Context, q string, ids []string) {
 	if d.ret.CompletedCount <= 0 || len(ids) == 0 {
 		return
 	}
-	if err := d.declareOnce(ctx, q, d.completedArgs(), true, false); err != nil {
+	if err := d.declareKeeping(ctx, q, d.completedArgs(), true); err != nil {
 		d.log.Warn("amqp: cannot keep history", "queue", q, "err", err)
 		return
 	}

@@ -231,6 +231,31 @@ func (d *Driver) declareOnce(ctx context.Context, name string, args amqp.Table, 
 // declareHook, set by tests, learns every queue declared, to delete it.
 var declareHook func(ns, queue string)
 
+// declareKeeping declares a history or dead-letter queue whose arguments
+// carry retention limits. When the queue exists with other limits (the
+// retention changed since it was declared), it keeps its own, with a
+// warning: AMQP cannot change a queue's arguments.
+func (d *Driver) declareKeeping(ctx context.Context, name string, args amqp.Table, durable bool) error {
+	err := d.declareOnce(ctx, name, args, durable, false)
+	var ae *amqp.Error
+	if err == nil || !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
+		return err
+	}
+	perr := d.admin(ctx, func(ch *amqp.Channel) error {
+		_, err := ch.QueueDeclarePassive(name, durable, false, false, false, nil)
+		return err
+	})
+	if perr != nil {
+		return err
+	}
+	d.log.Warn("amqp: queue exists with other retention limits and keeps them; delete it (rabbitmqctl delete_queue) or apply a policy to change them",
+		"queue", name, "broker", ae.Reason)
+	d.mu.Lock()
+	d.declared[name] = true
+	d.mu.Unlock()
+	return nil
+}
+
 func (d *Driver) forget(names ...string) {
 	d.mu.Lock()
 	for _, n := range names {

@@ -555,3 +555,34 @@ func TestBindingKey(t *testing.T) {
 		}
 	}
 }
+
+// TestRetentionChange: a handler whose dead-letter and history queues
+// were declared under other retention limits still subscribes (the
+// queues keep their limits, with a warning) instead of failing on
+// PRECONDITION_FAILED.
+func TestRetentionChange(t *testing.T) {
+	raw := namespaceURL(t)
+	spec := transport.SubscriptionSpec{Name: "ret.h", Pattern: "fault.ret.x", Lease: time.Second}
+	for i, r := range []transport.Retention{{DeadCount: 3, CompletedCount: 5}, {DeadCount: 7, DeadAge: time.Hour, CompletedCount: 9}} {
+		d, err := Open(bg, raw, transport.Config{Retention: r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub, err := d.Subscribe(bg, spec)
+		if err != nil {
+			t.Fatalf("Subscribe with retention %d: %v", i, err)
+		}
+		if err := d.Publish(bg, []*transport.Message{msg(i, "fault.ret.x")}); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := sub.Receive(bg, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sub.Settle(bg, []transport.Settlement{{Delivery: ds[0], Outcome: transport.Complete}}); err != nil {
+			t.Fatalf("Settle with retention %d: %v", i, err)
+		}
+		sub.Close()
+		d.Close()
+	}
+}

@@ -173,7 +173,7 @@ func (s *subscription) declare(ctx context.Context) error {
 		return err
 	}
 	dead := d.deadName(spec.Name)
-	if err := d.declareOnce(ctx, dead, d.deadArgs(spec.Ephemeral, spec.Lease), !spec.Ephemeral, false); err != nil {
+	if err := d.declareKeeping(ctx, dead, d.deadArgs(spec.Ephemeral, spec.Lease), !spec.Ephemeral); err != nil {
 		return err
 	}
 	return d.admin(ctx, func(ch *amqp.Channel) error {
