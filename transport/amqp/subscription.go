@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -148,7 +149,7 @@ type subscription struct {
 	queue string
 
 	mu       sync.Mutex
-	ch       *amqp.Channel
+	chans    [pullChannels]*amqp.Channel
 	lost     bool // a channel was lost: declare again before the next
 	inflight map[*lease]struct{}
 	closed   bool
@@ -184,12 +185,17 @@ func (s *subscription) declare(ctx context.Context) error {
 	})
 }
 
-// channel returns the subscription's open channel on the consume
-// connection, opening a fresh one (re-declaring the topology after a
-// lost one) when needed.
-func (s *subscription) channel(ctx context.Context) (*amqp.Channel, error) {
+// pullChannels bounds the channels one Receive pulls on at once. A
+// basic.get on a quorum queue is a Raft command, so one waits for a log
+// write; gets on several channels share the broker's writes.
+const pullChannels = 16
+
+// channel returns the subscription's i-th open channel on the consume
+// connection, opening a fresh one (re-declaring the topology after a lost
+// one) when needed.
+func (s *subscription) channel(ctx context.Context, i int) (*amqp.Channel, error) {
 	s.mu.Lock()
-	ch, lost := s.ch, s.lost
+	ch, lost := s.chans[i], s.lost
 	s.mu.Unlock()
 	if ch != nil && !ch.IsClosed() {
 		return ch, nil
@@ -226,14 +232,16 @@ func (s *subscription) channel(ctx context.Context) (*amqp.Channel, error) {
 		nch.Close()
 		return nil, ErrClosed
 	}
-	s.ch, s.lost = nch, false
+	s.chans[i], s.lost = nch, false
 	return nch, nil
 }
 
 // Receive implements transport.Subscription. It takes messages with
 // basic.get (a pull: the broker never sends ahead what the caller did not
-// ask for, so closing gives nothing back with an attempt counted), polling
-// with a short backoff while the queue is empty.
+// ask for, so closing gives nothing back with an attempt counted),
+// polling with a short backoff while the queue is empty. Once a message
+// is there, it pulls the rest of max on up to pullChannels channels at
+// once.
 func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Delivery, error) {
 	if max <= 0 {
 		max = 1
@@ -252,7 +260,7 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		ch, err := s.channel(ctx)
+		ch, err := s.channel(ctx, 0)
 		if err != nil {
 			if err == ErrClosed || ctx.Err() != nil {
 				return nil, err
@@ -263,20 +271,11 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			}
 		}
 		var out []*transport.Delivery
-		for ch != nil && len(out) < max {
-			m, ok, err := ch.Get(s.queue, false)
-			if err != nil {
-				if isNotFound(err) {
-					s.d.forget(s.queue)
-				}
-				break
-			}
-			if !ok {
-				break
-			}
-			if dv := s.take(ctx, ch, m); dv != nil {
-				out = append(out, dv)
-			}
+		if ch != nil {
+			out = s.pull(ctx, ch, 1)
+		}
+		if len(out) > 0 && max > 1 {
+			out = append(out, s.pullParallel(ctx, max-1)...)
 		}
 		if len(out) > 0 {
 			return out, nil
@@ -288,8 +287,62 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			return nil, ErrClosed
 		case <-time.After(wait):
 		}
-		wait = min(wait*2, 20*time.Millisecond)
+		wait = min(wait*2, 10*time.Millisecond)
 	}
+}
+
+// pull takes up to n deliveries on one channel.
+func (s *subscription) pull(ctx context.Context, ch *amqp.Channel, n int) []*transport.Delivery {
+	var out []*transport.Delivery
+	for got := 0; got < n; {
+		m, ok, err := ch.Get(s.queue, false)
+		if err != nil {
+			if isNotFound(err) {
+				s.d.forget(s.queue)
+			}
+			break
+		}
+		if !ok {
+			break
+		}
+		got++
+		if dv := s.take(ctx, ch, m); dv != nil {
+			out = append(out, dv)
+		}
+	}
+	return out
+}
+
+// pullParallel takes up to n deliveries on several channels at once.
+func (s *subscription) pullParallel(ctx context.Context, n int) []*transport.Delivery {
+	var (
+		mu   sync.Mutex
+		out  []*transport.Delivery
+		left atomic.Int64
+		wg   sync.WaitGroup
+	)
+	left.Store(int64(n))
+	for i := range min(n, pullChannels) {
+		ch, err := s.channel(ctx, i)
+		if err != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for left.Add(-1) >= 0 {
+				got := s.pull(ctx, ch, 1)
+				if len(got) == 0 {
+					return
+				}
+				mu.Lock()
+				out = append(out, got...)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // take turns a broker delivery into a leased Delivery, or re-delays it
@@ -537,10 +590,12 @@ func (s *subscription) Close() error {
 		time.Sleep(5 * time.Millisecond)
 	}
 	s.mu.Lock()
-	ch := s.ch
+	chans := s.chans
 	s.mu.Unlock()
-	if ch != nil {
-		ch.Close()
+	for _, ch := range chans {
+		if ch != nil {
+			ch.Close()
+		}
 	}
 	s.d.mu.Lock()
 	delete(s.d.subs, s)
