@@ -586,3 +586,32 @@ func TestRetentionChange(t *testing.T) {
 		d.Close()
 	}
 }
+
+// TestEphemeralDeletedOnClose: an ephemeral subscription's queue is gone
+// once its receiver closes.
+func TestEphemeralDeletedOnClose(t *testing.T) {
+	d := openDriver(t, namespaceURL(t))
+	sub, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "tail.x1", Pattern: "fault.eph.>", Lease: time.Second, Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Publish(bg, []*transport.Message{msg(1, "fault.eph.x")}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := sub.Receive(bg, 1)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("Receive: %v %v", ds, err)
+	}
+	if st, err := d.Stats(bg); err != nil || len(st) != 1 || st[0].Active != 1 {
+		t.Errorf("Stats with one leased ephemeral delivery: %+v %v", st, err)
+	}
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := d.passiveCount(bg, d.queueName("tail.x1")); ok || err != nil {
+		t.Errorf("the ephemeral queue still exists after Close (err %v)", err)
+	}
+	if _, ok, _ := d.passiveCount(bg, d.deadName("tail.x1")); ok {
+		t.Error("the ephemeral dead-letter queue still exists after Close")
+	}
+}
