@@ -57,6 +57,9 @@ type Env struct {
 	// RedisURL is the Redis server every Redis system uses
 	// (redis://HOST:PORT/DB). Empty leaves the Redis systems out.
 	RedisURL string
+	// AMQPURL is the RabbitMQ broker the amqp systems use
+	// (amqp://USER:PASS@HOST:PORT/). Empty leaves them out.
+	AMQPURL string
 	// InstallNode lets BullMQ's system run `npm ci` in bench/bullmq when
 	// its node_modules are missing.
 	InstallNode bool
@@ -88,15 +91,21 @@ func Systems(env Env) ([]System, []string) {
 		RawSQLite("FULL"),
 		RawSQLite("NORMAL"),
 	}
-	if env.RedisURL == "" {
-		return out, []string{"the Redis systems (" + strings.Join(redisSystemNames, ", ") + ") were left out: no Redis server was given; pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL"}
+	var notes []string
+	if env.AMQPURL != "" {
+		out = append(out, AMQPSystems(env.AMQPURL)...)
+	} else {
+		notes = append(notes, "the RabbitMQ systems ("+strings.Join(amqpSystemNames, ", ")+") were left out: no broker was given; pass -amqp amqp://USER:PASS@HOST:PORT/ or set RIPPLE_BENCH_AMQP_URL")
 	}
-	redis, notes := RedisSystems(env)
-	return append(out, redis...), notes
+	if env.RedisURL == "" {
+		return out, append(notes, "the Redis systems ("+strings.Join(redisSystemNames, ", ")+") were left out: no Redis server was given; pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL")
+	}
+	redis, rnotes := RedisSystems(env)
+	return append(out, redis...), append(notes, rnotes...)
 }
 
 // Groups lists the names that select a family of systems, besides "all".
-var Groups = []string{"redis"}
+var Groups = []string{"redis", "amqp"}
 
 // Select returns the systems named in the comma-separated list names (each
 // a system name, a group name or "all") that can run with env, and a note
@@ -121,6 +130,9 @@ func Select(names string, env Env) ([]System, []string, error) {
 		needsRedis := n == "redis" || slices.Contains(redisSystemNames, n)
 		if needsRedis && env.RedisURL == "" {
 			return nil, nil, fmt.Errorf("%q needs a Redis server: pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL", n)
+		}
+		if (n == "amqp" || slices.Contains(amqpSystemNames, n)) && env.AMQPURL == "" {
+			return nil, nil, fmt.Errorf("%q needs a RabbitMQ broker: pass -amqp amqp://USER:PASS@HOST:PORT/ or set RIPPLE_BENCH_AMQP_URL", n)
 		}
 		switch {
 		case n == "all":
@@ -170,5 +182,5 @@ func SystemNames() []string {
 	for _, s := range all {
 		names = append(names, s.Name)
 	}
-	return append(names, redisSystemNames...)
+	return append(append(names, amqpSystemNames...), redisSystemNames...)
 }
