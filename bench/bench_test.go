@@ -88,8 +88,9 @@ func TestSelect(t *testing.T) {
 	if err != nil || len(all) != len(base) {
 		t.Fatalf("Select(all) = %d systems, %v", len(all), err)
 	}
-	if len(notes) != 1 || !strings.Contains(notes[0], "RIPPLE_BENCH_REDIS_URL") {
-		t.Fatalf("Select(all) without Redis: notes %q, want one naming RIPPLE_BENCH_REDIS_URL", notes)
+	if !slices.ContainsFunc(notes, func(n string) bool { return strings.Contains(n, "RIPPLE_BENCH_REDIS_URL") }) ||
+		!slices.ContainsFunc(notes, func(n string) bool { return strings.Contains(n, "RIPPLE_BENCH_AMQP_URL") }) {
+		t.Fatalf("Select(all) without servers: notes %q, want one naming RIPPLE_BENCH_REDIS_URL and one naming RIPPLE_BENCH_AMQP_URL", notes)
 	}
 	two, _, err := Select("ripple-memory, goqite", Env{})
 	if err != nil || len(two) != 2 || two[1].Name != "goqite" {

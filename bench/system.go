@@ -146,7 +146,13 @@ func Select(names string, env Env) ([]System, []string, error) {
 					add(s)
 				}
 			}
-			outNotes = append(outNotes, notes...)
+			if n != "amqp" { // the amqp group has no notes once its broker is given
+				for _, note := range notes {
+					if !strings.HasPrefix(note, "the RabbitMQ systems") {
+						outNotes = append(outNotes, note)
+					}
+				}
+			}
 		default:
 			i := slices.IndexFunc(avail, func(s System) bool { return s.Name == n })
 			switch {
