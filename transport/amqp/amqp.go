@@ -41,9 +41,11 @@ type Driver struct {
 	ns       string
 	exchange string
 	maxSize  int
-	ret      transport.Retention
-	log      *slog.Logger
-	redacted string
+	// queueType is the handler queues' x-queue-type: quorum or classic.
+	queueType string
+	ret       transport.Retention
+	log       *slog.Logger
+	redacted  string
 
 	pubConn *conn // publishes, settlements' republishes, administration
 	subConn *conn // consumers
@@ -68,13 +70,14 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		return nil, fmt.Errorf("amqp: cannot parse the URL: %v", redactErr(err))
 	}
 	d := &Driver{
-		ns:       DefaultNamespace,
-		maxSize:  DefaultMaxMessageSize,
-		ret:      cfg.Retention.Resolve(),
-		log:      cfg.Logger,
-		declared: map[string]bool{},
-		subs:     map[*subscription]struct{}{},
-		handlers: map[string]string{},
+		ns:        DefaultNamespace,
+		maxSize:   DefaultMaxMessageSize,
+		queueType: "quorum",
+		ret:       cfg.Retention.Resolve(),
+		log:       cfg.Logger,
+		declared:  map[string]bool{},
+		subs:      map[*subscription]struct{}{},
+		handlers:  map[string]string{},
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -88,6 +91,11 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 				return nil, fmt.Errorf("amqp: namespace %q: use 1-100 letters, digits, '.', '_' or '-'", v)
 			}
 			d.ns = v
+		case "queue_type":
+			if v != "quorum" && v != "classic" {
+				return nil, fmt.Errorf("amqp: queue_type %q: want quorum (replicated, the default) or classic (faster to consume, one node)", v)
+			}
+			d.queueType = v
 		case "max_message_size":
 			n, err := strconv.Atoi(v)
 			if err != nil || n <= 0 {
@@ -95,7 +103,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 			}
 			d.maxSize = n
 		default:
-			return nil, fmt.Errorf("amqp: unknown URL parameter %q (known: namespace, max_message_size)", k)
+			return nil, fmt.Errorf("amqp: unknown URL parameter %q (known: namespace, queue_type, max_message_size)", k)
 		}
 	}
 	if cfg.MaxMessageSize > 0 && cfg.MaxMessageSize < d.maxSize {

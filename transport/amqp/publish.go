@@ -27,7 +27,6 @@ const (
 	hdrError      = "ripple-error"        // last handler error (dead letters)
 	hdrDeadAt     = "ripple-dead-at"      // unix ms (dead letters)
 	hdrPriority   = "ripple-priority"     // kept for round trips
-	hdrDelivCount = "x-delivery-count"    // quorum queues' redelivery count
 	hdrGenerated  = "ripple-generated-id" // the core made the id up
 )
 

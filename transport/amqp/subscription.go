@@ -49,7 +49,7 @@ func (d *Driver) queueArgs(spec transport.SubscriptionSpec) (amqp.Table, bool, b
 	if spec.Ephemeral {
 		return amqp.Table{"x-expires": ephemeralExpiry(spec.Lease)}, false, false
 	}
-	return amqp.Table{"x-queue-type": "quorum"}, true, false
+	return amqp.Table{"x-queue-type": d.queueType}, true, false
 }
 
 func ephemeralExpiry(lease time.Duration) int64 {
@@ -349,12 +349,26 @@ func (s *subscription) pullParallel(ctx context.Context, n int) []*transport.Del
 // and returns nil when it is not due yet.
 func (s *subscription) take(ctx context.Context, ch *amqp.Channel, m amqp.Delivery) *transport.Delivery {
 	prior := int(headerInt(m.Headers, hdrAttempts))
-	redelivered := int(headerInt(m.Headers, hdrDelivCount))
+	if m.Redelivered {
+		// A delivery that came back (its process died, its lease ran
+		// out) used an attempt: a new copy carries it in its header, so
+		// that each copy comes back at most once and the count is exact
+		// on either queue type.
+		h := copyTable(m.Headers)
+		h[hdrAttempts] = int64(prior + 1)
+		if err := s.d.pub.send(ctx, []outgoing{{key: s.queue, msg: s.publishing(m, h)}}); err != nil {
+			s.d.log.Warn("amqp: could not count the attempt of a returned event; it returns again", "handler", s.spec.Name, "err", err)
+			_ = ch.Nack(m.DeliveryTag, false, true)
+			return nil
+		}
+		_ = m.Ack(false)
+		return nil
+	}
 	if nb := headerInt(m.Headers, hdrNotBefore); nb > 0 {
 		if left := time.Until(time.UnixMilli(nb)); left > 0 {
 			pub := m
 			h := copyTable(m.Headers)
-			h[hdrAttempts] = int64(prior + redelivered)
+			h[hdrAttempts] = int64(prior)
 			if err := s.delay(ctx, pub, h, left); err != nil {
 				s.d.log.Warn("amqp: could not re-delay an early event; it returns", "handler", s.spec.Name, "err", err)
 				_ = ch.Nack(m.DeliveryTag, false, true)
@@ -370,10 +384,10 @@ func (s *subscription) take(ctx context.Context, ch *amqp.Channel, m amqp.Delive
 		first = time.UnixMilli(f)
 	}
 	s.mu.Lock()
-	l := &lease{ch: ch, tag: m.DeliveryTag, deadline: time.Now().Add(s.spec.Lease), raw: m, prior: prior + redelivered}
+	l := &lease{ch: ch, tag: m.DeliveryTag, deadline: time.Now().Add(s.spec.Lease), raw: m, prior: prior}
 	s.inflight[l] = struct{}{}
 	s.mu.Unlock()
-	return &transport.Delivery{Message: msg, Attempt: prior + redelivered + 1, FirstDelivered: first, Token: l}
+	return &transport.Delivery{Message: msg, Attempt: prior + 1, FirstDelivered: first, Token: l}
 }
 
 func copyTable(t amqp.Table) amqp.Table {
