@@ -14,7 +14,7 @@ import (
 // amqpSystemNames lists the systems that need a RabbitMQ broker, in
 // report order.
 var amqpSystemNames = []string{
-	"ripple-amqp", "amqp-raw-confirm-awaited", "amqp-raw-confirm-pipelined",
+	"ripple-amqp", "ripple-amqp-classic", "amqp-raw-confirm-awaited", "amqp-raw-confirm-pipelined",
 }
 
 // AMQPURLFromEnv returns the broker URL set in RIPPLE_BENCH_AMQP_URL or,
@@ -56,7 +56,27 @@ func AMQPSystems(url string) []System {
 		mu.Unlock()
 		return amqpCleanup{inst, url, ns, handlers}, nil
 	}
-	return []System{r, RawAMQPConfirm(url, false), RawAMQPConfirm(url, true)}
+	c := RippleSystem("ripple-amqp-classic", "amqp transport, classic handler queues (queue_type=classic), confirms",
+		func(string) string {
+			ns := newNamespace()
+			mu.Lock()
+			last = ns
+			mu.Unlock()
+			return withQuery(withQuery(url, "namespace", ns), "queue_type", "classic")
+		})
+	c.Group = "amqp"
+	copen := c.Open
+	c.Open = func(ctx context.Context, dir string, handlers int, h HandleFunc) (Instance, error) {
+		inst, err := copen(ctx, dir, handlers, h)
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		ns := last
+		mu.Unlock()
+		return amqpCleanup{inst, url, ns, handlers}, nil
+	}
+	return []System{r, c, RawAMQPConfirm(url, false), RawAMQPConfirm(url, true)}
 }
 
 // amqpCleanup deletes a ripple-amqp instance's queues when it closes, so
