@@ -9,7 +9,7 @@
 //
 // # URL
 //
-//	amqp://USER:PASSWORD@HOST:PORT/VHOST?namespace=NAME&max_message_size=N
+//	amqp://USER:PASSWORD@HOST:PORT/VHOST?namespace=NAME&queue_type=quorum&max_message_size=N
 //	amqps://...   the same over TLS (the host name is verified)
 //
 // The path is the virtual host, URL-escaped ("/" is %2F; an empty path is
@@ -19,6 +19,13 @@
 //   - namespace: prefix of every exchange and queue the transport
 //     declares (default "ripple"), so several applications or tests share
 //     one vhost. Letters, digits, '.', '_' and '-'.
+//   - queue_type: the handler queues' type, quorum (the default:
+//     replicated Raft log, survives the loss of a minority of a cluster's
+//     nodes) or classic (one node; a basic.get is about ten times cheaper,
+//     so handlers consume several times faster, see below). Delay and
+//     dead-letter queues are quorum queues either way. Changing it for an
+//     existing handler is refused (the queue exists with other arguments):
+//     delete the queue or use another namespace.
 //   - max_message_size: the largest event payload Publish sends, in bytes
 //     (default 134217728, RabbitMQ's own default max_message_size). Set it
 //     to the broker's max_message_size when that is lower: a larger event is
@@ -31,7 +38,8 @@
 //
 //   - One durable topic exchange per namespace, NAMESPACE.events. An
 //     event is published to it with its type as the routing key.
-//   - One durable quorum queue per handler name, NAMESPACE.h.HANDLER, bound
+//   - One durable queue per handler name (quorum unless queue_type says
+//     classic), NAMESPACE.h.HANDLER, bound
 //     to the exchange by the handler's pattern: "*" stays "*" and a
 //     trailing ">" (one or more segments) becomes "*.#". Every handler gets
 //     every matching event (fan-out); processes running the same handler
@@ -44,16 +52,20 @@
 //     for a Raft log write, so a Receive that found one message pulls the
 //     rest of its batch on up to 16 channels at once; an idle handler polls
 //     its queue with a backoff from 1 ms to 10 ms. Consumption is therefore
-//     slower than with basic.consume: measured on a 2-core machine, about
-//     400 events/s for one handler fed by one awaiting publisher and
-//     1,000-2,000/s with 16 publishers, against 7,000/s for Publish alone.
+//     slower than with basic.consume, above all on quorum queues: measured
+//     on a shared 2-core machine (bench, -systems amqp), one handler took
+//     about 700 events/s from quorum queues and 2,900/s from classic ones
+//     with 16 publishers, while Publish alone reached 2,000-5,000/s.
 //   - Publish waits for publisher confirms before it returns nil. Concurrent
 //     publishers share one confirm channel, so the broker confirms their
 //     messages together (its own group commit).
-//   - Attempts: a quorum queue counts the times a message went back to it
-//     (x-delivery-count: a consumer's channel or connection closed, a lease
-//     ran out); a retry is a new copy that carries the attempts used so far
-//     in a ripple-attempts header. The attempt is the sum plus one.
+//   - Attempts are counted in a ripple-attempts header: a retry is a new
+//     copy carrying the attempts used so far. A delivery that comes back
+//     to its queue (its process died, its lease ran out: the broker marks
+//     it redelivered) is not handed out as it is: a copy carrying the
+//     attempt it used replaces it first, so every copy returns at most once
+//     and the count is exact on both queue types (quorum queues'
+//     x-delivery-count also counts returns that used no attempt).
 //   - Leases are Ripple's own: each process watches the deliveries it
 //     holds and gives back (basic.nack with requeue) those whose lease ran
 //     out without being settled or extended, so a hung handler's event is
@@ -106,12 +118,14 @@
 // # Durability
 //
 // When Publish returns nil, RabbitMQ has confirmed the event: it is
-// written to every matching handler's quorum queue, which confirms once
-// the write is in the Raft log of a majority of the queue's replicas and
-// fsynced. It survives a crash of the publishing process and a restart or
-// crash of the broker node. On a single-node broker it does not survive
-// the loss of that node's disk; run a three-node cluster for that (quorum
-// queues replicate to three nodes by default). An event that matches no
+// written to every matching handler's queue as a persistent message. A
+// quorum queue confirms once the write is fsynced in the Raft log of a
+// majority of the queue's replicas; a classic durable queue once its node
+// wrote it to disk. It survives a crash of the publishing process and a
+// restart or crash of the broker node. On a single-node broker it does not
+// survive the loss of that node's disk; run a three-node cluster with
+// quorum queues for that (they replicate to three nodes by default; a
+// classic queue lives on one node). An event that matches no
 // handler's pattern when it is published is confirmed and dropped, as AMQP
 // routes only to existing bindings: subscribe handlers before publishing.
 //
