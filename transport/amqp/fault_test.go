@@ -351,6 +351,10 @@ func TestOpenErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "colour") {
 		t.Errorf("unknown parameter: %v", err)
 	}
+	_, err = Open(ctx, base+"?queue_type=stream", transport.Config{})
+	if err == nil || !strings.Contains(err.Error(), "queue_type") {
+		t.Errorf("bad queue_type: %v", err)
+	}
 	_, err = Open(ctx, base+"?namespace=a/b", transport.Config{})
 	if err == nil || !strings.Contains(err.Error(), "namespace") {
 		t.Errorf("bad namespace: %v", err)
