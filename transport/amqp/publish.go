@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -131,8 +130,11 @@ func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 // Concurrent senders share it, so the broker confirms their messages
 // together (a group commit).
 type publisher struct {
-	d  *Driver
-	mu sync.Mutex // serializes basic.publish and channel replacement
+	d *Driver
+	// sem serializes basic.publish and channel replacement. It is a
+	// channel so that a publisher waits for it within its ctx: a socket
+	// write can block while the broker stops reading (a resource alarm).
+	sem chan struct{}
 
 	ch     *amqp.Channel
 	closes *closeNote
@@ -168,9 +170,22 @@ func (n *closeNote) reason() string {
 	return ""
 }
 
-func newPublisher(d *Driver) *publisher { return &publisher{d: d} }
+func newPublisher(d *Driver) *publisher {
+	return &publisher{d: d, sem: make(chan struct{}, 1)}
+}
 
-// channel returns an open confirm channel; p.mu is held.
+func (p *publisher) lock(ctx context.Context) error {
+	select {
+	case p.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (p *publisher) unlock() { <-p.sem }
+
+// channel returns an open confirm channel; p.sem is held.
 func (p *publisher) channel(ctx context.Context) (*amqp.Channel, error) {
 	if p.ch != nil && !p.ch.IsClosed() {
 		return p.ch, nil
@@ -212,11 +227,13 @@ func (p *publisher) send(ctx context.Context, out []outgoing) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("amqp: publish: %w", err)
 		}
-		p.mu.Lock()
+		if err := p.lock(ctx); err != nil {
+			return fmt.Errorf("amqp: publish: nothing was sent (another publish is stuck writing to the broker): %w", err)
+		}
 		var err error
 		ch, err = p.channel(ctx)
 		if err != nil {
-			p.mu.Unlock()
+			p.unlock()
 			if errors.Is(err, ErrClosed) {
 				return err
 			}
@@ -233,7 +250,7 @@ func (p *publisher) send(ctx context.Context, out []outgoing) error {
 			}
 			dcs = append(dcs, dc)
 		}
-		p.mu.Unlock()
+		p.unlock()
 		if perr == nil {
 			break
 		}
@@ -275,8 +292,12 @@ func (p *publisher) send(ctx context.Context, out []outgoing) error {
 }
 
 func (p *publisher) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if p.lock(ctx) != nil {
+		return
+	}
+	defer p.unlock()
 	if p.ch != nil {
 		p.ch.Close()
 	}
@@ -285,8 +306,10 @@ func (p *publisher) close() {
 // sendNoWait publishes without waiting for confirms (bookkeeping that
 // may be lost, never events).
 func (p *publisher) sendNoWait(ctx context.Context, out []outgoing) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	if p.lock(ctx) != nil {
+		return
+	}
+	defer p.unlock()
 	ch, err := p.channel(ctx)
 	if err != nil {
 		return
