@@ -480,7 +480,7 @@ func TestBlockedConnection(t *testing.T) {
 
 // TestKilledConsumerUnacked: a consumer whose connection dies with
 // deliveries unacknowledged (as a SIGKILL does) gives them back at once,
-// with the attempt counted (x-delivery-count).
+// with the attempt counted (a redelivered copy is replaced by one carrying it).
 func TestKilledConsumerUnacked(t *testing.T) {
 	raw := namespaceURL(t)
 	pu, _ := url.Parse(raw)

@@ -449,7 +449,7 @@ func (s *subscription) route(ctx context.Context, m amqp.Delivery, h amqp.Table,
 }
 
 // watchdog gives back deliveries whose lease ran out (basic.nack with
-// requeue: the broker counts the redelivery in x-delivery-count).
+// requeue: the broker marks it redelivered, and take counts the attempt).
 func (s *subscription) watchdog() {
 	tick := min(max(s.spec.Lease/4, 5*time.Millisecond), time.Second)
 	t := time.NewTicker(tick)
