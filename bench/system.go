@@ -60,6 +60,9 @@ type Env struct {
 	// NATSURL is the NATS server (JetStream enabled) every NATS system
 	// uses (nats://HOST:PORT). Empty leaves the NATS systems out.
 	NATSURL string
+	// AMQPURL is the RabbitMQ broker the amqp systems use
+	// (amqp://USER:PASS@HOST:PORT/). Empty leaves them out.
+	AMQPURL string
 	// InstallNode lets BullMQ's system run `npm ci` in bench/bullmq when
 	// its node_modules are missing.
 	InstallNode bool
@@ -104,11 +107,16 @@ func Systems(env Env) ([]System, []string) {
 	} else {
 		out = append(out, NATSSystems(env.NATSURL)...)
 	}
+	if env.AMQPURL == "" {
+		notes = append(notes, "the RabbitMQ systems ("+strings.Join(amqpSystemNames, ", ")+") were left out: no broker was given; pass -amqp amqp://USER:PASS@HOST:PORT/ or set RIPPLE_BENCH_AMQP_URL")
+	} else {
+		out = append(out, AMQPSystems(env.AMQPURL)...)
+	}
 	return out, notes
 }
 
 // Groups lists the names that select a family of systems, besides "all".
-var Groups = []string{"redis", "nats"}
+var Groups = []string{"redis", "nats", "amqp"}
 
 // Select returns the systems named in the comma-separated list names (each
 // a system name, a group name or "all") that can run with env, and a note
@@ -136,6 +144,9 @@ func Select(names string, env Env) ([]System, []string, error) {
 		}
 		if (n == "nats" || slices.Contains(natsSystemNames, n)) && env.NATSURL == "" {
 			return nil, nil, fmt.Errorf("%q needs a NATS server with JetStream: pass -nats nats://HOST:PORT or set RIPPLE_BENCH_NATS_URL", n)
+		}
+		if (n == "amqp" || slices.Contains(amqpSystemNames, n)) && env.AMQPURL == "" {
+			return nil, nil, fmt.Errorf("%q needs a RabbitMQ broker: pass -amqp amqp://USER:PASS@HOST:PORT/ or set RIPPLE_BENCH_AMQP_URL", n)
 		}
 		switch {
 		case n == "all":
@@ -189,7 +200,7 @@ func SystemNames() []string {
 	for _, s := range all {
 		names = append(names, s.Name)
 	}
-	return append(append(names, redisSystemNames...), natsSystemNames...)
+	return append(append(append(names, redisSystemNames...), natsSystemNames...), amqpSystemNames...)
 }
 
 // noteGroup returns the group a note of Systems is about.
@@ -200,6 +211,8 @@ func noteGroup(note string) string {
 		return "redis"
 	case strings.HasPrefix(note, "the NATS systems"), slices.Contains(natsSystemNames, name):
 		return "nats"
+	case strings.HasPrefix(note, "the RabbitMQ systems"), slices.Contains(amqpSystemNames, name):
+		return "amqp"
 	}
 	return ""
 }
