@@ -239,3 +239,27 @@ func BenchmarkPublishIdentity(b *testing.B) {
 		})
 	}
 }
+
+// TestCopyRefusedSendsNothing: when the ids stream refuses a copy, the
+// publish fails saying the event was not sent, sends none of the batch's
+// events, and deletes the batch's copies that were written.
+func TestCopyRefusedSendsNothing(t *testing.T) {
+	d := openDriver(t, prefixURL(t))
+	s, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "copies", Pattern: "dup.gone", Lease: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cfg := d.ids.CachedInfo().Config
+	cfg.MaxMsgSize = 512
+	if _, err := d.js.UpdateStream(bg, cfg); err != nil {
+		t.Fatal(err)
+	}
+	small, big := dupMsg("c-1", "small"), dupMsg("c-2", strings.Repeat("x", 2048))
+	err = d.Publish(bg, []*transport.Message{small, big})
+	wantErrContaining(t, "publish whose copy is refused", err, "c-2", d.idsStream(), "not sent")
+	waitCopies(t, d, small, nil)
+	if st, err := d.Stats(bg); err != nil || len(st) != 1 || st[0].Waiting != 0 {
+		t.Fatalf("stats after a refused copy: %+v, %v; want nothing waiting", st, err)
+	}
+}

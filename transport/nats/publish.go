@@ -97,6 +97,7 @@ func (d *Driver) writeCopies(ctx context.Context, msgs []*transport.Message) ([]
 		copies[i] = &idCopy{subject: d.idSubject(m)}
 		f, err := d.js.PublishMsgAsync(&nats.Msg{Subject: copies[i].subject, Header: h, Data: m.Data}, jetstream.WithExpectStream(d.idsStream()))
 		if err != nil {
+			d.abandonCopies(ctx, futures, copies)
 			return nil, d.copyErr(m, err)
 		}
 		futures[i] = f
@@ -109,12 +110,35 @@ func (d *Driver) writeCopies(ctx context.Context, msgs []*transport.Message) ([]
 		case ack := <-f.Ok():
 			copies[i].seq = ack.Sequence
 		case err := <-f.Err():
+			futures[i] = nil
+			d.abandonCopies(ctx, futures, copies)
 			return nil, d.copyErr(msgs[i], err)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("nats: event %s: writing its copy: %w; the event itself was not sent", msgs[i].ID, ctx.Err())
 		}
 	}
 	return copies, nil
+}
+
+// abandonCopies deletes the copies written for a publish that sends no
+// event, once their writes are answered (within ctx).
+func (d *Driver) abandonCopies(ctx context.Context, futures []jetstream.PubAckFuture, copies []*idCopy) {
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	for i, f := range futures {
+		if f == nil || copies[i].seq > 0 {
+			continue // none, or its answer already taken
+		}
+		select {
+		case ack := <-f.Ok():
+			copies[i].seq = ack.Sequence
+		case <-f.Err():
+		case <-ctx.Done():
+			d.dropCopies(copies)
+			return
+		}
+	}
+	d.dropCopies(copies)
 }
 
 // copyErr explains a copy that could not be written: the event was not
