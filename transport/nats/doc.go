@@ -67,6 +67,12 @@
 //   - Stream ripple-P-dlq (limits retention, KeepDead's count and age):
 //     dead letters, one subject per handler, listed, requeued and purged
 //     by the dead-letter calls.
+//   - Stream ripple-P-ids (limits retention, file storage, kept for the
+//     dedup window plus a minute): a copy of each event published with a
+//     publisher-chosen id, on P.id.HASH (HASH: the SHA-256 of its
+//     identity key), and confirmations naming the copy whose event was
+//     stored, so that a duplicate publish can report the event as first
+//     stored (see Publish below).
 //   - Key-value buckets ripple-P-claims (idempotency claims, entries kept
 //     for the dedup window) and ripple-P-state (failed-attempt counters
 //     and shared rate-limit windows).
@@ -76,15 +82,32 @@
 //   - Publish sends each event with PublishMsgAsync and returns once the
 //     stream acknowledged it. Nats-Msg-Id is transport.IdentityKey(source,
 //     id) and the stream's duplicate window is the bus's dedup window, so
-//     a (source, id) published again within it stores nothing; the
+//     a (source, id) published again within it stores nothing. The
 //     duplicate's PubAck names the stored message's sequence, which is
-//     read back to report what was kept (Message.Duplicate). Once every
-//     handler has finished the original, interest retention has removed
-//     it and cannot read it back: the duplicate is still refused, and
-//     Message.Duplicate is then the message sent (same source and id, its
-//     other fields as given by the caller). The server keeps every id of
-//     the window in memory (about a hundred bytes each): a short
-//     DedupWindow keeps a busy server small.
+//     read back to report what was kept (Message.Duplicate) while a
+//     handler still waits for it. After that, interest retention has
+//     removed it, so for an event whose id the publisher chose (WithID)
+//     Publish first writes a copy of it to the ids stream (above), and a
+//     duplicate reports that copy: the one a confirmation names (written
+//     in the background once the event's PubAck says it was stored, or by
+//     the first duplicate that resolved it), else the earliest copy of the
+//     identity. A publish that fails deletes its copy and a duplicate
+//     deletes its own, so a copy whose event was never stored is left only
+//     by a process that died between writing it and publishing the event,
+//     or lost the connection with the publish in flight; only if, besides
+//     that, the confirmation of the stored publish was lost too (its
+//     process died right after the PubAck), can a duplicate report such a
+//     copy. An event whose id Ripple generated gets no copy: only a retry
+//     of the same publish repeats that id, so the message sent is the one
+//     stored, and that is what a duplicate reports once the original is
+//     gone. Cost: an event published WithID is written twice, its copy
+//     first (one more stored write and round trip before Publish returns)
+//     plus a small confirmation: one awaiting publisher's WithID publish
+//     takes 2 to 3 times as long as one with a generated id on a server
+//     with sync_interval: always (BenchmarkPublishIdentity), and the ids
+//     stream holds each such event for the dedup window plus a minute. The
+//     server also keeps every id of the window in memory (about a hundred
+//     bytes each): a short DedupWindow keeps a busy server small.
 //   - Attempts are JetStream's delivery count plus the attempts a
 //     released copy carries. A lease is AckWait; Extend sends InProgress.
 //     A delivery whose lease ran out can no longer retry, release or
@@ -126,8 +149,11 @@
 //   - Pause and Resume pause the handler's consumer (server 2.11+), for
 //     every process at once.
 //   - Ephemeral subscriptions are consumers with an InactiveThreshold of a
-//     few leases, in memory, deleted when this process's last receiver of
-//     one closes.
+//     few leases, in memory, marked ephemeral in their metadata, deleted
+//     when this process's last receiver of one closes. A durable handler
+//     and an ephemeral subscription never share a name: subscribing one
+//     under the other's name is refused with an error, and neither's
+//     consumer is updated or deleted by the other.
 //   - Retention: completed history and dead letters by count and age as
 //     the bus's KeepCompleted and KeepDead say (native stream limits).
 //     The limits live on the streams: a bus that sets KeepCompleted,

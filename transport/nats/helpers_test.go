@@ -56,7 +56,7 @@ func deletePrefix(base, prefix string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, s := range []string{"events", "done", "dlq"} {
+	for _, s := range []string{"events", "done", "dlq", "ids"} {
 		_ = js.DeleteStream(ctx, "ripple-"+prefix+"-"+s)
 	}
 	for _, b := range []string{"claims", "state"} {

@@ -46,6 +46,7 @@ const (
 	hdrAttempts  = "Ripple-Attempts"  // attempts made (dead letters)
 	hdrDeadAt    = "Ripple-Dead-At"   // when the message was dead-lettered
 	hdrDue       = "Ripple-Due"       // due time beyond scheduleHorizon
+	hdrStored    = "Ripple-Stored"    // sequence of the stored event's copy (ids stream)
 	hdrSchedule  = "Nats-Schedule"
 	hdrTarget    = "Nats-Schedule-Target"
 )
@@ -79,6 +80,7 @@ type Driver struct {
 	events jetstream.Stream
 	done   jetstream.Stream // nil when completed history is kept for no time
 	dead   jetstream.Stream // nil when dead letters are kept for no time
+	ids    jetstream.Stream // copies of events with caller-chosen ids
 	claims jetstream.KeyValue
 	state  jetstream.KeyValue
 
@@ -281,6 +283,7 @@ func validPrefix(p string) bool {
 func (d *Driver) eventsStream() string { return "ripple-" + d.prefix + "-events" }
 func (d *Driver) doneStream() string   { return "ripple-" + d.prefix + "-done" }
 func (d *Driver) deadStream() string   { return "ripple-" + d.prefix + "-dlq" }
+func (d *Driver) idsStream() string    { return "ripple-" + d.prefix + "-ids" }
 func (d *Driver) claimsBucket() string { return "ripple-" + d.prefix + "-claims" }
 func (d *Driver) stateBucket() string  { return "ripple-" + d.prefix + "-state" }
 
@@ -293,6 +296,18 @@ func (d *Driver) eventSubject(typ string) string   { return d.prefix + ".ev." + 
 func (d *Driver) requeueSubject(tok string) string { return d.prefix + ".rq." + tok }
 func (d *Driver) doneSubject(tok string) string    { return d.prefix + ".done." + tok }
 func (d *Driver) deadSubject(tok string) string    { return d.prefix + ".dlq." + tok }
+
+// idSubject is the subject of the copies of events with m's source and
+// id: a hash of its identity key, which any bytes may make up.
+func (d *Driver) idSubject(m *transport.Message) string {
+	sum := sha256.Sum256([]byte(transport.IdentityKey(m.Source(), m.ID)))
+	return d.prefix + ".id." + hex.EncodeToString(sum[:])
+}
+
+// copyMargin is how much longer than the dedup window a copy is kept: it
+// is written just before its event, whose dedup entry then lasts the
+// window.
+const copyMargin = time.Minute
 
 // scheduleSubject is the subject of one scheduled message; its target is
 // "ev.TYPE" or "rq.TOKEN", so that Stats can count what is delayed for
@@ -332,6 +347,22 @@ func (d *Driver) setup(ctx context.Context, where string) error {
 			cfg.Duplicates = old.Duplicates
 		}
 	})
+	if err != nil {
+		return err
+	}
+	// The events stream's window, which a bus with default retention
+	// keeps from the namespace.
+	window := d.events.CachedInfo().Config.Duplicates
+	d.ids, err = d.ensureStream(ctx, jetstream.StreamConfig{
+		Name:        d.idsStream(),
+		Description: "Ripple copies of events published with their own ids, for duplicate publishes, of namespace " + d.prefix,
+		Subjects:    []string{d.prefix + ".id.>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    d.replicas,
+		MaxAge:      window + copyMargin,
+		Duplicates:  time.Second,
+	}, func(_, _ *jetstream.StreamConfig) {})
 	if err != nil {
 		return err
 	}

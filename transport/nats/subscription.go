@@ -20,9 +20,26 @@ const pollWait = 500 * time.Millisecond
 
 // Metadata keys on Ripple's consumers.
 const (
-	metaHandler = "ripple-handler"
-	metaPattern = "ripple-pattern"
+	metaHandler   = "ripple-handler"
+	metaPattern   = "ripple-pattern"
+	metaEphemeral = "ripple-ephemeral" // "true" on an ephemeral subscription's consumer
 )
+
+// isEphemeral reports whether a Ripple consumer is an ephemeral
+// subscription's: marked so, or (consumers made before the mark) reaped
+// when idle, which no durable handler's consumer is.
+func isEphemeral(c *jetstream.ConsumerConfig) bool {
+	return c.Metadata[metaEphemeral] == "true" || c.InactiveThreshold > 0
+}
+
+// kindConflict explains why a handler name cannot be subscribed as the
+// other kind of subscription than the one that exists.
+func kindConflict(handler string, existingEphemeral bool) error {
+	if existingEphemeral {
+		return fmt.Errorf("nats: handler %s is ephemeral (a ripple tail, say, deleted when its receivers go); it cannot be subscribed as a durable handler: give the durable handler a name of its own", handler)
+	}
+	return fmt.Errorf("nats: handler %s is durable; it cannot be subscribed as an ephemeral one (deleted when its receivers go, with what is queued for it): give the ephemeral subscription a name of its own", handler)
+}
 
 // subscription is one receiver of a handler's durable pull consumer.
 type subscription struct {
@@ -98,24 +115,11 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		cfg.InactiveThreshold = max(5*lease, 10*time.Second)
 		cfg.Replicas = 1
 		cfg.MemoryStorage = true
+		cfg.Metadata[metaEphemeral] = "true"
 	}
-	if info, err := d.js.Consumer(ctx, d.eventsStream(), name); err == nil {
-		ci := info.CachedInfo()
-		if ci.Config.Metadata[metaHandler] != spec.Name {
-			return nil, fmt.Errorf("nats: consumer %s on stream %s exists but was not created by Ripple for handler %q; delete it (nats consumer rm %s %s) or use another prefix", name, d.eventsStream(), spec.Name, d.eventsStream(), name)
-		}
-		// Keep what the consumer was created with; update what may change.
-		cfg.DeliverPolicy = ci.Config.DeliverPolicy
-		cfg.OptStartTime = ci.Config.OptStartTime
-		cfg.InactiveThreshold = ci.Config.InactiveThreshold
-		cfg.MemoryStorage = ci.Config.MemoryStorage
-		cfg.Replicas = ci.Config.Replicas
-		// An update without it would resume a paused handler.
-		cfg.PauseUntil = ci.Config.PauseUntil
-	}
-	cons, err := d.js.CreateOrUpdateConsumer(ctx, d.eventsStream(), cfg)
+	cons, err := d.subscribeConsumer(ctx, spec, cfg)
 	if err != nil {
-		return nil, d.consumerErr(name, err)
+		return nil, err
 	}
 	s := &subscription{d: d, spec: spec, tok: tok, cons: cons, lease: lease}
 	d.mu.Lock()
@@ -129,6 +133,56 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	}
 	d.mu.Unlock()
 	return s, nil
+}
+
+// subscribeConsumer creates the handler's consumer, or updates the one
+// that exists. A consumer of the other kind (durable or ephemeral) is
+// refused, never replaced: an ephemeral subscription deletes its consumer
+// when it goes, which must never take a durable handler's queue with it.
+// A new consumer is made with a create that fails if one appeared
+// meanwhile, which is then checked again.
+func (d *Driver) subscribeConsumer(ctx context.Context, spec transport.SubscriptionSpec, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	name := cfg.Durable
+	for range 3 {
+		info, err := d.js.Consumer(ctx, d.eventsStream(), name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			cons, err := d.js.CreateConsumer(ctx, d.eventsStream(), cfg)
+			if errors.Is(err, jetstream.ErrConsumerExists) {
+				continue // made meanwhile by another process: check it
+			}
+			if err != nil {
+				return nil, d.consumerErr(name, err)
+			}
+			return cons, nil
+		}
+		if err != nil {
+			return nil, d.consumerErr(name, err)
+		}
+		ci := info.CachedInfo()
+		if ci.Config.Metadata[metaHandler] != spec.Name {
+			return nil, fmt.Errorf("nats: consumer %s on stream %s exists but was not created by Ripple for handler %q; delete it (nats consumer rm %s %s) or use another prefix", name, d.eventsStream(), spec.Name, d.eventsStream(), name)
+		}
+		if ephemeral := isEphemeral(&ci.Config); ephemeral != spec.Ephemeral {
+			return nil, kindConflict(spec.Name, ephemeral)
+		}
+		// Keep what the consumer was created with; update what may change.
+		cfg.DeliverPolicy = ci.Config.DeliverPolicy
+		cfg.OptStartTime = ci.Config.OptStartTime
+		cfg.InactiveThreshold = ci.Config.InactiveThreshold
+		cfg.MemoryStorage = ci.Config.MemoryStorage
+		cfg.Replicas = ci.Config.Replicas
+		// An update without it would resume a paused handler.
+		cfg.PauseUntil = ci.Config.PauseUntil
+		cons, err := d.js.UpdateConsumer(ctx, d.eventsStream(), cfg)
+		if errors.Is(err, jetstream.ErrConsumerDoesNotExist) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue // deleted meanwhile (an ephemeral one reaped): start over
+		}
+		if err != nil {
+			return nil, d.consumerErr(name, err)
+		}
+		return cons, nil
+	}
+	return nil, fmt.Errorf("nats: consumer %s of handler %q keeps being created and deleted by other processes while this one subscribes; try again", name, spec.Name)
 }
 
 func (s *subscription) isClosed() bool {
@@ -432,6 +486,15 @@ func (s *subscription) Close() error {
 	if last && !d.nc.IsClosed() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		// Reaped while idle and made again as a durable handler by
+		// another process: not this subscription's to delete.
+		info, err := d.js.Consumer(ctx, d.eventsStream(), consumerName(s.spec.Name))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil
+		}
+		if err == nil && !isEphemeral(&info.CachedInfo().Config) {
+			return nil
+		}
 		if err := d.js.DeleteConsumer(ctx, d.eventsStream(), consumerName(s.spec.Name)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return fmt.Errorf("nats: deleting ephemeral subscription %q: %w", s.spec.Name, err)
 		}
