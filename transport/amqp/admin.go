@@ -58,9 +58,27 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if d.isClosed() {
 		return nil, ErrClosed
 	}
-	hs, err := d.handlersFromRegistry(ctx)
+	reg, err := d.handlersFromRegistry(ctx)
 	if err != nil {
 		return nil, err
+	}
+	hs := make(map[string]string, len(reg))
+	for n, r := range reg {
+		if r.ephemeral {
+			// An ephemeral handler whose queue the broker expired
+			// belonged to a process that died: forget it.
+			_, exists, err := d.passiveCount(ctx, d.queueName(n))
+			if err != nil {
+				return nil, err
+			}
+			if !exists {
+				if err := d.unregister(ctx, n); err != nil {
+					d.log.Warn("amqp: could not forget an expired ephemeral handler", "handler", n, "err", err)
+				}
+				continue
+			}
+		}
+		hs[n] = r.pattern
 	}
 	for n, p := range d.knownHandlers() {
 		hs[n] = p

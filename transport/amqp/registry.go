@@ -2,7 +2,10 @@ package amqp
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"github.com/ripplehq/ripple/transport"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -19,12 +22,12 @@ func (d *Driver) registryName() string { return d.ns + ".handlers" }
 
 // handlersFromRegistry returns name -> pattern of every registered
 // handler (the latest record of a name wins).
-func (d *Driver) handlersFromRegistry(ctx context.Context) (map[string]string, error) {
+func (d *Driver) handlersFromRegistry(ctx context.Context) (map[string]registered, error) {
 	q := d.registryName()
 	if err := d.declareOnce(ctx, q, nil, true, false); err != nil {
 		return nil, err
 	}
-	out := map[string]string{}
+	out := map[string]registered{}
 	err := d.admin(ctx, func(ch *amqp.Channel) error {
 		before, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
 		if err != nil {
@@ -40,7 +43,7 @@ func (d *Driver) handlersFromRegistry(ctx context.Context) (map[string]string, e
 				break
 			}
 			last = m.DeliveryTag
-			out[m.MessageId] = string(m.Body)
+			out[m.MessageId] = registered{pattern: string(m.Body), ephemeral: m.Type == ephemeralEntry}
 		}
 		if last == 0 {
 			return nil
@@ -65,18 +68,34 @@ func (d *Driver) handlersFromRegistry(ctx context.Context) (map[string]string, e
 
 // register records a durable handler in the registry unless it is there
 // with the same pattern.
-func (d *Driver) register(ctx context.Context, name, pattern string) error {
+func (d *Driver) register(ctx context.Context, name, pattern string, ephemeral bool) error {
 	hs, err := d.handlersFromRegistry(ctx)
 	if err != nil {
 		return err
 	}
-	if p, ok := hs[name]; ok && p == pattern {
+	if r, ok := hs[name]; ok && r == (registered{pattern: pattern, ephemeral: ephemeral}) {
 		return nil
 	}
+	kind := ""
+	if ephemeral {
+		kind = ephemeralEntry
+	}
 	return d.pub.send(ctx, []outgoing{{key: d.registryName(), msg: amqp.Publishing{
-		MessageId: name, Body: []byte(pattern), DeliveryMode: amqp.Persistent, Timestamp: time.Now(),
+		MessageId: name, Body: []byte(pattern), Type: kind, DeliveryMode: amqp.Persistent, Timestamp: time.Now(),
 	}}})
 }
+
+// registered is a handler as the registry records it.
+type registered struct {
+	pattern string
+	// ephemeral entries are listed by Stats only while their queue
+	// exists: a process killed while tailing leaves its entry behind,
+	// and the broker expires the queue.
+	ephemeral bool
+}
+
+// ephemeralEntry is the message type of an ephemeral handler's entry.
+const ephemeralEntry = "ephemeral"
 
 // unregister removes a handler's records from the registry.
 func (d *Driver) unregister(ctx context.Context, name string) error {
@@ -97,4 +116,26 @@ func (d *Driver) unregister(ctx context.Context, name string) error {
 			}
 		}
 	})
+}
+
+// refuseKindClash refuses an ephemeral subscription under a durable
+// handler's name and the converse: one would delete or expire the other's
+// queue.
+func (d *Driver) refuseKindClash(ctx context.Context, spec transport.SubscriptionSpec) error {
+	hs, err := d.handlersFromRegistry(ctx)
+	if err != nil {
+		return err
+	}
+	r, ok := hs[spec.Name]
+	switch {
+	case !ok || r.ephemeral == spec.Ephemeral:
+		return nil
+	case spec.Ephemeral:
+		return fmt.Errorf("amqp: handler %q is durable; it cannot be subscribed as an ephemeral one: give the ephemeral subscription a name of its own", spec.Name)
+	}
+	if _, exists, err := d.passiveCount(ctx, d.queueName(spec.Name)); err != nil || !exists {
+		// The ephemeral queue expired with its process: the name is free.
+		return err
+	}
+	return fmt.Errorf("amqp: handler %q is an ephemeral subscription of a running process; a durable handler needs a name of its own", spec.Name)
 }

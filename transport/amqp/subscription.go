@@ -111,13 +111,16 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		inflight: map[*lease]struct{}{},
 		done:     make(chan struct{}),
 	}
+	if err := d.refuseKindClash(ctx, spec); err != nil {
+		return nil, err
+	}
 	if err := s.declare(ctx); err != nil {
 		return nil, err
 	}
-	if !spec.Ephemeral {
-		if err := d.register(ctx, spec.Name, spec.Pattern); err != nil {
-			return nil, fmt.Errorf("amqp: recording handler %q in %s: %w", spec.Name, d.registryName(), err)
-		}
+	// Ephemeral handlers are recorded too, so that Stats in other
+	// processes lists them while they run.
+	if err := d.register(ctx, spec.Name, spec.Pattern, spec.Ephemeral); err != nil {
+		return nil, fmt.Errorf("amqp: recording handler %q in %s: %w", spec.Name, d.registryName(), err)
 	}
 	d.mu.Lock()
 	if d.closed {
