@@ -1,0 +1,2 @@
+// Package kafka is Ripple's Kafka transport (Level 3).
+package kafka
