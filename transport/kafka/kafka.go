@@ -38,7 +38,7 @@ var ErrClosed = errors.New("kafka transport is closed")
 const maxTopicLen = 249
 
 var (
-	namespaceRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,100}$`)
+	namespaceRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,200}$`)
 	topicRE     = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
 )
 
@@ -101,7 +101,7 @@ func parseURL(raw string) (options, error) {
 		switch k {
 		case "namespace":
 			if !namespaceRE.MatchString(v) {
-				return o, bad("is not a valid namespace: use 1 to 100 of a-z A-Z 0-9 . _ -")
+				return o, bad("is not a valid namespace: use 1 to 200 of a-z A-Z 0-9 . _ -")
 			}
 			o.namespace = v
 		case "partitions":
