@@ -78,6 +78,30 @@ func (d *Driver) deadLetters(ctx context.Context, handler string) ([]deadLetter,
 		return nil, err
 	}
 	out = slices.DeleteFunc(out, func(l deadLetter) bool { return removed[l.off] })
+	// Retention: letters older than DeadAge or beyond the newest
+	// DeadCount are dropped (marked removed, and deleted with their
+	// segment by the topic's retention.ms).
+	ret := d.cfg.Retention
+	var drop []deadLetter
+	if ret.DeadAge > 0 {
+		cut := time.Now().Add(-ret.DeadAge)
+		for _, l := range out {
+			if l.DeadAt.Before(cut) {
+				drop = append(drop, l)
+			}
+		}
+		out = slices.DeleteFunc(out, func(l deadLetter) bool { return l.DeadAt.Before(cut) })
+	}
+	if len(out) > ret.DeadCount {
+		n := len(out) - ret.DeadCount
+		drop = append(drop, out[:n]...)
+		out = out[n:]
+	}
+	if len(drop) > 0 {
+		if err := d.produce(ctx, d.removeMarkers(handler, drop)); err != nil {
+			d.log.Warn("kafka: dropping dead letters past retention failed", "handler", handler, "err", err)
+		}
+	}
 	return out, nil
 }
 
@@ -346,4 +370,141 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 		return fmt.Errorf("kafka: deleting the topics of handler %s: %w", handler, err)
 	}
 	return nil
+}
+
+// Stats reports every handler of the namespace. Waiting, Active and
+// Delayed come from this process's memory for the partitions it owns and
+// from the counts the owning process last committed (with the group's
+// offsets) for the others, plus the records not read yet (consumer lag);
+// Failed counts failed attempts since the subscription was created;
+// Completed is bounded by KeepCompleted (see the package doc); Dead
+// reads the dead-letter topic.
+func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
+	if d.isClosed() {
+		return nil, ErrClosed
+	}
+	subs, err := d.subscriptions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(subs))
+	for n := range subs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	out := make([]transport.Stats, 0, len(names))
+	for _, h := range names {
+		st, err := d.stats(ctx, h, subs[h])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func (d *Driver) stats(ctx context.Context, handler, pattern string) (transport.Stats, error) {
+	st := transport.Stats{Handler: handler, Pattern: pattern}
+	d.mu.Lock()
+	g := d.groups[handler]
+	d.mu.Unlock()
+	if g != nil {
+		g.commit(ctx, false)
+	}
+	resp, err := d.adm.FetchOffsets(ctx, d.groupName(handler))
+	if err != nil && !errors.Is(err, kerr.GroupIDNotFound) {
+		return st, fmt.Errorf("kafka: reading the offsets of consumer group %s: %w", d.groupName(handler), err)
+	}
+	topics := []string{d.topic, d.retryTopic(handler)}
+	ends, err := d.adm.ListEndOffsets(ctx, topics...)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return st, fmt.Errorf("kafka: listing end offsets: %w", err)
+	}
+	now := time.Now()
+	var oldest time.Time
+	var completed int64
+	// A snapshot of the partitions this process owns.
+	type snap struct {
+		c                 counts
+		next              int64
+		completed, failed int64
+	}
+	local := map[tp]snap{}
+	if g != nil {
+		g.mu.Lock()
+		for k, pt := range g.parts {
+			next := pt.next
+			if next < 0 {
+				next = pt.commOff
+			}
+			local[k] = snap{countEntries(pt, now), next, pt.completed, pt.failed}
+		}
+		g.mu.Unlock()
+	}
+	ends.Each(func(o kadm.ListedOffset) {
+		k := tp{o.Topic, o.Partition}
+		var c counts
+		var next int64 = -1
+		committed := int64(-1)
+		if r, ok := resp.Lookup(o.Topic, o.Partition); ok && r.Err == nil {
+			committed = r.At
+		}
+		if sn, ok := local[k]; ok {
+			c, next = sn.c, sn.next
+			completed += sn.completed
+			st.Failed += sn.failed
+		} else if r, ok := resp.Lookup(o.Topic, o.Partition); ok && r.Err == nil {
+			m := parseMeta(r.At, r.Metadata)
+			c, next = m.counts, m.next
+			if next < 0 {
+				next = committed
+			}
+			completed += m.completed
+			st.Failed += m.failed
+		}
+		if next < 0 {
+			next = committed
+		}
+		if next >= 0 && o.Offset > next {
+			c.waiting += o.Offset - next
+		}
+		st.Waiting += c.waiting
+		st.Active += c.active
+		st.Delayed += c.delayed
+		if !c.oldest.IsZero() && (oldest.IsZero() || c.oldest.Before(oldest)) {
+			oldest = c.oldest
+		}
+	})
+	if !oldest.IsZero() && st.Waiting > 0 {
+		st.OldestWaiting = max(now.Sub(oldest), 0)
+	}
+	// Completed history: what the handler has passed in the event topic
+	// within KeepCompleted's age, no more than it completed, and no more
+	// than KeepCompleted's count.
+	ret := d.cfg.Retention
+	if ret.CompletedCount > 0 && ret.CompletedAge > 0 && completed > 0 {
+		after, err := d.adm.ListOffsetsAfterMilli(ctx, now.Add(-ret.CompletedAge).UnixMilli(), d.topic)
+		if err == nil {
+			err = after.Error()
+		}
+		if err != nil {
+			return st, fmt.Errorf("kafka: listing the offsets of %s: %w", d.topic, err)
+		}
+		var passed int64
+		after.Each(func(o kadm.ListedOffset) {
+			if r, ok := resp.Lookup(o.Topic, o.Partition); ok && r.Err == nil && r.At > o.Offset {
+				passed += r.At - o.Offset
+			}
+		})
+		st.Completed = min(completed, passed, int64(ret.CompletedCount))
+	}
+	dead, err := d.deadLetters(ctx, handler)
+	if err != nil {
+		return st, err
+	}
+	st.Dead = int64(len(dead))
+	return st, nil
 }

@@ -54,6 +54,10 @@ type part struct {
 	commOff  int64
 	commMeta string
 	gone     bool
+	// completed and failed count the partition's completions and failed
+	// attempts since the subscription was created (kept in the commit
+	// metadata).
+	completed, failed int64
 }
 
 // entry is one record of a partition that the handler must handle.
@@ -68,7 +72,8 @@ type entry struct {
 	until    time.Time
 	gen      uint64
 	done     bool
-	fwd      bool // being forwarded to the retry topic
+	fwd      bool      // being forwarded to the retry topic
+	ts       time.Time // the record's timestamp
 }
 
 // token identifies one lease of an entry.
@@ -321,7 +326,9 @@ func (g *group) onFetched(_ context.Context, _ *kgo.Client, resp *kmsg.OffsetFet
 		pt.commOff = off
 		if meta != nil {
 			pt.commMeta = *meta
-			pt.attempts = parseMeta(off, *meta)
+			m := parseMeta(off, *meta)
+			pt.attempts = m.attempts
+			pt.completed, pt.failed = m.completed, m.failed
 		}
 	}
 	for _, t := range resp.Topics {
@@ -486,7 +493,7 @@ func (g *group) add(r *kgo.Record, now time.Time) *entry {
 		return nil
 	}
 	dec := decode(r)
-	e := &entry{p: pt, off: r.Offset, msg: dec.msg, due: dec.due, attempts: dec.attempts, first: dec.first}
+	e := &entry{p: pt, off: r.Offset, msg: dec.msg, due: dec.due, attempts: dec.attempts, first: dec.first, ts: r.Timestamp}
 	if n, ok := pt.attempts[r.Offset]; ok && n > e.attempts {
 		e.attempts = n
 	}
@@ -538,10 +545,46 @@ func (g *group) trim(pt *part) {
 	}
 }
 
+// counts are a partition's state as its owner sees it.
+type counts struct {
+	waiting, active, delayed int64
+	oldest                   time.Time // timestamp of the oldest waiting record
+}
+
+// countEntries counts a partition's unfinished entries. Call with g.mu
+// held.
+func countEntries(pt *part, now time.Time) counts {
+	var c counts
+	for _, e := range pt.entries {
+		switch {
+		case e.done:
+		case e.leased && e.until.After(now):
+			c.active++
+		case e.fwd || e.due.After(now):
+			c.delayed++
+		default:
+			c.waiting++
+			if c.oldest.IsZero() || e.ts.Before(c.oldest) {
+				c.oldest = e.ts
+			}
+		}
+	}
+	return c
+}
+
+// meta is what the commit metadata of a partition holds: its counters,
+// its owner's counts and read position, and the attempts started for its
+// unfinished entries.
+type meta struct {
+	completed, failed int64
+	counts
+	next     int64
+	attempts map[int64]int
+}
+
 // commitPoint is the offset to commit for a partition (the lowest
-// unfinished one) and its metadata: the attempts started for the
-// unfinished entries. Call with g.mu held.
-func commitPoint(pt *part) (int64, string, bool) {
+// unfinished one) and its metadata. Call with g.mu held.
+func commitPoint(pt *part, now time.Time) (int64, string, bool) {
 	var off int64
 	switch {
 	case len(pt.entries) > 0:
@@ -551,7 +594,14 @@ func commitPoint(pt *part) (int64, string, bool) {
 	default:
 		return 0, "", false
 	}
+	c := countEntries(pt, now)
 	var b strings.Builder
+	fmt.Fprintf(&b, "c=%d;f=%d;w=%d;a=%d;d=%d;n=%d", pt.completed, pt.failed, c.waiting, c.active, c.delayed, pt.next)
+	if !c.oldest.IsZero() {
+		fmt.Fprintf(&b, ";o=%d", c.oldest.UnixMilli())
+	}
+	b.WriteByte('|')
+	sep := ""
 	for _, e := range pt.entries {
 		if e.done || e.attempts == 0 {
 			continue
@@ -560,21 +610,49 @@ func commitPoint(pt *part) (int64, string, bool) {
 		if b.Len()+len(s)+1 > maxMeta {
 			break
 		}
-		if b.Len() > 0 {
-			b.WriteByte(',')
-		}
+		b.WriteString(sep)
 		b.WriteString(s)
+		sep = ","
 	}
 	return off, b.String(), true
 }
 
-// parseMeta reads commit metadata written by commitPoint.
-func parseMeta(base int64, meta string) map[int64]int {
-	if meta == "" {
-		return nil
+// parseMeta reads commit metadata written by commitPoint; base is the
+// committed offset.
+func parseMeta(base int64, s string) meta {
+	m := meta{next: -1}
+	head, list, ok := strings.Cut(s, "|")
+	if !ok {
+		return m
 	}
-	out := map[int64]int{}
-	for _, f := range strings.Split(meta, ",") {
+	for _, f := range strings.Split(head, ";") {
+		k, v, _ := strings.Cut(f, "=")
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "c":
+			m.completed = n
+		case "f":
+			m.failed = n
+		case "w":
+			m.waiting = n
+		case "a":
+			m.active = n
+		case "d":
+			m.delayed = n
+		case "n":
+			m.next = n
+		case "o":
+			m.oldest = time.UnixMilli(n)
+		}
+	}
+	if list == "" {
+		return m
+	}
+	m.attempts = map[int64]int{}
+	for _, f := range strings.Split(list, ",") {
 		a, b, ok := strings.Cut(f, ":")
 		if !ok {
 			continue
@@ -582,10 +660,10 @@ func parseMeta(base int64, meta string) map[int64]int {
 		rel, err1 := strconv.ParseInt(a, 36, 64)
 		n, err2 := strconv.Atoi(b)
 		if err1 == nil && err2 == nil {
-			out[base+rel] = n
+			m.attempts[base+rel] = n
 		}
 	}
-	return out
+	return m
 }
 
 // commit commits the partitions whose commit point moved (all of them
@@ -605,8 +683,9 @@ func (g *group) commit(ctx context.Context, force bool) {
 	}
 	var todo []pending
 	g.mu.Lock()
+	now := time.Now()
 	for _, pt := range g.parts {
-		off, meta, ok := commitPoint(pt)
+		off, meta, ok := commitPoint(pt, now)
 		if !ok || (!force && off == pt.commOff && meta == pt.commMeta) {
 			continue
 		}
@@ -874,14 +953,19 @@ func (r *receiver) Settle(ctx context.Context, ss []Settlement) error {
 			// is recorded.
 			if s.Outcome == transport.Complete && !e.leased {
 				e.done = true
+				e.p.completed++
 				g.trim(e.p)
 			}
 			continue
+		}
+		if s.Outcome == transport.Retry || s.Outcome == transport.Dead {
+			e.p.failed++
 		}
 		switch s.Outcome {
 		case transport.Complete:
 			e.leased = false
 			e.done = true
+			e.p.completed++
 			g.trim(e.p)
 		case transport.Release:
 			e.leased = false

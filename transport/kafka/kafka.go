@@ -209,6 +209,7 @@ var _ interface {
 	transport.Driver
 	transport.Replayer
 	transport.DeadLetterQueue
+	transport.Inspector
 	transport.Unsubscriber
 } = (*Driver)(nil)
 
