@@ -66,19 +66,38 @@ func parseURL(raw string) (options, error) {
 		sessionTimeout: 6 * time.Second,
 		dialTimeout:    10 * time.Second,
 	}
-	u, err := url.Parse(raw)
+	rest, ok := strings.CutPrefix(raw, "kafka://")
+	if !ok {
+		return o, fmt.Errorf("kafka: URL %s does not start with kafka://", redact(raw))
+	}
+	// The broker list is not one host, so url.Parse cannot read the
+	// authority: split it off by hand.
+	end := strings.IndexAny(rest, "/?")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority := rest[:end]
+	hosts := authority
+	if at := strings.LastIndex(authority, "@"); at >= 0 {
+		hosts = authority[at+1:]
+		ui, err := url.Parse("kafka://" + authority[:at] + "@x")
+		if err != nil || ui.User == nil {
+			return o, fmt.Errorf("kafka: cannot read the user and password of the URL (%s); percent-encode special characters", redact(raw))
+		}
+		o.user = ui.User.Username()
+		o.password, _ = ui.User.Password()
+		o.mechanism = "plain"
+	}
+	u, err := url.Parse("kafka://x" + rest[end:])
 	if err != nil {
 		return o, fmt.Errorf("kafka: cannot parse the URL (%s): %w; write it as kafka://HOST:PORT[,HOST:PORT...][?namespace=NAME]", redact(raw), unwrapURLError(err))
 	}
-	if u.Scheme != "kafka" {
-		return o, fmt.Errorf("kafka: URL scheme %q is not kafka://", u.Scheme)
-	}
-	if u.Host == "" {
+	if hosts == "" {
 		return o, fmt.Errorf("kafka: the URL names no broker; write it as kafka://HOST:PORT[,HOST:PORT...]")
 	}
-	for _, h := range strings.Split(u.Host, ",") {
+	for _, h := range strings.Split(hosts, ",") {
 		if h == "" {
-			return o, fmt.Errorf("kafka: the URL's broker list %q has an empty entry", u.Host)
+			return o, fmt.Errorf("kafka: the URL's broker list %q has an empty entry", hosts)
 		}
 		if _, _, err := net.SplitHostPort(h); err != nil {
 			h = net.JoinHostPort(h, "9092")
@@ -87,11 +106,6 @@ func parseURL(raw string) (options, error) {
 	}
 	if u.Path != "" && u.Path != "/" {
 		return o, fmt.Errorf("kafka: the URL has a path %q; Kafka URLs have none (use ?namespace=NAME to separate applications)", u.Path)
-	}
-	if u.User != nil {
-		o.user = u.User.Username()
-		o.password, _ = u.User.Password()
-		o.mechanism = "plain"
 	}
 	for k, vs := range u.Query() {
 		v := vs[len(vs)-1]
