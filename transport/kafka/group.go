@@ -54,6 +54,7 @@ type part struct {
 	commOff  int64
 	commMeta string
 	gone     bool
+	revoking bool // being taken away: hand out nothing more from it
 	// completed and failed count the partition's completions and failed
 	// attempts since the subscription was created (kept in the commit
 	// metadata).
@@ -354,6 +355,15 @@ func (g *group) onRevoked(_ context.Context, _ *kgo.Client, revoked map[string][
 	ctx, cancel := context.WithTimeout(context.Background(), revokeWait+10*time.Second)
 	defer cancel()
 	deadline := time.Now().Add(revokeWait)
+	g.mu.Lock()
+	for t, ps := range revoked {
+		for _, p := range ps {
+			if pt := g.parts[tp{t, p}]; pt != nil {
+				pt.revoking = true
+			}
+		}
+	}
+	g.mu.Unlock()
 	for {
 		busy := false
 		g.mu.Lock()
@@ -866,6 +876,9 @@ func (g *group) take(now time.Time, maxN int, lease time.Duration) ([]*transport
 		parts = append(parts[k:], parts[:k]...)
 	}
 	for _, pt := range parts {
+		if pt.revoking {
+			continue
+		}
 		var keys map[string]bool
 		if g.ordered {
 			keys = map[string]bool{}
