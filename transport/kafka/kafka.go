@@ -296,6 +296,12 @@ func (d *Driver) ping(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, d.opts.dialTimeout+5*time.Second)
 	defer cancel()
 	if _, err := d.adm.BrokerMetadata(pctx); err != nil {
+		if errors.Is(err, kerr.SaslAuthenticationFailed) || errors.Is(err, kerr.IllegalSaslState) || errors.Is(err, kerr.UnsupportedSaslMechanism) {
+			return fmt.Errorf("kafka: the brokers %s refused the URL's user %q with SASL %s: %w; check the user, password and sasl= mechanism", strings.Join(d.opts.seeds, ","), d.opts.user, d.opts.mechanism, err)
+		}
+		if d.opts.mechanism != "" {
+			return fmt.Errorf("kafka: no broker of %s answered with SASL %s as user %q: %w; check the user and password (some brokers end the connection on a wrong one), the sasl= mechanism, tls=, and that the host and port are reachable", strings.Join(d.opts.seeds, ","), d.opts.mechanism, d.opts.user, err)
+		}
 		return fmt.Errorf("kafka: no broker of %s answered: %w; check that Kafka (or Redpanda) runs there and that the host and port are reachable from this machine", strings.Join(d.opts.seeds, ","), err)
 	}
 	return nil
