@@ -88,6 +88,7 @@ func Systems(env Env) ([]System, []string) {
 		RawSQLite("FULL"),
 		RawSQLite("NORMAL"),
 	}
+	out = append(out, KafkaSystems()...)
 	if env.RedisURL == "" {
 		return out, []string{"the Redis systems (" + strings.Join(redisSystemNames, ", ") + ") were left out: no Redis server was given; pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL"}
 	}
@@ -96,7 +97,7 @@ func Systems(env Env) ([]System, []string) {
 }
 
 // Groups lists the names that select a family of systems, besides "all".
-var Groups = []string{"redis"}
+var Groups = []string{"redis", "kafka"}
 
 // Select returns the systems named in the comma-separated list names (each
 // a system name, a group name or "all") that can run with env, and a note
