@@ -38,7 +38,7 @@ func (d *Driver) pattern(ctx context.Context, handler string) (string, error) {
 	d.mu.Lock()
 	g := d.groups[handler]
 	d.mu.Unlock()
-	if g != nil {
+	if g != nil && !g.ephemeral {
 		return g.pattern, nil
 	}
 	subs, err := d.subscriptions(ctx)

@@ -139,6 +139,14 @@
 //     processes requeueing the same letter at the same moment may both
 //     copy it (one process serialises its own calls).
 //
+// # Ephemeral subscriptions
+//
+// An ephemeral subscription (ripple tail) is a consumer without a group
+// that reads the event topic from its end offsets at Subscribe, in this
+// process only: nothing is created on the brokers, so nothing is left
+// behind when it closes or its process is killed. Its retries wait in
+// memory, and an event it dead-letters is dropped with a log line.
+//
 // # Statistics
 //
 // Waiting, Active and Delayed count the partitions this process owns from
@@ -157,8 +165,8 @@
 //     producer session, and a claim store needs an atomic
 //     compare-and-set that Kafka does not have; the core refuses both with
 //     ErrNotSupported. Handlers on Kafka must tolerate a redelivery.
-//   - Ephemeral subscriptions, Pause/Resume, a rate limit shared across
-//     processes (each process limits its own starts), PublishTx.
+//   - Pause/Resume, a rate limit shared across processes (each process
+//     limits its own starts), PublishTx.
 //   - Unsubscribe deletes the group and the handler's topics only when no
 //     process runs the handler.
 //

@@ -90,10 +90,13 @@ type group struct {
 	name    string
 	pattern string
 	ordered bool
-	lease   time.Duration
-	retry   string
-	dead    string
-	cl      *kgo.Client
+	// ephemeral: no consumer group, retry or dead-letter topic; retries
+	// wait in memory and dead letters are dropped (see subscribeEphemeral).
+	ephemeral bool
+	lease     time.Duration
+	retry     string
+	dead      string
+	cl        *kgo.Client
 
 	mu       sync.Mutex
 	parts    map[tp]*part
@@ -118,11 +121,11 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if d.isClosed() {
 		return nil, ErrClosed
 	}
-	if spec.Ephemeral {
-		return nil, fmt.Errorf("kafka: ephemeral subscriptions are not supported (Capabilities.Ephemeral is false)")
-	}
 	if spec.Lease <= 0 {
 		spec.Lease = 30 * time.Second
+	}
+	if spec.Ephemeral {
+		return d.subscribeEphemeral(ctx, spec)
 	}
 	d.mu.Lock()
 	g := d.groups[spec.Name]
@@ -255,6 +258,56 @@ func (d *Driver) subscriptions(ctx context.Context) (map[string]string, error) {
 		}
 	})
 	return out, err
+}
+
+// subscribeEphemeral starts a subscription that exists only in this
+// process: a consumer without a group reading the event topic from its
+// end offsets as of now, so nothing durable is created on the brokers and
+// nothing is left to reap when the process dies.
+func (d *Driver) subscribeEphemeral(ctx context.Context, spec transport.SubscriptionSpec) (transport.Subscription, error) {
+	d.mu.Lock()
+	if g := d.groups[spec.Name]; g != nil && !g.closed {
+		if !g.ephemeral {
+			d.mu.Unlock()
+			return nil, fmt.Errorf("kafka: handler %s already has a durable subscription in this process; an ephemeral one needs its own name", spec.Name)
+		}
+		g.refs++
+		d.mu.Unlock()
+		return &receiver{g: g, lease: spec.Lease}, nil
+	}
+	d.mu.Unlock()
+	ends, err := d.adm.ListEndOffsets(ctx, d.topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kafka: listing the offsets of %s: %w", d.topic, err)
+	}
+	offs := map[int32]kgo.Offset{}
+	ends.Each(func(o kadm.ListedOffset) { offs[o.Partition] = kgo.NewOffset().At(o.Offset) })
+	g := &group{
+		d: d, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered, lease: spec.Lease, ephemeral: true,
+		parts: map[tp]*part{}, wake: make(chan struct{}), joined: make(chan struct{}), refs: 1,
+	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	cl, err := kgo.NewClient(append(append([]kgo.Opt(nil), d.base...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{d.topic: offs}),
+		kgo.FetchMaxWait(500*time.Millisecond))...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	g.cl = cl
+	d.mu.Lock()
+	if old := d.groups[spec.Name]; (old != nil && !old.closed) || d.closed {
+		d.mu.Unlock()
+		cl.Close()
+		return nil, fmt.Errorf("kafka: handler %s was subscribed concurrently; subscribe again", spec.Name)
+	}
+	d.groups[spec.Name] = g
+	d.mu.Unlock()
+	g.loops.Add(1)
+	go g.pollLoop()
+	return &receiver{g: g, lease: spec.Lease}, nil
 }
 
 // startGroup starts the handler's consumer.
@@ -494,6 +547,10 @@ func (g *group) readyCount() int {
 // must be forwarded to the retry topic. Call with g.mu held.
 func (g *group) add(r *kgo.Record, now time.Time) *entry {
 	pt := g.parts[tp{r.Topic, r.Partition}]
+	if pt == nil && g.ephemeral {
+		pt = &part{tp: tp{r.Topic, r.Partition}, next: -1, commOff: -1}
+		g.parts[pt.tp] = pt
+	}
 	if pt == nil || r.Offset < pt.next {
 		return nil
 	}
@@ -508,7 +565,7 @@ func (g *group) add(r *kgo.Record, now time.Time) *entry {
 		e.attempts = n
 	}
 	pt.entries = append(pt.entries, e)
-	if r.Topic == g.d.topic && !g.ordered && e.due.After(now.Add(forwardAfter)) {
+	if r.Topic == g.d.topic && !g.ordered && !g.ephemeral && e.due.After(now.Add(forwardAfter)) {
 		e.fwd = true
 		return e
 	}
@@ -985,7 +1042,7 @@ func (r *receiver) Settle(ctx context.Context, ss []Settlement) error {
 			e.attempts = max(e.attempts-1, 0)
 			e.due = now.Add(s.Delay)
 		case transport.Retry:
-			if g.ordered {
+			if g.ordered || g.ephemeral {
 				e.leased = false
 				e.due = now.Add(s.Delay)
 				continue
@@ -997,6 +1054,14 @@ func (r *receiver) Settle(ctx context.Context, ss []Settlement) error {
 				msHeader(hFirst, e.first), originHeader(e)))
 			after = append(after, e)
 		case transport.Dead:
+			if g.ephemeral {
+				g.d.log.Warn("kafka: ephemeral subscription: dead-lettered event dropped (an ephemeral subscription keeps no dead letters)", "handler", g.name, "event", e.msg.ID, "error", s.Error)
+				e.leased = false
+				e.done = true
+				e.p.failed++
+				g.trim(e.p)
+				continue
+			}
 			e.fwd = true
 			recs = append(recs, copyRecord(&e.msg, g.dead, now,
 				kgo.RecordHeader{Key: hAttempts, Value: []byte(strconv.Itoa(e.attempts))},

@@ -311,10 +311,11 @@ func (d *Driver) ping(ctx context.Context) error {
 func (d *Driver) Name() string { return "kafka" }
 
 // Capabilities declares what the Kafka transport gives: durable publish,
-// delays, per-key order and starting from retained history; no priority,
-// no publish deduplication and no idempotency claims.
+// delays, per-key order, starting from retained history and ephemeral
+// subscriptions; no priority, no publish deduplication and no idempotency
+// claims.
 func (d *Driver) Capabilities() transport.Capabilities {
-	return transport.Capabilities{Durable: true, Delay: true, Ordered: true, StartFrom: true}
+	return transport.Capabilities{Durable: true, Delay: true, Ordered: true, StartFrom: true, Ephemeral: true}
 }
 
 // Close closes every subscription's consumer and the producer.
