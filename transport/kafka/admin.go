@@ -357,7 +357,10 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 		}
 		return fmt.Errorf("kafka: deleting consumer group %s: %w", group, err)
 	}
-	if err := d.produce(ctx, []*kgo.Record{{Topic: d.registryTopic(), Key: []byte(handler), Value: nil}}); err != nil {
+	if err := d.produce(ctx, []*kgo.Record{
+		{Topic: d.registryTopic(), Key: []byte(handler), Value: nil},
+		{Topic: d.registryTopic(), Key: []byte(pausePrefix + handler), Value: nil},
+	}); err != nil {
 		return err
 	}
 	topics := []string{d.retryTopic(handler), d.deadTopic(handler)}
@@ -404,7 +407,7 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 }
 
 func (d *Driver) stats(ctx context.Context, handler, pattern string) (transport.Stats, error) {
-	st := transport.Stats{Handler: handler, Pattern: pattern}
+	st := transport.Stats{Handler: handler, Pattern: pattern, Paused: d.isPaused(handler)}
 	d.mu.Lock()
 	g := d.groups[handler]
 	d.mu.Unlock()

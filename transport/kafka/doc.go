@@ -60,7 +60,7 @@
 //     the event topic and the handler's retry topic NAMESPACE.retry.HANDLER;
 //     its dead letters go to NAMESPACE.dead.HANDLER (one partition). A
 //     compacted topic NAMESPACE.subscriptions maps handler names to their
-//     patterns, for Stats, Replay and the dead-letter calls of processes
+//     patterns (and holds their pause records), for Stats, Replay and the dead-letter calls of processes
 //     that do not run the handler. Handler topic names over Kafka's 249
 //     characters, or colliding with an existing topic once '.' and '_' are
 //     treated alike (as Kafka does), are refused with an error.
@@ -153,8 +153,14 @@
 // its memory, and the others from the counts their owner last committed
 // (at most every 100ms) plus the records it has not read (consumer lag,
 // which for an unread stretch counts events of other types too). Failed
-// counts failed attempts since the subscription was created. Paused is
-// always false.
+// counts failed attempts since the subscription was created.
+//
+// # Pause
+//
+// Pause and Resume append a pause/HANDLER record to the registry topic;
+// every process follows that topic and stops (or resumes) handing out the
+// handler's events within about a second. Events keep arriving in the
+// topic meanwhile; deliveries already running finish as usual.
 //
 // # Not supported
 //
@@ -165,8 +171,8 @@
 //     producer session, and a claim store needs an atomic
 //     compare-and-set that Kafka does not have; the core refuses both with
 //     ErrNotSupported. Handlers on Kafka must tolerate a redelivery.
-//   - Pause/Resume, a rate limit shared across processes (each process
-//     limits its own starts), PublishTx.
+//   - A rate limit shared across processes (each process limits its own
+//     starts), PublishTx.
 //   - Unsubscribe deletes the group and the handler's topics only when no
 //     process runs the handler.
 //

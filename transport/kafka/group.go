@@ -251,6 +251,9 @@ func (d *Driver) register(ctx context.Context, spec transport.SubscriptionSpec) 
 func (d *Driver) subscriptions(ctx context.Context) (map[string]string, error) {
 	out := map[string]string{}
 	err := d.scan(ctx, d.registryTopic(), nil, func(r *kgo.Record) {
+		if strings.HasPrefix(string(r.Key), pausePrefix) {
+			return
+		}
 		if r.Value == nil {
 			delete(out, string(r.Key))
 		} else {
@@ -870,6 +873,7 @@ func (r *receiver) Receive(ctx context.Context, maxN int) ([]*transport.Delivery
 		if closed {
 			return nil, ErrClosed
 		}
+		paused := g.d.isPaused(g.name)
 		g.mu.Lock()
 		if g.closed {
 			g.mu.Unlock()
@@ -881,7 +885,13 @@ func (r *receiver) Receive(ctx context.Context, maxN int) ([]*transport.Delivery
 			return nil, err
 		}
 		now := time.Now()
-		out, next := g.take(now, maxN, r.lease)
+		var out []*transport.Delivery
+		var next time.Time
+		if paused {
+			next = now.Add(250 * time.Millisecond)
+		} else {
+			out, next = g.take(now, maxN, r.lease)
+		}
 		wake := g.wake
 		g.mu.Unlock()
 		if len(out) > 0 {

@@ -214,9 +214,12 @@ type Driver struct {
 
 	mu       sync.Mutex
 	closed   bool
+	paused   map[string]bool // from the registry topic's pause/ records
 	groups   map[string]*group
 	known    map[string]bool // topics known to exist
 	adminMus map[string]*sync.Mutex
+
+	stopWatch func() // stops the registry watcher
 }
 
 var _ interface {
@@ -225,6 +228,7 @@ var _ interface {
 	transport.DeadLetterQueue
 	transport.Inspector
 	transport.Unsubscriber
+	transport.Pauser
 } = (*Driver)(nil)
 
 // Open opens a kafka:// URL. It connects before it returns and creates the
@@ -271,6 +275,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		opts: o, cfg: cfg, log: cfg.Logger, cl: cl, adm: kadm.NewClient(cl), base: base,
 		topic:    o.namespace + ".events",
 		groups:   map[string]*group{},
+		paused:   map[string]bool{},
 		known:    map[string]bool{},
 		adminMus: map[string]*sync.Mutex{},
 	}
@@ -286,7 +291,97 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		cl.Close()
 		return nil, err
 	}
+	if err := d.watchRegistry(); err != nil {
+		cl.Close()
+		return nil, err
+	}
 	return d, nil
+}
+
+// watchRegistry follows the registry topic for pause records, so that a
+// Pause in any process stops this process's receivers within about a
+// second.
+func (d *Driver) watchRegistry() error {
+	cl, err := kgo.NewClient(append(append([]kgo.Opt(nil), d.base...),
+		kgo.ConsumeTopics(d.registryTopic()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(200*time.Millisecond))...)
+	if err != nil {
+		return fmt.Errorf("kafka: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	d.stopWatch = func() {
+		cancel()
+		<-done
+		cl.Close()
+	}
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			fs := cl.PollFetches(ctx)
+			if fs.IsClientClosed() || ctx.Err() != nil {
+				return
+			}
+			d.mu.Lock()
+			fs.EachRecord(func(r *kgo.Record) {
+				if h, ok := strings.CutPrefix(string(r.Key), pausePrefix); ok {
+					d.paused[h] = string(r.Value) == "1"
+				}
+			})
+			d.mu.Unlock()
+			if len(fs.Errors()) > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// pausePrefix starts the registry keys of pause records.
+const pausePrefix = "pause/"
+
+func (d *Driver) isPaused(handler string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.paused[handler]
+}
+
+// Pause stops every process's receivers of handler from handing out
+// events (within about a second), by a record in the registry topic.
+func (d *Driver) Pause(ctx context.Context, handler string) error {
+	return d.setPaused(ctx, handler, true)
+}
+
+// Resume undoes Pause.
+func (d *Driver) Resume(ctx context.Context, handler string) error {
+	return d.setPaused(ctx, handler, false)
+}
+
+func (d *Driver) setPaused(ctx context.Context, handler string, p bool) error {
+	if _, err := d.pattern(ctx, handler); err != nil {
+		return err
+	}
+	v := "0"
+	if p {
+		v = "1"
+	}
+	if err := d.produce(ctx, []*kgo.Record{{Topic: d.registryTopic(), Key: []byte(pausePrefix + handler), Value: []byte(v)}}); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.paused[handler] = p
+	g := d.groups[handler]
+	d.mu.Unlock()
+	if g != nil {
+		g.mu.Lock()
+		g.broadcast()
+		g.mu.Unlock()
+	}
+	return nil
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -333,6 +428,9 @@ func (d *Driver) Close() error {
 	d.mu.Unlock()
 	for _, g := range gs {
 		g.shutdown()
+	}
+	if d.stopWatch != nil {
+		d.stopWatch()
 	}
 	d.cl.Close()
 	return nil
