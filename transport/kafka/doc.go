@@ -103,7 +103,11 @@
 //
 // Ordered() gives one event at a time per key, in partition (publish)
 // order: a key's events share a partition, and a failing event stays in
-// memory at its place, holding back only its own key.
+// memory at its place, holding back only its own key. An Ordered
+// handler's delayed events also wait in memory at their place, so a long
+// delay holds back the partition's committed offset, and a crash
+// re-delivers from there. Replayed and requeued events go through the
+// retry topic and are not ordered with the rest.
 //
 // # Durability
 //

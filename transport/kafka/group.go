@@ -107,6 +107,12 @@ type group struct {
 	gen      uint64
 	joined   chan struct{}
 	joinOnce sync.Once
+	// fetched is closed after the first poll that follows the first
+	// assignment returns, so that Subscribe returns with the backlog in
+	// memory.
+	fetched   chan struct{}
+	fetchOnce sync.Once
+	assigned  bool
 
 	commitMu sync.Mutex
 	ctx      context.Context
@@ -130,6 +136,10 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	d.mu.Lock()
 	g := d.groups[spec.Name]
 	if g != nil && !g.closed {
+		if g.ephemeral {
+			d.mu.Unlock()
+			return nil, fmt.Errorf("kafka: handler %s has an ephemeral subscription in this process; a durable one needs its own name", spec.Name)
+		}
 		g.refs++
 		d.mu.Unlock()
 		return &receiver{g: g, lease: spec.Lease}, nil
@@ -170,6 +180,13 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	// group waiting for a crashed member to time out joins later).
 	select {
 	case <-g.joined:
+		// An idle topic gives the first poll nothing to return, so
+		// this wait is short.
+		select {
+		case <-g.fetched:
+		case <-time.After(300 * time.Millisecond):
+		case <-ctx.Done():
+		}
 	case <-time.After(d.opts.sessionTimeout + 2*time.Second):
 	case <-ctx.Done():
 	}
@@ -237,13 +254,8 @@ func (d *Driver) initGroup(ctx context.Context, spec transport.SubscriptionSpec)
 // registry topic, read by Stats, Replay and the dead-letter calls of
 // processes that do not run the handler.
 func (d *Driver) register(ctx context.Context, spec transport.SubscriptionSpec) error {
-	subs, err := d.subscriptions(ctx)
-	if err != nil {
-		return err
-	}
-	if subs[spec.Name] == spec.Pattern {
-		return nil
-	}
+	// The topic is compacted: writing the same pattern again costs one
+	// record, less than reading the registry to compare.
 	return d.produce(ctx, []*kgo.Record{{Topic: d.registryTopic(), Key: []byte(spec.Name), Value: []byte(spec.Pattern)}})
 }
 
@@ -318,7 +330,7 @@ func (d *Driver) startGroup(spec transport.SubscriptionSpec) (*group, error) {
 	g := &group{
 		d: d, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered, lease: spec.Lease,
 		retry: d.retryTopic(spec.Name), dead: d.deadTopic(spec.Name),
-		parts: map[tp]*part{}, wake: make(chan struct{}), joined: make(chan struct{}),
+		parts: map[tp]*part{}, wake: make(chan struct{}), joined: make(chan struct{}), fetched: make(chan struct{}),
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	opts := append(append([]kgo.Opt(nil), d.base...),
@@ -367,6 +379,7 @@ func (g *group) onAssigned(_ context.Context, _ *kgo.Client, assigned map[string
 			}
 		}
 	}
+	g.assigned = true
 	g.mu.Unlock()
 	g.joinOnce.Do(func() { close(g.joined) })
 }
@@ -486,10 +499,14 @@ func (g *group) pollLoop() {
 			g.mu.Lock()
 		}
 		g.mu.Unlock()
+		g.mu.Lock()
+		wasAssigned := g.assigned
+		g.mu.Unlock()
 		fs := g.cl.PollRecords(g.ctx, 500)
 		if fs.IsClientClosed() || g.ctx.Err() != nil {
 			return
 		}
+
 		var fatal error
 		fs.EachError(func(t string, p int32, err error) {
 			if errors.Is(err, context.Canceled) {
@@ -517,6 +534,9 @@ func (g *group) pollLoop() {
 		})
 		g.broadcast()
 		g.mu.Unlock()
+		if wasAssigned && g.fetched != nil {
+			g.fetchOnce.Do(func() { close(g.fetched) })
+		}
 		if len(fwd) > 0 {
 			g.forward(fwd)
 		}
