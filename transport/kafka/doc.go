@@ -131,7 +131,7 @@
 //     log or from the first event at or after a time (ListOffsets by
 //     timestamp). An existing group keeps its offsets.
 //   - The event topic keeps events for its retention.ms, whatever the
-//     handlers have done: KeepCompleted does not delete Kafka records; it
+//     handlers have done (Driver.Retention reports it, and Open logs it): KeepCompleted does not delete Kafka records; it
 //     bounds the completed history Stats reports (the events the handler
 //     has passed within its age, at most its count and at most what the
 //     handler completed). Dead letters honour KeepDead: older or surplus

@@ -174,6 +174,11 @@ func TestTopicDeleted(t *testing.T) {
 	if err != nil {
 		t.Fatalf("deleting the event topic: %v", err)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("bus log:\n%s", logs.String())
+		}
+	})
 	waitFor(t, "the bus to report the deleted topic", 30*time.Second, func() bool {
 		return logs.count("no longer exists") > 0
 	})

@@ -834,18 +834,49 @@ func (g *group) commit(ctx context.Context, force bool) {
 	g.mu.Unlock()
 }
 
-// commitLoop commits completed work in the background.
+// commitLoop commits completed work in the background and checks every
+// two seconds that the handler's topics still exist (a consumer is not
+// always told that a topic it reads was deleted).
 func (g *group) commitLoop() {
 	defer g.loops.Done()
 	t := time.NewTicker(commitEvery)
 	defer t.Stop()
-	for {
+	for i := 1; ; i++ {
 		select {
 		case <-g.ctx.Done():
 			return
 		case <-t.C:
 			g.commit(g.ctx, false)
+			if i%int(2*time.Second/commitEvery) == 0 {
+				g.checkTopics()
+			}
 		}
+	}
+}
+
+// checkTopics sets the group's fatal error when one of its topics is
+// gone, and clears it when they are all back.
+func (g *group) checkTopics() {
+	ctx, cancel := context.WithTimeout(g.ctx, 10*time.Second)
+	defer cancel()
+	topics := []string{g.d.topic, g.retry}
+	td, err := g.d.adm.ListTopics(ctx, topics...)
+	if err != nil {
+		return
+	}
+	var missing []string
+	for _, t := range topics {
+		if d, ok := td[t]; !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition) {
+			missing = append(missing, t)
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(missing) > 0 {
+		g.fatal = fmt.Errorf("kafka: topic %s of handler %s no longer exists (deleted?); close the bus and open it again to recreate it", strings.Join(missing, ", "), g.name)
+		g.broadcast()
+	} else if g.fatal != nil && strings.Contains(g.fatal.Error(), "no longer exists") {
+		g.fatal = nil
 	}
 }
 

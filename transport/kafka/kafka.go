@@ -295,7 +295,36 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		cl.Close()
 		return nil, err
 	}
+	if r, err := d.Retention(ctx); err == nil {
+		d.log.Info("kafka: the event topic keeps events by its own retention", "topic", d.topic, "retention", r.String())
+	}
 	return d, nil
+}
+
+// Retention returns the event topic's retention.ms: how long Kafka keeps
+// events, handled or not (-1, returned as a negative duration, keeps them
+// forever). KeepCompleted does not change it; the topic's own
+// configuration does.
+func (d *Driver) Retention(ctx context.Context) (time.Duration, error) {
+	rcs, err := d.adm.DescribeTopicConfigs(ctx, d.topic)
+	if err != nil {
+		return 0, fmt.Errorf("kafka: describing %s: %w", d.topic, err)
+	}
+	for _, rc := range rcs {
+		if rc.Err != nil {
+			return 0, fmt.Errorf("kafka: describing %s: %w", d.topic, rc.Err)
+		}
+		for _, c := range rc.Configs {
+			if c.Key == "retention.ms" && c.Value != nil {
+				ms, err := strconv.ParseInt(*c.Value, 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("kafka: %s has retention.ms %q: %w", d.topic, *c.Value, err)
+				}
+				return time.Duration(ms) * time.Millisecond, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("kafka: %s reports no retention.ms", d.topic)
 }
 
 // watchRegistry follows the registry topic for pause records, so that a

@@ -125,3 +125,17 @@ func TestKeyPartition(t *testing.T) {
 		}
 	}
 }
+
+// TestRetention: the event topic's retention.ms is reported, and the
+// retention= URL parameter sets it when Ripple creates the topic.
+func TestRetention(t *testing.T) {
+	dr, err := Open(context.Background(), newURL(t, "retention=48h"), transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dr.Close()
+	r, err := dr.(*Driver).Retention(context.Background())
+	if err != nil || r != 48*time.Hour {
+		t.Errorf("Retention = %s, %v; want 48h", r, err)
+	}
+}
