@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 		brokers = strings.TrimPrefix(strings.SplitN(u, "?", 2)[0], "kafka://")
 		os.Exit(m.Run())
 	}
+	if u := os.Getenv(envChildURL); u != "" {
+		os.Exit(m.Run())
+	}
 	if u := os.Getenv("RIPPLE_TRANSPORTTEST_URL"); u != "" {
 		// A crash-test child: it reaches its parent's cluster through
 		// the URL it was given.
