@@ -69,8 +69,11 @@
 //
 // Broker features used: consumer groups (classic protocol) with offset
 // commit metadata (offset.metadata.max.bytes, 4096 by default, is
-// enough), ListOffsets by timestamp, CreateTopics/DeleteTopics,
-// DeleteGroups and a compacted topic. Topic auto-creation is not needed.
+// enough; commits are sent at OffsetCommit version 9 or lower, by topic
+// name), the idempotent producer, ListOffsets by timestamp,
+// CreateTopics, DeleteTopics, DeleteGroups, DescribeConfigs and a
+// compacted topic: Kafka 2.5 or newer, or Redpanda. Topic auto-creation
+// is not needed.
 //
 // # Delivery
 //
