@@ -72,8 +72,9 @@
 // enough; commits are sent at OffsetCommit version 9 or lower, by topic
 // name), the idempotent producer, ListOffsets by timestamp,
 // CreateTopics, DeleteTopics, DeleteGroups, DescribeConfigs and a
-// compacted topic: Kafka 2.5 or newer, or Redpanda. Topic auto-creation
-// is not needed.
+// compacted topic. Kafka 2.x and newer and Redpanda provide them; the
+// tests exercise kfake's implementation of the current protocol, not a
+// real broker. Topic auto-creation is not needed.
 //
 // # Delivery
 //
