@@ -250,8 +250,8 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		kgo.RetryTimeout(30 * time.Second),
 	}
 	if o.tls {
-		host, _, _ := net.SplitHostPort(o.seeds[0])
-		base = append(base, kgo.DialTLSConfig(&tls.Config{ServerName: host, InsecureSkipVerify: o.skipVerify, MinVersion: tls.VersionTLS12})) //nolint:gosec // skip_verify is the user's explicit choice
+		// franz-go sets ServerName to each dialed broker's host.
+		base = append(base, kgo.DialTLSConfig(&tls.Config{InsecureSkipVerify: o.skipVerify, MinVersion: tls.VersionTLS12})) //nolint:gosec // skip_verify is the user's explicit choice
 	}
 	switch o.mechanism {
 	case "plain":
