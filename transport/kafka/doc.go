@@ -36,6 +36,13 @@
 //	skip_verify=true      do not check it (tests only)
 //	sasl=MECHANISM        plain (the default when the URL has a user),
 //	                      scram-sha-256 or scram-sha-512
+//	claims=URL            where Idempotent() handlers keep their claims: the
+//	                      percent-encoded URL of a transport that keeps
+//	                      atomic claims, such as
+//	                      claims=redis%3A%2F%2Fcache%3A6379%2F0 or a SQLite
+//	                      file; its package must be imported (transport/all
+//	                      imports every one). Without it Idempotent() is
+//	                      refused (see Not supported)
 //
 // An unknown parameter is refused by name. Errors and logs never show the
 // password. Open connects before it returns: a bootstrap list where no
@@ -174,11 +181,19 @@
 //
 //   - Priority (WithPriority): a partition is a log, delivered in order;
 //     the core refuses it with ErrNotSupported.
-//   - Publish deduplication (WithID) and idempotency claims (Idempotent):
-//     Kafka's idempotent producer only removes duplicates within one
-//     producer session, and a claim store needs an atomic
-//     compare-and-set that Kafka does not have; the core refuses both with
-//     ErrNotSupported. Handlers on Kafka must tolerate a redelivery.
+//   - Publish deduplication (WithID): Kafka's idempotent producer only
+//     removes duplicates within one producer session, and remembering
+//     every (source, id) across producers needs an atomic check-and-insert
+//     that Kafka does not have; the core refuses WithID with
+//     ErrNotSupported. For the same reason the stream package's Run, whose
+//     window results rely on it, refuses this transport.
+//   - Idempotency claims (Idempotent) without a claims= store: Kafka has
+//     no atomic compare-and-set to keep them in, so the core refuses
+//     Idempotent() with ErrNotSupported unless the URL names a claim store.
+//     With claims=, Open returns a ClaimingDriver whose Claim and Finish
+//     are the store's (keyed by namespace and handler), atomic as that
+//     store is, and shared by every process that names the same store.
+//     Without Idempotent(), handlers on Kafka must tolerate a redelivery.
 //   - A rate limit shared across processes (each process limits its own
 //     starts), PublishTx.
 //   - Unsubscribe deletes the group and the handler's topics only when no

@@ -55,6 +55,7 @@ type options struct {
 	skipVerify     bool
 	mechanism      string
 	user, password string
+	claims         string // URL of the idempotency claim store
 }
 
 // parseURL reads a kafka:// URL.
@@ -153,6 +154,14 @@ func parseURL(raw string) (options, error) {
 			} else {
 				o.skipVerify = b
 			}
+		case "claims":
+			if strings.HasPrefix(v, "kafka:") {
+				return o, bad("cannot be a kafka:// URL: Kafka has no atomic claim; name a store that has one, such as sqlite:///var/lib/app/claims.db or redis://host:6379/0")
+			}
+			if !strings.Contains(v, "://") {
+				return o, fmt.Errorf("kafka: URL parameter claims=%s is not a transport URL; percent-encode one, such as claims=redis%%3A%%2F%%2Fhost%%3A6379%%2F0", redact(v))
+			}
+			o.claims = v
 		case "sasl":
 			switch strings.ToLower(v) {
 			case "plain", "scram-sha-256", "scram-sha-512":
@@ -161,7 +170,7 @@ func parseURL(raw string) (options, error) {
 				return o, bad("is not a supported SASL mechanism: use plain, scram-sha-256 or scram-sha-512")
 			}
 		default:
-			return o, fmt.Errorf("kafka: unknown URL parameter %q; known: namespace, partitions, replication, retention, session_timeout, dial_timeout, tls, skip_verify, sasl", k)
+			return o, fmt.Errorf("kafka: unknown URL parameter %q; known: namespace, partitions, replication, retention, session_timeout, dial_timeout, tls, skip_verify, sasl, claims", k)
 		}
 	}
 	if o.mechanism != "" && o.user == "" {
@@ -298,7 +307,73 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	if r, err := d.Retention(ctx); err == nil {
 		d.log.Info("kafka: the event topic keeps events by its own retention", "topic", d.topic, "retention", r.String())
 	}
+	if o.claims != "" {
+		cd, err := openClaims(ctx, o.claims, cfg)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		return cd.withKafka(d), nil
+	}
 	return d, nil
+}
+
+// claimStore is the transport that keeps a kafka bus's idempotency
+// claims (the claims= URL parameter).
+type claimStore struct {
+	transport.Driver
+	transport.Claimer
+}
+
+func openClaims(ctx context.Context, u string, cfg transport.Config) (*claimStore, error) {
+	scheme, err := transport.Scheme(u)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: claims=%s: %w", redact(u), err)
+	}
+	open, ok := transport.Lookup(scheme)
+	if !ok {
+		return nil, fmt.Errorf("kafka: claims=%s: no transport is registered for %s://; import its package (for example _ \"github.com/ripplehq/ripple/transport/%s\", or transport/all)", redact(u), scheme, scheme)
+	}
+	d, err := open(ctx, u, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: opening the claim store claims=%s: %w", redact(u), err)
+	}
+	c, ok := d.(transport.Claimer)
+	if !ok {
+		_ = d.Close()
+		return nil, fmt.Errorf("kafka: claims=%s: the %s transport keeps no idempotency claims; use one that does (sqlite, redis, postgres)", redact(u), d.Name())
+	}
+	return &claimStore{Driver: d, Claimer: c}, nil
+}
+
+func (c *claimStore) withKafka(d *Driver) *ClaimingDriver {
+	return &ClaimingDriver{Driver: d, store: c}
+}
+
+// ClaimingDriver is the Kafka transport opened with a claims= store: it
+// keeps Idempotent() handlers' claims in that store, atomically as the
+// store does, and is otherwise the Driver.
+type ClaimingDriver struct {
+	*Driver
+	store *claimStore
+}
+
+var _ transport.Claimer = (*ClaimingDriver)(nil)
+
+// Claim takes an idempotency claim in the claim store.
+func (c *ClaimingDriver) Claim(ctx context.Context, handler, eventID string, lease time.Duration) (transport.ClaimResult, error) {
+	return c.store.Claim(ctx, c.opts.namespace+"/"+handler, eventID, lease)
+}
+
+// Finish settles an idempotency claim in the claim store.
+func (c *ClaimingDriver) Finish(ctx context.Context, handler, eventID string, success bool) error {
+	return c.store.Finish(ctx, c.opts.namespace+"/"+handler, eventID, success)
+}
+
+// Close closes the Kafka clients and the claim store.
+func (c *ClaimingDriver) Close() error {
+	err := c.Driver.Close()
+	return errors.Join(err, c.store.Driver.Close())
 }
 
 // Retention returns the event topic's retention.ms: how long Kafka keeps

@@ -139,3 +139,42 @@ func TestRetention(t *testing.T) {
 		t.Errorf("Retention = %s, %v; want 48h", r, err)
 	}
 }
+
+// TestClaimsParameter: claims= names a transport that keeps claims;
+// kafka itself, unknown schemes and transports without claims are
+// refused.
+func TestClaimsParameter(t *testing.T) {
+	for _, c := range []struct{ param, want string }{
+		{"claims=kafka%3A%2F%2Fa%3A1", "no atomic claim"},
+		{"claims=nosuch%3A%2F%2Fx", "no transport is registered"},
+		{"claims=notaurl", "not a transport URL"},
+	} {
+		_, err := Open(context.Background(), newURL(t, c.param), transport.Config{})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Open with %s: %v; want an error saying %q", c.param, err, c.want)
+		}
+	}
+	dr, err := Open(context.Background(), newURL(t, "claims=sqlite%3A%2F%2F"+strings.ReplaceAll(t.TempDir(), "/", "%2F")+"%2Fc.db"), transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dr.Close()
+	c, ok := dr.(transport.Claimer)
+	if !ok {
+		t.Fatal("a kafka driver opened with claims= is not a Claimer")
+	}
+	if r, err := c.Claim(context.Background(), "h", "e1", time.Minute); err != nil || r != transport.Claimed {
+		t.Errorf("Claim = %v, %v", r, err)
+	}
+	if r, err := c.Claim(context.Background(), "h", "e1", time.Minute); err != nil || r != transport.Busy {
+		t.Errorf("second Claim = %v, %v; want Busy", r, err)
+	}
+	plain, err := Open(context.Background(), newURL(t), transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, ok := plain.(transport.Claimer); ok {
+		t.Error("a kafka driver without claims= declares idempotency claims")
+	}
+}
