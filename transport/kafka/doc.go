@@ -43,6 +43,11 @@
 //	                      file; its package must be imported (transport/all
 //	                      imports every one). Without it Idempotent() is
 //	                      refused (see Not supported)
+//	claims_env=VAR        the same, read from the environment variable VAR,
+//	                      so that the claim store's password stays out of
+//	                      the URL (Ripple hides the password of the kafka
+//	                      URL itself in errors and logs, but not one inside
+//	                      a percent-encoded claims= value)
 //
 // An unknown parameter is refused by name. Errors and logs never show the
 // password. Open connects before it returns: a bootstrap list where no

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -154,7 +155,13 @@ func parseURL(raw string) (options, error) {
 			} else {
 				o.skipVerify = b
 			}
-		case "claims":
+		case "claims", "claims_env":
+			if k == "claims_env" {
+				name := v
+				if v = os.Getenv(name); v == "" {
+					return o, fmt.Errorf("kafka: URL parameter claims_env=%s names an environment variable that is empty or unset; set it to the claim store's URL", name)
+				}
+			}
 			if strings.HasPrefix(v, "kafka:") {
 				return o, bad("cannot be a kafka:// URL: Kafka has no atomic claim; name a store that has one, such as sqlite:///var/lib/app/claims.db or redis://host:6379/0")
 			}
@@ -170,7 +177,7 @@ func parseURL(raw string) (options, error) {
 				return o, bad("is not a supported SASL mechanism: use plain, scram-sha-256 or scram-sha-512")
 			}
 		default:
-			return o, fmt.Errorf("kafka: unknown URL parameter %q; known: namespace, partitions, replication, retention, session_timeout, dial_timeout, tls, skip_verify, sasl, claims", k)
+			return o, fmt.Errorf("kafka: unknown URL parameter %q; known: namespace, partitions, replication, retention, session_timeout, dial_timeout, tls, skip_verify, sasl, claims, claims_env", k)
 		}
 	}
 	if o.mechanism != "" && o.user == "" {

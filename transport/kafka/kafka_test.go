@@ -178,3 +178,20 @@ func TestClaimsParameter(t *testing.T) {
 		t.Error("a kafka driver without claims= declares idempotency claims")
 	}
 }
+
+// TestClaimsEnv: claims_env= reads the claim store's URL from the
+// environment.
+func TestClaimsEnv(t *testing.T) {
+	t.Setenv("RIPPLE_TEST_KAFKA_CLAIMS", "sqlite://"+t.TempDir()+"/claims.db")
+	dr, err := Open(context.Background(), newURL(t, "claims_env=RIPPLE_TEST_KAFKA_CLAIMS"), transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dr.Close()
+	if _, ok := dr.(transport.Claimer); !ok {
+		t.Error("claims_env did not give a claim store")
+	}
+	if _, err := Open(context.Background(), newURL(t, "claims_env=RIPPLE_TEST_KAFKA_UNSET_VAR"), transport.Config{}); err == nil || !strings.Contains(err.Error(), "unset") {
+		t.Errorf("claims_env of an unset variable: %v", err)
+	}
+}
