@@ -97,8 +97,11 @@ func TestSelect(t *testing.T) {
 	if err != nil || len(two) != 2 || two[1].Name != "goqite" {
 		t.Fatalf("Select(two) = %v, %v", two, err)
 	}
-	if _, _, err := Select("kafka", Env{}); err == nil || !strings.Contains(err.Error(), "ripple-memory") {
-		t.Fatalf("Select(kafka) error = %v, want one listing the known systems", err)
+	if _, _, err := Select("no-such-system", Env{}); err == nil || !strings.Contains(err.Error(), "ripple-memory") {
+		t.Fatalf("Select(no-such-system) error = %v, want one listing the known systems", err)
+	}
+	if k, _, err := Select("kafka", Env{}); err != nil || len(k) != 3 {
+		t.Fatalf("Select(kafka) = %d systems, %v; want ripple-kafka and the two raw producers", len(k), err)
 	}
 	for _, n := range []string{"redis", "asynq", "ripple-memory,ripple-redis"} {
 		if _, _, err := Select(n, Env{}); err == nil || !strings.Contains(err.Error(), "-redis") {

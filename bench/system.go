@@ -95,6 +95,7 @@ func Systems(env Env) ([]System, []string) {
 		RawSQLite("NORMAL"),
 	}
 	var notes []string
+	out = append(out, KafkaSystems()...)
 	if env.RedisURL == "" {
 		notes = append(notes, "the Redis systems ("+strings.Join(redisSystemNames, ", ")+") were left out: no Redis server was given; pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL")
 	} else {
@@ -116,7 +117,7 @@ func Systems(env Env) ([]System, []string) {
 }
 
 // Groups lists the names that select a family of systems, besides "all".
-var Groups = []string{"redis", "nats", "amqp"}
+var Groups = []string{"redis", "nats", "amqp", "kafka"}
 
 // Select returns the systems named in the comma-separated list names (each
 // a system name, a group name or "all") that can run with env, and a note
