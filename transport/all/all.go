@@ -14,6 +14,7 @@ package all
 import (
 	// Each import registers its URL scheme with package transport.
 	_ "github.com/ripplehq/ripple/transport/memory"
+	_ "github.com/ripplehq/ripple/transport/postgres"
 	_ "github.com/ripplehq/ripple/transport/redis"
 	_ "github.com/ripplehq/ripple/transport/sqlite"
 )
