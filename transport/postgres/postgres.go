@@ -404,13 +404,6 @@ func (d *driver) notify(ctx context.Context, ids ...int64) {
 	_, _ = d.pool.Exec(ctx, "SELECT pg_notify($1, $2)", d.channel, payload(ids))
 }
 
-// now returns the database clock in unix nanoseconds.
-func (d *driver) now(ctx context.Context) (int64, error) {
-	var n int64
-	err := d.pool.QueryRow(ctx, d.q(`SELECT @.now_ns()`)).Scan(&n)
-	return n, err
-}
-
 func fromNanos(n int64) time.Time {
 	if n == 0 {
 		return time.Time{}

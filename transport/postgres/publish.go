@@ -84,15 +84,27 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	case d.pub <- o:
 	case <-ctx.Done():
 		d.mu.RUnlock()
-		return ctx.Err()
+		return d.gaveUp(ctx)
 	}
 	d.mu.RUnlock()
 	select {
 	case <-o.done:
+		if o.err != nil && ctx.Err() != nil && errors.Is(o.err, ctx.Err()) {
+			return d.gaveUp(ctx)
+		}
 		return o.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return d.gaveUp(ctx)
 	}
+}
+
+// gaveUp explains a publish abandoned because its context ended.
+func (d *driver) gaveUp(ctx context.Context) error {
+	st := d.pool.Stat()
+	if st.AcquiredConns() >= st.MaxConns() {
+		return fmt.Errorf("postgres transport: publish gave up waiting: %w; all %d connections of the pool were in use (raise pool_max_conns in the URL, or hold the pool's connections for less time)", ctx.Err(), st.MaxConns())
+	}
+	return fmt.Errorf("postgres transport: publish not confirmed before its context ended: %w; the event may still be stored, and publishing it again with the same id is safe", ctx.Err())
 }
 
 // publishLoop is one group-commit goroutine: it takes a queued publish,
