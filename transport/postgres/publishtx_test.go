@@ -185,7 +185,7 @@ func TestPublishTxDatabaseSQL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec("INSERT INTO "+users+" (id) VALUES ('a')"); err != nil {
+	if _, err := tx.Exec("INSERT INTO " + users + " (id) VALUES ('a')"); err != nil {
 		t.Fatal(err)
 	}
 	rolled, err := bus.PublishTx(bg, tx, "user.signup.completed", "a")
@@ -200,7 +200,7 @@ func TestPublishTxDatabaseSQL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec("INSERT INTO "+users+" (id) VALUES ('b')"); err != nil {
+	if _, err := tx.Exec("INSERT INTO " + users + " (id) VALUES ('b')"); err != nil {
 		t.Fatal(err)
 	}
 	ev, err := bus.PublishTx(bg, tx, "user.signup.completed", "b", ripple.WithKey("b"), ripple.WithHeader("xtest", "1"))
@@ -412,4 +412,3 @@ func runTxCrash(t *testing.T, role string) {
 func TestPublishTxCrashBeforeCommit(t *testing.T) { runTxCrash(t, "open") }
 
 func TestPublishTxCrashAfterCommit(t *testing.T) { runTxCrash(t, "commit") }
-
