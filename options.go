@@ -5,6 +5,8 @@ import (
 	"math"
 	"strings"
 	"time"
+
+	"github.com/ripplehq/ripple/transport"
 )
 
 // Defaults. Each option's documentation repeats the default it replaces.
@@ -33,6 +35,7 @@ type busConfig struct {
 	keepDead        keep
 	dedupWindow     time.Duration
 	hooks           []any
+	outbox          transport.Outbox // see WithOutbox
 	// forTransport names the options given that configure the transport,
 	// which only Open creates; New refuses them.
 	forTransport []string
