@@ -174,15 +174,14 @@ func (p *Postgres) ensure(ctx context.Context) error {
 
 // stored is a message as the outbox keeps it.
 type stored struct {
-	ID          string            `json:"id"`
-	Type        string            `json:"type"`
-	Key         string            `json:"key,omitempty"`
-	Priority    int               `json:"priority,omitempty"`
-	Time        time.Time         `json:"time"`
-	NotBefore   int64             `json:"not_before,omitempty"` // unix ns; from Delay
-	Attrs       map[string]string `json:"attrs,omitempty"`
-	Data        []byte            `json:"data,omitempty"`
-	IDGenerated bool              `json:"id_generated,omitempty"`
+	ID        string            `json:"id"`
+	Type      string            `json:"type"`
+	Key       string            `json:"key,omitempty"`
+	Priority  int               `json:"priority,omitempty"`
+	Time      time.Time         `json:"time"`
+	NotBefore int64             `json:"not_before,omitempty"` // unix ns; from Delay
+	Attrs     map[string]string `json:"attrs,omitempty"`
+	Data      []byte            `json:"data,omitempty"`
 }
 
 // querier is a pgx.Tx, or a *sql.Tx adapted.
@@ -247,7 +246,7 @@ func (p *Postgres) Put(ctx context.Context, tx any, msgs []*transport.Message) e
 		if m == nil || m.ID == "" {
 			return errors.New("outbox: message without an ID")
 		}
-		s := stored{ID: m.ID, Type: m.Type, Key: m.Key, Priority: m.Priority, Time: m.Time, Attrs: m.Attrs, Data: m.Data, IDGenerated: m.IDGenerated}
+		s := stored{ID: m.ID, Type: m.Type, Key: m.Key, Priority: m.Priority, Time: m.Time, Attrs: m.Attrs, Data: m.Data}
 		if m.Delay > 0 {
 			s.NotBefore = now + int64(m.Delay)
 		}
@@ -426,7 +425,11 @@ func (p *Postgres) pass(ctx context.Context, d transport.Driver) (int, error) {
 			if err := json.Unmarshal(r.doc, &s); err != nil {
 				return fmt.Errorf("outbox: message %d is not readable (%v); delete it from %s.messages", r.seq, err, p.schema)
 			}
-			m := &transport.Message{ID: s.ID, Type: s.Type, Key: s.Key, Priority: s.Priority, Time: s.Time, Attrs: s.Attrs, Data: s.Data, IDGenerated: s.IDGenerated}
+			// IDGenerated stays false even for an id the core made up:
+			// a relay that died before deleting publishes the id again,
+			// so the transport must keep its dedup record (a transport
+			// may keep none for generated ids).
+			m := &transport.Message{ID: s.ID, Type: s.Type, Key: s.Key, Priority: s.Priority, Time: s.Time, Attrs: s.Attrs, Data: s.Data}
 			if s.NotBefore > now {
 				m.Delay = time.Duration(s.NotBefore - now)
 			}
