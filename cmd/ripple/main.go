@@ -10,6 +10,7 @@
 //	ripple dlq list|requeue|purge HANDLER [IDS...]
 //	ripple tail PATTERN
 //	ripple lint NAME...
+//	ripple relay --from postgres://… [--schema NAME]
 //
 // Every command that opens a bus takes --url, defaulting to the RIPPLE_URL
 // environment variable and then to sqlite://ripple.db; commands whose
@@ -116,6 +117,7 @@ is data take --json.`,
 		c.dlqCmd(),
 		c.tailCmd(),
 		c.lintCmd(),
+		c.relayCmd(),
 	)
 	return root
 }
