@@ -74,7 +74,9 @@ func TestRelayCommand(t *testing.T) {
 	rctx, cancel := context.WithCancel(ctx)
 	var stdout, stderr bytes.Buffer
 	done := make(chan int)
-	go func() { done <- run(rctx, []string{"relay", "--from", pg, "--schema", schema, "--url", rd}, nil, &stdout, &stderr) }()
+	go func() {
+		done <- run(rctx, []string{"relay", "--from", pg, "--schema", schema, "--url", rd}, nil, &stdout, &stderr)
+	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for got.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
