@@ -180,7 +180,7 @@ func (d *driver) store(ctx context.Context, msgs []*transport.Message) error {
 	var err error
 	for attempt := 0; ; attempt++ {
 		err = d.storeOnce(ctx, d.pool, msgs, true)
-		if err == nil || !pgconn.SafeToRetry(err) || attempt >= 50 || ctx.Err() != nil {
+		if err == nil || !(pgconn.SafeToRetry(err) || serverTerminated(err)) || attempt >= 50 || ctx.Err() != nil {
 			break
 		}
 		select {
@@ -205,6 +205,14 @@ func (d *driver) publishErr(err error) error {
 		return fmt.Errorf("postgres transport: %w: %v", transport.ErrOutcomeUnknown, err)
 	}
 	return d.wrap(err)
+}
+
+// serverTerminated reports a connection the server ended with an error
+// (a restart or an administrator's pg_terminate_backend): the statement
+// did not commit, so running it again is safe.
+func serverTerminated(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03")
 }
 
 // isConnErr reports an error of the connection rather than of the
