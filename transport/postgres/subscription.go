@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ripplehq/ripple/transport"
 )
@@ -281,7 +282,17 @@ func (s *subscription) settle(ctx context.Context, ss []transport.Settlement) er
 	if wake {
 		b.Queue("SELECT pg_notify($1, $2)", s.d.channel, payload([]int64{s.id}))
 	}
-	if err := s.d.pool.SendBatch(ctx, b).Close(); err != nil {
+	// A settlement is idempotent (it matches its lease generation), so one
+	// sent on a connection that turned out dead is sent again.
+	var err error
+	for attempt := 0; ; attempt++ {
+		err = s.d.pool.SendBatch(ctx, b).Close()
+		if err == nil || !(pgconn.SafeToRetry(err) || serverTerminated(err)) || attempt >= 5 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 20 * time.Millisecond)
+	}
+	if err != nil {
 		return s.d.wrap(err)
 	}
 	if wake {
