@@ -136,14 +136,16 @@ func (d *driver) deadOp(ctx context.Context, handler string, ids []string, q str
 func (d *driver) Requeue(ctx context.Context, handler string, ids []string) (int, error) {
 	return d.deadOp(ctx, handler, ids, `UPDATE @.deliveries SET state = 0, run_at = @.now_ns(), delayed = false, attempts = 0,
 		first_attempt = 0, done_at = 0, lease_until = 0
-		WHERE sub_id = $1 AND state = 3 AND ($2::text[] IS NULL OR event_seq IN (SELECT seq FROM @.events WHERE id = ANY($2)))`, true)
+		WHERE sub_id = $1 AND state = 3 AND ($2::text[] IS NULL OR event_seq IN (SELECT x.event_seq FROM @.deliveries x JOIN @.events e ON e.seq = x.event_seq
+			WHERE x.sub_id = $1 AND x.state = 3 AND e.id = ANY($2)))`, true)
 }
 
 // Purge implements transport.DeadLetterQueue. The events themselves go
 // when the pruner finds no delivery left that needs them.
 func (d *driver) Purge(ctx context.Context, handler string, ids []string) (int, error) {
 	return d.deadOp(ctx, handler, ids, `DELETE FROM @.deliveries
-		WHERE sub_id = $1 AND state = 3 AND ($2::text[] IS NULL OR event_seq IN (SELECT seq FROM @.events WHERE id = ANY($2)))`, false)
+		WHERE sub_id = $1 AND state = 3 AND ($2::text[] IS NULL OR event_seq IN (SELECT x.event_seq FROM @.deliveries x JOIN @.events e ON e.seq = x.event_seq
+			WHERE x.sub_id = $1 AND x.state = 3 AND e.id = ANY($2)))`, false)
 }
 
 // Replay implements transport.Replayer. Every retained event matching the

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -88,6 +89,8 @@ type driver struct {
 
 	pool *pgxpool.Pool
 	pub  chan *pubOp
+	// inline is held by the publish running on its caller's goroutine.
+	inline atomic.Bool
 
 	mu      sync.RWMutex
 	closed  bool

@@ -74,6 +74,14 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// A lone publisher stores on its own goroutine, sparing the two
+	// goroutine hand-offs of the queue; publishers that arrive meanwhile
+	// queue and are grouped.
+	if d.inline.CompareAndSwap(false, true) {
+		err := d.publishInline(ctx, msgs)
+		d.inline.Store(false)
+		return err
+	}
 	o := &pubOp{ctx: ctx, msgs: msgs, done: make(chan struct{})}
 	d.mu.RLock()
 	if d.closed {
@@ -96,6 +104,20 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	case <-ctx.Done():
 		return d.gaveUp(ctx)
 	}
+}
+
+func (d *driver) publishInline(ctx context.Context, msgs []*transport.Message) error {
+	d.mu.RLock()
+	closed := d.closed
+	d.mu.RUnlock()
+	if closed {
+		return d.errClosed()
+	}
+	err := d.store(ctx, msgs)
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return d.gaveUp(ctx)
+	}
+	return err
 }
 
 // gaveUp explains a publish abandoned because its context ended.

@@ -57,7 +57,6 @@ var migrations = []string{
 		WITH (autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_insert_scale_factor = 0.05);
 	CREATE INDEX events_keep ON @.events (keep_until);
 	CREATE INDEX events_published ON @.events (published_at);
-	CREATE INDEX events_id ON @.events (id);
 
 	CREATE TABLE @.deliveries (
 		sub_id bigint NOT NULL,
