@@ -41,10 +41,19 @@
 // A relay wakes on the notification, and polls every second in case it
 // missed one.
 //
+// # SQLite
+//
+// NewSQLite keeps the outbox in the application's SQLite database (table
+// ripple_outbox), for a Level-1 application that moves to a broker but
+// keeps its SQLite data. SQLite has no notifications, so its relays look
+// every 50 ms, and a relay pass holds SQLite's write lock (one IMMEDIATE
+// transaction) while it publishes its batch, which is how several relays
+// keep a key in order: application writes may wait for one broker round
+// trip.
+//
 // # Not supported
 //
-// Only PostgreSQL holds an outbox so far; an SQLite application uses the
-// sqlite:// transport's own PublishTx. PublishTx through the outbox cannot
+// PublishTx through the outbox cannot
 // report a duplicate (Event.Duplicate), since the transport sees the event
 // only after the commit. A delay (WithDelay) is measured from the PublishTx
 // call; the relay hands the transport what is left of it.

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +24,7 @@ import (
 	"github.com/ripplehq/ripple/outbox"
 	"github.com/ripplehq/ripple/transport"
 	_ "github.com/ripplehq/ripple/transport/redis"
+	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
 )
 
 var bg = context.Background()
@@ -448,5 +451,87 @@ func TestPutRefuses(t *testing.T) {
 	defer func() { _ = tx.Rollback(bg) }()
 	if err := f.ob.Put(bg, tx, []*transport.Message{{ID: "x", Type: "a.b"}}); err == nil || !strings.Contains(err.Error(), other) {
 		t.Fatalf("Put with a tx on another database = %v; want a refusal naming it", err)
+	}
+}
+
+func TestSQLiteOutbox(t *testing.T) {
+	redisURL := env(t, "RIPPLE_TEST_REDIS_URL", "redis-server") + "?prefix=obs." + randHex(4)
+	db, err := sql.Open("sqlite", filepath.Join(t.TempDir(), "app.db")+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec("CREATE TABLE users (id TEXT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := outbox.NewSQLite(db, outbox.WithSchema("x")); err == nil {
+		t.Fatal("NewSQLite accepted WithSchema")
+	}
+	ob, err := outbox.NewSQLite(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus, err := ripple.Open(bg, redisURL, ripple.WithOutbox(ob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	var s sink
+	if err := bus.On("order.step.done", "sqlite.sink", s.handle, ripple.Concurrency(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(bg); err != nil {
+		t.Fatal(err)
+	}
+	// A second relay competes with the bus's own.
+	d := openRedisDriver(t, redisURL)
+	defer d.Close()
+	ctx, cancel := context.WithCancel(bg)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ob.Relay(ctx, d) }()
+
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec("INSERT INTO users VALUES ('gone')"); err != nil {
+		t.Fatal(err)
+	}
+	rolled, err := bus.PublishTx(bg, tx, "order.step.done", "gone", ripple.WithKey("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{"a", "b"}
+	const n = 30
+	for i := range n {
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("INSERT INTO users VALUES (?)", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if _, err := bus.PublishTx(bg, tx, "order.step.done", fmt.Sprintf("%s-%04d", k, i), ripple.WithKey(k)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "every committed event to arrive", 60*time.Second, func() bool { return s.count() >= n*len(keys) })
+	cancel()
+	<-done
+	time.Sleep(200 * time.Millisecond)
+	if s.has(rolled.ID) {
+		t.Fatal("a rolled-back event reached the broker")
+	}
+	checkOrder(t, &s, keys, n)
+	if _, err := bus.PublishTx(bg, "nope", "order.step.done", 1); err == nil || !strings.Contains(err.Error(), "*sql.Tx") {
+		t.Fatalf("PublishTx with a string = %v", err)
 	}
 }

@@ -55,28 +55,35 @@ type Postgres struct {
 	dbName string
 }
 
-// Option configures a Postgres outbox.
-type Option func(*Postgres) error
+// Option configures an outbox.
+type Option func(*config) error
 
-// WithSchema names the schema of the outbox table (default
-// "ripple_outbox"): lower-case letters, digits and _.
+type config struct {
+	schema    string
+	log       *slog.Logger
+	elsewhere bool
+}
+
+// WithSchema names the PostgreSQL schema of the outbox table (default
+// "ripple_outbox"): lower-case letters, digits and _. An SQLite outbox
+// refuses it.
 func WithSchema(name string) Option {
-	return func(p *Postgres) error {
+	return func(c *config) error {
 		if !schemaName.MatchString(name) {
 			return fmt.Errorf("outbox: WithSchema(%q): a schema name is 1 to 63 lower-case letters, digits and underscores, not starting with a digit", name)
 		}
-		p.schema = name
+		c.schema = name
 		return nil
 	}
 }
 
 // WithLogger sets the logger for relay failures (default slog.Default()).
 func WithLogger(l *slog.Logger) Option {
-	return func(p *Postgres) error {
+	return func(c *config) error {
 		if l == nil {
 			return errors.New("outbox: WithLogger(nil)")
 		}
-		p.log = l
+		c.log = l
 		return nil
 	}
 }
@@ -85,10 +92,23 @@ func WithLogger(l *slog.Logger) Option {
 // for a bus that publishes through the outbox (WithOutbox) while the relay
 // runs in other processes (`ripple relay`).
 func RelayElsewhere() Option {
-	return func(p *Postgres) error {
-		p.elsewhere = true
+	return func(c *config) error {
+		c.elsewhere = true
 		return nil
 	}
+}
+
+func buildConfig(opts []Option) (config, error) {
+	c := config{log: slog.Default()}
+	for _, o := range opts {
+		if o == nil {
+			return c, errors.New("outbox: nil Option")
+		}
+		if err := o(&c); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
 }
 
 // NewPostgres returns an outbox in the database of pool, the pool the
@@ -98,11 +118,13 @@ func NewPostgres(pool *pgxpool.Pool, opts ...Option) (*Postgres, error) {
 	if pool == nil {
 		return nil, errors.New("outbox: NewPostgres(nil pool)")
 	}
-	p := &Postgres{pool: pool, schema: DefaultSchema, log: slog.Default()}
-	for _, o := range opts {
-		if err := o(p); err != nil {
-			return nil, err
-		}
+	c, err := buildConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	p := &Postgres{pool: pool, schema: c.schema, log: c.log, elsewhere: c.elsewhere}
+	if p.schema == "" {
+		p.schema = DefaultSchema
 	}
 	p.qschema = pgx.Identifier{p.schema}.Sanitize()
 	p.channel = "ripple_outbox." + p.schema
