@@ -57,6 +57,9 @@ type Env struct {
 	// RedisURL is the Redis server every Redis system uses
 	// (redis://HOST:PORT/DB). Empty leaves the Redis systems out.
 	RedisURL string
+	// PostgresURL is the PostgreSQL server of the PostgreSQL systems
+	// (postgres://…). Empty leaves them out.
+	PostgresURL string
 	// InstallNode lets BullMQ's system run `npm ci` in bench/bullmq when
 	// its node_modules are missing.
 	InstallNode bool
@@ -88,6 +91,9 @@ func Systems(env Env) ([]System, []string) {
 		RawSQLite("FULL"),
 		RawSQLite("NORMAL"),
 	}
+	if env.PostgresURL != "" {
+		out = append(out, PostgresSystems(env.PostgresURL)...)
+	}
 	if env.RedisURL == "" {
 		return out, []string{"the Redis systems (" + strings.Join(redisSystemNames, ", ") + ") were left out: no Redis server was given; pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL"}
 	}
@@ -96,7 +102,7 @@ func Systems(env Env) ([]System, []string) {
 }
 
 // Groups lists the names that select a family of systems, besides "all".
-var Groups = []string{"redis"}
+var Groups = []string{"redis", "postgres"}
 
 // Select returns the systems named in the comma-separated list names (each
 // a system name, a group name or "all") that can run with env, and a note
@@ -121,6 +127,9 @@ func Select(names string, env Env) ([]System, []string, error) {
 		needsRedis := n == "redis" || slices.Contains(redisSystemNames, n)
 		if needsRedis && env.RedisURL == "" {
 			return nil, nil, fmt.Errorf("%q needs a Redis server: pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL", n)
+		}
+		if (n == "postgres" || slices.Contains(postgresSystemNames, n)) && env.PostgresURL == "" {
+			return nil, nil, fmt.Errorf("%q needs a PostgreSQL server: pass -postgres postgres://… or set RIPPLE_BENCH_POSTGRES_URL", n)
 		}
 		switch {
 		case n == "all":
@@ -170,5 +179,6 @@ func SystemNames() []string {
 	for _, s := range all {
 		names = append(names, s.Name)
 	}
+	names = append(names, postgresSystemNames...)
 	return append(names, redisSystemNames...)
 }

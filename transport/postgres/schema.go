@@ -117,7 +117,11 @@ var migrations = []string{
 		v_ephemeral boolean;
 		v_touched bigint;
 		v_n integer;
+		v_m integer;
 	BEGIN
+		-- A lease lost to a server crash only makes its rows deliverable
+		-- again, which at-least-once delivery allows: no WAL flush wait.
+		PERFORM set_config('synchronous_commit', 'off', true);
 		SELECT s.ordered, s.paused, s.ephemeral, s.touched_at INTO v_ordered, v_paused, v_ephemeral, v_touched
 			FROM @.subscriptions s WHERE s.id = p_sub;
 		IF NOT FOUND THEN
@@ -165,16 +169,18 @@ var migrations = []string{
 					ORDER BY x.priority DESC, x.event_seq LIMIT p_max - v_n FOR UPDATE SKIP LOCKED)
 			RETURNING d.event_seq, d.attempts, d.gen, d.first_attempt, e.id, e.type, e.key, e.priority, e.time, e.attrs, e.data;
 		END IF;
-	END $$;
-
-	-- next_due returns the database clock and the earliest time at which a
-	-- row of p_sub becomes deliverable without a write (a delay or backoff
-	-- running out, or a lease expiring), or NULL.
-	CREATE FUNCTION @.next_due(p_sub bigint, OUT o_now bigint, OUT o_next bigint) LANGUAGE sql STABLE AS $$
-		SELECT @.now_ns(), least(
-			(SELECT min(run_at) FROM @.deliveries WHERE sub_id = p_sub AND state = 0 AND delayed AND run_at > @.now_ns()),
-			(SELECT min(lease_until) + 1 FROM @.deliveries WHERE sub_id = p_sub AND state = 1))
-	$$;`,
+		GET DIAGNOSTICS v_m = ROW_COUNT;
+		IF v_n + v_m = 0 THEN
+			-- Nothing leased: one row with o_seq -1 tells the caller the
+			-- clock (o_gen) and when a row becomes deliverable without a
+			-- write (o_first: a delay or backoff running out or a lease
+			-- expiring; NULL for never), saving it a second round trip.
+			RETURN QUERY SELECT -1::bigint, 0, v_now, least(
+				(SELECT min(x.run_at) FROM @.deliveries x WHERE x.sub_id = p_sub AND x.state = 0 AND x.delayed AND x.run_at > v_now),
+				(SELECT min(x.lease_until) + 1 FROM @.deliveries x WHERE x.sub_id = p_sub AND x.state = 1)),
+				NULL::text, NULL::text, NULL::text, 0, 0::bigint, NULL::jsonb, NULL::bytea;
+		END IF;
+	END $$;`,
 }
 
 // schemaVersion is the newest schema version this build knows.

@@ -170,19 +170,30 @@ func (s *subscription) lease(ctx context.Context, limit int) ([]*transport.Deliv
 		return nil, 0, err
 	}
 	var out []*transport.Delivery
+	var now int64
+	var next *int64
 	for rows.Next() {
 		var (
-			seq, gen, first, t int64
-			attempts, prio     int32
-			attrs              []byte
-			dl                 = &transport.Delivery{}
+			seq, gen, t    int64
+			first          *int64
+			attempts, prio int32
+			id, typ, key   *string
+			attrs          []byte
+			dl             = &transport.Delivery{}
 		)
-		if err := rows.Scan(&seq, &attempts, &gen, &first, &dl.ID, &dl.Type, &dl.Key, &prio, &t, &attrs, &dl.Data); err != nil {
+		if err := rows.Scan(&seq, &attempts, &gen, &first, &id, &typ, &key, &prio, &t, &attrs, &dl.Data); err != nil {
 			rows.Close()
 			return nil, 0, err
 		}
+		if seq < 0 {
+			now, next = gen, first
+			continue
+		}
+		dl.ID, dl.Type, dl.Key = *id, *typ, *key
 		dl.Attempt, dl.Priority, dl.Time = int(attempts), int(prio), fromNanos(t)
-		dl.FirstDelivered = fromNanos(first)
+		if first != nil {
+			dl.FirstDelivered = fromNanos(*first)
+		}
 		dl.Attrs = decodeAttrs(attrs)
 		dl.Token = token{sub: s.id, seq: seq, gen: gen}
 		out = append(out, dl)
@@ -194,11 +205,6 @@ func (s *subscription) lease(ctx context.Context, limit int) ([]*transport.Deliv
 	if len(out) > 0 {
 		sortDeliveries(out)
 		return out, 0, nil
-	}
-	var now int64
-	var next *int64
-	if err := s.d.pool.QueryRow(ctx, s.d.q(`SELECT o_now, o_next FROM @.next_due($1)`), s.id).Scan(&now, &next); err != nil {
-		return nil, 0, err
 	}
 	wait := safetyPoll
 	if next != nil {
@@ -247,6 +253,11 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 
 func (s *subscription) settle(ctx context.Context, ss []transport.Settlement) error {
 	b := &pgx.Batch{}
+	// The batch is one implicit transaction. An outcome lost to a server
+	// crash only means the event is delivered again (at-least-once), so
+	// its commit does not wait for the WAL flush; idempotency claims,
+	// which decide exactly-once effects, keep waiting for it.
+	b.Queue("SELECT set_config('synchronous_commit', 'off', true)")
 	wake := false
 	for i := range ss {
 		st := &ss[i]
@@ -334,8 +345,9 @@ func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, lea
 		}
 		seqs, gens = append(seqs, t.seq), append(gens, t.gen)
 	}
-	_, err := s.d.pool.Exec(ctx, s.d.q(`UPDATE @.deliveries d SET lease_until = @.after_ns($2)
-		FROM unnest($3::bigint[], $4::bigint[]) AS k(seq, gen)
+	_, err := s.d.pool.Exec(ctx, s.d.q(`WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+		UPDATE @.deliveries d SET lease_until = @.after_ns($2)
+		FROM unnest($3::bigint[], $4::bigint[]) AS k(seq, gen), relaxed
 		WHERE d.sub_id = $1 AND d.event_seq = k.seq AND d.gen = k.gen AND d.state = 1`), s.id, int64(lease), seqs, gens)
 	return s.d.wrap(err)
 }

@@ -47,6 +47,7 @@ func run() error {
 	var (
 		systems    = flag.String("systems", "all", "comma-separated systems or groups to run: "+strings.Join(bench.SystemNames(), ", ")+"; groups "+strings.Join(bench.Groups, ", ")+", or all")
 		redisURL   = flag.String("redis", bench.RedisURLFromEnv(), "Redis server for the Redis systems, redis://HOST:PORT/DB (default $RIPPLE_BENCH_REDIS_URL, else $RIPPLE_TEST_REDIS_URL)")
+		pgURL      = flag.String("postgres", bench.PostgresURLFromEnv(), "PostgreSQL server for the PostgreSQL systems, postgres://… (default $RIPPLE_BENCH_POSTGRES_URL, else $RIPPLE_TEST_POSTGRES_URL)")
 		scenarios  = flag.String("scenarios", "all", "comma-separated scenarios: pub1, pub16, e2e1, e2e16, fan5, latency, or all")
 		n          = flag.Int("n", 100_000, "events per throughput scenario, at most")
 		maxPublish = flag.Duration("max-publish", 5*time.Second, "time cap of each publish phase")
@@ -62,7 +63,7 @@ func run() error {
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; every setting is a flag (see -h)", flag.Args())
 	}
-	sys, notes, err := bench.Select(*systems, bench.Env{RedisURL: *redisURL, InstallNode: true})
+	sys, notes, err := bench.Select(*systems, bench.Env{RedisURL: *redisURL, PostgresURL: *pgURL, InstallNode: true})
 	if err != nil {
 		return err
 	}
