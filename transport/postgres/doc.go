@@ -79,6 +79,12 @@
 // user) it survives a crash of the application but PostgreSQL may lose the
 // last few hundred milliseconds of commits when it crashes; with
 // synchronous replication it also survives the loss of the primary.
+// Delivery bookkeeping (leases, lease extensions and outcomes) commits with
+// synchronous_commit=off for its own transaction: a crash of PostgreSQL
+// can lose the last few hundred milliseconds of it, which only makes the
+// events concerned come back (at-least-once delivery allows that), and
+// spares every event two WAL flushes. Idempotency claims, which decide
+// exactly-once effects, commit synchronously.
 // A connection lost after the publish was sent and before its answer makes
 // Publish fail with an error wrapping transport.ErrOutcomeUnknown
 // (ripple.ErrOutcomeUnknown): publishing the same event again is safe.
@@ -112,7 +118,10 @@
 //
 // # Not supported
 //
-// Everything in transport.Capabilities is supported. Pausing takes effect
+// Everything in transport.Capabilities is supported. An ephemeral
+// subscription is deleted when the last receiver of it in the process that
+// closes it closes; sharing one ephemeral name across processes is not
+// supported. Pausing takes effect
 // at each receiver's next look (at once for idle receivers of this
 // process, within the safety poll elsewhere). Stats counts each state with
 // an index scan, which grows with retained history.
