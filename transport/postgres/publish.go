@@ -1,11 +1,13 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -200,7 +202,9 @@ func (d *driver) runBatch(batch []*pubOp) {
 // reached the server.
 func (d *driver) store(ctx context.Context, msgs []*transport.Message) error {
 	var err error
+	retried := false
 	for attempt := 0; ; attempt++ {
+		retried = attempt > 0
 		err = d.storeOnce(ctx, d.pool, msgs, true)
 		if err == nil || !(pgconn.SafeToRetry(err) || serverTerminated(err)) || attempt >= 50 || ctx.Err() != nil {
 			break
@@ -215,6 +219,17 @@ func (d *driver) store(ctx context.Context, msgs []*transport.Message) error {
 			return ctx.Err()
 		}
 		return d.publishErr(err)
+	}
+	if retried {
+		// A terminated connection may have committed the first try just
+		// before it ended: a "duplicate" identical to the message is this
+		// publish's own, not an earlier event's.
+		for _, m := range msgs {
+			if k := m.Duplicate; k != nil && k.Type == m.Type && k.Key == m.Key && k.Time.Equal(fromNanos(nanos(m.Time))) &&
+				bytes.Equal(k.Data, m.Data) && maps.Equal(k.Attrs, m.Attrs) {
+				m.Duplicate = nil
+			}
+		}
 	}
 	return nil
 }
