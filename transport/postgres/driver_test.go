@@ -342,3 +342,68 @@ func TestStatementTimeout(t *testing.T) {
 		t.Fatalf("Publish against a locked table with statement_timeout=300 = %v; want the statement timeout", err)
 	}
 }
+
+// Connections terminated by the server while publishes run (an
+// administrator's pg_terminate_backend, a failover): every publish either
+// returns nil with its event stored once, or fails (with
+// ErrOutcomeUnknown when it may have been stored), and publishing the same
+// event again stores it once.
+func TestConnectionsTerminated(t *testing.T) {
+	app := "ripple_term_" + randHex(4)
+	d := openDriver(t, withParam(schemaURL(t), "application_name", app))
+	killer := rawConn(t)
+	stop := make(chan struct{})
+	killed := make(chan int)
+	go func() {
+		n := 0
+		defer func() { killed <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(15 * time.Millisecond):
+			}
+			var k int
+			_ = killer.QueryRow(bg, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&k)
+			n += k
+		}
+	}()
+	const total = 150
+	unknown, failed := 0, 0
+	for i := 0; i < total; i++ {
+		retry := false
+		for {
+			m := msg(fmt.Sprintf("t-%03d", i), "term", "a.b")
+			ctx, cancel := context.WithTimeout(bg, 10*time.Second)
+			err := d.Publish(ctx, []*transport.Message{m})
+			cancel()
+			if err == nil {
+				if m.Duplicate != nil && !retry {
+					t.Fatalf("event %d: first publish reported a duplicate: %+v", i, m.Duplicate)
+				}
+				break
+			}
+			if errors.Is(err, transport.ErrOutcomeUnknown) {
+				unknown++
+			}
+			failed++
+			if failed > 2000 {
+				t.Fatalf("publishes keep failing: %v", err)
+			}
+			retry = true
+		}
+	}
+	close(stop)
+	n := <-killed
+	var stored, distinct int
+	if err := d.pool.QueryRow(bg, d.q(`SELECT count(*), count(DISTINCT id) FROM @.events WHERE source = 'term'`)).Scan(&stored, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d connections terminated; %d publishes failed (%d with outcome unknown)", n, failed, unknown)
+	if stored != total || distinct != total {
+		t.Fatalf("%d events stored (%d distinct); want each of the %d once", stored, distinct, total)
+	}
+	if n == 0 {
+		t.Fatal("no connection was terminated: the test tested nothing")
+	}
+}

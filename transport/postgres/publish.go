@@ -209,9 +209,13 @@ func (d *driver) store(ctx context.Context, msgs []*transport.Message) error {
 		if err == nil || !(pgconn.SafeToRetry(err) || serverTerminated(err)) || attempt >= 50 || ctx.Err() != nil {
 			break
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Duration(min(attempt+1, 10)) * 100 * time.Millisecond):
+		// The first retry goes at once: a stale pooled connection is the
+		// usual cause, and the pool hands out another.
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(min(attempt, 10)) * 100 * time.Millisecond):
+			}
 		}
 	}
 	if err != nil {
