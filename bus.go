@@ -29,6 +29,9 @@ var transportPackages = map[string]string{
 	"memory": "transport/memory",
 	"redis":  "transport/redis",
 	"rediss": "transport/redis",
+
+	"postgres":   "transport/postgres",
+	"postgresql": "transport/postgres",
 }
 
 // plannedSchemes are the URL schemes of transports Ripple does not have
