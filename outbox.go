@@ -26,8 +26,9 @@ import (
 // On transports that write the event with the transaction themselves
 // (sqlite://, postgres://) PublishTx keeps doing so, and the relay only
 // drains what an earlier configuration left in the outbox. Teams that
-// prefer to run the relay apart use `ripple relay` and open the bus
-// without a relay by leaving this option out where no PublishTx is made.
+// prefer to run the relay apart use `ripple relay` and give their buses an
+// outbox made with outbox.RelayElsewhere(), which publishes without
+// relaying.
 // An event published through the outbox is not reported as a duplicate
 // (Event.Duplicate) even if its id was already stored.
 func WithOutbox(o transport.Outbox) Option {
