@@ -31,6 +31,9 @@ var transportPackages = map[string]string{
 	"rediss": "transport/redis",
 	"nats":   "transport/nats",
 	"tls":    "transport/nats",
+
+	"postgres":   "transport/postgres",
+	"postgresql": "transport/postgres",
 }
 
 // plannedSchemes are the URL schemes of transports Ripple does not have
@@ -75,6 +78,7 @@ type Bus struct {
 	stopOnce sync.Once
 	stopped  chan struct{}
 	stopErr  error
+	relay    *outboxRelay // see WithOutbox
 	// drainOutcome says how Shutdown's wait for the handlers ended, so
 	// that Run can tell which part outlasted ShutdownTimeout.
 	drainOutcome atomic.Int32
@@ -198,6 +202,7 @@ func newBus(d transport.Driver, cfg busConfig) *Bus {
 			b.handleHooks = append(b.handleHooks, hh)
 		}
 	}
+	b.startOutbox()
 	return b
 }
 
@@ -343,9 +348,12 @@ func (b *Bus) publishTx(ctx context.Context, tx any, eventType string, data any,
 		return Event{Type: eventType}, invalidOption("PublishTx: tx is nil; pass the *sql.Tx (or pgx.Tx) the event must commit with")
 	}
 	tp, ok := b.driver.(transport.TxPublisher)
+	if !ok && b.cfg.outbox != nil {
+		return b.publishOutbox(ctx, tx, eventType, data, opts)
+	}
 	if !ok {
 		return Event{Type: eventType}, &NotSupportedError{Transport: b.driver.Name(), Option: "PublishTx",
-			Hint: "use a transport that stores events in the application's database (sqlite://, postgres://)"}
+			Hint: "use a transport that stores events in the application's database (sqlite://, postgres://), or give the bus an outbox with ripple.WithOutbox"}
 	}
 	ev, msg, err := b.prepare(ctx, eventType, data, opts)
 	if err != nil {
@@ -845,6 +853,7 @@ func (b *Bus) closeAll(runners []*runner, pending [][]transport.Settlement, err 
 		waitDrained(runners, closeGrace)
 	}
 	b.closed.Store(true)
+	b.stopOutbox()
 	if cerr := b.driver.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("ripple: close %s: %w", b.driver.Name(), cerr)
 	}

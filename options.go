@@ -37,6 +37,7 @@ type busConfig struct {
 	keepDead        keep
 	dedupWindow     time.Duration
 	hooks           []any
+	outbox          transport.Outbox // see WithOutbox
 	// forTransport names the options given that configure the transport,
 	// which only Open creates; New refuses them.
 	forTransport []string

@@ -63,6 +63,9 @@ type Env struct {
 	// AMQPURL is the RabbitMQ broker the amqp systems use
 	// (amqp://USER:PASS@HOST:PORT/). Empty leaves them out.
 	AMQPURL string
+	// PostgresURL is the PostgreSQL server of the PostgreSQL systems
+	// (postgres://…). Empty leaves them out.
+	PostgresURL string
 	// InstallNode lets BullMQ's system run `npm ci` in bench/bullmq when
 	// its node_modules are missing.
 	InstallNode bool
@@ -96,6 +99,9 @@ func Systems(env Env) ([]System, []string) {
 	}
 	var notes []string
 	out = append(out, KafkaSystems()...)
+	if env.PostgresURL != "" {
+		out = append(out, PostgresSystems(env.PostgresURL)...)
+	}
 	if env.RedisURL == "" {
 		notes = append(notes, "the Redis systems ("+strings.Join(redisSystemNames, ", ")+") were left out: no Redis server was given; pass -redis redis://HOST:PORT/DB or set RIPPLE_BENCH_REDIS_URL")
 	} else {
@@ -117,7 +123,7 @@ func Systems(env Env) ([]System, []string) {
 }
 
 // Groups lists the names that select a family of systems, besides "all".
-var Groups = []string{"redis", "nats", "amqp", "kafka"}
+var Groups = []string{"redis", "nats", "amqp", "kafka", "postgres"}
 
 // Select returns the systems named in the comma-separated list names (each
 // a system name, a group name or "all") that can run with env, and a note
@@ -148,6 +154,9 @@ func Select(names string, env Env) ([]System, []string, error) {
 		}
 		if (n == "amqp" || slices.Contains(amqpSystemNames, n)) && env.AMQPURL == "" {
 			return nil, nil, fmt.Errorf("%q needs a RabbitMQ broker: pass -amqp amqp://USER:PASS@HOST:PORT/ or set RIPPLE_BENCH_AMQP_URL", n)
+		}
+		if (n == "postgres" || slices.Contains(postgresSystemNames, n)) && env.PostgresURL == "" {
+			return nil, nil, fmt.Errorf("%q needs a PostgreSQL server: pass -postgres postgres://… or set RIPPLE_BENCH_POSTGRES_URL", n)
 		}
 		switch {
 		case n == "all":
@@ -201,6 +210,7 @@ func SystemNames() []string {
 	for _, s := range all {
 		names = append(names, s.Name)
 	}
+	names = append(names, postgresSystemNames...)
 	return append(append(append(names, redisSystemNames...), natsSystemNames...), amqpSystemNames...)
 }
 
@@ -214,6 +224,8 @@ func noteGroup(note string) string {
 		return "nats"
 	case strings.HasPrefix(note, "the RabbitMQ systems"), slices.Contains(amqpSystemNames, name):
 		return "amqp"
+	case strings.HasPrefix(note, "the PostgreSQL systems"), slices.Contains(postgresSystemNames, name):
+		return "postgres"
 	}
 	return ""
 }

@@ -12,6 +12,7 @@
 //	ripple tail PATTERN
 //	ripple pause|resume HANDLER
 //	ripple lint NAME...
+//	ripple relay --from postgres://… [--schema NAME]
 //
 // Every command that opens a bus takes --url, defaulting to the RIPPLE_URL
 // environment variable and then to sqlite://ripple.db; commands whose
@@ -122,6 +123,7 @@ is data take --json.`,
 		c.resumeCmd(),
 		c.lintCmd(),
 		c.checkCmd(),
+		c.relayCmd(),
 	)
 	return root
 }

@@ -17,6 +17,7 @@ import (
 	_ "github.com/ripplehq/ripple/transport/kafka"
 	_ "github.com/ripplehq/ripple/transport/memory"
 	_ "github.com/ripplehq/ripple/transport/nats"
+	_ "github.com/ripplehq/ripple/transport/postgres"
 	_ "github.com/ripplehq/ripple/transport/redis"
 	_ "github.com/ripplehq/ripple/transport/sqlite"
 )

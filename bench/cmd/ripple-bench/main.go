@@ -49,6 +49,7 @@ func run() error {
 		redisURL   = flag.String("redis", bench.RedisURLFromEnv(), "Redis server for the Redis systems, redis://HOST:PORT/DB (default $RIPPLE_BENCH_REDIS_URL, else $RIPPLE_TEST_REDIS_URL)")
 		natsURL    = flag.String("nats", bench.NATSURLFromEnv(), "NATS server (JetStream enabled) for the NATS systems, nats://HOST:PORT (default $RIPPLE_BENCH_NATS_URL, else $RIPPLE_TEST_NATS_URL)")
 		amqpURL    = flag.String("amqp", bench.AMQPURLFromEnv(), "RabbitMQ broker for the amqp systems, amqp://USER:PASS@HOST:PORT/ (default $RIPPLE_BENCH_AMQP_URL, else $RIPPLE_TEST_AMQP_URL)")
+		pgURL      = flag.String("postgres", bench.PostgresURLFromEnv(), "PostgreSQL server for the PostgreSQL systems, postgres://… (default $RIPPLE_BENCH_POSTGRES_URL, else $RIPPLE_TEST_POSTGRES_URL)")
 		scenarios  = flag.String("scenarios", "all", "comma-separated scenarios: pub1, pub16, e2e1, e2e16, fan5, latency, or all")
 		n          = flag.Int("n", 100_000, "events per throughput scenario, at most")
 		maxPublish = flag.Duration("max-publish", 5*time.Second, "time cap of each publish phase")
@@ -64,7 +65,7 @@ func run() error {
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; every setting is a flag (see -h)", flag.Args())
 	}
-	sys, notes, err := bench.Select(*systems, bench.Env{RedisURL: *redisURL, NATSURL: *natsURL, AMQPURL: *amqpURL, InstallNode: true})
+	sys, notes, err := bench.Select(*systems, bench.Env{RedisURL: *redisURL, NATSURL: *natsURL, AMQPURL: *amqpURL, PostgresURL: *pgURL, InstallNode: true})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,128 @@
+// Package postgres is Ripple's PostgreSQL transport: the team's own
+// database as a durable queue, with every semantic of Ripple's contract
+// and transactional publishing (PublishTx). Importing the package registers
+// the "postgres" and "postgresql" URL schemes:
+//
+//	import _ "github.com/ripplehq/ripple/transport/postgres"
+//
+//	bus, err := ripple.Open(ctx, "postgres://app:secret@db.internal:5432/app")
+//
+// It needs PostgreSQL 13 or newer and uses github.com/jackc/pgx/v5
+// (pgxpool).
+//
+// # URL form
+//
+//	postgres://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME[?PARAMS]
+//
+// Ripple's own parameter is:
+//
+//	schema=NAME   the PostgreSQL schema holding Ripple's tables (default
+//	              "ripple"); lower-case letters, digits and _. Several
+//	              applications, or test runs, can share a database with a
+//	              schema each.
+//
+// Every other parameter goes to pgx: sslmode, connect_timeout,
+// application_name, pool_max_conns (default 10 here), pool_min_conns,
+// pool_max_conn_lifetime, statement_timeout and other run-time settings,
+// and so on. pgx rejects what it does not know.
+//
+// # Mapping
+//
+// Ripple's tables live in their own schema, created on first Open and
+// brought up to date by versioned migrations, applied under an advisory
+// lock so that processes of one or several application versions starting
+// together migrate once. A schema at a newer version than this build knows
+// is refused with an error naming both versions; a schema holding tables
+// that are not Ripple's is refused too.
+//
+//   - events: one row per published event, unique on (source, id), which is
+//     publish deduplication: a second publish of a pair still stored stores
+//     nothing and reports the kept event (Message.Duplicate).
+//   - subscriptions: one row per handler name, with its pattern translated
+//     to a regular expression. A publish is one statement that inserts the
+//     events and a deliveries row for every subscription whose pattern
+//     matches, so fan-out happens inside the database and a subscription
+//     created by any process is seen by the next publish of every process.
+//   - deliveries: one row per (subscription, event) with its state (ready,
+//     leased, done, dead), attempts, lease and error. Receivers lease rows
+//     with UPDATE … FOR UPDATE SKIP LOCKED in a PL/pgSQL function (one
+//     round trip), so competing consumers in any number of processes never
+//     wait for each other. Ordered subscriptions hold back a row while an
+//     earlier row of its key is unsettled, and their lessors take turns on
+//     a transaction-level advisory lock.
+//   - claims (idempotency), rate_slots (the shared sliding-window rate
+//     limit) and meta (the schema version).
+//
+// Every time is taken from the database's clock, so processes on hosts with
+// different clocks agree on delays and leases.
+//
+// Wake-ups use LISTEN/NOTIFY: a publish or a settlement that makes rows
+// deliverable notifies the schema's channel with the subscriptions to wake,
+// inside its own transaction, so receivers in every process wake when it
+// commits. Each driver keeps one listening connection (reconnected when it
+// drops, after which every receiver looks again); a safety poll of one
+// second covers a notification lost meanwhile. A receiver also wakes
+// exactly when a delay, backoff or lease runs out.
+//
+// Group commit: concurrent Publish calls of a process are gathered by a few
+// goroutines into one multi-row INSERT … SELECT FROM unnest(…) statement,
+// so a burst of publishers costs one round trip and one WAL flush per
+// group.
+//
+// # Durability
+//
+// Publish returns nil once the statement holding the event has committed.
+// With PostgreSQL's defaults (fsync=on, synchronous_commit=on) that means
+// the commit record is flushed to the WAL on disk: an acknowledged publish
+// survives a crash of the application, of PostgreSQL and of the machine.
+// With synchronous_commit=off (set on the server, the database or the
+// user) it survives a crash of the application but PostgreSQL may lose the
+// last few hundred milliseconds of commits when it crashes; with
+// synchronous replication it also survives the loss of the primary.
+// Delivery bookkeeping (leases, lease extensions and outcomes) commits with
+// synchronous_commit=off for its own transaction: a crash of PostgreSQL
+// can lose the last few hundred milliseconds of it, which only makes the
+// events concerned come back (at-least-once delivery allows that), and
+// spares every event two WAL flushes. Idempotency claims, which decide
+// exactly-once effects, commit synchronously.
+// A connection lost after the publish was sent and before its answer makes
+// Publish fail with an error wrapping transport.ErrOutcomeUnknown
+// (ripple.ErrOutcomeUnknown): publishing the same event again is safe.
+// A publish that never reached the server is retried on another
+// connection within the caller's context.
+//
+// # PublishTx
+//
+// The driver implements transport.TxPublisher: ripple's Bus.PublishTx
+// takes a pgx.Tx (pgx/v5 or pgxpool) or a *sql.Tx opened through pgx's
+// database/sql driver (github.com/jackc/pgx/v5/stdlib, driver name "pgx")
+// on the bus's database, and writes the event with the transaction, so it
+// is stored if and only if the transaction commits. The notification is
+// part of the transaction, so handlers wake when it commits. A transaction
+// on another database (or one without this schema), an already finished
+// transaction, or another kind of value is refused with an error saying so.
+//
+// # Retention and vacuum
+//
+// A pruner in every process (one at a time, on a try-lock) deletes, every
+// second and in batches of 1000 rows, completed and dead deliveries beyond
+// the retention count or age, events past their dedup window that no
+// delivery needs, old idempotency claims and ephemeral subscriptions whose
+// process died. Deleting in small batches leaves dead tuples in small
+// amounts that autovacuum reclaims as it goes: the deliveries table is
+// created with fillfactor 80 (room for the state updates of a row's life
+// to stay on its page) and a vacuum scale factor of 2% with no cost delay,
+// and events with 5%, so autovacuum runs after a few thousand changes
+// rather than after a fifth of the table. A database whose autovacuum is
+// turned off will bloat: keep it on.
+//
+// # Not supported
+//
+// Everything in transport.Capabilities is supported. An ephemeral
+// subscription is deleted when the last receiver of it in the process that
+// closes it closes; sharing one ephemeral name across processes is not
+// supported. Pausing takes effect
+// at each receiver's next look (at once for idle receivers of this
+// process, within the safety poll elsewhere). Stats counts each state with
+// an index scan, which grows with retained history.
+package postgres

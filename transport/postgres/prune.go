@@ -1,0 +1,119 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+const (
+	// pruneInterval is the pruner's pace when it is keeping up.
+	pruneInterval = time.Second
+	// pruneCatchUp is its pace when the last pass hit a batch limit.
+	pruneCatchUp = 50 * time.Millisecond
+	// pruneBatch bounds each delete, so that one pass holds its locks for
+	// milliseconds and leaves autovacuum small chunks.
+	pruneBatch = 1000
+)
+
+// pruneLoop runs the retention pass. Every process runs one, but a pass
+// starts only when it takes the schema's history lock without waiting, so
+// one process prunes at a time and the others skip.
+func (d *driver) pruneLoop() {
+	t := time.NewTimer(pruneInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.closing:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		go func() {
+			select {
+			case <-d.closing:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		more, err := d.pruneOnce(ctx)
+		cancel()
+		if err != nil && d.checkOpen() == nil {
+			d.log.Debug("postgres transport: retention pass failed; trying again", "schema", d.schema, "err", err)
+		}
+		if more {
+			t.Reset(pruneCatchUp)
+		} else {
+			t.Reset(pruneInterval)
+		}
+	}
+}
+
+// pruneOnce runs one bounded retention pass in one transaction and reports
+// whether it hit a batch limit (more is left to delete).
+func (d *driver) pruneOnce(ctx context.Context) (more bool, err error) {
+	r := d.ret
+	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		var got bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1, -1)", d.lockKey).Scan(&got); err != nil || !got {
+			return err
+		}
+		count := func(tag int64) {
+			if tag >= pruneBatch {
+				more = true
+			}
+		}
+		for _, p := range []struct {
+			state int
+			count int
+			age   time.Duration
+		}{{2, r.CompletedCount, r.CompletedAge}, {3, r.DeadCount, r.DeadAge}} {
+			// Age, then count, per subscription: the LATERAL picks each
+			// subscription's rows from its own partial index.
+			tag, err := tx.Exec(ctx, d.q(`DELETE FROM @.deliveries d USING (
+				SELECT x.sub_id, x.event_seq FROM @.subscriptions s CROSS JOIN LATERAL (
+					SELECT sub_id, event_seq FROM @.deliveries WHERE sub_id = s.id AND state = $1 AND done_at < @.now_ns() - $2
+					ORDER BY done_at LIMIT $3) x) old
+				WHERE d.sub_id = old.sub_id AND d.event_seq = old.event_seq`), p.state, int64(p.age), pruneBatch)
+			if err != nil {
+				return err
+			}
+			count(tag.RowsAffected())
+			tag, err = tx.Exec(ctx, d.q(`DELETE FROM @.deliveries d USING (
+				SELECT x.sub_id, x.event_seq FROM @.subscriptions s CROSS JOIN LATERAL (
+					SELECT sub_id, event_seq FROM @.deliveries WHERE sub_id = s.id AND state = $1
+					ORDER BY done_at DESC, event_seq DESC OFFSET $2 LIMIT $3) x) old
+				WHERE d.sub_id = old.sub_id AND d.event_seq = old.event_seq`), p.state, int64(p.count), pruneBatch)
+			if err != nil {
+				return err
+			}
+			count(tag.RowsAffected())
+		}
+		// Events past their dedup window that no delivery needs.
+		tag, err := tx.Exec(ctx, d.q(`DELETE FROM @.events WHERE seq IN (
+			SELECT e.seq FROM @.events e WHERE e.keep_until < @.now_ns()
+				AND NOT EXISTS (SELECT 1 FROM @.deliveries d WHERE d.event_seq = e.seq)
+			ORDER BY e.keep_until LIMIT $1)`), pruneBatch)
+		if err != nil {
+			return err
+		}
+		count(tag.RowsAffected())
+		tag, err = tx.Exec(ctx, d.q(`DELETE FROM @.claims WHERE (handler, event_id) IN (
+			SELECT handler, event_id FROM @.claims WHERE updated_at < @.now_ns() - $1 AND (done OR expires_at < @.now_ns()) LIMIT $2)`),
+			int64(r.DedupWindow), pruneBatch)
+		if err != nil {
+			return err
+		}
+		count(tag.RowsAffected())
+		// Ephemeral subscriptions nobody has touched for three leases
+		// (their process was killed) go with their deliveries.
+		if _, err := tx.Exec(ctx, d.q(`WITH gone AS (
+				DELETE FROM @.subscriptions WHERE ephemeral AND touched_at < @.now_ns() - 3 * greatest(lease_ns, 1000000000) RETURNING id)
+			DELETE FROM @.deliveries WHERE sub_id IN (SELECT id FROM gone)`)); err != nil {
+			return err
+		}
+		return nil
+	})
+	return more, err
+}
