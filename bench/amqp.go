@@ -14,7 +14,7 @@ import (
 // amqpSystemNames lists the systems that need a RabbitMQ broker, in
 // report order.
 var amqpSystemNames = []string{
-	"ripple-amqp", "ripple-amqp-classic", "amqp-raw-confirm-awaited", "amqp-raw-confirm-pipelined",
+	"ripple-amqp", "ripple-amqp-classic", "watermill-amqp", "amqp-raw-confirm-awaited", "amqp-raw-confirm-pipelined",
 }
 
 // AMQPURLFromEnv returns the broker URL set in RIPPLE_BENCH_AMQP_URL or,
@@ -28,8 +28,9 @@ func AMQPURLFromEnv() string {
 }
 
 // AMQPSystems returns the systems that talk to the RabbitMQ broker at url:
-// Ripple's amqp transport and amqp091's ceilings for a durable publish
-// (persistent message, quorum queue, publisher confirm). Each instance
+// Ripple's amqp transport, Watermill's AMQP Pub/Sub, and amqp091's
+// ceilings for a durable publish (persistent message, quorum queue,
+// publisher confirm). Each instance
 // uses its own namespace or queue and deletes its queues when it closes.
 func AMQPSystems(url string) []System {
 	var (
@@ -76,7 +77,7 @@ func AMQPSystems(url string) []System {
 		mu.Unlock()
 		return amqpCleanup{inst, url, ns, handlers}, nil
 	}
-	return []System{r, c, RawAMQPConfirm(url, false), RawAMQPConfirm(url, true)}
+	return []System{r, c, WatermillAMQP(url), RawAMQPConfirm(url, false), RawAMQPConfirm(url, true)}
 }
 
 // amqpCleanup deletes a ripple-amqp instance's queues when it closes, so

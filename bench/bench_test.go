@@ -306,3 +306,39 @@ func TestNATSSystemsShort(t *testing.T) {
 	}
 	checkShortRun(t, NATSSystems(url))
 }
+
+// TestAMQPSystemsShort runs a tiny version of every scenario on the
+// RabbitMQ systems, against the broker in RIPPLE_TEST_AMQP_URL (or
+// RIPPLE_BENCH_AMQP_URL), checks that the RabbitMQ targets are evaluated
+// (watermill-amqp among them), and that Watermill's queue config refuses
+// to fan out.
+func TestAMQPSystemsShort(t *testing.T) {
+	url := AMQPURLFromEnv()
+	if url == "" {
+		if os.Getenv("RIPPLE_TEST_REQUIRE_SERVERS") == "1" {
+			t.Fatal("RIPPLE_TEST_AMQP_URL is not set but RIPPLE_TEST_REQUIRE_SERVERS=1: start rabbitmq-server (scripts/test does) and export RIPPLE_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:PORT/")
+		}
+		t.Skip("no RabbitMQ broker: set RIPPLE_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/ to run the RabbitMQ systems")
+	}
+	systems := AMQPSystems(url)
+	if !slices.ContainsFunc(systems, func(s System) bool { return s.Name == "watermill-amqp" && s.Group == "amqp" }) {
+		t.Fatal("AMQPSystems has no watermill-amqp in the amqp group")
+	}
+	if _, err := WatermillAMQP(url).Open(context.Background(), t.TempDir(), 5, func([]byte) {}); err == nil {
+		t.Error("watermill-amqp: Open with 5 handlers succeeded; a queue config cannot fan out")
+	}
+	checkShortRun(t, systems)
+
+	results := Run(context.Background(), []System{AMQPSystems(url)[0], WatermillAMQP(url)}, Config{
+		N: 50, MaxPublish: time.Minute, Drain: time.Minute, Warmup: 10, Scenarios: []Scenario{E2E1},
+	})
+	var found bool
+	for _, v := range Check(results) {
+		if strings.Contains(v.Target, "2× watermill-amqp (ripple-amqp)") && strings.Contains(v.Measured, "watermill-amqp e2e1") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("Check has no verdict of ripple-amqp against watermill-amqp: %+v", Check(results))
+	}
+}

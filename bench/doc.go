@@ -40,6 +40,15 @@
 // its own fresh key namespace and deletes its keys when it closes. Without
 // a Redis URL they are left out with a note.
 //
+// The RabbitMQ systems share one broker, given with -amqp or
+// RIPPLE_BENCH_AMQP_URL (RIPPLE_TEST_AMQP_URL in the project's tests):
+// Ripple's amqp transport (quorum and classic handler queues), Watermill's
+// AMQP Pub/Sub (watermill-amqp, a durable queue config on a quorum queue
+// with publisher confirms) and two raw amqp091 loops publishing to a
+// quorum queue, one awaiting each confirm and one with concurrent
+// publishers' confirms in flight together. Without a broker URL they are
+// left out with a note.
+//
 // The command github.com/ripplehq/ripple/bench/cmd/ripple-bench runs every
 // system and prints the results as a markdown table, followed by Ripple's
 // performance targets with the measured ratio of each.

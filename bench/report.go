@@ -210,7 +210,55 @@ func Check(results []Result) []Verdict {
 			Pass:     m.P99 <= time.Millisecond && m.Note == "",
 		})
 	}
-	return append(out, checkNATS(find)...)
+	return append(append(out, checkNATS(find)...), checkAMQP(find)...)
+}
+
+// checkAMQP evaluates the RabbitMQ targets for ripple-amqp (quorum handler
+// queues, the default) and, where it ran, ripple-amqp-classic, against the
+// raw amqp091 confirm ceilings and Watermill's AMQP Pub/Sub of the same
+// run.
+func checkAMQP(find func(string, Scenario) (Measurement, bool)) []Verdict {
+	var out []Verdict
+	ratio := func(target, aName string, aSc Scenario, bName string, bSc Scenario, min float64) {
+		a, ok1 := find(aName, aSc)
+		b, ok2 := find(bName, bSc)
+		if !ok1 || !ok2 || b.PerSec == 0 {
+			return
+		}
+		r := a.PerSec / b.PerSec
+		out = append(out, Verdict{
+			Target:   target,
+			Measured: fmt.Sprintf("%s %s / %s %s = %s / %s = %.2f×", aName, aSc, bName, bSc, count(a.PerSec), count(b.PerSec), r),
+			Pass:     r >= min,
+		})
+	}
+	for _, name := range []string{"ripple-amqp", "ripple-amqp-classic"} {
+		ratio(fmt.Sprintf("RabbitMQ: end-to-end, one awaiting publisher ≥ 0.8× raw publish awaiting each confirm (%s)", name),
+			name, E2E1, "amqp-raw-confirm-awaited", Pub1, 0.8)
+		ratio(fmt.Sprintf("RabbitMQ: end-to-end, 16 publishers ≥ 0.5× raw publish with 16 confirms in flight (%s)", name),
+			name, E2E16, "amqp-raw-confirm-pipelined", Pub16, 0.5)
+		for _, sc := range []Scenario{E2E1, E2E16} {
+			ratio(fmt.Sprintf("RabbitMQ: end-to-end (%s) ≥ 2× watermill-amqp (%s)", sc, name), name, sc, "watermill-amqp", sc, 2)
+		}
+		if m, ok := find(name, Latency); ok {
+			out = append(out, Verdict{
+				Target:   fmt.Sprintf("RabbitMQ: p99 publish→handler ≤ 3 ms at the paced rate (%s)", name),
+				Measured: fmt.Sprintf("p50 %s ms, p99 %s ms", ms(m.P50), ms(m.P99)),
+				Pass:     m.P99 <= 3*time.Millisecond && m.Note == "",
+			})
+		}
+		one, ok1 := find(name, E2E16)
+		five, ok2 := find(name, Fan5)
+		if ok1 && ok2 && five.PerSec > 0 {
+			cost := one.PerSec / five.PerSec
+			out = append(out, Verdict{
+				Target:   fmt.Sprintf("RabbitMQ: five handlers cost ≤ 2× one handler (%s)", name),
+				Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(five.PerSec), cost),
+				Pass:     cost <= 2,
+			})
+		}
+	}
+	return out
 }
 
 // checkNATS evaluates the NATS targets. The server's sync_interval decides
