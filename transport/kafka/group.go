@@ -97,9 +97,9 @@ type group struct {
 	// process wrote it when it subscribed (see reassert).
 	regOff int64
 	lease  time.Duration
-	retry     string
-	dead      string
-	cl        *kgo.Client
+	retry  string
+	dead   string
+	cl     *kgo.Client
 
 	mu       sync.Mutex
 	parts    map[tp]*part
