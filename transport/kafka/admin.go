@@ -393,6 +393,15 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A handler running here whose entry another process just removed
+	// (it is being written again, see reassert) is listed all the same.
+	d.mu.Lock()
+	for n, g := range d.groups {
+		if _, ok := subs[n]; !ok {
+			subs[n] = regEntry{pattern: g.pattern, ephemeral: g.ephemeral}
+		}
+	}
+	d.mu.Unlock()
 	now := time.Now()
 	names := make([]string, 0, len(subs))
 	for n, e := range subs {
