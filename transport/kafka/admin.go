@@ -45,11 +45,14 @@ func (d *Driver) pattern(ctx context.Context, handler string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	p, ok := subs[handler]
+	e, ok := subs[handler]
 	if !ok {
 		return "", fmt.Errorf("kafka: handler %q: %w", handler, transport.ErrNotFound)
 	}
-	return p, nil
+	if e.ephemeral {
+		return "", fmt.Errorf("kafka: handler %q is an ephemeral subscription, which keeps no dead letters, history or pause state: %w", handler, transport.ErrNotFound)
+	}
+	return e.pattern, nil
 }
 
 // deadLetter is a dead letter with the offset of its record.
@@ -390,14 +393,35 @@ func (d *Driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A handler running here whose entry another process just removed
+	// (it is being written again, see reassert) is listed all the same.
+	d.mu.Lock()
+	for n, g := range d.groups {
+		if _, ok := subs[n]; !ok {
+			subs[n] = regEntry{pattern: g.pattern, ephemeral: g.ephemeral}
+		}
+	}
+	d.mu.Unlock()
+	now := time.Now()
 	names := make([]string, 0, len(subs))
-	for n := range subs {
+	for n, e := range subs {
+		if e.ephemeral && !e.live(now) && d.localEphemeral(n) == nil {
+			// Its process stopped renewing it (killed): forget it.
+			if err := d.unregister(ctx, n); err != nil {
+				d.log.Warn("kafka: removing a stale ephemeral handler's registry entry failed", "handler", n, "err", err)
+			}
+			continue
+		}
 		names = append(names, n)
 	}
 	slices.Sort(names)
 	out := make([]transport.Stats, 0, len(names))
 	for _, h := range names {
-		st, err := d.stats(ctx, h, subs[h])
+		if e := subs[h]; e.ephemeral {
+			out = append(out, d.ephemeralStats(h, e.pattern))
+			continue
+		}
+		st, err := d.stats(ctx, h, subs[h].pattern)
 		if err != nil {
 			return nil, err
 		}

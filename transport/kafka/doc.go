@@ -72,8 +72,9 @@
 //     the event topic and the handler's retry topic NAMESPACE.retry.HANDLER;
 //     its dead letters go to NAMESPACE.dead.HANDLER (one partition). A
 //     compacted topic NAMESPACE.subscriptions maps handler names to their
-//     patterns (and holds their pause records), for Stats, Replay and the dead-letter calls of processes
-//     that do not run the handler. Handler topic names over Kafka's 249
+//     patterns (and holds their pause records and the entries of running
+//     ephemeral handlers), for Stats, Replay and the dead-letter calls of
+//     processes that do not run the handler. Handler topic names over Kafka's 249
 //     characters, or colliding with an existing topic once '.' and '_' are
 //     treated alike (as Kafka does), are refused with an error.
 //   - The producer is idempotent with acks=all; Publish waits for the
@@ -163,9 +164,30 @@
 //
 // An ephemeral subscription (ripple tail) is a consumer without a group
 // that reads the event topic from its end offsets at Subscribe, in this
-// process only: nothing is created on the brokers, so nothing is left
-// behind when it closes or its process is killed. Its retries wait in
-// memory, and an event it dead-letters is dropped with a log line.
+// process only: no consumer group, retry or dead-letter topic is created
+// for it. Its retries wait in memory, and an event it dead-letters is
+// dropped with a log line.
+//
+// So that Stats in every process lists it while it runs, it has an entry
+// in the registry topic marked ephemeral (a ripple_ephemeral header) with
+// the time until which it is live: 3 leases, at least 15s. The process
+// renews the entry five times in that span while its receivers are open,
+// and tombstones it when the last one closes (or the bus closes). A
+// process killed with SIGKILL leaves an entry that goes stale; the next
+// Stats (in any process) no longer lists it, tombstones it, and
+// compaction removes it: nothing else is left behind. Other processes
+// report an ephemeral handler's counts as zero (its state lives in its
+// own process's memory); its own process reports what it holds. Dead
+// letters, Replay, Pause and Unsubscribe do not apply to it and report it
+// not found.
+//
+// An ephemeral subscription under the name of a durable handler (listed in
+// the registry, or with a consumer group) is refused, and so is a durable
+// one under the name of a running ephemeral handler (an entry not stale),
+// so that neither removes the other's entry. A handler that runs in a
+// process and sees its entry removed by another process (a Stats that
+// reaped a stale ephemeral entry just as the name was taken again) writes
+// it again.
 //
 // # Statistics
 //

@@ -93,10 +93,13 @@ type group struct {
 	// ephemeral: no consumer group, retry or dead-letter topic; retries
 	// wait in memory and dead letters are dropped (see subscribeEphemeral).
 	ephemeral bool
-	lease     time.Duration
-	retry     string
-	dead      string
-	cl        *kgo.Client
+	// regOff is the registry offset of the handler's entry as this
+	// process wrote it when it subscribed (see reassert).
+	regOff int64
+	lease  time.Duration
+	retry  string
+	dead   string
+	cl     *kgo.Client
 
 	mu       sync.Mutex
 	parts    map[tp]*part
@@ -138,13 +141,16 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if g != nil && !g.closed {
 		if g.ephemeral {
 			d.mu.Unlock()
-			return nil, fmt.Errorf("kafka: handler %s has an ephemeral subscription in this process; a durable one needs its own name", spec.Name)
+			return nil, ephemeralClash(spec.Name)
 		}
 		g.refs++
 		d.mu.Unlock()
 		return &receiver{g: g, lease: spec.Lease}, nil
 	}
 	d.mu.Unlock()
+	if err := d.refuseKindClash(ctx, spec); err != nil {
+		return nil, err
+	}
 
 	if err := d.ensureTopics(ctx, nil, d.retryTopic(spec.Name)); err != nil {
 		return nil, err
@@ -152,10 +158,11 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if err := d.ensureTopics(ctx, map[string]*string{"retention.ms": ptr(strconv.FormatInt(max(d.cfg.Retention.DeadAge, time.Minute).Milliseconds(), 10))}, d.deadTopic(spec.Name)); err != nil {
 		return nil, err
 	}
-	if err := d.initGroup(ctx, spec); err != nil {
+	regOff, err := d.initGroup(ctx, spec)
+	if err != nil {
 		return nil, err
 	}
-	g, err := d.startGroup(spec)
+	g, err = d.startGroup(spec, regOff)
 	if err != nil {
 		return nil, err
 	}
@@ -196,14 +203,15 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 // initGroup gives a new subscription its starting offsets: the end of
 // the event topic (or the first record at or after spec.From), and the
 // start of its retry topic. An existing subscription keeps its offsets.
-func (d *Driver) initGroup(ctx context.Context, spec transport.SubscriptionSpec) error {
+// It records the handler in the registry and returns the entry's offset.
+func (d *Driver) initGroup(ctx context.Context, spec transport.SubscriptionSpec) (int64, error) {
 	group := d.groupName(spec.Name)
 	committed, err := d.adm.FetchOffsets(ctx, group)
 	if err != nil && !errors.Is(err, kerr.GroupIDNotFound) {
-		return fmt.Errorf("kafka: reading the offsets of consumer group %s: %w", group, err)
+		return -1, fmt.Errorf("kafka: reading the offsets of consumer group %s: %w", group, err)
 	}
 	if _, ok := committed[d.topic]; ok {
-		return d.register(ctx, spec)
+		return d.register(ctx, spec.Name, spec.Pattern, false, spec.Lease)
 	}
 	var evOffs kadm.ListedOffsets
 	switch {
@@ -218,14 +226,14 @@ func (d *Driver) initGroup(ctx context.Context, spec transport.SubscriptionSpec)
 		err = evOffs.Error()
 	}
 	if err != nil {
-		return fmt.Errorf("kafka: listing the offsets of %s: %w", d.topic, err)
+		return -1, fmt.Errorf("kafka: listing the offsets of %s: %w", d.topic, err)
 	}
 	rtOffs, err := d.adm.ListStartOffsets(ctx, d.retryTopic(spec.Name))
 	if err == nil {
 		err = rtOffs.Error()
 	}
 	if err != nil {
-		return fmt.Errorf("kafka: listing the offsets of %s: %w", d.retryTopic(spec.Name), err)
+		return -1, fmt.Errorf("kafka: listing the offsets of %s: %w", d.retryTopic(spec.Name), err)
 	}
 	offs := kadm.Offsets{}
 	add := func(lo kadm.ListedOffsets) {
@@ -244,35 +252,10 @@ func (d *Driver) initGroup(ctx context.Context, spec transport.SubscriptionSpec)
 		// the subscription a moment ago.
 		again, ferr := d.adm.FetchOffsets(ctx, group)
 		if _, ok := again[d.topic]; ferr != nil || !ok {
-			return fmt.Errorf("kafka: setting the starting offsets of consumer group %s: %w", group, err)
+			return -1, fmt.Errorf("kafka: setting the starting offsets of consumer group %s: %w", group, err)
 		}
 	}
-	return d.register(ctx, spec)
-}
-
-// register records the handler's pattern in the namespace's compacted
-// registry topic, read by Stats, Replay and the dead-letter calls of
-// processes that do not run the handler.
-func (d *Driver) register(ctx context.Context, spec transport.SubscriptionSpec) error {
-	// The topic is compacted: writing the same pattern again costs one
-	// record, less than reading the registry to compare.
-	return d.produce(ctx, []*kgo.Record{{Topic: d.registryTopic(), Key: []byte(spec.Name), Value: []byte(spec.Pattern)}})
-}
-
-// subscriptions reads the registry: handler name to pattern.
-func (d *Driver) subscriptions(ctx context.Context) (map[string]string, error) {
-	out := map[string]string{}
-	err := d.scan(ctx, d.registryTopic(), nil, func(r *kgo.Record) {
-		if strings.HasPrefix(string(r.Key), pausePrefix) {
-			return
-		}
-		if r.Value == nil {
-			delete(out, string(r.Key))
-		} else {
-			out[string(r.Key)] = string(r.Value)
-		}
-	})
-	return out, err
+	return d.register(ctx, spec.Name, spec.Pattern, false, spec.Lease)
 }
 
 // subscribeEphemeral starts a subscription that exists only in this
@@ -284,13 +267,16 @@ func (d *Driver) subscribeEphemeral(ctx context.Context, spec transport.Subscrip
 	if g := d.groups[spec.Name]; g != nil && !g.closed {
 		if !g.ephemeral {
 			d.mu.Unlock()
-			return nil, fmt.Errorf("kafka: handler %s already has a durable subscription in this process; an ephemeral one needs its own name", spec.Name)
+			return nil, durableClash(spec.Name)
 		}
 		g.refs++
 		d.mu.Unlock()
 		return &receiver{g: g, lease: spec.Lease}, nil
 	}
 	d.mu.Unlock()
+	if err := d.refuseKindClash(ctx, spec); err != nil {
+		return nil, err
+	}
 	ends, err := d.adm.ListEndOffsets(ctx, d.topic)
 	if err == nil {
 		err = ends.Error()
@@ -300,8 +286,14 @@ func (d *Driver) subscribeEphemeral(ctx context.Context, spec transport.Subscrip
 	}
 	offs := map[int32]kgo.Offset{}
 	ends.Each(func(o kadm.ListedOffset) { offs[o.Partition] = kgo.NewOffset().At(o.Offset) })
+	// Recorded in the registry, so that Stats in every process lists it
+	// while it runs (heartbeatLoop renews the entry).
+	regOff, err := d.register(ctx, spec.Name, spec.Pattern, true, spec.Lease)
+	if err != nil {
+		return nil, err
+	}
 	g := &group{
-		d: d, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered, lease: spec.Lease, ephemeral: true,
+		d: d, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered, lease: spec.Lease, ephemeral: true, regOff: regOff,
 		parts: map[tp]*part{}, wake: make(chan struct{}), joined: make(chan struct{}), refs: 1,
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
@@ -309,6 +301,7 @@ func (d *Driver) subscribeEphemeral(ctx context.Context, spec transport.Subscrip
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{d.topic: offs}),
 		kgo.FetchMaxWait(500*time.Millisecond))...)
 	if err != nil {
+		d.dropEntry(spec.Name)
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
 	g.cl = cl
@@ -316,19 +309,23 @@ func (d *Driver) subscribeEphemeral(ctx context.Context, spec transport.Subscrip
 	if old := d.groups[spec.Name]; (old != nil && !old.closed) || d.closed {
 		d.mu.Unlock()
 		cl.Close()
+		if old == nil {
+			d.dropEntry(spec.Name)
+		}
 		return nil, fmt.Errorf("kafka: handler %s was subscribed concurrently; subscribe again", spec.Name)
 	}
 	d.groups[spec.Name] = g
 	d.mu.Unlock()
-	g.loops.Add(1)
+	g.loops.Add(2)
 	go g.pollLoop()
+	go g.heartbeatLoop()
 	return &receiver{g: g, lease: spec.Lease}, nil
 }
 
 // startGroup starts the handler's consumer.
-func (d *Driver) startGroup(spec transport.SubscriptionSpec) (*group, error) {
+func (d *Driver) startGroup(spec transport.SubscriptionSpec, regOff int64) (*group, error) {
 	g := &group{
-		d: d, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered, lease: spec.Lease,
+		d: d, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered, lease: spec.Lease, regOff: regOff,
 		retry: d.retryTopic(spec.Name), dead: d.deadTopic(spec.Name),
 		parts: map[tp]*part{}, wake: make(chan struct{}), joined: make(chan struct{}), fetched: make(chan struct{}),
 	}
@@ -899,6 +896,16 @@ func (g *group) shutdown() {
 	// Close runs onRevoked, which waits for unsettled leases and commits
 	// once more before leaving the group.
 	g.cl.Close()
+	if g.ephemeral {
+		// Its heartbeat has stopped: remove its registry entry, unless
+		// another receiver of the name took it over in this process.
+		g.d.mu.Lock()
+		other := g.d.groups[g.name]
+		g.d.mu.Unlock()
+		if other == nil || other == g {
+			g.d.dropEntry(g.name)
+		}
+	}
 }
 
 // receiver is one Subscription of a handler; every receiver of a process

@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 		brokers = strings.TrimPrefix(strings.SplitN(u, "?", 2)[0], "kafka://")
 		os.Exit(m.Run())
 	}
-	if u := os.Getenv(envChildURL); u != "" {
+	if os.Getenv(envChildURL) != "" || os.Getenv(envTailURL) != "" {
 		os.Exit(m.Run())
 	}
 	if u := os.Getenv("RIPPLE_TRANSPORTTEST_URL"); u != "" {

@@ -411,7 +411,8 @@ func (d *Driver) Retention(ctx context.Context) (time.Duration, error) {
 
 // watchRegistry follows the registry topic for pause records, so that a
 // Pause in any process stops this process's receivers within about a
-// second.
+// second, and for records that remove the entry of a handler running in
+// this process, which it writes again (see reassert).
 func (d *Driver) watchRegistry() error {
 	cl, err := kgo.NewClient(append(append([]kgo.Opt(nil), d.base...),
 		kgo.ConsumeTopics(d.registryTopic()),
@@ -434,13 +435,17 @@ func (d *Driver) watchRegistry() error {
 			if fs.IsClientClosed() || ctx.Err() != nil {
 				return
 			}
+			var entries []*kgo.Record
 			d.mu.Lock()
 			fs.EachRecord(func(r *kgo.Record) {
 				if h, ok := strings.CutPrefix(string(r.Key), pausePrefix); ok {
 					d.paused[h] = string(r.Value) == "1"
+				} else {
+					entries = append(entries, r)
 				}
 			})
 			d.mu.Unlock()
+			d.reassert(ctx, entries)
 			if len(fs.Errors()) > 0 {
 				select {
 				case <-ctx.Done():
