@@ -175,7 +175,7 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 			WHERE e.published_at >= $2 ORDER BY e.seq
 			ON CONFLICT (sub_id, event_seq) DO UPDATE SET state = 0, run_at = excluded.run_at, delayed = false, attempts = 0,
 				first_attempt = 0, done_at = 0, lease_until = 0, last_error = ''
-			WHERE @.deliveries.state IN (2, 3)`), id, nanos(since))
+			WHERE @.deliveries.state IN (2, 3)`), id, sinceNanos(since))
 		n = tag.RowsAffected()
 		return err
 	})

@@ -121,7 +121,12 @@
 // Everything in transport.Capabilities is supported. An ephemeral
 // subscription is deleted when the last receiver of it in the process that
 // closes it closes; sharing one ephemeral name across processes is not
-// supported. Pausing takes effect
+// supported. A handler name is durable or ephemeral: an ephemeral
+// subscription under a durable handler's name is refused, and so is a
+// durable one under the name of an ephemeral one still in use (one whose
+// process died gives way). Replay and From compare with publish times
+// stored in whole microseconds of the database's clock, so their bound is
+// rounded down to its microsecond. Pausing takes effect
 // at each receiver's next look (at once for idle receivers of this
 // process, within the safety poll elsewhere). Stats counts each state with
 // an index scan, which grows with retained history.

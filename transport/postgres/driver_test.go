@@ -394,9 +394,14 @@ func TestConnectionsTerminated(t *testing.T) {
 		}
 	}
 	close(stop)
-	n := <-killed
+	n := <-killed // the terminator has stopped
+	// The check runs on the terminator's own connection: its
+	// application_name is not the driver's, so it was never a target,
+	// while a pool connection may have been signalled just before the
+	// terminator stopped and die under the check (pg_terminate_backend
+	// only signals; the backend exits when it next looks).
 	var stored, distinct int
-	if err := d.pool.QueryRow(bg, d.q(`SELECT count(*), count(DISTINCT id) FROM @.events WHERE source = 'term'`)).Scan(&stored, &distinct); err != nil {
+	if err := killer.QueryRow(bg, d.q(`SELECT count(*), count(DISTINCT id) FROM @.events WHERE source = 'term'`)).Scan(&stored, &distinct); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%d connections terminated; %d publishes failed (%d with outcome unknown)", n, failed, unknown)
@@ -405,5 +410,131 @@ func TestConnectionsTerminated(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no connection was terminated: the test tested nothing")
+	}
+}
+
+// A durable handler's subscription is never taken over by an ephemeral one
+// of its name (which would delete it on close), nor a live ephemeral one by
+// a durable one; an ephemeral one whose process died gives way.
+func TestEphemeralNameConflicts(t *testing.T) {
+	d := openDriver(t, schemaURL(t))
+	durable, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "orders", Pattern: "a.b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer durable.Close()
+	_, err = d.Subscribe(bg, transport.SubscriptionSpec{Name: "orders", Pattern: "a.*", Ephemeral: true})
+	if err == nil || !strings.Contains(err.Error(), `handler "orders" is durable; give the ephemeral subscription a name of its own`) {
+		t.Fatalf("an ephemeral subscription under a durable handler's name: %v; want the refusal", err)
+	}
+	var pattern string
+	var ephemeral bool
+	if err := d.pool.QueryRow(bg, d.q(`SELECT pattern, ephemeral FROM @.subscriptions WHERE name = 'orders'`)).Scan(&pattern, &ephemeral); err != nil {
+		t.Fatalf("the durable subscription after the refused ephemeral one: %v", err)
+	}
+	if pattern != "a.b" || ephemeral {
+		t.Fatalf("the refused ephemeral subscription changed the durable one: pattern %q ephemeral %v", pattern, ephemeral)
+	}
+	if err := d.Publish(bg, []*transport.Message{msg("d1", "s", "a.b")}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(bg, 10*time.Second)
+	defer cancel()
+	ds, err := durable.Receive(ctx, 10)
+	if err != nil || len(ds) != 1 || ds[0].ID != "d1" {
+		t.Fatalf("the durable handler's Receive after the refusal = %v, %v; want d1", ds, err)
+	}
+
+	// The converse: a live ephemeral subscription keeps its name.
+	tail, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "tail", Pattern: "a.b", Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Subscribe(bg, transport.SubscriptionSpec{Name: "tail", Pattern: "a.b"})
+	if err == nil || !strings.Contains(err.Error(), `handler "tail" is an ephemeral subscription in use`) {
+		t.Fatalf("a durable subscription under a live ephemeral one's name: %v; want the refusal", err)
+	}
+	if err := d.Publish(bg, []*transport.Message{msg("t1", "s", "a.b")}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err = tail.Receive(ctx, 10)
+	if err != nil || len(ds) != 1 || ds[0].ID != "t1" {
+		t.Fatalf("the ephemeral subscription's Receive after the refusal = %v, %v; want t1", ds, err)
+	}
+	// Another receiver of the same ephemeral subscription is no conflict.
+	tail2, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "tail", Pattern: "a.b", Ephemeral: true})
+	if err != nil {
+		t.Fatalf("a second receiver of an ephemeral subscription: %v", err)
+	}
+	_ = tail2.Close()
+	_ = tail.Close()
+	var n int
+	if err := d.pool.QueryRow(bg, d.q(`SELECT count(*) FROM @.subscriptions WHERE name = 'tail'`)).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("ephemeral subscriptions left after its receivers closed: %d, %v", n, err)
+	}
+
+	// An ephemeral subscription nobody touches any more (its process
+	// died) gives way to a durable one of its name, without its queue.
+	if _, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "stale", Pattern: "a.b", Ephemeral: true, Lease: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Publish(bg, []*transport.Message{msg("s1", "s", "a.b")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.pool.Exec(bg, d.q(`UPDATE @.subscriptions SET touched_at = touched_at - 10000000000 WHERE name = 'stale'`)); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "stale", Pattern: "a.b"})
+	if err != nil {
+		t.Fatalf("a durable subscription under a dead ephemeral one's name: %v", err)
+	}
+	defer taken.Close()
+	if err := d.pool.QueryRow(bg, d.q(`SELECT count(*) FROM @.deliveries d JOIN @.subscriptions s ON s.id = d.sub_id WHERE s.name = 'stale'`)).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("the durable subscription inherited %d deliveries of the dead ephemeral one (%v); want none", n, err)
+	}
+	if err := d.pool.QueryRow(bg, d.q(`SELECT count(*) FROM @.subscriptions WHERE name = 'stale' AND NOT ephemeral`)).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("durable subscriptions named stale: %d, %v; want 1", n, err)
+	}
+}
+
+// Publish times are stored in whole microseconds: Replay and From include
+// an event published in the same microsecond just after their bound.
+func TestSinceAtStoredPrecision(t *testing.T) {
+	d := openDriver(t, schemaURL(t))
+	if err := d.Publish(bg, []*transport.Message{msg("p1", "s", "a.b")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "h", Pattern: "a.b"}); err != nil {
+		t.Fatal(err)
+	}
+	var published int64
+	if err := d.pool.QueryRow(bg, d.q(`SELECT published_at FROM @.events WHERE id = 'p1'`)).Scan(&published); err != nil {
+		t.Fatal(err)
+	}
+	if published%1000 != 0 {
+		t.Fatalf("published_at %d is not a whole microsecond", published)
+	}
+	// An event published 500ns after since is stored as since's
+	// microsecond, before since itself.
+	since := time.Unix(0, published+500)
+	n, err := d.Replay(bg, "h", since)
+	if err != nil || n != 1 {
+		t.Fatalf("Replay(since = stored time + 500ns) = %d, %v; want the event", n, err)
+	}
+	if n, err := d.Replay(bg, "h", time.Unix(0, published+1000)); err != nil || n != 0 {
+		t.Fatalf("Replay(since = the next microsecond) = %d, %v; want nothing", n, err)
+	}
+	sub, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "from", Pattern: "a.b", From: since})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := d.pool.QueryRow(bg, d.q(`SELECT count(*) FROM @.deliveries d JOIN @.subscriptions s ON s.id = d.sub_id WHERE s.name = 'from'`)).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("a subscription From stored time + 500ns holds %d deliveries (%v); want the event", n, err)
+	}
+	for _, c := range []struct{ in, want int64 }{{1, 0}, {1999, 1000}, {2000, 2000}, {-1, -1000}, {-1000, -1000}} {
+		if got := sinceNanos(time.Unix(0, c.in)); got != c.want {
+			t.Errorf("sinceNanos(%d) = %d; want %d", c.in, got, c.want)
+		}
 	}
 }

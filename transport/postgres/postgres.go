@@ -421,6 +421,21 @@ func nanos(t time.Time) int64 {
 	return t.UnixNano()
 }
 
+// sinceNanos is the bound of a "published at or after t" comparison
+// (Replay, SubscriptionSpec.From) at the precision publish times are
+// stored with (now_ns: the database clock in whole microseconds): t
+// rounded down to its microsecond, so an event published in the same
+// microsecond just after t, stored as that microsecond, is included.
+func sinceNanos(t time.Time) int64 {
+	n := nanos(t)
+	if m := n % 1000; m < 0 {
+		n -= m + 1000
+	} else {
+		n -= m
+	}
+	return n
+}
+
 // patternRegex translates a subscription pattern into an anchored POSIX
 // regular expression that PostgreSQL evaluates when it fans a publish out.
 func patternRegex(pattern string) string {

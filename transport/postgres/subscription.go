@@ -31,14 +31,37 @@ func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		spec.Lease = defaultLease
 	}
 	var id int64
+	var conflict error
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if !spec.Ephemeral {
+			// An ephemeral subscription of this name whose process died
+			// (the pruner's test) gives way to the durable one.
+			if _, err := tx.Exec(ctx, d.q(`WITH gone AS (
+					DELETE FROM @.subscriptions WHERE name = $1 AND ephemeral AND touched_at < @.now_ns() - 3 * greatest(lease_ns, 1000000000) RETURNING id)
+				DELETE FROM @.deliveries WHERE sub_id IN (SELECT id FROM gone)`), spec.Name); err != nil {
+				return err
+			}
+		}
+		// The upsert only updates a subscription of the same kind: a
+		// durable subscription is never taken over by an ephemeral one
+		// (which would delete it when it closes), nor a live ephemeral
+		// one by a durable one.
 		var inserted bool
 		err := tx.QueryRow(ctx, d.q(`INSERT INTO @.subscriptions (name, pattern, regex, ordered, lease_ns, ephemeral, touched_at, created_at)
 			VALUES ($1, $2, $3, $4, $5, $6, @.now_ns(), @.now_ns())
 			ON CONFLICT (name) DO UPDATE SET pattern = excluded.pattern, regex = excluded.regex, ordered = excluded.ordered,
 				lease_ns = excluded.lease_ns, touched_at = excluded.touched_at
+			WHERE @.subscriptions.ephemeral = excluded.ephemeral
 			RETURNING id, xmax = 0`),
 			spec.Name, spec.Pattern, patternRegex(spec.Pattern), spec.Ordered, int64(spec.Lease), spec.Ephemeral).Scan(&id, &inserted)
+		if errors.Is(err, pgx.ErrNoRows) {
+			if spec.Ephemeral {
+				conflict = fmt.Errorf("postgres transport: handler %q is durable; give the ephemeral subscription a name of its own", spec.Name)
+			} else {
+				conflict = fmt.Errorf("postgres transport: handler %q is an ephemeral subscription in use; give the durable handler a name of its own (or wait for the ephemeral one to close)", spec.Name)
+			}
+			return conflict
+		}
 		if err != nil {
 			return err
 		}
@@ -51,12 +74,15 @@ func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 			if _, err := tx.Exec(ctx, d.q(`INSERT INTO @.deliveries (sub_id, event_seq, state, run_at, priority, key)
 				SELECT s.id, e.seq, 0, @.now_ns(), e.priority, CASE WHEN s.ordered THEN e.key ELSE '' END
 				FROM @.events e JOIN @.subscriptions s ON s.id = $1 AND e.type ~ s.regex
-				WHERE e.published_at >= $2 ORDER BY e.seq`), id, nanos(spec.From)); err != nil {
+				WHERE e.published_at >= $2 ORDER BY e.seq`), id, sinceNanos(spec.From)); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+	if conflict != nil {
+		return nil, conflict
+	}
 	if err != nil {
 		return nil, d.wrap(fmt.Errorf("subscribing %q: %w", spec.Name, err))
 	}
