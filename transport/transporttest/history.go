@@ -292,6 +292,9 @@ func testReplay(t *testing.T, s *suite) {
 	new3 := publish(t, bus, typ, map[string]int{"i": 5})
 	rec.waitSucceeded(t, "the events after the replay point to be handled", new1.ID, new3.ID)
 	other.waitSucceeded(t, "the other handler's event to be handled", new2.ID)
+	// A handler's return is recorded before its outcome is settled, and
+	// Replay leaves an event still leased as it is.
+	s.settled(t, bus, name)
 
 	n, err := bus.Replay(bg, name, since)
 	if err != nil || n != 2 {
@@ -386,6 +389,16 @@ func testReplayFinished(t *testing.T, s *suite) {
 		waitDead(t, bus, name, 1)
 	} else {
 		waitFor(t, "the failing event to be tried", func() bool { return len(rec.of(dead.ID)) == 1 })
+	}
+	// A handler's return is recorded before its outcome is settled, and
+	// Replay leaves an event still leased as it is.
+	if s.inspector {
+		waitFor(t, "the completed event to be settled", func() bool {
+			st, _ := s.stats(t, bus, name)
+			return st.Completed >= 1
+		})
+	} else {
+		time.Sleep(quietPeriod)
 	}
 	n, err := bus.Replay(bg, name, since)
 	if err != nil || n != 2 {
