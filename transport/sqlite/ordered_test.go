@@ -65,12 +65,26 @@ func TestOrderedBacklogHeld(t *testing.T) {
 	for range 50 {
 		publish(t, d, mk("k"))
 	}
+	db, err := DB(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.PublishTx(context.Background(), tx, []*transport.Message{mk("k"), mk("k")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
 	publish(t, d, mk("other"), mk(""))
 	if n := readyRows(t, d, "h"); n != 3 {
 		t.Fatalf("lease scan of the ordered handler walks %d rows, want 3 (the head of k, the head of other, the unkeyed)", n)
 	}
-	if n := readyRows(t, d, "u"); n != 252 {
-		t.Fatalf("unordered handler: %d ready rows, want 252", n)
+	if n := readyRows(t, d, "u"); n != 254 {
+		t.Fatalf("unordered handler: %d ready rows, want 254", n)
 	}
 	checkHeld(t, d)
 	var got []string
