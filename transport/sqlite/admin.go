@@ -226,7 +226,7 @@ func (d *driver) deadOp(ctx context.Context, handler string, ids []string, all, 
 	return total, err
 }
 
-const requeueSet = `UPDATE deliveries SET state = 0, run_at = ?1, delayed = 0, attempts = 0, first_attempt = 0, done_at = 0, lease_until = 0
+const requeueSet = `UPDATE deliveries SET state = 0, run_at = ?1, delayed = 0, attempts = 0, first_attempt = 0, done_at = 0, lease_until = 0, held = 0
 	WHERE sub_id = ?2 AND state = 3`
 
 // Requeue implements transport.DeadLetterQueue. Requeued events start with
@@ -274,7 +274,7 @@ func (w *writer) backfill(s subInfo, since time.Time) (int, error) {
 		up, err := w.conn.PrepareContext(bg, `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key)
 			VALUES (?1, ?2, 0, ?3, ?4, ?5)
 			ON CONFLICT (sub_id, event_seq) DO UPDATE SET state = 0, run_at = excluded.run_at, delayed = 0, attempts = 0,
-				first_attempt = 0, done_at = 0, lease_until = 0, last_error = ''
+				first_attempt = 0, done_at = 0, lease_until = 0, last_error = '', held = 0
 			WHERE deliveries.state IN (2, 3)`)
 		if err != nil {
 			return err

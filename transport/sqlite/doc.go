@@ -90,6 +90,11 @@
 // row with the same non-empty key is waiting or leased, so a key's events
 // are handled one at a time in publish order, and an event waiting for a
 // retry holds back only its own key. Dead-lettered events do not block.
+// A row inserted behind an unsettled row of its key is marked held, and
+// triggers release the oldest unsettled row of a key whenever a row of the
+// key settles or goes back to waiting; a lease scans only rows not held and
+// checks each candidate's key with two index probes, so leasing the head of
+// a key costs the same whether one or 100,000 events wait behind it.
 //
 // An event's identity is its source and id together (CloudEvents): the
 // same id under another source is another event. Publishing an identity
@@ -197,8 +202,10 @@
 // # Schema versions
 //
 // The file records its schema version. Version 2 keys events on (id,
-// source) and adds the pause, ephemeral and rate-limit state; a version-1
-// file is migrated in place on first open. A newer version than this
+// source) and adds the pause, ephemeral and rate-limit state; version 3
+// adds the held mark of ordered deliveries with its triggers and marks the
+// rows already waiting behind their key. Older files are migrated in
+// place, one version at a time, on first open. A newer version than this
 // build knows is refused, naming both. Stop the processes of an older
 // Ripple before a newer one first opens the file: once it is migrated,
 // their writes fail.

@@ -22,7 +22,10 @@ import (
 //	2  events keyed by (id, source), the CloudEvents identity; paused,
 //	   ephemeral and touched_at on subscriptions; rate_starts for the
 //	   shared rate limit
-const schemaVersion = 2
+//	3  held on deliveries and the triggers that keep it, so that an
+//	   Ordered() lease finds the head of each key without walking the
+//	   rows waiting behind it; deliveries_key_leased
+const schemaVersion = 3
 
 // The deliveries table is WITHOUT ROWID and keyed by (sub_id, event_seq):
 // the key is what every lookup and the replay upsert use, so clustering on it
@@ -63,11 +66,15 @@ var schemaDDL = []string{
 		done_at INTEGER NOT NULL DEFAULT 0,
 		last_error TEXT NOT NULL DEFAULT '',
 		delayed INTEGER NOT NULL DEFAULT 0,
+		held INTEGER NOT NULL DEFAULT 0,
 		PRIMARY KEY (sub_id, event_seq)) WITHOUT ROWID`,
-	`CREATE INDEX deliveries_ready ON deliveries (sub_id, priority DESC, event_seq, run_at) WHERE state = 0`,
+	readyIndexDDL,
 	`CREATE INDEX deliveries_due ON deliveries (sub_id, run_at) WHERE state = 0 AND delayed = 1`,
 	`CREATE INDEX deliveries_leased ON deliveries (sub_id, lease_until) WHERE state = 1`,
 	`CREATE INDEX deliveries_key ON deliveries (sub_id, key, event_seq) WHERE state IN (0, 1) AND key <> ''`,
+	keyLeasedIndexDDL,
+	holdTriggerDDL,
+	unholdTriggerDDL,
 	`CREATE INDEX deliveries_done ON deliveries (sub_id, done_at) WHERE state = 2`,
 	`CREATE INDEX deliveries_dead ON deliveries (sub_id, done_at) WHERE state = 3`,
 	`CREATE TABLE claims (
@@ -80,7 +87,7 @@ var schemaDDL = []string{
 	`CREATE INDEX claims_updated ON claims (updated_at)`,
 	rateStartsDDL,
 	rateStartsIndexDDL,
-	`INSERT INTO ripple_meta (key, value) VALUES ('schema_version', 2), ('subs_version', 0)`,
+	`INSERT INTO ripple_meta (key, value) VALUES ('schema_version', 3), ('subs_version', 0)`,
 }
 
 // eventsDDL creates the events table under the given name. The identity
@@ -111,10 +118,71 @@ const (
 	rateStartsIndexDDL = `CREATE INDEX rate_starts_at ON rate_starts (handler, at)`
 )
 
+// Held rows (schema 3). Only an Ordered() subscription stores keys, and
+// among its unsettled rows (states 0 and 1) of one key only the oldest may
+// be leased. A ready row that is not the oldest unsettled row of its key is
+// marked held and so leaves deliveries_ready: a lease never walks the rows
+// waiting behind a key's head, however many there are. The lease query
+// still checks the key itself (held is a hint that keeps blocked rows out
+// of the scan, never what makes a lease correct), and the triggers keep the
+// one invariant liveness needs: the oldest unsettled row of a key is never
+// held.
+//
+//   - deliveries_hold: a row inserted ready behind an unsettled row of its
+//     key is held (one range probe of deliveries_key).
+//   - deliveries_unhold: when a row of a key leaves the unsettled states or
+//     a leased row goes back to ready, the oldest unsettled row of the key
+//     is released (one probe).
+//
+// Replay and Requeue, which make a settled row unsettled again, clear held
+// on the rows they change. Being triggers, they hold for every writer of the
+// file, whatever path it takes (publish, PublishTx, administration,
+// salvage).
+const (
+	readyIndexDDL     = `CREATE INDEX deliveries_ready ON deliveries (sub_id, priority DESC, event_seq, run_at) WHERE state = 0 AND held = 0`
+	keyLeasedIndexDDL = `CREATE INDEX deliveries_key_leased ON deliveries (sub_id, key) WHERE state = 1 AND key <> ''`
+	holdTriggerDDL    = `CREATE TRIGGER deliveries_hold AFTER INSERT ON deliveries
+		WHEN NEW.key <> '' AND NEW.state = 0
+		BEGIN
+			UPDATE deliveries SET held = 1 WHERE sub_id = NEW.sub_id AND event_seq = NEW.event_seq AND EXISTS (
+				SELECT 1 FROM deliveries e INDEXED BY deliveries_key WHERE e.sub_id = NEW.sub_id AND e.key = NEW.key
+					AND e.state IN (0, 1) AND e.key <> '' AND e.event_seq < NEW.event_seq);
+		END`
+	unholdTriggerDDL = `CREATE TRIGGER deliveries_unhold AFTER UPDATE OF state ON deliveries
+		WHEN OLD.key <> '' AND OLD.state IN (0, 1) AND NEW.state <> OLD.state AND NEW.state <> 1
+		BEGIN
+			UPDATE deliveries SET held = 0 WHERE sub_id = OLD.sub_id AND state = 0 AND held = 1 AND event_seq = (
+				SELECT e.event_seq FROM deliveries e INDEXED BY deliveries_key WHERE e.sub_id = OLD.sub_id AND e.key = OLD.key
+					AND e.state IN (0, 1) AND e.key <> '' ORDER BY e.event_seq LIMIT 1);
+		END`
+)
+
 // migrations[v] moves a file from schema version v to v+1 inside the
 // caller's IMMEDIATE transaction.
 var migrations = map[int64]func(ctx context.Context, c *sql.Conn) error{
 	1: migrate1to2,
+	2: migrate2to3,
+}
+
+// migrate2to3 adds held with its index and triggers, and holds the ready
+// rows that already wait behind an unsettled row of their key.
+func migrate2to3(ctx context.Context, c *sql.Conn) error {
+	for _, q := range []string{
+		`ALTER TABLE deliveries ADD COLUMN held INTEGER NOT NULL DEFAULT 0`,
+		`DROP INDEX deliveries_ready`,
+		readyIndexDDL,
+		keyLeasedIndexDDL,
+		`UPDATE deliveries SET held = 1 WHERE state = 0 AND key <> '' AND EXISTS (
+			SELECT 1 FROM deliveries e INDEXED BY deliveries_key WHERE e.sub_id = deliveries.sub_id AND e.key = deliveries.key
+				AND e.state IN (0, 1) AND e.key <> '' AND e.event_seq < deliveries.event_seq)`,
+		holdTriggerDDL,
+		unholdTriggerDDL,
+	} {
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // migrate1to2 rebuilds events with a source column and the (id, source)

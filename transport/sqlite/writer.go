@@ -151,19 +151,23 @@ const leaseSet = `UPDATE deliveries SET state = 1, lease_until = ?1, gen = gen +
 
 const leaseReturning = ` RETURNING event_seq, attempts, gen, first_attempt, priority`
 
-// The lease statements. The key check of leaseOrderedSQL names its index:
-// without statistics the planner would walk the primary key over every
-// earlier row of the subscription instead. A row of a key is held back
-// by an earlier unsettled row of the key, and by any leased one: Replay
-// and Requeue can make an earlier row ready while a later one runs.
+// The lease statements. The key checks of leaseOrderedSQL name their
+// indexes: without statistics the planner would walk the primary key over
+// every earlier row of the subscription instead. A row of a key is held back
+// by an earlier unsettled row of the key, and by any leased one: Replay and
+// Requeue can make an earlier row ready while a later one runs. Each check
+// is one probe; rows waiting behind a key's head are held (see
+// holdTriggerDDL) and so not in deliveries_ready, which the scan walks.
 const (
 	leaseExpiredSQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 1 AND lease_until < ?2
 			ORDER BY lease_until LIMIT ?4)` + leaseReturning
-	leaseReadySQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 0 AND run_at <= ?2
+	leaseReadySQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 0 AND held = 0 AND run_at <= ?2
 			ORDER BY priority DESC, event_seq LIMIT ?4)` + leaseReturning
-	leaseOrderedSQL = leaseSet + `(SELECT d.event_seq FROM deliveries d WHERE d.sub_id = ?3 AND d.state = 0 AND d.run_at <= ?2
-			AND (d.key = '' OR NOT EXISTS (SELECT 1 FROM deliveries e INDEXED BY deliveries_key WHERE e.sub_id = ?3 AND e.key = d.key
-				AND e.state IN (0, 1) AND e.key <> '' AND (e.event_seq < d.event_seq OR e.state = 1)))
+	leaseOrderedSQL = leaseSet + `(SELECT d.event_seq FROM deliveries d WHERE d.sub_id = ?3 AND d.state = 0 AND d.held = 0 AND d.run_at <= ?2
+			AND (d.key = '' OR (NOT EXISTS (SELECT 1 FROM deliveries e INDEXED BY deliveries_key WHERE e.sub_id = ?3 AND e.key = d.key
+				AND e.state IN (0, 1) AND e.key <> '' AND e.event_seq < d.event_seq)
+			AND NOT EXISTS (SELECT 1 FROM deliveries e INDEXED BY deliveries_key_leased WHERE e.sub_id = ?3 AND e.key = d.key
+				AND e.state = 1 AND e.key <> '')))
 			ORDER BY d.priority DESC, d.event_seq LIMIT ?4)` + leaseReturning
 	nextDueSQL = `SELECT min(run_at) FROM deliveries WHERE sub_id = ? AND state = 0 AND delayed = 1 AND run_at > ?`
 )
