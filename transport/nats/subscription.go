@@ -192,9 +192,9 @@ func (s *subscription) isClosed() bool {
 }
 
 // Receive implements transport.Subscription. It waits for a first message
-// with a pull request of one, then takes what else is ready without
-// waiting, so that no pull request is left open on the server when it
-// returns.
+// with a pull request of one, then, if that message's metadata says more
+// are pending, takes what else is ready without waiting, so that no pull
+// request is left open on the server when it returns.
 func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Delivery, error) {
 	if max <= 0 {
 		max = 1
@@ -222,8 +222,8 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 		if len(msgs) == 0 {
 			continue
 		}
-		if max > 1 {
-			if more, err := s.cons.FetchNoWait(max - 1); err == nil {
+		if n := moreWanted(msgs[0], max-1); n > 0 {
+			if more, err := s.cons.FetchNoWait(n); err == nil {
 				for m := range more.Messages() {
 					msgs = append(msgs, m)
 				}
@@ -239,6 +239,24 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			return out, ctx.Err()
 		}
 	}
+}
+
+// moreWanted is how many more messages Receive asks for, without waiting,
+// after the first: at most room, and none when the first one's metadata
+// says the consumer had nothing else pending when it was sent. Each such
+// request is a round trip (and a subscription) of its own, which with a
+// shallow queue, one event at a time, would mostly come back empty. The
+// count is a hint: a message stored meanwhile, or a redelivery (not
+// counted as pending), is handed out by the next Receive.
+func moreWanted(first jetstream.Msg, room int) int {
+	if room <= 0 {
+		return 0
+	}
+	meta, err := first.Metadata()
+	if err != nil {
+		return room
+	}
+	return int(min(uint64(room), meta.NumPending))
 }
 
 func (s *subscription) receiveErr(err error) error {
