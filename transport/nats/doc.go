@@ -35,7 +35,8 @@
 //     created with one storage cannot be switched to the other: delete it
 //     (nats stream rm ripple-PREFIX-done) first.
 //   - servers: more seed servers of a cluster, comma-separated host:port.
-//   - timeout: the connection timeout (default 5s).
+//   - timeout: the connection timeout, and how long a JetStream API request
+//     made without a deadline of its own may wait (default 5s).
 //   - tls: true to require TLS (implied by tls://); tls_ca: a PEM file of
 //     the certificate authorities to trust.
 //

@@ -206,7 +206,9 @@ func TestClusterNodeKilled(t *testing.T) {
 	if alive.cmd == nil {
 		alive = nodes[1]
 	}
-	tool := openDriver(t, alive.url()+"/cluster")
+	// The killed leader's streams may still be electing new leaders on a
+	// loaded machine: give the tool's Open more time than the default.
+	tool := openDriver(t, alive.url()+"/cluster?timeout=60s")
 	s, err := tool.js.Stream(bg, tool.eventsStream())
 	if err != nil {
 		t.Fatal(err)

@@ -145,7 +145,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		}
 		return nil, fmt.Errorf("nats: cannot connect to %s: %w; %s", o.redacted, err, hint)
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishTimeout))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishTimeout), jetstream.WithDefaultTimeout(o.timeout))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("nats: %s: %w", o.redacted, err)

@@ -20,7 +20,9 @@ import (
 func testRetryBackoff(t *testing.T, s *suite) {
 	bus := s.open(t, s.h.NewURL(t))
 	const fails = 5
-	const base = 25 * time.Millisecond
+	// A base long enough that the last wait (16 × base) outgrows what a
+	// transport's delay polling and a loaded machine add to the first.
+	const base = 80 * time.Millisecond
 	var rec recorder
 	on(t, bus, "conformance.retry.needed", "retry.handler", rec.handler("", func(_ context.Context, e ripple.Event) error {
 		if e.Attempt <= fails {
