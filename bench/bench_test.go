@@ -33,6 +33,11 @@ func TestPayload(t *testing.T) {
 		if got, ok := SentTime(wrapped); !ok || !got.Equal(sent) {
 			t.Fatalf("SentTime(wrapped) = %v, %v; want %v", got, ok, sent)
 		}
+		// PostgreSQL's jsonb writes a space after each colon.
+		spaced := bytes.ReplaceAll(p, []byte(`":"`), []byte(`": "`))
+		if got, ok := SentTime(spaced); !ok || !got.Equal(sent) {
+			t.Fatalf("SentTime(jsonb) = %v, %v; want %v: %s", got, ok, sent, spaced)
+		}
 	}
 	if _, ok := SentTime([]byte(`{"x":1}`)); ok {
 		t.Fatal("SentTime found a time in a payload without one")

@@ -49,6 +49,18 @@
 // publishers' confirms in flight together. Without a broker URL they are
 // left out with a note.
 //
+// The PostgreSQL systems share one server, given with -postgres or
+// RIPPLE_BENCH_POSTGRES_URL (RIPPLE_TEST_POSTGRES_URL in the project's
+// tests), each instance in a fresh schema it drops when it closes: Ripple's
+// postgres transport, River with riverpgxv5, Watermill SQL (Postgres schema
+// and offsets adapters), a raw loop committing one single-row INSERT per
+// publish (the ceiling for one awaited durable write) and a COPY of 100
+// rows per transaction (the batched ceiling). When ripple-postgres runs,
+// the command also measures what bus.PublishTx adds to a sequential
+// transaction that inserts one user row (MeasureTxOverhead) and, with a
+// Redis server, how fast the outbox relay moves events from a Postgres
+// outbox to redis:// (MeasureOutboxRelay).
+//
 // The command github.com/ripplehq/ripple/bench/cmd/ripple-bench runs every
 // system and prints the results as a markdown table, followed by Ripple's
 // performance targets with the measured ratio of each.

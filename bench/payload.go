@@ -25,7 +25,7 @@ const (
 	padLen      = PayloadSize - len(payloadHead) - len(payloadSent) - len(payloadPad) - len(payloadTail) - 2*digits
 )
 
-var sentKey = []byte(`"sent":"`)
+var sentKey = []byte(`"sent":`)
 
 // NewPayload returns a 200-byte JSON event carrying seq and sent, the time
 // the event is meant to be published, which the handler side reads back to
@@ -53,13 +53,21 @@ func appendPadded(b []byte, v int64) []byte {
 // SentTime reads the sent time back from a payload made by NewPayload. It
 // searches for the field rather than using a fixed offset because some
 // systems deliver the payload wrapped in their own envelope. It reports
-// false for data that holds no such field.
+// false for data that holds no such field. It accepts a space after the
+// colon, as PostgreSQL's jsonb writes the payload back (River on Postgres).
 func SentTime(data []byte) (time.Time, bool) {
 	i := bytes.Index(data, sentKey)
-	if i < 0 || len(data) < i+len(sentKey)+digits {
+	if i < 0 {
 		return time.Time{}, false
 	}
-	v, err := strconv.ParseInt(string(data[i+len(sentKey):i+len(sentKey)+digits]), 10, 64)
+	i += len(sentKey)
+	for i < len(data) && data[i] == ' ' {
+		i++
+	}
+	if i >= len(data) || data[i] != '"' || len(data) < i+1+digits {
+		return time.Time{}, false
+	}
+	v, err := strconv.ParseInt(string(data[i+1:i+1+digits]), 10, 64)
 	if err != nil {
 		return time.Time{}, false
 	}

@@ -14,7 +14,7 @@ import (
 
 // postgresSystemNames lists the systems that need a PostgreSQL server, in
 // report order.
-var postgresSystemNames = []string{"ripple-postgres", "postgres-raw-insert"}
+var postgresSystemNames = []string{"ripple-postgres", "river-postgres", "watermill-sql-postgres", "postgres-raw-insert", "postgres-copy-100"}
 
 // PostgresURLFromEnv returns the PostgreSQL URL set in
 // RIPPLE_BENCH_POSTGRES_URL or, failing that, RIPPLE_TEST_POSTGRES_URL, or "".
@@ -41,7 +41,7 @@ func PostgresSystems(url string) []System {
 	rp.Group = "postgres"
 	raw := RawPostgres(url)
 	raw.Group = "postgres"
-	return []System{rp, raw}
+	return []System{rp, RiverPostgres(url), WatermillSQLPostgres(url), raw, CopyPostgres(url)}
 }
 
 func newSchema() string {

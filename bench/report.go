@@ -210,7 +210,7 @@ func Check(results []Result) []Verdict {
 			Pass:     m.P99 <= time.Millisecond && m.Note == "",
 		})
 	}
-	return append(append(out, checkNATS(find)...), checkAMQP(find)...)
+	return append(append(append(out, checkNATS(find)...), checkAMQP(find)...), checkPostgres(find)...)
 }
 
 // checkAMQP evaluates the RabbitMQ targets for ripple-amqp (quorum handler
@@ -301,6 +301,44 @@ func checkNATS(find func(string, Scenario) (Measurement, bool)) []Verdict {
 			Target:   "NATS: five handlers cost ≤ 2× one handler (ripple-nats)",
 			Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(five.PerSec), cost),
 			Pass:     cost <= 2,
+		})
+	}
+	return out
+}
+
+// checkPostgres evaluates the PostgreSQL targets of ripple-postgres against
+// the raw single-row INSERT and COPY-100 ceilings and against River and
+// Watermill SQL on the same server. The PublishTx and relay targets are
+// in CheckPostgresExtras.
+func checkPostgres(find func(string, Scenario) (Measurement, bool)) []Verdict {
+	var out []Verdict
+	ratio := func(target, aName string, aSc Scenario, bName string, bSc Scenario, min float64) {
+		a, ok1 := find(aName, aSc)
+		b, ok2 := find(bName, bSc)
+		if !ok1 || !ok2 || b.PerSec == 0 {
+			return
+		}
+		r := a.PerSec / b.PerSec
+		out = append(out, Verdict{
+			Target:   target,
+			Measured: fmt.Sprintf("%s %s / %s %s = %s / %s = %.2f×", aName, aSc, bName, bSc, count(a.PerSec), count(b.PerSec), r),
+			Pass:     r >= min,
+		})
+	}
+	ratio("Postgres: one awaiting publisher ≥ 0.8× the raw single-row INSERT commit loop",
+		"ripple-postgres", Pub1, "postgres-raw-insert", Pub1, 0.8)
+	ratio("Postgres: 16 publishers ≥ 0.5× COPY-100",
+		"ripple-postgres", Pub16, "postgres-copy-100", Pub16, 0.5)
+	for _, peer := range []string{"river-postgres", "watermill-sql-postgres"} {
+		for _, sc := range []Scenario{E2E1, E2E16} {
+			ratio(fmt.Sprintf("Postgres: end-to-end (%s) ≥ 10× %s", sc, peer), "ripple-postgres", sc, peer, sc, 10)
+		}
+	}
+	if m, ok := find("ripple-postgres", Latency); ok {
+		out = append(out, Verdict{
+			Target:   "Postgres: p99 publish→handler ≤ 5 ms at the paced rate (ripple-postgres)",
+			Measured: fmt.Sprintf("p50 %s ms, p99 %s ms", ms(m.P50), ms(m.P99)),
+			Pass:     m.P99 <= 5*time.Millisecond && m.Note == "",
 		})
 	}
 	return out

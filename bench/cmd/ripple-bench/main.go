@@ -60,6 +60,9 @@ func run() error {
 		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 		quiet      = flag.Bool("q", false, "do not print progress lines")
 		redisMem   = flag.Bool("redis-memory", true, "when ripple-redis runs, measure its Redis memory per event after the scenarios")
+		pgExtras   = flag.Bool("postgres-extras", true, "when ripple-postgres runs, also measure what PublishTx adds to a one-row transaction and, with -redis, the outbox relay rate to Redis")
+		txN        = flag.Int("tx-n", 2000, "transactions of each kind in the PublishTx overhead measurement")
+		relayN     = flag.Int("relay-n", 50_000, "events the outbox relay measurement moves")
 	)
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -116,6 +119,20 @@ func run() error {
 		}
 	}
 
+	var pgx *bench.PostgresExtras
+	if *pgExtras && slices.ContainsFunc(sys, func(s bench.System) bool { return s.Name == "ripple-postgres" }) {
+		x := bench.PostgresExtras{}
+		x.Tx, x.TxErr = bench.MeasureTxOverhead(ctx, *pgURL, *txN)
+		if *redisURL != "" {
+			x.RelayRan = true
+			x.Relay, x.RelayErr = bench.MeasureOutboxRelay(ctx, *pgURL, *redisURL, *relayN)
+		}
+		pgx = &x
+		if !*quiet {
+			bench.WritePostgresExtras(os.Stderr, x)
+		}
+	}
+
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
 	fmt.Fprintf(w, "Machine: %s, %d CPUs (GOMAXPROCS %d), %s, %s/%s\n\n",
@@ -137,7 +154,16 @@ func run() error {
 			bench.WriteRedisMemory(w, *mem)
 		}
 	}
-	if vs := bench.Check(results); len(vs) > 0 {
+	if pgx != nil {
+		fmt.Fprintln(w, "\nPostgreSQL transactions and outbox:")
+		fmt.Fprintln(w)
+		bench.WritePostgresExtras(w, *pgx)
+	}
+	vs := bench.Check(results)
+	if pgx != nil {
+		vs = append(vs, bench.CheckPostgresExtras(*pgx)...)
+	}
+	if len(vs) > 0 {
 		fmt.Fprintln(w)
 		bench.WriteVerdicts(w, vs)
 	}
