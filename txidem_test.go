@@ -348,6 +348,7 @@ func TestCompleteTxConcurrent(t *testing.T) {
 				close(second)
 			}
 		}
+		var sawLock atomic.Bool
 		h.beforeCommit = func(int32) error {
 			// Hold the transaction open until the other attempt is
 			// waiting on it (postgres: blocked on the claim's row; sqlite:
@@ -358,6 +359,7 @@ func TestCompleteTxConcurrent(t *testing.T) {
 					var n int
 					_ = st.pg.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%claims%'`).Scan(&n)
 					if n > 0 {
+						sawLock.Store(true)
 						break
 					}
 					time.Sleep(10 * time.Millisecond)
@@ -379,6 +381,9 @@ func TestCompleteTxConcurrent(t *testing.T) {
 		}
 		if a := h.already.Load(); a != 1 {
 			t.Fatalf("%d attempts found the event done; want 1", a)
+		}
+		if st.pg != nil && !sawLock.Load() {
+			t.Fatal("the second attempt never waited on the first one's claim")
 		}
 	})
 }
