@@ -38,14 +38,17 @@ var ErrAlreadyDone = transport.ErrAlreadyDone
 // error matching ErrInvalidOption.
 //
 // CompleteTx works whether or not the handler is registered with
-// Idempotent(), and both share one record per (handler, event source, event
-// id). Without Idempotent(), a redelivery runs the handler again, and its
-// CompleteTx returns ErrAlreadyDone. With Idempotent(), the bus consults
-// the record before running the handler and skips a delivery whose event
-// is done, and a concurrent delivery waits on the claim instead of
-// running beside the first; the handler still calls CompleteTx, which
-// turns the claim the bus took into the done mark inside tx. Done marks
-// are kept for the transport's dedup window, like Idempotent()'s claims.
+// Idempotent(); both use one record per (handler, event source, event id).
+// Without Idempotent(), the bus reads the record before running a
+// redelivery (an attempt after the first) and skips, completing it, a
+// delivery whose event is marked done; deliveries running at the same
+// time are left to CompleteTx, as above. With Idempotent(), the bus claims
+// the record before every attempt: a done event is skipped, and a
+// concurrent delivery waits for the claim instead of running beside the
+// first; the handler still calls CompleteTx, which turns the bus's claim
+// into the done mark inside tx. A done mark is kept for the dedup window
+// (DedupWindow), like Idempotent()'s claims; a redelivery after that runs
+// the handler again.
 func (b *Bus) CompleteTx(ctx context.Context, tx any) error {
 	if ctx == nil {
 		return invalidOption("CompleteTx: ctx is nil; pass the handler's ctx")

@@ -15,8 +15,9 @@ import (
 // A handler that writes to its own database, publishes a follow-up event
 // and marks the event done in one transaction has exactly-once effects:
 // a redelivery (here the first attempt fails after its commit, as a crash
-// before the bus acknowledged it would) finds the event done and rolls
-// back.
+// before the bus acknowledged it would) finds the event done and is
+// skipped; a duplicate delivery already running gets ErrAlreadyDone from
+// CompleteTx and rolls back.
 func ExampleBus_CompleteTx() {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "ripple-example")
@@ -87,6 +88,5 @@ func ExampleBus_CompleteTx() {
 	fmt.Println("charges:", n)
 	// Output:
 	// charged o-1
-	// o-1 already done: rolled back
 	// charges: 1
 }

@@ -469,9 +469,12 @@ var (
 // first's row (or write lock) and then reports ErrAlreadyDone, or fails.
 // key is IdentityKey(source, id). A claim taken with Claimer.Claim and
 // not yet done is marked done by CompleteTx; Finish(false) leaves a done
-// claim alone.
+// claim alone. Done reports, outside any transaction, whether the claim
+// of (handler, key) is done; the core asks it before running a
+// redelivered event.
 type TxClaimer interface {
 	CompleteTx(ctx context.Context, tx any, handler, key string) error
+	Done(ctx context.Context, handler, key string) (bool, error)
 }
 
 // ErrAlreadyDone is wrapped by TxClaimer.CompleteTx when the claim is

@@ -62,3 +62,16 @@ func (d *driver) CompleteTx(ctx context.Context, tx any, handler, key string) er
 	}
 	return nil
 }
+
+// Done implements transport.TxClaimer.
+func (d *driver) Done(ctx context.Context, handler, key string) (bool, error) {
+	if err := d.checkOpen(); err != nil {
+		return false, err
+	}
+	var done bool
+	err := d.pool.QueryRow(ctx, d.q(`SELECT done FROM @.claims WHERE handler = $1 AND event_id = $2`), handler, key).Scan(&done)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return done, d.wrap(err)
+}

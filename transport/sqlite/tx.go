@@ -419,3 +419,16 @@ func (d *driver) CompleteTx(ctx context.Context, tx any, handler, key string) er
 	}
 	return nil
 }
+
+// Done implements transport.TxClaimer.
+func (d *driver) Done(ctx context.Context, handler, key string) (bool, error) {
+	var done bool
+	err := d.exec(ctx, func(w *writer) error {
+		err := w.st.claimState.QueryRowContext(context.Background(), handler, key).Scan(&done)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		return err
+	}, returnOnCancel)
+	return done, err
+}
