@@ -34,6 +34,10 @@ type runner struct {
 	limiter *slidingWindow
 	shared  transport.RateLimiter
 	claimer transport.Claimer
+	// marks, for a handler without Idempotent(), is consulted before a
+	// redelivery runs: a handler that marked the event done with
+	// CompleteTx is not run again.
+	marks transport.TxClaimer
 
 	sub transport.Subscription
 	// values is the ctx the bus was started with, whose values handler
@@ -87,6 +91,9 @@ func newRunner(b *Bus, pattern, name string, fn HandlerFunc, cfg handlerConfig) 
 	}
 	if cfg.idempotent {
 		r.claimer, _ = b.driver.(transport.Claimer)
+	}
+	if r.claimer == nil {
+		r.marks, _ = b.driver.(transport.TxClaimer)
 	}
 	return r
 }
@@ -465,6 +472,13 @@ func (r *runner) handle(d *transport.Delivery) {
 			r.free()
 			return
 		}
+	} else if r.marks != nil && d.Attempt > 1 && r.markedDone(ev) {
+		// A redelivery of an event the handler marked done with
+		// CompleteTx: its transaction committed, and the process
+		// crashed or the attempt failed after that.
+		r.settle(d, transport.Settlement{Outcome: transport.Complete})
+		r.free()
+		return
 	}
 
 	if d.Attempt > r.cfg.maxAttempts+1 {
@@ -542,6 +556,18 @@ func (r *runner) claim(ev *Event) (s transport.Settlement, skip bool) {
 		return transport.Settlement{Outcome: transport.Release, Delay: min(r.cfg.timeout, time.Second)}, true
 	}
 	return s, false
+}
+
+// markedDone reports whether the handler marked ev done with CompleteTx.
+// When that cannot be learnt the handler runs: its CompleteTx still
+// refuses a second commit.
+func (r *runner) markedDone(ev *Event) bool {
+	done, err := r.marks.Done(r.runCtx, r.name, transport.IdentityKey(ev.Source, ev.ID))
+	if err != nil {
+		r.bus.log.Warn("ripple: could not read the event's done mark; running the handler", "handler", r.name, "event", ev.ID, "err", err)
+		return false
+	}
+	return done
 }
 
 // claimMargin is how long before its claim expires an abandoned attempt

@@ -457,3 +457,26 @@ var (
 	// malformed database file). The error says what to do.
 	ErrCorrupt = errors.New("store damaged")
 )
+
+// TxClaimer is implemented by drivers that can mark an idempotency claim
+// done inside a transaction of the application's own database (the same
+// transactions their TxPublisher takes): the mark commits with the
+// handler's writes and its follow-up events, or not at all. CompleteTx
+// writes the claim of (handler, key) as done in tx; when it is already
+// done (committed by an earlier or a concurrent transaction) it stores
+// nothing and returns an error wrapping ErrAlreadyDone. Two transactions
+// marking the same claim must not both commit: the second waits on the
+// first's row (or write lock) and then reports ErrAlreadyDone, or fails.
+// key is IdentityKey(source, id). A claim taken with Claimer.Claim and
+// not yet done is marked done by CompleteTx; Finish(false) leaves a done
+// claim alone. Done reports, outside any transaction, whether the claim
+// of (handler, key) is done; the core asks it before running a
+// redelivered event.
+type TxClaimer interface {
+	CompleteTx(ctx context.Context, tx any, handler, key string) error
+	Done(ctx context.Context, handler, key string) (bool, error)
+}
+
+// ErrAlreadyDone is wrapped by TxClaimer.CompleteTx when the claim is
+// already done.
+var ErrAlreadyDone = errors.New("already done")

@@ -102,6 +102,15 @@
 // on another database (or one without this schema), an already finished
 // transaction, or another kind of value is refused with an error saying so.
 //
+// A handler can mark its event done in the same kind of transaction
+// (ripple.Bus.CompleteTx, transport.TxClaimer): an upsert of its row in the
+// claims table, the one Idempotent() uses, so the mark commits with the
+// handler's writes and events or not at all. A second delivery's upsert
+// waits on the first transaction's row; once that commits it finds the
+// mark and gets transport.ErrAlreadyDone (at REPEATABLE READ or
+// SERIALIZABLE, a serialization failure). Done marks are pruned after the
+// dedup window.
+//
 // # Retention and vacuum
 //
 // A pruner in every process (one at a time, on a try-lock) deletes, every

@@ -114,6 +114,7 @@ var (
 	_ transport.RateLimiter     = (*driver)(nil)
 	_ transport.Pauser          = (*driver)(nil)
 	_ transport.TxPublisher     = (*driver)(nil)
+	_ transport.TxClaimer       = (*driver)(nil)
 )
 
 // Open connects to the database named by url, creates or migrates Ripple's

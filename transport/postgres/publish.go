@@ -434,47 +434,47 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 	default:
 		return fmt.Errorf("postgres transport: PublishTx: tx is a %T; the postgres transport takes a pgx.Tx (pgx/v5, pgxpool) or a *sql.Tx opened with the pgx stdlib driver (database/sql, driver name \"pgx\")", tx)
 	}
-	if err := d.checkTx(ctx, q); err != nil {
+	if err := d.checkTx(ctx, q, "PublishTx"); err != nil {
 		return err
 	}
 	if err := d.storeOnce(ctx, q, msgs, false); err != nil {
-		return d.txErr(err)
+		return d.txErr(err, "PublishTx")
 	}
 	return nil
 }
 
 // checkTx refuses a transaction that is closed or belongs to another
 // database, or one whose database lacks this driver's schema.
-func (d *driver) checkTx(ctx context.Context, q querier) error {
+func (d *driver) checkTx(ctx context.Context, q querier, op string) error {
 	rows, err := q.Query(ctx, `SELECT current_database(), to_regclass($1) IS NOT NULL`, d.qschema+".events")
 	if err != nil {
-		return d.txErr(err)
+		return d.txErr(err, op)
 	}
 	var db string
 	var has bool
 	for rows.Next() {
 		if err := rows.Scan(&db, &has); err != nil {
 			rows.Close()
-			return d.txErr(err)
+			return d.txErr(err, op)
 		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return d.txErr(err)
+		return d.txErr(err, op)
 	}
 	if db != d.dbName || !has {
-		return fmt.Errorf("postgres transport: PublishTx: the transaction is on database %q, which has no Ripple schema %q; the bus uses database %q: begin the transaction on the bus's database (the pool or *sql.DB of the same URL)", db, d.schema, d.dbName)
+		return fmt.Errorf("postgres transport: %s: the transaction is on database %q, which has no Ripple schema %q; the bus uses database %q: begin the transaction on the bus's database (the pool or *sql.DB of the same URL)", op, db, d.schema, d.dbName)
 	}
 	return nil
 }
 
-func (d *driver) txErr(err error) error {
+func (d *driver) txErr(err error, op string) error {
 	if errors.Is(err, pgx.ErrTxClosed) || errors.Is(err, sql.ErrTxDone) {
-		return fmt.Errorf("postgres transport: PublishTx: the transaction is already committed or rolled back (%v); publish inside an open transaction, before Commit", err)
+		return fmt.Errorf("postgres transport: %s: the transaction is already committed or rolled back (%v); call %s inside an open transaction, before Commit", op, err, op)
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == "25P02" {
-		return fmt.Errorf("postgres transport: PublishTx: the transaction has failed and is being rolled back (%v); nothing can be written in it", err)
+		return fmt.Errorf("postgres transport: %s: the transaction has failed and is being rolled back (%v); nothing can be written in it", op, err)
 	}
 	return d.wrap(err)
 }

@@ -168,6 +168,14 @@
 // noticed within the poll interval (20ms). A duplicate identity already
 // stored is reported in Message.Duplicate as for Publish.
 //
+// A handler can also mark its event done in such a transaction
+// (ripple.Bus.CompleteTx, transport.TxClaimer): the mark is the handler's
+// row in the claims table, the one Idempotent() uses, written done by the
+// transaction, so it commits with the handler's writes and events or not
+// at all. The write lock the transaction holds from BEGIN serialises two
+// deliveries of one event: the second finds the mark and gets
+// transport.ErrAlreadyDone. Done marks are pruned after the dedup window.
+//
 // # Full disks and damaged files
 //
 // A write refused because the disk is full, and an Open on a full disk,

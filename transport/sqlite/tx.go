@@ -16,7 +16,10 @@ import (
 	msqlite "modernc.org/sqlite"
 )
 
-var _ transport.TxPublisher = (*driver)(nil)
+var (
+	_ transport.TxPublisher = (*driver)(nil)
+	_ transport.TxClaimer   = (*driver)(nil)
+)
 
 // appDriver opens the connections of the application's pool (DB). A
 // Driver of its own, so that nothing registered on the process-wide
@@ -230,7 +233,7 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 	if !ok || t == nil {
 		return fmt.Errorf("sqlite transport: PublishTx takes a *sql.Tx on the bus's database (begin it on sqlite.DB(bus)); got %T", tx)
 	}
-	if err := d.checkTxFile(ctx, t); err != nil {
+	if err := d.checkTxFile(ctx, t, "PublishTx"); err != nil {
 		return err
 	}
 	if len(msgs) == 0 {
@@ -238,7 +241,7 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 	}
 	subs, err := txSubs(ctx, t)
 	if err != nil {
-		return d.txErr(err)
+		return d.txErr(err, "PublishTx")
 	}
 	now := time.Now().UnixNano()
 	for _, m := range msgs {
@@ -252,19 +255,19 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 		res, err := t.ExecContext(ctx, insEventCols+insEventRow+insEventTail,
 			m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), now, encodeAttrs(m.Attrs), m.Data)
 		if err != nil {
-			return d.txErr(err)
+			return d.txErr(err, "PublishTx")
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			if m.Duplicate, err = loadStored(ctx, func(ctx context.Context, args ...any) *sql.Row {
 				return t.QueryRowContext(ctx, loadStoredSQL, args...)
 			}, m); err != nil {
-				return d.txErr(err)
+				return d.txErr(err, "PublishTx")
 			}
 			continue
 		}
 		seq, err := res.LastInsertId()
 		if err != nil {
-			return d.txErr(err)
+			return d.txErr(err, "PublishTx")
 		}
 		runAt, delayed := now, false
 		if m.Delay > 0 {
@@ -289,7 +292,7 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 				SELECT s.id, ?1, 0, ?2, ?3, CASE WHEN s.ordered THEN ?4 ELSE '' END, ?5
 				FROM subscriptions s WHERE s.id IN (SELECT value FROM json_each(?6))`,
 				seq, runAt, m.Priority, m.Key, delayed, string(ids)); err != nil {
-				return d.txErr(err)
+				return d.txErr(err, "PublishTx")
 			}
 		}
 	}
@@ -317,13 +320,13 @@ func txSubs(ctx context.Context, t *sql.Tx) ([]*subRow, error) {
 
 // checkTxFile refuses a transaction that is over, or on another database
 // than the bus's: its events would be stored where no handler looks.
-func (d *driver) checkTxFile(ctx context.Context, t *sql.Tx) error {
+func (d *driver) checkTxFile(ctx context.Context, t *sql.Tx, op string) error {
 	rows, err := t.QueryContext(ctx, `PRAGMA database_list`)
 	if err != nil {
 		if errors.Is(err, sql.ErrTxDone) {
-			return fmt.Errorf("sqlite transport: PublishTx: the transaction is already committed or rolled back (%w); call PublishTx before tx.Commit", err)
+			return fmt.Errorf("sqlite transport: %s: the transaction is already committed or rolled back (%w); call %s before tx.Commit", op, err, op)
 		}
-		return fmt.Errorf("sqlite transport: PublishTx: tx is not a transaction on a SQLite database (%v); begin it on sqlite.DB(bus)", err)
+		return fmt.Errorf("sqlite transport: %s: tx is not a transaction on a SQLite database (%v); begin it on sqlite.DB(bus)", op, err)
 	}
 	defer rows.Close()
 	var file string
@@ -332,20 +335,20 @@ func (d *driver) checkTxFile(ctx context.Context, t *sql.Tx) error {
 		var seq int
 		var name, f string
 		if err := rows.Scan(&seq, &name, &f); err != nil {
-			return d.txErr(err)
+			return d.txErr(err, "PublishTx")
 		}
 		if name == "main" {
 			file, found = f, true
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return d.txErr(err)
+		return d.txErr(err, "PublishTx")
 	}
 	if !found || file == "" {
-		return fmt.Errorf("sqlite transport: PublishTx: tx is on an in-memory or temporary database, not on the bus's file %s; begin it on sqlite.DB(bus)", d.path)
+		return fmt.Errorf("sqlite transport: %s: tx is on an in-memory or temporary database, not on the bus's file %s; begin it on sqlite.DB(bus)", op, d.path)
 	}
 	if !d.sameFile(file) {
-		return fmt.Errorf("sqlite transport: PublishTx: tx is on database %s, not on the bus's file %s; the event must be written by a transaction on the bus's database (begin it on sqlite.DB(bus))", file, d.path)
+		return fmt.Errorf("sqlite transport: %s: tx is on database %s, not on the bus's file %s; the event must be written by a transaction on the bus's database (begin it on sqlite.DB(bus))", op, file, d.path)
 	}
 	return nil
 }
@@ -365,14 +368,14 @@ func (d *driver) sameFile(file string) bool {
 	return os.SameFile(a, b)
 }
 
-func (d *driver) txErr(err error) error {
+func (d *driver) txErr(err error, op string) error {
 	if errors.Is(err, sql.ErrTxDone) {
-		return fmt.Errorf("sqlite transport: PublishTx: the transaction is already committed or rolled back (%w); call PublishTx before tx.Commit", err)
+		return fmt.Errorf("sqlite transport: %s: the transaction is already committed or rolled back (%w); call %s before tx.Commit", op, err, op)
 	}
 	if strings.Contains(err.Error(), "no such table") {
-		return fmt.Errorf("sqlite transport: PublishTx: %s has no Ripple tables (%v); begin tx on sqlite.DB(bus)", d.path, err)
+		return fmt.Errorf("sqlite transport: %s: %s has no Ripple tables (%v); begin tx on sqlite.DB(bus)", op, d.path, err)
 	}
-	return d.storageErr(fmt.Errorf("sqlite transport: PublishTx: %s: %w", d.path, err))
+	return d.storageErr(fmt.Errorf("sqlite transport: %s: %s: %w", op, d.path, err))
 }
 
 // nudgeWake asks the poller to look for a commit at once: an application
@@ -382,4 +385,50 @@ func (d *driver) nudgeWake() {
 	case d.nudge <- struct{}{}:
 	default:
 	}
+}
+
+// CompleteTx implements transport.TxClaimer: tx, a *sql.Tx on this bus's
+// database file (as for PublishTx), marks the idempotency claim of
+// (handler, key) done, so that the mark commits with the application's
+// writes and events or not at all. A claim already done stores nothing
+// and returns an error wrapping transport.ErrAlreadyDone. Transactions of
+// DB's pool begin IMMEDIATE, holding SQLite's write lock from BEGIN to
+// commit, so two transactions marking the same claim run one after the
+// other and the second finds the first's mark.
+func (d *driver) CompleteTx(ctx context.Context, tx any, handler, key string) error {
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
+	t, ok := tx.(*sql.Tx)
+	if !ok || t == nil {
+		return fmt.Errorf("sqlite transport: CompleteTx takes a *sql.Tx on the bus's database (begin it on sqlite.DB(bus)); got %T", tx)
+	}
+	if err := d.checkTxFile(ctx, t, "CompleteTx"); err != nil {
+		return err
+	}
+	res, err := t.ExecContext(ctx, `INSERT INTO claims (handler, event_id, done, expires_at, updated_at) VALUES (?1, ?2, 1, 0, ?3)
+		ON CONFLICT (handler, event_id) DO UPDATE SET done = 1, expires_at = 0, updated_at = excluded.updated_at
+		WHERE claims.done = 0`, handler, key, time.Now().UnixNano())
+	if err != nil {
+		return d.txErr(err, "CompleteTx")
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return d.txErr(err, "CompleteTx")
+	} else if n == 0 {
+		return fmt.Errorf("sqlite transport: CompleteTx: handler %q has already done event %q: %w", handler, key, transport.ErrAlreadyDone)
+	}
+	return nil
+}
+
+// Done implements transport.TxClaimer.
+func (d *driver) Done(ctx context.Context, handler, key string) (bool, error) {
+	var done bool
+	err := d.exec(ctx, func(w *writer) error {
+		err := w.st.claimState.QueryRowContext(context.Background(), handler, key).Scan(&done)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		return err
+	}, returnOnCancel)
+	return done, err
 }
