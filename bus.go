@@ -256,8 +256,8 @@ func (b *Bus) TransportName() string { return b.driver.Name() }
 // and reports whether it did. It is the escape hatch to transport-specific
 // features.
 func (b *Bus) As(target any) bool {
-	if a, ok := b.driver.(interface{ As(any) bool }); ok {
-		return a.As(target)
+	if a, ok := b.driver.(interface{ As(any) bool }); ok && a.As(target) {
+		return true
 	}
 	if p, ok := target.(*transport.Driver); ok {
 		*p = b.driver

@@ -31,7 +31,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/ripplehq/ripple"
+	"github.com/ripplehq/ripple/transport/postgres"
 	"github.com/ripplehq/ripple/transport/sqlite"
 )
 
@@ -198,16 +200,19 @@ func (e *StripeError) Error() string {
 // with handlers registered on a bus. It is safe for concurrent use.
 //
 // On a sqlite:// bus the user table lives in the bus's own database file,
-// and Signup writes the user row and its event in one transaction
-// (PublishTx): both are stored or neither is, whatever crashes. On other
-// transports the users are kept in memory and the write and the publish
-// are two steps.
+// and on a postgres:// bus in the same database (table signup_users on the
+// connection's search path); there Signup writes the user row and its
+// event in one transaction (PublishTx): both are stored or neither is,
+// whatever crashes. On other transports the users are kept in memory and
+// the write and the publish are two steps.
 type App struct {
 	bus  *ripple.Bus
 	cfg  Config
 	seed uint64
-	// db is the bus's database on sqlite://, nil elsewhere.
+	// db is the bus's database on sqlite:// and postgres://, nil elsewhere.
 	db *sql.DB
+	// insertSQL inserts a user row in db's dialect.
+	insertSQL string
 
 	mu      sync.Mutex
 	users   map[string]User            // by email
@@ -236,15 +241,24 @@ func New(bus *ripple.Bus, cfg Config) (*App, error) {
 		byID:    make(map[string]User),
 		effects: make(map[string]map[string]bool),
 	}
-	if bus.TransportName() == "sqlite" {
+	switch bus.TransportName() {
+	case "sqlite":
 		db, err := sqlite.DB(bus)
 		if err != nil {
 			return nil, fmt.Errorf("signupapp: %w", err)
 		}
-		if _, err := db.ExecContext(context.Background(), usersDDL); err != nil {
+		a.db, a.insertSQL = db, insertUserSQLite
+	case "postgres":
+		pool, err := postgres.Pool(bus)
+		if err != nil {
+			return nil, fmt.Errorf("signupapp: %w", err)
+		}
+		a.db, a.insertSQL = stdlib.OpenDBFromPool(pool), insertUserPostgres
+	}
+	if a.db != nil {
+		if _, err := a.db.ExecContext(context.Background(), usersDDL); err != nil {
 			return nil, fmt.Errorf("signupapp: creating the user table: %w", err)
 		}
-		a.db = db
 	}
 	retryMin := max(cfg.Timings.RetryMin, time.Millisecond)
 	retryMax := max(cfg.Timings.RetryMax, retryMin)
@@ -278,18 +292,25 @@ func (a *App) Config() Config { return a.cfg }
 // Seed returns the seed of the simulated Stripe failures.
 func (a *App) Seed() uint64 { return a.seed }
 
-// usersDDL is the user table in the bus's database (sqlite:// only).
+// usersDDL is the user table in the bus's database (sqlite:// and
+// postgres://).
 const usersDDL = `CREATE TABLE IF NOT EXISTS signup_users (
 	id TEXT PRIMARY KEY,
 	email TEXT NOT NULL UNIQUE,
-	created_at INTEGER NOT NULL)`
+	created_at BIGINT NOT NULL)`
+
+// The user insert in each database's placeholder style.
+const (
+	insertUserSQLite   = `INSERT INTO signup_users (id, email, created_at) VALUES (?, ?, ?)`
+	insertUserPostgres = `INSERT INTO signup_users (id, email, created_at) VALUES ($1, $2, $3)`
+)
 
 // Signup is the event-driven signup: it writes the user, publishes
 // user.signup.completed keyed by the user id, and returns. The handlers do
 // the rest in the background.
 //
-// On sqlite:// the user row and the event are written by one transaction
-// (bus.PublishTx), so a crash can never leave a user without its event or
+// On sqlite:// and postgres:// the user row and the event are written by
+// one transaction (bus.PublishTx), so a crash can never leave a user without its event or
 // an event without its user. On other transports they are two steps, as
 // in the article, and a crash between them would lose the event.
 func (a *App) Signup(ctx context.Context, email string) (User, ripple.Event, error) {
@@ -319,7 +340,7 @@ func (a *App) signupTx(ctx context.Context, email string) (User, ripple.Event, e
 		return User{}, ripple.Event{}, err
 	}
 	defer tx.Rollback() // a no-op once committed
-	if err := insertUser(ctx, tx, u); err != nil {
+	if err := a.insertUser(ctx, tx, u); err != nil {
 		return User{}, ripple.Event{}, err
 	}
 	ev, err := a.bus.PublishTx(ctx, tx, EventSignupCompleted, Signup{UserID: u.ID, Email: u.Email}, ripple.WithKey(u.ID))
@@ -333,9 +354,10 @@ func (a *App) signupTx(ctx context.Context, email string) (User, ripple.Event, e
 	return u, ev, nil
 }
 
-func insertUser(ctx context.Context, tx *sql.Tx, u User) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO signup_users (id, email, created_at) VALUES (?, ?, ?)`, u.ID, u.Email, u.CreatedAt.UnixNano())
-	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+func (a *App) insertUser(ctx context.Context, tx *sql.Tx, u User) error {
+	_, err := tx.ExecContext(ctx, a.insertSQL, u.ID, u.Email, u.CreatedAt.UnixNano())
+	// SQLite says UNIQUE, PostgreSQL SQLSTATE 23505 (unique_violation).
+	if err != nil && (strings.Contains(err.Error(), "UNIQUE") || strings.Contains(err.Error(), "23505")) {
 		return fmt.Errorf("%w: %s", ErrEmailTaken, u.Email)
 	}
 	return err
@@ -372,8 +394,8 @@ func (a *App) newUser(ctx context.Context, email string) (User, error) {
 	return User{ID: uuid.NewString(), Email: email, CreatedAt: time.Now().UTC()}, nil
 }
 
-// createUser stores a new user: in the bus's database on sqlite://, in
-// memory elsewhere.
+// createUser stores a new user: in the bus's database on sqlite:// and
+// postgres://, in memory elsewhere.
 func (a *App) createUser(ctx context.Context, email string) (User, error) {
 	u, err := a.newUser(ctx, email)
 	if err != nil {
@@ -385,7 +407,7 @@ func (a *App) createUser(ctx context.Context, email string) (User, error) {
 			return User{}, err
 		}
 		defer tx.Rollback()
-		if err := insertUser(ctx, tx, u); err != nil {
+		if err := a.insertUser(ctx, tx, u); err != nil {
 			return User{}, err
 		}
 		if err := tx.Commit(); err != nil {
