@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -242,13 +241,9 @@ func (c *cli) runDemo(cmd *cobra.Command, f *demoFlags) error {
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: f.clients}}
 	defer client.CloseIdleConnections()
-	// The users of each run have addresses of their own, so a demo run
-	// again on a database that keeps its users (postgres://, a sqlite file
-	// given with --url) does not find their emails taken.
-	run := strconv.FormatInt(time.Now().UnixNano()%(1<<40), 36)
 	load := func(path, prefix string) (signupapp.LoadResult, error) {
 		return signupapp.Load{Client: client, BaseURL: baseURL, Path: path, Signups: f.signups,
-			Clients: f.clients, EmailPrefix: prefix + "-" + run}.Run(ctx)
+			Clients: f.clients, EmailPrefix: prefix}.Run(ctx)
 	}
 	fmt.Fprintf(out, "Sending %d synchronous signups (POST /signup-sync)...\n", f.signups)
 	syncRes, err := load("/signup-sync", "sync")

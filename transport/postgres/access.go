@@ -19,11 +19,28 @@ func Pool(bus interface{ As(any) bool }) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
+// Schema returns the PostgreSQL schema that holds the Ripple tables of a
+// bus opened on a postgres:// URL (the URL's schema parameter, "ripple"
+// by default).
+func Schema(bus interface{ As(any) bool }) (string, error) {
+	var s busSchema
+	if bus == nil || !bus.As(&s) {
+		return "", errors.New("postgres transport: Schema: the bus does not use the postgres transport; open it with a postgres:// URL")
+	}
+	return string(s), nil
+}
+
+type busSchema string
+
 // As gives bus.As access to the driver's connection pool (target
 // **pgxpool.Pool).
 func (d *driver) As(target any) bool {
-	if p, ok := target.(**pgxpool.Pool); ok {
-		*p = d.pool
+	switch t := target.(type) {
+	case **pgxpool.Pool:
+		*t = d.pool
+		return true
+	case *busSchema:
+		*t = busSchema(d.schema)
 		return true
 	}
 	return false

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/ripplehq/ripple"
 	"github.com/ripplehq/ripple/transport/postgres"
@@ -200,10 +201,10 @@ func (e *StripeError) Error() string {
 // with handlers registered on a bus. It is safe for concurrent use.
 //
 // On a sqlite:// bus the user table lives in the bus's own database file,
-// and on a postgres:// bus in the same database (table signup_users on the
-// connection's search path); there Signup writes the user row and its
-// event in one transaction (PublishTx): both are stored or neither is,
-// whatever crashes. On other transports the users are kept in memory and
+// and on a postgres:// bus beside Ripple's tables in the bus's schema (so
+// a fresh schema is a fresh app, as a fresh file is); there Signup writes
+// the user row and its event in one transaction (PublishTx): both are
+// stored or neither is, whatever crashes. On other transports the users are kept in memory and
 // the write and the publish are two steps.
 type App struct {
 	bus  *ripple.Bus
@@ -211,8 +212,9 @@ type App struct {
 	seed uint64
 	// db is the bus's database on sqlite:// and postgres://, nil elsewhere.
 	db *sql.DB
-	// insertSQL inserts a user row in db's dialect.
-	insertSQL string
+	// usersTable is the user table's name in db, and insertSQL inserts
+	// a row into it in db's dialect.
+	usersTable, insertSQL string
 
 	mu      sync.Mutex
 	users   map[string]User            // by email
@@ -247,16 +249,22 @@ func New(bus *ripple.Bus, cfg Config) (*App, error) {
 		if err != nil {
 			return nil, fmt.Errorf("signupapp: %w", err)
 		}
-		a.db, a.insertSQL = db, insertUserSQLite
+		a.db, a.usersTable = db, "signup_users"
+		a.insertSQL = fmt.Sprintf(insertUserSQLite, a.usersTable)
 	case "postgres":
 		pool, err := postgres.Pool(bus)
 		if err != nil {
 			return nil, fmt.Errorf("signupapp: %w", err)
 		}
-		a.db, a.insertSQL = stdlib.OpenDBFromPool(pool), insertUserPostgres
+		schema, err := postgres.Schema(bus)
+		if err != nil {
+			return nil, fmt.Errorf("signupapp: %w", err)
+		}
+		a.db, a.usersTable = stdlib.OpenDBFromPool(pool), pgx.Identifier{schema, "signup_users"}.Sanitize()
+		a.insertSQL = fmt.Sprintf(insertUserPostgres, a.usersTable)
 	}
 	if a.db != nil {
-		if _, err := a.db.ExecContext(context.Background(), usersDDL); err != nil {
+		if _, err := a.db.ExecContext(context.Background(), fmt.Sprintf(usersDDL, a.usersTable)); err != nil {
 			return nil, fmt.Errorf("signupapp: creating the user table: %w", err)
 		}
 	}
@@ -294,15 +302,15 @@ func (a *App) Seed() uint64 { return a.seed }
 
 // usersDDL is the user table in the bus's database (sqlite:// and
 // postgres://).
-const usersDDL = `CREATE TABLE IF NOT EXISTS signup_users (
+const usersDDL = `CREATE TABLE IF NOT EXISTS %s (
 	id TEXT PRIMARY KEY,
 	email TEXT NOT NULL UNIQUE,
 	created_at BIGINT NOT NULL)`
 
 // The user insert in each database's placeholder style.
 const (
-	insertUserSQLite   = `INSERT INTO signup_users (id, email, created_at) VALUES (?, ?, ?)`
-	insertUserPostgres = `INSERT INTO signup_users (id, email, created_at) VALUES ($1, $2, $3)`
+	insertUserSQLite   = `INSERT INTO %s (id, email, created_at) VALUES (?, ?, ?)`
+	insertUserPostgres = `INSERT INTO %s (id, email, created_at) VALUES ($1, $2, $3)`
 )
 
 // Signup is the event-driven signup: it writes the user, publishes

@@ -73,7 +73,7 @@ func TestSignupOnPostgresUsesOneTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := count(`SELECT count(*) FROM signup_users WHERE email = $1`, email); n != 1 {
+	if n := count(`SELECT count(*) FROM `+schema+`.signup_users WHERE email = $1`, email); n != 1 {
 		t.Fatalf("user rows %d, want 1", n)
 	}
 	events := `SELECT count(*) FROM ` + schema + `.events`
