@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ripplehq/ripple/internal/wake"
 	"github.com/ripplehq/ripple/transport"
 )
 
@@ -97,8 +98,10 @@ type driver struct {
 	closing chan struct{}
 	bg      sync.WaitGroup
 
-	nmu       sync.Mutex
-	notifiers map[int64]*notifier
+	// wake wakes this process's receivers of a subscription.
+	wake wake.Set
+
+	nmu       sync.Mutex     // guards receivers
 	receivers map[string]int // ephemeral subscriptions: receivers open in this process
 
 	sqlCache sync.Map // template → SQL with the schema filled in
@@ -151,7 +154,6 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		log:       log,
 		pub:       make(chan *pubOp, maxBatch),
 		closing:   make(chan struct{}),
-		notifiers: map[int64]*notifier{},
 		receivers: map[string]int{},
 	}
 	d.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
@@ -251,73 +253,16 @@ func (d *driver) wrap(err error) error {
 	return fmt.Errorf("postgres transport: %w", err)
 }
 
-// notifier wakes the receivers of one subscription in this process.
-type notifier struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func (n *notifier) wait() <-chan struct{} {
-	n.mu.Lock()
-	if n.ch == nil {
-		n.ch = make(chan struct{})
-	}
-	ch := n.ch
-	n.mu.Unlock()
-	return ch
-}
-
-func (n *notifier) signal() {
-	n.mu.Lock()
-	if n.ch != nil {
-		close(n.ch)
-		n.ch = nil
-	}
-	n.mu.Unlock()
-}
-
-func (d *driver) notifierFor(subID int64) *notifier {
-	d.nmu.Lock()
-	defer d.nmu.Unlock()
-	n := d.notifiers[subID]
-	if n == nil {
-		n = &notifier{}
-		d.notifiers[subID] = n
-	}
-	return n
-}
-
-func (d *driver) signal(subID int64) {
-	d.nmu.Lock()
-	n := d.notifiers[subID]
-	d.nmu.Unlock()
-	if n != nil {
-		n.signal()
-	}
-}
-
-func (d *driver) signalAll() {
-	d.nmu.Lock()
-	ns := make([]*notifier, 0, len(d.notifiers))
-	for _, n := range d.notifiers {
-		ns = append(ns, n)
-	}
-	d.nmu.Unlock()
-	for _, n := range ns {
-		n.signal()
-	}
-}
-
 // signalPayload wakes the subscriptions named in a notification payload:
 // comma-separated ids, or "*" for all.
 func (d *driver) signalPayload(p string) {
 	if p == "*" || p == "" {
-		d.signalAll()
+		d.wake.FireAll()
 		return
 	}
 	for _, s := range strings.Split(p, ",") {
 		if id, err := strconv.ParseInt(s, 10, 64); err == nil {
-			d.signal(id)
+			d.wake.Fire(id)
 		}
 	}
 }
@@ -380,7 +325,7 @@ func (d *driver) listen(c *pgx.Conn) {
 				continue
 			}
 			backoff = 50 * time.Millisecond
-			d.signalAll()
+			d.wake.FireAll()
 		}
 		n, err := c.WaitForNotification(ctx)
 		if err != nil {
@@ -400,7 +345,7 @@ func (d *driver) listen(c *pgx.Conn) {
 // process, and wakes this process's receivers at once.
 func (d *driver) notify(ctx context.Context, ids ...int64) {
 	for _, id := range ids {
-		d.signal(id)
+		d.wake.Fire(id)
 	}
 	if len(ids) == 0 {
 		return

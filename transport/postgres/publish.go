@@ -338,7 +338,7 @@ func (d *driver) storeOnce(ctx context.Context, q querier, msgs []*transport.Mes
 		return err
 	}
 	if notified && local {
-		d.signalAll()
+		d.wake.FireAll()
 	}
 	var dupSources, dupIDs []string
 	for i, m := range msgs {

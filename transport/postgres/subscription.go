@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/ripplehq/ripple/internal/wake"
 	"github.com/ripplehq/ripple/transport"
 )
 
@@ -91,7 +92,7 @@ func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		d.receivers[spec.Name]++
 		d.nmu.Unlock()
 	}
-	return &subscription{d: d, id: id, spec: spec, n: d.notifierFor(id), closed: make(chan struct{})}, nil
+	return &subscription{d: d, id: id, spec: spec, n: d.wake.For(id), closed: make(chan struct{})}, nil
 }
 
 // subscription implements transport.Subscription.
@@ -99,7 +100,7 @@ type subscription struct {
 	d    *driver
 	id   int64
 	spec transport.SubscriptionSpec
-	n    *notifier
+	n    *wake.Signal
 
 	once   sync.Once
 	closed chan struct{}
@@ -139,7 +140,7 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		wake := s.n.wait()
+		wake := s.n.Wait()
 		out, wait, err := s.lease(ctx, max)
 		if len(out) > 0 && (ctx.Err() != nil || s.check() != nil) {
 			// The caller left while the lease was being taken: hand the
@@ -333,7 +334,7 @@ func (s *subscription) settle(ctx context.Context, ss []transport.Settlement) er
 		return s.d.wrap(err)
 	}
 	if wake {
-		s.d.signal(s.id)
+		s.d.wake.Fire(s.id)
 	}
 	return nil
 }
@@ -385,7 +386,7 @@ func (s *subscription) Extend(ctx context.Context, ds []*transport.Delivery, lea
 func (s *subscription) Close() error {
 	first := false
 	s.once.Do(func() { close(s.closed); first = true })
-	s.n.signal()
+	s.n.Fire()
 	if !first || !s.spec.Ephemeral {
 		return nil
 	}

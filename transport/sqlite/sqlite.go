@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ripplehq/ripple/internal/wake"
 	"github.com/ripplehq/ripple/transport"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
@@ -107,8 +108,10 @@ type driver struct {
 	closing chan struct{}
 	bg      sync.WaitGroup
 
-	nmu       sync.Mutex
-	notifiers map[int64]*notifier
+	// wake wakes this process's receivers of a subscription.
+	wake wake.Set
+
+	nmu sync.Mutex
 	// ephemeral counts this process's open receivers of each ephemeral
 	// subscription, by id (guarded by nmu).
 	ephemeral map[int64]int
@@ -140,12 +143,11 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		return nil, err
 	}
 	d := &driver{
-		path:      o.path,
-		ret:       cfg.Retention.Resolve(),
-		logger:    cfg.Logger,
-		closing:   make(chan struct{}),
-		notifiers: map[int64]*notifier{},
-		nudge:     make(chan struct{}, 1),
+		path:    o.path,
+		ret:     cfg.Retention.Resolve(),
+		logger:  cfg.Logger,
+		closing: make(chan struct{}),
+		nudge:   make(chan struct{}, 1),
 	}
 	if d.logger == nil {
 		d.logger = slog.Default()
@@ -344,63 +346,6 @@ func (d *driver) execOpRaw(ctx context.Context, o *op, f execFlags) error {
 	return o.err
 }
 
-// notifier wakes the receivers of one subscription in this process.
-type notifier struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func (n *notifier) wait() <-chan struct{} {
-	n.mu.Lock()
-	if n.ch == nil {
-		n.ch = make(chan struct{})
-	}
-	ch := n.ch
-	n.mu.Unlock()
-	return ch
-}
-
-func (n *notifier) signal() {
-	n.mu.Lock()
-	if n.ch != nil {
-		close(n.ch)
-		n.ch = nil
-	}
-	n.mu.Unlock()
-}
-
-func (d *driver) notifierFor(subID int64) *notifier {
-	d.nmu.Lock()
-	defer d.nmu.Unlock()
-	n := d.notifiers[subID]
-	if n == nil {
-		n = &notifier{}
-		d.notifiers[subID] = n
-	}
-	return n
-}
-
-func (d *driver) signal(subID int64) {
-	d.nmu.Lock()
-	n := d.notifiers[subID]
-	d.nmu.Unlock()
-	if n != nil {
-		n.signal()
-	}
-}
-
-func (d *driver) signalAll() {
-	d.nmu.Lock()
-	ns := make([]*notifier, 0, len(d.notifiers))
-	for _, n := range d.notifiers {
-		ns = append(ns, n)
-	}
-	d.nmu.Unlock()
-	for _, n := range ns {
-		n.signal()
-	}
-}
-
 // pollLoop notices commits by other processes: SQLite's data_version
 // changes on a connection whenever another connection has committed, so one
 // cheap pragma replaces a notification channel that SQLite does not have.
@@ -426,7 +371,7 @@ func (d *driver) pollLoop() {
 			nudged = true
 		}
 		d.nmu.Lock()
-		any := len(d.notifiers) > 0
+		any := d.wake.Len() > 0
 		d.nmu.Unlock()
 		if !any {
 			continue
@@ -449,7 +394,7 @@ func (d *driver) pollLoop() {
 			}
 		}
 		if v != last {
-			d.signalAll()
+			d.wake.FireAll()
 		}
 		last = v
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ripplehq/ripple/internal/wake"
 	"github.com/ripplehq/ripple/transport"
 )
 
@@ -47,7 +48,7 @@ func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if spec.Ephemeral {
 		d.ephemeralRef(id, 1)
 	}
-	return &subscription{d: d, id: id, spec: spec, n: d.notifierFor(id), closed: make(chan struct{})}, nil
+	return &subscription{d: d, id: id, spec: spec, n: d.wake.For(id), closed: make(chan struct{})}, nil
 }
 
 func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
@@ -123,7 +124,7 @@ type subscription struct {
 	d    *driver
 	id   int64
 	spec transport.SubscriptionSpec
-	n    *notifier
+	n    *wake.Signal
 
 	once   sync.Once
 	closed chan struct{}
@@ -161,7 +162,7 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 		}
 		// Take the wake-up channel before looking, so a publish that
 		// commits between the look and the wait is not missed.
-		wake := s.n.wait()
+		wake := s.n.Wait()
 		var (
 			out  []*transport.Delivery
 			next int64
@@ -292,7 +293,7 @@ func (w *writer) receive(s *subscription, max int) ([]*transport.Delivery, int64
 		return nil, 0, err
 	}
 	if paused {
-		// Resume wakes the receivers: a local one through the notifier,
+		// Resume wakes the receivers: a local one through its wake signal,
 		// another process's through the data-version poll.
 		return nil, 0, nil
 	}

@@ -595,7 +595,7 @@ func (w *writer) tryTx(ops []*op) error {
 		w.dataVersion = w.fileDataVersion()
 	}
 	for id := range w.touched {
-		w.d.signal(id)
+		w.d.wake.Fire(id)
 	}
 	return nil
 }
