@@ -213,97 +213,90 @@ func Check(results []Result) []Verdict {
 	return append(append(append(out, checkNATS(find)...), checkAMQP(find)...), checkPostgres(find)...)
 }
 
+// verdicts collects the verdicts of one broker's targets from the
+// measurements of a run. A target whose measurements are missing (the
+// system was not run) gives no verdict.
+type verdicts struct {
+	find func(string, Scenario) (Measurement, bool)
+	out  []Verdict
+}
+
+// ratio: aName's rate in aSc is at least min times bName's in bSc.
+func (v *verdicts) ratio(target, aName string, aSc Scenario, bName string, bSc Scenario, min float64) {
+	a, ok1 := v.find(aName, aSc)
+	b, ok2 := v.find(bName, bSc)
+	if !ok1 || !ok2 || b.PerSec == 0 {
+		return
+	}
+	r := a.PerSec / b.PerSec
+	v.out = append(v.out, Verdict{
+		Target:   target,
+		Measured: fmt.Sprintf("%s %s / %s %s = %s / %s = %.2f×", aName, aSc, bName, bSc, count(a.PerSec), count(b.PerSec), r),
+		Pass:     r >= min,
+	})
+}
+
+// p99: name's publish→handler p99 at the paced rate is at most max.
+func (v *verdicts) p99(target, name string, max time.Duration) {
+	if m, ok := v.find(name, Latency); ok {
+		v.out = append(v.out, Verdict{
+			Target:   target,
+			Measured: fmt.Sprintf("p50 %s ms, p99 %s ms", ms(m.P50), ms(m.P99)),
+			Pass:     m.P99 <= max && m.Note == "",
+		})
+	}
+}
+
+// fanCost: five handlers take at most max times as long as one.
+func (v *verdicts) fanCost(target, name string, max float64) {
+	one, ok1 := v.find(name, E2E16)
+	five, ok2 := v.find(name, Fan5)
+	if !ok1 || !ok2 || five.PerSec <= 0 {
+		return
+	}
+	cost := one.PerSec / five.PerSec
+	v.out = append(v.out, Verdict{
+		Target:   target,
+		Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(five.PerSec), cost),
+		Pass:     cost <= max,
+	})
+}
+
 // checkAMQP evaluates the RabbitMQ targets for ripple-amqp (quorum handler
 // queues, the default) and, where it ran, ripple-amqp-classic, against the
 // raw amqp091 confirm ceilings and Watermill's AMQP Pub/Sub of the same
 // run.
 func checkAMQP(find func(string, Scenario) (Measurement, bool)) []Verdict {
-	var out []Verdict
-	ratio := func(target, aName string, aSc Scenario, bName string, bSc Scenario, min float64) {
-		a, ok1 := find(aName, aSc)
-		b, ok2 := find(bName, bSc)
-		if !ok1 || !ok2 || b.PerSec == 0 {
-			return
-		}
-		r := a.PerSec / b.PerSec
-		out = append(out, Verdict{
-			Target:   target,
-			Measured: fmt.Sprintf("%s %s / %s %s = %s / %s = %.2f×", aName, aSc, bName, bSc, count(a.PerSec), count(b.PerSec), r),
-			Pass:     r >= min,
-		})
-	}
+	v := verdicts{find: find}
 	for _, name := range []string{"ripple-amqp", "ripple-amqp-classic"} {
-		ratio(fmt.Sprintf("RabbitMQ: end-to-end, one awaiting publisher ≥ 0.8× raw publish awaiting each confirm (%s)", name),
+		v.ratio(fmt.Sprintf("RabbitMQ: end-to-end, one awaiting publisher ≥ 0.8× raw publish awaiting each confirm (%s)", name),
 			name, E2E1, "amqp-raw-confirm-awaited", Pub1, 0.8)
-		ratio(fmt.Sprintf("RabbitMQ: end-to-end, 16 publishers ≥ 0.5× raw publish with 16 confirms in flight (%s)", name),
+		v.ratio(fmt.Sprintf("RabbitMQ: end-to-end, 16 publishers ≥ 0.5× raw publish with 16 confirms in flight (%s)", name),
 			name, E2E16, "amqp-raw-confirm-pipelined", Pub16, 0.5)
 		for _, sc := range []Scenario{E2E1, E2E16} {
-			ratio(fmt.Sprintf("RabbitMQ: end-to-end (%s) ≥ 2× watermill-amqp (%s)", sc, name), name, sc, "watermill-amqp", sc, 2)
+			v.ratio(fmt.Sprintf("RabbitMQ: end-to-end (%s) ≥ 2× watermill-amqp (%s)", sc, name), name, sc, "watermill-amqp", sc, 2)
 		}
-		if m, ok := find(name, Latency); ok {
-			out = append(out, Verdict{
-				Target:   fmt.Sprintf("RabbitMQ: p99 publish→handler ≤ 3 ms at the paced rate (%s)", name),
-				Measured: fmt.Sprintf("p50 %s ms, p99 %s ms", ms(m.P50), ms(m.P99)),
-				Pass:     m.P99 <= 3*time.Millisecond && m.Note == "",
-			})
-		}
-		one, ok1 := find(name, E2E16)
-		five, ok2 := find(name, Fan5)
-		if ok1 && ok2 && five.PerSec > 0 {
-			cost := one.PerSec / five.PerSec
-			out = append(out, Verdict{
-				Target:   fmt.Sprintf("RabbitMQ: five handlers cost ≤ 2× one handler (%s)", name),
-				Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(five.PerSec), cost),
-				Pass:     cost <= 2,
-			})
-		}
+		v.p99(fmt.Sprintf("RabbitMQ: p99 publish→handler ≤ 3 ms at the paced rate (%s)", name), name, 3*time.Millisecond)
+		v.fanCost(fmt.Sprintf("RabbitMQ: five handlers cost ≤ 2× one handler (%s)", name), name, 2)
 	}
-	return out
+	return v.out
 }
 
 // checkNATS evaluates the NATS targets. The server's sync_interval decides
 // every one of these numbers; scripts/test runs it with sync_interval:
 // always (an fsync per write).
 func checkNATS(find func(string, Scenario) (Measurement, bool)) []Verdict {
-	var out []Verdict
-	ratio := func(target, aName string, aSc Scenario, bName string, bSc Scenario, min float64) {
-		a, ok1 := find(aName, aSc)
-		b, ok2 := find(bName, bSc)
-		if !ok1 || !ok2 || b.PerSec == 0 {
-			return
-		}
-		r := a.PerSec / b.PerSec
-		out = append(out, Verdict{
-			Target:   target,
-			Measured: fmt.Sprintf("%s %s / %s %s = %s / %s = %.2f×", aName, aSc, bName, bSc, count(a.PerSec), count(b.PerSec), r),
-			Pass:     r >= min,
-		})
-	}
-	ratio("NATS: end-to-end, one awaiting publisher ≥ 0.8× raw awaited jetstream.Publish",
+	v := verdicts{find: find}
+	v.ratio("NATS: end-to-end, one awaiting publisher ≥ 0.8× raw awaited jetstream.Publish",
 		"ripple-nats", E2E1, "nats-raw-publish-awaited", Pub1, 0.8)
-	ratio("NATS: end-to-end, 16 publishers ≥ 0.5× raw PublishAsync with 16 in flight",
+	v.ratio("NATS: end-to-end, 16 publishers ≥ 0.5× raw PublishAsync with 16 in flight",
 		"ripple-nats", E2E16, "nats-raw-publishasync-16", Pub16, 0.5)
 	for _, sc := range []Scenario{E2E1, E2E16} {
-		ratio(fmt.Sprintf("NATS: end-to-end (%s) ≥ 2× watermill-nats", sc), "ripple-nats", sc, "watermill-nats", sc, 2)
+		v.ratio(fmt.Sprintf("NATS: end-to-end (%s) ≥ 2× watermill-nats", sc), "ripple-nats", sc, "watermill-nats", sc, 2)
 	}
-	if m, ok := find("ripple-nats", Latency); ok {
-		out = append(out, Verdict{
-			Target:   "NATS: p99 publish→handler ≤ 2 ms at the paced rate (ripple-nats)",
-			Measured: fmt.Sprintf("p50 %s ms, p99 %s ms", ms(m.P50), ms(m.P99)),
-			Pass:     m.P99 <= 2*time.Millisecond && m.Note == "",
-		})
-	}
-	one, ok1 := find("ripple-nats", E2E16)
-	five, ok2 := find("ripple-nats", Fan5)
-	if ok1 && ok2 && five.PerSec > 0 {
-		cost := one.PerSec / five.PerSec
-		out = append(out, Verdict{
-			Target:   "NATS: five handlers cost ≤ 2× one handler (ripple-nats)",
-			Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(five.PerSec), cost),
-			Pass:     cost <= 2,
-		})
-	}
-	return out
+	v.p99("NATS: p99 publish→handler ≤ 2 ms at the paced rate (ripple-nats)", "ripple-nats", 2*time.Millisecond)
+	v.fanCost("NATS: five handlers cost ≤ 2× one handler (ripple-nats)", "ripple-nats", 2)
+	return v.out
 }
 
 // checkPostgres evaluates the PostgreSQL targets of ripple-postgres against
@@ -311,37 +304,18 @@ func checkNATS(find func(string, Scenario) (Measurement, bool)) []Verdict {
 // Watermill SQL on the same server. The PublishTx and relay targets are
 // in CheckPostgresExtras.
 func checkPostgres(find func(string, Scenario) (Measurement, bool)) []Verdict {
-	var out []Verdict
-	ratio := func(target, aName string, aSc Scenario, bName string, bSc Scenario, min float64) {
-		a, ok1 := find(aName, aSc)
-		b, ok2 := find(bName, bSc)
-		if !ok1 || !ok2 || b.PerSec == 0 {
-			return
-		}
-		r := a.PerSec / b.PerSec
-		out = append(out, Verdict{
-			Target:   target,
-			Measured: fmt.Sprintf("%s %s / %s %s = %s / %s = %.2f×", aName, aSc, bName, bSc, count(a.PerSec), count(b.PerSec), r),
-			Pass:     r >= min,
-		})
-	}
-	ratio("Postgres: one awaiting publisher ≥ 0.8× the raw single-row INSERT commit loop",
+	v := verdicts{find: find}
+	v.ratio("Postgres: one awaiting publisher ≥ 0.8× the raw single-row INSERT commit loop",
 		"ripple-postgres", Pub1, "postgres-raw-insert", Pub1, 0.8)
-	ratio("Postgres: 16 publishers ≥ 0.5× COPY-100",
+	v.ratio("Postgres: 16 publishers ≥ 0.5× COPY-100",
 		"ripple-postgres", Pub16, "postgres-copy-100", Pub16, 0.5)
 	for _, peer := range []string{"river-postgres", "watermill-sql-postgres"} {
 		for _, sc := range []Scenario{E2E1, E2E16} {
-			ratio(fmt.Sprintf("Postgres: end-to-end (%s) ≥ 10× %s", sc, peer), "ripple-postgres", sc, peer, sc, 10)
+			v.ratio(fmt.Sprintf("Postgres: end-to-end (%s) ≥ 10× %s", sc, peer), "ripple-postgres", sc, peer, sc, 10)
 		}
 	}
-	if m, ok := find("ripple-postgres", Latency); ok {
-		out = append(out, Verdict{
-			Target:   "Postgres: p99 publish→handler ≤ 5 ms at the paced rate (ripple-postgres)",
-			Measured: fmt.Sprintf("p50 %s ms, p99 %s ms", ms(m.P50), ms(m.P99)),
-			Pass:     m.P99 <= 5*time.Millisecond && m.Note == "",
-		})
-	}
-	return out
+	v.p99("Postgres: p99 publish→handler ≤ 5 ms at the paced rate (ripple-postgres)", "ripple-postgres", 5*time.Millisecond)
+	return v.out
 }
 
 // WriteVerdicts writes the targets as a markdown table.
