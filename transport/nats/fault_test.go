@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ripplehq/ripple"
+	"github.com/ripplehq/ripple/transport"
 )
 
 // load runs publishers and one worker bus against url while fault runs,
@@ -206,9 +207,23 @@ func TestClusterNodeKilled(t *testing.T) {
 	if alive.cmd == nil {
 		alive = nodes[1]
 	}
-	// The killed leader's streams may still be electing new leaders on a
-	// loaded machine: give the tool's Open more time than the default.
-	tool := openDriver(t, alive.url()+"/cluster?timeout=60s")
+	// The killed leader's streams and buckets may still be electing new
+	// leaders on a loaded machine, and Open fails until they have: try
+	// again, as a tool would, for up to two minutes.
+	var tool *Driver
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		d, err := Open(bg, alive.url()+"/cluster?timeout=30s", transport.Config{})
+		if err == nil {
+			tool = d.(*Driver)
+			t.Cleanup(func() { _ = tool.Close() })
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Open after the node was killed: %v", err)
+		}
+		t.Logf("Open after the node was killed: %v; trying again", err)
+		time.Sleep(time.Second)
+	}
 	s, err := tool.js.Stream(bg, tool.eventsStream())
 	if err != nil {
 		t.Fatal(err)
