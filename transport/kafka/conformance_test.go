@@ -7,7 +7,7 @@ import (
 
 	"github.com/ripplehq/ripple/transport/transporttest"
 
-	_ "github.com/ripplehq/ripple/transport/sqlite" // claim store of TestConformanceClaims
+	_ "github.com/ripplehq/ripple/transport/sqlite" // side store of TestConformanceClaims
 )
 
 func TestConformance(t *testing.T) {
@@ -16,12 +16,13 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// TestConformanceClaims runs the suite with idempotency claims kept in a
-// SQLite file named by the claims= parameter.
+// TestConformanceClaims runs the suite with a side store (a SQLite file
+// named by the store= parameter) keeping idempotency claims, published
+// identities (publish deduplication) and shared rate-limit windows.
 func TestConformanceClaims(t *testing.T) {
 	transporttest.Run(t, transporttest.Harness{
 		NewURL: func(t testing.TB) string {
-			return newURL(t, "claims="+url.QueryEscape("sqlite://"+filepath.Join(t.TempDir(), "claims.db")))
+			return newURL(t, "store="+url.QueryEscape("sqlite://"+filepath.Join(t.TempDir(), "store.db")))
 		},
 	})
 }

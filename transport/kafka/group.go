@@ -48,8 +48,12 @@ type part struct {
 	tp      tp
 	entries []*entry // by offset; trimmed from the front once done
 	next    int64    // offset after the last record seen; -1 before any
-	// restored attempt counts from the committed metadata.
+	// restored from the committed metadata: the attempts started for
+	// each unfinished record the previous owner listed, and the offset
+	// below which that list is complete (0: no list), so that a record
+	// below known and not listed was finished and is not delivered again.
 	attempts map[int64]int
+	known    int64
 	// what was last committed.
 	commOff  int64
 	commMeta string
@@ -395,6 +399,7 @@ func (g *group) onFetched(_ context.Context, _ *kgo.Client, resp *kmsg.OffsetFet
 			pt.commMeta = *meta
 			m := parseMeta(off, *meta)
 			pt.attempts = m.attempts
+			pt.known = m.known
 			pt.completed, pt.failed = m.completed, m.failed
 		}
 	}
@@ -575,6 +580,14 @@ func (g *group) add(r *kgo.Record, now time.Time) *entry {
 		return nil
 	}
 	pt.next = r.Offset + 1
+	if r.Offset < pt.known {
+		if _, unfinished := pt.attempts[r.Offset]; !unfinished {
+			// Finished by the partition's previous owner after its
+			// committed offset: a retried event's older copy, or one
+			// completed while an earlier one was still running.
+			return nil
+		}
+	}
 	if r.Topic == g.d.topic && !transport.Match(g.pattern, typeOf(r)) {
 		g.trim(pt)
 		return nil
@@ -660,12 +673,17 @@ func countEntries(pt *part, now time.Time) counts {
 }
 
 // meta is what the commit metadata of a partition holds: its counters,
-// its owner's counts and read position, and the attempts started for its
-// unfinished entries.
+// its owner's counts and read position, and its unfinished records from
+// the committed offset on, with the attempts started for each: the list
+// is complete below known, so that the next owner skips every record
+// below known that it does not list (finished after the committed
+// offset, such as a retried event's older copy, whose attempt count is
+// stale).
 type meta struct {
 	completed, failed int64
 	counts
 	next     int64
+	known    int64
 	attempts map[int64]int
 }
 
@@ -682,26 +700,52 @@ func commitPoint(pt *part, now time.Time) (int64, string, bool) {
 		return 0, "", false
 	}
 	c := countEntries(pt, now)
-	var b strings.Builder
-	fmt.Fprintf(&b, "c=%d;f=%d;w=%d;a=%d;d=%d;n=%d", pt.completed, pt.failed, c.waiting, c.active, c.delayed, pt.next)
+	var head strings.Builder
+	fmt.Fprintf(&head, "c=%d;f=%d;w=%d;a=%d;d=%d;n=%d", pt.completed, pt.failed, c.waiting, c.active, c.delayed, pt.next)
 	if !c.oldest.IsZero() {
-		fmt.Fprintf(&b, ";o=%d", c.oldest.UnixMilli())
+		fmt.Fprintf(&head, ";o=%d", c.oldest.UnixMilli())
 	}
-	b.WriteByte('|')
-	sep := ""
-	for _, e := range pt.entries {
-		if e.done || e.attempts == 0 {
-			continue
+	// The list covers what this process has read (its unfinished
+	// entries) and, beyond that, what the previous owner listed and this
+	// one has not read yet.
+	known := max(pt.next, pt.known)
+	budget := maxMeta - head.Len() - 32
+	var list strings.Builder
+	add := func(o int64, n int) bool {
+		s := strconv.FormatInt(o-off, 36) + ":" + strconv.Itoa(n)
+		if list.Len()+len(s)+1 > budget {
+			known = o
+			return false
 		}
-		s := strconv.FormatInt(e.off-off, 36) + ":" + strconv.Itoa(e.attempts)
-		if b.Len()+len(s)+1 > maxMeta {
+		if list.Len() > 0 {
+			list.WriteByte(',')
+		}
+		list.WriteString(s)
+		return true
+	}
+	full := true
+	for _, e := range pt.entries {
+		if !e.done && !add(e.off, e.attempts) {
+			full = false
 			break
 		}
-		b.WriteString(sep)
-		b.WriteString(s)
-		sep = ","
 	}
-	return off, b.String(), true
+	if full && pt.known > pt.next {
+		var rest []int64
+		for o := range pt.attempts {
+			if o >= pt.next && o < pt.known {
+				rest = append(rest, o)
+			}
+		}
+		slices.Sort(rest)
+		for _, o := range rest {
+			if !add(o, pt.attempts[o]) {
+				break
+			}
+		}
+	}
+	fmt.Fprintf(&head, ";k=%d|%s", known-off, list.String())
+	return off, head.String(), true
 }
 
 // parseMeta reads commit metadata written by commitPoint; base is the
@@ -733,6 +777,8 @@ func parseMeta(base int64, s string) meta {
 			m.next = n
 		case "o":
 			m.oldest = time.UnixMilli(n)
+		case "k":
+			m.known = base + n
 		}
 	}
 	if list == "" {
@@ -1228,8 +1274,8 @@ func (d *Driver) scan(ctx context.Context, topic string, from map[int32]int64, f
 	if err != nil {
 		return fmt.Errorf("kafka: listing the start offsets of %s: %w", topic, err)
 	}
-	want := map[int32]kgo.Offset{}
-	left := map[int32]int64{}
+	fromP := map[int32]int64{}
+	to := map[int32]int64{}
 	ends.Each(func(o kadm.ListedOffset) {
 		s := int64(0)
 		if so, ok := starts.Lookup(topic, o.Partition); ok {
@@ -1238,43 +1284,7 @@ func (d *Driver) scan(ctx context.Context, topic string, from map[int32]int64, f
 		if f, ok := from[o.Partition]; ok && f > s {
 			s = f
 		}
-		if s < o.Offset {
-			want[o.Partition] = kgo.NewOffset().At(s)
-			left[o.Partition] = o.Offset
-		}
+		fromP[o.Partition], to[o.Partition] = s, o.Offset
 	})
-	if len(want) == 0 {
-		return nil
-	}
-	cl, err := kgo.NewClient(append(append([]kgo.Opt(nil), d.base...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: want}),
-		kgo.FetchMaxWait(100*time.Millisecond))...)
-	if err != nil {
-		return fmt.Errorf("kafka: %w", err)
-	}
-	defer cl.Close()
-	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	for len(left) > 0 {
-		fs := cl.PollFetches(sctx)
-		if err := sctx.Err(); err != nil {
-			return fmt.Errorf("kafka: reading %s: %w", topic, err)
-		}
-		var ferr error
-		fs.EachError(func(t string, p int32, err error) { ferr = fmt.Errorf("kafka: reading %s partition %d: %w", t, p, err) })
-		if ferr != nil {
-			return ferr
-		}
-		fs.EachRecord(func(r *kgo.Record) {
-			end, ok := left[r.Partition]
-			if !ok || r.Offset >= end {
-				return
-			}
-			fn(r)
-			if r.Offset+1 >= end {
-				delete(left, r.Partition)
-			}
-		})
-	}
-	return nil
+	return d.scanRange(ctx, topic, fromP, to, fn)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/ripplehq/ripple/transport"
+	"github.com/ripplehq/ripple/transport/sidestore"
 )
 
 func init() {
@@ -56,7 +57,9 @@ type options struct {
 	skipVerify     bool
 	mechanism      string
 	user, password string
-	claims         string // URL of the idempotency claim store
+	// store is the URL of the side store (store=, or its older
+	// spelling claims=) and storeParam the parameter that named it.
+	store, storeParam string
 }
 
 // parseURL reads a kafka:// URL.
@@ -155,20 +158,18 @@ func parseURL(raw string) (options, error) {
 			} else {
 				o.skipVerify = b
 			}
-		case "claims", "claims_env":
-			if k == "claims_env" {
+		case "store", "store_env", "claims", "claims_env":
+			param, _ := strings.CutSuffix(k, "_env")
+			if o.storeParam != "" {
+				return o, fmt.Errorf("kafka: URL parameters %s and %s both name the side store (claims= is the older spelling of store=); give one", o.storeParam, k)
+			}
+			if param != k {
 				name := v
 				if v = os.Getenv(name); v == "" {
-					return o, fmt.Errorf("kafka: URL parameter claims_env=%s names an environment variable that is empty or unset; set it to the claim store's URL", name)
+					return o, fmt.Errorf("kafka: URL parameter %s=%s names an environment variable that is empty or unset; set it to the store's URL", k, name)
 				}
 			}
-			if strings.HasPrefix(v, "kafka:") {
-				return o, bad("cannot be a kafka:// URL: Kafka has no atomic claim; name a store that has one, such as sqlite:///var/lib/app/claims.db or redis://host:6379/0")
-			}
-			if !strings.Contains(v, "://") {
-				return o, fmt.Errorf("kafka: URL parameter claims=%s is not a transport URL; percent-encode one, such as claims=redis%%3A%%2F%%2Fhost%%3A6379%%2F0", redact(v))
-			}
-			o.claims = v
+			o.store, o.storeParam = v, k
 		case "sasl":
 			switch strings.ToLower(v) {
 			case "plain", "scram-sha-256", "scram-sha-512":
@@ -177,7 +178,7 @@ func parseURL(raw string) (options, error) {
 				return o, bad("is not a supported SASL mechanism: use plain, scram-sha-256 or scram-sha-512")
 			}
 		default:
-			return o, fmt.Errorf("kafka: unknown URL parameter %q; known: namespace, partitions, replication, retention, session_timeout, dial_timeout, tls, skip_verify, sasl, claims, claims_env", k)
+			return o, fmt.Errorf("kafka: unknown URL parameter %q; known: namespace, partitions, replication, retention, session_timeout, dial_timeout, tls, skip_verify, sasl, store, store_env (claims, claims_env)", k)
 		}
 	}
 	if o.mechanism != "" && o.user == "" {
@@ -258,6 +259,30 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.Retention = cfg.Retention.Resolve()
+	var store *sidestore.Store
+	if o.store != "" {
+		// Opened first, so that a wrong store= fails at once, whether or
+		// not the brokers answer.
+		param, _ := strings.CutSuffix(o.storeParam, "_env")
+		if store, err = sidestore.Open(ctx, "kafka", param, o.store, o.namespace, cfg); err != nil {
+			return nil, err
+		}
+	}
+	d, err := open(ctx, o, cfg)
+	if err != nil {
+		if store != nil {
+			_ = store.Close()
+		}
+		return nil, err
+	}
+	if store != nil {
+		return &StoreDriver{Driver: d, store: store}, nil
+	}
+	return d, nil
+}
+
+// open connects to the brokers.
+func open(ctx context.Context, o options, cfg transport.Config) (*Driver, error) {
 	base := []kgo.Opt{
 		kgo.SeedBrokers(o.seeds...),
 		kgo.DialTimeout(o.dialTimeout),
@@ -314,73 +339,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	if r, err := d.Retention(ctx); err == nil {
 		d.log.Info("kafka: the event topic keeps events by its own retention", "topic", d.topic, "retention", r.String())
 	}
-	if o.claims != "" {
-		cd, err := openClaims(ctx, o.claims, cfg)
-		if err != nil {
-			d.Close()
-			return nil, err
-		}
-		return cd.withKafka(d), nil
-	}
 	return d, nil
-}
-
-// claimStore is the transport that keeps a kafka bus's idempotency
-// claims (the claims= URL parameter).
-type claimStore struct {
-	transport.Driver
-	transport.Claimer
-}
-
-func openClaims(ctx context.Context, u string, cfg transport.Config) (*claimStore, error) {
-	scheme, err := transport.Scheme(u)
-	if err != nil {
-		return nil, fmt.Errorf("kafka: claims=%s: %w", redact(u), err)
-	}
-	open, ok := transport.Lookup(scheme)
-	if !ok {
-		return nil, fmt.Errorf("kafka: claims=%s: no transport is registered for %s://; import its package (for example _ \"github.com/ripplehq/ripple/transport/%s\", or transport/all)", redact(u), scheme, scheme)
-	}
-	d, err := open(ctx, u, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kafka: opening the claim store claims=%s: %w", redact(u), err)
-	}
-	c, ok := d.(transport.Claimer)
-	if !ok {
-		_ = d.Close()
-		return nil, fmt.Errorf("kafka: claims=%s: the %s transport keeps no idempotency claims; use one that does (sqlite, redis, postgres)", redact(u), d.Name())
-	}
-	return &claimStore{Driver: d, Claimer: c}, nil
-}
-
-func (c *claimStore) withKafka(d *Driver) *ClaimingDriver {
-	return &ClaimingDriver{Driver: d, store: c}
-}
-
-// ClaimingDriver is the Kafka transport opened with a claims= store: it
-// keeps Idempotent() handlers' claims in that store, atomically as the
-// store does, and is otherwise the Driver.
-type ClaimingDriver struct {
-	*Driver
-	store *claimStore
-}
-
-var _ transport.Claimer = (*ClaimingDriver)(nil)
-
-// Claim takes an idempotency claim in the claim store.
-func (c *ClaimingDriver) Claim(ctx context.Context, handler, eventID string, lease time.Duration) (transport.ClaimResult, error) {
-	return c.store.Claim(ctx, c.opts.namespace+"/"+handler, eventID, lease)
-}
-
-// Finish settles an idempotency claim in the claim store.
-func (c *ClaimingDriver) Finish(ctx context.Context, handler, eventID string, success bool) error {
-	return c.store.Finish(ctx, c.opts.namespace+"/"+handler, eventID, success)
-}
-
-// Close closes the Kafka clients and the claim store.
-func (c *ClaimingDriver) Close() error {
-	err := c.Driver.Close()
-	return errors.Join(err, c.store.Driver.Close())
 }
 
 // Retention returns the event topic's retention.ms: how long Kafka keeps

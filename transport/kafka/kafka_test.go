@@ -60,8 +60,17 @@ func TestMetaRoundTrip(t *testing.T) {
 	if m.completed != 7 || m.failed != 3 || m.active != 1 || m.waiting != 1 || m.delayed != 1 || m.next != 20 {
 		t.Errorf("meta %q parsed as %+v", s, m)
 	}
-	if m.attempts[10] != 2 || m.attempts[15] != 4 || len(m.attempts) != 2 {
-		t.Errorf("attempts %v from %q", m.attempts, s)
+	// Every unfinished entry is listed, so that the next owner skips
+	// the finished ones (11) below known.
+	if m.attempts[10] != 2 || m.attempts[14] != 0 || m.attempts[15] != 4 || len(m.attempts) != 3 || m.known != 20 {
+		t.Errorf("attempts %v known %d from %q", m.attempts, m.known, s)
+	}
+	// What a previous owner listed beyond what this one has read is
+	// carried over.
+	pt.known, pt.attempts = 30, map[int64]int{25: 3}
+	off, s, _ = commitPoint(pt, now)
+	if m := parseMeta(off, s); m.attempts[25] != 3 || m.known != 30 || len(m.attempts) != 4 {
+		t.Errorf("restored attempts %v known %d from %q", m.attempts, m.known, s)
 	}
 	if m := parseMeta(5, "garbage"); m.next != -1 || m.attempts != nil {
 		t.Errorf("garbage parsed as %+v", m)
@@ -140,34 +149,45 @@ func TestRetention(t *testing.T) {
 	}
 }
 
-// TestClaimsParameter: claims= names a transport that keeps claims;
-// kafka itself, unknown schemes and transports without claims are
-// refused.
-func TestClaimsParameter(t *testing.T) {
+// TestStoreParameter: store= (and its older spelling claims=) names a
+// transport that keeps claims; kafka itself, memory, unknown schemes and
+// non-URLs are refused, and so are two spellings at once.
+func TestStoreParameter(t *testing.T) {
+	file := "sqlite%3A%2F%2F" + strings.ReplaceAll(t.TempDir(), "/", "%2F") + "%2Fc.db"
 	for _, c := range []struct{ param, want string }{
-		{"claims=kafka%3A%2F%2Fa%3A1", "no atomic claim"},
-		{"claims=nosuch%3A%2F%2Fx", "no transport is registered"},
-		{"claims=notaurl", "not a transport URL"},
+		{"store=kafka%3A%2F%2Fa%3A1", "cannot be a kafka:// URL"},
+		{"store=memory%3A%2F%2F", "inside this process only"},
+		{"claims=nosuch%3A%2F%2Fx", "claims=nosuch://x: no transport is registered"},
+		{"store=notaurl", "not a transport URL"},
+		{"store=" + file + "&claims=" + file, "both name the side store"},
 	} {
 		_, err := Open(context.Background(), newURL(t, c.param), transport.Config{})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Open with %s: %v; want an error saying %q", c.param, err, c.want)
 		}
 	}
-	dr, err := Open(context.Background(), newURL(t, "claims=sqlite%3A%2F%2F"+strings.ReplaceAll(t.TempDir(), "/", "%2F")+"%2Fc.db"), transport.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dr.Close()
-	c, ok := dr.(transport.Claimer)
-	if !ok {
-		t.Fatal("a kafka driver opened with claims= is not a Claimer")
-	}
-	if r, err := c.Claim(context.Background(), "h", "e1", time.Minute); err != nil || r != transport.Claimed {
-		t.Errorf("Claim = %v, %v", r, err)
-	}
-	if r, err := c.Claim(context.Background(), "h", "e1", time.Minute); err != nil || r != transport.Busy {
-		t.Errorf("second Claim = %v, %v; want Busy", r, err)
+	for _, param := range []string{"store", "claims"} {
+		dr, err := Open(context.Background(), newURL(t, param+"="+file), transport.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dr.Close()
+		c, ok := dr.(transport.Claimer)
+		if !ok {
+			t.Fatalf("a kafka driver opened with %s= is not a Claimer", param)
+		}
+		if caps := dr.Capabilities(); !caps.Dedup || !caps.SharedRateLimit {
+			t.Errorf("with %s= (sqlite), capabilities %+v; want Dedup and SharedRateLimit", param, caps)
+		}
+		if _, ok := dr.(transport.RateLimiter); !ok {
+			t.Errorf("a kafka driver opened with %s= is not a RateLimiter", param)
+		}
+		if r, err := c.Claim(context.Background(), "h", "e1", time.Minute); err != nil || r != transport.Claimed {
+			t.Errorf("Claim through %s= = %v, %v; want Claimed", param, r, err)
+		}
+		if r, err := c.Claim(context.Background(), "h", "e1", time.Minute); err != nil || r != transport.Busy {
+			t.Errorf("second Claim through %s= = %v, %v; want Busy", param, r, err)
+		}
 	}
 	plain, err := Open(context.Background(), newURL(t), transport.Config{})
 	if err != nil {
@@ -175,23 +195,28 @@ func TestClaimsParameter(t *testing.T) {
 	}
 	defer plain.Close()
 	if _, ok := plain.(transport.Claimer); ok {
-		t.Error("a kafka driver without claims= declares idempotency claims")
+		t.Error("a kafka driver without store= declares idempotency claims")
+	}
+	if caps := plain.Capabilities(); caps.Dedup || caps.SharedRateLimit {
+		t.Errorf("a kafka driver without store= declares %+v", caps)
 	}
 }
 
-// TestClaimsEnv: claims_env= reads the claim store's URL from the
-// environment.
-func TestClaimsEnv(t *testing.T) {
-	t.Setenv("RIPPLE_TEST_KAFKA_CLAIMS", "sqlite://"+t.TempDir()+"/claims.db")
-	dr, err := Open(context.Background(), newURL(t, "claims_env=RIPPLE_TEST_KAFKA_CLAIMS"), transport.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dr.Close()
-	if _, ok := dr.(transport.Claimer); !ok {
-		t.Error("claims_env did not give a claim store")
-	}
-	if _, err := Open(context.Background(), newURL(t, "claims_env=RIPPLE_TEST_KAFKA_UNSET_VAR"), transport.Config{}); err == nil || !strings.Contains(err.Error(), "unset") {
-		t.Errorf("claims_env of an unset variable: %v", err)
+// TestStoreEnv: store_env= (and claims_env=) reads the store's URL from
+// the environment.
+func TestStoreEnv(t *testing.T) {
+	t.Setenv("RIPPLE_TEST_KAFKA_STORE", "sqlite://"+t.TempDir()+"/store.db")
+	for _, param := range []string{"store_env", "claims_env"} {
+		dr, err := Open(context.Background(), newURL(t, param+"=RIPPLE_TEST_KAFKA_STORE"), transport.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dr.Close()
+		if _, ok := dr.(transport.Claimer); !ok {
+			t.Errorf("%s did not give a store", param)
+		}
+		if _, err := Open(context.Background(), newURL(t, param+"=RIPPLE_TEST_KAFKA_UNSET_VAR"), transport.Config{}); err == nil || !strings.Contains(err.Error(), "unset") {
+			t.Errorf("%s of an unset variable: %v", param, err)
+		}
 	}
 }
