@@ -74,6 +74,12 @@
 // stream.HandlerOptions(ripple.FromBeginning()) or ripple.StartFrom(t),
 // which apply only to a handler that has not subscribed before.
 //
+// Results need publish deduplication: a stream on a transport without it
+// (kafka:// or amqp:// opened without a side store, the store= URL
+// parameter) is refused when it registers (Count, Reduce, Aggregate),
+// with an error matching ripple.ErrNotSupported that names store=,
+// rather than publishing results a re-run would store twice.
+//
 // Replay needs a transport that keeps history (sqlite, postgres, redis,
 // nats, kafka, and memory within one process), and the dedup window
 // (ripple.DedupWindow, 24 h by default) must reach back over the

@@ -330,6 +330,9 @@ func (s *Stream) Count() error {
 // one event into it. A result's Value is the accumulator, encoded as
 // JSON. add runs with the stream's lock held: keep it quick. It may
 // return its argument modified (a map, a pointer) or a new value.
+// On a bus whose transport does not deduplicate publishes (kafka:// or
+// amqp:// without a store= side store) it registers nothing and returns
+// an error matching ripple.ErrNotSupported.
 func Reduce[A any](s *Stream, init func() A, add func(acc A, e ripple.Event) A) error {
 	if init == nil || add == nil {
 		return fmt.Errorf("stream %q: Reduce needs both init and add", s.name)
@@ -363,6 +366,9 @@ func register[T, A any](s *Stream, decode func(ripple.Event) (T, error), init fu
 	defer s.mu.Unlock()
 	if s.eng != nil {
 		return fmt.Errorf("stream %q is already registered; a stream computes one aggregate: create another stream for another", s.name)
+	}
+	if err := canPublishResults(s.bus); err != nil {
+		return fmt.Errorf("stream %q: %w", s.name, err)
 	}
 	eng := newCore(s, decode, init, add)
 	if err := s.bus.On(s.pattern, s.cfg.handler, eng.handle, s.cfg.handlerOpts...); err != nil {
@@ -424,4 +430,20 @@ func (s *Stream) Stats() Stats {
 		return Stats{}
 	}
 	return eng.stats()
+}
+
+// canPublishResults refuses a bus whose transport does not deduplicate
+// publishes: a stream's results are published with deterministic ids so
+// that a re-run stores each once, which only publish deduplication gives.
+func canPublishResults(bus *ripple.Bus) error {
+	var d transport.Driver
+	if !bus.As(&d) || d.Capabilities().Dedup {
+		return nil
+	}
+	return &ripple.NotSupportedError{
+		Transport: d.Name(),
+		Option:    "stream results (publish deduplication, WithID)",
+		Hint: "a stream publishes each window result under an id derived from the window, so that a re-run stores it once; open the " + d.Name() +
+			" transport with a side store that remembers published ids, the store= URL parameter (such as store=sqlite%3A%2F%2F%2Fvar%2Flib%2Fapp%2Fstore.db or store=redis%3A%2F%2Fhost%3A6379%2F0), or use a transport that deduplicates (sqlite, postgres, redis, nats, memory)",
+	}
 }

@@ -36,18 +36,24 @@
 //	skip_verify=true      do not check it (tests only)
 //	sasl=MECHANISM        plain (the default when the URL has a user),
 //	                      scram-sha-256 or scram-sha-512
-//	claims=URL            where Idempotent() handlers keep their claims: the
-//	                      percent-encoded URL of a transport that keeps
-//	                      atomic claims, such as
-//	                      claims=redis%3A%2F%2Fcache%3A6379%2F0 or a SQLite
-//	                      file; its package must be imported (transport/all
-//	                      imports every one). Without it Idempotent() is
-//	                      refused (see Not supported)
-//	claims_env=VAR        the same, read from the environment variable VAR,
-//	                      so that the claim store's password stays out of
-//	                      the URL (Ripple hides the password of the kafka
-//	                      URL itself in errors and logs, but not one inside
-//	                      a percent-encoded claims= value)
+//	store=URL             the side store (package transport/sidestore):
+//	                      the percent-encoded URL of a transport that
+//	                      keeps atomic claims, shared by every process of
+//	                      the bus, such as store=redis%3A%2F%2Fcache%3A6379%2F0
+//	                      or a SQLite file or a postgres:// database; its
+//	                      package must be imported (transport/all imports
+//	                      every one). It keeps, under the namespace,
+//	                      Idempotent() handlers' claims, the identities of
+//	                      events published WithID (publish deduplication)
+//	                      and shared rate-limit windows. Without it those
+//	                      are refused (see Not supported)
+//	store_env=VAR         the same, read from the environment variable VAR,
+//	                      so that the store's password stays out of the
+//	                      URL (Ripple hides the password of the kafka URL
+//	                      itself in errors and logs, and of the store's
+//	                      URL in errors)
+//	claims=URL,           older spellings of store= and store_env=, still
+//	claims_env=VAR        accepted; giving two of the four is refused
 //
 // An unknown parameter is refused by name. Errors and logs never show the
 // password. Open connects before it returns: a bootstrap list where no
@@ -97,12 +103,15 @@
 // each in memory: a handler that hangs past its lease has its event
 // delivered again to another worker, with the attempt counted. The
 // group's committed offset of a partition is the lowest event not yet
-// finished, so a crash re-delivers, never skips: after a crash every
-// event from that offset on is handled again, including ones finished
-// after it. With the offset, the commit metadata keeps the number of
-// attempts started for each unfinished event (committed before the
-// handler runs), so an event whose process was killed comes back with
-// its attempt counted; it also carries the partition's counters for
+// finished, so a crash re-delivers, never skips: after a crash the
+// events from that offset on are handled again, but for those the last
+// commit (at most 100ms old) knew finished. With the offset, the commit metadata lists the unfinished
+// events after it with the number of attempts started for each
+// (committed before the handler runs), so an event whose process was
+// killed comes back with its attempt counted, and the next owner of a
+// partition handed over skips the events finished after the committed
+// offset (a retried event's older copy, with its older attempt count,
+// among them) as far as the list is complete (about 500 events); it also carries the partition's counters for
 // Stats. A process that stops gracefully waits for its running handlers
 // of a partition taken away by a rebalance (up to 20s) and commits before
 // giving it up; a process killed with SIGKILL keeps its partitions until
@@ -125,6 +134,26 @@
 // delay holds back the partition's committed offset, and a crash
 // re-delivers from there. Replayed and requeued events go through the
 // retry topic and are not ordered with the rest.
+//
+// # Side store
+//
+// With store=, Open returns a StoreDriver. Publish claims each chosen id's
+// identity (source and id) in the store, produces the event, and marks
+// the identity published once Kafka acknowledged it: a publish of an
+// identity marked published stores nothing and returns the event Kafka
+// kept, marked Duplicate (read back from the end of the event topic; when
+// it is no longer near the end, the event as resent is returned, with a
+// log line). A publisher killed between the acknowledgement and the mark
+// leaves the identity claimed for sidestore.ClaimLease (30s): a resend
+// waits for it and, after it, is stored again (an Idempotent() handler
+// absorbs that copy). A publish that fails with ErrOutcomeUnknown drops
+// its claim, so its resend is produced again even when the first copy was
+// stored. Generated ids cost the store nothing. Identities are remembered
+// for the bus's DedupWindow, by the store. The store's Claim and Finish
+// are Idempotent() handlers' claims, atomic as the store is; a handler's
+// RateLimit is a sliding window in the store (Capabilities.SharedRateLimit)
+// when the store keeps windows (sqlite, redis and postgres do). Every
+// process of the bus must name the same store.
 //
 // # Durability
 //
@@ -208,21 +237,17 @@
 //
 //   - Priority (WithPriority): a partition is a log, delivered in order;
 //     the core refuses it with ErrNotSupported.
-//   - Publish deduplication (WithID): Kafka's idempotent producer only
-//     removes duplicates within one producer session, and remembering
-//     every (source, id) across producers needs an atomic check-and-insert
-//     that Kafka does not have; the core refuses WithID with
-//     ErrNotSupported. For the same reason the stream package's Run, whose
-//     window results rely on it, refuses this transport.
-//   - Idempotency claims (Idempotent) without a claims= store: Kafka has
-//     no atomic compare-and-set to keep them in, so the core refuses
-//     Idempotent() with ErrNotSupported unless the URL names a claim store.
-//     With claims=, Open returns a ClaimingDriver whose Claim and Finish
-//     are the store's (keyed by namespace and handler), atomic as that
-//     store is, and shared by every process that names the same store.
-//     Without Idempotent(), handlers on Kafka must tolerate a redelivery.
-//   - A rate limit shared across processes (each process limits its own
-//     starts), PublishTx.
+//   - Without a store= side store: publish deduplication (WithID),
+//     idempotency claims (Idempotent) and a rate limit shared across
+//     processes. Kafka's idempotent producer only removes duplicates
+//     within one producer session, and remembering every (source, id)
+//     across producers, or a claim, needs an atomic check-and-insert that
+//     Kafka does not have; the core refuses WithID and Idempotent() with
+//     ErrNotSupported, the stream package refuses to register a stream
+//     (its window results rely on deduplication), and each process limits
+//     its own starts. Without Idempotent(), handlers on Kafka must
+//     tolerate a redelivery.
+//   - PublishTx.
 //   - Unsubscribe deletes the group and the handler's topics only when no
 //     process runs the handler.
 //
