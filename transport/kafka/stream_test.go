@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/ripplehq/ripple"
 	"github.com/ripplehq/ripple/stream"
+	"github.com/ripplehq/ripple/transport"
+	_ "github.com/ripplehq/ripple/transport/redis" // side store of TestStoreRedis
 )
 
 // TestStreamNeedsStore: without a side store the kafka transport has no
@@ -144,5 +147,82 @@ func TestStreamWithStore(t *testing.T) {
 		if !strings.Contains(resultData[id], `"value":10`) {
 			t.Errorf("result %s has data %s; want a count of 10", id, resultData[id])
 		}
+	}
+}
+
+// TestStoreRedis: the side store on Redis (RIPPLE_TEST_REDIS_URL, as
+// scripts/test sets it): publish deduplication, Idempotent() claims and a
+// shared rate limit through it.
+func TestStoreRedis(t *testing.T) {
+	base := os.Getenv("RIPPLE_TEST_REDIS_URL")
+	if base == "" {
+		if os.Getenv("RIPPLE_TEST_REQUIRE_SERVERS") == "1" {
+			t.Fatal("RIPPLE_TEST_REDIS_URL is not set but RIPPLE_TEST_REQUIRE_SERVERS=1: start redis-server (scripts/test does) and export RIPPLE_TEST_REDIS_URL=redis://127.0.0.1:PORT/0")
+		}
+		t.Skip("no Redis server: set RIPPLE_TEST_REDIS_URL=redis://127.0.0.1:6379/0 to run the kafka side-store test on Redis")
+	}
+	sep := "?"
+	if strings.Contains(base, "?") {
+		sep = "&"
+	}
+	store := base + sep + "prefix=" + url.QueryEscape(fmt.Sprintf("kafka-store-test-%d", time.Now().UnixNano()))
+	u := newURL(t, "store_env=RIPPLE_TEST_KAFKA_REDIS_STORE")
+	t.Setenv("RIPPLE_TEST_KAFKA_REDIS_STORE", store)
+	bus, err := ripple.Open(bg, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	var d transport.Driver
+	if !bus.As(&d) {
+		t.Fatal("no driver")
+	}
+	if c := d.Capabilities(); !c.Dedup || !c.SharedRateLimit {
+		t.Errorf("kafka with a Redis store declares %+v; want Dedup and SharedRateLimit", c)
+	}
+	var mu sync.Mutex
+	runs := map[string]int{}
+	if err := bus.On("order.placed", "orders.idem", func(_ context.Context, e ripple.Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		runs[e.ID]++
+		return nil
+	}, ripple.Idempotent(), ripple.RateLimit(100, time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Start(bg); err != nil {
+		t.Fatal(err)
+	}
+	first, err := bus.Publish(bg, "order.placed", map[string]int{"v": 1}, ripple.WithID("o-1"))
+	if err != nil || first.Duplicate {
+		t.Fatalf("first publish: %+v, %v", first, err)
+	}
+	again, err := bus.Publish(bg, "order.placed", map[string]int{"v": 2}, ripple.WithID("o-1"))
+	if err != nil || !again.Duplicate || string(again.Data) != `{"v":1}` {
+		t.Fatalf("second publish of o-1: duplicate=%v data %s err %v; want the kept copy {\"v\":1}", again.Duplicate, again.Data, err)
+	}
+	if _, err := bus.Publish(bg, "order.placed", map[string]int{"v": 3}, ripple.WithID("o-2")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both orders to be handled", 60*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return runs["o-1"] == 1 && runs["o-2"] == 1
+	})
+	if err := bus.WaitIdle(bg); err != nil {
+		t.Fatal(err)
+	}
+	// A replay re-delivers both; the claims in Redis keep the handler from
+	// running them again.
+	if n, err := bus.Replay(bg, "orders.idem", time.Now().Add(-time.Hour)); err != nil || n != 2 {
+		t.Fatalf("Replay = %d, %v; want 2", n, err)
+	}
+	if err := bus.WaitIdle(bg); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if runs["o-1"] != 1 || runs["o-2"] != 1 || len(runs) != 2 {
+		t.Errorf("handler runs %v; want each order once (claims in the Redis store)", runs)
 	}
 }
