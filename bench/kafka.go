@@ -52,7 +52,7 @@ func KafkaSystems() []System {
 			return "kafka://" + b + "?namespace=" + newNamespace()
 		})
 	rk.Group = "kafka"
-	return []System{rk, rawKafka(false), rawKafka(true)}
+	return []System{rk, rawKafka(false), rawKafka(true), WatermillKafka()}
 }
 
 // rawKafka is franz-go producing the payload to one topic and nothing
