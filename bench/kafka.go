@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -126,4 +127,21 @@ func (r *rawKafkaInstance) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return errors.Join(err, r.err)
+}
+
+// checkKafka evaluates the Kafka targets of ripple-kafka against franz-go's
+// raw produce and Watermill's Kafka Pub/Sub of the same run (all on the
+// same kfake cluster, so they compare clients).
+func checkKafka(find func(string, Scenario) (Measurement, bool)) []Verdict {
+	v := verdicts{find: find}
+	v.ratio("Kafka: one awaiting publisher ≥ 0.8× raw awaited produce",
+		"ripple-kafka", Pub1, "kafka-raw-awaited", Pub1, 0.8)
+	v.ratio("Kafka: end-to-end, one awaiting publisher ≥ 0.8× raw awaited produce",
+		"ripple-kafka", E2E1, "kafka-raw-awaited", Pub1, 0.8)
+	v.ratio("Kafka: 16 publishers ≥ 0.5× raw produce with 16 in flight",
+		"ripple-kafka", Pub16, "kafka-raw-async16", Pub16, 0.5)
+	for _, sc := range []Scenario{E2E1, E2E16} {
+		v.ratio(fmt.Sprintf("Kafka: end-to-end (%s) ≥ 2× watermill-kafka", sc), "ripple-kafka", sc, "watermill-kafka", sc, 2)
+	}
+	return v.out
 }

@@ -210,7 +210,7 @@ func Check(results []Result) []Verdict {
 			Pass:     m.P99 <= time.Millisecond && m.Note == "",
 		})
 	}
-	return append(append(append(out, checkNATS(find)...), checkAMQP(find)...), checkPostgres(find)...)
+	return append(append(append(append(out, checkNATS(find)...), checkAMQP(find)...), checkPostgres(find)...), checkKafka(find)...)
 }
 
 // verdicts collects the verdicts of one broker's targets from the
