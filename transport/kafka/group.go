@@ -122,6 +122,11 @@ type group struct {
 	assigned  bool
 
 	commitMu sync.Mutex
+	// takes counts the takes that leased something (under mu);
+	// committed is the count the last fully successful commit covered
+	// (under commitMu), so that a Receive whose take a later commit
+	// covered already need not commit again.
+	takes, committed uint64
 	ctx      context.Context
 	cancel   context.CancelFunc
 	loops    sync.WaitGroup
@@ -803,8 +808,18 @@ func parseMeta(base int64, s string) meta {
 // when force), with the group's current generation, and waits for the
 // answer.
 func (g *group) commit(ctx context.Context, force bool) {
+	g.commitTakes(ctx, force, 0)
+}
+
+// commitTakes is commit, skipped when a commit that began after take
+// number upTo (0: none) has succeeded already: Receives that lease while
+// a commit is under way share the next one instead of one each.
+func (g *group) commitTakes(ctx context.Context, force bool, upTo uint64) {
 	g.commitMu.Lock()
 	defer g.commitMu.Unlock()
+	if upTo > 0 && g.committed >= upTo {
+		return
+	}
 	member, gen := g.cl.GroupMetadata()
 	if member == "" || gen < 0 {
 		return
@@ -816,6 +831,7 @@ func (g *group) commit(ctx context.Context, force bool) {
 	}
 	var todo []pending
 	g.mu.Lock()
+	takes := g.takes
 	now := time.Now()
 	for _, pt := range g.parts {
 		off, meta, ok := commitPoint(pt, now)
@@ -826,6 +842,7 @@ func (g *group) commit(ctx context.Context, force bool) {
 	}
 	g.mu.Unlock()
 	if len(todo) == 0 {
+		g.committed = takes
 		return
 	}
 	req := kmsg.NewPtrOffsetCommitRequest()
@@ -868,13 +885,19 @@ func (g *group) commit(ctx context.Context, force bool) {
 			ok[tp{t.Topic, p.Partition}] = true
 		}
 	}
+	all := true
 	g.mu.Lock()
 	for _, p := range todo {
 		if ok[p.pt.tp] {
 			p.pt.commOff, p.pt.commMeta = p.off, p.meta
+		} else {
+			all = false
 		}
 	}
 	g.mu.Unlock()
+	if all {
+		g.committed = takes
+	}
 }
 
 // commitLoop commits completed work in the background and checks every
@@ -996,12 +1019,16 @@ func (r *receiver) Receive(ctx context.Context, maxN int) ([]*transport.Delivery
 		} else {
 			out, next = g.take(now, maxN, r.lease)
 		}
+		if len(out) > 0 {
+			g.takes++
+		}
+		seq := g.takes
 		wake := g.wake
 		g.mu.Unlock()
 		if len(out) > 0 {
 			// The attempt must be durable before the handler runs, so
 			// that a crash counts it.
-			g.commit(ctx, false)
+			g.commitTakes(ctx, false, seq)
 			return out, nil
 		}
 		var timer <-chan time.Time
