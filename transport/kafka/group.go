@@ -127,9 +127,9 @@ type group struct {
 	// (under commitMu), so that a Receive whose take a later commit
 	// covered already need not commit again.
 	takes, committed uint64
-	ctx      context.Context
-	cancel   context.CancelFunc
-	loops    sync.WaitGroup
+	ctx              context.Context
+	cancel           context.CancelFunc
+	loops            sync.WaitGroup
 }
 
 // Subscribe creates the handler's subscription (its consumer group's
