@@ -49,9 +49,9 @@
 //	                      are refused (see Not supported)
 //	store_env=VAR         the same, read from the environment variable VAR,
 //	                      so that the store's password stays out of the
-//	                      URL (Ripple hides the password of the kafka URL
-//	                      itself in errors and logs, and of the store's
-//	                      URL in errors)
+//	                      URL and out of the process's arguments (errors
+//	                      and logs hide the password of the kafka URL and
+//	                      of a store= value)
 //	claims=URL,           older spellings of store= and store_env=, still
 //	claims_env=VAR        accepted; giving two of the four is refused
 //

@@ -198,25 +198,51 @@ func unwrapURLError(err error) error {
 // redact hides a password in a URL: everything between the scheme's
 // colon-slashes and the last @ of the authority.
 func redact(raw string) string {
-	i := strings.Index(raw, "://")
-	if i < 0 {
-		return raw
+	base, query, hasQuery := strings.Cut(raw, "?")
+	if hasQuery {
+		query = redactStore(query)
 	}
-	rest := raw[i+3:]
-	end := strings.IndexAny(rest, "/?")
-	auth := rest
-	if end >= 0 {
-		auth = rest[:end]
+	i := strings.Index(base, "://")
+	if i >= 0 {
+		rest := base[i+3:]
+		auth := rest
+		if end := strings.IndexByte(rest, '/'); end >= 0 {
+			auth = rest[:end]
+		}
+		if at := strings.LastIndex(auth, "@"); at >= 0 {
+			user := auth[:at]
+			if c := strings.Index(user, ":"); c >= 0 {
+				user = user[:c] + ":xxxxx"
+			}
+			base = base[:i+3] + user + rest[at:]
+		}
 	}
-	at := strings.LastIndex(auth, "@")
-	if at < 0 {
-		return raw
+	if hasQuery {
+		return base + "?" + query
 	}
-	user := auth[:at]
-	if c := strings.Index(user, ":"); c >= 0 {
-		user = user[:c] + ":xxxxx"
+	return base
+}
+
+// redactStore hides the password of a store URL (store=, claims=) in a
+// kafka URL's query.
+func redactStore(query string) string {
+	vs, err := url.ParseQuery(query)
+	if err != nil {
+		return "(hidden)"
 	}
-	return raw[:i+3] + user + rest[at:]
+	changed := false
+	for _, k := range []string{"store", "claims"} {
+		for i, v := range vs[k] {
+			if r := sidestore.Redact(v); r != v {
+				vs[k][i] = r
+				changed = true
+			}
+		}
+	}
+	if !changed {
+		return query
+	}
+	return vs.Encode()
 }
 
 // Driver is the Kafka transport. It is safe for concurrent use.

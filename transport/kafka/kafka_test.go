@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -218,5 +219,18 @@ func TestStoreEnv(t *testing.T) {
 		if _, err := Open(context.Background(), newURL(t, param+"=RIPPLE_TEST_KAFKA_UNSET_VAR"), transport.Config{}); err == nil || !strings.Contains(err.Error(), "unset") {
 			t.Errorf("%s of an unset variable: %v", param, err)
 		}
+	}
+}
+
+// TestRedactStore: a password inside a percent-encoded store= (or
+// claims=) value is hidden too.
+func TestRedactStore(t *testing.T) {
+	raw := "kafka://u:kpass@a:1?namespace=x&store=" + url.QueryEscape("redis://:spass@cache:6379/0")
+	got := redact(raw)
+	if strings.Contains(got, "kpass") || strings.Contains(got, "spass") || !strings.Contains(got, "namespace=x") {
+		t.Errorf("redact(%q) = %q", raw, got)
+	}
+	if _, err := parseURL("kafka://a:1?claims=" + url.QueryEscape("redis://:spass@cache:6379/0") + "&bogus=1"); err == nil || strings.Contains(err.Error(), "spass") {
+		t.Errorf("error %v; want a refusal without the store's password", err)
 	}
 }
