@@ -97,25 +97,27 @@
 //
 // # Delivery
 //
-// Kafka assigns each partition to one process of a handler's group;
-// within a process Ripple hands the partition's events to the handler's
-// workers concurrently (several at once from one partition), and leases
-// each in memory: a handler that hangs past its lease has its event
-// delivered again to another worker, with the attempt counted. The
-// group's committed offset of a partition is the lowest event not yet
-// finished, so a crash re-delivers, never skips: after a crash the
-// events from that offset on are handled again, but for those the last
-// commit (at most 100ms old) knew finished. With the offset, the commit metadata lists the unfinished
-// events after it with the number of attempts started for each
-// (committed before the handler runs), so an event whose process was
-// killed comes back with its attempt counted, and the next owner of a
-// partition handed over skips the events finished after the committed
-// offset (a retried event's older copy, with its older attempt count,
-// among them) as far as the list is complete (about 500 events); it also carries the partition's counters for
-// Stats. A process that stops gracefully waits for its running handlers
-// of a partition taken away by a rebalance (up to 20s) and commits before
-// giving it up; a process killed with SIGKILL keeps its partitions until
-// its session times out (session_timeout).
+// Kafka assigns each partition to one process of a handler's group; within
+// a process Ripple hands the partition's events to the handler's workers
+// concurrently (several at once from one partition), and leases each in
+// memory: a handler that hangs past its lease has its event delivered
+// again to another worker, with the attempt counted. The group's committed
+// offset of a partition is the lowest event not yet finished, so a crash
+// re-delivers, never skips: after a crash the events from that offset on
+// are handled again, but for those the last commit (at most 100ms old)
+// knew finished. With the offset, the commit metadata lists the unfinished
+// events after it with the number of attempts started for each (committed
+// before the handler runs: an event whose count the broker does not take,
+// during a rebalance say, is not handed out until it does), so an event
+// whose process was killed comes back with its attempt counted, and the
+// next owner of a partition handed over skips the events finished after
+// the committed offset (a retried event's older copy, with its older
+// attempt count, among them) as far as the list is complete (about 500
+// events); it also carries the partition's counters for Stats. A process
+// that stops gracefully waits for its running handlers of a partition
+// taken away by a rebalance (up to 20s) and commits before giving it up; a
+// process killed with SIGKILL keeps its partitions until its session times
+// out (session_timeout).
 //
 // A failed attempt is retried without holding its partition back: the
 // event is copied to the handler's retry topic with the time it is due

@@ -813,16 +813,19 @@ func (g *group) commit(ctx context.Context, force bool) {
 
 // commitTakes is commit, skipped when a commit that began after take
 // number upTo (0: none) has succeeded already: Receives that lease while
-// a commit is under way share the next one instead of one each.
-func (g *group) commitTakes(ctx context.Context, force bool, upTo uint64) {
+// a commit is under way share the next one instead of one each. It
+// reports whether the state as of take upTo is committed, and otherwise
+// the partitions whose commit the broker refused (nil when the whole
+// commit failed).
+func (g *group) commitTakes(ctx context.Context, force bool, upTo uint64) (bool, map[tp]bool) {
 	g.commitMu.Lock()
 	defer g.commitMu.Unlock()
 	if upTo > 0 && g.committed >= upTo {
-		return
+		return true, nil
 	}
 	member, gen := g.cl.GroupMetadata()
 	if member == "" || gen < 0 {
-		return
+		return false, nil
 	}
 	type pending struct {
 		pt   *part
@@ -843,7 +846,7 @@ func (g *group) commitTakes(ctx context.Context, force bool, upTo uint64) {
 	g.mu.Unlock()
 	if len(todo) == 0 {
 		g.committed = takes
-		return
+		return true, nil
 	}
 	req := kmsg.NewPtrOffsetCommitRequest()
 	req.Group = g.d.groupName(g.name)
@@ -870,10 +873,10 @@ func (g *group) commitTakes(ctx context.Context, force bool, upTo uint64) {
 	defer cancel()
 	resp, err := req.RequestWith(cctx, g.cl)
 	if err != nil {
-		if g.ctx.Err() == nil {
+		if g.ctx.Err() == nil && ctx.Err() == nil {
 			g.d.log.Warn("kafka: commit failed", "handler", g.name, "err", err)
 		}
-		return
+		return false, nil
 	}
 	ok := map[tp]bool{}
 	for _, t := range resp.Topics {
@@ -885,19 +888,24 @@ func (g *group) commitTakes(ctx context.Context, force bool, upTo uint64) {
 			ok[tp{t.Topic, p.Partition}] = true
 		}
 	}
-	all := true
+	var refused map[tp]bool
 	g.mu.Lock()
 	for _, p := range todo {
 		if ok[p.pt.tp] {
 			p.pt.commOff, p.pt.commMeta = p.off, p.meta
 		} else {
-			all = false
+			if refused == nil {
+				refused = map[tp]bool{}
+			}
+			refused[p.pt.tp] = true
 		}
 	}
 	g.mu.Unlock()
-	if all {
-		g.committed = takes
+	if refused != nil {
+		return false, refused
 	}
+	g.committed = takes
+	return true, nil
 }
 
 // commitLoop commits completed work in the background and checks every
@@ -1026,10 +1034,28 @@ func (r *receiver) Receive(ctx context.Context, maxN int) ([]*transport.Delivery
 		wake := g.wake
 		g.mu.Unlock()
 		if len(out) > 0 {
+			if g.ephemeral {
+				return out, nil // nothing is committed
+			}
 			// The attempt must be durable before the handler runs, so
-			// that a crash counts it.
-			g.commitTakes(ctx, false, seq)
-			return out, nil
+			// that a crash counts it: what the commit did not cover is
+			// handed back unstarted (a rebalance under way, say).
+			ok, refused := g.commitTakes(ctx, false, seq)
+			if ok {
+				return out, nil
+			}
+			out = g.untake(out, refused)
+			if len(out) > 0 {
+				return out, nil
+			}
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			case <-t.C:
+			}
+			continue
 		}
 		var timer <-chan time.Time
 		if !next.IsZero() {
@@ -1044,6 +1070,30 @@ func (r *receiver) Receive(ctx context.Context, maxN int) ([]*transport.Delivery
 		case <-timer:
 		}
 	}
+}
+
+// untake hands back, unstarted, the deliveries of ds whose attempt
+// count could not be committed: those of the partitions in refused, or
+// all of them when refused is nil. It returns the others.
+func (g *group) untake(ds []*transport.Delivery, refused map[tp]bool) []*transport.Delivery {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var keep []*transport.Delivery
+	for _, d := range ds {
+		tk := d.Token.(token)
+		e := tk.e
+		if refused != nil && !refused[e.p.tp] {
+			keep = append(keep, d)
+			continue
+		}
+		if e.leased && e.gen == tk.gen && !e.done {
+			e.leased = false
+			e.attempts = max(e.attempts-1, 0)
+			e.gen++
+		}
+	}
+	g.broadcast()
+	return keep
 }
 
 // take leases deliverable entries. It returns them and, when there are

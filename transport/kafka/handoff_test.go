@@ -3,8 +3,12 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ripplehq/ripple/transport"
 )
@@ -105,5 +109,85 @@ func TestHandoffSkipsFinishedRecords(t *testing.T) {
 	}
 	if a := attempts["done"]; len(a) != 0 {
 		t.Errorf("the completed event was delivered again as attempts %v (deliveries %v)", a, seen)
+	}
+}
+
+// TestAttemptNotDurableNotHanded: Receive hands out an event only once
+// the attempt it starts is committed, so that a crash counts it. While
+// the broker refuses the group's commits (as during a rebalance), the
+// event stays in memory unstarted; once commits go through it is handed
+// out as its first attempt.
+func TestAttemptNotDurableNotHanded(t *testing.T) {
+	if cluster == nil {
+		t.Skip("needs the in-process kfake cluster to refuse commits (RIPPLE_TEST_KAFKA_URL is set)")
+	}
+	dr, err := Open(bg, newURL(t, "partitions=1"), transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dr.Close()
+	d := dr.(*Driver)
+	spec := transport.SubscriptionSpec{Name: "durable.attempt", Pattern: "durable.>", Lease: 30 * time.Second}
+	sub, err := d.Subscribe(bg, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	group := d.groupName(spec.Name)
+	var refuse atomic.Bool
+	var refused atomic.Int64
+	refuse.Store(true)
+	cluster.ControlKey(int16(kmsg.OffsetCommit), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		req := kr.(*kmsg.OffsetCommitRequest)
+		if !refuse.Load() || req.Group != group {
+			return nil, nil, false
+		}
+		refused.Add(1)
+		resp := req.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewOffsetCommitResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.RebalanceInProgress.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	defer refuse.Store(false)
+	if err := d.Publish(bg, []*transport.Message{{ID: "e1", Type: "durable.event.sent", Time: time.Now(), Attrs: map[string]string{"source": "t"}, Data: []byte(`{}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	// Until the event is in memory and a commit was refused, Receive
+	// has had nothing to refuse; then it must hand nothing out.
+	waitFor(t, "a refused commit of the taken event", 60*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(bg, 200*time.Millisecond)
+		defer cancel()
+		ds, _ := sub.Receive(ctx, 1)
+		if len(ds) > 0 {
+			t.Fatalf("Receive handed out %s (attempt %d) whose attempt the broker refused to commit", ds[0].ID, ds[0].Attempt)
+		}
+		return refused.Load() > 0
+	})
+	ctx, cancel := context.WithTimeout(bg, time.Second)
+	ds, err := sub.Receive(ctx, 1)
+	cancel()
+	if len(ds) > 0 || err == nil {
+		t.Fatalf("Receive while commits are refused: %d deliveries, %v; want none and the context's error", len(ds), err)
+	}
+	refuse.Store(false)
+	ctx, cancel = context.WithTimeout(bg, 60*time.Second)
+	defer cancel()
+	ds, err = sub.Receive(ctx, 1)
+	if err != nil || len(ds) != 1 || ds[0].ID != "e1" || ds[0].Attempt != 1 {
+		t.Fatalf("Receive once commits go through: %v, %v; want e1 as attempt 1", ds, err)
+	}
+	// Settled, so that closing does not wait for its lease.
+	if err := sub.Settle(bg, []transport.Settlement{{Delivery: ds[0], Outcome: transport.Complete}}); err != nil {
+		t.Fatal(err)
 	}
 }
