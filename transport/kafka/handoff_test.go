@@ -134,10 +134,14 @@ func TestAttemptNotDurableNotHanded(t *testing.T) {
 	}
 	defer sub.Close()
 	group := d.groupName(spec.Name)
-	var refuse atomic.Bool
+	var refuse, done atomic.Bool
 	var refused atomic.Int64
 	refuse.Store(true)
 	cluster.ControlKey(int16(kmsg.OffsetCommit), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+		if done.Load() {
+			cluster.DropControl()
+			return nil, nil, false
+		}
 		cluster.KeepControl()
 		req := kr.(*kmsg.OffsetCommitRequest)
 		if !refuse.Load() || req.Group != group {
@@ -158,7 +162,10 @@ func TestAttemptNotDurableNotHanded(t *testing.T) {
 		}
 		return resp, nil, true
 	})
-	defer refuse.Store(false)
+	defer func() {
+		refuse.Store(false)
+		done.Store(true) // the control goes with the next commit it sees
+	}()
 	if err := d.Publish(bg, []*transport.Message{{ID: "e1", Type: "durable.event.sent", Time: time.Now(), Attrs: map[string]string{"source": "t"}, Data: []byte(`{}`)}}); err != nil {
 		t.Fatal(err)
 	}
