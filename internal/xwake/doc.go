@@ -45,6 +45,10 @@
 // database after waking, and keep a slower poll as the backstop for a member
 // whose wake-up was lost.
 //
+// A nil *Notifier is valid: Notify and Close do nothing and C is nil, so a
+// user that could not join (or has nothing to share, an in-memory database)
+// keeps one code path.
+//
 // # Other platforms
 //
 // Elsewhere Open succeeds with a Notifier whose Notify does nothing and whose

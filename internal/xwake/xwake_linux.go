@@ -184,8 +184,11 @@ func (n *Notifier) addr(name string) string { return n.base + "/" + name }
 
 // Notify wakes the other members. It never blocks: it hands the wake-up to
 // the member's sender goroutine, and calls made while one is pending cost
-// nothing more. After Close it does nothing.
+// nothing more. After Close, or on a nil Notifier, it does nothing.
 func (n *Notifier) Notify() {
+	if n == nil {
+		return
+	}
 	// kicks counts the round before it can run, so kicks == rounds only
 	// when no round is pending or running.
 	n.kicks.Add(1)
@@ -198,12 +201,22 @@ func (n *Notifier) Notify() {
 
 // C receives when another member called Notify. Its capacity is one, so
 // wake-ups that arrive while one is pending coalesce. It never fires after
-// Close and is never closed.
-func (n *Notifier) C() <-chan struct{} { return n.c }
+// Close and is never closed. A nil Notifier's C is nil, which never fires
+// in a select.
+func (n *Notifier) C() <-chan struct{} {
+	if n == nil {
+		return nil
+	}
+	return n.c
+}
 
 // Close leaves the group: this member's socket is removed, and the
-// directory too when no other member remains. It is idempotent.
+// directory too when no other member remains. It is idempotent, and does
+// nothing on a nil Notifier.
 func (n *Notifier) Close() error {
+	if n == nil {
+		return nil
+	}
 	var err error
 	n.once.Do(func() {
 		close(n.done)

@@ -20,7 +20,12 @@ func (n *Notifier) Notify() {}
 
 // C receives when another member called Notify; on this platform it never
 // fires.
-func (n *Notifier) C() <-chan struct{} { return n.c }
+func (n *Notifier) C() <-chan struct{} {
+	if n == nil {
+		return nil
+	}
+	return n.c
+}
 
 // Close leaves the group. It is idempotent.
 func (n *Notifier) Close() error { return nil }

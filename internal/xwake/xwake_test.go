@@ -482,3 +482,14 @@ func BenchmarkCrossProcessWake(b *testing.B) {
 	b.ReportMetric(float64(pct(99).Microseconds()), "rtt-p99-µs")
 	b.ReportMetric(float64(pct(50).Microseconds())/2, "oneway-p50-µs")
 }
+
+func TestNilNotifier(t *testing.T) {
+	var n *Notifier
+	n.Notify()
+	if n.C() != nil {
+		t.Fatal("a nil Notifier's C is not nil")
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
