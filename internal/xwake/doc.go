@@ -27,7 +27,9 @@
 // A member that dies without Close (SIGKILL, a crash) leaves its socket file
 // behind with no one bound to it. The next round of any member gets
 // ECONNREFUSED from it and removes it, so a dead member costs one failed
-// sendto, once. The directory stays while members remain; the last member to
+// sendto, once; a member that joins also probes every socket it finds (a
+// connect, which sends nothing) and removes the dead ones, so they go even
+// when no one notifies. The directory stays while members remain; the last member to
 // Close removes it, and a member that opens at that moment makes it again.
 //
 // Permissions: the directory is created with the permission bits of the

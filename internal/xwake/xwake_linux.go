@@ -69,6 +69,7 @@ type Notifier struct {
 	sent      atomic.Int64 // datagrams sent
 	full      atomic.Int64 // datagrams not sent: the member's queue was full
 	removed   atomic.Int64 // dead members' sockets removed
+	swept     atomic.Bool  // the sweep at joining is done
 	received  atomic.Int64 // datagrams received from other members
 	selfWakes atomic.Int64 // datagrams received from this member (ignored)
 }
@@ -256,7 +257,7 @@ func (n *Notifier) readLoop() {
 	defer n.wg.Done()
 	buf := make([]byte, 16)
 	for {
-		k, _, err := n.conn.ReadFromUnix(buf)
+		k, err := n.conn.Read(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -286,6 +287,7 @@ func (n *Notifier) sendLoop() {
 	defer n.wg.Done()
 	msg := make([]byte, 8)
 	binary.LittleEndian.PutUint64(msg, n.id)
+	n.sweep()
 	for {
 		select {
 		case <-n.done:
@@ -295,6 +297,36 @@ func (n *Notifier) sendLoop() {
 		n.round(msg)
 		n.rounds.Add(1)
 	}
+}
+
+// sweep removes the sockets of members that died without Close, so that a
+// member that never notifies still clears what a killed one left. It
+// probes each with a connect, which sends nothing and fails with
+// ECONNREFUSED when no one is bound to the socket.
+func (n *Notifier) sweep() {
+	n.refresh()
+	for _, m := range n.members {
+		select {
+		case <-n.done:
+			return
+		default:
+		}
+		if m == n.self {
+			continue
+		}
+		fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
+		if err != nil {
+			return
+		}
+		err = syscall.Connect(fd, &syscall.SockaddrUnix{Name: n.addr(m)})
+		_ = syscall.Close(fd)
+		if errors.Is(err, syscall.ECONNREFUSED) && syscall.Unlink(n.addr(m)) == nil {
+			n.removed.Add(1)
+		}
+	}
+	// The next round lists the directory again.
+	n.listedAt = time.Time{}
+	n.swept.Store(true)
 }
 
 // round sends msg to every other member once.

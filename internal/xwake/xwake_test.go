@@ -288,6 +288,9 @@ func TestChildProcess(t *testing.T) {
 func TestKilledMemberCleanedUp(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "app.db")
 	a, b := open(t, db), open(t, db)
+	// Their sweeps at joining are done, so the killed member's socket is
+	// left for a's round to find.
+	eventually(t, "a and b swept", func() bool { return a.swept.Load() && b.swept.Load() })
 	p := startChild(t, db, "sleep")
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -323,9 +326,31 @@ func TestKilledMemberCleanedUp(t *testing.T) {
 	if d := a.sent.Load() - before; d != 1 {
 		t.Fatalf("a's round after the cleanup sent %d datagrams, want 1", d)
 	}
+	// A member that joins clears a killed member's socket without
+	// notifying anyone.
+	q := startChild(t, db, "sleep")
+	if err := q.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = q.cmd.Wait()
+	dead = fmt.Sprintf("%d-", q.cmd.Process.Pid)
+	if !slices.ContainsFunc(socks(), func(s string) bool { return strings.HasPrefix(s, dead) }) {
+		t.Fatalf("the second killed member left no socket (%v)", socks())
+	}
+	c := open(t, db)
+	eventually(t, "the joining member removed the killed member's socket", func() bool {
+		return c.removed.Load() == 1
+	})
+	if slices.ContainsFunc(socks(), func(s string) bool { return strings.HasPrefix(s, dead) }) {
+		t.Fatalf("the killed member's socket is still there: %v", socks())
+	}
+	if got := len(socks()); got != 3 {
+		t.Fatalf("the directory holds %v, want the 3 live members' sockets", socks())
+	}
 	// The last member to leave removes the directory.
 	_ = a.Close()
 	_ = b.Close()
+	_ = c.Close()
 	if _, err := os.Stat(db + ".wake"); !os.IsNotExist(err) {
 		t.Fatalf("after every member closed, %s.wake: %v; want it removed", db, err)
 	}
