@@ -108,6 +108,11 @@ func Open(path string) (*Notifier, error) {
 		// our bind: make it again.
 	}
 	if err != nil {
+		if n.dirf != nil {
+			_ = n.dirf.Close()
+		}
+		// Leave no empty directory behind (fails if it holds members).
+		_ = syscall.Rmdir(dir)
 		return nil, fmt.Errorf("xwake: joining %s: %w", dir, err)
 	}
 	// Sockets are made under the umask; give this one the database's
@@ -231,7 +236,7 @@ func (n *Notifier) Close() error {
 		_ = syscall.Close(n.sendFD)
 		// Succeeds only for the last member; a member opening now makes
 		// the directory again.
-		_ = os.Remove(n.dir)
+		_ = syscall.Rmdir(n.dir)
 	})
 	return err
 }
@@ -240,7 +245,7 @@ func (n *Notifier) Close() error {
 func (n *Notifier) abandon() {
 	_ = syscall.Unlink(n.addr(n.self))
 	n.closeSockets()
-	_ = os.Remove(n.dir)
+	_ = syscall.Rmdir(n.dir)
 }
 
 func (n *Notifier) closeSockets() {

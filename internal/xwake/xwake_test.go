@@ -474,6 +474,9 @@ func TestOpenErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), db+".wake") {
 		t.Fatalf("Open with a file at %s.wake: %v; want an error naming it", db, err)
 	}
+	if st, err := os.Stat(db + ".wake"); err != nil || !st.Mode().IsRegular() {
+		t.Fatalf("the file at %s.wake after the failed Open: %v, %v; want it left alone", db, st, err)
+	}
 }
 
 // BenchmarkCrossProcessWake measures the round trip of a wake-up to a member
