@@ -536,3 +536,23 @@ func BenchmarkNotify(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(n.rounds.Load())/float64(b.N), "rounds/op")
 }
+
+func TestManyMembers(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "app.db")
+	ns := make([]*Notifier, 16)
+	for i := range ns {
+		ns[i] = open(t, db)
+	}
+	for _, from := range []int{0, 7, 15} {
+		ns[from].Notify()
+		for i, n := range ns {
+			if i != from {
+				woken(t, n, fmt.Sprintf("member %d (from %d)", i, from))
+			}
+		}
+		settle(t, ns...)
+		if pending(ns[from]) {
+			t.Fatalf("member %d woke itself", from)
+		}
+	}
+}
