@@ -42,6 +42,11 @@
 // descriptor they hold open on it (/proc/self/fd/N/name), which is short
 // whatever the database's path.
 //
+// The directory holds nothing durable. Deleting it while no process has the
+// database open is harmless; deleting it under running members only stops
+// them being woken until they open again (their polls still see every
+// commit).
+//
 // Wake-ups are hints: a datagram may be dropped (a full queue) and a wake
 // may come for nothing. A user of this package must still look at the
 // database after waking, and keep a slower poll as the backstop for a member
