@@ -158,6 +158,9 @@ type subscription struct {
 	closed   bool
 	done     chan struct{}
 	recvMu   sync.Mutex
+	// paused is the handler's pause flag as last read, at pausedAt.
+	paused   bool
+	pausedAt time.Time
 }
 
 // lease is the token of one delivery.
@@ -178,6 +181,9 @@ func (s *subscription) declare(ctx context.Context) error {
 	}
 	dead := d.deadName(spec.Name)
 	if err := d.declareKeeping(ctx, dead, d.deadArgs(spec.Ephemeral, spec.Lease), !spec.Ephemeral); err != nil {
+		return err
+	}
+	if err := d.declareOnce(ctx, d.pausedName(spec.Name), d.pausedArgs(spec.Ephemeral, spec.Lease), !spec.Ephemeral, false); err != nil {
 		return err
 	}
 	return d.admin(ctx, func(ch *amqp.Channel) error {
@@ -207,7 +213,7 @@ func (s *subscription) channel(ctx context.Context, i int) (*amqp.Channel, error
 		// The channel or connection was lost: its unacknowledged
 		// deliveries went back to the queue. Declare again in case the
 		// broker lost the queue (an ephemeral one expired).
-		s.d.forget(s.queue, s.d.deadName(s.spec.Name))
+		s.d.forget(s.queue, s.d.deadName(s.spec.Name), s.d.pausedName(s.spec.Name))
 		s.mu.Lock()
 		for l := range s.inflight {
 			if l.ch == ch {
@@ -275,6 +281,11 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			}
 		}
 		var out []*transport.Delivery
+		if ch != nil && s.pausedNow(ch) {
+			// Paused: hand out nothing, and look again at the flag
+			// after pauseCheck.
+			ch, wait = nil, pauseCheck
+		}
 		if ch != nil && idle {
 			// While the queue is empty, look at its depth (a read the
 			// broker answers from memory) rather than basic.get, which
