@@ -159,7 +159,7 @@ type subscription struct {
 	prefetch int            // guarded by recvMu
 	ahead    []ahead        // sent ahead by the broker, not yet received
 	arrived  chan struct{}  // signalled when ahead grows
-	lost     bool // a channel was lost: declare again before the next
+	lost     bool           // a channel was lost: declare again before the next
 	inflight map[*lease]struct{}
 	closed   bool
 	done     chan struct{}
