@@ -535,8 +535,9 @@ func isFiller(m amqp.Delivery) bool {
 // giveBack returns deliveries sent ahead and never handed out to the
 // queue without an attempt counted: each is published again to the
 // handler's queue as a copy carrying the attempts it had (awaiting the
-// confirm), then acknowledged. A copy that cannot be published is left
-// unacknowledged and returns when its channel closes, counted.
+// confirm), then acknowledged. Those whose copies could not be published
+// are put back in front of s.ahead, still held: handed out by a later
+// Receive, or returned by the broker when their channel closes, counted.
 func (s *subscription) giveBack(ctx context.Context, left []ahead) {
 	var out []outgoing
 	var orig []ahead
@@ -563,7 +564,10 @@ func (s *subscription) giveBack(ctx context.Context, left []ahead) {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := s.d.pub.send(sctx, out); err != nil {
-		s.d.log.Warn("amqp: could not give back events sent ahead; they return with an attempt counted when the channel closes", "handler", s.spec.Name, "events", len(out), "err", err)
+		s.d.log.Warn("amqp: could not give back events sent ahead; this process keeps them (a closing one's return with an attempt counted)", "handler", s.spec.Name, "events", len(out), "err", err)
+		s.mu.Lock()
+		s.ahead = append(orig, s.ahead...)
+		s.mu.Unlock()
 		return
 	}
 	for _, a := range orig {
