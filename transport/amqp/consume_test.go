@@ -1,0 +1,146 @@
+package amqp
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ripplehq/ripple/transport"
+)
+
+func publishN(t *testing.T, d *Driver, typ, prefix string, n int) {
+	t.Helper()
+	var msgs []*transport.Message
+	for i := range n {
+		msgs = append(msgs, &transport.Message{ID: fmt.Sprintf("%s-%d", prefix, i), Type: typ, Time: time.Now(), Attrs: map[string]string{"source": "t"}, IDGenerated: true})
+	}
+	if err := d.Publish(bg, msgs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSentAheadNotCounted: receivers that close after taking part of
+// what the broker sent ahead (their prefetch) give the rest back without
+// an attempt counted, on both queue types: every event reaches the last
+// receiver as attempt 1.
+func TestSentAheadNotCounted(t *testing.T) {
+	for _, qt := range []string{"quorum", "classic"} {
+		t.Run(qt, func(t *testing.T) {
+			d := openDriver(t, namespaceURL(t)+"&queue_type="+qt)
+			spec := transport.SubscriptionSpec{Name: "ahead", Pattern: "ahead.>", Lease: time.Minute}
+			if _, err := d.Subscribe(bg, spec); err != nil { // the queue exists before publishing
+				t.Fatal(err)
+			}
+			const rounds, per = 6, 8
+			total := 0
+			for r := range rounds {
+				publishN(t, d, "ahead.sent", fmt.Sprintf("r%d", r), per)
+				sub, err := d.Subscribe(bg, spec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithTimeout(bg, 20*time.Second)
+				ds, err := sub.Receive(ctx, 4) // prefetch 4
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var ss []transport.Settlement
+				for _, dv := range ds {
+					if dv.Attempt != 1 {
+						t.Errorf("round %d: %s came with attempt %d, want 1", r, dv.ID, dv.Attempt)
+					}
+					ss = append(ss, transport.Settlement{Delivery: dv, Outcome: transport.Complete})
+				}
+				total += len(ds)
+				if err := sub.Settle(bg, ss); err != nil {
+					t.Fatal(err)
+				}
+				if err := sub.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sub, err := d.Subscribe(bg, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			for total < rounds*per {
+				ctx, cancel := context.WithTimeout(bg, 20*time.Second)
+				ds, err := sub.Receive(ctx, 10)
+				cancel()
+				if err != nil {
+					t.Fatalf("after %d of %d events: %v", total, rounds*per, err)
+				}
+				var ss []transport.Settlement
+				for _, dv := range ds {
+					if dv.Attempt != 1 {
+						t.Errorf("%s came back with attempt %d after graceful closes, want 1", dv.ID, dv.Attempt)
+					}
+					ss = append(ss, transport.Settlement{Delivery: dv, Outcome: transport.Complete})
+				}
+				total += len(ds)
+				if err := sub.Settle(bg, ss); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if total != rounds*per {
+				t.Errorf("handled %d events, want %d", total, rounds*per)
+			}
+		})
+	}
+}
+
+// TestSentAheadFreedWhenBusy: events the broker sent ahead to a receiver
+// whose slots stay busy (no further Receive) are given back within about
+// a second, so another process's receiver handles them, as attempt 1.
+func TestSentAheadFreedWhenBusy(t *testing.T) {
+	raw := namespaceURL(t)
+	a, b := openDriver(t, raw), openDriver(t, raw)
+	spec := transport.SubscriptionSpec{Name: "busy", Pattern: "busy.>", Lease: time.Minute}
+	busy, err := a.Subscribe(bg, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	publishN(t, a, "busy.sent", "b", 5)
+	ctx, cancel := context.WithTimeout(bg, 20*time.Second)
+	held, err := busy.Receive(ctx, 5) // prefetch 5
+	cancel()
+	if err != nil || len(held) == 0 {
+		t.Fatalf("Receive: %v", err)
+	}
+	// Settle one: its credit lets the broker send one more ahead to the
+	// busy receiver, which never receives again.
+	if err := busy.Settle(bg, []transport.Settlement{{Delivery: held[0], Outcome: transport.Complete}}); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, a, "busy.sent", "late", 3)
+	other, err := b.Subscribe(bg, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	got := map[string]int{}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(got) < 3+5-len(held) && time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(bg, time.Second)
+		ds, _ := other.Receive(ctx, 10)
+		cancel()
+		var ss []transport.Settlement
+		for _, dv := range ds {
+			got[dv.ID] = dv.Attempt
+			ss = append(ss, transport.Settlement{Delivery: dv, Outcome: transport.Complete})
+		}
+		_ = other.Settle(bg, ss)
+	}
+	if len(got) != 3+5-len(held) {
+		t.Fatalf("the other receiver handled %v; want the %d events not leased by the busy one", got, 3+5-len(held))
+	}
+	for id, at := range got {
+		if at != 1 {
+			t.Errorf("%s reached the other receiver as attempt %d, want 1", id, at)
+		}
+	}
+}
