@@ -88,6 +88,9 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 	}
 	q := u.Query()
 	storeURL := ""
+	if q.Has("store") && q.Has("store_env") {
+		return nil, errors.New("amqp: URL parameters store= and store_env= both given; give one")
+	}
 	for k, vs := range q {
 		v := vs[len(vs)-1]
 		switch k {
@@ -108,9 +111,6 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 			}
 			d.maxSize = n
 		case "store", "store_env":
-			if storeURL != "" {
-				return nil, errors.New("amqp: URL parameters store= and store_env= both given; give one")
-			}
 			if storeURL, err = storeParam(k, v); err != nil {
 				return nil, err
 			}
