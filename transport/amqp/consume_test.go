@@ -144,3 +144,83 @@ func TestSentAheadFreedWhenBusy(t *testing.T) {
 		}
 	}
 }
+
+// TestPauseGivesBackSentAhead: a paused receiver hands out nothing and
+// gives back what the broker had sent ahead to it, uncounted; after
+// Resume another process's receiver gets those events as attempt 1, and
+// Stats reports Paused meanwhile.
+func TestPauseGivesBackSentAhead(t *testing.T) {
+	raw := namespaceURL(t)
+	a, b := openDriver(t, raw), openDriver(t, raw)
+	spec := transport.SubscriptionSpec{Name: "pausing", Pattern: "pausing.>", Lease: time.Minute}
+	subA, err := a.Subscribe(bg, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer subA.Close()
+	if err := b.Pause(bg, "no.such.handler"); err == nil {
+		t.Error("Pause of an unknown handler succeeded")
+	}
+	publishN(t, a, "pausing.sent", "p", 6)
+	// Take three (the prefetch) and complete them: the broker sends the
+	// other three ahead.
+	var first []*transport.Delivery
+	for len(first) < 3 {
+		ctx, cancel := context.WithTimeout(bg, 20*time.Second)
+		ds, err := subA.Receive(ctx, 3-len(first))
+		cancel()
+		if err != nil {
+			t.Fatalf("Receive: %v", err)
+		}
+		first = append(first, ds...)
+	}
+	for _, dv := range first {
+		if err := subA.Settle(bg, []transport.Settlement{{Delivery: dv, Outcome: transport.Complete}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Pause(bg, "pausing"); err != nil {
+		t.Fatal(err)
+	}
+	// Once its last reading of the flag is older than pauseCheck (the
+	// propagation bound), A's next Receive sees the flag another process
+	// set, hands out nothing and gives back what it held.
+	time.Sleep(pauseCheck + 50*time.Millisecond)
+	// Shorter than aheadWait, so that what it held is back in the queue
+	// because of the pause, not because it waited too long.
+	ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
+	more, _ := subA.Receive(ctx, 3)
+	cancel()
+	if len(more) != 0 {
+		t.Fatalf("a paused receiver handed out %d events", len(more))
+	}
+	st, err := b.Stats(bg)
+	if err != nil || len(st) != 1 || !st[0].Paused || st[0].Waiting != int64(6-len(first)) {
+		t.Fatalf("Stats while paused: %+v, %v; want Paused with %d waiting", st, err, 6-len(first))
+	}
+	if err := a.Resume(bg, "pausing"); err != nil {
+		t.Fatal(err)
+	}
+	subB, err := b.Subscribe(bg, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer subB.Close()
+	got := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for got < 6-len(first) && time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(bg, time.Second)
+		ds, _ := subB.Receive(ctx, 1)
+		cancel()
+		for _, dv := range ds {
+			got++
+			if dv.Attempt != 1 {
+				t.Errorf("%s came with attempt %d after a pause, want 1", dv.ID, dv.Attempt)
+			}
+			_ = subB.Settle(bg, []transport.Settlement{{Delivery: dv, Outcome: transport.Complete}})
+		}
+	}
+	if got != 6-len(first) {
+		t.Errorf("after Resume another receiver got %d events, want %d", got, 6-len(first))
+	}
+}
