@@ -21,8 +21,9 @@
 //     one vhost. Letters, digits, '.', '_' and '-'.
 //   - queue_type: the handler queues' type, quorum (the default:
 //     replicated Raft log, survives the loss of a minority of a cluster's
-//     nodes) or classic (one node; a basic.get is about ten times cheaper,
-//     so handlers consume several times faster, see below). Delay and
+//     nodes) or classic (one node; no Raft log write per enqueue and
+//     acknowledgement, so a single publisher's events are handled sooner;
+//     see BENCHMARKS.md). Delay and
 //     dead-letter queues are quorum queues either way. Changing it for an
 //     existing handler is refused (the queue exists with other arguments):
 //     delete the queue or use another namespace.
