@@ -224,3 +224,31 @@ func TestPauseGivesBackSentAhead(t *testing.T) {
 		t.Errorf("after Resume another receiver got %d events, want %d", got, 6-len(first))
 	}
 }
+
+// TestPrefetchGrows: a receiver asked for one delivery at a time (as the
+// core asks for a rate-limited handler) while it holds others gets its
+// prefetch raised, so it can hold several at once.
+func TestPrefetchGrows(t *testing.T) {
+	d := openDriver(t, namespaceURL(t))
+	sub, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "grow", Pattern: "grow.>", Lease: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	publishN(t, d, "grow.sent", "g", 5)
+	var held []*transport.Delivery
+	for len(held) < 4 {
+		ctx, cancel := context.WithTimeout(bg, 10*time.Second)
+		ds, err := sub.Receive(ctx, 1)
+		cancel()
+		if err != nil {
+			t.Fatalf("Receive %d while holding %d: %v (a prefetch of 1 would never send a second)", len(held)+1, len(held), err)
+		}
+		held = append(held, ds...)
+	}
+	for _, dv := range held {
+		if dv.Attempt != 1 {
+			t.Errorf("%s attempt %d, want 1", dv.ID, dv.Attempt)
+		}
+	}
+}

@@ -54,9 +54,11 @@
 //     every matching event (fan-out); processes running the same handler
 //     take from the same queue (competing consumers).
 //   - Each receiver consumes its handler's queue (basic.consume, manual
-//     acknowledgements) with a prefetch of its first Receive's batch: the
-//     handler's free slots, at most its Concurrency, so the broker sends
-//     ahead only what free slots will take. What it sent ahead is handed
+//     acknowledgements) with a prefetch of the deliveries it holds plus the
+//     handler's free slots that Receive asks for (the largest such sum yet,
+//     so at most the handler's Concurrency; the consumer starts again when
+//     it grows), so the broker sends ahead only what free slots will
+//     take. What it sent ahead is handed
 //     out by the next Receive. Sent ahead but not handed out, a message has
 //     used no attempt, and is given back without one (a copy carrying the
 //     attempts it had is published to the handler's queue and confirmed,

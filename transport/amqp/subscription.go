@@ -247,9 +247,10 @@ func (s *subscription) channel(ctx context.Context, i int) (*amqp.Channel, error
 }
 
 // Receive implements transport.Subscription. It consumes the handler's
-// queue (basic.consume with manual acks) with a prefetch of the first
-// Receive's max, which the core sets to the handler's free slots, at most
-// its Concurrency: the broker sends ahead only what free slots will take.
+// queue (basic.consume with manual acks) with a prefetch of the leases it
+// holds plus max, the handler's free slots (the largest such sum yet, at
+// most the handler's Concurrency): the broker sends ahead only what free
+// slots will take.
 // What was sent ahead and is not handed out within aheadWait (its
 // process's slots are all busy) is given back (see giveBack), and so is
 // everything sent ahead when the consumer stops: a closing or paused
@@ -260,8 +261,19 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 	}
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
-	if s.prefetch == 0 {
-		s.prefetch = max
+	// The handler has at least max free slots beside the deliveries it
+	// holds: a prefetch below that would hold it back (a rate-limited
+	// handler asks for one at a time), so the consumer starts again with
+	// a larger one. The prefetch only grows, up to the handler's
+	// Concurrency.
+	s.mu.Lock()
+	want := len(s.inflight) + max
+	s.mu.Unlock()
+	if want > s.prefetch {
+		if s.prefetch > 0 {
+			s.stopConsumer(ctx)
+		}
+		s.prefetch = want
 	}
 	failures := 0
 	for {
