@@ -150,6 +150,9 @@ type publisher struct {
 
 	ch     *amqp.Channel
 	closes *closeNote
+	// plain is a channel without confirms, for bookkeeping (sendNoWait):
+	// the broker spends no confirm on it.
+	plain *amqp.Channel
 }
 
 // closeNote keeps why a channel closed.
@@ -313,6 +316,9 @@ func (p *publisher) close() {
 	if p.ch != nil {
 		p.ch.Close()
 	}
+	if p.plain != nil {
+		p.plain.Close()
+	}
 }
 
 // sendNoWait publishes without waiting for confirms (bookkeeping that
@@ -322,12 +328,18 @@ func (p *publisher) sendNoWait(ctx context.Context, out []outgoing) {
 		return
 	}
 	defer p.unlock()
-	ch, err := p.channel(ctx)
-	if err != nil {
-		return
+	if p.plain == nil || p.plain.IsClosed() {
+		c, err := p.d.pubConn.get(ctx)
+		if err != nil {
+			return
+		}
+		if p.plain, err = c.Channel(); err != nil {
+			p.plain = nil
+			return
+		}
 	}
 	for _, o := range out {
-		if _, err := ch.PublishWithDeferredConfirmWithContext(ctx, o.exchange, o.key, false, false, o.msg); err != nil {
+		if err := p.plain.PublishWithContext(ctx, o.exchange, o.key, false, false, o.msg); err != nil {
 			return
 		}
 	}
