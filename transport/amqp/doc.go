@@ -116,7 +116,8 @@
 //     of completed events and failed attempts go to NAMESPACE.done.HANDLER
 //     and NAMESPACE.failed.HANDLER, durable classic queues bounded by
 //     KeepCompleted's count (x-max-length) and age (x-message-ttl). These
-//     records are bookkeeping, published without waiting for confirms.
+//     records are bookkeeping, published on a channel without publisher
+//     confirms.
 //   - Stats come from passive queue declares: waiting is the handler
 //     queue's ready count (events sent ahead to a receiver are not in it), delayed the sum of its delay queues, dead,
 //     completed and failed the history queues' counts. Active counts only
