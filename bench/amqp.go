@@ -101,7 +101,7 @@ func (a amqpCleanup) Close() error {
 	}
 	for i := range a.handlers {
 		h := fmt.Sprintf("bench-counter-%d", i+1)
-		for _, q := range []string{".h.", ".dead.", ".done.", ".failed."} {
+		for _, q := range []string{".h.", ".dead.", ".done.", ".failed.", ".paused."} {
 			_, _ = ch.QueueDelete(a.ns+q+h, false, false, false)
 		}
 	}

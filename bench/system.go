@@ -91,6 +91,7 @@ func Systems(env Env) ([]System, []string) {
 			func(dir string) string { return "sqlite://" + dir + "/ripple.db" }),
 		RippleSystem("ripple-sqlite-normal", "sqlite transport, synchronous=NORMAL",
 			func(dir string) string { return "sqlite://" + dir + "/ripple.db?synchronous=normal" }),
+		SQLite2Bus(),
 		WatermillGoChannel(),
 		RiverSQLite(),
 		Goqite(),

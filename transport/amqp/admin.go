@@ -121,6 +121,9 @@ func (d *Driver) handlerStats(ctx context.Context, name, pattern string) (transp
 		return st, err
 	}
 	st.Failed = int64(failed)
+	if st.Paused, err = d.isPaused(ctx, name); err != nil {
+		return st, err
+	}
 	d.mu.Lock()
 	_, local := d.handlers[name]
 	d.mu.Unlock()
@@ -324,7 +327,7 @@ func (d *Driver) Unsubscribe(ctx context.Context, handler string) error {
 	} else if !ok {
 		return fmt.Errorf("amqp: handler %q: %w", handler, transport.ErrNotFound)
 	}
-	names := []string{d.queueName(handler), d.deadName(handler), d.completedName(handler), d.failedName(handler)}
+	names := []string{d.queueName(handler), d.deadName(handler), d.completedName(handler), d.failedName(handler), d.pausedName(handler)}
 	b := minBucket
 	for range numBuckets {
 		names = append(names, d.delayName(handler, b))

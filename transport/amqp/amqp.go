@@ -15,6 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/ripplehq/ripple/transport"
+	"github.com/ripplehq/ripple/transport/sidestore"
 )
 
 func init() {
@@ -50,6 +51,9 @@ type Driver struct {
 	pubConn *conn // publishes, settlements' republishes, administration
 	subConn *conn // consumers
 	pub     *publisher
+	// store keeps publish deduplication records, idempotency claims and
+	// shared rate-limit windows (the store= parameter); nil without one.
+	store *sidestore.Store
 
 	mu       sync.Mutex
 	declared map[string]bool // queues declared through this driver
@@ -83,6 +87,10 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		d.log = slog.New(slog.DiscardHandler)
 	}
 	q := u.Query()
+	storeURL := ""
+	if q.Has("store") && q.Has("store_env") {
+		return nil, errors.New("amqp: URL parameters store= and store_env= both given; give one")
+	}
 	for k, vs := range q {
 		v := vs[len(vs)-1]
 		switch k {
@@ -102,8 +110,12 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 				return nil, fmt.Errorf("amqp: max_message_size %q: want a positive number of bytes (the broker's max_message_size)", v)
 			}
 			d.maxSize = n
+		case "store", "store_env":
+			if storeURL, err = storeParam(k, v); err != nil {
+				return nil, err
+			}
 		default:
-			return nil, fmt.Errorf("amqp: unknown URL parameter %q (known: namespace, queue_type, max_message_size)", k)
+			return nil, fmt.Errorf("amqp: unknown URL parameter %q (known: namespace, queue_type, max_message_size, store, store_env)", k)
 		}
 	}
 	if cfg.MaxMessageSize > 0 && cfg.MaxMessageSize < d.maxSize {
@@ -137,6 +149,14 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		d.Close()
 		return nil, fmt.Errorf("amqp: declaring exchange %q on %s: %w", d.exchange, d.redacted, err)
 	}
+	if storeURL != "" {
+		d.store, err = sidestore.Open(ctx, "amqp", "store", storeURL, d.ns, cfg)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		return &StoreDriver{Driver: d}, nil
+	}
 	return d, nil
 }
 
@@ -145,7 +165,12 @@ func (d *Driver) Name() string { return "amqp" }
 
 // Capabilities implements transport.Driver.
 func (d *Driver) Capabilities() transport.Capabilities {
-	return transport.Capabilities{Durable: true, Delay: true, Ephemeral: true}
+	c := transport.Capabilities{Durable: true, Delay: true, Ephemeral: true}
+	if d.store != nil {
+		c.Dedup = true
+		c.SharedRateLimit = d.store.SharedRateLimit()
+	}
+	return c
 }
 
 // Close implements transport.Driver.
@@ -170,6 +195,9 @@ func (d *Driver) Close() error {
 	}
 	d.subConn.close()
 	d.pubConn.close()
+	if d.store != nil {
+		return d.store.Close()
+	}
 	return nil
 }
 

@@ -9,7 +9,7 @@
 //
 // # URL
 //
-//	amqp://USER:PASSWORD@HOST:PORT/VHOST?namespace=NAME&queue_type=quorum&max_message_size=N
+//	amqp://USER:PASSWORD@HOST:PORT/VHOST?namespace=NAME&queue_type=quorum&max_message_size=N&store=URL
 //	amqps://...   the same over TLS (the host name is verified)
 //
 // The path is the virtual host, URL-escaped ("/" is %2F; an empty path is
@@ -21,8 +21,9 @@
 //     one vhost. Letters, digits, '.', '_' and '-'.
 //   - queue_type: the handler queues' type, quorum (the default:
 //     replicated Raft log, survives the loss of a minority of a cluster's
-//     nodes) or classic (one node; a basic.get is about ten times cheaper,
-//     so handlers consume several times faster, see below). Delay and
+//     nodes) or classic (one node; no Raft log write per enqueue and
+//     acknowledgement, so a single publisher's events are handled sooner;
+//     see BENCHMARKS.md). Delay and
 //     dead-letter queues are quorum queues either way. Changing it for an
 //     existing handler is refused (the queue exists with other arguments):
 //     delete the queue or use another namespace.
@@ -31,6 +32,14 @@
 //     to the broker's max_message_size when that is lower: a larger event is
 //     refused before it is sent, with an error that says so, rather than
 //     by the broker closing the channel.
+//   - store: the percent-encoded URL of a store that keeps what RabbitMQ
+//     cannot (see Store below): sqlite://FILE, redis://HOST:PORT/DB or
+//     postgres://... (its package must be imported, or transport/all).
+//     Every process of the bus must name the same store; memory:// and
+//     amqp:// are refused, as is a transport that keeps no claims.
+//   - store_env: the name of an environment variable holding the store's
+//     URL, so that its password stays out of this URL. One of store and
+//     store_env at most.
 //
 // Any other parameter is an error.
 //
@@ -44,21 +53,29 @@
 //     trailing ">" (one or more segments) becomes "*.#". Every handler gets
 //     every matching event (fan-out); processes running the same handler
 //     take from the same queue (competing consumers).
-//   - Deliveries are pulled with basic.get and acknowledged manually, so a
-//     process never holds messages its handlers did not ask for: closing a
-//     consumer, or a crash, gives nothing back with an attempt used that no
-//     handler made (with basic.consume the broker sends ahead, and what it
-//     sent ahead comes back counted). A basic.get on a quorum queue waits
-//     for a Raft log write, so a Receive that found one message pulls the
-//     rest of its batch on up to 16 channels at once; an idle handler polls
-//     its queue's depth (a passive queue.declare, answered from memory)
-//     with a backoff from 1 ms to 10 ms, and gets only when it is not
-//     empty. Consumption is therefore
-//     slower than with basic.consume, above all on quorum queues: measured
-//     on a shared 2-core machine (bench, -systems amqp), end to end with 16
-//     publishers one handler took about 1,700 events/s from quorum queues
-//     and 4,200/s from classic ones, with p99 latencies of 10 ms and 5 ms at
-//     1,000 events/s.
+//   - Each receiver consumes its handler's queue (basic.consume, manual
+//     acknowledgements) with a prefetch of the deliveries it holds plus the
+//     handler's free slots that Receive asks for (the largest such sum yet,
+//     so at most the handler's Concurrency; the consumer starts again when
+//     it grows), so the broker sends ahead only what free slots will
+//     take. What it sent ahead is handed
+//     out by the next Receive. Sent ahead but not handed out, a message has
+//     used no attempt, and is given back without one (a copy carrying the
+//     attempts it had is published to the handler's queue and confirmed,
+//     then the original acknowledged) when the receiver closes or its
+//     handler is paused, and when it waited more than a second because the
+//     process's slots are busy (a handler running past its lease holds
+//     one), so that other processes take it. A quorum queue can still
+//     deliver to a consumer after confirming its basic.cancel, and amqp091
+//     drops such a delivery, which the broker would return counted; so a
+//     closing receiver of a quorum queue first lets its prefetch fill up
+//     (publishing transient filler messages, which whichever receiver gets
+//     them drops, when the queue holds too few events), so nothing is in
+//     flight to it when it cancels. A crash (kill -9, a lost connection)
+//     returns what was sent ahead counted as an attempt: at most the
+//     handler's free slots at that moment (at most its Concurrency, or the
+//     core's receive batch if smaller) events per crashed process use one
+//     attempt no handler made, the bound for a crash.
 //   - Publish waits for publisher confirms before it returns nil. Concurrent
 //     publishers share one confirm channel, so the broker confirms their
 //     messages together (its own group commit).
@@ -99,9 +116,10 @@
 //     of completed events and failed attempts go to NAMESPACE.done.HANDLER
 //     and NAMESPACE.failed.HANDLER, durable classic queues bounded by
 //     KeepCompleted's count (x-max-length) and age (x-message-ttl). These
-//     records are bookkeeping, published without waiting for confirms.
+//     records are bookkeeping, published on a channel without publisher
+//     confirms.
 //   - Stats come from passive queue declares: waiting is the handler
-//     queue's ready count, delayed the sum of its delay queues, dead,
+//     queue's ready count (events sent ahead to a receiver are not in it), delayed the sum of its delay queues, dead,
 //     completed and failed the history queues' counts. Active counts only
 //     the deliveries this process holds (AMQP does not report another
 //     connection's unacknowledged messages), and OldestWaiting is not known
@@ -115,8 +133,52 @@
 //     Close deletes them with their delay and dead-letter queues, and the
 //     broker reaps them once unused for that long (a process killed with
 //     SIGKILL).
-//   - Unsubscribe deletes the handler's queue, delay queues, history and
-//     dead letters.
+//   - Pause and Resume: a handler's pause flag is a durable classic queue
+//     NAMESPACE.paused.HANDLER holding at most one message (Pause publishes
+//     one and awaits its confirm; Resume purges it). Every receiver reads
+//     the flag's depth with a passive queue.declare at least every 250 ms;
+//     a paused receiver cancels its consumer, gives back what was sent
+//     ahead (above) and hands out nothing, so every process stops within
+//     about a quarter of a second; deliveries already leased finish and
+//     settle as usual, and events keep arriving in the handler's queue.
+//     Stats reports Paused from the flag. `ripple pause` and `ripple
+//     resume` use it.
+//   - Unsubscribe deletes the handler's queue, delay queues, history,
+//     pause flag and dead letters.
+//
+// # Store
+//
+// RabbitMQ keeps no record that a publish or an idempotency claim could be
+// checked against atomically, and no window shared by consumers. With
+// store= (or store_env=), the driver keeps them in that store (package
+// sidestore), under the namespace, and declares them:
+//
+//   - Publish deduplication (Capabilities.Dedup, WithID): an event whose
+//     id the publisher chose is claimed in the store by its identity
+//     (source and id) before it is sent, and the claim is marked done once
+//     RabbitMQ confirmed it; a publish of an identity already done sends
+//     nothing and reports a duplicate, for the dedup window (ripple.DedupWindow).
+//     Generated ids are not recorded (they cannot repeat). The duplicate
+//     reported is the message as resent, not the copy kept: RabbitMQ cannot
+//     read a message back by id. A publisher that crashes between the
+//     broker's confirm and the mark leaves a claim that expires after 30
+//     s, after which a resend is stored a second time (an Idempotent()
+//     handler then skips it).
+//   - Idempotency claims (transport.Claimer, Idempotent()): taken and
+//     marked in the store.
+//   - The shared rate limit (Capabilities.SharedRateLimit,
+//     transport.RateLimiter): a sliding window in the store, when the
+//     store keeps one (sqlite, redis and postgres do).
+//
+// These records are exactly as durable as the store keeps them: a SQLite
+// file on one machine (so every process must reach that file: one host),
+// Redis as its persistence is configured (appendfsync always for no loss),
+// PostgreSQL committed. Losing the store loses dedup records and claims,
+// never events: a resent event is then stored again, and a handler runs
+// again for an event whose claim was lost. Open opens the store and
+// returns a *StoreDriver; Close closes both. Without a store, WithID and
+// Idempotent() are refused with ErrNotSupported, and a handler's rate
+// limit holds per process.
 //
 // # Durability
 //
@@ -155,12 +217,8 @@
 //     (WithPriority is refused with ripple.ErrNotSupported).
 //   - Ordered: not given (refused); a per-key order would need
 //     single-active-consumer partitions.
-//   - Publish deduplication (WithID) and idempotency claims (Idempotent):
-//     RabbitMQ keeps no record a publish or a claim could be checked
-//     against atomically, so both are refused rather than half-done. Use a
-//     database-backed transport, or make the handler's side effect
-//     idempotent by its own key.
+//   - Without store=: publish deduplication (WithID), idempotency claims
+//     (Idempotent) and shared rate limits (see Store).
 //   - Replay and starting a subscription from history: queues keep no
 //     history once acknowledged (a stream queue would; not used).
-//   - Shared rate limits and pausing: the rate limit holds per process.
 package amqp

@@ -111,16 +111,28 @@ func headerString(h amqp.Table, k string) string {
 
 // Publish implements transport.Driver: one basic.publish per message to
 // the namespace's topic exchange, routed by the event type, returning once
-// the broker confirmed every one.
+// the broker confirmed every one. With a store, an event whose id the
+// publisher chose is first claimed there (publish deduplication, see
+// package sidestore).
 func (d *Driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if d.isClosed() {
 		return ErrClosed
 	}
-	out := make([]outgoing, len(msgs))
-	for i, m := range msgs {
+	for _, m := range msgs {
 		if len(m.Data) > d.maxSize {
 			return fmt.Errorf("amqp: event %s is %d bytes, over the max_message_size of %d bytes (raise the broker's max_message_size and the URL's max_message_size, or publish a reference to the payload)", m.ID, len(m.Data), d.maxSize)
 		}
+	}
+	if d.store != nil {
+		return d.store.Send(ctx, msgs, d.publish)
+	}
+	return d.publish(ctx, msgs)
+}
+
+// publish sends msgs to the broker and waits for its confirms.
+func (d *Driver) publish(ctx context.Context, msgs []*transport.Message) error {
+	out := make([]outgoing, len(msgs))
+	for i, m := range msgs {
 		out[i] = outgoing{exchange: d.exchange, key: m.Type, msg: encode(m)}
 	}
 	return d.pub.send(ctx, out)
@@ -138,6 +150,9 @@ type publisher struct {
 
 	ch     *amqp.Channel
 	closes *closeNote
+	// plain is a channel without confirms, for bookkeeping (sendNoWait):
+	// the broker spends no confirm on it.
+	plain *amqp.Channel
 }
 
 // closeNote keeps why a channel closed.
@@ -301,6 +316,9 @@ func (p *publisher) close() {
 	if p.ch != nil {
 		p.ch.Close()
 	}
+	if p.plain != nil {
+		p.plain.Close()
+	}
 }
 
 // sendNoWait publishes without waiting for confirms (bookkeeping that
@@ -310,12 +328,18 @@ func (p *publisher) sendNoWait(ctx context.Context, out []outgoing) {
 		return
 	}
 	defer p.unlock()
-	ch, err := p.channel(ctx)
-	if err != nil {
-		return
+	if p.plain == nil || p.plain.IsClosed() {
+		c, err := p.d.pubConn.get(ctx)
+		if err != nil {
+			return
+		}
+		if p.plain, err = c.Channel(); err != nil {
+			p.plain = nil
+			return
+		}
 	}
 	for _, o := range out {
-		if _, err := ch.PublishWithDeferredConfirmWithContext(ctx, o.exchange, o.key, false, false, o.msg); err != nil {
+		if err := p.plain.PublishWithContext(ctx, o.exchange, o.key, false, false, o.msg); err != nil {
 			return
 		}
 	}

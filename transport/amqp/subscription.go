@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,6 +111,7 @@ func (d *Driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 		queue:    d.queueName(spec.Name),
 		inflight: map[*lease]struct{}{},
 		done:     make(chan struct{}),
+		arrived:  make(chan struct{}, 1),
 	}
 	if err := d.refuseKindClash(ctx, spec); err != nil {
 		return nil, err
@@ -152,12 +154,19 @@ type subscription struct {
 	queue string
 
 	mu       sync.Mutex
-	chans    [pullChannels]*amqp.Channel
-	lost     bool // a channel was lost: declare again before the next
+	chans    [numChannels]*amqp.Channel
+	cons     *consumerState // guarded by recvMu
+	prefetch int            // guarded by recvMu
+	ahead    []ahead        // sent ahead by the broker, not yet received
+	arrived  chan struct{}  // signalled when ahead grows
+	lost     bool           // a channel was lost: declare again before the next
 	inflight map[*lease]struct{}
 	closed   bool
 	done     chan struct{}
 	recvMu   sync.Mutex
+	// paused is the handler's pause flag as last read, at pausedAt.
+	paused   bool
+	pausedAt time.Time
 }
 
 // lease is the token of one delivery.
@@ -180,6 +189,9 @@ func (s *subscription) declare(ctx context.Context) error {
 	if err := d.declareKeeping(ctx, dead, d.deadArgs(spec.Ephemeral, spec.Lease), !spec.Ephemeral); err != nil {
 		return err
 	}
+	if err := d.declareOnce(ctx, d.pausedName(spec.Name), d.pausedArgs(spec.Ephemeral, spec.Lease), !spec.Ephemeral, false); err != nil {
+		return err
+	}
 	return d.admin(ctx, func(ch *amqp.Channel) error {
 		if err := ch.QueueBind(s.queue, bindingKey(spec.Pattern), d.exchange, false, nil); err != nil {
 			return fmt.Errorf("amqp: binding queue %q to %q: %w", s.queue, spec.Pattern, err)
@@ -187,11 +199,6 @@ func (s *subscription) declare(ctx context.Context) error {
 		return nil
 	})
 }
-
-// pullChannels bounds the channels one Receive pulls on at once. A
-// basic.get on a quorum queue is a Raft command, so one waits for a log
-// write; gets on several channels share the broker's writes.
-const pullChannels = 16
 
 // channel returns the subscription's i-th open channel on the consume
 // connection, opening a fresh one (re-declaring the topology after a lost
@@ -207,7 +214,7 @@ func (s *subscription) channel(ctx context.Context, i int) (*amqp.Channel, error
 		// The channel or connection was lost: its unacknowledged
 		// deliveries went back to the queue. Declare again in case the
 		// broker lost the queue (an ephemeral one expired).
-		s.d.forget(s.queue, s.d.deadName(s.spec.Name))
+		s.d.forget(s.queue, s.d.deadName(s.spec.Name), s.d.pausedName(s.spec.Name))
 		s.mu.Lock()
 		for l := range s.inflight {
 			if l.ch == ch {
@@ -239,21 +246,36 @@ func (s *subscription) channel(ctx context.Context, i int) (*amqp.Channel, error
 	return nch, nil
 }
 
-// Receive implements transport.Subscription. It takes messages with
-// basic.get (a pull: the broker never sends ahead what the caller did not
-// ask for, so closing gives nothing back with an attempt counted),
-// polling with a short backoff while the queue is empty. Once a message
-// is there, it pulls the rest of max on up to pullChannels channels at
-// once.
+// Receive implements transport.Subscription. It consumes the handler's
+// queue (basic.consume with manual acks) with a prefetch of the leases it
+// holds plus max, the handler's free slots (the largest such sum yet, at
+// most the handler's Concurrency): the broker sends ahead only what free
+// slots will take.
+// What was sent ahead and is not handed out within aheadWait (its
+// process's slots are all busy) is given back (see giveBack), and so is
+// everything sent ahead when the consumer stops: a closing or paused
+// receiver.
 func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Delivery, error) {
 	if max <= 0 {
 		max = 1
 	}
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
-	wait := time.Millisecond
+	// The handler has at least max free slots beside the deliveries it
+	// holds: a prefetch below that would hold it back (a rate-limited
+	// handler asks for one at a time), so the consumer starts again with
+	// a larger one. The prefetch only grows, up to the handler's
+	// Concurrency.
+	s.mu.Lock()
+	want := len(s.inflight) + max
+	s.mu.Unlock()
+	if want > s.prefetch {
+		if s.prefetch > 0 {
+			s.stopConsumer(ctx)
+		}
+		s.prefetch = want
+	}
 	failures := 0
-	idle := false
 	for {
 		s.mu.Lock()
 		closed := s.closed
@@ -264,7 +286,18 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		ch, err := s.channel(ctx, 0)
+		ctl, err := s.channel(ctx, ctlChannel)
+		if err == nil && s.pausedNow(ctl) {
+			s.stopConsumer(ctx)
+			if err := s.sleep(ctx, pauseCheck); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		var c *consumerState
+		if err == nil {
+			c, err = s.consumer(ctx)
+		}
 		if err != nil {
 			if err == ErrClosed || ctx.Err() != nil {
 				return nil, err
@@ -273,94 +306,316 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			if failures > 3 {
 				return nil, err
 			}
-		}
-		var out []*transport.Delivery
-		if ch != nil && idle {
-			// While the queue is empty, look at its depth (a read the
-			// broker answers from memory) rather than basic.get, which
-			// on a quorum queue is a Raft command written to its log.
-			if q, err := ch.QueueDeclarePassive(s.queue, false, false, false, false, nil); err == nil && q.Messages == 0 {
-				ch = nil
+			if err := s.sleep(ctx, time.Duration(failures)*50*time.Millisecond); err != nil {
+				return nil, err
 			}
+			continue
 		}
-		if ch != nil {
-			out = s.pull(ctx, ch, 1)
-		}
-		if len(out) > 0 && max > 1 {
-			out = append(out, s.pullParallel(ctx, max-1)...)
-		}
-		if len(out) > 0 {
+		if out := s.takeAhead(ctx, max); len(out) > 0 {
 			return out, nil
 		}
-		idle = true
+		timer := time.NewTimer(pauseCheck)
 		select {
+		case <-s.arrived:
+		case <-c.ended:
+			// Cancelled by the broker (queue deleted) or the channel
+			// closed: consume again on the next round.
+			s.stopConsumer(ctx)
 		case <-ctx.Done():
-			return nil, ctx.Err()
 		case <-s.done:
-			return nil, ErrClosed
-		case <-time.After(wait):
+		case <-timer.C:
+			// Look at the pause flag again.
 		}
-		wait = min(wait*2, 10*time.Millisecond)
+		timer.Stop()
 	}
 }
 
-// pull takes up to n deliveries on one channel.
-func (s *subscription) pull(ctx context.Context, ch *amqp.Channel, n int) []*transport.Delivery {
+// aheadWait is how long a delivery the broker sent ahead may wait for a
+// Receive before it is given back to the queue for other processes.
+const aheadWait = time.Second
+
+// ahead is a delivery the broker sent ahead that no Receive took yet.
+type ahead struct {
+	ch *amqp.Channel
+	m  amqp.Delivery
+	at time.Time
+}
+
+// takeAhead turns up to max deliveries sent ahead into leased ones.
+func (s *subscription) takeAhead(ctx context.Context, max int) []*transport.Delivery {
 	var out []*transport.Delivery
-	for got := 0; got < n; {
-		m, ok, err := ch.Get(s.queue, false)
-		if err != nil {
-			if isNotFound(err) {
-				s.d.forget(s.queue)
-			}
+	for len(out) < max {
+		s.mu.Lock()
+		if len(s.ahead) == 0 {
+			s.mu.Unlock()
 			break
 		}
-		if !ok {
-			break
+		a := s.ahead[0]
+		s.ahead[0] = ahead{}
+		s.ahead = s.ahead[1:]
+		s.mu.Unlock()
+		if a.ch.IsClosed() {
+			continue // the broker took it back with the channel
 		}
-		got++
-		if dv := s.take(ctx, ch, m); dv != nil {
+		if dv := s.take(ctx, a.ch, a.m); dv != nil {
 			out = append(out, dv)
 		}
 	}
 	return out
 }
 
-// pullParallel takes up to n deliveries on several channels at once.
-func (s *subscription) pullParallel(ctx context.Context, n int) []*transport.Delivery {
-	var (
-		mu   sync.Mutex
-		out  []*transport.Delivery
-		left atomic.Int64
-		wg   sync.WaitGroup
-	)
-	left.Store(int64(n))
-	for i := range min(n, pullChannels) {
-		ch, err := s.channel(ctx, i)
+func (s *subscription) sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.done:
+		return ErrClosed
+	case <-t.C:
+		return nil
+	}
+}
+
+// Channels of a subscription: one for the pause flag, one consuming.
+const (
+	ctlChannel = iota
+	consumeChannel
+	numChannels
+)
+
+// consumerState is a running basic.consume; recvMu guards it.
+type consumerState struct {
+	ch    *amqp.Channel
+	tag   string
+	ended chan struct{} // closed when its deliveries end
+}
+
+// consumerSeq numbers consumer tags, unique per channel.
+var consumerSeq atomic.Uint64
+
+// consumer returns the running consumer, starting one (with the
+// subscription's prefetch) when none runs. recvMu is held.
+func (s *subscription) consumer(ctx context.Context) (*consumerState, error) {
+	if s.cons != nil && !s.cons.ch.IsClosed() {
+		return s.cons, nil
+	}
+	s.cons = nil
+	ch, err := s.channel(ctx, consumeChannel)
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Qos(s.prefetch, 0, false); err != nil {
+		return nil, fmt.Errorf("amqp: setting the prefetch of %q: %w", s.queue, err)
+	}
+	tag := "ripple-" + strconv.FormatUint(consumerSeq.Add(1), 10)
+	// Not ConsumeWithContext: its context would cancel the consumer
+	// when this Receive returns.
+	dels, err := ch.Consume(s.queue, tag, false, false, false, false, nil)
+	if err != nil {
+		if isNotFound(err) {
+			s.d.forget(s.queue)
+		}
+		return nil, fmt.Errorf("amqp: consuming %q: %w", s.queue, err)
+	}
+	c := &consumerState{ch: ch, tag: tag, ended: make(chan struct{})}
+	go func() {
+		defer close(c.ended)
+		for m := range dels {
+			s.mu.Lock()
+			s.ahead = append(s.ahead, ahead{ch: ch, m: m, at: time.Now()})
+			s.mu.Unlock()
+			select {
+			case s.arrived <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	s.cons = c
+	return c, nil
+}
+
+// stopConsumer cancels the consumer (basic.cancel), waits for what the
+// broker sent before it stopped, and gives back every delivery sent ahead
+// (see giveBack). recvMu is held.
+func (s *subscription) stopConsumer(ctx context.Context) {
+	c := s.cons
+	s.cons = nil
+	if c != nil {
+		if s.quorum() && !s.spec.Ephemeral {
+			s.useUpCredit(ctx, c)
+		}
+		if !c.ch.IsClosed() && c.ch.Cancel(c.tag, false) == nil {
+			select {
+			case <-c.ended:
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
+	s.mu.Lock()
+	left := s.ahead
+	s.ahead = nil
+	s.mu.Unlock()
+	s.giveBack(ctx, left)
+}
+
+// quorum reports whether the handler's queue is a quorum queue.
+func (s *subscription) quorum() bool {
+	return !s.spec.Ephemeral && s.d.queueType == "quorum"
+}
+
+// useUpCredit waits until the consumer holds as many unacknowledged
+// deliveries as its prefetch allows, so that the broker has nothing in
+// flight to it when it is cancelled. A quorum queue may deliver after it
+// confirmed a basic.cancel; amqp091 drops such a delivery (its consumer
+// is gone), and the broker returns it marked redelivered when the channel
+// closes, which would count an attempt no handler made. When the queue
+// has too few messages to use up the credit, filler messages (dropped by
+// whichever receiver gets them) are published to it. It gives up after a
+// few seconds (other consumers keep taking the fillers), leaving the
+// small chance of an attempt counted in that case.
+func (s *subscription) useUpCredit(ctx context.Context, c *consumerState) {
+	deadline := time.Now().Add(5 * time.Second)
+	for !c.ch.IsClosed() && time.Now().Before(deadline) {
+		held := s.heldOn(c.ch)
+		if held >= s.prefetch {
+			return
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		// Events waiting in the queue use up the credit as well as
+		// fillers do: send only what they do not cover.
+		ready, _, err := s.d.passiveCount(sctx, s.queue)
+		if err == nil && held+ready < s.prefetch {
+			out := make([]outgoing, s.prefetch-held-ready)
+			for i := range out {
+				out[i] = outgoing{key: s.queue, msg: amqp.Publishing{
+					Headers: amqp.Table{hdrFiller: int64(1)}, Type: fillerType,
+					DeliveryMode: amqp.Transient, Expiration: "5000",
+				}}
+			}
+			err = s.d.pub.send(sctx, out)
+		}
+		cancel()
 		if err != nil {
+			return
+		}
+		// Wait for them (or others' events) to arrive.
+		wait := time.NewTimer(100 * time.Millisecond)
+		for s.heldOn(c.ch) < s.prefetch {
+			select {
+			case <-s.arrived:
+				continue
+			case <-wait.C:
+			case <-c.ended:
+			}
 			break
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for left.Add(-1) >= 0 {
-				got := s.pull(ctx, ch, 1)
-				if len(got) == 0 {
-					return
-				}
-				mu.Lock()
-				out = append(out, got...)
-				mu.Unlock()
-			}
-		}()
+		wait.Stop()
 	}
-	wg.Wait()
-	return out
+}
+
+// heldOn counts the deliveries on ch this subscription holds
+// unacknowledged: sent ahead, or leased.
+func (s *subscription) heldOn(ch *amqp.Channel) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, a := range s.ahead {
+		if a.ch == ch {
+			n++
+		}
+	}
+	for l := range s.inflight {
+		if l.ch == ch {
+			n++
+		}
+	}
+	return n
+}
+
+// Filler messages use up a stopping consumer's credit (useUpCredit).
+const (
+	hdrFiller  = "ripple-filler"
+	fillerType = "ripple.filler"
+)
+
+func isFiller(m amqp.Delivery) bool {
+	_, ok := m.Headers[hdrFiller]
+	return ok
+}
+
+// giveBack returns deliveries sent ahead and never handed out to the
+// queue without an attempt counted: each is published again to the
+// handler's queue as a copy carrying the attempts it had (awaiting the
+// confirm), then acknowledged. Those whose copies could not be published
+// are put back in front of s.ahead, still held: handed out by a later
+// Receive, or returned by the broker when their channel closes, counted.
+func (s *subscription) giveBack(ctx context.Context, left []ahead) {
+	var out []outgoing
+	var orig []ahead
+	for _, a := range left {
+		if a.ch.IsClosed() {
+			continue
+		}
+		if isFiller(a.m) {
+			_ = a.ch.Ack(a.m.DeliveryTag, false)
+			continue
+		}
+		h := copyTable(a.m.Headers)
+		prior := headerInt(a.m.Headers, hdrAttempts)
+		if a.m.Redelivered {
+			prior++ // as take counts it
+		}
+		h[hdrAttempts] = prior
+		out = append(out, outgoing{key: s.queue, msg: s.publishing(a.m, h)})
+		orig = append(orig, a)
+	}
+	if len(out) == 0 {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.d.pub.send(sctx, out); err != nil {
+		s.d.log.Warn("amqp: could not give back events sent ahead; this process keeps them (a closing one's return with an attempt counted)", "handler", s.spec.Name, "events", len(out), "err", err)
+		s.mu.Lock()
+		s.ahead = append(orig, s.ahead...)
+		s.mu.Unlock()
+		return
+	}
+	for _, a := range orig {
+		_ = a.ch.Ack(a.m.DeliveryTag, false)
+	}
+}
+
+// giveBackStale gives back deliveries sent ahead that waited longer than
+// aheadWait for a Receive: this process's slots are busy (a handler that
+// outlived its lease holds one), so others may take them.
+func (s *subscription) giveBackStale() {
+	cut := time.Now().Add(-aheadWait)
+	s.mu.Lock()
+	n := 0
+	for n < len(s.ahead) && s.ahead[n].at.Before(cut) {
+		n++
+	}
+	stale := append([]ahead(nil), s.ahead[:n]...)
+	s.ahead = s.ahead[n:]
+	s.mu.Unlock()
+	if len(stale) > 0 {
+		s.giveBack(context.Background(), stale)
+	}
 }
 
 // take turns a broker delivery into a leased Delivery, or re-delays it
 // and returns nil when it is not due yet.
 func (s *subscription) take(ctx context.Context, ch *amqp.Channel, m amqp.Delivery) *transport.Delivery {
+	if isFiller(m) {
+		_ = ch.Ack(m.DeliveryTag, false)
+		return nil
+	}
+	// The delivery is this process's now: finish with it even when the
+	// caller stops waiting.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	prior := int(headerInt(m.Headers, hdrAttempts))
 	if m.Redelivered {
 		// A delivery that came back (its process died, its lease ran
@@ -477,6 +732,7 @@ func (s *subscription) watchdog() {
 		for _, l := range expired {
 			_ = l.ch.Nack(l.tag, false, true)
 		}
+		s.giveBackStale()
 	}
 }
 
@@ -616,6 +872,8 @@ func (s *subscription) Close() error {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// What the broker sent ahead goes back without an attempt counted.
+	s.stopConsumer(context.Background())
 	s.mu.Lock()
 	chans := s.chans
 	s.mu.Unlock()

@@ -75,6 +75,13 @@ type Harness struct {
 	// Options added to every ripple.Open (e.g. a logger). They come after
 	// the suite's own logger option, so a logger given here wins.
 	Options []ripple.Option
+	// DuplicateIsResent says that the transport reports a duplicate
+	// publish as the message resent, not the copy it kept: a broker
+	// transport that deduplicates through a side store cannot read the
+	// broker's copy back by id (see package sidestore). The duplicate
+	// cases then check the Duplicate mark, id, type and source, and that
+	// handlers get the first copy once, but not the kept data and time.
+	DuplicateIsResent bool
 }
 
 // Run runs the conformance suite against the transport that h reaches.
