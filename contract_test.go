@@ -437,3 +437,27 @@ func TestUnsubscribeEphemeral(t *testing.T) {
 		t.Errorf("after Unsubscribe: %+v, %v; want no handlers", st, err)
 	}
 }
+
+// A broker transport that deduplicates only with a side store says how
+// to name one when WithID or Idempotent() is refused.
+func TestRefusalsOnBrokersNameTheSideStore(t *testing.T) {
+	bus, err := ripple.New(namedBare{bareDriver{memory.New(transport.Retention{})}, "kafka"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	_, pubErr := bus.Publish(context.Background(), "a.b", map[string]int{"n": 1}, ripple.WithID("x"))
+	onErr := bus.On("a.b", "h", func(context.Context, ripple.Event) error { return nil }, ripple.Idempotent())
+	for what, err := range map[string]error{"WithID": pubErr, "Idempotent": onErr} {
+		if !errors.Is(err, ripple.ErrNotSupported) || !strings.Contains(err.Error(), "store=") {
+			t.Errorf("%s on kafka without a store: %v, want ErrNotSupported naming store=", what, err)
+		}
+	}
+}
+
+type namedBare struct {
+	bareDriver
+	name string
+}
+
+func (n namedBare) Name() string { return n.name }
