@@ -100,6 +100,10 @@ type driver struct {
 
 	// wake wakes this process's receivers of a subscription.
 	wake wake.Set
+	// notifier wakes other processes' receivers after a commit.
+	notifier *notifier
+	// settles groups concurrent settlements into one statement.
+	settles settler
 
 	nmu       sync.Mutex     // guards receivers
 	receivers map[string]int // ephemeral subscriptions: receivers open in this process
@@ -156,6 +160,8 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		closing:   make(chan struct{}),
 		receivers: map[string]int{},
 	}
+	d.notifier = newNotifier(d)
+	d.settles.d = d
 	d.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres transport: %s: %v", redact(rawURL), err)
@@ -164,12 +170,13 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		d.pool.Close()
 		return nil, err
 	}
-	d.bg.Add(2 + publishers)
+	d.bg.Add(3 + publishers)
 	// The listening connection is made in the background: until it is up
 	// receivers rely on local wake-ups and the safety poll, and once it is
 	// up every receiver looks again.
 	go func() { defer d.bg.Done(); d.listen(nil) }()
 	go func() { defer d.bg.Done(); d.pruneLoop() }()
+	go func() { defer d.bg.Done(); d.notifier.loop() }()
 	for range publishers {
 		go func() { defer d.bg.Done(); d.publishLoop() }()
 	}
@@ -254,8 +261,12 @@ func (d *driver) wrap(err error) error {
 }
 
 // signalPayload wakes the subscriptions named in a notification payload:
-// comma-separated ids, or "*" for all.
+// comma-separated ids, or "*" for all. A payload of this driver's own
+// notifier is skipped: its receivers were woken when it was queued.
 func (d *driver) signalPayload(p string) {
+	if d.notifier.own(p) {
+		return
+	}
 	if p == "*" || p == "" {
 		d.wake.FireAll()
 		return
@@ -350,7 +361,7 @@ func (d *driver) notify(ctx context.Context, ids ...int64) {
 	if len(ids) == 0 {
 		return
 	}
-	_, _ = d.pool.Exec(ctx, "SELECT pg_notify($1, $2)", d.channel, payload(ids))
+	_, _ = d.pool.Exec(ctx, "SELECT pg_notify($1, $2)", d.channel, d.notifier.payload(ids))
 }
 
 func fromNanos(n int64) time.Time {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ripplehq/ripple/internal/wake"
 	"github.com/ripplehq/ripple/transport"
@@ -279,64 +278,24 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 }
 
 func (s *subscription) settle(ctx context.Context, ss []transport.Settlement) error {
-	b := &pgx.Batch{}
-	// The batch is one implicit transaction. An outcome lost to a server
-	// crash only means the event is delivered again (at-least-once), so
-	// its commit does not wait for the WAL flush; idempotency claims,
-	// which decide exactly-once effects, keep waiting for it.
-	b.Queue("SELECT set_config('synchronous_commit', 'off', true)")
-	wake := false
+	op := &settleOp{sub: s, done: make(chan struct{})}
 	for i := range ss {
 		st := &ss[i]
 		t, err := tokenOf(st.Delivery)
 		if err != nil {
 			return err
 		}
-		delay := int64(max(st.Delay, 0))
 		switch st.Outcome {
-		case transport.Complete:
-			b.Queue(s.d.q(`UPDATE @.deliveries SET state = 2, done_at = @.now_ns(), lease_until = 0
-				WHERE sub_id = $1 AND event_seq = $2 AND gen = $3 AND state = 1`), t.sub, t.seq, t.gen)
-			wake = wake || s.spec.Ordered
-		case transport.Retry:
-			b.Queue(s.d.q(`UPDATE @.deliveries SET state = 0, run_at = @.after_ns($4), delayed = $4 > 0, lease_until = 0,
-				failures = failures + 1, last_error = $5
-				WHERE sub_id = $1 AND event_seq = $2 AND gen = $3 AND state = 1`), t.sub, t.seq, t.gen, delay, st.Error)
-			wake = true
-		case transport.Release:
-			b.Queue(s.d.q(`UPDATE @.deliveries SET state = 0, run_at = @.after_ns($4), delayed = $4 > 0, lease_until = 0,
-				attempts = greatest(attempts - 1, 0)
-				WHERE sub_id = $1 AND event_seq = $2 AND gen = $3 AND state = 1`), t.sub, t.seq, t.gen, delay)
-			wake = true
-		case transport.Dead:
-			b.Queue(s.d.q(`UPDATE @.deliveries SET state = 3, done_at = @.now_ns(), lease_until = 0,
-				failures = failures + 1, last_error = $4
-				WHERE sub_id = $1 AND event_seq = $2 AND gen = $3 AND state = 1`), t.sub, t.seq, t.gen, st.Error)
-			wake = wake || s.spec.Ordered
+		case transport.Complete, transport.Dead:
+			op.wake = op.wake || s.spec.Ordered
+		case transport.Retry, transport.Release:
+			op.wake = true
 		default:
 			return fmt.Errorf("postgres transport: unknown settlement outcome %d", int(st.Outcome))
 		}
+		op.rows = append(op.rows, settleRow{tok: t, outcome: int16(st.Outcome), delay: int64(max(st.Delay, 0)), err: st.Error})
 	}
-	if wake {
-		b.Queue("SELECT pg_notify($1, $2)", s.d.channel, payload([]int64{s.id}))
-	}
-	// A settlement is idempotent (it matches its lease generation), so one
-	// sent on a connection that turned out dead is sent again.
-	var err error
-	for attempt := 0; ; attempt++ {
-		err = s.d.pool.SendBatch(ctx, b).Close()
-		if err == nil || !(pgconn.SafeToRetry(err) || serverTerminated(err)) || attempt >= 5 || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(time.Duration(attempt+1) * 20 * time.Millisecond)
-	}
-	if err != nil {
-		return s.d.wrap(err)
-	}
-	if wake {
-		s.d.wake.Fire(s.id)
-	}
-	return nil
+	return s.d.settles.run(ctx, op)
 }
 
 // release hands leased rows back, undoing their attempt.
