@@ -103,6 +103,11 @@ type subscription struct {
 
 	once   sync.Once
 	closed chan struct{}
+
+	// quietWake and quietUntil: see setQuiet.
+	qmu        sync.Mutex
+	quietWake  <-chan struct{}
+	quietUntil time.Time
 }
 
 // token identifies one lease of one delivery row: gen changes at every
@@ -140,6 +145,14 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			return nil, err
 		}
 		wake := s.n.Wait()
+		if wait, ok := s.stillQuiet(wake); ok {
+			// The last lease left nothing deliverable and nothing was
+			// published or settled since: sleep without asking.
+			if !s.sleep(ctx, timer, wake, wait) {
+				continue
+			}
+			return nil, ctx.Err()
+		}
 		out, wait, err := s.lease(ctx, max)
 		if len(out) > 0 && (ctx.Err() != nil || s.check() != nil) {
 			// The caller left while the lease was being taken: hand the
@@ -162,24 +175,67 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			return nil, s.d.wrap(err)
 		}
 		if len(out) > 0 {
+			s.setQuiet(wake, wait)
 			return out, nil
 		}
-		timer.Reset(wait)
-		select {
-		case <-wake:
-		case <-timer.C:
-		case <-ctx.Done():
+		if s.sleep(ctx, timer, wake, wait) {
 			return nil, ctx.Err()
-		case <-s.closed:
-		case <-s.d.closing:
 		}
+	}
+}
+
+// sleep waits for a wake-up, wait, or the end of ctx or of the
+// subscription; it reports whether ctx ended.
+func (s *subscription) sleep(ctx context.Context, timer *time.Timer, wake <-chan struct{}, wait time.Duration) bool {
+	timer.Reset(wait)
+	defer func() {
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
 			default:
 			}
 		}
+	}()
+	select {
+	case <-wake:
+	case <-timer.C:
+	case <-ctx.Done():
+		return true
+	case <-s.closed:
+	case <-s.d.closing:
 	}
+	return false
+}
+
+// setQuiet records that the lease taken after wake was drawn left nothing
+// deliverable for wait (wait > 0: the lease returned fewer rows than asked
+// and said when the next row becomes deliverable), so that the next
+// Receive sleeps instead of asking again, until wake fires or wait passes.
+func (s *subscription) setQuiet(wake <-chan struct{}, wait time.Duration) {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if wait <= 0 {
+		s.quietWake = nil
+		return
+	}
+	s.quietWake, s.quietUntil = wake, time.Now().Add(wait)
+}
+
+// stillQuiet reports how long nothing can become deliverable, when the
+// last lease left nothing and wake has not fired since.
+func (s *subscription) stillQuiet(wake <-chan struct{}) (time.Duration, bool) {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if s.quietWake == nil || s.quietWake != wake {
+		s.quietWake = nil
+		return 0, false
+	}
+	left := time.Until(s.quietUntil)
+	if left <= 0 {
+		s.quietWake = nil
+		return 0, false
+	}
+	return left, true
 }
 
 // lease leases up to max deliveries, or returns how long to wait before
@@ -228,15 +284,19 @@ func (s *subscription) lease(ctx context.Context, limit int) ([]*transport.Deliv
 	if err := rows.Err(); err != nil {
 		return nil, 0, err
 	}
-	if len(out) > 0 {
-		sortDeliveries(out)
-		return out, 0, nil
+	// The row with seq -1 comes when fewer rows than asked for were
+	// leased: it says when to look again.
+	wait := time.Duration(0)
+	if now != 0 {
+		wait = safetyPoll
+		if next != nil {
+			wait = min(wait, max(time.Duration(*next-now), time.Millisecond))
+		}
+	} else if len(out) == 0 {
+		wait = safetyPoll // a paused subscription
 	}
-	wait := safetyPoll
-	if next != nil {
-		wait = min(wait, max(time.Duration(*next-now), time.Millisecond))
-	}
-	return nil, wait, nil
+	sortDeliveries(out)
+	return out, wait, nil
 }
 
 func sortDeliveries(ds []*transport.Delivery) {
