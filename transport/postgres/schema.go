@@ -182,7 +182,7 @@ var migrations = []string{
 		END IF;
 	END $$;`,
 
-`-- Version 2: lease, planned for reuse. PL/pgSQL keeps a generic plan
+	`-- Version 2: lease, planned for reuse. PL/pgSQL keeps a generic plan
 	-- of a statement once that costs no more than planning afresh, and
 	-- version 1's joins, whose LIMIT is a parameter, had a generic plan
 	-- that read every event (a hash join over a sequential scan), so each
