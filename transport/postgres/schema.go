@@ -189,13 +189,15 @@ var migrations = []string{
 	-- call planned its statements again. Here every lookup is by key: the
 	-- rows to lease are picked into an array (locked, skipping rows other
 	-- lessors hold), updated through the primary key and joined to their
-	-- events one by one, a plan that does not depend on the limit. A call
-	-- leasing fewer rows than asked also says when to look again, which
-	-- version 1 said only when it leased nothing.
+	-- events one by one, a plan that does not depend on the limit, so the
+	-- function keeps its generic plans (plan_cache_mode): planning them at
+	-- every call cost as much as running them. A call leasing fewer rows
+	-- than asked also says when to look again, which version 1 said only
+	-- when it leased nothing.
 	CREATE OR REPLACE FUNCTION @.lease(p_sub bigint, p_max integer, p_lease bigint)
 	RETURNS TABLE (o_seq bigint, o_attempts integer, o_gen bigint, o_first bigint,
 		o_id text, o_type text, o_key text, o_priority integer, o_time bigint, o_attrs jsonb, o_data bytea)
-	LANGUAGE plpgsql AS $$
+	LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 	#variable_conflict use_column
 	DECLARE
 		v_now bigint := @.now_ns();
