@@ -56,18 +56,29 @@
 // Every time is taken from the database's clock, so processes on hosts with
 // different clocks agree on delays and leases.
 //
-// Wake-ups use LISTEN/NOTIFY: a publish or a settlement that makes rows
-// deliverable notifies the schema's channel with the subscriptions to wake,
-// inside its own transaction, so receivers in every process wake when it
-// commits. Each driver keeps one listening connection (reconnected when it
-// drops, after which every receiver looks again); a safety poll of one
-// second covers a notification lost meanwhile. A receiver also wakes
-// exactly when a delay, backoff or lease runs out.
+// Wake-ups use LISTEN/NOTIFY. A publish or a settlement that makes rows
+// deliverable wakes this process's receivers of the subscriptions
+// concerned as soon as it commits, and then tells other processes with
+// one NOTIFY naming them, sent after the commit rather than inside the
+// transaction: PostgreSQL holds a database-wide lock from a notifying
+// commit until its WAL flush is done, which would make every publish flush
+// alone instead of sharing flushes (group commit). NOTIFYs of a busy
+// process are coalesced (one in flight at a time), none is sent while no
+// other session listens on the schema's channel (looked up at most once a
+// second; the look that finds a new listener wakes all its subscriptions
+// once), and a driver's listener skips its own. Each driver keeps one
+// listening connection (reconnected when it drops, after which every
+// receiver looks again); a safety poll of one second covers a notification
+// lost meanwhile, or one never sent because its process crashed right
+// after the commit. A receiver also wakes exactly when a delay, backoff or
+// lease runs out, and one whose last lease left rows undelivered waits for
+// a wake-up instead of asking again at once. PublishTx's notification is
+// part of the caller's transaction, so that it fires when that commits.
 //
 // Group commit: concurrent Publish calls of a process are gathered by a few
 // goroutines into one multi-row INSERT … SELECT FROM unnest(…) statement,
 // so a burst of publishers costs one round trip and one WAL flush per
-// group.
+// group. Concurrent settlements are gathered the same way into one UPDATE.
 //
 // # Durability
 //

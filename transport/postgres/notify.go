@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,17 +22,31 @@ import (
 //
 // This process's receivers are woken directly by the publisher; the
 // notification carries this driver's token, and the driver's own listener
-// ignores notifications bearing it. A process that crashes between a
+// ignores notifications bearing it. When no other session listens on the
+// schema's channel (looked up at most once a listenersTTL in
+// pg_stat_activity, where a listener's last statement is its LISTEN), no
+// NOTIFY is sent at all; the first look that finds a new listener wakes
+// every subscription once, so that nothing committed before it was found
+// waits for that listener's safety poll. A process that crashes between a
 // commit and its NOTIFY leaves other processes' receivers to find the
 // events at their safety poll.
 type notifier struct {
 	d     *driver
-	token string // ",@" and a random hex id, appended to payloads
+	token string // "@" and a random hex id, appended to payloads
 
 	mu      sync.Mutex
 	pending map[int64]struct{}
 	kick    chan struct{}
+
+	// Owned by loop.
+	others  bool      // another session listened at the last look
+	checked time.Time // when that look was
+
+	sent atomic.Int64 // NOTIFYs sent, for tests
 }
+
+// listenersTTL is how long a look at the channel's listeners is trusted.
+const listenersTTL = time.Second
 
 func newNotifier(d *driver) *notifier {
 	b := make([]byte, 8)
@@ -104,10 +119,38 @@ func (n *notifier) send() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if _, err := n.d.pool.Exec(ctx, "SELECT pg_notify($1, $2)", n.d.channel, n.payload(ids)); err != nil {
+	p := n.payload(ids)
+	if time.Since(n.checked) >= listenersTTL {
+		others, err := n.othersListen(ctx)
+		if err != nil {
+			others = true // when in doubt, notify
+		} else {
+			n.checked = time.Now()
+		}
+		if others && !n.others {
+			p = "*"
+		}
+		n.others = others
+	}
+	if !n.others {
+		return
+	}
+	n.sent.Add(1)
+	if _, err := n.d.pool.Exec(ctx, "SELECT pg_notify($1, $2)", n.d.channel, p); err != nil {
 		// Other processes' receivers find the events at their safety
 		// poll.
 		n.d.log.Debug("postgres transport: could not notify other processes; their receivers look again within a second",
 			"schema", n.d.schema, "err", err)
 	}
+}
+
+// othersListen reports whether a session other than this driver's
+// listening connection listens on the channel. Sessions of other roles
+// whose statements this role may not read count as listeners.
+func (n *notifier) othersListen(ctx context.Context) (bool, error) {
+	var others bool
+	err := n.d.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> $1 AND (query = $2 OR query = '<insufficient privilege>'))`,
+		n.d.listenerPID.Load(), listenSQL(n.d.channel)).Scan(&others)
+	return others, err
 }

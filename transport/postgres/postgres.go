@@ -102,6 +102,8 @@ type driver struct {
 	wake wake.Set
 	// notifier wakes other processes' receivers after a commit.
 	notifier *notifier
+	// listenerPID is the server process of the listening connection.
+	listenerPID atomic.Uint32
 	// settles groups concurrent settlements into one statement.
 	settles settler
 
@@ -298,11 +300,17 @@ func (d *driver) connectListener(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, d.wrap(err)
 	}
-	if _, err := c.Exec(ctx, "LISTEN "+pgx.Identifier{d.channel}.Sanitize()); err != nil {
+	if _, err := c.Exec(ctx, listenSQL(d.channel)); err != nil {
 		_ = c.Close(ctx)
 		return nil, d.wrap(err)
 	}
 	return c, nil
+}
+
+// listenSQL is the statement a driver's listening connection runs, and
+// so its last statement in pg_stat_activity while it waits.
+func listenSQL(channel string) string {
+	return "LISTEN " + pgx.Identifier{channel}.Sanitize()
 }
 
 // listen turns notifications on the schema's channel into wake-ups. When
@@ -336,6 +344,7 @@ func (d *driver) listen(c *pgx.Conn) {
 				continue
 			}
 			backoff = 50 * time.Millisecond
+			d.listenerPID.Store(c.PgConn().PID())
 			d.wake.FireAll()
 		}
 		n, err := c.WaitForNotification(ctx)
