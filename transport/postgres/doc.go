@@ -75,10 +75,12 @@
 // a wake-up instead of asking again at once. PublishTx's notification is
 // part of the caller's transaction, so that it fires when that commits.
 //
-// Group commit: concurrent Publish calls of a process are gathered by a few
-// goroutines into one multi-row INSERT … SELECT FROM unnest(…) statement,
-// so a burst of publishers costs one round trip and one WAL flush per
-// group. Concurrent settlements are gathered the same way into one UPDATE.
+// Group commit: concurrent Publish calls of a process are gathered into
+// one multi-row INSERT … SELECT FROM unnest(…) statement, with at most two
+// such statements under way at once: while one commits, the publishes
+// arriving meanwhile queue and go together in the next, so a burst of
+// publishers costs one round trip and one WAL flush per group. Concurrent
+// settlements are gathered the same way into one UPDATE.
 //
 // # Durability
 //
@@ -133,7 +135,13 @@
 // created with fillfactor 80 (room for the state updates of a row's life
 // to stay on its page) and a vacuum scale factor of 2% with no cost delay,
 // and events with 5%, so autovacuum runs after a few thousand changes
-// rather than after a fifth of the table. A database whose autovacuum is
+// rather than after a fifth of the table. Autovacuum looks at a table at
+// most once a minute, and every lease and settlement leaves a dead row
+// version whose entry in the ready index each later lease walks over: so
+// the pruner also vacuums the deliveries table itself (VACUUM (SKIP_LOCKED),
+// a no-op for a role that does not own it) whenever it holds 2,000 dead
+// rows. The table holds only undelivered rows and the retained history,
+// so that vacuum is small. A database whose autovacuum is
 // turned off will bloat: keep it on.
 //
 // # Not supported

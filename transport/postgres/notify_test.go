@@ -82,3 +82,41 @@ func TestNotifyOnlyOtherProcesses(t *testing.T) {
 	receiveN(t, subB, published, 30*time.Second)
 	receiveN(t, subA, published, 30*time.Second)
 }
+
+// The pruner vacuums the deliveries table once leases and settlements
+// have left enough dead rows, instead of leaving their index entries to
+// autovacuum's once-a-minute look.
+func TestPrunerVacuumsQueue(t *testing.T) {
+	d := openDriver(t, schemaURL(t))
+	sub, err := d.Subscribe(bg, transport.SubscriptionSpec{Name: "v", Pattern: "note.>"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	const n = vacuumDead
+	for i := 0; i < n; i += 100 {
+		msgs := make([]*transport.Message, 0, 100)
+		for j := range 100 {
+			msgs = append(msgs, notifyMsg("v-", i+j)[0])
+		}
+		if err := d.Publish(bg, msgs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	receiveN(t, sub, n, 60*time.Second)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		var vacuumed bool
+		if err := d.pool.QueryRow(bg, `SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relid = $1::regclass`,
+			d.qschema+".deliveries").Scan(&vacuumed); err != nil {
+			t.Fatal(err)
+		}
+		if vacuumed {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the deliveries table was not vacuumed after %d events were leased and completed", n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

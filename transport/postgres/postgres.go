@@ -43,6 +43,11 @@ const (
 	defaultSchema = "ripple"
 	// publishers is how many group-commit goroutines run publishes.
 	publishers = 4
+	// inflight bounds the publish statements under way at once. While
+	// they wait for their commit, the publishes arriving meanwhile queue
+	// and go together in the next statement: with a bound of 2, one
+	// statement commits while the next one fills.
+	inflight = 2
 	// maxBatch bounds the messages of one group commit.
 	maxBatch = 512
 )
@@ -90,8 +95,8 @@ type driver struct {
 
 	pool *pgxpool.Pool
 	pub  chan *pubOp
-	// inline is held by the publish running on its caller's goroutine.
-	inline atomic.Bool
+	// slots holds a token per publish statement under way (inflight).
+	slots chan struct{}
 
 	mu      sync.RWMutex
 	closed  bool
@@ -159,6 +164,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		ret:       cfg.Retention.Resolve(),
 		log:       log,
 		pub:       make(chan *pubOp, maxBatch),
+		slots:     make(chan struct{}, inflight),
 		closing:   make(chan struct{}),
 		receivers: map[string]int{},
 	}

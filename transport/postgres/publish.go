@@ -97,13 +97,17 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// A lone publisher stores on its own goroutine, sparing the two
-	// goroutine hand-offs of the queue; publishers that arrive meanwhile
-	// queue and are grouped.
-	if d.inline.CompareAndSwap(false, true) {
-		err := d.publishInline(ctx, msgs)
-		d.inline.Store(false)
-		return err
+	// A publish finding nothing queued and a statement slot free stores
+	// on its own goroutine, sparing the two goroutine hand-offs of the
+	// queue; publishers that arrive meanwhile queue and are grouped.
+	if len(d.pub) == 0 {
+		select {
+		case d.slots <- struct{}{}:
+			err := d.publishInline(ctx, msgs)
+			<-d.slots
+			return err
+		default:
+		}
 	}
 	o := &pubOp{ctx: ctx, msgs: msgs, done: make(chan struct{})}
 	d.mu.RLock()
@@ -153,10 +157,12 @@ func (d *driver) gaveUp(ctx context.Context) error {
 }
 
 // publishLoop is one group-commit goroutine: it takes a queued publish,
-// adds every other one queued meanwhile, and stores them together.
+// waits for a statement slot (meanwhile more publishes queue), adds every
+// publish queued by then, and stores them together.
 func (d *driver) publishLoop() {
 	batch := make([]*pubOp, 0, 64)
 	for o := range d.pub {
+		d.slots <- struct{}{}
 		batch = append(batch[:0], o)
 		n := len(o.msgs)
 	drain:
@@ -173,6 +179,7 @@ func (d *driver) publishLoop() {
 			}
 		}
 		d.runBatch(batch)
+		<-d.slots
 		clear(batch)
 	}
 }
