@@ -146,10 +146,11 @@ func (n *notifier) send() {
 
 // othersListen reports whether a session other than this driver's
 // listening connection listens on the channel. Sessions of other roles
-// whose statements this role may not read count as listeners.
+// whose statements this role may not read count as listeners, and so does
+// everyone when the server does not track statements (track_activities).
 func (n *notifier) othersListen(ctx context.Context) (bool, error) {
 	var others bool
-	err := n.d.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+	err := n.d.pool.QueryRow(ctx, `SELECT current_setting('track_activities') <> 'on' OR EXISTS (SELECT 1 FROM pg_stat_activity
 		WHERE datname = current_database() AND pid <> $1 AND (query = $2 OR query = '<insufficient privilege>'))`,
 		n.d.listenerPID.Load(), listenSQL(n.d.channel)).Scan(&others)
 	return others, err
