@@ -71,8 +71,9 @@
 // receiver looks again); a safety poll of one second covers a notification
 // lost meanwhile, or one never sent because its process crashed right
 // after the commit. A receiver also wakes exactly when a delay, backoff or
-// lease runs out, and one whose last lease left rows undelivered waits for
-// a wake-up instead of asking again at once. PublishTx's notification is
+// lease runs out, and one whose last lease found fewer rows than it asked
+// for waits for a wake-up (or that time) instead of asking again at once.
+// PublishTx's notification is
 // part of the caller's transaction, so that it fires when that commits.
 //
 // Group commit: concurrent Publish calls of a process are gathered into
@@ -114,6 +115,9 @@
 // part of the transaction, so handlers wake when it commits. A transaction
 // on another database (or one without this schema), an already finished
 // transaction, or another kind of value is refused with an error saying so.
+// The check is part of the publish statement: on a database without the
+// schema that statement fails, and, as after any failed statement, the
+// transaction can then only be rolled back.
 //
 // A handler can mark its event done in the same kind of transaction
 // (ripple.Bus.CompleteTx, transport.TxClaimer): an upsert of its row in the
