@@ -142,9 +142,9 @@
 // rather than after a fifth of the table. Autovacuum looks at a table at
 // most once a minute, and every lease and settlement leaves a dead row
 // version whose entry in the ready index each later lease walks over: so
-// the pruner also vacuums the deliveries table itself (VACUUM (SKIP_LOCKED),
-// a no-op for a role that does not own it) whenever it holds 2,000 dead
-// rows. The table holds only undelivered rows and the retained history,
+// the pruner also vacuums the deliveries table itself (VACUUM (SKIP_LOCKED,
+// TRUNCATE false), a no-op for a role that does not own it) whenever it
+// holds 2,000 dead rows. The table holds only undelivered rows and the retained history,
 // so that vacuum is small. A database whose autovacuum is
 // turned off will bloat: keep it on.
 //

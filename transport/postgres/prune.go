@@ -27,8 +27,11 @@ const (
 // minute (autovacuum_naptime), and by then a busy queue has left hundreds
 // of thousands of them, making every lease read hundreds of index pages.
 // The table holds only undelivered rows and the retained history, so the
-// vacuum is small. It skips a table being vacuumed already (SKIP_LOCKED),
-// and one run by a role that does not own the table does nothing.
+// vacuum is small. It skips a table being vacuumed already (SKIP_LOCKED);
+// it does not give empty pages at the table's end back to the system
+// (TRUNCATE false), which would take a lock that stops every publish and
+// lease while it looks; and one run by a role that does not own the table
+// does nothing.
 func (d *driver) vacuumQueue(ctx context.Context) error {
 	var dead int64
 	err := d.pool.QueryRow(ctx, `SELECT coalesce(n_dead_tup, 0) FROM pg_stat_user_tables WHERE relid = $1::regclass`,
@@ -36,7 +39,7 @@ func (d *driver) vacuumQueue(ctx context.Context) error {
 	if err != nil || dead < vacuumDead {
 		return err
 	}
-	_, err = d.pool.Exec(ctx, d.q(`VACUUM (SKIP_LOCKED) @.deliveries`))
+	_, err = d.pool.Exec(ctx, d.q(`VACUUM (SKIP_LOCKED, TRUNCATE false) @.deliveries`))
 	return err
 }
 
