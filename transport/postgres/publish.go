@@ -521,31 +521,6 @@ func (d *driver) foreignTx(ctx context.Context, q querier, tx any, op string) er
 	return fmt.Errorf("postgres transport: %s: the transaction is on database %q, which has no Ripple schema %q; the bus uses database %q: begin the transaction on the bus's database (the pool or *sql.DB of the same URL)", op, db, d.schema, d.dbName)
 }
 
-// checkTx refuses a transaction that is closed or belongs to another
-// database, or one whose database lacks this driver's schema.
-func (d *driver) checkTx(ctx context.Context, q querier, op string) error {
-	rows, err := q.Query(ctx, `SELECT current_database(), to_regclass($1) IS NOT NULL`, d.qschema+".events")
-	if err != nil {
-		return d.txErr(err, op)
-	}
-	var db string
-	var has bool
-	for rows.Next() {
-		if err := rows.Scan(&db, &has); err != nil {
-			rows.Close()
-			return d.txErr(err, op)
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return d.txErr(err, op)
-	}
-	if db != d.dbName || !has {
-		return fmt.Errorf("postgres transport: %s: the transaction is on database %q, which has no Ripple schema %q; the bus uses database %q: begin the transaction on the bus's database (the pool or *sql.DB of the same URL)", op, db, d.schema, d.dbName)
-	}
-	return nil
-}
-
 func (d *driver) txErr(err error, op string) error {
 	if errors.Is(err, pgx.ErrTxClosed) || errors.Is(err, sql.ErrTxDone) {
 		return fmt.Errorf("postgres transport: %s: the transaction is already committed or rolled back (%v); call %s inside an open transaction, before Commit", op, err, op)
