@@ -13,8 +13,10 @@ import (
 )
 
 // postgresSystemNames lists the systems that need a PostgreSQL server, in
-// report order.
-var postgresSystemNames = []string{"ripple-postgres", "river-postgres", "watermill-sql-postgres", "postgres-raw-insert", "postgres-copy-100"}
+// run and report order: ripple-postgres between the two raw ceilings, so
+// that on a machine whose load changes during the run its ratios to them
+// compare measurements taken minutes, not a whole run, apart.
+var postgresSystemNames = []string{"postgres-raw-insert", "ripple-postgres", "postgres-copy-100", "river-postgres", "watermill-sql-postgres"}
 
 // PostgresURLFromEnv returns the PostgreSQL URL set in
 // RIPPLE_BENCH_POSTGRES_URL or, failing that, RIPPLE_TEST_POSTGRES_URL, or "".
@@ -26,7 +28,8 @@ func PostgresURLFromEnv() string {
 }
 
 // PostgresSystems returns the systems that use the PostgreSQL server at
-// url. Each instance works in a fresh schema that it drops when it closes.
+// url, in postgresSystemNames's order. Each instance works in a fresh
+// schema that it drops when it closes.
 func PostgresSystems(url string) []System {
 	rp := RippleSystem("ripple-postgres", "postgres transport, default settings (synchronous_commit=on)",
 		func(string) string { return withQuery(url, "schema", newSchema()) })
@@ -41,7 +44,7 @@ func PostgresSystems(url string) []System {
 	rp.Group = "postgres"
 	raw := RawPostgres(url)
 	raw.Group = "postgres"
-	return []System{rp, RiverPostgres(url), WatermillSQLPostgres(url), raw, CopyPostgres(url)}
+	return []System{raw, rp, CopyPostgres(url), RiverPostgres(url), WatermillSQLPostgres(url)}
 }
 
 func newSchema() string {

@@ -56,18 +56,32 @@
 // Every time is taken from the database's clock, so processes on hosts with
 // different clocks agree on delays and leases.
 //
-// Wake-ups use LISTEN/NOTIFY: a publish or a settlement that makes rows
-// deliverable notifies the schema's channel with the subscriptions to wake,
-// inside its own transaction, so receivers in every process wake when it
-// commits. Each driver keeps one listening connection (reconnected when it
-// drops, after which every receiver looks again); a safety poll of one
-// second covers a notification lost meanwhile. A receiver also wakes
-// exactly when a delay, backoff or lease runs out.
+// Wake-ups use LISTEN/NOTIFY. A publish or a settlement that makes rows
+// deliverable wakes this process's receivers of the subscriptions
+// concerned as soon as it commits, and then tells other processes with
+// one NOTIFY naming them, sent after the commit rather than inside the
+// transaction: PostgreSQL holds a database-wide lock from a notifying
+// commit until its WAL flush is done, which would make every publish flush
+// alone instead of sharing flushes (group commit). NOTIFYs of a busy
+// process are coalesced (one in flight at a time), none is sent while no
+// other session listens on the schema's channel (looked up at most once a
+// second; the look that finds a new listener wakes all its subscriptions
+// once), and a driver's listener skips its own. Each driver keeps one
+// listening connection (reconnected when it drops, after which every
+// receiver looks again); a safety poll of one second covers a notification
+// lost meanwhile, or one never sent because its process crashed right
+// after the commit. A receiver also wakes exactly when a delay, backoff or
+// lease runs out, and one whose last lease found fewer rows than it asked
+// for waits for a wake-up (or that time) instead of asking again at once.
+// PublishTx's notification is
+// part of the caller's transaction, so that it fires when that commits.
 //
-// Group commit: concurrent Publish calls of a process are gathered by a few
-// goroutines into one multi-row INSERT … SELECT FROM unnest(…) statement,
-// so a burst of publishers costs one round trip and one WAL flush per
-// group.
+// Group commit: concurrent Publish calls of a process are gathered into
+// one multi-row INSERT … SELECT FROM unnest(…) statement, with at most two
+// such statements under way at once: while one commits, the publishes
+// arriving meanwhile queue and go together in the next, so a burst of
+// publishers costs one round trip and one WAL flush per group. Concurrent
+// settlements are gathered the same way into one UPDATE.
 //
 // # Durability
 //
@@ -101,6 +115,9 @@
 // part of the transaction, so handlers wake when it commits. A transaction
 // on another database (or one without this schema), an already finished
 // transaction, or another kind of value is refused with an error saying so.
+// The check is part of the publish statement: on a database without the
+// schema that statement fails, and, as after any failed statement, the
+// transaction can then only be rolled back.
 //
 // A handler can mark its event done in the same kind of transaction
 // (ripple.Bus.CompleteTx, transport.TxClaimer): an upsert of its row in the
@@ -122,7 +139,13 @@
 // created with fillfactor 80 (room for the state updates of a row's life
 // to stay on its page) and a vacuum scale factor of 2% with no cost delay,
 // and events with 5%, so autovacuum runs after a few thousand changes
-// rather than after a fifth of the table. A database whose autovacuum is
+// rather than after a fifth of the table. Autovacuum looks at a table at
+// most once a minute, and every lease and settlement leaves a dead row
+// version whose entry in the ready index each later lease walks over: so
+// the pruner also vacuums the deliveries table itself (VACUUM (SKIP_LOCKED,
+// TRUNCATE false), a no-op for a role that does not own it) whenever it
+// holds 2,000 dead rows. The table holds only undelivered rows and the retained history,
+// so that vacuum is small. A database whose autovacuum is
 // turned off will bloat: keep it on.
 //
 // # Not supported

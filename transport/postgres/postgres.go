@@ -43,6 +43,11 @@ const (
 	defaultSchema = "ripple"
 	// publishers is how many group-commit goroutines run publishes.
 	publishers = 4
+	// inflight bounds the publish statements under way at once. While
+	// they wait for their commit, the publishes arriving meanwhile queue
+	// and go together in the next statement: with a bound of 2, one
+	// statement commits while the next one fills.
+	inflight = 2
 	// maxBatch bounds the messages of one group commit.
 	maxBatch = 512
 )
@@ -90,8 +95,8 @@ type driver struct {
 
 	pool *pgxpool.Pool
 	pub  chan *pubOp
-	// inline is held by the publish running on its caller's goroutine.
-	inline atomic.Bool
+	// slots holds a token per publish statement under way (inflight).
+	slots chan struct{}
 
 	mu      sync.RWMutex
 	closed  bool
@@ -100,6 +105,12 @@ type driver struct {
 
 	// wake wakes this process's receivers of a subscription.
 	wake wake.Set
+	// notifier wakes other processes' receivers after a commit.
+	notifier *notifier
+	// listenerPID is the server process of the listening connection.
+	listenerPID atomic.Uint32
+	// settles groups concurrent settlements into one statement.
+	settles settler
 
 	nmu       sync.Mutex     // guards receivers
 	receivers map[string]int // ephemeral subscriptions: receivers open in this process
@@ -153,9 +164,12 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		ret:       cfg.Retention.Resolve(),
 		log:       log,
 		pub:       make(chan *pubOp, maxBatch),
+		slots:     make(chan struct{}, inflight),
 		closing:   make(chan struct{}),
 		receivers: map[string]int{},
 	}
+	d.notifier = newNotifier(d)
+	d.settles.d = d
 	d.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres transport: %s: %v", redact(rawURL), err)
@@ -164,12 +178,13 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		d.pool.Close()
 		return nil, err
 	}
-	d.bg.Add(2 + publishers)
+	d.bg.Add(3 + publishers)
 	// The listening connection is made in the background: until it is up
 	// receivers rely on local wake-ups and the safety poll, and once it is
 	// up every receiver looks again.
 	go func() { defer d.bg.Done(); d.listen(nil) }()
 	go func() { defer d.bg.Done(); d.pruneLoop() }()
+	go func() { defer d.bg.Done(); d.notifier.loop() }()
 	for range publishers {
 		go func() { defer d.bg.Done(); d.publishLoop() }()
 	}
@@ -254,8 +269,12 @@ func (d *driver) wrap(err error) error {
 }
 
 // signalPayload wakes the subscriptions named in a notification payload:
-// comma-separated ids, or "*" for all.
+// comma-separated ids, or "*" for all. A payload of this driver's own
+// notifier is skipped: its receivers were woken when it was queued.
 func (d *driver) signalPayload(p string) {
+	if d.notifier.own(p) {
+		return
+	}
 	if p == "*" || p == "" {
 		d.wake.FireAll()
 		return
@@ -287,11 +306,17 @@ func (d *driver) connectListener(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, d.wrap(err)
 	}
-	if _, err := c.Exec(ctx, "LISTEN "+pgx.Identifier{d.channel}.Sanitize()); err != nil {
+	if _, err := c.Exec(ctx, listenSQL(d.channel)); err != nil {
 		_ = c.Close(ctx)
 		return nil, d.wrap(err)
 	}
 	return c, nil
+}
+
+// listenSQL is the statement a driver's listening connection runs, and
+// so its last statement in pg_stat_activity while it waits.
+func listenSQL(channel string) string {
+	return "LISTEN " + pgx.Identifier{channel}.Sanitize()
 }
 
 // listen turns notifications on the schema's channel into wake-ups. When
@@ -325,6 +350,7 @@ func (d *driver) listen(c *pgx.Conn) {
 				continue
 			}
 			backoff = 50 * time.Millisecond
+			d.listenerPID.Store(c.PgConn().PID())
 			d.wake.FireAll()
 		}
 		n, err := c.WaitForNotification(ctx)
@@ -350,7 +376,7 @@ func (d *driver) notify(ctx context.Context, ids ...int64) {
 	if len(ids) == 0 {
 		return
 	}
-	_, _ = d.pool.Exec(ctx, "SELECT pg_notify($1, $2)", d.channel, payload(ids))
+	_, _ = d.pool.Exec(ctx, "SELECT pg_notify($1, $2)", d.channel, d.notifier.payload(ids))
 }
 
 func fromNanos(n int64) time.Time {

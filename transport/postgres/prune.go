@@ -15,7 +15,33 @@ const (
 	// pruneBatch bounds each delete, so that one pass holds its locks for
 	// milliseconds and leaves autovacuum small chunks.
 	pruneBatch = 1000
+	// vacuumDead is how many dead rows of the deliveries table make the
+	// pruner vacuum it (see vacuumQueue).
+	vacuumDead = 2000
 )
+
+// vacuumQueue vacuums the deliveries table once it holds vacuumDead dead
+// rows. Every lease and every settlement leaves a dead row version, and
+// its entry stays in the ready index, where each lease's scan walks over
+// it until a vacuum removes it; autovacuum looks at a table at most once a
+// minute (autovacuum_naptime), and by then a busy queue has left hundreds
+// of thousands of them, making every lease read hundreds of index pages.
+// The table holds only undelivered rows and the retained history, so the
+// vacuum is small. It skips a table being vacuumed already (SKIP_LOCKED);
+// it does not give empty pages at the table's end back to the system
+// (TRUNCATE false), which would take a lock that stops every publish and
+// lease while it looks; and one run by a role that does not own the table
+// does nothing.
+func (d *driver) vacuumQueue(ctx context.Context) error {
+	var dead int64
+	err := d.pool.QueryRow(ctx, `SELECT coalesce(n_dead_tup, 0) FROM pg_stat_user_tables WHERE relid = $1::regclass`,
+		d.qschema+".deliveries").Scan(&dead)
+	if err != nil || dead < vacuumDead {
+		return err
+	}
+	_, err = d.pool.Exec(ctx, d.q(`VACUUM (SKIP_LOCKED, TRUNCATE false) @.deliveries`))
+	return err
+}
 
 // pruneLoop runs the retention pass. Every process runs one, but a pass
 // starts only when it takes the schema's history lock without waiting, so
@@ -38,6 +64,9 @@ func (d *driver) pruneLoop() {
 			}
 		}()
 		more, err := d.pruneOnce(ctx)
+		if err == nil {
+			err = d.vacuumQueue(ctx)
+		}
 		cancel()
 		if err != nil && d.checkOpen() == nil {
 			d.log.Debug("postgres transport: retention pass failed; trying again", "schema", d.schema, "err", err)

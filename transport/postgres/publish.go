@@ -24,16 +24,16 @@ type pubOp struct {
 	done chan struct{}
 }
 
-// publishSQL stores a batch of messages in one statement, so in one
+// publishCore stores a batch of messages in one statement, so in one
 // implicit transaction and one WAL flush: each new event once (a (source,
-// id) already stored, or repeated in the batch, is skipped), a delivery for
-// every subscription whose pattern matches, and one notification naming the
-// subscriptions to wake, sent when the statement commits. It returns the
-// ordinal (1-based) of each stored message, and a last row with the
-// negated count of notifications (which only forces their evaluation).
-const publishSQL = `WITH input AS (
+// id) already stored, or repeated in the batch, is skipped) and a delivery
+// for every subscription whose pattern matches. It returns the ordinal
+// (1-based) of each stored message; the two statements below add how the
+// subscriptions to wake are told.
+const publishCore = `WITH input AS (
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::bigint[], $7::bigint[], $8::bigint[], $9::jsonb[], $10::bytea[])
 		WITH ORDINALITY AS t(source, id, type, key, priority, time, delay_ns, keep_ns, attrs, data, ord)
+	WHERE current_database() = $11
 ), ins AS (
 	INSERT INTO @.events (source, id, type, key, priority, time, published_at, keep_until, attrs, data)
 	SELECT source, id, type, key, priority, time, @.now_ns(), @.after_ns(keep_ns), attrs, data FROM input ORDER BY ord
@@ -48,12 +48,33 @@ const publishSQL = `WITH input AS (
 	SELECT s.id, st.seq, 0, @.after_ns(st.delay_ns), st.priority, CASE WHEN s.ordered THEN st.key ELSE '' END, st.delay_ns > 0
 	FROM stored st JOIN @.subscriptions s ON st.type ~ s.regex
 	RETURNING sub_id
-), woke AS (
-	SELECT pg_notify($11, string_agg(DISTINCT sub_id::text, ',')) FROM dels HAVING count(*) > 0
+)`
+
+// publishSQL is Publish's statement: besides the stored ordinals it
+// returns each subscription given a delivery, negated, for the driver to
+// wake. It sends no notification: NOTIFY in a transaction takes a
+// database-wide lock from its commit until the commit's WAL flush is done,
+// so that notifying commits never share a flush (PostgreSQL's group
+// commit); the driver notifies other processes after the commit instead
+// (see notifier).
+const publishSQL = publishCore + `
+SELECT ord FROM stored
+UNION ALL
+SELECT DISTINCT -sub_id FROM dels`
+
+// publishTxSQL is PublishTx's statement: the notification naming the
+// subscriptions to wake is part of the caller's transaction, so that it is
+// sent when (and only if) that commits, and one last row of 0 says the
+// transaction is on a database other than the driver's (nothing was
+// written then). A notified batch returns a row of -1.
+const publishTxSQL = publishCore + `, woke AS (
+	SELECT pg_notify($12, string_agg(DISTINCT sub_id::text, ',')) FROM dels HAVING count(*) > 0
 )
 SELECT ord FROM stored
 UNION ALL
-SELECT -count(*) FROM woke`
+SELECT -count(*) FROM woke HAVING count(*) > 0
+UNION ALL
+SELECT 0 WHERE current_database() <> $11`
 
 // dupSQL reads back the stored messages of (source, id) pairs.
 const dupSQL = `SELECT e.source, e.id, e.type, e.key, e.priority, e.time, e.attrs, e.data
@@ -76,13 +97,17 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// A lone publisher stores on its own goroutine, sparing the two
-	// goroutine hand-offs of the queue; publishers that arrive meanwhile
-	// queue and are grouped.
-	if d.inline.CompareAndSwap(false, true) {
-		err := d.publishInline(ctx, msgs)
-		d.inline.Store(false)
-		return err
+	// A publish finding nothing queued and a statement slot free stores
+	// on its own goroutine, sparing the two goroutine hand-offs of the
+	// queue; publishers that arrive meanwhile queue and are grouped.
+	if len(d.pub) == 0 {
+		select {
+		case d.slots <- struct{}{}:
+			err := d.publishInline(ctx, msgs)
+			<-d.slots
+			return err
+		default:
+		}
 	}
 	o := &pubOp{ctx: ctx, msgs: msgs, done: make(chan struct{})}
 	d.mu.RLock()
@@ -132,10 +157,12 @@ func (d *driver) gaveUp(ctx context.Context) error {
 }
 
 // publishLoop is one group-commit goroutine: it takes a queued publish,
-// adds every other one queued meanwhile, and stores them together.
+// waits for a statement slot (meanwhile more publishes queue), adds every
+// publish queued by then, and stores them together.
 func (d *driver) publishLoop() {
 	batch := make([]*pubOp, 0, 64)
 	for o := range d.pub {
+		d.slots <- struct{}{}
 		batch = append(batch[:0], o)
 		n := len(o.msgs)
 	drain:
@@ -152,6 +179,7 @@ func (d *driver) publishLoop() {
 			}
 		}
 		d.runBatch(batch)
+		<-d.slots
 		clear(batch)
 	}
 }
@@ -205,7 +233,7 @@ func (d *driver) store(ctx context.Context, msgs []*transport.Message) error {
 	retried := false
 	for attempt := 0; ; attempt++ {
 		retried = attempt > 0
-		err = d.storeOnce(ctx, d.pool, msgs, true)
+		err = d.storeOnce(ctx, d.pool, msgs, false)
 		if err == nil || !(pgconn.SafeToRetry(err) || serverTerminated(err)) || attempt >= 50 || ctx.Err() != nil {
 			break
 		}
@@ -304,41 +332,63 @@ func (d *driver) pubArgs(msgs []*transport.Message) ([]any, error) {
 			data[i] = []byte{}
 		}
 	}
-	return []any{sources, ids, types, keys, prios, times, delays, keeps, attrs, data, d.channel}, nil
+	return []any{sources, ids, types, keys, prios, times, delays, keeps, attrs, data, d.dbName}, nil
 }
 
-// storeOnce runs publishSQL on q and fills Duplicate for the messages it
-// did not store. local wakes this process's receivers (a transaction's
-// caller does that only after its commit).
-func (d *driver) storeOnce(ctx context.Context, q querier, msgs []*transport.Message, local bool) error {
+// errForeignDB is storeOnce's answer when a transaction is on a database
+// other than the driver's.
+var errForeignDB = errors.New("postgres transport: the transaction is on another database")
+
+// storeOnce stores msgs on q and fills Duplicate for the messages it did
+// not store. Outside a transaction (inTx false, q the pool) it then wakes
+// the subscriptions given deliveries: this process's receivers at once,
+// other processes' through the notifier. In a transaction the statement
+// itself notifies, at its commit, and a transaction on another database
+// stores nothing and gets errForeignDB.
+func (d *driver) storeOnce(ctx context.Context, q querier, msgs []*transport.Message, inTx bool) error {
 	args, err := d.pubArgs(msgs)
 	if err != nil {
 		return err
 	}
-	rows, err := q.Query(ctx, d.q(publishSQL), args...)
+	stmt := publishSQL
+	if inTx {
+		stmt = publishTxSQL
+		args = append(args, d.channel)
+	}
+	rows, err := q.Query(ctx, d.q(stmt), args...)
 	if err != nil {
 		return err
 	}
 	stored := make([]bool, len(msgs))
-	notified := false
+	var woken []int64
+	foreign := false
 	for rows.Next() {
 		var ord int64
 		if err := rows.Scan(&ord); err != nil {
 			rows.Close()
 			return err
 		}
-		if ord > 0 {
+		switch {
+		case ord > 0:
 			stored[ord-1] = true
-		} else if ord < 0 {
-			notified = true
+		case ord == 0:
+			foreign = true
+		case !inTx:
+			woken = append(woken, -ord)
 		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	if notified && local {
-		d.wake.FireAll()
+	if foreign {
+		return errForeignDB
+	}
+	if len(woken) > 0 {
+		for _, id := range woken {
+			d.wake.Fire(id)
+		}
+		d.notifier.add(woken)
 	}
 	var dupSources, dupIDs []string
 	for i, m := range msgs {
@@ -434,38 +484,41 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 	default:
 		return fmt.Errorf("postgres transport: PublishTx: tx is a %T; the postgres transport takes a pgx.Tx (pgx/v5, pgxpool) or a *sql.Tx opened with the pgx stdlib driver (database/sql, driver name \"pgx\")", tx)
 	}
-	if err := d.checkTx(ctx, q, "PublishTx"); err != nil {
-		return err
-	}
-	if err := d.storeOnce(ctx, q, msgs, false); err != nil {
+	// The statement checks the transaction's database itself, sparing a
+	// round trip: a database without the schema fails it, one with a
+	// schema of the same name makes it store nothing.
+	if err := d.storeOnce(ctx, q, msgs, true); err != nil {
+		if errors.Is(err, errForeignDB) || missingSchema(err) {
+			return d.foreignTx(ctx, q, tx, "PublishTx")
+		}
 		return d.txErr(err, "PublishTx")
 	}
 	return nil
 }
 
-// checkTx refuses a transaction that is closed or belongs to another
-// database, or one whose database lacks this driver's schema.
-func (d *driver) checkTx(ctx context.Context, q querier, op string) error {
-	rows, err := q.Query(ctx, `SELECT current_database(), to_regclass($1) IS NOT NULL`, d.qschema+".events")
-	if err != nil {
-		return d.txErr(err, op)
+// missingSchema reports a statement that failed because the schema or
+// one of its tables does not exist in the database it ran on.
+func missingSchema(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "3F000" || pe.Code == "42P01" || pe.Code == "42883")
+}
+
+// foreignTx explains a transaction refused because it is on another
+// database than the driver's (or one without the driver's schema).
+func (d *driver) foreignTx(ctx context.Context, q querier, tx any, op string) error {
+	db := "(unknown)"
+	if t, ok := tx.(pgx.Tx); ok && t.Conn() != nil {
+		db = t.Conn().Config().Database
 	}
-	var db string
-	var has bool
-	for rows.Next() {
-		if err := rows.Scan(&db, &has); err != nil {
-			rows.Close()
-			return d.txErr(err, op)
+	// The statement failed or stored nothing; when the transaction is
+	// still usable its database's own name is the better answer.
+	if rows, err := q.Query(ctx, `SELECT current_database()`); err == nil {
+		for rows.Next() {
+			_ = rows.Scan(&db)
 		}
+		rows.Close()
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return d.txErr(err, op)
-	}
-	if db != d.dbName || !has {
-		return fmt.Errorf("postgres transport: %s: the transaction is on database %q, which has no Ripple schema %q; the bus uses database %q: begin the transaction on the bus's database (the pool or *sql.DB of the same URL)", op, db, d.schema, d.dbName)
-	}
-	return nil
+	return fmt.Errorf("postgres transport: %s: the transaction is on database %q, which has no Ripple schema %q; the bus uses database %q: begin the transaction on the bus's database (the pool or *sql.DB of the same URL)", op, db, d.schema, d.dbName)
 }
 
 func (d *driver) txErr(err error, op string) error {

@@ -181,6 +181,102 @@ var migrations = []string{
 				NULL::text, NULL::text, NULL::text, 0, 0::bigint, NULL::jsonb, NULL::bytea;
 		END IF;
 	END $$;`,
+
+	`-- Version 2: lease, planned for reuse. PL/pgSQL keeps a generic plan
+	-- of a statement once that costs no more than planning afresh, and
+	-- version 1's joins, whose LIMIT is a parameter, had a generic plan
+	-- that read every event (a hash join over a sequential scan), so each
+	-- call planned its statements again. Here every lookup is by key: the
+	-- rows to lease are picked into an array (locked, skipping rows other
+	-- lessors hold), updated through the primary key and joined to their
+	-- events one by one, a plan that does not depend on the limit, so the
+	-- function keeps its generic plans (plan_cache_mode): planning them at
+	-- every call cost as much as running them. A call leasing fewer rows
+	-- than asked also says when to look again, which version 1 said only
+	-- when it leased nothing.
+	CREATE OR REPLACE FUNCTION @.lease(p_sub bigint, p_max integer, p_lease bigint)
+	RETURNS TABLE (o_seq bigint, o_attempts integer, o_gen bigint, o_first bigint,
+		o_id text, o_type text, o_key text, o_priority integer, o_time bigint, o_attrs jsonb, o_data bytea)
+	LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+	#variable_conflict use_column
+	DECLARE
+		v_now bigint := @.now_ns();
+		v_until bigint := @.after_ns(p_lease);
+		v_ordered boolean;
+		v_paused boolean;
+		v_ephemeral boolean;
+		v_touched bigint;
+		v_seqs bigint[];
+		v_n integer := 0;
+		v_m integer := 0;
+	BEGIN
+		-- A lease lost to a server crash only makes its rows deliverable
+		-- again, which at-least-once delivery allows: no WAL flush wait.
+		PERFORM set_config('synchronous_commit', 'off', true);
+		SELECT s.ordered, s.paused, s.ephemeral, s.touched_at INTO v_ordered, v_paused, v_ephemeral, v_touched
+			FROM @.subscriptions s WHERE s.id = p_sub;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'subscription % no longer exists', p_sub USING ERRCODE = 'P0002';
+		END IF;
+		IF v_ephemeral AND v_touched < v_now - 1000000000 THEN
+			UPDATE @.subscriptions SET touched_at = v_now WHERE id = p_sub;
+		END IF;
+		IF v_paused THEN
+			RETURN;
+		END IF;
+		IF v_ordered THEN
+			PERFORM pg_advisory_xact_lock(@LOCK, p_sub::integer);
+		END IF;
+		-- Expired leases first.
+		v_seqs := ARRAY(SELECT x.event_seq FROM @.deliveries x WHERE x.sub_id = p_sub AND x.state = 1 AND x.lease_until < v_now
+			ORDER BY x.lease_until LIMIT p_max FOR UPDATE SKIP LOCKED);
+		IF cardinality(v_seqs) > 0 THEN
+			RETURN QUERY
+			WITH upd AS (
+				UPDATE @.deliveries d SET state = 1, lease_until = v_until, gen = d.gen + 1, attempts = d.attempts + 1,
+					first_attempt = CASE WHEN d.first_attempt = 0 THEN v_now ELSE d.first_attempt END
+				WHERE d.sub_id = p_sub AND d.event_seq = ANY (v_seqs) AND d.state = 1 AND d.lease_until < v_now
+				RETURNING d.event_seq, d.attempts, d.gen, d.first_attempt)
+			SELECT u.event_seq, u.attempts, u.gen, u.first_attempt, e.id, e.type, e.key, e.priority, e.time, e.attrs, e.data
+			FROM upd u CROSS JOIN LATERAL (SELECT * FROM @.events e WHERE e.seq = u.event_seq OFFSET 0) e;
+			GET DIAGNOSTICS v_n = ROW_COUNT;
+			IF v_n >= p_max THEN
+				RETURN;
+			END IF;
+		END IF;
+		IF v_ordered THEN
+			v_seqs := ARRAY(SELECT x.event_seq FROM @.deliveries x WHERE x.sub_id = p_sub AND x.state = 0 AND x.run_at <= v_now
+				AND (x.key = '' OR NOT EXISTS (SELECT 1 FROM @.deliveries y WHERE y.sub_id = p_sub AND y.key = x.key
+					AND y.state IN (0, 1) AND y.key <> '' AND (y.event_seq < x.event_seq OR y.state = 1)))
+				ORDER BY x.priority DESC, x.event_seq LIMIT p_max - v_n FOR UPDATE SKIP LOCKED);
+		ELSE
+			v_seqs := ARRAY(SELECT x.event_seq FROM @.deliveries x WHERE x.sub_id = p_sub AND x.state = 0 AND x.run_at <= v_now
+				ORDER BY x.priority DESC, x.event_seq LIMIT p_max - v_n FOR UPDATE SKIP LOCKED);
+		END IF;
+		IF cardinality(v_seqs) > 0 THEN
+			RETURN QUERY
+			WITH upd AS (
+				UPDATE @.deliveries d SET state = 1, lease_until = v_until, gen = d.gen + 1, attempts = d.attempts + 1,
+					first_attempt = CASE WHEN d.first_attempt = 0 THEN v_now ELSE d.first_attempt END
+				WHERE d.sub_id = p_sub AND d.event_seq = ANY (v_seqs) AND d.state = 0
+				RETURNING d.event_seq, d.attempts, d.gen, d.first_attempt)
+			SELECT u.event_seq, u.attempts, u.gen, u.first_attempt, e.id, e.type, e.key, e.priority, e.time, e.attrs, e.data
+			FROM upd u CROSS JOIN LATERAL (SELECT * FROM @.events e WHERE e.seq = u.event_seq OFFSET 0) e;
+			GET DIAGNOSTICS v_m = ROW_COUNT;
+		END IF;
+		IF v_n + v_m < p_max THEN
+			-- Fewer rows than asked for: one more row, with o_seq -1,
+			-- tells the caller the clock (o_gen) and when a row becomes
+			-- deliverable without a write (o_first: a delay or backoff
+			-- running out or a lease expiring; NULL for never), so that it
+			-- can sleep until then or until a notification instead of
+			-- asking again at once.
+			RETURN QUERY SELECT -1::bigint, 0, v_now, least(
+				(SELECT min(x.run_at) FROM @.deliveries x WHERE x.sub_id = p_sub AND x.state = 0 AND x.delayed AND x.run_at > v_now),
+				(SELECT min(x.lease_until) + 1 FROM @.deliveries x WHERE x.sub_id = p_sub AND x.state = 1)),
+				NULL::text, NULL::text, NULL::text, 0, 0::bigint, NULL::jsonb, NULL::bytea;
+		END IF;
+	END $$;`,
 }
 
 // schemaVersion is the newest schema version this build knows.

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ripplehq/ripple/internal/wake"
 	"github.com/ripplehq/ripple/transport"
@@ -104,6 +103,11 @@ type subscription struct {
 
 	once   sync.Once
 	closed chan struct{}
+
+	// quietWake and quietUntil: see setQuiet.
+	qmu        sync.Mutex
+	quietWake  <-chan struct{}
+	quietUntil time.Time
 }
 
 // token identifies one lease of one delivery row: gen changes at every
@@ -141,6 +145,14 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			return nil, err
 		}
 		wake := s.n.Wait()
+		if wait, ok := s.stillQuiet(wake); ok {
+			// The last lease left nothing deliverable and nothing was
+			// published or settled since: sleep without asking.
+			if !s.sleep(ctx, timer, wake, wait) {
+				continue
+			}
+			return nil, ctx.Err()
+		}
 		out, wait, err := s.lease(ctx, max)
 		if len(out) > 0 && (ctx.Err() != nil || s.check() != nil) {
 			// The caller left while the lease was being taken: hand the
@@ -163,24 +175,67 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			return nil, s.d.wrap(err)
 		}
 		if len(out) > 0 {
+			s.setQuiet(wake, wait)
 			return out, nil
 		}
-		timer.Reset(wait)
-		select {
-		case <-wake:
-		case <-timer.C:
-		case <-ctx.Done():
+		if s.sleep(ctx, timer, wake, wait) {
 			return nil, ctx.Err()
-		case <-s.closed:
-		case <-s.d.closing:
 		}
+	}
+}
+
+// sleep waits for a wake-up, wait, or the end of ctx or of the
+// subscription; it reports whether ctx ended.
+func (s *subscription) sleep(ctx context.Context, timer *time.Timer, wake <-chan struct{}, wait time.Duration) bool {
+	timer.Reset(wait)
+	defer func() {
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
 			default:
 			}
 		}
+	}()
+	select {
+	case <-wake:
+	case <-timer.C:
+	case <-ctx.Done():
+		return true
+	case <-s.closed:
+	case <-s.d.closing:
 	}
+	return false
+}
+
+// setQuiet records that the lease taken after wake was drawn left nothing
+// deliverable for wait (wait > 0: the lease returned fewer rows than asked
+// and said when the next row becomes deliverable), so that the next
+// Receive sleeps instead of asking again, until wake fires or wait passes.
+func (s *subscription) setQuiet(wake <-chan struct{}, wait time.Duration) {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if wait <= 0 {
+		s.quietWake = nil
+		return
+	}
+	s.quietWake, s.quietUntil = wake, time.Now().Add(wait)
+}
+
+// stillQuiet reports how long nothing can become deliverable, when the
+// last lease left nothing and wake has not fired since.
+func (s *subscription) stillQuiet(wake <-chan struct{}) (time.Duration, bool) {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if s.quietWake == nil || s.quietWake != wake {
+		s.quietWake = nil
+		return 0, false
+	}
+	left := time.Until(s.quietUntil)
+	if left <= 0 {
+		s.quietWake = nil
+		return 0, false
+	}
+	return left, true
 }
 
 // lease leases up to max deliveries, or returns how long to wait before
@@ -229,15 +284,19 @@ func (s *subscription) lease(ctx context.Context, limit int) ([]*transport.Deliv
 	if err := rows.Err(); err != nil {
 		return nil, 0, err
 	}
-	if len(out) > 0 {
-		sortDeliveries(out)
-		return out, 0, nil
+	// The row with seq -1 comes when fewer rows than asked for were
+	// leased: it says when to look again.
+	wait := time.Duration(0)
+	if now != 0 {
+		wait = safetyPoll
+		if next != nil {
+			wait = min(wait, max(time.Duration(*next-now), time.Millisecond))
+		}
+	} else if len(out) == 0 {
+		wait = safetyPoll // a paused subscription
 	}
-	wait := safetyPoll
-	if next != nil {
-		wait = min(wait, max(time.Duration(*next-now), time.Millisecond))
-	}
-	return nil, wait, nil
+	sortDeliveries(out)
+	return out, wait, nil
 }
 
 func sortDeliveries(ds []*transport.Delivery) {
@@ -279,64 +338,24 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 }
 
 func (s *subscription) settle(ctx context.Context, ss []transport.Settlement) error {
-	b := &pgx.Batch{}
-	// The batch is one implicit transaction. An outcome lost to a server
-	// crash only means the event is delivered again (at-least-once), so
-	// its commit does not wait for the WAL flush; idempotency claims,
-	// which decide exactly-once effects, keep waiting for it.
-	b.Queue("SELECT set_config('synchronous_commit', 'off', true)")
-	wake := false
+	op := &settleOp{sub: s, done: make(chan struct{})}
 	for i := range ss {
 		st := &ss[i]
 		t, err := tokenOf(st.Delivery)
 		if err != nil {
 			return err
 		}
-		delay := int64(max(st.Delay, 0))
 		switch st.Outcome {
-		case transport.Complete:
-			b.Queue(s.d.q(`UPDATE @.deliveries SET state = 2, done_at = @.now_ns(), lease_until = 0
-				WHERE sub_id = $1 AND event_seq = $2 AND gen = $3 AND state = 1`), t.sub, t.seq, t.gen)
-			wake = wake || s.spec.Ordered
-		case transport.Retry:
-			b.Queue(s.d.q(`UPDATE @.deliveries SET state = 0, run_at = @.after_ns($4), delayed = $4 > 0, lease_until = 0,
-				failures = failures + 1, last_error = $5
-				WHERE sub_id = $1 AND event_seq = $2 AND gen = $3 AND state = 1`), t.sub, t.seq, t.gen, delay, st.Error)
-			wake = true
-		case transport.Release:
-			b.Queue(s.d.q(`UPDATE @.deliveries SET state = 0, run_at = @.after_ns($4), delayed = $4 > 0, lease_until = 0,
-				attempts = greatest(attempts - 1, 0)
-				WHERE sub_id = $1 AND event_seq = $2 AND gen = $3 AND state = 1`), t.sub, t.seq, t.gen, delay)
-			wake = true
-		case transport.Dead:
-			b.Queue(s.d.q(`UPDATE @.deliveries SET state = 3, done_at = @.now_ns(), lease_until = 0,
-				failures = failures + 1, last_error = $4
-				WHERE sub_id = $1 AND event_seq = $2 AND gen = $3 AND state = 1`), t.sub, t.seq, t.gen, st.Error)
-			wake = wake || s.spec.Ordered
+		case transport.Complete, transport.Dead:
+			op.wake = op.wake || s.spec.Ordered
+		case transport.Retry, transport.Release:
+			op.wake = true
 		default:
 			return fmt.Errorf("postgres transport: unknown settlement outcome %d", int(st.Outcome))
 		}
+		op.rows = append(op.rows, settleRow{tok: t, outcome: int16(st.Outcome), delay: int64(max(st.Delay, 0)), err: st.Error})
 	}
-	if wake {
-		b.Queue("SELECT pg_notify($1, $2)", s.d.channel, payload([]int64{s.id}))
-	}
-	// A settlement is idempotent (it matches its lease generation), so one
-	// sent on a connection that turned out dead is sent again.
-	var err error
-	for attempt := 0; ; attempt++ {
-		err = s.d.pool.SendBatch(ctx, b).Close()
-		if err == nil || !(pgconn.SafeToRetry(err) || serverTerminated(err)) || attempt >= 5 || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(time.Duration(attempt+1) * 20 * time.Millisecond)
-	}
-	if err != nil {
-		return s.d.wrap(err)
-	}
-	if wake {
-		s.d.wake.Fire(s.id)
-	}
-	return nil
+	return s.d.settles.run(ctx, op)
 }
 
 // release hands leased rows back, undoing their attempt.

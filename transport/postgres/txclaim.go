@@ -39,23 +39,44 @@ func (d *driver) CompleteTx(ctx context.Context, tx any, handler, key string) er
 	default:
 		return fmt.Errorf("postgres transport: CompleteTx: tx is a %T; the postgres transport takes a pgx.Tx (pgx/v5, pgxpool) or a *sql.Tx opened with the pgx stdlib driver (database/sql, driver name \"pgx\")", tx)
 	}
-	if err := d.checkTx(ctx, q, "CompleteTx"); err != nil {
-		return err
-	}
-	rows, err := q.Query(ctx, d.q(`INSERT INTO @.claims (handler, event_id, done, expires_at, updated_at) VALUES ($1, $2, true, 0, @.now_ns())
+	// The statement checks the transaction's database itself, sparing a
+	// round trip (as PublishTx's does): a database without the schema
+	// fails it, one with a schema of the same name makes it write nothing
+	// and return a row of -1.
+	rows, err := q.Query(ctx, d.q(`WITH up AS (
+		INSERT INTO @.claims (handler, event_id, done, expires_at, updated_at)
+		SELECT $1, $2, true, 0, @.now_ns() WHERE current_database() = $3
 		ON CONFLICT (handler, event_id) DO UPDATE SET done = true, expires_at = 0, updated_at = excluded.updated_at
 		WHERE NOT @.claims.done
-		RETURNING 1`), handler, key)
+		RETURNING 1)
+	SELECT count(*) FROM up
+	UNION ALL
+	SELECT -1 WHERE current_database() <> $3`), handler, key, d.dbName)
 	if err != nil {
+		if missingSchema(err) {
+			return d.foreignTx(ctx, q, tx, "CompleteTx")
+		}
 		return d.txErr(err, "CompleteTx")
 	}
-	n := 0
+	n, foreign := int64(0), false
 	for rows.Next() {
-		n++
+		var v int64
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return d.txErr(err, "CompleteTx")
+		}
+		if v < 0 {
+			foreign = true
+		} else {
+			n += v
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return d.txErr(err, "CompleteTx")
+	}
+	if foreign {
+		return d.foreignTx(ctx, q, tx, "CompleteTx")
 	}
 	if n == 0 {
 		return fmt.Errorf("postgres transport: CompleteTx: handler %q has already done event %q: %w", handler, key, transport.ErrAlreadyDone)
