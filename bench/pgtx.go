@@ -23,6 +23,18 @@ type TxOverhead struct {
 	// on a postgres:// bus (one handler subscribed and running) before the
 	// COMMIT.
 	WithPublish Measurement
+	// Queued is WithPublish with the handler subscribed but not running,
+	// so its events wait: the transaction's own cost, without the
+	// handler's lease and settle commits competing for the same server.
+	Queued Measurement
+}
+
+// AddedQueued is Added for the Queued loop.
+func (o TxOverhead) AddedQueued() float64 {
+	if o.Queued.PerSec == 0 {
+		return 0
+	}
+	return o.Plain.PerSec/o.Queued.PerSec - 1
 }
 
 // Added returns how much longer a transaction with PublishTx takes, as a
@@ -60,9 +72,6 @@ func MeasureTxOverhead(ctx context.Context, url string, n int) (TxOverhead, erro
 	if err := bus.On(EventType, "bench-counter-1", func(context.Context, ripple.Event) error { return nil }, ripple.Concurrency(HandlerConcurrency)); err != nil {
 		return out, err
 	}
-	if err := bus.Start(ctx); err != nil {
-		return out, err
-	}
 	insert := "INSERT INTO " + schema + ".users (email) VALUES ($1)"
 	payload := json.RawMessage(NewPayload(1, time.Now()))
 	one := func(i int, publish bool) error {
@@ -83,27 +92,48 @@ func MeasureTxOverhead(ctx context.Context, url string, n int) (TxOverhead, erro
 			return out, err
 		}
 	}
-	var elapsed [2]time.Duration
+	// Plain and queued alternate while the handler is stopped, then plain
+	// and publish while it runs; the plain loops of both phases count.
+	var plain, queued, running time.Duration
 	half := n / 2
-	for round := range 2 {
-		for _, publish := range []bool{false, true} {
-			start := time.Now()
-			for i := range half {
-				if err := one(round*half+i, publish); err != nil {
-					return out, err
-				}
+	seq := 100
+	loop := func(publish bool) (time.Duration, error) {
+		start := time.Now()
+		for range half {
+			seq++
+			if err := one(seq, publish); err != nil {
+				return 0, err
 			}
-			k := 0
-			if publish {
-				k = 1
+		}
+		return time.Since(start), nil
+	}
+	for phase := range 2 {
+		if phase == 1 {
+			if err := bus.Start(ctx); err != nil {
+				return out, err
 			}
-			elapsed[k] += time.Since(start)
+		}
+		for range 2 {
+			p, err := loop(false)
+			if err != nil {
+				return out, err
+			}
+			w, err := loop(true)
+			if err != nil {
+				return out, err
+			}
+			plain += p
+			if phase == 0 {
+				queued += w
+			} else {
+				running += w
+			}
 		}
 	}
-	mk := func(d time.Duration) Measurement {
-		return Measurement{Events: int64(2 * half), Elapsed: d, PerSec: float64(2*half) / d.Seconds()}
+	mk := func(d time.Duration, events int) Measurement {
+		return Measurement{Events: int64(events), Elapsed: d, PerSec: float64(events) / d.Seconds()}
 	}
-	out.Plain, out.WithPublish = mk(elapsed[0]), mk(elapsed[1])
+	out.Plain, out.Queued, out.WithPublish = mk(plain, 4*half), mk(queued, 2*half), mk(running, 2*half)
 	return out, nil
 }
 
@@ -212,8 +242,10 @@ func WritePostgresExtras(w io.Writer, x PostgresExtras) {
 	if x.TxErr != nil {
 		fmt.Fprintf(w, "- PublishTx overhead: error: %v\n", x.TxErr)
 	} else {
-		fmt.Fprintf(w, "- PublishTx overhead (sequential transactions, one user-row INSERT each): without PublishTx %s tx/s (%.2f ms each), with PublishTx %s tx/s (%.2f ms each): +%.0f%%\n",
-			count(x.Tx.Plain.PerSec), 1000/x.Tx.Plain.PerSec, count(x.Tx.WithPublish.PerSec), 1000/x.Tx.WithPublish.PerSec, 100*x.Tx.Added())
+		fmt.Fprintf(w, "- PublishTx overhead (sequential transactions, one user-row INSERT each): without PublishTx %s tx/s (%.2f ms each); with PublishTx, the handler stopped so its events wait, %s tx/s (%.2f ms each): +%.0f%%; with PublishTx and the handler running, %s tx/s (%.2f ms each): +%.0f%%\n",
+			count(x.Tx.Plain.PerSec), 1000/x.Tx.Plain.PerSec,
+			count(x.Tx.Queued.PerSec), 1000/x.Tx.Queued.PerSec, 100*x.Tx.AddedQueued(),
+			count(x.Tx.WithPublish.PerSec), 1000/x.Tx.WithPublish.PerSec, 100*x.Tx.Added())
 	}
 	switch {
 	case !x.RelayRan:
@@ -229,9 +261,14 @@ func WritePostgresExtras(w io.Writer, x PostgresExtras) {
 // CheckPostgresExtras evaluates the PublishTx and relay targets.
 func CheckPostgresExtras(x PostgresExtras) []Verdict {
 	var out []Verdict
-	if x.TxErr == nil && x.Tx.WithPublish.PerSec > 0 {
+	if x.TxErr == nil && x.Tx.WithPublish.PerSec > 0 && x.Tx.Queued.PerSec > 0 {
 		out = append(out, Verdict{
-			Target: "Postgres: PublishTx adds ≤ 20% to a transaction that inserts one user row",
+			Target: "Postgres: PublishTx adds ≤ 20% to a transaction that inserts one user row (handler stopped: the transaction's own cost)",
+			Measured: fmt.Sprintf("%.2f ms → %.2f ms per tx: +%.0f%%",
+				1000/x.Tx.Plain.PerSec, 1000/x.Tx.Queued.PerSec, 100*x.Tx.AddedQueued()),
+			Pass: x.Tx.AddedQueued() <= 0.2,
+		}, Verdict{
+			Target: "Postgres: the same, with the handler running on the same server",
 			Measured: fmt.Sprintf("%.2f ms → %.2f ms per tx: +%.0f%%",
 				1000/x.Tx.Plain.PerSec, 1000/x.Tx.WithPublish.PerSec, 100*x.Tx.Added()),
 			Pass: x.Tx.Added() <= 0.2,
