@@ -46,9 +46,10 @@ func (o TxOverhead) Added() float64 {
 	return o.Plain.PerSec/o.WithPublish.PerSec - 1
 }
 
-// MeasureTxOverhead runs n sequential transactions of each kind on the
-// PostgreSQL server at url, each kind in a schema of its own, alternating
-// halves so that a slower machine phase hurts both alike.
+// MeasureTxOverhead runs n sequential transactions with PublishTx while the
+// bus's handler is stopped, n while it runs, and 2n plain ones alternating
+// with them in halves, so that a slower machine phase hurts each alike, on
+// the PostgreSQL server at url.
 func MeasureTxOverhead(ctx context.Context, url string, n int) (TxOverhead, error) {
 	var out TxOverhead
 	pool, err := newPGPool(ctx, url, 4)

@@ -96,8 +96,9 @@ func TestPostgresExtrasShort(t *testing.T) {
 	if x.TxErr != nil {
 		t.Fatal(x.TxErr)
 	}
-	if x.Tx.Plain.Events != 40 || x.Tx.WithPublish.Events != 40 || x.Tx.Plain.PerSec <= 0 || x.Tx.WithPublish.PerSec <= 0 {
-		t.Errorf("tx overhead: %+v; want 40 transactions of each kind at a positive rate", x.Tx)
+	if x.Tx.Plain.Events != 80 || x.Tx.Queued.Events != 40 || x.Tx.WithPublish.Events != 40 ||
+		x.Tx.Plain.PerSec <= 0 || x.Tx.Queued.PerSec <= 0 || x.Tx.WithPublish.PerSec <= 0 {
+		t.Errorf("tx overhead: %+v; want 80 plain transactions, 40 with the handler stopped and 40 with it running, at positive rates", x.Tx)
 	}
 	if redis := RedisURLFromEnv(); redis != "" {
 		x.RelayRan = true
@@ -112,9 +113,9 @@ func TestPostgresExtrasShort(t *testing.T) {
 		t.Fatal("RIPPLE_TEST_REDIS_URL is not set but RIPPLE_TEST_REQUIRE_SERVERS=1: the outbox relay measurement needs Redis")
 	}
 	vs := CheckPostgresExtras(x)
-	want := 1
+	want := 2
 	if x.RelayRan {
-		want = 2
+		want = 3
 	}
 	if len(vs) != want {
 		t.Errorf("CheckPostgresExtras gave %d verdicts; want %d: %+v", len(vs), want, vs)
