@@ -23,7 +23,7 @@ const (
 	Pub16   Scenario = "pub16"   // publish throughput, 16 concurrent publishers
 	E2E1    Scenario = "e2e1"    // end-to-end throughput, one publisher
 	E2E16   Scenario = "e2e16"   // end-to-end throughput, 16 publishers
-	Fan5    Scenario = "fan5"    // e2e16 with five handlers (Ripple only)
+	Fan5    Scenario = "fan5"    // e2e16 with five handlers (Ripple and fan-out peers)
 	Latency Scenario = "latency" // publish-to-handler latency at a paced rate
 )
 
@@ -109,6 +109,13 @@ type Measurement struct {
 	// Events is how many events were published (for fan5: events, not
 	// deliveries).
 	Events int64
+	// Deliveries is how many handler calls the end-to-end scenarios
+	// counted within Elapsed: Events times the number of handlers once
+	// every event is handled.
+	Deliveries int64
+	// DeliveriesPerSec is Deliveries divided by Elapsed (end-to-end
+	// scenarios).
+	DeliveriesPerSec float64
 	// Elapsed is the measured time: the publish phase for pub1 and pub16,
 	// first publish to last handled event for the end-to-end scenarios.
 	Elapsed time.Duration
@@ -143,7 +150,7 @@ func Applies(s System, sc Scenario) bool {
 	case Pub1, Pub16:
 		return true
 	case Fan5:
-		return s.Ripple
+		return s.Ripple || s.FanOut
 	default:
 		return s.Consumes
 	}
@@ -249,6 +256,8 @@ func runScenario(ctx context.Context, s System, sc Scenario, cfg Config) (m Meas
 		want := base + n*int64(handlers)
 		ok := k.wait(want, cfg.Drain)
 		m := throughput(n, time.Since(start), nil)
+		m.Deliveries = k.handled.Load() - base
+		m.DeliveriesPerSec = float64(m.Deliveries) / m.Elapsed.Seconds()
 		if !ok {
 			m.Note = fmt.Sprintf("drain timed out: %d of %d deliveries", k.handled.Load()-base, want-base)
 		}
