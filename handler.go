@@ -85,6 +85,7 @@ func newRunner(b *Bus, pattern, name string, fn HandlerFunc, cfg handlerConfig) 
 		loopDone: make(chan struct{}),
 	}
 	r.set.space = make(chan struct{}, settleQueueCap(cfg.concurrency))
+	r.set.wake = make(chan struct{}, 1)
 	if cfg.rateN > 0 {
 		if rl, ok := b.driver.(transport.RateLimiter); ok && b.caps.SharedRateLimit {
 			r.shared = rl

@@ -10,11 +10,12 @@ import (
 // The settler records a runner's outcomes off the handlers' goroutines.
 //
 // A handler's goroutine decides the outcome, queues it and goes on to the
-// next delivery. One goroutine per runner, started when an outcome is
-// queued and none is running, sends everything queued in one Settle call,
-// then everything that was queued while that call ran in the next, and
-// ends when the queue is empty. No timer holds a settlement back: an idle
-// runner's lone outcome is sent at once, and under load batches form by
+// next delivery. One goroutine per runner, started with the first outcome,
+// sends everything queued in one Settle call, then everything that was
+// queued while that call ran in the next, and waits for more when the
+// queue is empty; it ends once the queue is empty and the runner has
+// stopped (runCtx). No timer holds a settlement back: an idle runner's
+// lone outcome is sent at once, and under load batches form by
 // themselves, as large as what accumulated during one Settle.
 //
 // How Concurrency counts a queued outcome. A handler's slot (Concurrency
@@ -58,9 +59,13 @@ type queuedOutcome struct {
 
 // settler is the state of a runner's outcome queue.
 type settler struct {
-	mu      sync.Mutex
-	queue   []queuedOutcome
+	mu    sync.Mutex
+	queue []queuedOutcome
+	// running: the settler goroutine exists; waiting: it waits on wake
+	// for an outcome.
 	running bool
+	waiting bool
+	wake    chan struct{} // capacity 1
 	// space holds a token per queued outcome not yet recorded.
 	space chan struct{}
 	// pending counts queued outcomes not yet recorded, for closeAborted.
@@ -100,26 +105,45 @@ func (r *runner) settle(d *transport.Delivery, s transport.Settlement, res *queu
 	}
 	r.set.mu.Lock()
 	r.set.queue = append(r.set.queue, q)
-	start := !r.set.running
-	r.set.running = true
+	start, signal := !r.set.running, r.set.waiting
+	r.set.running, r.set.waiting = true, false
 	r.set.mu.Unlock()
-	if start {
+	switch {
+	case start:
 		go r.flush()
+	case signal:
+		select {
+		case r.set.wake <- struct{}{}:
+		default: // a wake-up is pending already
+		}
 	}
 }
 
-// flush records queued outcomes, a batch per Settle call, until the queue
-// is empty.
+// flush records queued outcomes, a batch per Settle call, and waits for
+// more when the queue is empty, until the runner stops.
 func (r *runner) flush() {
 	var batch []queuedOutcome
 	var ss []transport.Settlement
 	for {
 		r.set.mu.Lock()
 		if len(r.set.queue) == 0 {
-			r.set.running = false
+			if r.runCtx.Err() != nil {
+				// Stopped: an outcome queued after this (none is, once
+				// the handlers have drained or been cut off) would start
+				// another settler.
+				r.set.running, r.set.waiting = false, false
+				r.set.mu.Unlock()
+				return
+			}
+			r.set.waiting = true
 			r.set.mu.Unlock()
-			return
+			select {
+			case <-r.set.wake:
+			case <-r.runCtx.Done():
+			}
+			continue
 		}
+		r.set.waiting = false
 		// The drained batch's array becomes the next queue: steady state
 		// allocates nothing.
 		batch, r.set.queue = r.set.queue, batch[:0]

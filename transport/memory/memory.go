@@ -470,6 +470,13 @@ type token struct {
 	gen uint64
 }
 
+// leased is a delivery and its token in one allocation; the delivery's
+// Token points at tok.
+type leased struct {
+	d   transport.Delivery
+	tok token
+}
+
 func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Delivery, error) {
 	s := r.sb.s
 	for {
@@ -491,7 +498,14 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 					e.first = now
 				}
 				heap.Push(&r.sb.active, e)
-				out[i] = &transport.Delivery{Message: *copyMessage(e.msg), Attempt: e.attempts, FirstDelivered: e.first, Token: token{e, e.gen}}
+				l := &leased{d: transport.Delivery{Message: *e.msg, Attempt: e.attempts, FirstDelivered: e.first}, tok: token{e, e.gen}}
+				// The handler gets its own copy of the data, which it may
+				// write to. Attrs is shared with the store: the core only
+				// reads a delivery's attributes (into the Event's fields
+				// and a Headers map of its own).
+				l.d.Data = bytes.Clone(e.msg.Data)
+				l.d.Token = &l.tok
+				out[i] = &l.d
 			}
 			s.mu.Unlock()
 			return out, nil
@@ -531,7 +545,7 @@ func (r *receiver) Settle(ctx context.Context, ss []transport.Settlement) error 
 	now := s.now()
 	woke := false
 	for _, st := range ss {
-		tk, ok := st.Delivery.Token.(token)
+		tk, ok := st.Delivery.Token.(*token)
 		if !ok || tk.e.gen != tk.gen || tk.e.state != stActive {
 			continue // lease lost to another receiver
 		}
@@ -580,7 +594,7 @@ func (r *receiver) Extend(ctx context.Context, ds []*transport.Delivery, lease t
 	defer s.mu.Unlock()
 	now := s.now()
 	for _, d := range ds {
-		tk, ok := d.Token.(token)
+		tk, ok := d.Token.(*token)
 		if !ok || tk.e.gen != tk.gen || tk.e.state != stActive {
 			continue
 		}
