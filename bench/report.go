@@ -183,9 +183,13 @@ func Check(results []Result) []Verdict {
 	if a, ok := find("ripple-memory", Fan5); ok {
 		if b, ok := find("watermill-gochannel", Fan5); ok && b.DeliveriesPerSec > 0 {
 			r := a.DeliveriesPerSec / b.DeliveriesPerSec
+			measured := fmt.Sprintf("ripple-memory fan5 / watermill-gochannel fan5 = %s / %s deliveries/s = %.2f×", count(a.DeliveriesPerSec), count(b.DeliveriesPerSec), r)
+			if a.CPU > 0 && b.CPU > 0 && a.Deliveries > 0 && b.Deliveries > 0 {
+				measured += fmt.Sprintf("; CPU per delivery %s / %s", perDelivery(a), perDelivery(b))
+			}
 			out = append(out, Verdict{
 				Target:   "memory: five handlers' deliveries/s ≥ Watermill GoChannel's with five subscribers",
-				Measured: fmt.Sprintf("ripple-memory fan5 / watermill-gochannel fan5 = %s / %s deliveries/s = %.2f×", count(a.DeliveriesPerSec), count(b.DeliveriesPerSec), r),
+				Measured: measured,
 				Pass:     r >= 1,
 			})
 		}

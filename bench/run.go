@@ -116,6 +116,12 @@ type Measurement struct {
 	// DeliveriesPerSec is Deliveries divided by Elapsed (end-to-end
 	// scenarios).
 	DeliveriesPerSec float64
+	// CPU is the CPU time (user and system, every goroutine of the
+	// process) spent within Elapsed in the end-to-end scenarios, zero
+	// where it cannot be read. On a machine that other work shares, CPU
+	// per delivery compares systems run one after the other better than
+	// their rates, which depend on the CPU each one was given.
+	CPU time.Duration
 	// Elapsed is the measured time: the publish phase for pub1 and pub16,
 	// first publish to last handled event for the end-to-end scenarios.
 	Elapsed time.Duration
@@ -186,6 +192,9 @@ func (m Measurement) String() string {
 		return "error: " + m.Err.Error()
 	}
 	s := fmt.Sprintf("%d events in %v: %.0f/s", m.Events, m.Elapsed.Round(time.Millisecond), m.PerSec)
+	if m.Deliveries > 0 && m.CPU > 0 {
+		s += fmt.Sprintf(", %d deliveries, %s CPU per delivery", m.Deliveries, perDelivery(m))
+	}
 	if m.P99 > 0 {
 		s = fmt.Sprintf("%d events, p50 %v, p99 %v", m.Events, m.P50.Round(time.Microsecond), m.P99.Round(time.Microsecond))
 	}
@@ -248,7 +257,7 @@ func runScenario(ctx context.Context, s System, sc Scenario, cfg Config) (m Meas
 		if sc != E2E1 {
 			pubs = cfg.Publishers
 		}
-		start := time.Now()
+		start, cpu0 := time.Now(), processCPU()
 		n, _, err := publishPhase(ctx, inst, pubs, payloads[:cfg.N], cfg.MaxPublish)
 		if err != nil {
 			return Measurement{Err: err}
@@ -256,6 +265,9 @@ func runScenario(ctx context.Context, s System, sc Scenario, cfg Config) (m Meas
 		want := base + n*int64(handlers)
 		ok := k.wait(want, cfg.Drain)
 		m := throughput(n, time.Since(start), nil)
+		if cpu0 > 0 {
+			m.CPU = processCPU() - cpu0
+		}
 		m.Deliveries = k.handled.Load() - base
 		m.DeliveriesPerSec = float64(m.Deliveries) / m.Elapsed.Seconds()
 		if !ok {
@@ -458,4 +470,10 @@ func (k *sink) latencies() []time.Duration {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return slices.Clone(k.lat)
+}
+
+// perDelivery formats a measurement's CPU time per delivery in
+// microseconds.
+func perDelivery(m Measurement) string {
+	return fmt.Sprintf("%.2f µs", float64(m.CPU)/float64(m.Deliveries)/float64(time.Microsecond))
 }

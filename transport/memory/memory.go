@@ -101,8 +101,11 @@ type store struct {
 	ids      map[string]*transport.Message // by transport.IdentityKey
 	claims   map[claimKey]*claim
 	limits   map[string]*ratewindow.Window // rate limits by handler
-	seq      uint64
-	now      func() time.Time
+	// routes caches, by event type, the subscriptions whose pattern
+	// matches it; emptied whenever a subscription comes or goes.
+	routes map[string][]*sub
+	seq    uint64
+	now    func() time.Time
 }
 
 type histEntry struct {
@@ -127,6 +130,7 @@ func newStore(r transport.Retention, name string) *store {
 		ids:    map[string]*transport.Message{},
 		claims: map[claimKey]*claim{},
 		limits: map[string]*ratewindow.Window{},
+		routes: map[string][]*sub{},
 		now:    time.Now,
 	}
 }
@@ -200,10 +204,12 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		s.seq++
 		s.ids[key] = m
 		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq})
-		for _, sb := range s.subs {
-			if transport.Match(sb.pattern, m.Type) {
-				sb.add(&entry{msg: m, seq: s.seq, runAt: now.Add(m.Delay), published: now}, now)
-			}
+		subs := s.route(m.Type)
+		// One allocation for the event's entries in every subscription.
+		es := make([]entry, len(subs))
+		for i, sb := range subs {
+			es[i] = entry{msg: m, seq: s.seq, runAt: now.Add(m.Delay), published: now}
+			sb.add(&es[i], now)
 		}
 	}
 	for _, sb := range s.subs {
@@ -222,6 +228,29 @@ func copyMessage(m *transport.Message) *transport.Message {
 	c.Attrs = maps.Clone(m.Attrs)
 	return &c
 }
+
+// route returns the subscriptions whose pattern matches typ. s.mu must be
+// held.
+func (s *store) route(typ string) []*sub {
+	if subs, ok := s.routes[typ]; ok {
+		return subs
+	}
+	var subs []*sub
+	for _, sb := range s.subs {
+		if transport.Match(sb.pattern, typ) {
+			subs = append(subs, sb)
+		}
+	}
+	if len(s.routes) >= maxRoutes {
+		clear(s.routes)
+	}
+	s.routes[typ] = subs
+	return subs
+}
+
+// maxRoutes bounds the route cache: a store that sees more event types
+// than this starts it afresh.
+const maxRoutes = 4096
 
 func (s *store) expireHistory(now time.Time) {
 	h := s.histHead
@@ -251,6 +280,7 @@ func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if sb == nil {
 		sb = newSub(s, spec)
 		s.subs[spec.Name] = sb
+		clear(s.routes)
 		if !spec.From.IsZero() {
 			s.startFrom(sb, spec.From)
 		}
@@ -488,7 +518,11 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 		r.sb.promote(now)
 		if n := min(r.sb.ready.Len(), limit); n > 0 && !r.sb.paused {
 			out := make([]*transport.Delivery, n)
-			for i := range out {
+			// One allocation for the batch's deliveries and one for
+			// their data.
+			ls := make([]leased, n)
+			size := 0
+			for i := range ls {
 				e := r.sb.ready.pop()
 				e.state = stActive
 				e.attempts++
@@ -498,13 +532,23 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 					e.first = now
 				}
 				heap.Push(&r.sb.active, e)
-				l := &leased{d: transport.Delivery{Message: *e.msg, Attempt: e.attempts, FirstDelivered: e.first}, tok: token{e, e.gen}}
-				// The handler gets its own copy of the data, which it may
-				// write to. Attrs is shared with the store: the core only
-				// reads a delivery's attributes (into the Event's fields
-				// and a Headers map of its own).
-				l.d.Data = bytes.Clone(e.msg.Data)
-				l.d.Token = &l.tok
+				ls[i].tok = token{e, e.gen}
+				size += len(e.msg.Data)
+			}
+			// The handler gets its own copy of the data, which it may
+			// write to. Attrs is shared with the store: the core only
+			// reads a delivery's attributes (into the Event's fields and a
+			// Headers map of its own).
+			buf := make([]byte, 0, size)
+			for i := range ls {
+				l := &ls[i]
+				e := l.tok.e
+				l.d = transport.Delivery{Message: *e.msg, Attempt: e.attempts, FirstDelivered: e.first, Token: &l.tok}
+				if e.msg.Data != nil {
+					at := len(buf)
+					buf = append(buf, e.msg.Data...)
+					l.d.Data = buf[at:len(buf):len(buf)]
+				}
 				out[i] = &l.d
 			}
 			s.mu.Unlock()
@@ -1045,6 +1089,7 @@ func (d *driver) setPaused(handler string, paused bool) error {
 func (s *store) deleteSub(sb *sub) {
 	handler := sb.name
 	delete(s.subs, handler)
+	clear(s.routes)
 	for k := range s.claims {
 		if k.handler == handler {
 			delete(s.claims, k)
