@@ -227,6 +227,8 @@ func (r *runner) closeAborted(pending []transport.Settlement) {
 
 func (r *runner) loop() {
 	defer close(r.loopDone)
+	// Only the loop hands out work: closing it ends the idle workers.
+	defer close(r.work)
 	failures := 0
 	for {
 		select {
@@ -383,20 +385,15 @@ func (r *runner) releaseLate(ds []*transport.Delivery) {
 }
 
 // worker runs deliveries one after another, starting with d, and waits
-// for the next until the runner stops. Reusing goroutines spares each
+// for the next until the receive loop stops. Reusing goroutines spares each
 // delivery a goroutine start and the stack growth of the handler path.
 // The loop starts a worker only when none is waiting, so there are about
 // Concurrency of them (a worker that has freed its slot but not yet come
 // back for more can be passed over), plus any running an abandoned
-// handler; they end with the runner.
+// handler; they end once the receive loop has stopped.
 func (r *runner) worker(d *transport.Delivery) {
-	for {
+	for ok := true; ok; d, ok = <-r.work {
 		r.handle(d)
-		select {
-		case d = <-r.work:
-		case <-r.runCtx.Done():
-			return
-		}
 	}
 }
 
