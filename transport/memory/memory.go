@@ -264,8 +264,10 @@ func (s *store) expireHistory(now time.Time) {
 	// Compact once the dead prefix outweighs the live part, so expiry
 	// costs amortised O(1) per publish.
 	if h > 1024 && h >= len(s.history)/2 {
-		s.history = append(make([]histEntry, 0, 2*(len(s.history)-h)+1024), s.history[h:]...)
-		s.histHead = 0
+		// In place: the array stays, as large as the history has been.
+		n := copy(s.history, s.history[h:])
+		clear(s.history[n:])
+		s.history, s.histHead = s.history[:n], 0
 	}
 }
 
@@ -986,12 +988,20 @@ func (q *readyQueue) push(e *entry) {
 		}
 		b = &fifo{}
 		q.buckets[p] = b
+	}
+	if b.head == len(b.items) {
+		// An empty bucket (new, or kept for reuse) joins the priorities.
 		i := sort.Search(len(q.prios), func(i int) bool { return q.prios[i] < p })
 		q.prios = slices.Insert(q.prios, i, p)
 	}
 	b.items = append(b.items, e)
 	q.n++
 }
+
+// spareBuckets is how many emptied priority buckets a ready queue keeps
+// for reuse, so that a queue that keeps draining to empty does not
+// allocate a bucket per event.
+const spareBuckets = 16
 
 func (q *readyQueue) pop() *entry {
 	p := q.prios[0]
@@ -1002,11 +1012,19 @@ func (q *readyQueue) pop() *entry {
 	q.n--
 	switch {
 	case b.head == len(b.items):
-		delete(q.buckets, p)
-		q.prios = q.prios[1:]
+		// Deleting the first priority in place keeps the slice's
+		// capacity, which re-slicing would give up.
+		q.prios = slices.Delete(q.prios, 0, 1)
+		if len(q.buckets)-len(q.prios) > spareBuckets {
+			delete(q.buckets, p)
+		} else {
+			b.items, b.head = b.items[:0], 0
+		}
 	case b.head > 1024 && b.head*2 >= len(b.items):
-		b.items = append([]*entry(nil), b.items[b.head:]...)
-		b.head = 0
+		// Compact in place: the array is the queue's high-water mark.
+		n := copy(b.items, b.items[b.head:])
+		clear(b.items[n:])
+		b.items, b.head = b.items[:n], 0
 	}
 	return e
 }
