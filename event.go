@@ -366,28 +366,54 @@ func eventFromMessage(m *transport.Message) Event {
 		Time:     m.Time,
 		Data:     m.Data,
 	}
-	for k, v := range m.Attrs {
+	a := m.Attrs
+	if len(a) == 0 {
+		return e
+	}
+	// Looking the known attributes up costs less than iterating the map,
+	// whose iterator set-up dominates for the few attributes an event
+	// carries; only other attributes (headers) need the iteration.
+	known := 0
+	if v, ok := a[attrSource]; ok {
+		e.Source = v
+		known++
+	}
+	if v, ok := a[attrDataContentType]; ok {
+		e.DataContentType = v
+		known++
+	}
+	if v, ok := a[attrSubject]; ok {
+		e.Subject = v
+		known++
+	}
+	if v, ok := a[attrDataSchema]; ok {
+		e.DataSchema = v
+		known++
+	}
+	if v, ok := a[attrDataVersion]; ok {
+		e.DataVersion, _ = strconv.Atoi(v)
+		known++
+	}
+	if v, ok := a[attrCorrelationID]; ok {
+		e.CorrelationID = v
+		known++
+	}
+	if v, ok := a[attrCausationID]; ok {
+		e.CausationID = v
+		known++
+	}
+	if v, ok := a[attrTraceParent]; ok {
+		e.TraceParent = v
+		known++
+	}
+	if known == len(a) {
+		return e
+	}
+	e.Headers = make(map[string]string, len(a)-known)
+	for k, v := range a {
 		switch k {
-		case attrSource:
-			e.Source = v
-		case attrDataContentType:
-			e.DataContentType = v
-		case attrSubject:
-			e.Subject = v
-		case attrDataSchema:
-			e.DataSchema = v
-		case attrDataVersion:
-			e.DataVersion, _ = strconv.Atoi(v)
-		case attrCorrelationID:
-			e.CorrelationID = v
-		case attrCausationID:
-			e.CausationID = v
-		case attrTraceParent:
-			e.TraceParent = v
+		case attrSource, attrDataContentType, attrSubject, attrDataSchema, attrDataVersion, attrCorrelationID, attrCausationID, attrTraceParent:
 		default:
-			if e.Headers == nil {
-				e.Headers = make(map[string]string)
-			}
 			e.Headers[k] = v
 		}
 	}

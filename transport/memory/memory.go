@@ -112,6 +112,7 @@ type histEntry struct {
 	msg *transport.Message
 	at  time.Time
 	seq uint64
+	key string // transport.IdentityKey of msg, its key in ids
 }
 
 type claimKey struct{ handler, id string }
@@ -203,7 +204,7 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		m = copyMessage(m)
 		s.seq++
 		s.ids[key] = m
-		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq})
+		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq, key: key})
 		subs := s.route(m.Type)
 		// One allocation for the event's entries in every subscription.
 		es := make([]entry, len(subs))
@@ -255,8 +256,7 @@ const maxRoutes = 4096
 func (s *store) expireHistory(now time.Time) {
 	h := s.histHead
 	for h < len(s.history) && (len(s.history)-h > MaxHistory || now.Sub(s.history[h].at) > s.ret.DedupWindow) {
-		m := s.history[h].msg
-		delete(s.ids, transport.IdentityKey(m.Source(), m.ID))
+		delete(s.ids, s.history[h].key)
 		s.history[h] = histEntry{}
 		h++
 	}
@@ -372,6 +372,8 @@ type sub struct {
 	keys    map[string][]*entry
 	done    []*entry
 	dead    []*entry
+	// agedAt is when retain last trimmed by age.
+	agedAt  time.Time
 	changed chan struct{}
 	waiters int
 }
@@ -470,15 +472,24 @@ func (sb *sub) finish(e *entry, now time.Time) {
 	}
 }
 
+// retain trims the completed and dead lists to the retention counts, and
+// to the retention ages at most every tenth of the shorter age (and at
+// least once a second): reading the age of the oldest entry is a cache
+// miss every settlement would pay.
 func (sb *sub) retain(now time.Time) {
 	r := sb.s.ret
-	sb.done = trim(sb.done, r.CompletedCount, r.CompletedAge, now)
-	sb.dead = trim(sb.dead, r.DeadCount, r.DeadAge, now)
+	every := min(time.Second, min(r.CompletedAge, r.DeadAge)/10)
+	byAge := now.Sub(sb.agedAt) >= every || now.Before(sb.agedAt)
+	if byAge {
+		sb.agedAt = now
+	}
+	sb.done = trim(sb.done, r.CompletedCount, r.CompletedAge, now, byAge)
+	sb.dead = trim(sb.dead, r.DeadCount, r.DeadAge, now, byAge)
 }
 
-func trim(list []*entry, count int, age time.Duration, now time.Time) []*entry {
-	cut := 0
-	for cut < len(list) && (len(list)-cut > count || now.Sub(list[cut].finished) > age) {
+func trim(list []*entry, count int, age time.Duration, now time.Time, byAge bool) []*entry {
+	cut := max(len(list)-count, 0)
+	for byAge && cut < len(list) && now.Sub(list[cut].finished) > age {
 		cut++
 	}
 	if cut == 0 {
