@@ -358,17 +358,19 @@ func (e *Event) toMessage(delay time.Duration) *transport.Message {
 
 // eventFromMessage rebuilds an event from the transport's representation.
 func eventFromMessage(m *transport.Message) Event {
-	e := Event{
-		ID:       m.ID,
-		Type:     m.Type,
-		Key:      m.Key,
-		Priority: m.Priority,
-		Time:     m.Time,
-		Data:     m.Data,
-	}
+	var e Event
+	e.setFromMessage(m)
+	return e
+}
+
+// setFromMessage sets e, a zero Event, from the transport's
+// representation, in place: a handler's event is built inside its flight
+// without a copy.
+func (e *Event) setFromMessage(m *transport.Message) {
+	e.ID, e.Type, e.Key, e.Priority, e.Time, e.Data = m.ID, m.Type, m.Key, m.Priority, m.Time, m.Data
 	a := m.Attrs
 	if len(a) == 0 {
-		return e
+		return
 	}
 	// Looking the known attributes up costs less than iterating the map,
 	// whose iterator set-up dominates for the few attributes an event
@@ -407,7 +409,7 @@ func eventFromMessage(m *transport.Message) Event {
 		known++
 	}
 	if known == len(a) {
-		return e
+		return
 	}
 	e.Headers = make(map[string]string, len(a)-known)
 	for k, v := range a {
@@ -417,7 +419,6 @@ func eventFromMessage(m *transport.Message) Event {
 			e.Headers[k] = v
 		}
 	}
-	return e
 }
 
 // encodeData turns a payload into bytes and a content type.

@@ -463,7 +463,8 @@ func (r *runner) heartbeat() {
 // abandoned by the watch loop, which settles the attempt and frees the
 // slot.
 func (r *runner) handle(d *transport.Delivery) {
-	f := &flight{d: d, ev: eventFromMessage(&d.Message)}
+	f := &flight{d: d}
+	f.ev.setFromMessage(&d.Message)
 	ev := &f.ev
 	ev.Attempt = d.Attempt
 	ev.Handler = r.name
