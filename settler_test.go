@@ -141,12 +141,13 @@ func TestSettleOffTheHandlersPathAndBounded(t *testing.T) {
 		t.Errorf("handled %d of %d", got, n)
 	}
 	sizes := d.callSizes()
-	// The first call took what was queued when it began (one outcome, or
-	// two if the second came before the settler started); the second took
-	// everything queued while the first was held: the queue's 16 in all
-	// (the 17th handled event waited for room, holding its slot).
-	if len(sizes) < 2 || sizes[0] > 2 || sizes[0]+sizes[1] < 16 {
-		t.Errorf("Settle call sizes %v: want a first call of one or two outcomes, then the rest of the 16 queued meanwhile in one call", sizes)
+	// While the gate was closed the queue's 16 outcomes (the 17th handled
+	// event waited for room, holding its slot) were sent in two calls: the
+	// one held at the gate, with what was queued when it began, and the
+	// next, with everything queued meanwhile. One of them carries at least
+	// half.
+	if len(sizes) < 2 || sizes[0]+sizes[1] < 16 || max(sizes[0], sizes[1]) < 8 {
+		t.Errorf("Settle call sizes %v: want the 16 outcomes queued while the store was held in the first two calls", sizes)
 	}
 	total := 0
 	for _, s := range sizes {
