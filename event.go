@@ -384,6 +384,9 @@ func (e *Event) setFromMessage(m *transport.Message) {
 		e.DataContentType = v
 		known++
 	}
+	if known == len(a) {
+		return // the common case: a source and a content type, nothing else
+	}
 	if v, ok := a[attrSubject]; ok {
 		e.Subject = v
 		known++
