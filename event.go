@@ -358,40 +358,70 @@ func (e *Event) toMessage(delay time.Duration) *transport.Message {
 
 // eventFromMessage rebuilds an event from the transport's representation.
 func eventFromMessage(m *transport.Message) Event {
-	e := Event{
-		ID:       m.ID,
-		Type:     m.Type,
-		Key:      m.Key,
-		Priority: m.Priority,
-		Time:     m.Time,
-		Data:     m.Data,
+	var e Event
+	e.setFromMessage(m)
+	return e
+}
+
+// setFromMessage sets e, a zero Event, from the transport's
+// representation, in place: a handler's event is built inside its flight
+// without a copy.
+func (e *Event) setFromMessage(m *transport.Message) {
+	e.ID, e.Type, e.Key, e.Priority, e.Time, e.Data = m.ID, m.Type, m.Key, m.Priority, m.Time, m.Data
+	a := m.Attrs
+	if len(a) == 0 {
+		return
 	}
-	for k, v := range m.Attrs {
+	// Looking the known attributes up costs less than iterating the map,
+	// whose iterator set-up dominates for the few attributes an event
+	// carries; only other attributes (headers) need the iteration.
+	known := 0
+	if v, ok := a[attrSource]; ok {
+		e.Source = v
+		known++
+	}
+	if v, ok := a[attrDataContentType]; ok {
+		e.DataContentType = v
+		known++
+	}
+	if known == len(a) {
+		return // the common case: a source and a content type, nothing else
+	}
+	if v, ok := a[attrSubject]; ok {
+		e.Subject = v
+		known++
+	}
+	if v, ok := a[attrDataSchema]; ok {
+		e.DataSchema = v
+		known++
+	}
+	if v, ok := a[attrDataVersion]; ok {
+		e.DataVersion, _ = strconv.Atoi(v)
+		known++
+	}
+	if v, ok := a[attrCorrelationID]; ok {
+		e.CorrelationID = v
+		known++
+	}
+	if v, ok := a[attrCausationID]; ok {
+		e.CausationID = v
+		known++
+	}
+	if v, ok := a[attrTraceParent]; ok {
+		e.TraceParent = v
+		known++
+	}
+	if known == len(a) {
+		return
+	}
+	e.Headers = make(map[string]string, len(a)-known)
+	for k, v := range a {
 		switch k {
-		case attrSource:
-			e.Source = v
-		case attrDataContentType:
-			e.DataContentType = v
-		case attrSubject:
-			e.Subject = v
-		case attrDataSchema:
-			e.DataSchema = v
-		case attrDataVersion:
-			e.DataVersion, _ = strconv.Atoi(v)
-		case attrCorrelationID:
-			e.CorrelationID = v
-		case attrCausationID:
-			e.CausationID = v
-		case attrTraceParent:
-			e.TraceParent = v
+		case attrSource, attrDataContentType, attrSubject, attrDataSchema, attrDataVersion, attrCorrelationID, attrCausationID, attrTraceParent:
 		default:
-			if e.Headers == nil {
-				e.Headers = make(map[string]string)
-			}
 			e.Headers[k] = v
 		}
 	}
-	return e
 }
 
 // encodeData turns a payload into bytes and a content type.

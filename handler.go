@@ -64,6 +64,8 @@ type runner struct {
 	busy atomic.Int64
 
 	settleDeadline atomic.Pointer[sharedDeadline]
+	// set queues outcomes for the settler (settler.go).
+	set settler
 
 	mu sync.Mutex
 	// inflight maps each leased delivery to its running attempt (nil
@@ -82,6 +84,8 @@ func newRunner(b *Bus, pattern, name string, fn HandlerFunc, cfg handlerConfig) 
 		inflight: make(map[*transport.Delivery]*flight),
 		loopDone: make(chan struct{}),
 	}
+	r.set.space = make(chan struct{}, settleQueueCap(cfg.concurrency))
+	r.set.wake = make(chan struct{}, 1)
 	if cfg.rateN > 0 {
 		if rl, ok := b.driver.(transport.RateLimiter); ok && b.caps.SharedRateLimit {
 			r.shared = rl
@@ -200,9 +204,14 @@ func (r *runner) cutOff() []transport.Settlement {
 	return pending
 }
 
-// closeAborted is the rest of abort: it hands back the deliveries cutOff
-// took and closes the subscription.
+// closeAborted is the rest of abort: it waits (up to settleTimeout) for the
+// outcomes handlers queued before the cut-off to be recorded, hands back
+// the deliveries cutOff took and closes the subscription.
 func (r *runner) closeAborted(pending []transport.Settlement) {
+	if !r.awaitSettled(settleTimeout) {
+		r.bus.log.Warn("ripple: outcomes of handled events were not recorded in time at shutdown; those events are delivered again after their lease",
+			"handler", r.name)
+	}
 	if len(pending) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if err := r.sub.Settle(ctx, pending); err != nil {
@@ -218,6 +227,8 @@ func (r *runner) closeAborted(pending []transport.Settlement) {
 
 func (r *runner) loop() {
 	defer close(r.loopDone)
+	// Only the loop hands out work: closing it ends the idle workers.
+	defer close(r.work)
 	failures := 0
 	for {
 		select {
@@ -319,8 +330,7 @@ func (r *runner) dispatchLimited(ds []*transport.Delivery) error {
 	for i, d := range ds {
 		if err := r.waitRate(); err != nil {
 			for _, d := range ds[i:] {
-				r.settle(d, transport.Settlement{Outcome: transport.Release})
-				r.free()
+				r.settle(d, transport.Settlement{Outcome: transport.Release}, nil)
 			}
 			return err
 		}
@@ -375,20 +385,15 @@ func (r *runner) releaseLate(ds []*transport.Delivery) {
 }
 
 // worker runs deliveries one after another, starting with d, and waits
-// for the next until the runner stops. Reusing goroutines spares each
+// for the next until the receive loop stops. Reusing goroutines spares each
 // delivery a goroutine start and the stack growth of the handler path.
 // The loop starts a worker only when none is waiting, so there are about
 // Concurrency of them (a worker that has freed its slot but not yet come
 // back for more can be passed over), plus any running an abandoned
-// handler; they end with the runner.
+// handler; they end once the receive loop has stopped.
 func (r *runner) worker(d *transport.Delivery) {
-	for {
+	for ok := true; ok; d, ok = <-r.work {
 		r.handle(d)
-		select {
-		case d = <-r.work:
-		case <-r.runCtx.Done():
-			return
-		}
 	}
 }
 
@@ -458,7 +463,8 @@ func (r *runner) heartbeat() {
 // abandoned by the watch loop, which settles the attempt and frees the
 // slot.
 func (r *runner) handle(d *transport.Delivery) {
-	f := &flight{d: d, ev: eventFromMessage(&d.Message)}
+	f := &flight{d: d}
+	f.ev.setFromMessage(&d.Message)
 	ev := &f.ev
 	ev.Attempt = d.Attempt
 	ev.Handler = r.name
@@ -468,16 +474,14 @@ func (r *runner) handle(d *transport.Delivery) {
 	// attempt count.
 	if r.claimer != nil {
 		if s, skip := r.claim(ev); skip {
-			r.settle(d, s)
-			r.free()
+			r.settle(d, s, nil)
 			return
 		}
 	} else if r.marks != nil && d.Attempt > 1 && r.markedDone(ev) {
 		// A redelivery of an event the handler marked done with
 		// CompleteTx: its transaction committed, and the process
 		// crashed or the attempt failed after that.
-		r.settle(d, transport.Settlement{Outcome: transport.Complete})
-		r.free()
+		r.settle(d, transport.Settlement{Outcome: transport.Complete}, nil)
 		return
 	}
 
@@ -493,7 +497,6 @@ func (r *runner) handle(d *transport.Delivery) {
 		}
 		err := fmt.Errorf("attempts used up: %d earlier deliveries ended without a result (the process handling each crashed, hung or lost its lease), so it was not run again", d.Attempt-1)
 		r.finish(d, ev, err, true, 0)
-		r.free()
 		return
 	}
 
@@ -532,10 +535,17 @@ func (r *runner) handle(d *transport.Delivery) {
 	if err != nil && timedOut && errors.Is(err, context.DeadlineExceeded) {
 		err = fmt.Errorf("handler timed out after %s: %w", r.cfg.timeout, err)
 	}
-	r.finish(d, ev, err, false, time.Since(f.start))
-	r.free()
+	var elapsed time.Duration
+	if len(r.bus.handleHooks) > 0 {
+		// Only the hooks are told how long the handler ran: without them
+		// a clock read per delivery is spared.
+		elapsed = time.Since(f.start)
+	}
+	r.finish(d, ev, err, false, elapsed)
 }
 
+// free ends a delivery whose outcome is not to be recorded: it frees the
+// slot and stops counting the delivery as running.
 func (r *runner) free() {
 	<-r.slots
 	r.busy.Add(-1)
@@ -606,7 +616,8 @@ func (r *runner) call(ctx context.Context, ev *Event) (err error) {
 	return r.wrapped(ctx, *ev)
 }
 
-// finish records the attempt's outcome and tells the hooks.
+// finish queues the attempt's outcome for the settler, which records it,
+// tells the hooks and frees the slot.
 func (r *runner) finish(d *transport.Delivery, ev *Event, err error, abandoned bool, elapsed time.Duration) {
 	if r.claimer != nil && !abandoned {
 		r.finishClaim(ev, err == nil)
@@ -616,7 +627,7 @@ func (r *runner) finish(d *transport.Delivery, ev *Event, err error, abandoned b
 	if err != nil {
 		if r.isAborted() {
 			// Stopped by shutdown, not by a failure: hand the event back.
-			r.settle(d, transport.Settlement{Outcome: transport.Release})
+			r.settle(d, transport.Settlement{Outcome: transport.Release}, nil)
 			return
 		}
 		s.Error = err.Error()
@@ -641,43 +652,20 @@ func (r *runner) finish(d *transport.Delivery, ev *Event, err error, abandoned b
 				"attempt", d.Attempt, "retry_in", s.Delay, "err", err)
 		}
 	}
-	if !r.settle(d, s) {
-		// Not recorded: a shutdown took the delivery back first (it is
-		// delivered again), or the transport failed. The hooks hear only
-		// of outcomes the store holds.
-		return
-	}
+	// The hooks hear of the outcome once the store holds it: not when a
+	// shutdown took the delivery back first (it is delivered again), nor
+	// when the transport fails to record it.
+	res := queuedOutcome{ev: ev, outcome: outcome, err: err, elapsed: elapsed}
 	if len(r.bus.handleHooks) > 0 {
-		res := HandleResult{Handler: r.name, Event: *ev, Outcome: outcome, Err: err, Duration: elapsed, Latency: time.Since(ev.Time)}
-		for _, h := range r.bus.handleHooks {
-			h.OnHandle(res)
-		}
+		res.latency = time.Since(ev.Time)
 	}
+	r.settle(d, s, &res)
 }
 
 func (r *runner) isAborted() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.aborted
-}
-
-// settle records an outcome unless abort already released the delivery,
-// and reports whether the transport recorded it.
-func (r *runner) settle(d *transport.Delivery, s transport.Settlement) bool {
-	r.mu.Lock()
-	_, mine := r.inflight[d]
-	delete(r.inflight, d)
-	r.mu.Unlock()
-	if !mine {
-		return false
-	}
-	s.Delivery = d
-	if err := r.sub.Settle(r.settleCtx(), []transport.Settlement{s}); err != nil {
-		r.bus.log.Error("ripple: could not record outcome; the event will be delivered again after its lease",
-			"handler", r.name, "event", d.ID, "outcome", s.Outcome.String(), "err", err)
-		return false
-	}
-	return true
 }
 
 // settleTimeout bounds one settlement.
@@ -767,8 +755,10 @@ type PublishHook interface {
 // transport recorded. An attempt that Shutdown or Unsubscribe cut off, and
 // whose event was handed back for redelivery, is not reported, whatever
 // the handler returned afterwards; nor is one whose outcome the transport
-// failed to record (it is delivered again). OnHandle runs on the
-// handler's goroutine, so it must be quick.
+// failed to record (it is delivered again). OnHandle runs once the
+// outcome is recorded, on the goroutine that records the handler's
+// outcomes, so it must be quick: a slow hook holds back the recording of
+// the handler's next outcomes.
 type HandleHook interface {
 	OnHandle(res HandleResult)
 }

@@ -183,5 +183,4 @@ func (r *runner) abandon(f *flight) {
 	}
 	err := fmt.Errorf("handler did not return within %s of its %s timeout", abandonGrace, r.cfg.timeout)
 	r.finish(f.d, f.ctx.ev, err, true, time.Since(f.start))
-	r.free()
 }

@@ -467,6 +467,13 @@ func defaultHandlerConfig() handlerConfig {
 
 // Concurrency sets how many events this handler runs at once in this
 // process. Default: 10. Processes running the same handler add up.
+//
+// A handler's outcome is recorded in the background, batched with the
+// handler's other outcomes, so a slot is free for the next event as soon
+// as the handler returns. Outcomes waiting to be recorded are bounded (n,
+// at least 16 and at most 256): when the transport falls that far behind,
+// handlers wait for it with their slots taken, so no more events are
+// leased. An Ordered handler keeps the slot until its outcome is recorded.
 func Concurrency(n int) HandlerOption {
 	return func(c *handlerConfig) error {
 		if n < 1 {

@@ -240,6 +240,8 @@ func checkShortRun(t *testing.T, systems []System) {
 				t.Errorf("%s %s: %d events, p50 %v, p99 %v; want all 150 events with p50 ≤ p99", r.System.Name, sc, m.Events, m.P50, m.P99)
 			case sc != Latency && (m.Events != 200 || m.PerSec <= 0):
 				t.Errorf("%s %s: %d events at %.0f/s; want all 200", r.System.Name, sc, m.Events, m.PerSec)
+			case sc == Fan5 && m.Deliveries != 5*m.Events:
+				t.Errorf("%s %s: %d deliveries of %d events; want five per event", r.System.Name, sc, m.Deliveries, m.Events)
 			case strings.HasPrefix(m.Note, "drain timed out"):
 				t.Errorf("%s %s: %s", r.System.Name, sc, m.Note)
 			}
@@ -345,5 +347,39 @@ func TestAMQPSystemsShort(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("Check has no verdict of ripple-amqp against watermill-amqp: %+v", Check(results))
+	}
+}
+
+// TestCheckFanOutOnMemory checks the memory fan-out verdicts: deliveries
+// against GoChannel's five subscribers, and five handlers' cost against
+// one.
+func TestCheckFanOutOnMemory(t *testing.T) {
+	results := []Result{
+		{System: System{Name: "ripple-memory"}, By: map[Scenario]Measurement{
+			E2E16: {PerSec: 200_000},
+			Fan5:  {PerSec: 50_000, DeliveriesPerSec: 250_000},
+		}},
+		{System: System{Name: "watermill-gochannel"}, By: map[Scenario]Measurement{
+			Fan5: {PerSec: 60_000, DeliveriesPerSec: 300_000},
+		}},
+	}
+	var deliveries, cost *Verdict
+	vs := Check(results)
+	for i, v := range vs {
+		switch {
+		case strings.Contains(v.Target, "deliveries/s ≥ Watermill GoChannel"):
+			deliveries = &vs[i]
+		case strings.Contains(v.Target, "≤ 5× one handler"):
+			cost = &vs[i]
+		}
+	}
+	if deliveries == nil || cost == nil {
+		t.Fatalf("Check has no memory fan-out verdicts: %+v", vs)
+	}
+	if deliveries.Pass || !strings.Contains(deliveries.Measured, "0.83×") {
+		t.Errorf("deliveries verdict %+v: want a miss at 0.83×", *deliveries)
+	}
+	if !cost.Pass || !strings.Contains(cost.Measured, "4.00×") {
+		t.Errorf("cost verdict %+v: want a pass at 4.00×", *cost)
 	}
 }

@@ -5,7 +5,7 @@
 // # Workload
 //
 // Every system carries the same 200-byte JSON event to one counting handler
-// (or, for Ripple's fan-out check, five) running at concurrency 10. Each
+// (or, for the fan-out check, five) running at concurrency 10. Each
 // scenario starts a fresh instance of the system in a fresh temporary
 // directory, warms it up with a few events, and then measures:
 //
@@ -15,8 +15,10 @@
 //     handler has counted every published event, with 1 and 16 publishers;
 //   - latency: publish-to-handler latency (p50 and p99) with events paced at
 //     a fixed rate (1,000 events/s by default);
-//   - fan5: for Ripple only, e2e16 with five handlers on the event type,
-//     compared with e2e16 with one.
+//   - fan5: for Ripple and Watermill's GoChannel (the peer that fans out
+//     in memory), e2e16 with five handlers on the event type, compared with
+//     e2e16 with one; reported as events/s and deliveries/s (five per
+//     event).
 //
 // Handlers keep running while the publish-only scenarios publish, as they
 // would in a deployed system. A publish phase stops after N events or after

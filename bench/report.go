@@ -15,7 +15,7 @@ var columns = []struct {
 	{Pub16, "publish, 16 publishers (ev/s)"},
 	{E2E1, "end-to-end, 1 publisher (ev/s)"},
 	{E2E16, "end-to-end, 16 publishers (ev/s)"},
-	{Fan5, "end-to-end, 16 publishers, 5 handlers (ev/s)"},
+	{Fan5, "end-to-end, 16 publishers, 5 handlers (ev/s · deliveries/s)"},
 	{Latency, "latency p50 / p99 (ms)"},
 }
 
@@ -46,6 +46,8 @@ func WriteTable(w io.Writer, results []Result) {
 				notes = append(notes, fmt.Sprintf("%s %s: %v", r.System.Name, c.sc, m.Err))
 			case c.sc == Latency:
 				cell = ms(m.P50) + " / " + ms(m.P99)
+			case c.sc == Fan5:
+				cell = count(m.PerSec) + " · " + count(m.DeliveriesPerSec)
 			default:
 				cell = count(m.PerSec)
 			}
@@ -172,6 +174,33 @@ func Check(results []Result) []Verdict {
 			Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(five.PerSec), cost),
 			Pass:     cost <= 2,
 		})
+	}
+
+	// Fan-out on memory: five handlers' deliveries against GoChannel's five
+	// subscribers', and what a delivery costs with five handlers against
+	// one (five handlers do five times the deliveries, so at most 5× the
+	// time of one).
+	if a, ok := find("ripple-memory", Fan5); ok {
+		if b, ok := find("watermill-gochannel", Fan5); ok && b.DeliveriesPerSec > 0 {
+			r := a.DeliveriesPerSec / b.DeliveriesPerSec
+			measured := fmt.Sprintf("ripple-memory fan5 / watermill-gochannel fan5 = %s / %s deliveries/s = %.2f×", count(a.DeliveriesPerSec), count(b.DeliveriesPerSec), r)
+			if a.CPU > 0 && b.CPU > 0 && a.Deliveries > 0 && b.Deliveries > 0 {
+				measured += fmt.Sprintf("; CPU per delivery %s / %s", perDelivery(a), perDelivery(b))
+			}
+			out = append(out, Verdict{
+				Target:   "memory: five handlers' deliveries/s ≥ Watermill GoChannel's with five subscribers",
+				Measured: measured,
+				Pass:     r >= 1,
+			})
+		}
+		if one, ok := find("ripple-memory", E2E16); ok && a.PerSec > 0 {
+			cost := one.PerSec / a.PerSec
+			out = append(out, Verdict{
+				Target:   "memory: five handlers cost ≤ 5× one handler (the deliveries' own work)",
+				Measured: fmt.Sprintf("e2e16 %s/s with one, %s/s with five: %.2f× the time", count(one.PerSec), count(a.PerSec), cost),
+				Pass:     cost <= 5,
+			})
+		}
 	}
 
 	ratio("Redis: end-to-end, one awaiting publisher ≥ 0.8× one awaited raw XADD",

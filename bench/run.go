@@ -23,7 +23,7 @@ const (
 	Pub16   Scenario = "pub16"   // publish throughput, 16 concurrent publishers
 	E2E1    Scenario = "e2e1"    // end-to-end throughput, one publisher
 	E2E16   Scenario = "e2e16"   // end-to-end throughput, 16 publishers
-	Fan5    Scenario = "fan5"    // e2e16 with five handlers (Ripple only)
+	Fan5    Scenario = "fan5"    // e2e16 with five handlers (Ripple and fan-out peers)
 	Latency Scenario = "latency" // publish-to-handler latency at a paced rate
 )
 
@@ -109,6 +109,19 @@ type Measurement struct {
 	// Events is how many events were published (for fan5: events, not
 	// deliveries).
 	Events int64
+	// Deliveries is how many handler calls the end-to-end scenarios
+	// counted within Elapsed: Events times the number of handlers once
+	// every event is handled.
+	Deliveries int64
+	// DeliveriesPerSec is Deliveries divided by Elapsed (end-to-end
+	// scenarios).
+	DeliveriesPerSec float64
+	// CPU is the CPU time (user and system, every goroutine of the
+	// process) spent within Elapsed in the end-to-end scenarios, zero
+	// where it cannot be read. On a machine that other work shares, CPU
+	// per delivery compares systems run one after the other better than
+	// their rates, which depend on the CPU each one was given.
+	CPU time.Duration
 	// Elapsed is the measured time: the publish phase for pub1 and pub16,
 	// first publish to last handled event for the end-to-end scenarios.
 	Elapsed time.Duration
@@ -143,7 +156,7 @@ func Applies(s System, sc Scenario) bool {
 	case Pub1, Pub16:
 		return true
 	case Fan5:
-		return s.Ripple
+		return s.Ripple || s.FanOut
 	default:
 		return s.Consumes
 	}
@@ -179,6 +192,9 @@ func (m Measurement) String() string {
 		return "error: " + m.Err.Error()
 	}
 	s := fmt.Sprintf("%d events in %v: %.0f/s", m.Events, m.Elapsed.Round(time.Millisecond), m.PerSec)
+	if m.Deliveries > 0 && m.CPU > 0 {
+		s += fmt.Sprintf(", %d deliveries, %s CPU per delivery", m.Deliveries, perDelivery(m))
+	}
 	if m.P99 > 0 {
 		s = fmt.Sprintf("%d events, p50 %v, p99 %v", m.Events, m.P50.Round(time.Microsecond), m.P99.Round(time.Microsecond))
 	}
@@ -241,7 +257,7 @@ func runScenario(ctx context.Context, s System, sc Scenario, cfg Config) (m Meas
 		if sc != E2E1 {
 			pubs = cfg.Publishers
 		}
-		start := time.Now()
+		start, cpu0 := time.Now(), processCPU()
 		n, _, err := publishPhase(ctx, inst, pubs, payloads[:cfg.N], cfg.MaxPublish)
 		if err != nil {
 			return Measurement{Err: err}
@@ -249,6 +265,11 @@ func runScenario(ctx context.Context, s System, sc Scenario, cfg Config) (m Meas
 		want := base + n*int64(handlers)
 		ok := k.wait(want, cfg.Drain)
 		m := throughput(n, time.Since(start), nil)
+		if cpu0 > 0 {
+			m.CPU = processCPU() - cpu0
+		}
+		m.Deliveries = k.handled.Load() - base
+		m.DeliveriesPerSec = float64(m.Deliveries) / m.Elapsed.Seconds()
 		if !ok {
 			m.Note = fmt.Sprintf("drain timed out: %d of %d deliveries", k.handled.Load()-base, want-base)
 		}
@@ -449,4 +470,10 @@ func (k *sink) latencies() []time.Duration {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return slices.Clone(k.lat)
+}
+
+// perDelivery formats a measurement's CPU time per delivery in
+// microseconds.
+func perDelivery(m Measurement) string {
+	return fmt.Sprintf("%.2f µs", float64(m.CPU)/float64(m.Deliveries)/float64(time.Microsecond))
 }

@@ -29,6 +29,9 @@ type System struct {
 	// Ripple marks Ripple's own transports, which also run the fan-out
 	// scenario.
 	Ripple bool
+	// FanOut marks a peer that delivers every event to each of several
+	// handlers and so runs the fan-out scenario beside Ripple's transports.
+	FanOut bool
 	// Consumes is false for systems that only write (the raw SQLite
 	// loop): they have no end-to-end or latency results.
 	Consumes bool

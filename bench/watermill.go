@@ -14,11 +14,13 @@ import (
 // ack after the handler returns; GoChannel hands a subscription its next
 // message without waiting for the previous ack, so that gives the same
 // concurrency as Ripple's Concurrency(10). It keeps nothing on disk and is
-// the in-memory ceiling.
+// the in-memory ceiling. Each subscription gets every message, so with five
+// handlers it runs the fan-out scenario: five subscriptions of ten readers.
 func WatermillGoChannel() System {
 	return System{
 		Name:     "watermill-gochannel",
 		Consumes: true,
+		FanOut:   true,
 		Notes:    "Watermill GoChannel, default config, in memory",
 		Open: func(ctx context.Context, _ string, handlers int, h HandleFunc) (Instance, error) {
 			ps := gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{})

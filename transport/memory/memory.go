@@ -101,14 +101,18 @@ type store struct {
 	ids      map[string]*transport.Message // by transport.IdentityKey
 	claims   map[claimKey]*claim
 	limits   map[string]*ratewindow.Window // rate limits by handler
-	seq      uint64
-	now      func() time.Time
+	// routes caches, by event type, the subscriptions whose pattern
+	// matches it; emptied whenever a subscription comes or goes.
+	routes map[string][]*sub
+	seq    uint64
+	now    func() time.Time
 }
 
 type histEntry struct {
 	msg *transport.Message
 	at  time.Time
 	seq uint64
+	key string // transport.IdentityKey of msg, its key in ids
 }
 
 type claimKey struct{ handler, id string }
@@ -127,6 +131,7 @@ func newStore(r transport.Retention, name string) *store {
 		ids:    map[string]*transport.Message{},
 		claims: map[claimKey]*claim{},
 		limits: map[string]*ratewindow.Window{},
+		routes: map[string][]*sub{},
 		now:    time.Now,
 	}
 }
@@ -199,11 +204,13 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		m = copyMessage(m)
 		s.seq++
 		s.ids[key] = m
-		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq})
-		for _, sb := range s.subs {
-			if transport.Match(sb.pattern, m.Type) {
-				sb.add(&entry{msg: m, seq: s.seq, runAt: now.Add(m.Delay), published: now}, now)
-			}
+		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq, key: key})
+		subs := s.route(m.Type)
+		// One allocation for the event's entries in every subscription.
+		es := make([]entry, len(subs))
+		for i, sb := range subs {
+			es[i] = entry{msg: m, seq: s.seq, runAt: now.Add(m.Delay), published: now}
+			sb.add(&es[i], now)
 		}
 	}
 	for _, sb := range s.subs {
@@ -223,11 +230,33 @@ func copyMessage(m *transport.Message) *transport.Message {
 	return &c
 }
 
+// route returns the subscriptions whose pattern matches typ. s.mu must be
+// held.
+func (s *store) route(typ string) []*sub {
+	if subs, ok := s.routes[typ]; ok {
+		return subs
+	}
+	var subs []*sub
+	for _, sb := range s.subs {
+		if transport.Match(sb.pattern, typ) {
+			subs = append(subs, sb)
+		}
+	}
+	if len(s.routes) >= maxRoutes {
+		clear(s.routes)
+	}
+	s.routes[typ] = subs
+	return subs
+}
+
+// maxRoutes bounds the route cache: a store that sees more event types
+// than this starts it afresh.
+const maxRoutes = 4096
+
 func (s *store) expireHistory(now time.Time) {
 	h := s.histHead
 	for h < len(s.history) && (len(s.history)-h > MaxHistory || now.Sub(s.history[h].at) > s.ret.DedupWindow) {
-		m := s.history[h].msg
-		delete(s.ids, transport.IdentityKey(m.Source(), m.ID))
+		delete(s.ids, s.history[h].key)
 		s.history[h] = histEntry{}
 		h++
 	}
@@ -235,8 +264,10 @@ func (s *store) expireHistory(now time.Time) {
 	// Compact once the dead prefix outweighs the live part, so expiry
 	// costs amortised O(1) per publish.
 	if h > 1024 && h >= len(s.history)/2 {
-		s.history = append(make([]histEntry, 0, 2*(len(s.history)-h)+1024), s.history[h:]...)
-		s.histHead = 0
+		// In place: the array stays, as large as the history has been.
+		n := copy(s.history, s.history[h:])
+		clear(s.history[n:])
+		s.history, s.histHead = s.history[:n], 0
 	}
 }
 
@@ -251,6 +282,7 @@ func (d *driver) Subscribe(ctx context.Context, spec transport.SubscriptionSpec)
 	if sb == nil {
 		sb = newSub(s, spec)
 		s.subs[spec.Name] = sb
+		clear(s.routes)
 		if !spec.From.IsZero() {
 			s.startFrom(sb, spec.From)
 		}
@@ -340,6 +372,8 @@ type sub struct {
 	keys    map[string][]*entry
 	done    []*entry
 	dead    []*entry
+	// agedAt is when retain last trimmed by age.
+	agedAt  time.Time
 	changed chan struct{}
 	waiters int
 }
@@ -438,15 +472,24 @@ func (sb *sub) finish(e *entry, now time.Time) {
 	}
 }
 
+// retain trims the completed and dead lists to the retention counts, and
+// to the retention ages at most every tenth of the shorter age (and at
+// least once a second): reading the age of the oldest entry is a cache
+// miss every settlement would pay.
 func (sb *sub) retain(now time.Time) {
 	r := sb.s.ret
-	sb.done = trim(sb.done, r.CompletedCount, r.CompletedAge, now)
-	sb.dead = trim(sb.dead, r.DeadCount, r.DeadAge, now)
+	every := min(time.Second, min(r.CompletedAge, r.DeadAge)/10)
+	byAge := now.Sub(sb.agedAt) >= every || now.Before(sb.agedAt)
+	if byAge {
+		sb.agedAt = now
+	}
+	sb.done = trim(sb.done, r.CompletedCount, r.CompletedAge, now, byAge)
+	sb.dead = trim(sb.dead, r.DeadCount, r.DeadAge, now, byAge)
 }
 
-func trim(list []*entry, count int, age time.Duration, now time.Time) []*entry {
-	cut := 0
-	for cut < len(list) && (len(list)-cut > count || now.Sub(list[cut].finished) > age) {
+func trim(list []*entry, count int, age time.Duration, now time.Time, byAge bool) []*entry {
+	cut := max(len(list)-count, 0)
+	for byAge && cut < len(list) && now.Sub(list[cut].finished) > age {
 		cut++
 	}
 	if cut == 0 {
@@ -470,6 +513,13 @@ type token struct {
 	gen uint64
 }
 
+// leased is a delivery and its token in one allocation; the delivery's
+// Token points at tok.
+type leased struct {
+	d   transport.Delivery
+	tok token
+}
+
 func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Delivery, error) {
 	s := r.sb.s
 	for {
@@ -481,7 +531,11 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 		r.sb.promote(now)
 		if n := min(r.sb.ready.Len(), limit); n > 0 && !r.sb.paused {
 			out := make([]*transport.Delivery, n)
-			for i := range out {
+			// One allocation for the batch's deliveries and one for
+			// their data.
+			ls := make([]leased, n)
+			size := 0
+			for i := range ls {
 				e := r.sb.ready.pop()
 				e.state = stActive
 				e.attempts++
@@ -491,7 +545,24 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 					e.first = now
 				}
 				heap.Push(&r.sb.active, e)
-				out[i] = &transport.Delivery{Message: *copyMessage(e.msg), Attempt: e.attempts, FirstDelivered: e.first, Token: token{e, e.gen}}
+				ls[i].tok = token{e, e.gen}
+				size += len(e.msg.Data)
+			}
+			// The handler gets its own copy of the data, which it may
+			// write to. Attrs is shared with the store: the core only
+			// reads a delivery's attributes (into the Event's fields and a
+			// Headers map of its own).
+			buf := make([]byte, 0, size)
+			for i := range ls {
+				l := &ls[i]
+				e := l.tok.e
+				l.d = transport.Delivery{Message: *e.msg, Attempt: e.attempts, FirstDelivered: e.first, Token: &l.tok}
+				if e.msg.Data != nil {
+					at := len(buf)
+					buf = append(buf, e.msg.Data...)
+					l.d.Data = buf[at:len(buf):len(buf)]
+				}
+				out[i] = &l.d
 			}
 			s.mu.Unlock()
 			return out, nil
@@ -531,7 +602,7 @@ func (r *receiver) Settle(ctx context.Context, ss []transport.Settlement) error 
 	now := s.now()
 	woke := false
 	for _, st := range ss {
-		tk, ok := st.Delivery.Token.(token)
+		tk, ok := st.Delivery.Token.(*token)
 		if !ok || tk.e.gen != tk.gen || tk.e.state != stActive {
 			continue // lease lost to another receiver
 		}
@@ -580,7 +651,7 @@ func (r *receiver) Extend(ctx context.Context, ds []*transport.Delivery, lease t
 	defer s.mu.Unlock()
 	now := s.now()
 	for _, d := range ds {
-		tk, ok := d.Token.(token)
+		tk, ok := d.Token.(*token)
 		if !ok || tk.e.gen != tk.gen || tk.e.state != stActive {
 			continue
 		}
@@ -928,12 +999,20 @@ func (q *readyQueue) push(e *entry) {
 		}
 		b = &fifo{}
 		q.buckets[p] = b
+	}
+	if b.head == len(b.items) {
+		// An empty bucket (new, or kept for reuse) joins the priorities.
 		i := sort.Search(len(q.prios), func(i int) bool { return q.prios[i] < p })
 		q.prios = slices.Insert(q.prios, i, p)
 	}
 	b.items = append(b.items, e)
 	q.n++
 }
+
+// spareBuckets is how many emptied priority buckets a ready queue keeps
+// for reuse, so that a queue that keeps draining to empty does not
+// allocate a bucket per event.
+const spareBuckets = 16
 
 func (q *readyQueue) pop() *entry {
 	p := q.prios[0]
@@ -944,11 +1023,19 @@ func (q *readyQueue) pop() *entry {
 	q.n--
 	switch {
 	case b.head == len(b.items):
-		delete(q.buckets, p)
-		q.prios = q.prios[1:]
+		// Deleting the first priority in place keeps the slice's
+		// capacity, which re-slicing would give up.
+		q.prios = slices.Delete(q.prios, 0, 1)
+		if len(q.buckets)-len(q.prios) > spareBuckets {
+			delete(q.buckets, p)
+		} else {
+			b.items, b.head = b.items[:0], 0
+		}
 	case b.head > 1024 && b.head*2 >= len(b.items):
-		b.items = append([]*entry(nil), b.items[b.head:]...)
-		b.head = 0
+		// Compact in place: the array is the queue's high-water mark.
+		n := copy(b.items, b.items[b.head:])
+		clear(b.items[n:])
+		b.items, b.head = b.items[:n], 0
 	}
 	return e
 }
@@ -1031,6 +1118,7 @@ func (d *driver) setPaused(handler string, paused bool) error {
 func (s *store) deleteSub(sb *sub) {
 	handler := sb.name
 	delete(s.subs, handler)
+	clear(s.routes)
 	for k := range s.claims {
 		if k.handler == handler {
 			delete(s.claims, k)

@@ -132,3 +132,82 @@ func TestRateLimitMemoryFollowsUse(t *testing.T) {
 		}
 	}
 }
+
+// The routes a store caches per event type follow subscriptions as they
+// come and go, and a delivery's data is its own, as are the priorities of
+// a ready queue that empties and fills again.
+func TestRoutesFollowSubscriptions(t *testing.T) {
+	ctx := context.Background()
+	d := memory.New(transport.Retention{})
+	defer d.Close()
+	spec := func(name, pattern string) transport.SubscriptionSpec {
+		return transport.SubscriptionSpec{Name: name, Pattern: pattern, Lease: time.Minute, MaxAttempts: 1}
+	}
+	publish := func(id string, prio int) {
+		t.Helper()
+		m := &transport.Message{ID: id, Type: "a.b", Priority: prio, Time: time.Now(), Attrs: map[string]string{"source": "test"}, Data: []byte(id)}
+		if err := d.Publish(ctx, []*transport.Message{m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	receive := func(s transport.Subscription, max int) []*transport.Delivery {
+		t.Helper()
+		rctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		ds, err := s.Receive(rctx, max)
+		if err != nil && rctx.Err() == nil {
+			t.Fatal(err)
+		}
+		return ds
+	}
+	ids := func(ds []*transport.Delivery) string {
+		var out string
+		for _, x := range ds {
+			out += x.ID + " "
+		}
+		return out
+	}
+
+	one, err := d.Subscribe(ctx, spec("one", "a.*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish("e1", 0) // the route of a.b is cached with one handler
+	two, err := d.Subscribe(ctx, spec("two", "a.>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish("e2", 0)
+	if got := ids(receive(one, 10)); got != "e1 e2 " {
+		t.Errorf("handler one received %q, want e1 e2", got)
+	}
+	ds := receive(two, 10)
+	if got := ids(ds); got != "e2 " {
+		t.Fatalf("handler two, subscribed after e1, received %q, want e2", got)
+	}
+	ds[0].Data[0] = 'X' // a handler writing to its data
+	if err := two.Settle(ctx, []transport.Settlement{{Delivery: ds[0], Outcome: transport.Release}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(two, 10); len(got) != 1 || string(got[0].Data) != "e2" {
+		t.Fatalf("redelivery after a handler wrote to its data: %v", got)
+	}
+
+	if err := d.(transport.Unsubscriber).Unsubscribe(ctx, "one"); err != nil {
+		t.Fatal(err)
+	}
+	// Priorities, after the ready queue emptied: higher first, each
+	// priority in publish order.
+	publish("p0", 0)
+	publish("p5", 5)
+	publish("p1", 1)
+	publish("p5b", 5)
+	if got := ids(receive(two, 10)); got != "p5 p5b p1 p0 " {
+		t.Errorf("handler two received %q, want p5 p5b p1 p0", got)
+	}
+	publish("q1", 1)
+	publish("q0", 0)
+	if got := ids(receive(two, 10)); got != "q1 q0 " {
+		t.Errorf("after the queue emptied, handler two received %q, want q1 q0", got)
+	}
+}
