@@ -97,6 +97,10 @@ func IdentityKey(source, id string) string {
 const GeneratedIDWindow = 10 * time.Minute
 
 // Delivery is one leased attempt at handling a message for a subscription.
+//
+// The core never modifies a Delivery's Attrs map (handlers get the values,
+// not the map), so a driver may share it with its own copy of the message.
+// Data is handed to the handler as it is: give each delivery its own.
 type Delivery struct {
 	Message
 	// Attempt is the 1-based number of this attempt.
