@@ -253,7 +253,7 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 		}
 		m.Duplicate = nil
 		res, err := t.ExecContext(ctx, insEventCols+insEventRow+insEventTail,
-			m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), now, encodeAttrs(m.Attrs), m.Data)
+			m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), now, encodeAttrs(m.Attrs), m.Data, eventRunAt(now, m))
 		if err != nil {
 			return d.txErr(err, "PublishTx")
 		}
@@ -269,17 +269,23 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 		if err != nil {
 			return d.txErr(err, "PublishTx")
 		}
+		if m.Priority == 0 && m.Delay <= 0 {
+			// In the log only, as for Publish (see log.go).
+			continue
+		}
 		runAt, delayed := now, false
 		if m.Delay > 0 {
 			runAt, delayed = after(now, m.Delay), true
 		}
+		// A delayed or prioritised event: a row for every matching
+		// unordered subscription, as Publish writes (see log.go).
 		// One statement for every matching subscription: each statement
 		// costs the application's transaction, which holds the write
 		// lock, a compilation.
 		ids := make([]byte, 0, 64)
 		ids = append(ids, '[')
 		for _, s := range subs {
-			if transport.Match(s.pattern, m.Type) {
+			if !s.ordered && transport.Match(s.pattern, m.Type) {
 				if len(ids) > 1 {
 					ids = append(ids, ',')
 				}
@@ -289,7 +295,7 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 		ids = append(ids, ']')
 		if len(ids) > 2 {
 			if _, err := t.ExecContext(ctx, `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed)
-				SELECT s.id, ?1, 0, ?2, ?3, CASE WHEN s.ordered THEN ?4 ELSE '' END, ?5
+				SELECT s.id, ?1, 0, ?2, ?3, '', ?5
 				FROM subscriptions s WHERE s.id IN (SELECT value FROM json_each(?6))`,
 				seq, runAt, m.Priority, m.Key, delayed, string(ids)); err != nil {
 				return d.txErr(err, "PublishTx")

@@ -27,6 +27,10 @@ const (
 	// busyGiveUp is how long the writer keeps retrying a transaction that
 	// another process keeps locked before it fails the queued operations.
 	busyGiveUp = time.Minute
+	// busyBackoffMin and busyBackoffMax bound the sleeps of runTx's
+	// retry loop while another process holds the write lock.
+	busyBackoffMin = 50 * time.Microsecond
+	busyBackoffMax = 2 * time.Millisecond
 )
 
 // op is one queued write. run executes inside the writer's transaction and
@@ -111,16 +115,28 @@ type writer struct {
 	beganVersion uint32
 
 	// Multi-row statements, by row count (a power of two).
-	insEvents, insDeliveries map[int]*sql.Stmt
-	args                     []any
-	pub                      pubScratch
+	insEvents, insDeliveries, insLeased map[int]*sql.Stmt
+	args                                []any
+	// logSeqs is leaseFromLog's scratch; patMatch caches pattern matches
+	// by pattern and type.
+	logSeqs  []int64
+	patMatch map[string]bool
+	// leaseSub is the subscription the current lease is for.
+	leaseSub int64
+	pub      pubScratch
 
 	st    stmts
 	prune pruneState
 
-	commits int  // since the last checkpoint
-	full    bool // configured synchronous=FULL
-	relaxed bool // connection currently at synchronous=NORMAL for soft batches
+	// commits counts this writer's commits, for the maintenance pass.
+	commits atomic.Int64
+	// walBehind is set by the maintenance pass when the WAL has grown
+	// past walBoundFrames without a checkpoint reaching its end.
+	walBehind atomic.Bool
+	// selfCheckpoints counts the writer's own checkpoints.
+	selfCheckpoints atomic.Int64
+	full            bool // configured synchronous=FULL
+	relaxed         bool // connection currently at synchronous=NORMAL for soft batches
 
 	// batches and batched count transactions and the operations in them,
 	// so tests and benchmarks can see how well group commit groups.
@@ -131,13 +147,14 @@ type stmts struct {
 	begin, commit, rollback *sql.Stmt
 
 	insEvent, subsVersion, loadStored *sql.Stmt
+	logScan, logGet, setHead          *sql.Stmt
 	subPaused, touchSub               *sql.Stmt
 
 	// leaseBuckets holds the lease statements with a literal LIMIT of 1
 	// to maxLeaseLimit, prepared on first use: SQLite recompiles a
 	// statement whenever the value bound to its LIMIT changes, and the
 	// number of free handler slots changes on nearly every Receive.
-	leaseBuckets                  [3][maxLeaseLimit]*sql.Stmt
+	leaseBuckets                  [4][maxLeaseLimit]*sql.Stmt
 	nextDue, nextLease, loadEvent *sql.Stmt
 
 	complete, retry, release, dead, extend *sql.Stmt
@@ -162,7 +179,11 @@ const (
 	leaseExpiredSQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 1 AND lease_until < ?2
 			ORDER BY lease_until LIMIT ?4)` + leaseReturning
 	leaseReadySQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 0 AND held = 0 AND run_at <= ?2
-			ORDER BY priority DESC, event_seq LIMIT ?4)` + leaseReturning
+			AND priority >= 0 ORDER BY priority DESC, event_seq LIMIT ?4)` + leaseReturning
+	// leaseLowSQL leases the ready rows of negative priority, which come
+	// after the log's entries (of priority 0).
+	leaseLowSQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 0 AND held = 0 AND run_at <= ?2
+			AND priority < 0 ORDER BY priority DESC, event_seq LIMIT ?4)` + leaseReturning
 	leaseOrderedSQL = leaseSet + `(SELECT d.event_seq FROM deliveries d WHERE d.sub_id = ?3 AND d.state = 0 AND d.held = 0 AND d.run_at <= ?2
 			AND (d.key = '' OR (NOT EXISTS (SELECT 1 FROM deliveries e INDEXED BY deliveries_key WHERE e.sub_id = ?3 AND e.key = d.key
 				AND e.state IN (0, 1) AND e.key <> '' AND e.event_seq < d.event_seq)
@@ -185,6 +206,8 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		match:         map[string][]*subRow{},
 		insEvents:     map[int]*sql.Stmt{},
 		insDeliveries: map[int]*sql.Stmt{},
+		insLeased:     map[int]*sql.Stmt{},
+		patMatch:      map[string]bool{},
 	}
 	prep := []struct {
 		dst **sql.Stmt
@@ -195,9 +218,12 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		{&w.st.rollback, "ROLLBACK"},
 		{&w.st.insEvent, insEventCols + insEventRow + insEventTail},
 		{&w.st.subsVersion, `SELECT value FROM ripple_meta WHERE key = 'subs_version'`},
+		{&w.st.logScan, logScanSQL},
+		{&w.st.logGet, logGetSQL},
+		{&w.st.setHead, setHeadSQL},
 		{&w.st.loadStored, loadStoredSQL},
-		{&w.st.subPaused, `SELECT paused FROM subscriptions WHERE id = ?`},
-		{&w.st.touchSub, `UPDATE subscriptions SET touched_at = ?1 WHERE id = ?2 RETURNING paused`},
+		{&w.st.subPaused, `SELECT paused, head, pattern FROM subscriptions WHERE id = ?`},
+		{&w.st.touchSub, `UPDATE subscriptions SET touched_at = ?1 WHERE id = ?2 RETURNING paused, head, pattern`},
 		{&w.st.nextDue, nextDueSQL},
 		{&w.st.nextLease, `SELECT min(lease_until) FROM deliveries WHERE sub_id = ? AND state = 1`},
 		{&w.st.loadEvent, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`},
@@ -233,6 +259,7 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 func (w *writer) close() error {
 	for _, s := range []*sql.Stmt{
 		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion, w.st.loadStored, w.st.subPaused, w.st.touchSub,
+		w.st.logScan, w.st.logGet, w.st.setHead,
 		w.st.nextDue, w.st.nextLease, w.st.loadEvent,
 		w.st.complete, w.st.retry, w.st.release, w.st.dead, w.st.extend,
 		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
@@ -248,7 +275,7 @@ func (w *writer) close() error {
 			}
 		}
 	}
-	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries} {
+	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries, w.insLeased} {
 		for _, s := range m {
 			_ = s.Close()
 		}
@@ -348,10 +375,11 @@ func (w *writer) tryInline(o *op) bool {
 	w.beginCtx = context.Background()
 	clear(batch)
 	w.inline = batch[:0]
-	due := w.commits >= checkpointEvery
+	due := w.walBehind.Load()
 	w.mu.Unlock()
 	if due {
-		// Checkpoint in the writer goroutine, off this caller's path.
+		// Catch the WAL up in the writer goroutine, off this caller's
+		// path (see maybeCheckpoint).
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -360,23 +388,19 @@ func (w *writer) tryInline(o *op) bool {
 	return true
 }
 
-// checkpointEvery is how many commits the writer lets the WAL collect
-// before it copies them into the database file.
-const checkpointEvery = 200
-
-// maybeCheckpoint copies the WAL into the database file every
-// checkpointEvery commits, after their callers have been answered. It runs
-// in the writer, between transactions, because only there does a PASSIVE
-// checkpoint reliably catch up with the end of the WAL (a concurrent
-// checkpointer chases a writer that keeps appending, and the WAL then grows
-// without bound); once it has, the next transaction rewinds the WAL, so
-// commits keep overwriting the same few megabytes instead of growing the
-// file, which makes every fsync cheaper.
+// maybeCheckpoint is the bound on the WAL: checkpoints run on the
+// maintenance connection (see maintain.go), off the writer's path, but a
+// checkpointer running beside a writer that keeps appending may never
+// reach the end of the WAL, and the WAL is rewound only once a checkpoint
+// has. When the maintenance pass reports the WAL past walBoundFrames and
+// not caught up, the writer checkpoints itself between transactions, where
+// nothing appends, and the next transaction rewinds the WAL.
 func (w *writer) maybeCheckpoint() {
-	if w.commits < checkpointEvery {
+	if !w.walBehind.Load() {
 		return
 	}
-	w.commits = 0
+	w.walBehind.Store(false)
+	w.selfCheckpoints.Add(1)
 	_, _ = w.conn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)")
 }
 
@@ -482,9 +506,23 @@ func (w *writer) runBatch(batch []*op) {
 // reaches a publisher while there is hope.
 func (w *writer) runTx(ops []*op) error {
 	start := time.Now()
-	backoff := time.Millisecond
+	// The write connection has busy_timeout 0: BEGIN IMMEDIATE fails at
+	// once while another process writes, and this loop tries again after
+	// sleeps that start at busyBackoffMin and stay short, so the lock is
+	// taken soon after the other process's commit (SQLite's own busy
+	// handler sleeps up to 100 ms at a time).
+	backoff := busyBackoffMin
+	fullRetried := false
 	for {
 		err := w.tryTx(ops)
+		if err != nil && !fullRetried && txFull(err, ops) {
+			// The disk is full. A WAL that no checkpoint has reached the
+			// end of cannot be rewound and only grows; a checkpoint here,
+			// where nothing appends, lets the transaction reuse it. Once.
+			fullRetried = true
+			_, _ = w.conn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)")
+			continue
+		}
 		if err == nil || !isBusy(err) || time.Since(start) > busyGiveUp {
 			if err != nil && !errors.Is(err, errOpFailed) {
 				err = fmt.Errorf("sqlite transport: %s: write failed: %w", w.d.path, err)
@@ -492,7 +530,7 @@ func (w *writer) runTx(ops []*op) error {
 			return err
 		}
 		time.Sleep(backoff + rand.N(backoff))
-		backoff = min(backoff*2, 50*time.Millisecond)
+		backoff = min(backoff*2, busyBackoffMax)
 		for _, o := range ops {
 			if o.ctx.Err() != nil {
 				// A caller gave up: it already has, or will get, its
@@ -507,6 +545,20 @@ func (w *writer) runTx(ops []*op) error {
 			}
 		}
 	}
+}
+
+// txFull reports whether tryTx failed for a full disk.
+func txFull(err error, ops []*op) bool {
+	if errors.Is(err, errOpFailed) {
+		for _, o := range ops {
+			if o.err != nil && sqliteCode(o.err) == codeFull {
+				o.err = nil
+				return true
+			}
+		}
+		return false
+	}
+	return sqliteCode(err) == codeFull
 }
 
 func (w *writer) tryTx(ops []*op) error {
@@ -581,7 +633,7 @@ func (w *writer) tryTx(ops []*op) error {
 		w.abort()
 		return err
 	}
-	w.commits++
+	w.commits.Add(1)
 	for _, e := range w.fresh {
 		w.recent.put(e.seq, e.msg)
 	}
@@ -726,13 +778,13 @@ type delRow struct {
 }
 
 const (
-	insEventCols = `INSERT INTO events (id, source, type, key, priority, time, published_at, attrs, data) VALUES `
-	insEventRow  = `(?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	insEventCols = `INSERT INTO events (id, source, type, key, priority, time, published_at, attrs, data, run_at) VALUES `
+	insEventRow  = `(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	insEventTail = ` ON CONFLICT (id, source) DO NOTHING`
 	// loadStoredSQL reads the event kept under an identity, for
 	// Message.Duplicate.
 	loadStoredSQL   = `SELECT type, key, priority, time, attrs, data FROM events WHERE id = ? AND source = ?`
-	insDeliveryCols = `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed) VALUES `
+	insDeliveryCols = `INSERT OR IGNORE INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed) VALUES `
 	insDeliveryRow  = `(?, ?, 0, ?, ?, ?, ?)`
 )
 
@@ -778,7 +830,8 @@ func insEventsSQL(n int) string {
 func insDeliveriesSQL(n int) string { return multiRow(insDeliveryCols, insDeliveryRow, "", n) }
 
 // publish stores the messages of a run of publish operations: each new
-// event once, and a delivery row for every subscription it matches. A
+// event once, in the log, plus a delivery row for every unordered
+// subscription a delayed or prioritised event matches. A
 // remembered id (publish deduplication), including one repeated within the
 // run, stores nothing.
 func (w *writer) publish(ops []*op) error {
@@ -803,16 +856,22 @@ func (w *writer) publish(ops []*op) error {
 		if err != nil {
 			return err
 		}
+		routed := m.Priority != 0 || m.Delay > 0
 		runAt, delayed := w.now, false
 		if m.Delay > 0 {
 			runAt, delayed = after(runAt, m.Delay), true
 		}
 		for _, s := range subs {
-			key := ""
-			if s.ordered {
-				key = m.Key
+			// The event is in the log, which every subscription reads
+			// (see log.go): only a delayed or prioritised event gets a
+			// row now, and only for the unordered subscriptions, which
+			// lease such rows before the log. An ordered subscription
+			// takes every event from the log in order, so that a key's
+			// events enter its rows oldest first.
+			w.touch(s.id)
+			if routed && !s.ordered {
+				dels = append(dels, delRow{sub: s.id, seq: seq, runAt: runAt, priority: m.Priority, delayed: delayed})
 			}
-			dels = append(dels, delRow{sub: s.id, seq: seq, runAt: runAt, priority: m.Priority, key: key, delayed: delayed})
 		}
 		if len(subs) > 0 && !delayed {
 			// A copy: the publisher may reuse its message after Publish.
@@ -825,7 +884,7 @@ func (w *writer) publish(ops []*op) error {
 	if len(ms) == 1 {
 		// One row needs no RETURNING: the result says it all, cheaper.
 		m := ms[0]
-		res, err := w.st.insEvent.ExecContext(context.Background(), m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
+		res, err := w.st.insEvent.ExecContext(context.Background(), m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data, eventRunAt(w.now, m))
 		if err != nil {
 			return err
 		}
@@ -881,7 +940,7 @@ func (w *writer) insertEvents(ms []*transport.Message) error {
 		}
 		args := w.args[:0]
 		for _, m := range ms[:n] {
-			args = append(args, m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
+			args = append(args, m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data, eventRunAt(w.now, m))
 		}
 		err = w.queryInserted(st, args)
 		clear(args)
@@ -966,28 +1025,52 @@ type token struct {
 // lease leases up to max rows of the subscription and returns them with the
 // time (unix nanos, 0 for none) at which a row might next become
 // deliverable without any write: the earliest future run_at or lease end.
-func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) ([]*transport.Delivery, int64, error) {
-	bg := context.Background()
+func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease time.Duration) ([]*transport.Delivery, int64, error) {
 	until := w.now + int64(lease)
-	var out []*transport.Delivery
-	expired, err := w.leaseRows(leaseKindExpired, subID, until, max, nil)
+	w.leaseSub = subID
+	out, err := w.leaseRows(leaseKindExpired, subID, until, max, nil)
 	if err != nil {
 		return nil, 0, err
 	}
-	out = expired
-	if len(out) < max {
-		kind := leaseKindReady
-		if ordered {
-			kind = leaseKindOrdered
+	more := false
+	if ordered && len(out) < max {
+		// Take the next window of the log into rows, then lease the
+		// heads of the keys among all rows.
+		if more, err = w.materialize(subID, pos); err != nil {
+			return nil, 0, err
 		}
-		ready, err := w.leaseRows(kind, subID, until, max-len(out), nil)
+		ready, err := w.leaseRows(leaseKindOrdered, subID, until, max-len(out), nil)
+		if err != nil {
+			return nil, 0, err
+		}
+		sortDeliveries(ready)
+		out = append(out, ready...)
+	}
+	if !ordered && len(out) < max {
+		// Ready rows of priority 0 and above, then the log, then ready
+		// rows of negative priority.
+		ready, err := w.leaseRows(leaseKindReady, subID, until, max-len(out), nil)
 		if err != nil {
 			return nil, 0, err
 		}
 		// RETURNING gives no order; restore the query's.
 		sortDeliveries(ready)
 		out = append(out, ready...)
+		if len(out) < max {
+			if out, more, err = w.leaseFromLog(subID, pos, max-len(out), until, out); err != nil {
+				return nil, 0, err
+			}
+		}
+		if len(out) < max && !more {
+			low, err := w.leaseRows(leaseKindLow, subID, until, max-len(out), nil)
+			if err != nil {
+				return nil, 0, err
+			}
+			sortDeliveries(low)
+			out = append(out, low...)
+		}
 	}
+	bg := context.Background()
 	if len(out) > 0 {
 		for _, d := range out {
 			tok := d.Token.(token)
@@ -1012,6 +1095,9 @@ func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) 
 		}
 		return out, 0, nil
 	}
+	if more {
+		return nil, logNext(w.now), nil
+	}
 	var due, leaseEnd sql.NullInt64
 	if err := w.st.nextDue.QueryRowContext(bg, subID, w.now).Scan(&due); err != nil {
 		return nil, 0, err
@@ -1035,6 +1121,7 @@ const (
 	leaseKindExpired = iota
 	leaseKindReady
 	leaseKindOrdered
+	leaseKindLow
 )
 
 // maxLeaseLimit is the largest LIMIT a lease statement is prepared with;
@@ -1049,7 +1136,7 @@ func (w *writer) leaseStmt(kind, max int) (*sql.Stmt, int, error) {
 	if st := w.st.leaseBuckets[kind][limit-1]; st != nil {
 		return st, limit, nil
 	}
-	q := [...]string{leaseExpiredSQL, leaseReadySQL, leaseOrderedSQL}[kind]
+	q := [...]string{leaseExpiredSQL, leaseReadySQL, leaseOrderedSQL, leaseLowSQL}[kind]
 	q = strings.Replace(q, "LIMIT ?4", "LIMIT "+strconv.Itoa(limit), 1)
 	st, err := w.conn.PrepareContext(context.Background(), q)
 	if err != nil {
