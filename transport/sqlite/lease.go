@@ -44,7 +44,14 @@ const (
 			AND NOT EXISTS (SELECT 1 FROM deliveries e INDEXED BY deliveries_key_leased WHERE e.sub_id = ?3 AND e.key = d.key
 				AND e.state = 1 AND e.key <> '')))
 			ORDER BY d.priority DESC, d.event_seq LIMIT ?4)` + leaseReturning
-	nextDueSQL = `SELECT min(run_at) FROM deliveries WHERE sub_id = ? AND state = 0 AND delayed = 1 AND run_at > ?`
+	// rowsState is what a lease looks at first: when the earliest lease
+	// of the subscription ends, whether a waiting row is due, and when the
+	// next delayed row is. Each is one probe of a partial index, except
+	// the due check, which skips delayed rows ahead of the first due one
+	// (the ready lease walks the same rows).
+	rowsStateSQL = `SELECT (SELECT min(lease_until) FROM deliveries WHERE sub_id = ?1 AND state = 1),
+		EXISTS (SELECT 1 FROM deliveries WHERE sub_id = ?1 AND state = 0 AND held = 0 AND run_at <= ?2),
+		(SELECT min(run_at) FROM deliveries WHERE sub_id = ?1 AND state = 0 AND delayed = 1 AND run_at > ?2)`
 )
 
 // token identifies one lease of one delivery row. gen changes at every
@@ -60,9 +67,21 @@ type token struct {
 func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease time.Duration) ([]*transport.Delivery, int64, error) {
 	until := w.now + int64(lease)
 	w.leaseSub = subID
-	out, err := w.leaseRows(leaseKindExpired, subID, until, max, nil)
-	if err != nil {
+	bg := context.Background()
+	// One read tells which of the lease statements can find anything:
+	// each is an UPDATE whose set-up costs more than this look, and in a
+	// steady flow most leases take only from the log.
+	var leaseEnd, due sql.NullInt64
+	var readyNow bool
+	if err := w.st.rowsState.QueryRowContext(bg, subID, w.now).Scan(&leaseEnd, &readyNow, &due); err != nil {
 		return nil, 0, err
+	}
+	var out []*transport.Delivery
+	var err error
+	if leaseEnd.Valid && leaseEnd.Int64 < w.now {
+		if out, err = w.leaseRows(leaseKindExpired, subID, until, max, nil); err != nil {
+			return nil, 0, err
+		}
 	}
 	more := false
 	if ordered && len(out) < max {
@@ -81,19 +100,21 @@ func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease tim
 	if !ordered && len(out) < max {
 		// Ready rows of priority 0 and above, then the log, then ready
 		// rows of negative priority.
-		ready, err := w.leaseRows(leaseKindReady, subID, until, max-len(out), nil)
-		if err != nil {
-			return nil, 0, err
+		if readyNow {
+			ready, err := w.leaseRows(leaseKindReady, subID, until, max-len(out), nil)
+			if err != nil {
+				return nil, 0, err
+			}
+			// RETURNING gives no order; restore the query's.
+			sortDeliveries(ready)
+			out = append(out, ready...)
 		}
-		// RETURNING gives no order; restore the query's.
-		sortDeliveries(ready)
-		out = append(out, ready...)
 		if len(out) < max {
 			if out, more, err = w.leaseFromLog(subID, pos, max-len(out), until, out); err != nil {
 				return nil, 0, err
 			}
 		}
-		if len(out) < max && !more {
+		if len(out) < max && !more && readyNow {
 			low, err := w.leaseRows(leaseKindLow, subID, until, max-len(out), nil)
 			if err != nil {
 				return nil, 0, err
@@ -102,7 +123,6 @@ func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease tim
 			out = append(out, low...)
 		}
 	}
-	bg := context.Background()
 	if len(out) > 0 {
 		for _, d := range out {
 			tok := d.Token.(token)
@@ -130,13 +150,7 @@ func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease tim
 	if more {
 		return nil, logNext(w.now), nil
 	}
-	var due, leaseEnd sql.NullInt64
-	if err := w.st.nextDue.QueryRowContext(bg, subID, w.now).Scan(&due); err != nil {
-		return nil, 0, err
-	}
-	if err := w.st.nextLease.QueryRowContext(bg, subID).Scan(&leaseEnd); err != nil {
-		return nil, 0, err
-	}
+	// Nothing was leased, so nothing changed since rowsState looked.
 	next := int64(0)
 	if due.Valid {
 		next = due.Int64

@@ -18,24 +18,30 @@ import (
 // catches up.
 
 const (
-	// checkpointPace is how often the maintenance pass checkpoints while
-	// this process commits.
+	// checkpointPace is how often the maintenance pass looks.
 	checkpointPace = 5 * time.Millisecond
+	// checkpointEvery is how many commits of this process the WAL
+	// collects before a checkpoint copies them into the database file;
+	// checkpointIdle is how long a smaller tail waits. A checkpoint
+	// fsyncs the database file, and fsyncs beside the writer's slow its
+	// commits down: they are kept rare.
+	checkpointEvery = 200
+	checkpointIdle  = time.Second
 	// walBoundFrames bounds the WAL (in pages: 16 MiB at SQLite's default
 	// 4 KiB page) before the writer checkpoints itself.
 	walBoundFrames = 4096
 )
 
-// maintainLoop checkpoints every checkpointPace while the writer has
-// committed since the last pass, or the last pass did not reach the end
-// of the WAL (another process's reader held it back, or the disk was
-// full: once space is freed the WAL must still be copied and rewound
-// although nothing commits meanwhile).
+// maintainLoop checkpoints after every checkpointEvery commits of the
+// writer, and after checkpointIdle when fewer have come or the last pass
+// did not reach the end of the WAL (another process's reader held it
+// back, or the disk was full: once space is freed the WAL must still be
+// copied and rewound although nothing commits meanwhile).
 func (d *driver) maintainLoop() {
 	t := time.NewTicker(checkpointPace)
 	defer t.Stop()
 	ctx := context.Background()
-	last := int64(-1)
+	last, lastAt, caughtUp := int64(0), time.Now(), true
 	for {
 		select {
 		case <-d.closing:
@@ -43,16 +49,17 @@ func (d *driver) maintainLoop() {
 		case <-t.C:
 		}
 		c := d.w.commits.Load()
-		if c == last {
+		due := c-last >= checkpointEvery || (c != last || !caughtUp) && time.Since(lastAt) >= checkpointIdle
+		if !due {
 			continue
 		}
+		last, lastAt = c, time.Now()
 		var busy, frames, done int64
 		if err := d.mconn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done); err != nil {
+			caughtUp = false
 			continue // best effort; the next pass tries again
 		}
-		if done >= frames {
-			last = c
-		}
+		caughtUp = done >= frames
 		d.walFrames.Store(frames)
 		if frames > walBoundFrames && done < frames {
 			d.w.walBehind.Store(true)

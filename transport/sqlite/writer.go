@@ -148,8 +148,8 @@ type stmts struct {
 	// to maxLeaseLimit, prepared on first use: SQLite recompiles a
 	// statement whenever the value bound to its LIMIT changes, and the
 	// number of free handler slots changes on nearly every Receive.
-	leaseBuckets                  [4][maxLeaseLimit]*sql.Stmt
-	nextDue, nextLease, loadEvent *sql.Stmt
+	leaseBuckets         [4][maxLeaseLimit]*sql.Stmt
+	rowsState, loadEvent *sql.Stmt
 
 	complete, retry, release, dead, extend *sql.Stmt
 
@@ -187,8 +187,7 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		{&w.st.loadStored, loadStoredSQL},
 		{&w.st.subPaused, `SELECT paused, head, pattern FROM subscriptions WHERE id = ?`},
 		{&w.st.touchSub, `UPDATE subscriptions SET touched_at = ?1 WHERE id = ?2 RETURNING paused, head, pattern`},
-		{&w.st.nextDue, nextDueSQL},
-		{&w.st.nextLease, `SELECT min(lease_until) FROM deliveries WHERE sub_id = ? AND state = 1`},
+		{&w.st.rowsState, rowsStateSQL},
 		{&w.st.loadEvent, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`},
 		{&w.st.complete, `UPDATE deliveries SET state = 2, done_at = ?1, lease_until = 0
 			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
@@ -223,7 +222,7 @@ func (w *writer) close() error {
 	for _, s := range []*sql.Stmt{
 		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion, w.st.loadStored, w.st.subPaused, w.st.touchSub,
 		w.st.logScan, w.st.logGet, w.st.setHead,
-		w.st.nextDue, w.st.nextLease, w.st.loadEvent,
+		w.st.rowsState, w.st.loadEvent,
 		w.st.complete, w.st.retry, w.st.release, w.st.dead, w.st.extend,
 		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
 	} {
