@@ -277,8 +277,13 @@ func tokenOf(d *transport.Delivery) (token, error) {
 	return t, nil
 }
 
+// settle records a batch of outcomes. The completions, usually most of a
+// batch, are written with one statement per subscription and run of up to
+// maxRows (see completeSQL); the other outcomes one statement each.
 func (w *writer) settle(ss []transport.Settlement) error {
 	bg := context.Background()
+	done := w.doneBuf[:0]
+	defer func() { w.doneBuf = done[:0] }()
 	for i := range ss {
 		s := &ss[i]
 		t, err := tokenOf(s.Delivery)
@@ -288,7 +293,7 @@ func (w *writer) settle(ss []transport.Settlement) error {
 		runAt := after(w.now, s.Delay)
 		switch s.Outcome {
 		case transport.Complete:
-			_, err = w.st.complete.ExecContext(bg, w.now, t.sub, t.seq, t.gen)
+			done = append(done, t)
 		case transport.Retry:
 			_, err = w.st.retry.ExecContext(bg, runAt, t.sub, t.seq, t.gen, s.Error, w.now)
 		case transport.Release:
@@ -305,7 +310,48 @@ func (w *writer) settle(ss []transport.Settlement) error {
 		// (retry, release) or the next row of its key (ordered).
 		w.touch(t.sub)
 	}
+	for len(done) > 0 {
+		// One subscription's run: a batch is normally all one.
+		sub, n := done[0].sub, 0
+		for n < len(done) && n < maxRows && done[n].sub == sub {
+			n++
+		}
+		n = chunk(n)
+		st, err := w.stmt(w.completes, n, completeSQL)
+		if err != nil {
+			return err
+		}
+		args := w.args[:0]
+		args = append(args, w.now, sub)
+		for _, t := range done[:n] {
+			args = append(args, t.seq, t.gen)
+		}
+		_, err = st.ExecContext(bg, args...)
+		clear(args)
+		w.args = args[:0]
+		if err != nil {
+			return err
+		}
+		done = done[n:]
+	}
 	return nil
+}
+
+// completeSQL completes n leased rows of one subscription, each only under
+// its own lease generation: parameters ?1 now, ?2 sub_id, then (event_seq,
+// gen) pairs. The IN list keeps it to n primary-key probes.
+func completeSQL(n int) string {
+	var in, gen strings.Builder
+	for i := range n {
+		s, g := 3+2*i, 4+2*i
+		if i > 0 {
+			in.WriteString(", ")
+		}
+		fmt.Fprintf(&in, "?%d", s)
+		fmt.Fprintf(&gen, " WHEN ?%d THEN ?%d", s, g)
+	}
+	return `UPDATE deliveries SET state = 2, done_at = ?1, lease_until = 0
+		WHERE sub_id = ?2 AND event_seq IN (` + in.String() + `) AND state = 1 AND gen = CASE event_seq` + gen.String() + ` END`
 }
 
 func (w *writer) extend(ds []*transport.Delivery, lease time.Duration) error {

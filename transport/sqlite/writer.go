@@ -109,8 +109,10 @@ type writer struct {
 	beganVersion uint32
 
 	// Multi-row statements, by row count (a power of two).
-	insEvents, insDeliveries, insLeased map[int]*sql.Stmt
-	args                                []any
+	insEvents, insDeliveries, insLeased, completes map[int]*sql.Stmt
+	// doneBuf is settle's scratch.
+	doneBuf []token
+	args    []any
 	// logSeqs is leaseFromLog's scratch; patMatch caches pattern matches
 	// by pattern and type.
 	logSeqs  []int64
@@ -151,7 +153,7 @@ type stmts struct {
 	leaseBuckets         [4][maxLeaseLimit]*sql.Stmt
 	rowsState, loadEvent *sql.Stmt
 
-	complete, retry, release, dead, extend *sql.Stmt
+	retry, release, dead, extend *sql.Stmt
 
 	claim, claimState, finishOK, finishFail *sql.Stmt
 }
@@ -170,6 +172,7 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		insEvents:     map[int]*sql.Stmt{},
 		insDeliveries: map[int]*sql.Stmt{},
 		insLeased:     map[int]*sql.Stmt{},
+		completes:     map[int]*sql.Stmt{},
 		patMatch:      map[string]bool{},
 	}
 	prep := []struct {
@@ -189,8 +192,6 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		{&w.st.touchSub, `UPDATE subscriptions SET touched_at = ?1 WHERE id = ?2 RETURNING paused, head, pattern`},
 		{&w.st.rowsState, rowsStateSQL},
 		{&w.st.loadEvent, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`},
-		{&w.st.complete, `UPDATE deliveries SET state = 2, done_at = ?1, lease_until = 0
-			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
 		{&w.st.retry, `UPDATE deliveries SET state = 0, run_at = ?1, delayed = ?1 > ?6, lease_until = 0, failures = failures + 1, last_error = ?5
 			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
 		{&w.st.release, `UPDATE deliveries SET state = 0, run_at = ?1, delayed = ?1 > ?5, lease_until = 0, attempts = max(attempts - 1, 0)
@@ -223,7 +224,7 @@ func (w *writer) close() error {
 		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion, w.st.loadStored, w.st.subPaused, w.st.touchSub,
 		w.st.logScan, w.st.logGet, w.st.setHead,
 		w.st.rowsState, w.st.loadEvent,
-		w.st.complete, w.st.retry, w.st.release, w.st.dead, w.st.extend,
+		w.st.retry, w.st.release, w.st.dead, w.st.extend,
 		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
 	} {
 		if s != nil {
@@ -237,7 +238,7 @@ func (w *writer) close() error {
 			}
 		}
 	}
-	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries, w.insLeased} {
+	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries, w.insLeased, w.completes} {
 		for _, s := range m {
 			_ = s.Close()
 		}
