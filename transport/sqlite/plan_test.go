@@ -24,7 +24,7 @@ func TestQueryPlans(t *testing.T) {
 		"rows state":    rowsStateSQL,
 		"log scan":      logScanSQL,
 		"log get":       logGetSQL,
-		"complete 4":    completeSQL(4),
+		"complete":      completeSQL(1),
 		"prune event":   pruneEventSQL,
 		"prune done":    pruneSQL[2].age,
 		"prune dead":    pruneSQL[3].cut,
