@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
@@ -61,6 +62,9 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	}
 	for i := range out {
 		s := &out[i]
+		if ordered[i] {
+			continue // rows for every event: counted above
+		}
 		waiting, delayed, oldest, err := logBacklog(ctx, tx, heads[i], s.Pattern, ordered[i], now)
 		if err != nil {
 			return nil, d.wrap(err)
@@ -309,11 +313,14 @@ func (w *writer) backfill(s subInfo, since time.Time) (int, error) {
 			key  string
 			prio int
 		}
-		// Only the log up to the subscription's head: the entries after
-		// it are still waiting to be taken, and are delivered anyway.
-		var head int64
-		if err := w.conn.QueryRowContext(bg, `SELECT head FROM subscriptions WHERE id = ?`, s.id).Scan(&head); err != nil {
-			return err
+		// Only the log up to an unordered subscription's head: the
+		// entries after it are still waiting to be taken, and are
+		// delivered anyway. (An ordered one has rows for them.)
+		head := int64(math.MaxInt64)
+		if !s.ordered {
+			if err := w.conn.QueryRowContext(bg, `SELECT head FROM subscriptions WHERE id = ?`, s.id).Scan(&head); err != nil {
+				return err
+			}
 		}
 		cursor := int64(0)
 		for {

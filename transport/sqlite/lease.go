@@ -84,12 +84,9 @@ func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease tim
 		}
 	}
 	more := false
-	if ordered && len(out) < max {
-		// Take the next window of the log into rows, then lease the
-		// heads of the keys among all rows.
-		if more, err = w.materialize(subID, pos); err != nil {
-			return nil, 0, err
-		}
+	if ordered && len(out) < max && readyNow {
+		// An ordered subscription has a row for every event (see
+		// log.go): lease the heads of the keys among them.
 		ready, err := w.leaseRows(leaseKindOrdered, subID, until, max-len(out), nil)
 		if err != nil {
 			return nil, 0, err

@@ -243,10 +243,37 @@ func (w *writer) leaseFromLog(subID int64, pos subPos, max int, until int64, out
 	return out, more, nil
 }
 
-// materialize takes the matching log entries after an ordered
-// subscription's head into waiting rows (at most logScanMax entries
-// examined), with their keys, so that the ordered lease sees them. more
-// reports entries left to examine.
+// switchOrdered brings a subscription whose ordering changed to the form
+// of its new kind. One that becomes ordered takes every log entry after
+// its head into waiting rows, with keys (an ordered subscription reads
+// rows, not the log); one that stops being ordered already has a row for
+// every event, so its head moves to the newest event.
+func (w *writer) switchOrdered(id int64, spec transport.SubscriptionSpec) error {
+	bg := context.Background()
+	var head int64
+	if err := w.conn.QueryRowContext(bg, `SELECT head FROM subscriptions WHERE id = ?`, id).Scan(&head); err != nil {
+		return err
+	}
+	if spec.Ordered {
+		w.leaseSub = id
+		pos := subPos{head: head, pattern: spec.Pattern}
+		for {
+			more, err := w.materialize(id, pos)
+			if err != nil || !more {
+				return err
+			}
+			if err := w.conn.QueryRowContext(bg, `SELECT head FROM subscriptions WHERE id = ?`, id).Scan(&pos.head); err != nil {
+				return err
+			}
+		}
+	}
+	_, err := w.conn.ExecContext(bg, `UPDATE subscriptions SET head = (SELECT coalesce(max(seq), 0) FROM events) WHERE id = ?`, id)
+	return err
+}
+
+// materialize takes the matching log entries after a subscription's head
+// into waiting rows (at most logScanMax entries examined), with their keys.
+// more reports entries left to examine.
 func (w *writer) materialize(subID int64, pos subPos) (more bool, err error) {
 	dels := w.pub.dels[:0]
 	defer func() { clear(dels); w.pub.dels = dels[:0] }()

@@ -228,3 +228,34 @@ func settlements(ds []*transport.Delivery, o transport.Outcome) []transport.Sett
 	}
 	return out
 }
+
+// A handler that changes from unordered to ordered takes the events
+// waiting for it in the log into rows with their keys, and delivers them
+// in key order; changing back leaves nothing behind.
+func TestLogSwitchOrdered(t *testing.T) {
+	d, _ := newDB(t)
+	u := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "o.>"})
+	mk := func(key string) *transport.Message { m := msg("o.x"); m.Key = key; return m }
+	k1, k2, j1 := mk("k"), mk("k"), mk("j")
+	publish(t, d, k1, k2, j1)
+	u.Close()
+	o := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "o.>", Ordered: true})
+	ds := receive(t, o, 10, 5*time.Second)
+	if !sameSet(ids(ds), []string{k1.ID, j1.ID}) {
+		t.Fatalf("after switching to ordered: %v, want the heads %s and %s", ids(ds), k1.ID, j1.ID)
+	}
+	settleAll(t, o, ds, transport.Complete)
+	ds = receive(t, o, 10, 5*time.Second)
+	if len(ds) != 1 || ds[0].ID != k2.ID {
+		t.Fatalf("then %v, want %s", ids(ds), k2.ID)
+	}
+	settleAll(t, o, ds, transport.Complete)
+	o.Close()
+	u = subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "o.>"})
+	receiveNone(t, u, 100*time.Millisecond)
+	n := msg("o.x")
+	publish(t, d, n)
+	if ds := receive(t, u, 10, 5*time.Second); len(ds) != 1 || ds[0].ID != n.ID {
+		t.Fatalf("after switching back: %v, want only %s", ids(ds), n.ID)
+	}
+}

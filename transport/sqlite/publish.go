@@ -119,14 +119,17 @@ func (w *writer) publish(ops []*op) error {
 			runAt, delayed = after(runAt, m.Delay), true
 		}
 		for _, s := range subs {
-			// The event is in the log, which every subscription reads
-			// (see log.go): only a delayed or prioritised event gets a
-			// row now, and only for the unordered subscriptions, which
-			// lease such rows before the log. An ordered subscription
-			// takes every event from the log in order, so that a key's
-			// events enter its rows oldest first.
+			// The event is in the log, which every unordered
+			// subscription reads (see log.go): such a subscription gets
+			// a row now only for a delayed or prioritised event. An
+			// ordered subscription gets a row for every event, with its
+			// key, in publish order, so that the held-row triggers keep
+			// a key's later events behind its head.
 			w.touch(s.id)
-			if routed && !s.ordered {
+			switch {
+			case s.ordered:
+				dels = append(dels, delRow{sub: s.id, seq: seq, runAt: runAt, priority: m.Priority, key: m.Key, delayed: delayed})
+			case routed:
 				dels = append(dels, delRow{sub: s.id, seq: seq, runAt: runAt, priority: m.Priority, delayed: delayed})
 			}
 		}

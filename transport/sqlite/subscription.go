@@ -112,6 +112,11 @@ func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
 			spec.Pattern, spec.Ordered, int64(spec.Lease), id); err != nil {
 			return 0, err
 		}
+		if ordered != spec.Ordered {
+			if err := w.switchOrdered(id, spec); err != nil {
+				return 0, err
+			}
+		}
 	}
 	if _, err := w.conn.ExecContext(bg, `UPDATE ripple_meta SET value = value + 1 WHERE key = 'subs_version'`); err != nil {
 		return 0, err

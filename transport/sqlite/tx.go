@@ -269,23 +269,21 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 		if err != nil {
 			return d.txErr(err, "PublishTx")
 		}
-		if m.Priority == 0 && m.Delay <= 0 {
-			// In the log only, as for Publish (see log.go).
-			continue
-		}
+		routed := m.Priority != 0 || m.Delay > 0
 		runAt, delayed := now, false
 		if m.Delay > 0 {
 			runAt, delayed = after(now, m.Delay), true
 		}
-		// A delayed or prioritised event: a row for every matching
-		// unordered subscription, as Publish writes (see log.go).
+		// As Publish writes (see log.go): a row for every matching
+		// ordered subscription, and for every unordered one when the
+		// event is delayed or prioritised.
 		// One statement for every matching subscription: each statement
 		// costs the application's transaction, which holds the write
 		// lock, a compilation.
 		ids := make([]byte, 0, 64)
 		ids = append(ids, '[')
 		for _, s := range subs {
-			if !s.ordered && transport.Match(s.pattern, m.Type) {
+			if (s.ordered || routed) && transport.Match(s.pattern, m.Type) {
 				if len(ids) > 1 {
 					ids = append(ids, ',')
 				}
@@ -295,7 +293,7 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 		ids = append(ids, ']')
 		if len(ids) > 2 {
 			if _, err := t.ExecContext(ctx, `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed)
-				SELECT s.id, ?1, 0, ?2, ?3, '', ?5
+				SELECT s.id, ?1, 0, ?2, ?3, CASE WHEN s.ordered THEN ?4 ELSE '' END, ?5
 				FROM subscriptions s WHERE s.id IN (SELECT value FROM json_each(?6))`,
 				seq, runAt, m.Priority, m.Key, delayed, string(ids)); err != nil {
 				return d.txErr(err, "PublishTx")
