@@ -90,7 +90,8 @@
 // the head that matches its pattern is waiting, at no cost per handler;
 // deliveries rows exist only for the events a handler has taken (leased,
 // or settled and retained as history) and for the exceptions written at
-// publish (delayed and prioritised events):
+// publish (delayed and prioritised events, and every event of an ordered
+// handler, below):
 //
 //	events (the log, written once)        subscriptions
 //	seq  type           run_at            id  name     pattern   head
@@ -132,9 +133,11 @@
 // therefore at least once. Receivers of one handler in several processes
 // share the head: each lease moves it inside its write transaction.
 //
-// An ordered subscription takes the log into waiting rows a window at a
-// time (every event, delayed and prioritised ones too, in log order, so a
-// key's rows are created oldest first) and leases from the rows. A row is
+// An ordered subscription does not read the log: a publish writes it a
+// row for every matching event, with the event's key, in publish order
+// (per-key order needs per-event state anyway, and rows written at
+// publish are in log order whatever the backlog), and a lease takes from
+// the rows. A row is
 // deliverable only while no earlier row with the same non-empty key is
 // waiting or leased, so a key's events are handled one at a time in
 // publish order, and an event waiting for a retry holds back only its own
@@ -143,9 +146,9 @@
 // unsettled row of a key whenever a row of the key settles or goes back to
 // waiting; a lease scans only rows not held and checks each candidate's
 // key with two index probes, so leasing the head of a key costs the same
-// whether one or 100,000 events wait behind it. Priority orders an ordered
-// subscription's events within the window taken from the log (up to 2,048
-// events ahead of its head), not across a longer backlog.
+// whether one or 100,000 events wait behind it. A handler whose ordering
+// changes is converted when it subscribes: one that becomes ordered takes
+// the events waiting for it in the log into rows with their keys.
 //
 // An event's identity is its source and id together (CloudEvents): the
 // same id under another source is another event. Publishing an identity

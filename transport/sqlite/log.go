@@ -10,24 +10,21 @@ import (
 )
 
 // The log: a publish writes each event once, into events, whose seq is the
-// log position. Each subscription keeps head, the position up to which it
-// has taken events into its deliveries rows; the events after head that
-// match its pattern wait in the log, where they cost no write per
-// subscription. A receiver takes them:
-//
-//   - unordered: straight into leased rows, in the lease's own
-//     transaction: one scan of the log from head, one multi-row insert of
-//     the leased rows and one update of head, however many events;
-//   - ordered: into waiting rows (the held-row triggers then keep a key's
-//     later events behind its head), a window at a time, before the
-//     ordered lease statement runs.
+// log position. Each unordered subscription keeps head, the position up
+// to which it has taken events into its deliveries rows; the events after
+// head that match its pattern wait in the log, where they cost no write
+// per subscription. A receiver takes them straight into leased rows, in
+// the lease's own transaction: one scan of the log from head (the pattern
+// is matched in Go, cached by type), one multi-row insert of the leased
+// rows and one update of head, however many events.
 //
 // Delayed and prioritised events are exceptions: Publish gives them a
 // row for every matching unordered subscription at once (the lease reads
 // ready rows before the log, so a high priority overtakes the backlog),
-// and the log scan of an unordered subscription skips them. An ordered
-// subscription takes them from the log like any other event, with their
-// due time and priority, so that its rows of a key stay in log order.
+// and the log scan skips them. An ordered subscription gets a row for
+// every event at publish, with its key (the held-row triggers keep a
+// key's later events behind its head), and does not read the log; its
+// head only matters when it stops being ordered (see switchOrdered).
 
 const (
 	// logChunk is how many log entries one scan statement reads.
