@@ -65,12 +65,14 @@
 // Checkpoints (copying the write-ahead log into the database file) run
 // off the publishers' path: the write connection has SQLite's automatic
 // checkpoint off, and a maintenance goroutine on a connection of its own
-// runs a PASSIVE checkpoint every few milliseconds while the process
-// commits; it never waits for a lock and never blocks the writer. The WAL
-// is bounded: when it passes 4096 pages (16 MiB at the default page size)
-// without a checkpoint reaching its end, the writer checkpoints once
-// between two transactions, where it always catches up, and the WAL is
-// rewound.
+// runs a PASSIVE checkpoint after every 64 commits of the process (or a
+// second after a smaller tail); it never waits for a lock and never blocks
+// the writer. The WAL is bounded: SQLite rewinds it only when a write
+// transaction begins with every frame copied, which a busy writer almost
+// never sees, so when the WAL passes 2048 pages (8 MiB at the default
+// page size) the writer checkpoints once between two transactions (the
+// frames are nearly all copied by then) and the next transaction rewinds
+// the WAL. With 16 publishers writing flat out the WAL stays near 12 MB.
 //
 // Writes are group-committed: a writer goroutine owns the single write
 // connection and runs every write that is queued while the previous

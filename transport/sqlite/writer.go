@@ -352,12 +352,12 @@ func (w *writer) tryInline(o *op) bool {
 }
 
 // maybeCheckpoint is the bound on the WAL: checkpoints run on the
-// maintenance connection (see maintain.go), off the writer's path, but a
-// checkpointer running beside a writer that keeps appending may never
-// reach the end of the WAL, and the WAL is rewound only once a checkpoint
-// has. When the maintenance pass reports the WAL past walBoundFrames and
-// not caught up, the writer checkpoints itself between transactions, where
-// nothing appends, and the next transaction rewinds the WAL.
+// maintenance connection (see maintain.go), off the writer's path, but
+// SQLite rewinds the WAL only when a write transaction begins with every
+// frame copied, which a busy writer almost never sees. When the
+// maintenance pass reports the WAL past walBoundFrames, the writer
+// checkpoints itself between transactions, where nothing appends, and
+// the next transaction rewinds the WAL.
 func (w *writer) maybeCheckpoint() {
 	if !w.walBehind.Load() {
 		return
