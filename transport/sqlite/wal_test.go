@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -17,12 +18,39 @@ import (
 // connection, and the writer catches the WAL up itself past
 // walBoundFrames).
 func TestWALBounded(t *testing.T) {
+	t.Run("one driver", func(t *testing.T) { walBounded(t, false, 1) })
+	t.Run("two drivers", func(t *testing.T) { walBounded(t, true, 1) })
+	t.Run("five handlers", func(t *testing.T) { walBounded(t, false, 5) })
+	t.Run("normal", func(t *testing.T) { walBounded(t, false, 0) })
+}
+
+// walBounded publishes with one driver and handles with it, or with a
+// second driver on the same file (a second process).
+func walBounded(t *testing.T, two bool, handlers int) {
 	if testing.Short() {
 		t.Skip("writes for a few seconds")
 	}
 	path := filepath.Join(t.TempDir(), "wal.db")
 	d := open(t, path, transport.Config{})
-	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "w.>"})
+	if handlers == 0 {
+		// synchronous=normal: commits without fsync, the fastest writer.
+		d.Close()
+		var err error
+		dd, err := Open(context.Background(), "sqlite://"+path+"?synchronous=normal", transport.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dd.Close() })
+		d, handlers = dd.(*driver), 1
+	}
+	h := d
+	if two {
+		h = open(t, path, transport.Config{})
+	}
+	var subs []transport.Subscription
+	for i := range handlers {
+		subs = append(subs, subscribe(t, h, transport.SubscriptionSpec{Name: fmt.Sprintf("h%d", i), Pattern: "w.>"}))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -42,17 +70,21 @@ func TestWALBounded(t *testing.T) {
 			}
 		}()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			ds, err := s.Receive(ctx, 64)
-			if err != nil {
-				return
+	for _, s := range subs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				ds, err := s.Receive(ctx, 64)
+				if err != nil {
+					return
+				}
+				if err := s.Settle(context.Background(), settlements(ds, transport.Complete)); err != nil {
+					return
+				}
 			}
-			settleAll(t, s, ds, transport.Complete)
-		}
-	}()
+		}()
+	}
 	var maxWAL int64
 	for ctx.Err() == nil {
 		if st, err := os.Stat(path + "-wal"); err == nil && st.Size() > maxWAL {
