@@ -30,10 +30,26 @@ const (
 	// commits down: they are kept rare.
 	checkpointEvery = 64
 	checkpointIdle  = time.Second
-	// walBoundFrames bounds the WAL (in pages: 8 MiB at SQLite's default
-	// 4 KiB page) before the writer checkpoints itself.
-	walBoundFrames = 2048
+	// walBoundFrames bounds the WAL (in pages: 1 MiB at SQLite's default
+	// 4 KiB page) before the writer checkpoints itself. The maintenance
+	// pass has copied nearly every frame by then, so the writer's
+	// checkpoint costs little, and a small WAL also leaves room to work
+	// on a nearly full disk.
+	walBoundFrames = 256
+	// walBoundCommits bounds the commits without a completed checkpoint
+	// before the writer checkpoints itself.
+	walBoundCommits = 2 * checkpointEvery
 )
+
+// afterFull reports that a write failed for a full disk less than
+// checkpointEvery commits ago. Checkpoints wait meanwhile: copying the WAL
+// grows the database file, and on a disk that has just had a little space
+// freed that would take the room the next writes need (the WAL keeps its
+// size until a checkpoint reaches its end, which then may not fit).
+func (d *driver) afterFull() bool {
+	f := d.fullAt.Load()
+	return f >= 0 && d.w.commits.Load()-f < checkpointEvery
+}
 
 // maintainLoop checkpoints after every checkpointEvery commits of the
 // writer, and after checkpointIdle when fewer have come or the last pass
@@ -52,17 +68,26 @@ func (d *driver) maintainLoop() {
 		case <-t.C:
 		}
 		c := d.w.commits.Load()
+		if d.afterFull() {
+			continue
+		}
 		due := c-last >= checkpointEvery || (c != last || !caughtUp) && time.Since(lastAt) >= checkpointIdle
 		if !due {
 			continue
 		}
 		last, lastAt = c, time.Now()
 		var busy, frames, done int64
-		if err := d.mconn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done); err != nil {
+		d.ckptMu.Lock()
+		err := d.mconn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done)
+		d.ckptMu.Unlock()
+		if err != nil {
 			caughtUp = false
 			continue // best effort; the next pass tries again
 		}
 		caughtUp = done >= frames
+		if caughtUp {
+			d.ckptAt.Store(c)
+		}
 		d.walFrames.Store(frames)
 		if frames > walBoundFrames {
 			d.w.walBehind.Store(true)

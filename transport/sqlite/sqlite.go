@@ -106,6 +106,15 @@ type driver struct {
 	mdb       *sql.DB
 	mconn     *sql.Conn
 	walFrames atomic.Int64
+	// ckptMu keeps the writer's checkpoint and the maintenance pass's
+	// apart (see writer.maybeCheckpoint).
+	ckptMu sync.Mutex
+	// ckptAt is the writer's commit count when a checkpoint last reached
+	// the end of the WAL.
+	ckptAt atomic.Int64
+	// fullAt is the writer's commit count when a write last failed for a
+	// full disk, -1 for never (see afterFull).
+	fullAt atomic.Int64
 
 	// mu guards closed and the send side of w.ops: senders hold it for
 	// reading, so Close can close the channel once no send is in flight.
@@ -159,6 +168,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		closing: make(chan struct{}),
 		nudge:   make(chan struct{}, 1),
 	}
+	d.fullAt.Store(-1)
 	if d.logger == nil {
 		d.logger = slog.Default()
 	}

