@@ -69,7 +69,7 @@
 // second after a smaller tail); it never waits for a lock and never blocks
 // the writer. The WAL is bounded: SQLite rewinds it only when a write
 // transaction begins with every frame copied, which a busy writer almost
-// never sees, so when the WAL passes 256 pages (1 MiB at the default page
+// never sees, so when the WAL passes 2048 pages (8 MiB at the default page
 // size) the writer checkpoints once between two transactions (the frames
 // are nearly all copied by then) and the next transaction rewinds the
 // WAL; and when no checkpoint has reached the end of the WAL for 128
