@@ -14,7 +14,7 @@ import (
 
 // BenchmarkBacklog measures what handling costs while the log is long:
 // with `waiting` events already published for one unordered handler, the
-// timed part receives and completes the first 20,000 of them, 64 at a
+// timed part receives and completes the first 10,000 of them, 64 at a
 // time (ns/event), as a worker catching up does. It also reports the
 // bytes on disk per waiting event (database file and WAL after a
 // checkpoint, divided by the events). The backlog is 10,000 and 100,000
@@ -26,7 +26,7 @@ func BenchmarkBacklog(b *testing.B) {
 	}
 	for _, waiting := range backlogs {
 		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
-			const drain = 20_000
+			const drain = 10_000
 			var total time.Duration
 			var perEvent float64
 			for range b.N {
