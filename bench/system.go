@@ -91,7 +91,6 @@ func Systems(env Env) ([]System, []string) {
 			func(dir string) string { return "sqlite://" + dir + "/ripple.db" }),
 		RippleSystem("ripple-sqlite-normal", "sqlite transport, synchronous=NORMAL",
 			func(dir string) string { return "sqlite://" + dir + "/ripple.db?synchronous=normal" }),
-		RippleSQLiteTwoBuses("ripple-sqlite-2bus", "sqlite transport, synchronous=FULL, publisher and handlers on two buses opened on one file (two processes)", ""),
 		WatermillGoChannel(),
 		RiverSQLite(),
 		Goqite(),
