@@ -5,20 +5,27 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
 )
 
-// Stats implements transport.Inspector. Each count is an index range scan
-// over one state of one subscription, all in one statement so the numbers
-// come from a single snapshot.
+// Stats implements transport.Inspector. Each count of rows is an index
+// range scan over one state of one subscription; the events still waiting
+// in the log after a subscription's head are counted by type. All is read
+// in one read transaction, so the numbers come from a single snapshot.
 func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if err := d.checkOpen(); err != nil {
 		return nil, err
 	}
+	tx, err := d.rdb.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, d.wrap(err)
+	}
+	defer tx.Rollback()
 	now := time.Now().UnixNano()
-	rows, err := d.rdb.QueryContext(ctx, `SELECT s.name, s.pattern,
+	rows, err := tx.QueryContext(ctx, `SELECT s.name, s.pattern, s.head, s.ordered,
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 0 AND run_at <= ?1),
 		(SELECT min(run_at) FROM deliveries WHERE sub_id = s.id AND state = 0 AND run_at <= ?1),
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 0 AND delayed = 1 AND run_at > ?1),
@@ -31,21 +38,42 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	if err != nil {
 		return nil, d.wrap(err)
 	}
-	defer rows.Close()
 	var out []transport.Stats
+	var heads []int64
+	var ordered []bool
 	for rows.Next() {
 		var s transport.Stats
 		var oldest sql.NullInt64
-		if err := rows.Scan(&s.Handler, &s.Pattern, &s.Waiting, &oldest, &s.Delayed, &s.Active, &s.Completed, &s.Dead, &s.Failed, &s.Paused); err != nil {
+		var head int64
+		var ord bool
+		if err := rows.Scan(&s.Handler, &s.Pattern, &head, &ord, &s.Waiting, &oldest, &s.Delayed, &s.Active, &s.Completed, &s.Dead, &s.Failed, &s.Paused); err != nil {
+			rows.Close()
 			return nil, d.wrap(err)
 		}
 		if oldest.Valid && oldest.Int64 < now {
 			s.OldestWaiting = time.Duration(now - oldest.Int64)
 		}
 		out = append(out, s)
+		heads = append(heads, head)
+		ordered = append(ordered, ord)
 	}
-	if err := rows.Err(); err != nil {
+	if err := rows.Close(); err != nil {
 		return nil, d.wrap(err)
+	}
+	for i := range out {
+		s := &out[i]
+		if ordered[i] {
+			continue // rows for every event: counted above
+		}
+		waiting, delayed, oldest, err := logBacklog(ctx, tx, heads[i], s.Pattern, ordered[i], now)
+		if err != nil {
+			return nil, d.wrap(err)
+		}
+		s.Waiting += waiting
+		s.Delayed += delayed
+		if oldest > 0 && oldest < now && time.Duration(now-oldest) > s.OldestWaiting {
+			s.OldestWaiting = time.Duration(now - oldest)
+		}
 	}
 	if err := d.damage(); err != nil {
 		// The counts are right, but the file needs attention: say so
@@ -285,12 +313,21 @@ func (w *writer) backfill(s subInfo, since time.Time) (int, error) {
 			key  string
 			prio int
 		}
+		// Only the log up to an unordered subscription's head: the
+		// entries after it are still waiting to be taken, and are
+		// delivered anyway. (An ordered one has rows for them.)
+		head := int64(math.MaxInt64)
+		if !s.ordered {
+			if err := w.conn.QueryRowContext(bg, `SELECT head FROM subscriptions WHERE id = ?`, s.id).Scan(&head); err != nil {
+				return err
+			}
+		}
 		cursor := int64(0)
 		for {
 			// A walk in seq order: there is no time index (it would cost
 			// every publish a page write), and replay is rare.
 			rows, err := w.conn.QueryContext(bg, `SELECT seq, type, key, priority, published_at >= ? FROM events
-				WHERE seq > ? ORDER BY seq LIMIT 1000`, nanos(since), cursor)
+				WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1000`, nanos(since), cursor, head)
 			if err != nil {
 				return err
 			}

@@ -78,6 +78,104 @@ func (d *driver) deadUnreadable(ctx context.Context, ue *unreadableError) error 
 	}, soft)
 }
 
+// unreadableLogError is returned by a lease whose scan of the log met a
+// damaged page after seq after (see skipUnreadableLog).
+type unreadableLogError struct {
+	sub, after int64
+	err        error
+}
+
+func (e *unreadableLogError) Error() string {
+	return fmt.Sprintf("the log after event row %d cannot be read from the damaged database file: %v", e.after, e.err)
+}
+
+func (e *unreadableLogError) Unwrap() error { return e.err }
+
+// logErr classifies an error of a log scan that had examined up to seq
+// last: a damaged page becomes an unreadableLogError for the current
+// lease's subscription.
+func (w *writer) logErr(last int64, err error) error {
+	if isCorrupt(err) {
+		return &unreadableLogError{sub: w.leaseSub, after: last, err: err}
+	}
+	return err
+}
+
+// skipUnreadableLog dead-letters for a subscription the unreadable log
+// entries right after ue.after, with SQLite's error (an entry's type
+// cannot be read, so whether it matched the pattern is unknown: a damaged
+// event is dead-lettered rather than silently skipped), and makes this
+// process's log scans of the subscription jump over them. It probes the
+// entries one by one on a read connection and stops at the first readable
+// one.
+func (d *driver) skipUnreadableLog(ctx context.Context, ue *unreadableLogError) error {
+	d.markDamaged(corruptErr(d.path, ue.err))
+	var maxSeq int64
+	if err := d.rdb.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM events`).Scan(&maxSeq); err != nil {
+		return err
+	}
+	var dead []int64
+	head := ue.after
+	for seq := ue.after + 1; seq <= maxSeq; seq++ {
+		var ok bool
+		err := d.rdb.QueryRowContext(ctx, `SELECT length(data) IS NOT NULL OR 1 FROM events WHERE seq = ?`, seq).Scan(&ok)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, sql.ErrNoRows) {
+			head = seq
+			continue
+		}
+		if !isCorrupt(err) {
+			return err
+		}
+		dead = append(dead, seq)
+		head = seq
+	}
+	if head == ue.after {
+		return nil // readable after all: lease again
+	}
+	msg := ue.err.Error()
+	err := d.exec(ctx, func(w *writer) error {
+		bg := context.Background()
+		for _, seq := range dead {
+			if _, err := w.conn.ExecContext(bg, `INSERT OR IGNORE INTO deliveries (sub_id, event_seq, state, run_at, priority, key,
+				attempts, failures, first_attempt, done_at, last_error) VALUES (?1, ?2, 3, ?3, 0, '', 1, 1, ?3, ?3, ?4)`,
+				ue.sub, seq, w.now, fmt.Sprintf("the event (row %d) cannot be read from the damaged database file: %s", seq, msg)); err != nil {
+				return err
+			}
+		}
+		w.touch(ue.sub)
+		return nil
+	}, soft)
+	if err != nil {
+		return err
+	}
+	// The log scans of this subscription jump over the range from now on.
+	d.dmu.Lock()
+	if d.logSkips == nil {
+		d.logSkips = map[int64][][2]int64{}
+	}
+	d.logSkips[ue.sub] = append(d.logSkips[ue.sub], [2]int64{ue.after + 1, head})
+	d.dmu.Unlock()
+	return nil
+}
+
+// logSkip returns the first damaged range of the subscription's log
+// (see skipUnreadableLog) that ends after seq, or false.
+func (d *driver) logSkip(sub, seq int64) ([2]int64, bool) {
+	d.dmu.Lock()
+	defer d.dmu.Unlock()
+	var best [2]int64
+	found := false
+	for _, r := range d.logSkips[sub] {
+		if r[1] > seq && (!found || r[0] < best[0]) {
+			best, found = r, true
+		}
+	}
+	return best, found
+}
+
 // Check runs SQLite's integrity check on the Ripple database at path,
 // opened read-only, and returns the problems it reports (none when the
 // file is sound). It does not write to the file.
@@ -168,11 +266,17 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 		return rep, fmt.Errorf("sqlite transport: salvage: %s has schema version %d; this build understands up to %d: use a newer ripple", src, version, schemaVersion)
 	}
 	// Ephemeral subscriptions belonged to receivers that are gone.
-	subsQ := `SELECT id, name, pattern, ordered, lease_ns, created_at, paused FROM subscriptions WHERE ephemeral = 0`
-	eventsQ := `SELECT id, source, type, key, priority, time, published_at, attrs, data FROM events WHERE seq = ?`
-	if version < 2 {
-		subsQ = `SELECT id, name, pattern, ordered, lease_ns, created_at, 0 FROM subscriptions`
-		eventsQ = `SELECT id, '', type, key, priority, time, published_at, attrs, data FROM events WHERE seq = ?`
+	subsQ := `SELECT id, name, pattern, ordered, lease_ns, created_at, paused, head FROM subscriptions WHERE ephemeral = 0`
+	eventsQ := `SELECT id, source, type, key, priority, time, published_at, attrs, data, run_at FROM events WHERE seq = ?`
+	// Before schema 4 every event had its deliveries rows: the heads
+	// (-1 here) are set to the newest event below.
+	switch {
+	case version < 2:
+		subsQ = `SELECT id, name, pattern, ordered, lease_ns, created_at, 0, -1 FROM subscriptions`
+		eventsQ = `SELECT id, '', type, key, priority, time, published_at, attrs, data, 0 FROM events WHERE seq = ?`
+	case version < 4:
+		subsQ = `SELECT id, name, pattern, ordered, lease_ns, created_at, paused, -1 FROM subscriptions WHERE ephemeral = 0`
+		eventsQ = `SELECT id, source, type, key, priority, time, published_at, attrs, data, 0 FROM events WHERE seq = ?`
 	}
 	srows, err := in.QueryContext(ctx, subsQ)
 	if err != nil {
@@ -180,15 +284,15 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 	}
 	var maxSub int64
 	for srows.Next() {
-		var id, lease, created int64
+		var id, lease, created, head int64
 		var name, pattern string
 		var ordered, paused bool
-		if err := srows.Scan(&id, &name, &pattern, &ordered, &lease, &created, &paused); err != nil {
+		if err := srows.Scan(&id, &name, &pattern, &ordered, &lease, &created, &paused, &head); err != nil {
 			srows.Close()
 			return rep, fmt.Errorf("sqlite transport: salvage: the subscriptions of %s cannot be read: %w", src, err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at, paused) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			id, name, pattern, ordered, lease, created, paused); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at, paused, head) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			id, name, pattern, ordered, lease, created, paused, head); err != nil {
 			srows.Close()
 			return rep, err
 		}
@@ -208,6 +312,9 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 			maxSeq = max(maxSeq, v)
 		}
 	}
+	if _, err := tx.ExecContext(ctx, `UPDATE subscriptions SET head = ? WHERE head < 0`, maxSeq); err != nil {
+		return rep, err
+	}
 	ev, err := in.PrepareContext(ctx, eventsQ)
 	if err != nil {
 		return rep, err
@@ -225,9 +332,9 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 		}
 		var id, source, typ, key string
 		var prio int
-		var tm, pub int64
+		var tm, pub, runAt int64
 		var attrs, data []byte
-		err := ev.QueryRowContext(ctx, seq).Scan(&id, &source, &typ, &key, &prio, &tm, &pub, &attrs, &data)
+		err := ev.QueryRowContext(ctx, seq).Scan(&id, &source, &typ, &key, &prio, &tm, &pub, &attrs, &data, &runAt)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue
 		}
@@ -238,8 +345,8 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 		if version < 2 {
 			source = decodeAttrs(attrs)["source"]
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO events (seq, id, source, type, key, priority, time, published_at, attrs, data)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, seq, id, source, typ, key, prio, tm, pub, attrs, data); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO events (seq, id, source, type, key, priority, time, published_at, attrs, data, run_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, seq, id, source, typ, key, prio, tm, pub, attrs, data, runAt); err != nil {
 			return rep, err
 		}
 		rep.Events++

@@ -148,7 +148,8 @@ func TestCheckAndSalvage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Subscriptions != 1 || rep.Unreadable == 0 || rep.Events+rep.Unreadable != total || rep.Deliveries != rep.Events {
+	// The events wait in the log: the handler has no rows yet.
+	if rep.Subscriptions != 1 || rep.Unreadable == 0 || rep.Events+rep.Unreadable != total || rep.Deliveries != 0 {
 		t.Fatalf("salvage report %+v", rep)
 	}
 	if problems, err := Check(context.Background(), out); err != nil || len(problems) != 0 {

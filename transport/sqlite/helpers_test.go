@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"testing"
+
+	"github.com/ripplehq/ripple/transport"
 )
 
 func rawDB(t testing.TB, path string) *sql.DB {
@@ -24,4 +26,20 @@ func (d *driver) pruneNow(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// statsOf returns the Stats of one handler.
+func statsOf(t testing.TB, d *driver, handler string) transport.Stats {
+	t.Helper()
+	st, err := d.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		if s.Handler == handler {
+			return s
+		}
+	}
+	t.Fatalf("no stats for handler %q in %+v", handler, st)
+	return transport.Stats{}
 }

@@ -49,7 +49,12 @@ var pruneSQL = func() map[int]struct{ age, cut, cutoff string } {
 // the highest in the table, so deleting the newest would hand its seq to
 // the next event, and a process that cached the old event by seq (see
 // writer.recent) would deliver the old contents under the new event.
-const pruneEventSQL = `DELETE FROM events WHERE seq = ?1 AND seq < (SELECT max(seq) FROM events) AND NOT EXISTS
+//
+// An event after some unordered subscription's head is still waiting in
+// the log for it and is never deleted (an ordered subscription has a row
+// for each of its events instead).
+const pruneEventSQL = `DELETE FROM events WHERE seq = ?1 AND seq < (SELECT max(seq) FROM events)
+	AND seq <= (SELECT coalesce(min(head), ?1) FROM subscriptions WHERE ordered = 0) AND NOT EXISTS
 	(SELECT 1 FROM deliveries WHERE sub_id IN (SELECT id FROM subscriptions) AND event_seq = ?1)`
 
 // runPrune runs one bounded pruning pass in its own transaction and returns

@@ -25,7 +25,12 @@ import (
 //	3  held on deliveries and the triggers that keep it, so that an
 //	   Ordered() lease finds the head of each key without walking the
 //	   rows waiting behind it; deliveries_key_leased
-const schemaVersion = 3
+//	4  the events table is the log every subscription reads: head on
+//	   subscriptions (the log position up to which the subscription has
+//	   taken events into deliveries), run_at on events (a delayed
+//	   event's due time); a publish writes deliveries rows only for
+//	   delayed and prioritised events (see log.go)
+const schemaVersion = 4
 
 // The deliveries table is WITHOUT ROWID and keyed by (sub_id, event_seq):
 // the key is what every lookup and the replay upsert use, so clustering on it
@@ -48,8 +53,9 @@ var schemaDDL = []string{
 		created_at INTEGER NOT NULL,
 		paused INTEGER NOT NULL DEFAULT 0,
 		ephemeral INTEGER NOT NULL DEFAULT 0,
-		touched_at INTEGER NOT NULL DEFAULT 0)`,
-	eventsDDL("events"),
+		touched_at INTEGER NOT NULL DEFAULT 0,
+		head INTEGER NOT NULL DEFAULT 0)`,
+	eventsDDL("events") + eventsRunAtCol,
 	eventsIdentityDDL,
 	`CREATE TABLE deliveries (
 		sub_id INTEGER NOT NULL,
@@ -87,12 +93,13 @@ var schemaDDL = []string{
 	`CREATE INDEX claims_updated ON claims (updated_at)`,
 	rateStartsDDL,
 	rateStartsIndexDDL,
-	`INSERT INTO ripple_meta (key, value) VALUES ('schema_version', 3), ('subs_version', 0)`,
+	`INSERT INTO ripple_meta (key, value) VALUES ('schema_version', 4), ('subs_version', 0)`,
 }
 
 // eventsDDL creates the events table under the given name. The identity
 // (id, source) is unique through eventsIdentityDDL; source is also kept in
-// attrs with the other attributes.
+// attrs with the other attributes. The column list is left open: the
+// caller closes it (schema 4 appends run_at, see eventsRunAtCol).
 func eventsDDL(table string) string {
 	return `CREATE TABLE ` + table + ` (
 		seq INTEGER PRIMARY KEY,
@@ -104,8 +111,14 @@ func eventsDDL(table string) string {
 		time INTEGER NOT NULL,
 		published_at INTEGER NOT NULL,
 		attrs BLOB,
-		data BLOB)`
+		data BLOB`
 }
+
+// eventsRunAtCol closes eventsDDL for schema 4 and later: run_at is a
+// delayed event's due time (unix ns), 0 for an event due when published.
+// The migration from 3 adds it with ALTER TABLE, which appends it last.
+const eventsRunAtCol = `
+		, run_at INTEGER NOT NULL DEFAULT 0)`
 
 // eventsIdentityDDL is the publish-dedup key. id comes first so that the
 // administration calls that name events by id alone use it too.
@@ -162,6 +175,24 @@ const (
 var migrations = map[int64]func(ctx context.Context, c *sql.Conn) error{
 	1: migrate1to2,
 	2: migrate2to3,
+	3: migrate3to4,
+}
+
+// migrate3to4 turns the events table into the log: every existing event
+// already has its deliveries rows, so every subscription's head starts at
+// the newest event, and the rows stay as they are (waiting, leased,
+// delayed, completed and dead rows keep their meaning in schema 4).
+func migrate3to4(ctx context.Context, c *sql.Conn) error {
+	for _, q := range []string{
+		`ALTER TABLE subscriptions ADD COLUMN head INTEGER NOT NULL DEFAULT 0`,
+		`ALTER TABLE events ADD COLUMN run_at INTEGER NOT NULL DEFAULT 0`,
+		`UPDATE subscriptions SET head = (SELECT coalesce(max(seq), 0) FROM events)`,
+	} {
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // migrate2to3 adds held with its index and triggers, and holds the ready
@@ -191,7 +222,7 @@ func migrate2to3(ctx context.Context, c *sql.Conn) error {
 // cannot drop the UNIQUE constraint of version 1's id column in place.
 func migrate1to2(ctx context.Context, c *sql.Conn) error {
 	for _, q := range []string{
-		eventsDDL("events_v2"),
+		eventsDDL("events_v2") + ")",
 		`INSERT INTO events_v2 (seq, id, source, type, key, priority, time, published_at, attrs, data)
 			SELECT seq, id, '', type, key, priority, time, published_at, attrs, data FROM events`,
 	} {

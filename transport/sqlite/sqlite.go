@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ripplehq/ripple/internal/wake"
@@ -100,6 +101,20 @@ type driver struct {
 	nudge chan struct{}
 	w     *writer
 	poll  *sql.Conn
+	// mdb holds the maintenance connection mconn (see maintain.go);
+	// walFrames is the WAL's size in frames at its last pass.
+	mdb       *sql.DB
+	mconn     *sql.Conn
+	walFrames atomic.Int64
+	// ckptMu keeps the writer's checkpoint and the maintenance pass's
+	// apart (see writer.maybeCheckpoint).
+	ckptMu sync.Mutex
+	// ckptAt is the writer's commit count when a checkpoint last reached
+	// the end of the WAL.
+	ckptAt atomic.Int64
+	// fullAt is the writer's commit count when a write last failed for a
+	// full disk, -1 for never (see afterFull).
+	fullAt atomic.Int64
 
 	// mu guards closed and the send side of w.ops: senders hold it for
 	// reading, so Close can close the channel once no send is in flight.
@@ -121,6 +136,10 @@ type driver struct {
 	dmu          sync.Mutex
 	damaged      error
 	damageLogged time.Time
+	// logSkips holds, by subscription, the ranges of log entries found
+	// unreadable and dead-lettered, which log scans jump over (guarded by
+	// dmu).
+	logSkips map[int64][][2]int64
 }
 
 var (
@@ -149,6 +168,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		closing: make(chan struct{}),
 		nudge:   make(chan struct{}, 1),
 	}
+	d.fullAt.Store(-1)
 	if d.logger == nil {
 		d.logger = slog.Default()
 	}
@@ -200,10 +220,28 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		_ = wconn.Close()
 		return nil, fileErr(o.path, err)
 	}
+	// From here on the writer waits for another process's lock in its
+	// own retry loop, with short sleeps (see writer.runTx), not in
+	// SQLite's busy handler, whose sleeps grow to 100 ms.
+	if _, err := wconn.ExecContext(ctx, "PRAGMA busy_timeout = 0"); err != nil {
+		_ = wconn.Close()
+		return nil, fileErr(o.path, err)
+	}
+	d.mdb, err = sql.Open("sqlite", o.path+"?_pragma=busy_timeout(0)&_pragma=synchronous("+o.synchronous+")")
+	if err != nil {
+		_ = wconn.Close()
+		return nil, fileErr(o.path, err)
+	}
+	d.mdb.SetMaxOpenConns(1)
+	if d.mconn, err = d.mdb.Conn(ctx); err != nil {
+		_ = wconn.Close()
+		return nil, fileErr(o.path, err)
+	}
 	d.openAppDB(o.synchronous)
-	d.bg.Add(2)
+	d.bg.Add(3)
 	go func() { defer d.bg.Done(); d.w.loop() }()
 	go func() { defer d.bg.Done(); d.pollLoop() }()
+	go func() { defer d.bg.Done(); d.maintainLoop() }()
 	ok = true
 	return d, nil
 }
@@ -214,6 +252,12 @@ func (d *driver) closeDBs() {
 	}
 	if d.poll != nil {
 		_ = d.poll.Close()
+	}
+	if d.mconn != nil {
+		_ = d.mconn.Close()
+	}
+	if d.mdb != nil {
+		_ = d.mdb.Close()
 	}
 	if d.rdb != nil {
 		_ = d.rdb.Close()

@@ -78,9 +78,12 @@ func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
 		// in another process, still leases by its id, which must not come
 		// to mean another handler. ripple_meta's last_sub_id keeps the
 		// highest id ever given, as the row with it may be gone.
-		res, err := w.conn.ExecContext(bg, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at, ephemeral, touched_at)
+		// head starts at the newest event: the subscription sees what is
+		// published after it, and nothing before (unless From says so).
+		res, err := w.conn.ExecContext(bg, `INSERT INTO subscriptions (id, name, pattern, ordered, lease_ns, created_at, ephemeral, touched_at, head)
 			VALUES (max(coalesce((SELECT value FROM ripple_meta WHERE key = 'last_sub_id'), 0),
-				coalesce((SELECT max(id) FROM subscriptions), 0)) + 1, ?, ?, ?, ?, ?, ?, ?)`,
+				coalesce((SELECT max(id) FROM subscriptions), 0)) + 1, ?, ?, ?, ?, ?, ?, ?,
+				(SELECT coalesce(max(seq), 0) FROM events))`,
 			spec.Name, spec.Pattern, spec.Ordered, int64(spec.Lease), w.now, spec.Ephemeral, w.now)
 		if err != nil {
 			return 0, err
@@ -108,6 +111,11 @@ func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
 		if _, err := w.conn.ExecContext(bg, `UPDATE subscriptions SET pattern = ?, ordered = ?, lease_ns = ? WHERE id = ?`,
 			spec.Pattern, spec.Ordered, int64(spec.Lease), id); err != nil {
 			return 0, err
+		}
+		if ordered != spec.Ordered {
+			if err := w.switchOrdered(id, spec); err != nil {
+				return 0, err
+			}
 		}
 	}
 	if _, err := w.conn.ExecContext(bg, `UPDATE ripple_meta SET value = value + 1 WHERE key = 'subs_version'`); err != nil {
@@ -174,6 +182,12 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 		}, soft)
 		if ue := (*unreadableError)(nil); errors.As(err, &ue) {
 			if err := s.d.deadUnreadable(ctx, ue); err != nil {
+				return nil, s.d.wrap(err)
+			}
+			continue
+		}
+		if ue := (*unreadableLogError)(nil); errors.As(err, &ue) {
+			if err := s.d.skipUnreadableLog(ctx, ue); err != nil {
 				return nil, s.d.wrap(err)
 			}
 			continue
@@ -276,17 +290,18 @@ func (s *subscription) touchEphemeral(w *writer) error {
 func (w *writer) receive(s *subscription, max int) ([]*transport.Delivery, int64, error) {
 	bg := context.Background()
 	var paused bool
+	var pos subPos
 	var err error
 	if s.spec.Ephemeral {
-		err = w.st.touchSub.QueryRowContext(bg, w.now, s.id).Scan(&paused)
+		err = w.st.touchSub.QueryRowContext(bg, w.now, s.id).Scan(&paused, &pos.head, &pos.pattern)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, 0, fmt.Errorf("sqlite transport: ephemeral subscription %q: %w (it was deleted: no receiver touched it for %d leases, or another receiver of this process closed it)",
 				s.spec.Name, transport.ErrNotFound, reapAfter)
 		}
 	} else {
-		err = w.st.subPaused.QueryRowContext(bg, s.id).Scan(&paused)
+		err = w.st.subPaused.QueryRowContext(bg, s.id).Scan(&paused, &pos.head, &pos.pattern)
 		if errors.Is(err, sql.ErrNoRows) {
-			err = nil // unsubscribed: leasing finds nothing
+			return nil, 0, nil // unsubscribed: there is nothing to lease
 		}
 	}
 	if err != nil {
@@ -297,5 +312,5 @@ func (w *writer) receive(s *subscription, max int) ([]*transport.Delivery, int64
 		// another process's through the data-version poll.
 		return nil, 0, nil
 	}
-	return w.lease(s.id, s.spec.Ordered, max, s.spec.Lease)
+	return w.lease(s.id, pos, s.spec.Ordered, max, s.spec.Lease)
 }

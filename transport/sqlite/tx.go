@@ -253,7 +253,7 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 		}
 		m.Duplicate = nil
 		res, err := t.ExecContext(ctx, insEventCols+insEventRow+insEventTail,
-			m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), now, encodeAttrs(m.Attrs), m.Data)
+			m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), now, encodeAttrs(m.Attrs), m.Data, eventRunAt(now, m))
 		if err != nil {
 			return d.txErr(err, "PublishTx")
 		}
@@ -269,17 +269,21 @@ func (d *driver) PublishTx(ctx context.Context, tx any, msgs []*transport.Messag
 		if err != nil {
 			return d.txErr(err, "PublishTx")
 		}
+		routed := m.Priority != 0 || m.Delay > 0
 		runAt, delayed := now, false
 		if m.Delay > 0 {
 			runAt, delayed = after(now, m.Delay), true
 		}
+		// As Publish writes (see log.go): a row for every matching
+		// ordered subscription, and for every unordered one when the
+		// event is delayed or prioritised.
 		// One statement for every matching subscription: each statement
 		// costs the application's transaction, which holds the write
 		// lock, a compilation.
 		ids := make([]byte, 0, 64)
 		ids = append(ids, '[')
 		for _, s := range subs {
-			if transport.Match(s.pattern, m.Type) {
+			if (s.ordered || routed) && transport.Match(s.pattern, m.Type) {
 				if len(ids) > 1 {
 					ids = append(ids, ',')
 				}

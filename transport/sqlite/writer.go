@@ -1,23 +1,17 @@
 package sqlite
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
-	"maps"
-	"math"
 	"math/rand/v2"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ripplehq/ripple/transport"
-	msqlite "modernc.org/sqlite"
 )
 
 const (
@@ -27,6 +21,10 @@ const (
 	// busyGiveUp is how long the writer keeps retrying a transaction that
 	// another process keeps locked before it fails the queued operations.
 	busyGiveUp = time.Minute
+	// busyBackoffMin and busyBackoffMax bound the sleeps of runTx's
+	// retry loop while another process holds the write lock.
+	busyBackoffMin = 50 * time.Microsecond
+	busyBackoffMax = 2 * time.Millisecond
 )
 
 // op is one queued write. run executes inside the writer's transaction and
@@ -111,16 +109,30 @@ type writer struct {
 	beganVersion uint32
 
 	// Multi-row statements, by row count (a power of two).
-	insEvents, insDeliveries map[int]*sql.Stmt
-	args                     []any
-	pub                      pubScratch
+	insEvents, insDeliveries, insLeased, completes map[int]*sql.Stmt
+	// doneBuf is settle's scratch.
+	doneBuf []token
+	args    []any
+	// logSeqs is leaseFromLog's scratch; patMatch caches pattern matches
+	// by pattern and type.
+	logSeqs  []int64
+	patMatch map[string]bool
+	// leaseSub is the subscription the current lease is for.
+	leaseSub int64
+	pub      pubScratch
 
 	st    stmts
 	prune pruneState
 
-	commits int  // since the last checkpoint
-	full    bool // configured synchronous=FULL
-	relaxed bool // connection currently at synchronous=NORMAL for soft batches
+	// commits counts this writer's commits, for the maintenance pass.
+	commits atomic.Int64
+	// walBehind is set by the maintenance pass when the WAL has grown
+	// past walBoundFrames without a checkpoint reaching its end.
+	walBehind atomic.Bool
+	// selfCheckpoints counts the writer's own checkpoints.
+	selfCheckpoints atomic.Int64
+	full            bool // configured synchronous=FULL
+	relaxed         bool // connection currently at synchronous=NORMAL for soft batches
 
 	// batches and batched count transactions and the operations in them,
 	// so tests and benchmarks can see how well group commit groups.
@@ -131,46 +143,20 @@ type stmts struct {
 	begin, commit, rollback *sql.Stmt
 
 	insEvent, subsVersion, loadStored *sql.Stmt
+	logScan, logGet, setHead          *sql.Stmt
 	subPaused, touchSub               *sql.Stmt
 
 	// leaseBuckets holds the lease statements with a literal LIMIT of 1
 	// to maxLeaseLimit, prepared on first use: SQLite recompiles a
 	// statement whenever the value bound to its LIMIT changes, and the
 	// number of free handler slots changes on nearly every Receive.
-	leaseBuckets                  [3][maxLeaseLimit]*sql.Stmt
-	nextDue, nextLease, loadEvent *sql.Stmt
+	leaseBuckets         [4][maxLeaseLimit]*sql.Stmt
+	rowsState, loadEvent *sql.Stmt
 
-	complete, retry, release, dead, extend *sql.Stmt
+	retry, release, dead, extend *sql.Stmt
 
 	claim, claimState, finishOK, finishFail *sql.Stmt
 }
-
-const leaseSet = `UPDATE deliveries SET state = 1, lease_until = ?1, gen = gen + 1, attempts = attempts + 1,
-	first_attempt = CASE WHEN first_attempt = 0 THEN ?2 ELSE first_attempt END
-	WHERE sub_id = ?3 AND event_seq IN `
-
-const leaseReturning = ` RETURNING event_seq, attempts, gen, first_attempt, priority`
-
-// The lease statements. The key checks of leaseOrderedSQL name their
-// indexes: without statistics the planner would walk the primary key over
-// every earlier row of the subscription instead. A row of a key is held back
-// by an earlier unsettled row of the key, and by any leased one: Replay and
-// Requeue can make an earlier row ready while a later one runs. Each check
-// is one probe; rows waiting behind a key's head are held (see
-// holdTriggerDDL) and so not in deliveries_ready, which the scan walks.
-const (
-	leaseExpiredSQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 1 AND lease_until < ?2
-			ORDER BY lease_until LIMIT ?4)` + leaseReturning
-	leaseReadySQL = leaseSet + `(SELECT event_seq FROM deliveries WHERE sub_id = ?3 AND state = 0 AND held = 0 AND run_at <= ?2
-			ORDER BY priority DESC, event_seq LIMIT ?4)` + leaseReturning
-	leaseOrderedSQL = leaseSet + `(SELECT d.event_seq FROM deliveries d WHERE d.sub_id = ?3 AND d.state = 0 AND d.held = 0 AND d.run_at <= ?2
-			AND (d.key = '' OR (NOT EXISTS (SELECT 1 FROM deliveries e INDEXED BY deliveries_key WHERE e.sub_id = ?3 AND e.key = d.key
-				AND e.state IN (0, 1) AND e.key <> '' AND e.event_seq < d.event_seq)
-			AND NOT EXISTS (SELECT 1 FROM deliveries e INDEXED BY deliveries_key_leased WHERE e.sub_id = ?3 AND e.key = d.key
-				AND e.state = 1 AND e.key <> '')))
-			ORDER BY d.priority DESC, d.event_seq LIMIT ?4)` + leaseReturning
-	nextDueSQL = `SELECT min(run_at) FROM deliveries WHERE sub_id = ? AND state = 0 AND delayed = 1 AND run_at > ?`
-)
 
 func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writer, error) {
 	w := &writer{
@@ -185,6 +171,9 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		match:         map[string][]*subRow{},
 		insEvents:     map[int]*sql.Stmt{},
 		insDeliveries: map[int]*sql.Stmt{},
+		insLeased:     map[int]*sql.Stmt{},
+		completes:     map[int]*sql.Stmt{},
+		patMatch:      map[string]bool{},
 	}
 	prep := []struct {
 		dst **sql.Stmt
@@ -195,14 +184,14 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		{&w.st.rollback, "ROLLBACK"},
 		{&w.st.insEvent, insEventCols + insEventRow + insEventTail},
 		{&w.st.subsVersion, `SELECT value FROM ripple_meta WHERE key = 'subs_version'`},
+		{&w.st.logScan, logScanSQL},
+		{&w.st.logGet, logGetSQL},
+		{&w.st.setHead, setHeadSQL},
 		{&w.st.loadStored, loadStoredSQL},
-		{&w.st.subPaused, `SELECT paused FROM subscriptions WHERE id = ?`},
-		{&w.st.touchSub, `UPDATE subscriptions SET touched_at = ?1 WHERE id = ?2 RETURNING paused`},
-		{&w.st.nextDue, nextDueSQL},
-		{&w.st.nextLease, `SELECT min(lease_until) FROM deliveries WHERE sub_id = ? AND state = 1`},
+		{&w.st.subPaused, `SELECT paused, head, pattern FROM subscriptions WHERE id = ?`},
+		{&w.st.touchSub, `UPDATE subscriptions SET touched_at = ?1 WHERE id = ?2 RETURNING paused, head, pattern`},
+		{&w.st.rowsState, rowsStateSQL},
 		{&w.st.loadEvent, `SELECT id, type, key, priority, time, attrs, data FROM events WHERE seq = ?`},
-		{&w.st.complete, `UPDATE deliveries SET state = 2, done_at = ?1, lease_until = 0
-			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
 		{&w.st.retry, `UPDATE deliveries SET state = 0, run_at = ?1, delayed = ?1 > ?6, lease_until = 0, failures = failures + 1, last_error = ?5
 			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
 		{&w.st.release, `UPDATE deliveries SET state = 0, run_at = ?1, delayed = ?1 > ?5, lease_until = 0, attempts = max(attempts - 1, 0)
@@ -233,8 +222,9 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 func (w *writer) close() error {
 	for _, s := range []*sql.Stmt{
 		w.st.begin, w.st.commit, w.st.rollback, w.st.insEvent, w.st.subsVersion, w.st.loadStored, w.st.subPaused, w.st.touchSub,
-		w.st.nextDue, w.st.nextLease, w.st.loadEvent,
-		w.st.complete, w.st.retry, w.st.release, w.st.dead, w.st.extend,
+		w.st.logScan, w.st.logGet, w.st.setHead,
+		w.st.rowsState, w.st.loadEvent,
+		w.st.retry, w.st.release, w.st.dead, w.st.extend,
 		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
 	} {
 		if s != nil {
@@ -248,7 +238,7 @@ func (w *writer) close() error {
 			}
 		}
 	}
-	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries} {
+	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries, w.insLeased, w.completes} {
 		for _, s := range m {
 			_ = s.Close()
 		}
@@ -348,10 +338,18 @@ func (w *writer) tryInline(o *op) bool {
 	w.beginCtx = context.Background()
 	clear(batch)
 	w.inline = batch[:0]
-	due := w.commits >= checkpointEvery
+	due := w.checkpointDue()
+	if due && w.commits.Load()-w.d.ckptAt.Load() > walBoundCommits {
+		// The writer goroutine has not had its turn to catch the WAL up
+		// (a lone caller committing back to back): the bound holds on
+		// this caller's path, once in a while.
+		w.maybeCheckpoint()
+		due = false
+	}
 	w.mu.Unlock()
 	if due {
-		// Checkpoint in the writer goroutine, off this caller's path.
+		// Catch the WAL up in the writer goroutine, off this caller's
+		// path (see maybeCheckpoint).
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -360,24 +358,59 @@ func (w *writer) tryInline(o *op) bool {
 	return true
 }
 
-// checkpointEvery is how many commits the writer lets the WAL collect
-// before it copies them into the database file.
-const checkpointEvery = 200
-
-// maybeCheckpoint copies the WAL into the database file every
-// checkpointEvery commits, after their callers have been answered. It runs
-// in the writer, between transactions, because only there does a PASSIVE
-// checkpoint reliably catch up with the end of the WAL (a concurrent
-// checkpointer chases a writer that keeps appending, and the WAL then grows
-// without bound); once it has, the next transaction rewinds the WAL, so
-// commits keep overwriting the same few megabytes instead of growing the
-// file, which makes every fsync cheaper.
+// maybeCheckpoint is the bound on the WAL: checkpoints run on the
+// maintenance connection (see maintain.go), off the writer's path, but
+// SQLite rewinds the WAL only when a write transaction begins with every
+// frame copied, which a busy writer almost never sees. When the
+// maintenance pass reports the WAL past walBoundFrames, the writer
+// checkpoints itself between transactions, where nothing appends, and
+// the next transaction rewinds the WAL.
 func (w *writer) maybeCheckpoint() {
-	if w.commits < checkpointEvery {
+	if !w.checkpointDue() {
 		return
 	}
-	w.commits = 0
-	_, _ = w.conn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)")
+	w.walBehind.Store(false)
+	w.selfCheckpoints.Add(1)
+	w.checkpoint()
+}
+
+// checkpointDue reports that the writer should checkpoint itself: the
+// maintenance pass found the WAL past its bound, or has not completed a
+// checkpoint for walBoundCommits commits (writes outrun it, or it was not
+// scheduled): the WAL must not outgrow what the disk can take.
+func (w *writer) checkpointDue() bool {
+	if w.d.afterFull() {
+		return false
+	}
+	return w.walBehind.Load() || w.commits.Load()-w.d.ckptAt.Load() > walBoundCommits
+}
+
+// txFull reports whether tryTx failed for a full disk.
+func txFull(err error, ops []*op) bool {
+	if errors.Is(err, errOpFailed) {
+		for _, o := range ops {
+			if o.err != nil && sqliteCode(o.err) == codeFull {
+				return true
+			}
+		}
+		return false
+	}
+	return sqliteCode(err) == codeFull
+}
+
+// checkpoint runs a PASSIVE checkpoint on the write connection, between
+// transactions. Not beside the maintenance pass's: SQLite runs one
+// checkpoint at a time, and a PASSIVE one that finds another running does
+// nothing.
+func (w *writer) checkpoint() {
+	w.d.ckptMu.Lock()
+	defer w.d.ckptMu.Unlock()
+	var busy, frames, done int64
+	c := w.commits.Load()
+	err := w.conn.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done)
+	if err == nil && done >= frames {
+		w.d.ckptAt.Store(c)
+	}
 }
 
 // spinWait bounds spinFor.
@@ -482,9 +515,17 @@ func (w *writer) runBatch(batch []*op) {
 // reaches a publisher while there is hope.
 func (w *writer) runTx(ops []*op) error {
 	start := time.Now()
-	backoff := time.Millisecond
+	// The write connection has busy_timeout 0: BEGIN IMMEDIATE fails at
+	// once while another process writes, and this loop tries again after
+	// sleeps that start at busyBackoffMin and stay short, so the lock is
+	// taken soon after the other process's commit (SQLite's own busy
+	// handler sleeps up to 100 ms at a time).
+	backoff := busyBackoffMin
 	for {
 		err := w.tryTx(ops)
+		if err != nil && txFull(err, ops) {
+			w.d.fullAt.Store(w.commits.Load())
+		}
 		if err == nil || !isBusy(err) || time.Since(start) > busyGiveUp {
 			if err != nil && !errors.Is(err, errOpFailed) {
 				err = fmt.Errorf("sqlite transport: %s: write failed: %w", w.d.path, err)
@@ -492,7 +533,7 @@ func (w *writer) runTx(ops []*op) error {
 			return err
 		}
 		time.Sleep(backoff + rand.N(backoff))
-		backoff = min(backoff*2, 50*time.Millisecond)
+		backoff = min(backoff*2, busyBackoffMax)
 		for _, o := range ops {
 			if o.ctx.Err() != nil {
 				// A caller gave up: it already has, or will get, its
@@ -581,7 +622,7 @@ func (w *writer) tryTx(ops []*op) error {
 		w.abort()
 		return err
 	}
-	w.commits++
+	w.commits.Add(1)
 	for _, e := range w.fresh {
 		w.recent.put(e.seq, e.msg)
 	}
@@ -608,629 +649,3 @@ func (w *writer) abort() {
 }
 
 func (w *writer) touch(subID int64) { w.touched[subID] = struct{}{} }
-
-// matching returns the subscriptions whose pattern matches typ. The list is
-// cached and reloaded when ripple_meta's subs_version, bumped by every
-// Subscribe in any process, has moved; checking it once per transaction
-// (under the write lock) is what makes fan-out exact across processes. The
-// check itself is skipped while the file's data version shows that no
-// other connection has committed since this one last did.
-func (w *writer) matching(typ string) ([]*subRow, error) {
-	if !w.subsChecked {
-		dv := w.beganVersion
-		if dv == 0 || dv != w.dataVersion || w.subsVersion < 0 {
-			var v int64
-			if err := w.st.subsVersion.QueryRowContext(context.Background()).Scan(&v); err != nil {
-				return nil, err
-			}
-			if v != w.subsVersion {
-				if err := w.loadSubs(); err != nil {
-					return nil, err
-				}
-				w.subsVersion = v
-			}
-		}
-		w.subsChecked = true
-	}
-	if m, ok := w.match[typ]; ok {
-		return m, nil
-	}
-	var m []*subRow
-	for _, s := range w.subs {
-		if transport.Match(s.pattern, typ) {
-			m = append(m, s)
-		}
-	}
-	if len(w.match) > 4096 {
-		clear(w.match)
-	}
-	w.match[typ] = m
-	return m, nil
-}
-
-// fileDataVersion returns SQLite's data version of the main database as
-// seen by the write connection, or 0 if it cannot be read. Unlike PRAGMA
-// data_version it also counts this connection's own commits, and it costs
-// no statement. Inside a transaction it reflects every commit made before
-// the transaction began.
-func (w *writer) fileDataVersion() uint32 {
-	var v uint32
-	err := w.conn.Raw(func(dc any) error {
-		fc, ok := dc.(msqlite.FileControl)
-		if !ok {
-			return errors.New("no file control")
-		}
-		var err error
-		v, err = fc.FileControlDataVersion("main")
-		return err
-	})
-	if err != nil {
-		return 0
-	}
-	return v
-}
-
-func (w *writer) loadSubs() error {
-	rows, err := w.conn.QueryContext(context.Background(), `SELECT id, name, pattern, ordered FROM subscriptions ORDER BY id`)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	var subs []*subRow
-	for rows.Next() {
-		s := &subRow{}
-		if err := rows.Scan(&s.id, &s.name, &s.pattern, &s.ordered); err != nil {
-			return err
-		}
-		subs = append(subs, s)
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	w.subs = subs
-	clear(w.match)
-	return nil
-}
-
-func nanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-func fromNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n)
-}
-
-// maxRows bounds the rows of one multi-row INSERT; longer runs are split
-// into power-of-two chunks, so a handful of cached statements serve every
-// batch size.
-const maxRows = 64
-
-// pubScratch holds the publish path's buffers, reused across transactions.
-type pubScratch struct {
-	msgs []*transport.Message
-	seqs map[string]int64 // identity key → seq, for the rows just inserted
-	dels []delRow
-}
-
-type delRow struct {
-	sub, seq, runAt int64
-	priority        int
-	key             string
-	delayed         bool
-}
-
-const (
-	insEventCols = `INSERT INTO events (id, source, type, key, priority, time, published_at, attrs, data) VALUES `
-	insEventRow  = `(?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	insEventTail = ` ON CONFLICT (id, source) DO NOTHING`
-	// loadStoredSQL reads the event kept under an identity, for
-	// Message.Duplicate.
-	loadStoredSQL   = `SELECT type, key, priority, time, attrs, data FROM events WHERE id = ? AND source = ?`
-	insDeliveryCols = `INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, delayed) VALUES `
-	insDeliveryRow  = `(?, ?, 0, ?, ?, ?, ?)`
-)
-
-// multiRow returns INSERT head + n × row + tail.
-func multiRow(head, row, tail string, n int) string {
-	var b strings.Builder
-	b.WriteString(head)
-	for i := range n {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(row)
-	}
-	b.WriteString(tail)
-	return b.String()
-}
-
-// chunk returns the size of the next multi-row statement for rem rows.
-func chunk(rem int) int {
-	n := maxRows
-	for n > rem {
-		n >>= 1
-	}
-	return n
-}
-
-func (w *writer) stmt(cache map[int]*sql.Stmt, n int, q func(int) string) (*sql.Stmt, error) {
-	if st := cache[n]; st != nil {
-		return st, nil
-	}
-	st, err := w.conn.PrepareContext(context.Background(), q(n))
-	if err != nil {
-		return nil, err
-	}
-	cache[n] = st
-	return st, nil
-}
-
-func insEventsSQL(n int) string {
-	return multiRow(insEventCols, insEventRow, insEventTail+` RETURNING seq, id, source`, n)
-}
-
-func insDeliveriesSQL(n int) string { return multiRow(insDeliveryCols, insDeliveryRow, "", n) }
-
-// publish stores the messages of a run of publish operations: each new
-// event once, and a delivery row for every subscription it matches. A
-// remembered id (publish deduplication), including one repeated within the
-// run, stores nothing.
-func (w *writer) publish(ops []*op) error {
-	ms := w.pub.msgs[:0]
-	defer func() { clear(ms); w.pub.msgs = ms[:0] }()
-	for _, o := range ops {
-		for _, m := range o.msgs {
-			if m == nil {
-				continue
-			}
-			if m.ID == "" {
-				return errors.New("sqlite transport: message has no ID")
-			}
-			m.Duplicate = nil // a batch that failed runs again
-			ms = append(ms, m)
-		}
-	}
-	dels := w.pub.dels[:0]
-	defer func() { clear(dels); w.pub.dels = dels[:0] }()
-	add := func(m *transport.Message, seq int64) error {
-		subs, err := w.matching(m.Type)
-		if err != nil {
-			return err
-		}
-		runAt, delayed := w.now, false
-		if m.Delay > 0 {
-			runAt, delayed = after(runAt, m.Delay), true
-		}
-		for _, s := range subs {
-			key := ""
-			if s.ordered {
-				key = m.Key
-			}
-			dels = append(dels, delRow{sub: s.id, seq: seq, runAt: runAt, priority: m.Priority, key: key, delayed: delayed})
-		}
-		if len(subs) > 0 && !delayed {
-			// A copy: the publisher may reuse its message after Publish.
-			c := *m
-			c.Attrs, c.Data = maps.Clone(m.Attrs), bytes.Clone(m.Data)
-			w.fresh = append(w.fresh, cachedEvent{seq: seq, msg: &c})
-		}
-		return nil
-	}
-	if len(ms) == 1 {
-		// One row needs no RETURNING: the result says it all, cheaper.
-		m := ms[0]
-		res, err := w.st.insEvent.ExecContext(context.Background(), m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			if err := w.markDuplicate(m); err != nil {
-				return err
-			}
-		} else {
-			seq, err := res.LastInsertId()
-			if err != nil {
-				return err
-			}
-			if err := add(m, seq); err != nil {
-				return err
-			}
-		}
-	} else if len(ms) > 1 {
-		if err := w.insertEvents(ms); err != nil {
-			return err
-		}
-		for _, m := range ms {
-			k := transport.IdentityKey(m.Source(), m.ID)
-			seq, ok := w.pub.seqs[k]
-			if !ok {
-				// Remembered, or an earlier message of this run had the
-				// identity.
-				if err := w.markDuplicate(m); err != nil {
-					return err
-				}
-				continue
-			}
-			delete(w.pub.seqs, k)
-			if err := add(m, seq); err != nil {
-				return err
-			}
-		}
-	}
-	return w.insertDeliveries(dels)
-}
-
-// insertEvents inserts ms and leaves the seq of each row actually inserted
-// in w.pub.seqs, keyed by id.
-func (w *writer) insertEvents(ms []*transport.Message) error {
-	if w.pub.seqs == nil {
-		w.pub.seqs = map[string]int64{}
-	}
-	clear(w.pub.seqs)
-	for len(ms) > 0 {
-		n := chunk(len(ms))
-		st, err := w.stmt(w.insEvents, n, insEventsSQL)
-		if err != nil {
-			return err
-		}
-		args := w.args[:0]
-		for _, m := range ms[:n] {
-			args = append(args, m.ID, m.Source(), m.Type, m.Key, m.Priority, nanos(m.Time), w.now, encodeAttrs(m.Attrs), m.Data)
-		}
-		err = w.queryInserted(st, args)
-		clear(args)
-		w.args = args[:0]
-		if err != nil {
-			return err
-		}
-		ms = ms[n:]
-	}
-	return nil
-}
-
-func (w *writer) queryInserted(st *sql.Stmt, args []any) error {
-	rows, err := st.QueryContext(context.Background(), args...)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var seq int64
-		var id, source string
-		if err := rows.Scan(&seq, &id, &source); err != nil {
-			return err
-		}
-		w.pub.seqs[transport.IdentityKey(source, id)] = seq
-	}
-	return rows.Err()
-}
-
-// markDuplicate sets m.Duplicate to the event stored under m's identity.
-func (w *writer) markDuplicate(m *transport.Message) error {
-	dup, err := loadStored(context.Background(), w.st.loadStored.QueryRowContext, m)
-	if err != nil {
-		return err
-	}
-	m.Duplicate = dup
-	return nil
-}
-
-// loadStored reads the event kept under m's identity through query.
-func loadStored(ctx context.Context, query func(ctx context.Context, args ...any) *sql.Row, m *transport.Message) (*transport.Message, error) {
-	dup := &transport.Message{ID: m.ID}
-	var attrs []byte
-	err := query(ctx, m.ID, m.Source()).Scan(&dup.Type, &dup.Key, &dup.Priority, (*nanoTime)(&dup.Time), &attrs, &dup.Data)
-	if err != nil {
-		return nil, fmt.Errorf("reading the stored event %q of source %q: %w", m.ID, m.Source(), err)
-	}
-	dup.Attrs = decodeAttrs(attrs)
-	return dup, nil
-}
-
-func (w *writer) insertDeliveries(ds []delRow) error {
-	for len(ds) > 0 {
-		n := chunk(len(ds))
-		st, err := w.stmt(w.insDeliveries, n, insDeliveriesSQL)
-		if err != nil {
-			return err
-		}
-		args := w.args[:0]
-		for _, d := range ds[:n] {
-			args = append(args, d.sub, d.seq, d.runAt, d.priority, d.key, d.delayed)
-			w.touch(d.sub)
-		}
-		_, err = st.ExecContext(context.Background(), args...)
-		clear(args)
-		w.args = args[:0]
-		if err != nil {
-			return err
-		}
-		ds = ds[n:]
-	}
-	return nil
-}
-
-// token identifies one lease of one delivery row. gen changes at every
-// lease, so a settlement from a lease that expired and was taken over
-// matches no row and is ignored.
-type token struct {
-	sub, seq, gen int64
-}
-
-// lease leases up to max rows of the subscription and returns them with the
-// time (unix nanos, 0 for none) at which a row might next become
-// deliverable without any write: the earliest future run_at or lease end.
-func (w *writer) lease(subID int64, ordered bool, max int, lease time.Duration) ([]*transport.Delivery, int64, error) {
-	bg := context.Background()
-	until := w.now + int64(lease)
-	var out []*transport.Delivery
-	expired, err := w.leaseRows(leaseKindExpired, subID, until, max, nil)
-	if err != nil {
-		return nil, 0, err
-	}
-	out = expired
-	if len(out) < max {
-		kind := leaseKindReady
-		if ordered {
-			kind = leaseKindOrdered
-		}
-		ready, err := w.leaseRows(kind, subID, until, max-len(out), nil)
-		if err != nil {
-			return nil, 0, err
-		}
-		// RETURNING gives no order; restore the query's.
-		sortDeliveries(ready)
-		out = append(out, ready...)
-	}
-	if len(out) > 0 {
-		for _, d := range out {
-			tok := d.Token.(token)
-			if m := w.recent.get(tok.seq); m != nil {
-				d.ID, d.Type, d.Key, d.Priority = m.ID, m.Type, m.Key, m.Priority
-				d.Time = fromNanos(nanos(m.Time))
-				// Attrs is shared read-only; Data is the handler's to keep.
-				d.Attrs, d.Data = m.Attrs, bytes.Clone(m.Data)
-				continue
-			}
-			var attrs []byte
-			if err := w.st.loadEvent.QueryRowContext(bg, tok.seq).Scan(&d.ID, &d.Type, &d.Key, &d.Priority, (*nanoTime)(&d.Time), &attrs, &d.Data); err != nil {
-				if !isCorrupt(err) {
-					return nil, 0, fmt.Errorf("loading event %d: %w", tok.seq, err)
-				}
-				// A damaged page must not hold back the readable events
-				// behind it: the caller dead-letters this one with
-				// SQLite's error and leases again.
-				return nil, 0, &unreadableError{tok: tok, err: err}
-			}
-			d.Attrs = decodeAttrs(attrs)
-		}
-		return out, 0, nil
-	}
-	var due, leaseEnd sql.NullInt64
-	if err := w.st.nextDue.QueryRowContext(bg, subID, w.now).Scan(&due); err != nil {
-		return nil, 0, err
-	}
-	if err := w.st.nextLease.QueryRowContext(bg, subID).Scan(&leaseEnd); err != nil {
-		return nil, 0, err
-	}
-	next := int64(0)
-	if due.Valid {
-		next = due.Int64
-	}
-	if leaseEnd.Valid && (next == 0 || leaseEnd.Int64 < next) {
-		// A lease ends when lease_until < now; wake just after it.
-		next = leaseEnd.Int64 + 1
-	}
-	return nil, next, nil
-}
-
-// Lease statement kinds, indexes into stmts.leaseBuckets.
-const (
-	leaseKindExpired = iota
-	leaseKindReady
-	leaseKindOrdered
-)
-
-// maxLeaseLimit is the largest LIMIT a lease statement is prepared with;
-// larger requests are served by several statements.
-const maxLeaseLimit = 64
-
-// leaseStmt returns the statement of kind with LIMIT min(max,
-// maxLeaseLimit) written into its text, and that limit. The statement is
-// prepared on first use and kept.
-func (w *writer) leaseStmt(kind, max int) (*sql.Stmt, int, error) {
-	limit := min(max, maxLeaseLimit)
-	if st := w.st.leaseBuckets[kind][limit-1]; st != nil {
-		return st, limit, nil
-	}
-	q := [...]string{leaseExpiredSQL, leaseReadySQL, leaseOrderedSQL}[kind]
-	q = strings.Replace(q, "LIMIT ?4", "LIMIT "+strconv.Itoa(limit), 1)
-	st, err := w.conn.PrepareContext(context.Background(), q)
-	if err != nil {
-		return nil, 0, err
-	}
-	w.st.leaseBuckets[kind][limit-1] = st
-	return st, limit, nil
-}
-
-// leaseRows leases up to max rows, stopping early once a statement finds
-// fewer rows than its limit.
-func (w *writer) leaseRows(kind int, subID, until int64, max int, out []*transport.Delivery) ([]*transport.Delivery, error) {
-	for max > 0 {
-		st, limit, err := w.leaseStmt(kind, max)
-		if err != nil {
-			return nil, err
-		}
-		before := len(out)
-		if out, err = w.leaseOnce(st, subID, until, out); err != nil {
-			return nil, err
-		}
-		if len(out)-before < limit {
-			break
-		}
-		max -= limit
-	}
-	return out, nil
-}
-
-func (w *writer) leaseOnce(st *sql.Stmt, subID, until int64, out []*transport.Delivery) ([]*transport.Delivery, error) {
-	rows, err := st.QueryContext(context.Background(), until, w.now, subID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var seq, attempts, gen, first int64
-		var prio int
-		if err := rows.Scan(&seq, &attempts, &gen, &first, &prio); err != nil {
-			return nil, err
-		}
-		d := &transport.Delivery{
-			Attempt:        int(attempts),
-			FirstDelivered: fromNanos(first),
-			Token:          token{sub: subID, seq: seq, gen: gen},
-		}
-		d.Priority = prio
-		out = append(out, d)
-	}
-	return out, rows.Err()
-}
-
-func sortDeliveries(ds []*transport.Delivery) {
-	// Insertion sort: batches are small and this avoids sort's closure.
-	for i := 1; i < len(ds); i++ {
-		for j := i; j > 0 && deliveryLess(ds[j], ds[j-1]); j-- {
-			ds[j], ds[j-1] = ds[j-1], ds[j]
-		}
-	}
-}
-
-func deliveryLess(a, b *transport.Delivery) bool {
-	if a.Priority != b.Priority {
-		return a.Priority > b.Priority
-	}
-	return a.Token.(token).seq < b.Token.(token).seq
-}
-
-// nanoTime scans a unix-nanosecond column into a time.Time.
-type nanoTime time.Time
-
-func (t *nanoTime) Scan(v any) error {
-	switch x := v.(type) {
-	case int64:
-		*t = nanoTime(fromNanos(x))
-	case nil:
-		*t = nanoTime(time.Time{})
-	default:
-		return fmt.Errorf("unexpected time value %T", v)
-	}
-	return nil
-}
-
-func tokenOf(d *transport.Delivery) (token, error) {
-	if d == nil {
-		return token{}, errors.New("sqlite transport: settlement without a delivery")
-	}
-	t, ok := d.Token.(token)
-	if !ok {
-		return token{}, fmt.Errorf("sqlite transport: delivery token %T was not issued by this driver", d.Token)
-	}
-	return t, nil
-}
-
-func (w *writer) settle(ss []transport.Settlement) error {
-	bg := context.Background()
-	for i := range ss {
-		s := &ss[i]
-		t, err := tokenOf(s.Delivery)
-		if err != nil {
-			return err
-		}
-		runAt := after(w.now, s.Delay)
-		switch s.Outcome {
-		case transport.Complete:
-			_, err = w.st.complete.ExecContext(bg, w.now, t.sub, t.seq, t.gen)
-		case transport.Retry:
-			_, err = w.st.retry.ExecContext(bg, runAt, t.sub, t.seq, t.gen, s.Error, w.now)
-		case transport.Release:
-			_, err = w.st.release.ExecContext(bg, runAt, t.sub, t.seq, t.gen, w.now)
-		case transport.Dead:
-			_, err = w.st.dead.ExecContext(bg, w.now, t.sub, t.seq, t.gen, s.Error)
-		default:
-			return fmt.Errorf("sqlite transport: unknown settlement outcome %d", int(s.Outcome))
-		}
-		if err != nil {
-			return err
-		}
-		// Any settlement can make something deliverable: the row itself
-		// (retry, release) or the next row of its key (ordered).
-		w.touch(t.sub)
-	}
-	return nil
-}
-
-func (w *writer) extend(ds []*transport.Delivery, lease time.Duration) error {
-	bg := context.Background()
-	until := w.now + int64(lease)
-	for _, d := range ds {
-		t, err := tokenOf(d)
-		if err != nil {
-			return err
-		}
-		if _, err := w.st.extend.ExecContext(bg, until, t.sub, t.seq, t.gen); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// cachedEvent is an event published in the current transaction.
-type cachedEvent struct {
-	seq int64
-	msg *transport.Message
-}
-
-// eventCacheSize bounds the recent-events cache: enough for the events
-// waiting to be leased behind a few full receive batches.
-const eventCacheSize = 4096
-
-// eventCache maps seq to message for the most recent eventCacheSize
-// events, evicting the oldest.
-type eventCache struct {
-	m    map[int64]*transport.Message
-	ring [eventCacheSize]int64
-	next int
-}
-
-func (c *eventCache) put(seq int64, m *transport.Message) {
-	if c.m == nil {
-		c.m = make(map[int64]*transport.Message, eventCacheSize)
-	}
-	if old := c.ring[c.next]; old != 0 {
-		delete(c.m, old)
-	}
-	c.ring[c.next] = seq
-	c.next = (c.next + 1) % eventCacheSize
-	c.m[seq] = m
-}
-
-func (c *eventCache) get(seq int64) *transport.Message { return c.m[seq] }
-
-// after returns the time in unix ns that lies d after now, the latest
-// time there is when that is past the int64 range: a delay into the year
-// 2262 or beyond must not wrap around into the past and run at once.
-func after(now int64, d time.Duration) int64 {
-	if d <= 0 {
-		return now
-	}
-	if now > math.MaxInt64-int64(d) {
-		return math.MaxInt64
-	}
-	return now + int64(d)
-}
