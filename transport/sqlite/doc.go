@@ -262,14 +262,16 @@
 //
 // Several processes on one machine may open the same file: they share each
 // handler's work (competing consumers), and fan-out needs no bookkeeping:
-// every subscription of every process reads the one log. A process notices
-// another's writes by polling SQLite's data_version every 20ms, so
-// cross-process delivery adds up to that latency; within one process a
-// publish wakes receivers at once. Writers serialise on SQLite's file
-// lock: the write connection has busy_timeout 0 and retries BEGIN
-// IMMEDIATE itself with sleeps from 50µs up to 2ms (SQLite's own busy
-// handler sleeps up to 100ms at a time), so contention slows writes down
-// a little but does not fail them. A process killed in
+// every subscription of every process reads the one log. On Linux a commit
+// that makes something deliverable wakes the other processes at once,
+// through one Unix datagram socket per process in the directory
+// <file>.wake beside the database (see internal/xwake); everywhere, and as
+// the backstop for a lost wake-up, a process also polls SQLite's
+// data_version every 20ms. Within one process a publish wakes receivers at
+// once. Writers serialise on SQLite's file lock: the write connection has
+// busy_timeout 0 and retries BEGIN IMMEDIATE itself with sleeps from 50µs
+// up to 2ms (SQLite's own busy handler sleeps up to 100ms at a time), so
+// contention slows writes down a little but does not fail them. A process killed in
 // the middle of a handler leaves its rows leased; they are delivered again
 // when their leases run out. The file must be on a local file system: SQLite
 // locking is unreliable on network file systems.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ripplehq/ripple/internal/wake"
+	"github.com/ripplehq/ripple/internal/xwake"
 	"github.com/ripplehq/ripple/transport"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
@@ -125,6 +126,10 @@ type driver struct {
 
 	// wake wakes this process's receivers of a subscription.
 	wake wake.Set
+	// xw wakes the other processes on the file after a commit that made
+	// something deliverable, and this one after theirs (nil if joining
+	// failed: the poll alone notices their commits).
+	xw *xwake.Notifier
 
 	nmu sync.Mutex
 	// ephemeral counts this process's open receivers of each ephemeral
@@ -238,6 +243,9 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		return nil, fileErr(o.path, err)
 	}
 	d.openAppDB(o.synchronous)
+	if d.xw, err = xwake.Open(o.path); err != nil {
+		d.logger.Warn("sqlite transport: no cross-process wake-up; other processes' commits are noticed by polling", "path", o.path, "err", err)
+	}
 	d.bg.Add(3)
 	go func() { defer d.bg.Done(); d.w.loop() }()
 	go func() { defer d.bg.Done(); d.pollLoop() }()
@@ -308,6 +316,7 @@ func (d *driver) Close() error {
 	close(d.w.ops)
 	d.mu.Unlock()
 	d.bg.Wait()
+	_ = d.xw.Close()
 	err := d.w.close()
 	d.closeDBs()
 	return err
@@ -405,19 +414,23 @@ func (d *driver) pollLoop() {
 	if err := d.poll.QueryRowContext(ctx, "PRAGMA data_version").Scan(&last); err != nil {
 		last = -1
 	}
+	published := false
 	for {
 		nudged := false
 		select {
 		case <-d.closing:
 			return
 		case <-t.C:
+		case <-d.xw.C():
 		case <-d.nudge:
-			nudged = true
+			nudged, published = true, true
 		}
 		d.nmu.Lock()
 		any := d.wake.Len() > 0
 		d.nmu.Unlock()
-		if !any {
+		// A process that publishes in application transactions keeps
+		// last current, to tell when its commit lands and wake the others.
+		if !any && !published {
 			continue
 		}
 		var v int64
@@ -439,6 +452,9 @@ func (d *driver) pollLoop() {
 		}
 		if v != last {
 			d.wake.FireAll()
+			if nudged {
+				d.xw.Notify() // an application transaction's publish
+			}
 		}
 		last = v
 	}

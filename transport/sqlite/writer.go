@@ -638,6 +638,9 @@ func (w *writer) tryTx(ops []*op) error {
 	for id := range w.touched {
 		w.d.wake.Fire(id)
 	}
+	if len(w.touched) > 0 {
+		w.d.xw.Notify()
+	}
 	return nil
 }
 
