@@ -105,8 +105,8 @@ func TestSelect(t *testing.T) {
 	if _, _, err := Select("no-such-system", Env{}); err == nil || !strings.Contains(err.Error(), "ripple-memory") {
 		t.Fatalf("Select(no-such-system) error = %v, want one listing the known systems", err)
 	}
-	if k, _, err := Select("kafka", Env{}); err != nil || len(k) != 3 {
-		t.Fatalf("Select(kafka) = %d systems, %v; want ripple-kafka and the two raw producers", len(k), err)
+	if k, _, err := Select("kafka", Env{}); err != nil || len(k) != 4 || !slices.ContainsFunc(k, func(s System) bool { return s.Name == "watermill-kafka" }) {
+		t.Fatalf("Select(kafka) = %d systems, %v; want ripple-kafka, the two raw producers and watermill-kafka", len(k), err)
 	}
 	for _, n := range []string{"redis", "asynq", "ripple-memory,ripple-redis"} {
 		if _, _, err := Select(n, Env{}); err == nil || !strings.Contains(err.Error(), "-redis") {

@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
-	"log/slog"
 
 	"github.com/ripplehq/ripple"
 )
@@ -25,28 +22,13 @@ func SQLite2Bus() System {
 		Notes:    "sqlite transport, synchronous=FULL, publisher bus and handler bus opened separately on one file (two processes' deployment)",
 		Open: func(ctx context.Context, dir string, handlers int, h HandleFunc) (Instance, error) {
 			u := "sqlite://" + dir + "/ripple.db"
-			opt := ripple.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
-			worker, err := ripple.Open(ctx, u, opt)
+			worker, err := openCounting(ctx, u, handlers, h)
 			if err != nil {
-				return nil, err
-			}
-			fn := func(_ context.Context, e ripple.Event) error {
-				h(e.Data)
-				return nil
-			}
-			for i := range handlers {
-				if err := worker.On(EventType, fmt.Sprintf("bench-counter-%d", i+1), fn, ripple.Concurrency(HandlerConcurrency)); err != nil {
-					_ = worker.Close()
-					return nil, err
-				}
-			}
-			if err := worker.Start(ctx); err != nil {
-				_ = worker.Close()
 				return nil, err
 			}
 			// The publisher opens after the worker has subscribed, as a web
 			// process started beside a running worker would.
-			pub, err := ripple.Open(ctx, u, opt)
+			pub, err := ripple.Open(ctx, u, quietLogger())
 			if err != nil {
 				_ = worker.Close()
 				return nil, err
