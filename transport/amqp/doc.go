@@ -56,9 +56,10 @@
 //   - Each receiver consumes its handler's queue (basic.consume, manual
 //     acknowledgements) with a prefetch of the deliveries it holds plus the
 //     handler's free slots that Receive asks for (the largest such sum yet,
-//     so at most the handler's Concurrency; the consumer starts again when
-//     it grows), so the broker sends ahead only what free slots will
-//     take. What it sent ahead is handed
+//     so at most the handler's Concurrency plus the outcomes the core has
+//     queued and not yet recorded, whose deliveries are still
+//     unacknowledged; the consumer starts again when it grows), so the
+//     broker sends ahead only what free slots will take. What it sent ahead is handed
 //     out by the next Receive. Sent ahead but not handed out, a message has
 //     used no attempt, and is given back without one (a copy carrying the
 //     attempts it had is published to the handler's queue and confirmed,
@@ -71,7 +72,9 @@
 //     closing receiver of a quorum queue first lets its prefetch fill up
 //     (publishing transient filler messages, which whichever receiver gets
 //     them drops, when the queue holds too few events), so nothing is in
-//     flight to it when it cancels. A crash (kill -9, a lost connection)
+//     flight to it when it cancels; from its last count of what it holds
+//     to the cancel, no acknowledgement (an outcome recorded meanwhile)
+//     gives it credit back: those wait for the cancel. A crash (kill -9, a lost connection)
 //     returns what was sent ahead counted as an attempt: at most the
 //     handler's free slots at that moment (at most its Concurrency, or the
 //     core's receive batch if smaller) events per crashed process use one

@@ -164,6 +164,11 @@ type subscription struct {
 	closed   bool
 	done     chan struct{}
 	recvMu   sync.Mutex
+	// ackMu gates acknowledgements on the consume channel: those that
+	// give a consumer credit back take it shared; stopConsumer holds it
+	// from its last count of the consumer's credit to the basic.cancel,
+	// so that no credit is freed in between (see useUpCredit).
+	ackMu sync.RWMutex
 	// paused is the handler's pause flag as last read, at pausedAt.
 	paused   bool
 	pausedAt time.Time
@@ -249,8 +254,9 @@ func (s *subscription) channel(ctx context.Context, i int) (*amqp.Channel, error
 // Receive implements transport.Subscription. It consumes the handler's
 // queue (basic.consume with manual acks) with a prefetch of the leases it
 // holds plus max, the handler's free slots (the largest such sum yet, at
-// most the handler's Concurrency): the broker sends ahead only what free
-// slots will take.
+// most the handler's Concurrency plus the outcomes queued and not yet
+// settled, whose deliveries are still unacknowledged): the broker sends
+// ahead only what free slots will take.
 // What was sent ahead and is not handed out within aheadWait (its
 // process's slots are all busy) is given back (see giveBack), and so is
 // everything sent ahead when the consumer stops: a closing or paused
@@ -442,10 +448,15 @@ func (s *subscription) stopConsumer(ctx context.Context) {
 	c := s.cons
 	s.cons = nil
 	if c != nil {
-		if s.quorum() && !s.spec.Ephemeral {
-			s.useUpCredit(ctx, c)
+		gated := s.quorum() && !s.spec.Ephemeral
+		if gated {
+			s.useUpCredit(ctx, c) // returns with ackMu held
 		}
-		if !c.ch.IsClosed() && c.ch.Cancel(c.tag, false) == nil {
+		cancelled := !c.ch.IsClosed() && c.ch.Cancel(c.tag, false) == nil
+		if gated {
+			s.ackMu.Unlock()
+		}
+		if cancelled {
 			select {
 			case <-c.ended:
 			case <-time.After(5 * time.Second):
@@ -474,13 +485,22 @@ func (s *subscription) quorum() bool {
 // whichever receiver gets them) are published to it. It gives up after a
 // few seconds (other consumers keep taking the fillers), leaving the
 // small chance of an attempt counted in that case.
+//
+// The count is of the deliveries of this consumer only (its channel may
+// still hold deliveries of the consumers it replaced, which use none of
+// its credit), and it holds only while nothing is acknowledged: an ack
+// between the count and the basic.cancel would give the broker credit to
+// deliver once more. So useUpCredit returns with s.ackMu held, from its
+// last count on; the caller cancels the consumer, then unlocks it.
 func (s *subscription) useUpCredit(ctx context.Context, c *consumerState) {
 	deadline := time.Now().Add(5 * time.Second)
 	for !c.ch.IsClosed() && time.Now().Before(deadline) {
-		held := s.heldOn(c.ch)
+		s.ackMu.Lock()
+		held := s.heldBy(c)
 		if held >= s.prefetch {
 			return
 		}
+		s.ackMu.Unlock()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		// Events waiting in the queue use up the credit as well as
 		// fillers do: send only what they do not cover.
@@ -501,7 +521,7 @@ func (s *subscription) useUpCredit(ctx context.Context, c *consumerState) {
 		}
 		// Wait for them (or others' events) to arrive.
 		wait := time.NewTimer(100 * time.Millisecond)
-		for s.heldOn(c.ch) < s.prefetch {
+		for s.heldBy(c) < s.prefetch {
 			select {
 			case <-s.arrived:
 				continue
@@ -512,21 +532,22 @@ func (s *subscription) useUpCredit(ctx context.Context, c *consumerState) {
 		}
 		wait.Stop()
 	}
+	s.ackMu.Lock()
 }
 
-// heldOn counts the deliveries on ch this subscription holds
+// heldBy counts the deliveries of consumer c this subscription holds
 // unacknowledged: sent ahead, or leased.
-func (s *subscription) heldOn(ch *amqp.Channel) int {
+func (s *subscription) heldBy(c *consumerState) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
 	for _, a := range s.ahead {
-		if a.ch == ch {
+		if a.ch == c.ch && a.m.ConsumerTag == c.tag {
 			n++
 		}
 	}
 	for l := range s.inflight {
-		if l.ch == ch {
+		if l.ch == c.ch && l.raw.ConsumerTag == c.tag {
 			n++
 		}
 	}
@@ -552,13 +573,20 @@ func isFiller(m amqp.Delivery) bool {
 // Receive, or returned by the broker when their channel closes, counted.
 func (s *subscription) giveBack(ctx context.Context, left []ahead) {
 	var out []outgoing
-	var orig []ahead
+	var orig, fillers []ahead
+	defer func() {
+		s.ackMu.RLock()
+		defer s.ackMu.RUnlock()
+		for _, a := range fillers {
+			_ = a.ch.Ack(a.m.DeliveryTag, false)
+		}
+	}()
 	for _, a := range left {
 		if a.ch.IsClosed() {
 			continue
 		}
 		if isFiller(a.m) {
-			_ = a.ch.Ack(a.m.DeliveryTag, false)
+			fillers = append(fillers, a)
 			continue
 		}
 		h := copyTable(a.m.Headers)
@@ -582,6 +610,8 @@ func (s *subscription) giveBack(ctx context.Context, left []ahead) {
 		s.mu.Unlock()
 		return
 	}
+	s.ackMu.RLock()
+	defer s.ackMu.RUnlock()
 	for _, a := range orig {
 		_ = a.ch.Ack(a.m.DeliveryTag, false)
 	}
@@ -729,9 +759,11 @@ func (s *subscription) watchdog() {
 			}
 		}
 		s.mu.Unlock()
+		s.ackMu.RLock()
 		for _, l := range expired {
 			_ = l.ch.Nack(l.tag, false, true)
 		}
+		s.ackMu.RUnlock()
 		s.giveBackStale()
 	}
 }
@@ -811,17 +843,26 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 		o, err := s.route(ctx, l.raw, h, st.Delay)
 		if err != nil {
 			firstErr = err
+			s.ackMu.RLock()
 			_ = l.ch.Nack(l.tag, false, true)
+			s.ackMu.RUnlock()
 			continue
 		}
 		pubs = append(pubs, pending{l, o})
 	}
+	var sendErr error
 	if len(pubs) > 0 {
 		out := make([]outgoing, len(pubs))
 		for i, p := range pubs {
 			out[i] = p.o
 		}
-		if err := s.d.pub.send(ctx, out); err != nil {
+		sendErr = s.d.pub.send(ctx, out)
+	}
+	// Acknowledgements give the consumer credit back: none while a
+	// stopping consumer counts its credit (see useUpCredit).
+	s.ackMu.RLock()
+	if len(pubs) > 0 {
+		if err := sendErr; err != nil {
 			// Give the originals back: they are delivered again.
 			for _, p := range pubs {
 				_ = p.l.ch.Nack(p.l.tag, false, true)
@@ -840,6 +881,7 @@ func (s *subscription) Settle(ctx context.Context, ss []transport.Settlement) er
 			firstErr = fmt.Errorf("amqp: ack: %w", err)
 		}
 	}
+	s.ackMu.RUnlock()
 	s.d.recordHistory(ctx, s.d.completedName(s.spec.Name), completed)
 	s.d.recordHistory(ctx, s.d.failedName(s.spec.Name), failed)
 	return firstErr
