@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -192,7 +190,14 @@ func WatermillNATS(url string) System {
 		Notes:    "watermill-nats v2 jetstream, one awaited publish per message; 10 subscribers per durable consumer, ack after counting",
 		Open: func(ctx context.Context, _ string, handlers int, h HandleFunc) (Instance, error) {
 			topic := newNamespace() + "-wm"
-			w := &watermillNATSInstance{url: url, topic: topic}
+			w := &watermillPeer{topic: topic, cleanup: func() error {
+				return deleteNATS(url, func(js jetstream.JetStream, ctx context.Context) error {
+					if err := js.DeleteStream(ctx, topic); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+						return err
+					}
+					return nil
+				})
+			}}
 			// The stream watermill-nats's default configurator describes
 			// (name and subject = topic, file storage); its grouped
 			// consumers expect it to exist.
@@ -203,10 +208,11 @@ func WatermillNATS(url string) System {
 			if err != nil {
 				return nil, err
 			}
-			w.pub, err = wmjs.NewPublisher(wmjs.PublisherConfig{URL: url, Logger: watermill.NopLogger{}})
+			pub, err := wmjs.NewPublisher(wmjs.PublisherConfig{URL: url, Logger: watermill.NopLogger{}})
 			if err != nil {
 				return nil, err
 			}
+			w.pub = pub
 			for i := range handlers {
 				for range HandlerConcurrency {
 					sub, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
@@ -217,45 +223,12 @@ func WatermillNATS(url string) System {
 					if err != nil {
 						return nil, errors.Join(err, w.Close())
 					}
-					w.subs = append(w.subs, sub)
-					msgs, err := sub.Subscribe(context.Background(), topic)
-					if err != nil {
+					if err := w.read(sub, 1, h); err != nil {
 						return nil, errors.Join(err, w.Close())
 					}
-					countAndAck(&w.wg, msgs, h)
 				}
 			}
 			return w, nil
 		},
 	}
-}
-
-type watermillNATSInstance struct {
-	url   string
-	topic string
-	pub   *wmjs.Publisher
-	subs  []*wmjs.Subscriber
-	wg    sync.WaitGroup
-}
-
-func (w *watermillNATSInstance) Publish(_ context.Context, payload []byte) error {
-	return w.pub.Publish(w.topic, message.NewMessage(watermill.NewUUID(), payload))
-}
-
-func (w *watermillNATSInstance) Close() error {
-	var errs []error
-	for _, s := range w.subs {
-		errs = append(errs, s.Close())
-	}
-	w.wg.Wait()
-	if w.pub != nil {
-		errs = append(errs, w.pub.Close())
-	}
-	errs = append(errs, deleteNATS(w.url, func(js jetstream.JetStream, ctx context.Context) error {
-		if err := js.DeleteStream(ctx, w.topic); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return err
-		}
-		return nil
-	}))
-	return errors.Join(errs...)
 }

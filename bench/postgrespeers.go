@@ -11,7 +11,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
@@ -129,7 +128,11 @@ func WatermillSQLPostgres(url string) System {
 				return nil, err
 			}
 			schema := newSchema()
-			w := &watermillSQLInstance{pool: pool, url: url, schema: schema, topic: EventType}
+			w := &watermillPeer{topic: EventType, cleanup: func() error {
+				pool.Close()
+				dropSchema(url, schema)
+				return nil
+			}}
 			if _, err := pool.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 				_ = w.Close()
 				return nil, err
@@ -142,11 +145,12 @@ func WatermillSQLPostgres(url string) System {
 			sa := wsql.DefaultPostgreSQLSchema{GenerateMessagesTableName: table("watermill_")}
 			oa := wsql.DefaultPostgreSQLOffsetsAdapter{GenerateMessagesOffsetsTableName: table("watermill_offsets_")}
 			db := wsql.BeginnerFromPgx(pool)
-			w.pub, err = wsql.NewPublisher(db, wsql.PublisherConfig{SchemaAdapter: sa, AutoInitializeSchema: true}, watermill.NopLogger{})
+			pub, err := wsql.NewPublisher(db, wsql.PublisherConfig{SchemaAdapter: sa, AutoInitializeSchema: true}, watermill.NopLogger{})
 			if err != nil {
 				_ = w.Close()
 				return nil, err
 			}
+			w.pub = pub
 			for i := range handlers {
 				sub, err := wsql.NewSubscriber(db, wsql.SubscriberConfig{
 					ConsumerGroup:    fmt.Sprintf("bench-counter-%d", i+1),
@@ -159,46 +163,14 @@ func WatermillSQLPostgres(url string) System {
 					_ = w.Close()
 					return nil, err
 				}
-				w.subs = append(w.subs, sub)
-				msgs, err := sub.Subscribe(context.Background(), w.topic)
-				if err != nil {
+				if err := w.read(sub, HandlerConcurrency, h); err != nil {
 					_ = w.Close()
 					return nil, err
-				}
-				for range HandlerConcurrency {
-					countAndAck(&w.wg, msgs, h)
 				}
 			}
 			return w, nil
 		},
 	}
-}
-
-type watermillSQLInstance struct {
-	pool        *pgxpool.Pool
-	pub         *wsql.Publisher
-	subs        []*wsql.Subscriber
-	wg          sync.WaitGroup
-	url, schema string
-	topic       string
-}
-
-func (w *watermillSQLInstance) Publish(_ context.Context, payload []byte) error {
-	return w.pub.Publish(w.topic, message.NewMessage(watermill.NewUUID(), payload))
-}
-
-func (w *watermillSQLInstance) Close() error {
-	var errs []error
-	if w.pub != nil {
-		errs = append(errs, w.pub.Close())
-	}
-	for _, s := range w.subs {
-		errs = append(errs, s.Close())
-	}
-	w.wg.Wait()
-	w.pool.Close()
-	dropSchema(w.url, w.schema)
-	return errors.Join(errs...)
 }
 
 // copyBatch is how many rows one transaction of the batched ceiling writes.

@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -66,4 +68,55 @@ func countAndAck(wg *sync.WaitGroup, msgs <-chan *message.Message, h func([]byte
 			m.Ack()
 		}
 	}()
+}
+
+// watermillPeer is a Watermill publisher and the subscribers reading its
+// topic, as the broker-backed Watermill systems run them.
+type watermillPeer struct {
+	topic string
+	pub   message.Publisher // nil until made
+	subs  []message.Subscriber
+	wg    sync.WaitGroup
+	// cleanup removes what the run left on the server; nil: nothing.
+	cleanup func() error
+}
+
+// read subscribes sub to the topic and counts its messages with h in
+// readers goroutines, each acking after counting.
+func (w *watermillPeer) read(sub message.Subscriber, readers int, h HandleFunc) error {
+	if !slices.Contains(w.subs, sub) {
+		w.subs = append(w.subs, sub)
+	}
+	msgs, err := sub.Subscribe(context.Background(), w.topic)
+	if err != nil {
+		return err
+	}
+	for range readers {
+		countAndAck(&w.wg, msgs, h)
+	}
+	return nil
+}
+
+// Publish publishes payload as a new message, carrying ctx.
+func (w *watermillPeer) Publish(ctx context.Context, payload []byte) error {
+	m := message.NewMessage(watermill.NewUUID(), payload)
+	m.SetContext(ctx)
+	return w.pub.Publish(w.topic, m)
+}
+
+// Close stops the subscribers, waits for their readers, closes the
+// publisher and cleans up.
+func (w *watermillPeer) Close() error {
+	var errs []error
+	for _, s := range w.subs {
+		errs = append(errs, s.Close())
+	}
+	w.wg.Wait()
+	if w.pub != nil {
+		errs = append(errs, w.pub.Close())
+	}
+	if w.cleanup != nil {
+		errs = append(errs, w.cleanup())
+	}
+	return errors.Join(errs...)
 }

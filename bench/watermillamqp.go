@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wmamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
-	"github.com/ThreeDotsLabs/watermill/message"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -48,9 +46,8 @@ func WatermillAMQP(url string) System {
 			cfg.Publish.ConfirmDelivery = true
 			cfg.Publish.ChannelPoolSize = 16
 			cfg.Consume.Qos.PrefetchCount = HandlerConcurrency
-			w := &watermillAMQPInstance{url: url, topic: topic}
-			var err error
-			w.sub, err = wmamqp.NewSubscriber(cfg, watermill.NopLogger{})
+			w := &watermillPeer{topic: topic, cleanup: func() error { return deleteAMQPQueue(url, topic) }}
+			sub, err := wmamqp.NewSubscriber(cfg, watermill.NopLogger{})
 			if err != nil {
 				return nil, err
 			}
@@ -58,54 +55,31 @@ func WatermillAMQP(url string) System {
 			// first publish (the default exchange drops what no queue
 			// takes).
 			for range HandlerConcurrency {
-				msgs, err := w.sub.Subscribe(context.Background(), topic)
-				if err != nil {
+				if err := w.read(sub, 1, h); err != nil {
 					return nil, errors.Join(err, w.Close())
 				}
-				countAndAck(&w.wg, msgs, h)
 			}
-			w.pub, err = wmamqp.NewPublisher(cfg, watermill.NopLogger{})
+			pub, err := wmamqp.NewPublisher(cfg, watermill.NopLogger{})
 			if err != nil {
 				return nil, errors.Join(err, w.Close())
 			}
+			w.pub = pub
 			return w, nil
 		},
 	}
 }
 
-type watermillAMQPInstance struct {
-	url   string
-	topic string
-	pub   *wmamqp.Publisher
-	sub   *wmamqp.Subscriber
-	wg    sync.WaitGroup
-}
-
-func (w *watermillAMQPInstance) Publish(ctx context.Context, payload []byte) error {
-	m := message.NewMessage(watermill.NewUUID(), payload)
-	m.SetContext(ctx)
-	return w.pub.Publish(w.topic, m)
-}
-
-// Close stops the subscriptions and the publisher and deletes the queue.
-func (w *watermillAMQPInstance) Close() error {
-	var errs []error
-	if w.sub != nil {
-		errs = append(errs, w.sub.Close())
-	}
-	w.wg.Wait()
-	if w.pub != nil {
-		errs = append(errs, w.pub.Close())
-	}
-	c, err := amqp.Dial(w.url)
+// deleteAMQPQueue deletes the queue a run left on the broker at url.
+func deleteAMQPQueue(url, queue string) error {
+	c, err := amqp.Dial(url)
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return err
 	}
 	defer c.Close()
 	ch, err := c.Channel()
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return err
 	}
-	_, err = ch.QueueDelete(w.topic, false, false, false)
-	return errors.Join(append(errs, err)...)
+	_, err = ch.QueueDelete(queue, false, false, false)
+	return err
 }

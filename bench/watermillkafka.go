@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -53,17 +51,18 @@ func WatermillKafka() System {
 			if err != nil {
 				return nil, err
 			}
-			w := &watermillKafkaInstance{topic: topic}
+			w := &watermillPeer{topic: topic}
 			pcfg := wmkafka.DefaultSaramaSyncPublisherConfig()
 			pcfg.Producer.RequiredAcks = sarama.WaitForAll
 			pcfg.Producer.Idempotent = true
 			pcfg.Net.MaxOpenRequests = 1
-			w.pub, err = wmkafka.NewPublisher(wmkafka.PublisherConfig{
+			pub, err := wmkafka.NewPublisher(wmkafka.PublisherConfig{
 				Brokers: brokers, Marshaler: wmkafka.DefaultMarshaler{}, OverwriteSaramaConfig: pcfg,
 			}, wmKafkaLog)
 			if err != nil {
 				return nil, err
 			}
+			w.pub = pub
 			for i := range handlers {
 				scfg := wmkafka.DefaultSaramaSubscriberConfig()
 				scfg.Consumer.Offsets.Initial = sarama.OffsetOldest
@@ -74,12 +73,9 @@ func WatermillKafka() System {
 				if err != nil {
 					return nil, errors.Join(err, w.Close())
 				}
-				w.subs = append(w.subs, sub)
-				msgs, err := sub.Subscribe(context.Background(), topic)
-				if err != nil {
+				if err := w.read(sub, 1, h); err != nil {
 					return nil, errors.Join(err, w.Close())
 				}
-				countAndAck(&w.wg, msgs, h)
 			}
 			return w, nil
 		},
@@ -88,28 +84,3 @@ func WatermillKafka() System {
 
 // wmKafkaLog is the logger of the watermill-kafka clients.
 var wmKafkaLog watermill.LoggerAdapter = watermill.NopLogger{}
-
-type watermillKafkaInstance struct {
-	topic string
-	pub   *wmkafka.Publisher
-	subs  []*wmkafka.Subscriber
-	wg    sync.WaitGroup
-}
-
-func (w *watermillKafkaInstance) Publish(ctx context.Context, payload []byte) error {
-	m := message.NewMessage(watermill.NewUUID(), payload)
-	m.SetContext(ctx)
-	return w.pub.Publish(w.topic, m)
-}
-
-func (w *watermillKafkaInstance) Close() error {
-	var errs []error
-	for _, s := range w.subs {
-		errs = append(errs, s.Close())
-	}
-	w.wg.Wait()
-	if w.pub != nil {
-		errs = append(errs, w.pub.Close())
-	}
-	return errors.Join(errs...)
-}

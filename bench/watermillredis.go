@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
-	"github.com/ThreeDotsLabs/watermill/message"
 )
 
 // WatermillRedis is Watermill's Redis Streams Pub/Sub. The publisher sends
@@ -28,16 +26,17 @@ func WatermillRedis(url string) System {
 		Notes:    "Watermill redisstream, one awaited XADD per publish; 10 consumers per consumer group, ack after counting",
 		Open: func(ctx context.Context, _ string, handlers int, h HandleFunc) (Instance, error) {
 			topic := newNamespace() + ":wm"
-			w := &watermillRedisInstance{url: url, topic: topic}
+			w := &watermillPeer{topic: topic, cleanup: func() error { return deleteRedisKey(url, topic) }}
 			pc, err := newRedisClient(ctx, url, 0)
 			if err != nil {
 				return nil, err
 			}
-			w.pub, err = redisstream.NewPublisher(redisstream.PublisherConfig{Client: pc}, watermill.NopLogger{})
+			pub, err := redisstream.NewPublisher(redisstream.PublisherConfig{Client: pc}, watermill.NopLogger{})
 			if err != nil {
 				_ = pc.Close()
 				return nil, err
 			}
+			w.pub = pub
 			for i := range handlers {
 				for j := range HandlerConcurrency {
 					// Subscriber.Close closes its client, so each has its own.
@@ -55,12 +54,9 @@ func WatermillRedis(url string) System {
 						_ = sc.Close()
 						return nil, errors.Join(err, w.Close())
 					}
-					w.subs = append(w.subs, sub)
-					msgs, err := sub.Subscribe(context.Background(), topic)
-					if err != nil {
+					if err := w.read(sub, 1, h); err != nil {
 						return nil, errors.Join(err, w.Close())
 					}
-					countAndAck(&w.wg, msgs, h)
 				}
 			}
 			return w, nil
@@ -68,33 +64,13 @@ func WatermillRedis(url string) System {
 	}
 }
 
-type watermillRedisInstance struct {
-	url   string
-	topic string
-	pub   *redisstream.Publisher
-	subs  []*redisstream.Subscriber
-	wg    sync.WaitGroup
-}
-
-func (w *watermillRedisInstance) Publish(_ context.Context, payload []byte) error {
-	return w.pub.Publish(w.topic, message.NewMessage(watermill.NewUUID(), payload))
-}
-
-func (w *watermillRedisInstance) Close() error {
-	var errs []error
-	for _, s := range w.subs {
-		errs = append(errs, s.Close())
-	}
-	w.wg.Wait()
-	if w.pub != nil {
-		errs = append(errs, w.pub.Close())
-	}
+// deleteRedisKey deletes the key a run left on the Redis server at url.
+func deleteRedisKey(url, key string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := newRedisClient(ctx, w.url, 0)
+	c, err := newRedisClient(ctx, url, 0)
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return err
 	}
-	errs = append(errs, c.Del(ctx, w.topic).Err(), c.Close())
-	return errors.Join(errs...)
+	return errors.Join(c.Del(ctx, key).Err(), c.Close())
 }
