@@ -473,17 +473,18 @@ func (b *Bus) checkPublishCaps(pc *publishConfig, delay time.Duration) error {
 	case delay > 0 && !b.caps.Delay:
 		return &NotSupportedError{Transport: name, Option: "WithDelay/WithDeliverAt"}
 	case pc.id != "" && !b.caps.Dedup:
-		return &NotSupportedError{Transport: name, Option: "WithID (publish deduplication)", Hint: sideStoreHint(name, "use Idempotent() on handlers to absorb duplicates")}
+		return &NotSupportedError{Transport: name, Option: "WithID (publish deduplication)", Hint: b.advice("WithID", "use Idempotent() on handlers to absorb duplicates")}
 	}
 	return nil
 }
 
-// sideStoreHint is the hint for a semantic a broker transport gives only
-// with a side store (package transport/sidestore), else otherwise.
-func sideStoreHint(transport, otherwise string) string {
-	switch transport {
-	case "kafka", "amqp":
-		return "name a store in the bus URL (store=, a percent-encoded sqlite://, redis:// or postgres:// URL) that keeps publish deduplication and idempotency claims for the broker"
+// advice is the driver's advice on getting option (see
+// transport.Advisor), else otherwise.
+func (b *Bus) advice(option, otherwise string) string {
+	if a, ok := b.driver.(transport.Advisor); ok {
+		if s := a.Advice(option); s != "" {
+			return s
+		}
 	}
 	return otherwise
 }
@@ -540,7 +541,7 @@ func (b *Bus) On(pattern, name string, fn HandlerFunc, opts ...HandlerOption) er
 	}
 	if cfg.idempotent {
 		if _, ok := b.driver.(transport.Claimer); !ok {
-			return &NotSupportedError{Transport: b.driver.Name(), Option: "Idempotent", Hint: sideStoreHint(b.driver.Name(), "")}
+			return &NotSupportedError{Transport: b.driver.Name(), Option: "Idempotent", Hint: b.advice("Idempotent", "")}
 		}
 	}
 	if cfg.ephemeral && !b.caps.Ephemeral {

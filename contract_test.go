@@ -438,10 +438,11 @@ func TestUnsubscribeEphemeral(t *testing.T) {
 	}
 }
 
-// A broker transport that deduplicates only with a side store says how
-// to name one when WithID or Idempotent() is refused.
+// A driver's advice (transport.Advisor), such as a broker transport's
+// "name a side store", is part of the core's refusal of WithID and
+// Idempotent().
 func TestRefusalsOnBrokersNameTheSideStore(t *testing.T) {
-	bus, err := ripple.New(namedBare{bareDriver{memory.New(transport.Retention{})}, "kafka"})
+	bus, err := ripple.New(advisingBare{bareDriver{memory.New(transport.Retention{})}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,14 +451,18 @@ func TestRefusalsOnBrokersNameTheSideStore(t *testing.T) {
 	onErr := bus.On("a.b", "h", func(context.Context, ripple.Event) error { return nil }, ripple.Idempotent())
 	for what, err := range map[string]error{"WithID": pubErr, "Idempotent": onErr} {
 		if !errors.Is(err, ripple.ErrNotSupported) || !strings.Contains(err.Error(), "store=") {
-			t.Errorf("%s on kafka without a store: %v, want ErrNotSupported naming store=", what, err)
+			t.Errorf("%s on a driver advising a store: %v, want ErrNotSupported with the driver's advice naming store=", what, err)
 		}
 	}
 }
 
-type namedBare struct {
-	bareDriver
-	name string
-}
+// advisingBare is a bare driver that, as a broker transport without a side
+// store does, advises naming one.
+type advisingBare struct{ bareDriver }
 
-func (n namedBare) Name() string { return n.name }
+func (advisingBare) Advice(option string) string {
+	if option == "WithID" || option == "Idempotent" {
+		return "name a store in the URL (store=…)"
+	}
+	return ""
+}

@@ -371,6 +371,15 @@ type Pauser interface {
 	Resume(ctx context.Context, handler string) error
 }
 
+// Advisor is implemented by drivers that can say how to get a semantic
+// they do not give as opened, such as a broker transport that deduplicates
+// only with a side store named in its URL. The core adds the advice to its
+// refusal. option is the core's option name ("WithID", "Idempotent"); an
+// empty answer means no advice.
+type Advisor interface {
+	Advice(option string) string
+}
+
 // TxPublisher is implemented by drivers that can publish inside a
 // transaction of the application's own database (PublishTx): the messages
 // are stored if and only if tx commits. tx is the caller's transaction

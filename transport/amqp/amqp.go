@@ -163,6 +163,10 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 // Name implements transport.Driver.
 func (d *Driver) Name() string { return "amqp" }
 
+// Advice implements transport.Advisor: publish deduplication and
+// idempotency claims need a side store (store=).
+func (d *Driver) Advice(option string) string { return sidestore.Advice(option) }
+
 // Capabilities implements transport.Driver.
 func (d *Driver) Capabilities() transport.Capabilities {
 	c := transport.Capabilities{Durable: true, Delay: true, Ephemeral: true}

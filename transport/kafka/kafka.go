@@ -506,6 +506,10 @@ func (d *Driver) ping(ctx context.Context) error {
 // Name returns "kafka".
 func (d *Driver) Name() string { return "kafka" }
 
+// Advice implements transport.Advisor: publish deduplication and
+// idempotency claims need a side store (store=).
+func (d *Driver) Advice(option string) string { return sidestore.Advice(option) }
+
 // Capabilities declares what the Kafka transport gives: durable publish,
 // delays, per-key order, starting from retained history and ephemeral
 // subscriptions; no priority, no publish deduplication and no idempotency

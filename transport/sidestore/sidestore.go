@@ -102,6 +102,17 @@ func Redact(rawURL string) string {
 	return u.Redacted()
 }
 
+// Advice is what a broker transport opened without a store advises when
+// the core refuses option (see transport.Advisor): publish deduplication
+// and idempotency claims need a store. Other options get none.
+func Advice(option string) string {
+	switch option {
+	case "WithID", "Idempotent":
+		return "name a store in the URL (store=, a percent-encoded sqlite://, redis:// or postgres:// URL) that keeps publish deduplication and idempotency claims for the broker"
+	}
+	return ""
+}
+
 // Name is the store's transport name ("sqlite").
 func (s *Store) Name() string { return s.driver.Name() }
 
