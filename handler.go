@@ -45,6 +45,7 @@ type runner struct {
 	values     context.Context
 	slots      chan struct{}
 	work       chan *transport.Delivery // to idle workers
+	workers    atomic.Int64             // worker goroutines alive
 	recvCtx    context.Context
 	recvCancel context.CancelFunc
 	// pollCtx, under pollMu, is the ctx of the Receive call under way:
@@ -387,13 +388,32 @@ func (r *runner) releaseLate(ds []*transport.Delivery) {
 // worker runs deliveries one after another, starting with d, and waits
 // for the next until the receive loop stops. Reusing goroutines spares each
 // delivery a goroutine start and the stack growth of the handler path.
-// The loop starts a worker only when none is waiting, so there are about
-// Concurrency of them (a worker that has freed its slot but not yet come
-// back for more can be passed over), plus any running an abandoned
-// handler; they end once the receive loop has stopped.
+// The loop starts a worker only when none is waiting. A worker that has
+// freed its slot but not yet come back for more can be passed over, so a
+// worker that finds more than Concurrency alive when it comes back ends:
+// there are at most Concurrency idle, plus any running an abandoned
+// handler. They end once the receive loop has stopped.
 func (r *runner) worker(d *transport.Delivery) {
+	r.workers.Add(1)
 	for ok := true; ok; d, ok = <-r.work {
 		r.handle(d)
+		if r.surplusWorker() {
+			return
+		}
+	}
+	r.workers.Add(-1)
+}
+
+// surplusWorker reports, and counts out, a worker beyond Concurrency.
+func (r *runner) surplusWorker() bool {
+	for {
+		n := r.workers.Load()
+		if n <= int64(r.cfg.concurrency) {
+			return false
+		}
+		if r.workers.CompareAndSwap(n, n-1) {
+			return true
+		}
 	}
 }
 
