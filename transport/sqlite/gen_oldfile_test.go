@@ -12,7 +12,9 @@ import (
 
 // TestGenerateSchema3 wrote testdata/schema3.db with the schema-3 code (run
 // with RIPPLE_GEN_SCHEMA3=1 on that code; it is skipped otherwise and is
-// kept to document what the file holds). Handlers and events:
+// kept to document what the file holds), and TestGenerateSchema4 wrote
+// testdata/schema4.db the same way with the schema-4 code
+// (RIPPLE_GEN_SCHEMA4=1). Handlers and events:
 //
 //	w  unordered on gen.>, lease 1h:
 //	   a-1 completed, a-2 dead ("boom"), a-3 retry-scheduled (in 2100)
@@ -27,8 +29,20 @@ func TestGenerateSchema3(t *testing.T) {
 	if os.Getenv("RIPPLE_GEN_SCHEMA3") != "1" {
 		t.Skip("set RIPPLE_GEN_SCHEMA3=1 on the schema-3 code to regenerate testdata/schema3.db")
 	}
+	generateOldFile(t, "schema3.db")
+}
+
+func TestGenerateSchema4(t *testing.T) {
+	if os.Getenv("RIPPLE_GEN_SCHEMA4") != "1" {
+		t.Skip("set RIPPLE_GEN_SCHEMA4=1 on the schema-4 code to regenerate testdata/schema4.db")
+	}
+	generateOldFile(t, "schema4.db")
+}
+
+// generateOldFile writes testdata/name with the states listed above.
+func generateOldFile(t *testing.T, name string) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "schema3.db")
+	path := filepath.Join(t.TempDir(), name)
 	d := open(t, path, transport.Config{})
 	w := subscribe(t, d, transport.SubscriptionSpec{Name: "w", Pattern: "gen.>", Lease: time.Hour})
 	o := subscribe(t, d, transport.SubscriptionSpec{Name: "o", Pattern: "gen.o.*", Ordered: true, Lease: time.Hour})
@@ -108,7 +122,7 @@ func TestGenerateSchema3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile("testdata/schema3.db", b, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join("testdata", name), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
