@@ -29,8 +29,10 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 0 AND run_at <= ?1),
 		(SELECT min(run_at) FROM deliveries WHERE sub_id = s.id AND state = 0 AND run_at <= ?1),
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 0 AND delayed = 1 AND run_at > ?1),
-		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 1),
-		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 2),
+		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 1) +
+			(SELECT coalesce(sum(open_n), 0) FROM windows WHERE sub_id = s.id AND open_n > 0),
+		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 2) +
+			(SELECT coalesce(sum(completed), 0) FROM windows WHERE sub_id = s.id),
 		(SELECT count(*) FROM deliveries WHERE sub_id = s.id AND state = 3),
 		(SELECT coalesce(sum(failures), 0) FROM deliveries WHERE sub_id = s.id),
 		s.paused
@@ -317,8 +319,14 @@ func (w *writer) backfill(s subInfo, since time.Time) (int, error) {
 		// entries after it are still waiting to be taken, and are
 		// delivered anyway. (An ordered one has rows for them.)
 		head := int64(math.MaxInt64)
+		var leased map[int64]bool
 		if !s.ordered {
 			if err := w.conn.QueryRowContext(bg, `SELECT head FROM subscriptions WHERE id = ?`, s.id).Scan(&head); err != nil {
+				return err
+			}
+			// Events leased in a window have no row: leave them to
+			// their lease, as a leased row is left.
+			if leased, err = w.openWindowSeqs(s.id); err != nil {
 				return err
 			}
 		}
@@ -343,7 +351,7 @@ func (w *writer) backfill(s subInfo, since time.Time) (int, error) {
 				}
 				n++
 				cursor = e.seq
-				if inRange && transport.Match(s.pattern, typ) {
+				if inRange && !leased[e.seq] && transport.Match(s.pattern, typ) {
 					evs = append(evs, e)
 				}
 			}

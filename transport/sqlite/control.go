@@ -130,6 +130,7 @@ func (w *writer) dropSub(id int64, handler string) error {
 		arg any
 	}{
 		{`DELETE FROM deliveries WHERE sub_id = ?`, id},
+		{`DELETE FROM windows WHERE sub_id = ?`, id},
 		{`DELETE FROM subscriptions WHERE id = ?`, id},
 		{`DELETE FROM claims WHERE handler = ?`, handler},
 		{`DELETE FROM rate_starts WHERE handler = ?`, handler},

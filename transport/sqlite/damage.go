@@ -68,6 +68,22 @@ func (d *driver) deadUnreadable(ctx context.Context, ue *unreadableError) error 
 	if err == nil || !isCorrupt(err) {
 		return nil // readable after all, or gone: lease again
 	}
+	if ue.tok.win != 0 {
+		// Taken from the log: the lease that wrote its window was rolled
+		// back, so the event is still after the head. It gets a dead row,
+		// and this process's scans jump over it.
+		err := d.exec(ctx, func(w *writer) error {
+			_, err := w.conn.ExecContext(context.Background(), `INSERT OR IGNORE INTO deliveries (sub_id, event_seq, state, run_at, priority, key,
+				attempts, failures, first_attempt, done_at, last_error) VALUES (?1, ?2, 3, ?3, 0, '', 1, 1, ?3, ?3, ?4)`,
+				ue.tok.sub, ue.tok.seq, w.now, ue.Error())
+			w.touch(ue.tok.sub)
+			return err
+		}, soft)
+		if err == nil {
+			d.addLogSkip(ue.tok.sub, ue.tok.seq, ue.tok.seq)
+		}
+		return err
+	}
 	return d.exec(ctx, func(w *writer) error {
 		_, err := w.conn.ExecContext(context.Background(), `UPDATE deliveries SET state = 3, done_at = ?1, lease_until = 0,
 			attempts = attempts + 1, failures = failures + 1, last_error = ?2,
@@ -76,6 +92,17 @@ func (d *driver) deadUnreadable(ctx context.Context, ue *unreadableError) error 
 		w.touch(ue.tok.sub)
 		return err
 	}, soft)
+}
+
+// addLogSkip makes this process's log scans of the subscription jump over
+// the entries from first to last, which cannot be read.
+func (d *driver) addLogSkip(sub, first, last int64) {
+	d.dmu.Lock()
+	defer d.dmu.Unlock()
+	if d.logSkips == nil {
+		d.logSkips = map[int64][][2]int64{}
+	}
+	d.logSkips[sub] = append(d.logSkips[sub], [2]int64{first, last})
 }
 
 // unreadableLogError is returned by a lease whose scan of the log met a
@@ -152,12 +179,7 @@ func (d *driver) skipUnreadableLog(ctx context.Context, ue *unreadableLogError) 
 		return err
 	}
 	// The log scans of this subscription jump over the range from now on.
-	d.dmu.Lock()
-	if d.logSkips == nil {
-		d.logSkips = map[int64][][2]int64{}
-	}
-	d.logSkips[ue.sub] = append(d.logSkips[ue.sub], [2]int64{ue.after + 1, head})
-	d.dmu.Unlock()
+	d.addLogSkip(ue.sub, ue.after+1, head)
 	return nil
 }
 

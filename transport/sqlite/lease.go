@@ -51,14 +51,19 @@ const (
 	// (the ready lease walks the same rows).
 	rowsStateSQL = `SELECT (SELECT min(lease_until) FROM deliveries WHERE sub_id = ?1 AND state = 1),
 		EXISTS (SELECT 1 FROM deliveries WHERE sub_id = ?1 AND state = 0 AND held = 0 AND run_at <= ?2),
-		(SELECT min(run_at) FROM deliveries WHERE sub_id = ?1 AND state = 0 AND delayed = 1 AND run_at > ?2)`
+		(SELECT min(run_at) FROM deliveries WHERE sub_id = ?1 AND state = 0 AND delayed = 1 AND run_at > ?2),
+		(SELECT min(lease_until) FROM windows WHERE sub_id = ?1 AND open_n > 0)`
 )
 
-// token identifies one lease of one delivery row. gen changes at every
-// lease, so a settlement from a lease that expired and was taken over
-// matches no row and is ignored.
+// token identifies one lease of one delivery: of a deliveries row, or of
+// an event in a lease window (win, the window's first seq, is not 0; bit
+// is the event's place in it). A row's gen changes at every lease, so a
+// settlement from a lease that expired and was taken over matches no row
+// and is ignored; a window's event has its settled bit for that.
 type token struct {
 	sub, seq, gen int64
+	win           int64
+	bit           uint8
 }
 
 // lease leases up to max rows of the subscription and returns them with the
@@ -71,13 +76,26 @@ func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease tim
 	// One read tells which of the lease statements can find anything:
 	// each is an UPDATE whose set-up costs more than this look, and in a
 	// steady flow most leases take only from the log.
-	var leaseEnd, due sql.NullInt64
+	var leaseEnd, due, winEnd sql.NullInt64
 	var readyNow bool
-	if err := w.st.rowsState.QueryRowContext(bg, subID, w.now).Scan(&leaseEnd, &readyNow, &due); err != nil {
+	if err := w.st.rowsState.QueryRowContext(bg, subID, w.now).Scan(&leaseEnd, &readyNow, &due, &winEnd); err != nil {
 		return nil, 0, err
 	}
 	var out []*transport.Delivery
 	var err error
+	if winEnd.Valid && winEnd.Int64 < w.now {
+		// A window's lease ran out: its open events come back as ready
+		// rows, leased below like any others.
+		wrote, err := w.expireWindows(subID)
+		if err != nil {
+			return nil, 0, err
+		}
+		readyNow = readyNow || wrote
+		winEnd = sql.NullInt64{}
+	}
+	if winEnd.Valid && (!leaseEnd.Valid || winEnd.Int64 < leaseEnd.Int64) {
+		leaseEnd = winEnd
+	}
 	if leaseEnd.Valid && leaseEnd.Int64 < w.now {
 		if out, err = w.leaseRows(leaseKindExpired, subID, until, max, nil); err != nil {
 			return nil, 0, err
@@ -280,12 +298,22 @@ func tokenOf(d *transport.Delivery) (token, error) {
 func (w *writer) settle(ss []transport.Settlement) error {
 	bg := context.Background()
 	done := w.doneBuf[:0]
-	defer func() { w.doneBuf = done[:0] }()
+	wins := w.winDoneBuf[:0]
+	defer func() { w.doneBuf, w.winDoneBuf = done[:0], wins[:0] }()
 	for i := range ss {
 		s := &ss[i]
 		t, err := tokenOf(s.Delivery)
 		if err != nil {
 			return err
+		}
+		if t.win != 0 {
+			if s.Outcome == transport.Complete {
+				wins = addWinDone(wins, t)
+			} else if err := w.settleWindowOne(t, s); err != nil {
+				return err
+			}
+			w.touch(t.sub)
+			continue
 		}
 		runAt := after(w.now, s.Delay)
 		switch s.Outcome {
@@ -306,6 +334,9 @@ func (w *writer) settle(ss []transport.Settlement) error {
 		// Any settlement can make something deliverable: the row itself
 		// (retry, release) or the next row of its key (ordered).
 		w.touch(t.sub)
+	}
+	if err := w.completeWindows(wins); err != nil {
+		return err
 	}
 	for len(done) > 0 {
 		// One subscription's run: a batch is normally all one.
@@ -354,10 +385,21 @@ func completeSQL(n int) string {
 func (w *writer) extend(ds []*transport.Delivery, lease time.Duration) error {
 	bg := context.Background()
 	until := w.now + int64(lease)
+	var last token
 	for _, d := range ds {
 		t, err := tokenOf(d)
 		if err != nil {
 			return err
+		}
+		if t.win != 0 {
+			// One update a window: its events share its lease.
+			if t.sub != last.sub || t.win != last.win {
+				if err := w.extendWindow(t, until); err != nil {
+					return err
+				}
+			}
+			last = t
+			continue
 		}
 		if _, err := w.st.extend.ExecContext(bg, until, t.sub, t.seq, t.gen); err != nil {
 			return err

@@ -39,15 +39,7 @@ const (
 	logScanSQL = `SELECT seq, type, key, priority, run_at, published_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 256`
 	logGetSQL  = `SELECT seq, type, key, priority, run_at, published_at FROM events WHERE seq = ?`
 	setHeadSQL = `UPDATE subscriptions SET head = ?1 WHERE id = ?2 AND head < ?1`
-	// A row taken from the log by an unordered lease is born leased: its
-	// first lease is its insert.
-	insLeasedCols = `INSERT OR IGNORE INTO deliveries (sub_id, event_seq, state, run_at, priority, key, attempts, gen, lease_until, first_attempt) VALUES `
-	insLeasedRow  = `(?, ?, 1, ?, 0, '', 1, 1, ?, ?)`
 )
-
-func insLeasedSQL(n int) string {
-	return multiRow(insLeasedCols, insLeasedRow, " RETURNING event_seq", n)
-}
 
 // eventRunAt is the run_at column of m's log entry: its due time when it
 // is delayed, else 0.
@@ -204,40 +196,11 @@ func (w *writer) leaseFromLog(subID int64, pos subPos, max int, until int64, out
 		}
 	}
 	more = !atEnd && len(seqs) < max
-	for rest := seqs; len(rest) > 0; {
-		n := chunk(len(rest))
-		st, err := w.stmt(w.insLeased, n, insLeasedSQL)
-		if err != nil {
-			return nil, false, err
-		}
-		args := w.args[:0]
-		for _, seq := range rest[:n] {
-			args = append(args, subID, seq, w.now, until, w.now)
-		}
-		rows, err := st.QueryContext(context.Background(), args...)
-		clear(args)
-		w.args = args[:0]
-		if err != nil {
-			return nil, false, err
-		}
-		for rows.Next() {
-			var seq int64
-			if err := rows.Scan(&seq); err != nil {
-				rows.Close()
-				return nil, false, err
-			}
-			out = append(out, &transport.Delivery{
-				Attempt:        1,
-				FirstDelivered: fromNanos(w.now),
-				Token:          token{sub: subID, seq: seq, gen: 1},
-			})
-		}
-		if err := rows.Close(); err != nil {
-			return nil, false, err
-		}
-		rest = rest[n:]
+	if len(seqs) == 0 {
+		return out, more, nil
 	}
-	return out, more, nil
+	out, err = w.openWindows(subID, seqs, until, out)
+	return out, more, err
 }
 
 // switchOrdered brings a subscription whose ordering changed to the form

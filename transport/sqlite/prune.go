@@ -52,9 +52,11 @@ var pruneSQL = func() map[int]struct{ age, cut, cutoff string } {
 //
 // An event after some unordered subscription's head is still waiting in
 // the log for it and is never deleted (an ordered subscription has a row
-// for each of its events instead).
+// for each of its events instead), and neither is one at or after the
+// first event of an open lease window.
 const pruneEventSQL = `DELETE FROM events WHERE seq = ?1 AND seq < (SELECT max(seq) FROM events)
-	AND seq <= (SELECT coalesce(min(head), ?1) FROM subscriptions WHERE ordered = 0) AND NOT EXISTS
+	AND seq <= (SELECT coalesce(min(head), ?1) FROM subscriptions WHERE ordered = 0)
+	AND seq < (SELECT coalesce(min(lo), ?1 + 1) FROM windows WHERE open_n > 0) AND NOT EXISTS
 	(SELECT 1 FROM deliveries WHERE sub_id IN (SELECT id FROM subscriptions) AND event_seq = ?1)`
 
 // runPrune runs one bounded pruning pass in its own transaction and returns
@@ -110,6 +112,17 @@ func (w *writer) pruneStep() (more bool, err error) {
 			}
 			more = more || m
 		}
+		// Completed history is also in the windows: the rows' count
+		// comes off their budget.
+		var rowsDone int64
+		if err := w.conn.QueryRowContext(bg, `SELECT count(*) FROM deliveries WHERE sub_id = ? AND state = 2`, id).Scan(&rowsDone); err != nil {
+			return false, err
+		}
+		m, err := w.pruneWindows(id, r.CompletedCount, r.CompletedAge, rowsDone)
+		if err != nil {
+			return false, err
+		}
+		more = more || m
 	}
 	if err := w.reapEphemeral(); err != nil {
 		return false, err

@@ -30,7 +30,11 @@ import (
 //	   taken events into deliveries), run_at on events (a delayed
 //	   event's due time); a publish writes deliveries rows only for
 //	   delayed and prioritised events (see log.go)
-const schemaVersion = 4
+//	5  windows: a lease from the log writes one row for up to 64 events,
+//	   and completing them is one update of it (see window.go);
+//	   events_routed, the delayed and prioritised events, for a
+//	   subscription that starts from history
+const schemaVersion = 5
 
 // The deliveries table is WITHOUT ROWID and keyed by (sub_id, event_seq):
 // the key is what every lookup and the replay upsert use, so clustering on it
@@ -93,7 +97,11 @@ var schemaDDL = []string{
 	`CREATE INDEX claims_updated ON claims (updated_at)`,
 	rateStartsDDL,
 	rateStartsIndexDDL,
-	`INSERT INTO ripple_meta (key, value) VALUES ('schema_version', 4), ('subs_version', 0)`,
+	windowsDDL,
+	windowsOpenIndexDDL,
+	windowsDoneIndexDDL,
+	eventsRoutedIndexDDL,
+	`INSERT INTO ripple_meta (key, value) VALUES ('schema_version', 5), ('subs_version', 0)`,
 }
 
 // eventsDDL creates the events table under the given name. The identity
@@ -176,6 +184,19 @@ var migrations = map[int64]func(ctx context.Context, c *sql.Conn) error{
 	1: migrate1to2,
 	2: migrate2to3,
 	3: migrate3to4,
+	4: migrate4to5,
+}
+
+// migrate4to5 adds the lease windows and the index of routed events. The
+// rows of schema 4 keep their meaning: a leased row stays a leased row,
+// a completed one history.
+func migrate4to5(ctx context.Context, c *sql.Conn) error {
+	for _, q := range []string{windowsDDL, windowsOpenIndexDDL, windowsDoneIndexDDL, eventsRoutedIndexDDL} {
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // migrate3to4 turns the events table into the log: every existing event

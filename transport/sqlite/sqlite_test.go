@@ -672,21 +672,11 @@ func TestRetention(t *testing.T) {
 	if err := d.rdb.QueryRow(`SELECT count(*) FROM events`).Scan(&events); err != nil {
 		t.Fatal(err)
 	}
-	// The newest event stays too, unreferenced, so its seq is not reused.
-	if events != 4 {
-		t.Fatalf("%d events kept, want the 3 still referenced and the newest", events)
-	}
-	// The kept ones are the newest completions.
-	rows, _ := d.rdb.Query(`SELECT e.id FROM deliveries JOIN events e ON e.seq = event_seq ORDER BY e.seq`)
-	var kept []string
-	for rows.Next() {
-		var id string
-		rows.Scan(&id)
-		kept = append(kept, id)
-	}
-	rows.Close()
-	if strings.Join(kept, ",") != strings.Join([]string{ms[5].ID, ms[6].ID, ms[7].ID}, ",") {
-		t.Fatalf("kept %v", kept)
+	// Completed history is a count in the handler's lease windows, which
+	// needs no event: with no dedup window only the newest event stays,
+	// unreferenced, so that its seq is not reused.
+	if events != 1 {
+		t.Fatalf("%d events kept, want only the newest", events)
 	}
 	// With no dedup window, a pruned id can be published again.
 	publish(t, d, ms[0])

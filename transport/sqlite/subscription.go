@@ -95,11 +95,19 @@ func (w *writer) subscribe(spec transport.SubscriptionSpec) (int64, error) {
 			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, id); err != nil {
 			return 0, err
 		}
-		if !spec.From.IsZero() {
+		switch {
+		case spec.From.IsZero():
+		case spec.Ordered:
 			// Start from history: the retained events of the pattern
 			// published at or after From, in this same transaction, so
-			// none published meanwhile is missed or doubled.
+			// none published meanwhile is missed or doubled. An ordered
+			// subscription reads rows, so it gets one per event.
 			if _, err := w.backfill(subInfo{id: id, pattern: spec.Pattern, ordered: spec.Ordered}, spec.From); err != nil {
+				return 0, err
+			}
+		default:
+			// An unordered one reads the log: its head moves back.
+			if err := w.startFromLog(id, spec.Pattern, spec.From); err != nil {
 				return 0, err
 			}
 		}

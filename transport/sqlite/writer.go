@@ -109,10 +109,12 @@ type writer struct {
 	beganVersion uint32
 
 	// Multi-row statements, by row count (a power of two).
-	insEvents, insDeliveries, insLeased, completes map[int]*sql.Stmt
-	// doneBuf is settle's scratch.
-	doneBuf []token
-	args    []any
+	insEvents, insDeliveries, completes map[int]*sql.Stmt
+	// doneBuf and winDoneBuf are settle's scratch.
+	doneBuf    []token
+	winDoneBuf []winDone
+	win        winStmts
+	args       []any
 	// logSeqs is leaseFromLog's scratch; patMatch caches pattern matches
 	// by pattern and type.
 	logSeqs  []int64
@@ -171,7 +173,6 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		match:         map[string][]*subRow{},
 		insEvents:     map[int]*sql.Stmt{},
 		insDeliveries: map[int]*sql.Stmt{},
-		insLeased:     map[int]*sql.Stmt{},
 		completes:     map[int]*sql.Stmt{},
 		patMatch:      map[string]bool{},
 	}
@@ -231,6 +232,7 @@ func (w *writer) close() error {
 			_ = s.Close()
 		}
 	}
+	w.win.closeAll()
 	for _, kind := range w.st.leaseBuckets {
 		for _, s := range kind {
 			if s != nil {
@@ -238,7 +240,7 @@ func (w *writer) close() error {
 			}
 		}
 	}
-	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries, w.insLeased, w.completes} {
+	for _, m := range []map[int]*sql.Stmt{w.insEvents, w.insDeliveries, w.completes} {
 		for _, s := range m {
 			_ = s.Close()
 		}
