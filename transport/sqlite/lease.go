@@ -139,26 +139,8 @@ func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease tim
 		}
 	}
 	if len(out) > 0 {
-		for _, d := range out {
-			tok := d.Token.(token)
-			if m := w.recent.get(tok.seq); m != nil {
-				d.ID, d.Type, d.Key, d.Priority = m.ID, m.Type, m.Key, m.Priority
-				d.Time = fromNanos(nanos(m.Time))
-				// Attrs is shared read-only; Data is the handler's to keep.
-				d.Attrs, d.Data = m.Attrs, bytes.Clone(m.Data)
-				continue
-			}
-			var attrs []byte
-			if err := w.st.loadEvent.QueryRowContext(bg, tok.seq).Scan(&d.ID, &d.Type, &d.Key, &d.Priority, (*nanoTime)(&d.Time), &attrs, &d.Data); err != nil {
-				if !isCorrupt(err) {
-					return nil, 0, fmt.Errorf("loading event %d: %w", tok.seq, err)
-				}
-				// A damaged page must not hold back the readable events
-				// behind it: the caller dead-letters this one with
-				// SQLite's error and leases again.
-				return nil, 0, &unreadableError{tok: tok, err: err}
-			}
-			d.Attrs = decodeAttrs(attrs)
+		if err := w.loadEvents(out); err != nil {
+			return nil, 0, err
 		}
 		return out, 0, nil
 	}
@@ -176,6 +158,89 @@ func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease tim
 	}
 	return nil, next, nil
 }
+
+// loadEvents fills in the leased deliveries' events: from the cache of
+// recent events when there, else read back, with one range scan when the
+// missing ones lie close together (a backlog, a subscription reading
+// history) and one lookup each otherwise.
+func (w *writer) loadEvents(out []*transport.Delivery) error {
+	missing := 0
+	lo, hi := int64(math.MaxInt64), int64(0)
+	for _, d := range out {
+		tok := d.Token.(token)
+		if m := w.recent.get(tok.seq); m != nil {
+			d.ID, d.Type, d.Key, d.Priority = m.ID, m.Type, m.Key, m.Priority
+			d.Time = fromNanos(nanos(m.Time))
+			// Attrs is shared read-only; Data is the handler's to keep.
+			d.Attrs, d.Data = m.Attrs, bytes.Clone(m.Data)
+			continue
+		}
+		missing++
+		lo, hi = min(lo, tok.seq), max(hi, tok.seq)
+		d.ID = "" // not loaded yet
+	}
+	if missing >= 4 && hi-lo < int64(4*missing) {
+		if err := w.loadRange(out, lo, hi); err != nil && !isCorrupt(err) {
+			return err
+		}
+		// A damaged page: the lookups below find which event it holds.
+	}
+	for _, d := range out {
+		if d.ID != "" {
+			continue
+		}
+		tok := d.Token.(token)
+		var attrs []byte
+		if err := w.st.loadEvent.QueryRowContext(context.Background(), tok.seq).Scan(&d.ID, &d.Type, &d.Key, &d.Priority, (*nanoTime)(&d.Time), &attrs, &d.Data); err != nil {
+			if !isCorrupt(err) {
+				return fmt.Errorf("loading event %d: %w", tok.seq, err)
+			}
+			// A damaged page must not hold back the readable events
+			// behind it: the caller dead-letters this one with
+			// SQLite's error and leases again.
+			return &unreadableError{tok: tok, err: err}
+		}
+		d.Attrs = decodeAttrs(attrs)
+	}
+	return nil
+}
+
+// loadRange reads the events from seq lo to hi in one scan and fills in
+// the deliveries of out that are not loaded yet (ID empty).
+func (w *writer) loadRange(out []*transport.Delivery, lo, hi int64) error {
+	want := make(map[int64]*transport.Delivery, len(out))
+	for _, d := range out {
+		if d.ID == "" {
+			want[d.Token.(token).seq] = d
+		}
+	}
+	st, err := w.prepared(&w.win.loadRange, loadRangeSQL)
+	if err != nil {
+		return err
+	}
+	rows, err := st.QueryContext(context.Background(), lo, hi)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var seq int64
+		var e transport.Delivery
+		var attrs []byte
+		if err := rows.Scan(&seq, &e.ID, &e.Type, &e.Key, &e.Priority, (*nanoTime)(&e.Time), &attrs, &e.Data); err != nil {
+			return err
+		}
+		d := want[seq]
+		if d == nil {
+			continue
+		}
+		d.ID, d.Type, d.Key, d.Priority, d.Time, d.Data = e.ID, e.Type, e.Key, e.Priority, e.Time, e.Data
+		d.Attrs = decodeAttrs(attrs)
+	}
+	return rows.Err()
+}
+
+const loadRangeSQL = `SELECT seq, id, type, key, priority, time, attrs, data FROM events WHERE seq >= ? AND seq <= ? ORDER BY seq`
 
 // Lease statement kinds, indexes into stmts.leaseBuckets.
 const (

@@ -79,10 +79,11 @@ const (
 // winStmts are the window statements, prepared on first use.
 type winStmts struct {
 	insert, complete, settleOne, exception, extend, expired, close *sql.Stmt
+	loadRange                                                      *sql.Stmt
 }
 
 func (s *winStmts) closeAll() {
-	for _, st := range []*sql.Stmt{s.insert, s.complete, s.settleOne, s.exception, s.extend, s.expired, s.close} {
+	for _, st := range []*sql.Stmt{s.insert, s.complete, s.settleOne, s.exception, s.extend, s.expired, s.close, s.loadRange} {
 		if st != nil {
 			_ = st.Close()
 		}
