@@ -94,41 +94,47 @@
 // The events table is an append-only log: Publish writes each event once,
 // whatever the number of handlers, and its rowid (seq) is its position.
 // Each subscription (handler name) is a row with a head: the position up
-// to which it has taken the log into its deliveries rows. Everything after
-// the head that matches its pattern is waiting, at no cost per handler;
-// deliveries rows exist only for the events a handler has taken (leased,
-// or settled and retained as history) and for the exceptions written at
-// publish (delayed and prioritised events, and every event of an ordered
-// handler, below):
+// to which it has taken the log. Everything after the head that matches
+// its pattern is waiting, at no cost per handler. A lease takes a batch
+// from the log into one windows row (up to 64 events: their seqs, a
+// settled bit each, the count still open and the count completed) and
+// moves the head past it; completing the batch is one update of that row,
+// so a handler's progress costs writes per batch, not per event. Rows in
+// deliveries exist only for the exceptions: events retried, released or
+// dead-lettered, the open events of a window whose lease ran out, events
+// written at publish (delayed and prioritised ones, and every event of an
+// ordered handler, below) and events made deliverable again by Replay:
 //
-//	events (the log, written once)        subscriptions
-//	seq  type           run_at            id  name     pattern   head
-//	 41  user.created   0                  1  mailer   user.*     44
-//	 42  order.paid     0                  2  audit    >          42
-//	 43  user.created   0
-//	 44  user.created   0                 deliveries (per handler: taken
-//	 45  user.created   0                 rows and exceptions only)
-//	 46  user.created   +5m (delayed)     sub seq state      attempts
-//	                                        1  43  leased     1
-//	                                        1  44  completed  1
-//	                                        1  46  waiting    0  (delayed, run_at +5m)
-//	                                        2  41  dead       5
-//	                                        2  46  waiting    0  (delayed)
+//	events (the log, written once)   subscriptions
+//	seq  type          run_at        id  name    pattern  head
+//	 41  user.created  0              1  mailer  user.*    45
+//	 42  order.paid    0              2  audit   >         42
+//	 43  user.created  0
+//	 44  user.created  0             windows (per lease from the log)
+//	 45  user.created  0             sub  lo  seqs      open  settled  completed
+//	 46  user.created  +5m (delayed)   1  41  41,43     0     11       2
+//	                                   1  44  44,45     1     01       0   (45 leased)
+//	deliveries (exceptions only)
+//	sub seq state    attempts
+//	  1  44 waiting  1   (a retry of 44, out of its window)
+//	  1  46 waiting  0   (delayed, run_at +5m)
+//	  2  46 waiting  0   (delayed)
 //
-// Here mailer's next lease takes 45 from the log; audit's takes 43, 44
-// and 45 (46 waits for its time as a row). One event's life, for one
-// unordered handler:
+// Here mailer has completed 41 and 43, is running 45 and will retry 44;
+// audit's next lease takes 43, 44 and 45 from the log (46 waits for its
+// time as a row). One event's life, for one unordered handler:
 //
 //	Publish ──► events row (seq n), nothing per handler
 //	   │           (delayed or prioritised: also a waiting row per
 //	   │            unordered handler, leased before the log)
 //	Receive ──► scan the log from head, filter by pattern in Go:
-//	   │        one multi-row INSERT of leased rows, one UPDATE of head
-//	   ├─ Complete ► row state completed (history; pruned by retention)
-//	   ├─ Retry/Release ► row waiting with run_at (an exception row)
-//	   ├─ Dead ► row state dead (the dead-letter queue)
-//	   └─ lease runs out (process killed) ► the row is leased again,
-//	      attempt+1: a head never passes an event that is not in a row
+//	   │        one windows row for the batch, one UPDATE of head
+//	   ├─ Complete ► the window's settled bit and completed count
+//	   │             (one UPDATE for every completion of the batch)
+//	   ├─ Retry/Release ► leaves the window: a waiting row with run_at
+//	   ├─ Dead ► leaves the window: a dead row (the dead-letter queue)
+//	   └─ lease runs out (process killed) ► the window's open events
+//	      become ready rows, their attempt counted, and are leased again
 //
 // A lease takes, in order: rows whose lease ran out; waiting rows of
 // priority 0 and above (highest first); the log after the head; waiting
@@ -137,9 +143,12 @@
 // write lock, so no publish of any process falls between); an event
 // published before is never delivered to it (unless From says so). A
 // lease that runs out, because its process crashed or hung, makes the row
-// deliverable again with its attempt count increased. Delivery is
-// therefore at least once. Receivers of one handler in several processes
-// share the head: each lease moves it inside its write transaction.
+// deliverable again with its attempt count increased (a row's own count;
+// a window's open events come back as rows). Delivery is therefore at
+// least once. Receivers of one handler in several processes share the
+// head: each lease moves it inside its write transaction. A settlement
+// from a lease that ran out and was taken over changes nothing: a row's
+// lease generation, and a window event's settled bit, say it is stale.
 //
 // An ordered subscription does not read the log: a publish writes it a
 // row for every matching event, with the event's key, in publish order
@@ -167,11 +176,17 @@
 //
 // A subscription created with SubscriptionSpec.From starts from history:
 // every retained event of its pattern published at or after From is
-// delivered to it, then everything published afterwards. Events are
-// retained for the dedup window, longer while a delivery of theirs is
-// retained, and always while some subscription's head has not passed
-// them (they are still waiting for it). A retry scheduled far ahead keeps
-// only its own event: the log around it is pruned as usual.
+// delivered to it, then everything published afterwards. An unordered
+// one starts with its head before the first event published at or after
+// From (found by bisecting the log, which is in publish order; with
+// clocks that step back between publishes the cut follows the log's
+// order), so reading history writes nothing per event; the delayed and
+// prioritised events among them get rows, as at publish. An ordered one
+// gets a row for each event. Events are retained for the dedup window,
+// longer while a deliveries row of theirs is retained, and always while
+// some subscription's head has not passed them (they are still waiting
+// for it) or an open lease window holds them. A retry scheduled far ahead
+// keeps only its own event: the log around it is pruned as usual.
 //
 // Delays (Message.Delay and retry backoff) are measured on the clock of the
 // process that stores them.
@@ -179,6 +194,11 @@
 // Completed and dead deliveries are kept for Retention's count and age
 // (defaults: 1000 and 24h completed, 10000 and 7 days dead, per
 // subscription) and deleted by a background pruner in small batches.
+// Completions from the log are history as counts in closed windows, which
+// need no event: Stats counts them, and KeepCompleted trims them, after
+// the completed rows (events completed after a retry), which are the
+// ones that keep their events. Replay does not need that history: it
+// makes every retained event of the pattern deliverable again.
 //
 // # Capabilities
 //
@@ -284,7 +304,9 @@
 // rows already waiting behind their key; version 4 makes the events table
 // the log (head on subscriptions, run_at on events; every existing row
 // keeps its state and every head starts at the newest event, since a
-// version-3 file already has a row for every delivery). Older files are migrated in
+// version-3 file already has a row for every delivery); version 5 adds
+// the lease windows and an index of delayed and prioritised events (the
+// rows of version 4 keep their meaning). Older files are migrated in
 // place, one version at a time, on first open. A newer version than this
 // build knows is refused, naming both. Stop the processes of an older
 // Ripple before a newer one first opens the file: once it is migrated,

@@ -11,12 +11,12 @@ import (
 
 // The log: a publish writes each event once, into events, whose seq is the
 // log position. Each unordered subscription keeps head, the position up
-// to which it has taken events into its deliveries rows; the events after
-// head that match its pattern wait in the log, where they cost no write
-// per subscription. A receiver takes them straight into leased rows, in
-// the lease's own transaction: one scan of the log from head (the pattern
-// is matched in Go, cached by type), one multi-row insert of the leased
-// rows and one update of head, however many events.
+// to which it has taken events; the events after head that match its
+// pattern wait in the log, where they cost no write per subscription. A
+// receiver takes them in the lease's own transaction: one scan of the log
+// from head (the pattern is matched in Go, cached by type), one windows
+// row for up to 64 of them (see window.go) and one update of head,
+// however many events.
 //
 // Delayed and prioritised events are exceptions: Publish gives them a
 // row for every matching unordered subscription at once (the lease reads
