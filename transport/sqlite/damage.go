@@ -392,6 +392,13 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 		}
 		rows.Close()
 	}
+	if version >= 5 {
+		n, err := salvageWindows(ctx, in, tx)
+		if err != nil {
+			return rep, err
+		}
+		rep.Deliveries += n
+	}
 	// Claims are best effort: a handler without its claim runs again,
 	// which at-least-once delivery allows.
 	if crows, err := in.QueryContext(ctx, `SELECT handler, event_id, done, expires_at, updated_at FROM claims`); err == nil {
@@ -414,4 +421,61 @@ func Salvage(ctx context.Context, src, dst string) (SalvageReport, error) {
 		return rep, err
 	}
 	return rep, nil
+}
+
+// salvageWindows copies the lease windows of the salvaged subscriptions:
+// a closed one as it is (its completed count is history), and the open
+// events of an open one as ready rows with their attempt counted, as an
+// expired lease would give them back (its receivers are gone). It returns
+// how many rows it wrote. Windows it cannot read are left behind: their
+// completed events were handled, and their open ones are lost with them,
+// as a damaged deliveries row is.
+func salvageWindows(ctx context.Context, in *sql.DB, tx *sql.Tx) (int, error) {
+	rows, err := in.QueryContext(ctx, `SELECT sub_id, lo, seqs, n, open_n, settled, completed, first_attempt, done_at FROM windows`)
+	if err != nil {
+		return 0, nil
+	}
+	defer rows.Close()
+	wrote := 0
+	for rows.Next() {
+		var sub, lo, n, open, settled, completed, first, doneAt int64
+		var b []byte
+		if rows.Scan(&sub, &lo, &b, &n, &open, &settled, &completed, &first, &doneAt) != nil {
+			break
+		}
+		if open == 0 {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO windows (sub_id, lo, seqs, n, open_n, settled, completed, lease_until, first_attempt, done_at)
+				SELECT ?, ?, ?, ?, 0, ?, ?, 0, ?, ? WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = ?)`,
+				sub, lo, b, n, settled, completed, first, doneAt, sub); err != nil {
+				return wrote, err
+			}
+			continue
+		}
+		seqs, err := decodeSeqs(lo, b)
+		if err != nil {
+			continue
+		}
+		for i, seq := range seqs {
+			if settled&bitOf(uint8(i)) != 0 {
+				continue
+			}
+			res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO deliveries (sub_id, event_seq, state, run_at, priority, key, attempts, gen, first_attempt)
+				SELECT ?1, ?2, 0, ?3, 0, '', 1, 1, ?3 WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = ?1) AND EXISTS (SELECT 1 FROM events WHERE seq = ?2)`,
+				sub, seq, first)
+			if err != nil {
+				return wrote, err
+			}
+			if c, _ := res.RowsAffected(); c > 0 {
+				wrote++
+			}
+		}
+		if completed > 0 {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO windows (sub_id, lo, seqs, n, open_n, settled, completed, lease_until, first_attempt, done_at)
+				SELECT ?, ?, ?, ?, 0, -1, ?, 0, ?, ? WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = ?)`,
+				sub, lo, b, n, completed, first, doneAt, sub); err != nil {
+				return wrote, err
+			}
+		}
+	}
+	return wrote, nil
 }

@@ -282,3 +282,38 @@ func TestWindowRetention(t *testing.T) {
 		t.Fatalf("%d events kept once every window closed, want 2: the newest and the one of the completed row", n)
 	}
 }
+
+// Salvage gives the open events of a lease window back as ready rows
+// (their receivers are gone) and keeps the window's completed count.
+func TestSalvageOpenWindow(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "src.db")
+	d := open(t, path, transport.Config{})
+	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "w.>", Lease: time.Hour})
+	publish(t, d, msg("w.e"), msg("w.e"), msg("w.e"))
+	ds := receiveN(t, s, 3)
+	completeAll(t, s, ds[:1])
+	s.Close()
+	d.Close()
+	out := filepath.Join(t.TempDir(), "salvaged.db")
+	rep, err := Salvage(context.Background(), path, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Events != 3 || rep.Deliveries != 2 {
+		t.Fatalf("salvage: %+v, want 3 events and 2 deliveries (the open ones)", rep)
+	}
+	d = open(t, out, transport.Config{})
+	if st := statsOf(t, d, "h"); st.Completed != 1 || st.Waiting != 2 || st.Active != 0 {
+		t.Fatalf("salvaged stats %+v, want 1 completed and 2 waiting", st)
+	}
+	s = subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "w.>", Lease: time.Hour})
+	again := receiveN(t, s, 2)
+	if got, want := ids(again), ids(ds[1:]); !slices.Equal(got, want) {
+		t.Fatalf("after salvage: %v, want the open ones %v", got, want)
+	}
+	for _, x := range again {
+		if x.Attempt != 2 {
+			t.Errorf("%s: attempt %d, want 2", x.ID, x.Attempt)
+		}
+	}
+}
