@@ -443,6 +443,9 @@ func salvageWindows(ctx context.Context, in *sql.DB, tx *sql.Tx) (int, error) {
 		if rows.Scan(&sub, &lo, &b, &n, &open, &settled, &completed, &first, &doneAt) != nil {
 			break
 		}
+		if b == nil {
+			b = []byte{} // a window of one event: its list is empty, not NULL
+		}
 		if open == 0 {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO windows (sub_id, lo, seqs, n, open_n, settled, completed, lease_until, first_attempt, done_at)
 				SELECT ?, ?, ?, ?, 0, ?, ?, 0, ?, ? WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = ?)`,

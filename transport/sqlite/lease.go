@@ -179,11 +179,17 @@ func (w *writer) loadEvents(out []*transport.Delivery) error {
 		lo, hi = min(lo, tok.seq), max(hi, tok.seq)
 		d.ID = "" // not loaded yet
 	}
-	if missing >= 4 && hi-lo < int64(4*missing) {
-		if err := w.loadRange(out, lo, hi); err != nil && !isCorrupt(err) {
+	// On a file known to be damaged the range could step onto a damaged
+	// page between the wanted events, and SQLite then refuses the rest of
+	// the transaction: look each one up instead.
+	if missing >= 4 && hi-lo < int64(4*missing) && w.d.damage() == nil {
+		if err := w.loadRange(out, lo, hi); err != nil {
+			if isCorrupt(err) {
+				w.d.markDamaged(corruptErr(w.d.path, err))
+				return errLeaseAgain
+			}
 			return err
 		}
-		// A damaged page: the lookups below find which event it holds.
 	}
 	for _, d := range out {
 		if d.ID != "" {
@@ -204,6 +210,11 @@ func (w *writer) loadEvents(out []*transport.Delivery) error {
 	}
 	return nil
 }
+
+// errLeaseAgain rolls a lease back to be tried again at once: it met a
+// damaged page where the lookups of the next try will find which event it
+// holds.
+var errLeaseAgain = errors.New("sqlite transport: lease again")
 
 // loadRange reads the events from seq lo to hi in one scan and fills in
 // the deliveries of out that are not loaded yet (ID empty).

@@ -188,6 +188,9 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.Deliv
 			out, next, err = w.receive(s, max)
 			return err
 		}, soft)
+		if errors.Is(err, errLeaseAgain) {
+			continue
+		}
 		if ue := (*unreadableError)(nil); errors.As(err, &ue) {
 			if err := s.d.deadUnreadable(ctx, ue); err != nil {
 				return nil, s.d.wrap(err)
