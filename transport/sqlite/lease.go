@@ -490,28 +490,53 @@ type cachedEvent struct {
 	msg *transport.Message
 }
 
-// eventCacheSize bounds the recent-events cache: enough for the events
-// waiting to be leased behind a few full receive batches.
-const eventCacheSize = 4096
+// eventCacheSize bounds the recent-events cache by count: enough for the
+// events waiting to be leased behind a few full receive batches;
+// eventCacheBytes bounds it by the payloads it holds, so that large
+// events do not make it large.
+const (
+	eventCacheSize  = 4096
+	eventCacheBytes = 16 << 20
+)
 
-// eventCache maps seq to message for the most recent eventCacheSize
-// events, evicting the oldest.
+// eventCache maps seq to message for the most recent events, up to
+// eventCacheSize of them and eventCacheBytes of payload, evicting the
+// oldest.
 type eventCache struct {
-	m    map[int64]*transport.Message
-	ring [eventCacheSize]int64
-	next int
+	m     map[int64]*transport.Message
+	ring  [eventCacheSize]int64
+	next  int // the slot of the oldest entry, and of the next put
+	bytes int
 }
 
 func (c *eventCache) put(seq int64, m *transport.Message) {
 	if c.m == nil {
 		c.m = make(map[int64]*transport.Message, eventCacheSize)
 	}
-	if old := c.ring[c.next]; old != 0 {
-		delete(c.m, old)
+	c.evict(c.next)
+	size := len(m.Data)
+	if size > eventCacheBytes/4 {
+		return // read back from the file when leased
+	}
+	// Make room by payload: evict the oldest entries after this slot.
+	for i := 1; c.bytes+size > eventCacheBytes && i < eventCacheSize; i++ {
+		c.evict((c.next + i) % eventCacheSize)
 	}
 	c.ring[c.next] = seq
 	c.next = (c.next + 1) % eventCacheSize
 	c.m[seq] = m
+	c.bytes += size
+}
+
+// evict empties ring slot i.
+func (c *eventCache) evict(i int) {
+	if old := c.ring[i]; old != 0 {
+		if m := c.m[old]; m != nil {
+			c.bytes -= len(m.Data)
+		}
+		delete(c.m, old)
+		c.ring[i] = 0
+	}
 }
 
 func (c *eventCache) get(seq int64) *transport.Message { return c.m[seq] }

@@ -331,13 +331,14 @@ func (w *writer) openWindowSeqs(subID int64) (map[int64]bool, error) {
 }
 
 // pruneWindows drops a subscription's finished windows older than age,
-// those that completed nothing, and the oldest history beyond count
-// completions, where rowsDone completed rows are retained too (the rows
-// are the newer history: a completed row is an event that was retried).
+// and the oldest history beyond count completions, where rowsDone
+// completed rows are retained too (the rows are the newer history: a
+// completed row is an event that was retried). It reads only the windows
+// it drops, oldest first, and trims the count of the last one it reaches.
 func (w *writer) pruneWindows(sub int64, count int, age time.Duration, rowsDone int64) (bool, error) {
 	bg := context.Background()
 	res, err := w.conn.ExecContext(bg, `DELETE FROM windows WHERE sub_id = ?1 AND lo IN
-		(SELECT lo FROM windows WHERE sub_id = ?1 AND open_n = 0 AND (done_at < ?2 OR completed = 0) LIMIT ?3)`,
+		(SELECT lo FROM windows WHERE sub_id = ?1 AND open_n = 0 AND done_at < ?2 LIMIT ?3)`,
 		sub, w.now-int64(age), pruneBatch)
 	if err != nil {
 		return false, err
@@ -351,29 +352,28 @@ func (w *writer) pruneWindows(sub int64, count int, age time.Duration, rowsDone 
 	if err := w.conn.QueryRowContext(bg, `SELECT coalesce(sum(completed), 0) FROM windows WHERE sub_id = ? AND open_n = 0`, sub).Scan(&total); err != nil {
 		return false, err
 	}
-	if total <= budget {
+	excess := total - budget
+	if excess <= 0 {
 		return more, nil
 	}
-	rows, err := w.conn.QueryContext(bg, `SELECT lo, completed FROM windows WHERE sub_id = ? AND open_n = 0 ORDER BY done_at DESC, lo DESC`, sub)
+	rows, err := w.conn.QueryContext(bg, `SELECT lo, completed FROM windows WHERE sub_id = ? AND open_n = 0 ORDER BY done_at, lo`, sub)
 	if err != nil {
 		return false, err
 	}
-	var cum int64
-	trim, trimTo := int64(0), int64(-1)
 	var drop []int64
-	for rows.Next() {
+	trim, trimTo := int64(0), int64(-1)
+	for excess > 0 && rows.Next() {
 		var lo, c int64
 		if err := rows.Scan(&lo, &c); err != nil {
 			rows.Close()
 			return false, err
 		}
-		switch {
-		case cum >= budget:
-			drop = append(drop, lo)
-		case cum+c > budget:
-			trim, trimTo = lo, budget-cum
+		if c > excess {
+			trim, trimTo = lo, c-excess
+			break
 		}
-		cum += c
+		drop = append(drop, lo)
+		excess -= c
 		if len(drop) == pruneBatch {
 			more = true
 			break

@@ -317,3 +317,31 @@ func TestSalvageOpenWindow(t *testing.T) {
 		}
 	}
 }
+
+// The recent-events cache holds at most eventCacheBytes of payload, and
+// no single event larger than a quarter of that.
+func TestEventCacheBytesBound(t *testing.T) {
+	var c eventCache
+	big := make([]byte, eventCacheBytes/8)
+	for i := range int64(100) {
+		c.put(i+1, &transport.Message{ID: fmt.Sprint(i), Data: big})
+		if c.bytes > eventCacheBytes {
+			t.Fatalf("after %d puts the cache holds %d bytes, over its bound %d", i+1, c.bytes, eventCacheBytes)
+		}
+	}
+	if c.get(100) == nil || c.get(1) != nil {
+		t.Fatal("the cache should keep the newest events and evict the oldest")
+	}
+	c.put(101, &transport.Message{ID: "huge", Data: make([]byte, eventCacheBytes/2)})
+	if c.get(101) != nil {
+		t.Fatal("an event over a quarter of the bound was cached")
+	}
+	small := 0
+	for i := range int64(eventCacheSize) {
+		c.put(1000+i, &transport.Message{ID: "s", Data: []byte("x")})
+		small++
+	}
+	if len(c.m) != eventCacheSize || c.bytes != eventCacheSize {
+		t.Fatalf("after %d small events: %d cached, %d bytes; want %d and %d", small, len(c.m), c.bytes, eventCacheSize, eventCacheSize)
+	}
+}
