@@ -96,6 +96,9 @@ func BenchmarkFanOut(b *testing.B) {
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*h), "cpu-µs/delivery")
+			w := drv.(*driver).w
+			b.ReportMetric(float64(w.leased.Load())/float64(max(w.leases.Load(), 1)), "deliveries/lease")
+			b.ReportMetric(float64(w.batched.Load())/float64(max(w.batches.Load(), 1)), "ops/tx")
 		})
 	}
 }

@@ -139,6 +139,8 @@ func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease tim
 		}
 	}
 	if len(out) > 0 {
+		w.leases.Add(1)
+		w.leased.Add(int64(len(out)))
 		if err := w.loadEvents(out); err != nil {
 			return nil, 0, err
 		}
@@ -383,12 +385,16 @@ func (w *writer) settle(ss []transport.Settlement) error {
 			return err
 		}
 		if t.win != 0 {
+			// A completion makes nothing deliverable (windows are only
+			// for unordered handlers), so it wakes no receiver; an
+			// event leaving its window may be due at once.
 			if s.Outcome == transport.Complete {
 				wins = addWinDone(wins, t)
 			} else if err := w.settleWindowOne(t, s); err != nil {
 				return err
+			} else {
+				w.touch(t.sub)
 			}
-			w.touch(t.sub)
 			continue
 		}
 		runAt := after(w.now, s.Delay)
@@ -484,62 +490,6 @@ func (w *writer) extend(ds []*transport.Delivery, lease time.Duration) error {
 	return nil
 }
 
-// cachedEvent is an event published in the current transaction.
-type cachedEvent struct {
-	seq int64
-	msg *transport.Message
-}
-
-// eventCacheSize bounds the recent-events cache by count: enough for the
-// events waiting to be leased behind a few full receive batches;
-// eventCacheBytes bounds it by the payloads it holds, so that large
-// events do not make it large.
-const (
-	eventCacheSize  = 4096
-	eventCacheBytes = 16 << 20
-)
-
-// eventCache maps seq to message for the most recent events, up to
-// eventCacheSize of them and eventCacheBytes of payload, evicting the
-// oldest.
-type eventCache struct {
-	m     map[int64]*transport.Message
-	ring  [eventCacheSize]int64
-	next  int // the slot of the oldest entry, and of the next put
-	bytes int
-}
-
-func (c *eventCache) put(seq int64, m *transport.Message) {
-	if c.m == nil {
-		c.m = make(map[int64]*transport.Message, eventCacheSize)
-	}
-	c.evict(c.next)
-	size := len(m.Data)
-	if size > eventCacheBytes/4 {
-		return // read back from the file when leased
-	}
-	// Make room by payload: evict the oldest entries after this slot.
-	for i := 1; c.bytes+size > eventCacheBytes && i < eventCacheSize; i++ {
-		c.evict((c.next + i) % eventCacheSize)
-	}
-	c.ring[c.next] = seq
-	c.next = (c.next + 1) % eventCacheSize
-	c.m[seq] = m
-	c.bytes += size
-}
-
-// evict empties ring slot i.
-func (c *eventCache) evict(i int) {
-	if old := c.ring[i]; old != 0 {
-		if m := c.m[old]; m != nil {
-			c.bytes -= len(m.Data)
-		}
-		delete(c.m, old)
-		c.ring[i] = 0
-	}
-}
-
-func (c *eventCache) get(seq int64) *transport.Message { return c.m[seq] }
 
 // after returns the time in unix ns that lies d after now, the latest
 // time there is when that is past the int64 range: a delay into the year

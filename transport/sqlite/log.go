@@ -181,14 +181,31 @@ func (w *writer) setHead(subID, seq int64) error {
 func (w *writer) leaseFromLog(subID int64, pos subPos, max int, until int64, out []*transport.Delivery) (_ []*transport.Delivery, more bool, err error) {
 	seqs := w.logSeqs[:0]
 	defer func() { w.logSeqs = seqs[:0] }()
-	last, atEnd, err := w.scanLog(pos.head, func(e *logEntry) bool {
-		if !e.routed() && w.matches(pos.pattern, e.typ) {
-			seqs = append(seqs, e.seq)
+	// The entries this process published are in the recent-events cache:
+	// walk them there, and scan the file only from the first one it does
+	// not hold (usually finding nothing more).
+	from := pos.head
+	for n := 0; len(seqs) < max && n < logScanMax; n++ {
+		m := w.recent.peek(from + 1)
+		if m == nil {
+			break
 		}
-		return len(seqs) < max
-	})
-	if err != nil {
-		return nil, false, err
+		from++
+		if m.Priority == 0 && m.Delay <= 0 && w.matches(pos.pattern, m.Type) {
+			seqs = append(seqs, from)
+		}
+	}
+	last, atEnd := from, false
+	if len(seqs) < max {
+		last, atEnd, err = w.scanLog(from, func(e *logEntry) bool {
+			if !e.routed() && w.matches(pos.pattern, e.typ) {
+				seqs = append(seqs, e.seq)
+			}
+			return len(seqs) < max
+		})
+		if err != nil {
+			return nil, false, err
+		}
 	}
 	if last != pos.head {
 		if err := w.setHead(subID, last); err != nil {

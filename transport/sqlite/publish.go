@@ -137,7 +137,10 @@ func (w *writer) publish(ops []*op) error {
 			// A copy: the publisher may reuse its message after Publish.
 			c := *m
 			c.Attrs, c.Data = maps.Clone(m.Attrs), bytes.Clone(m.Data)
-			w.fresh = append(w.fresh, cachedEvent{seq: seq, msg: &c})
+			w.fresh = append(w.fresh, cachedEvent{seq: seq, msg: &c, full: true})
+		} else {
+			// The log's entry, for the leases that walk the cache.
+			w.fresh = append(w.fresh, cachedEvent{seq: seq, msg: &transport.Message{Type: m.Type, Priority: m.Priority, Delay: m.Delay}})
 		}
 		return nil
 	}

@@ -137,8 +137,11 @@ type writer struct {
 	relaxed         bool // connection currently at synchronous=NORMAL for soft batches
 
 	// batches and batched count transactions and the operations in them,
-	// so tests and benchmarks can see how well group commit groups.
+	// so tests and benchmarks can see how well group commit groups;
+	// leases and leased count the leases that took something and the
+	// deliveries they took, so they can see the leases' size.
 	batches, batched atomic.Int64
+	leases, leased   atomic.Int64
 }
 
 type stmts struct {
@@ -626,7 +629,7 @@ func (w *writer) tryTx(ops []*op) error {
 	}
 	w.commits.Add(1)
 	for _, e := range w.fresh {
-		w.recent.put(e.seq, e.msg)
+		w.recent.put(e.seq, e.msg, e.full)
 	}
 	// The commit's data version vouches for the subscription list only if
 	// the list was current when the transaction began: checked in it, or
