@@ -490,7 +490,6 @@ func (w *writer) extend(ds []*transport.Delivery, lease time.Duration) error {
 	return nil
 }
 
-
 // after returns the time in unix ns that lies d after now, the latest
 // time there is when that is past the int64 range: a delay into the year
 // 2262 or beyond must not wrap around into the past and run at once.
