@@ -78,8 +78,16 @@ func (w *writer) lease(subID int64, pos subPos, ordered bool, max int, lease tim
 	// steady flow most leases take only from the log.
 	var leaseEnd, due, winEnd sql.NullInt64
 	var readyNow bool
-	if err := w.st.rowsState.QueryRowContext(bg, subID, w.now).Scan(&leaseEnd, &readyNow, &due, &winEnd); err != nil {
-		return nil, 0, err
+	if until, ok := w.quietNow(subID); ok && !ordered {
+		// No rows, and no window ends before until (see quiet.go).
+		winEnd = sql.NullInt64{Int64: until, Valid: until != 0}
+	} else {
+		if err := w.st.rowsState.QueryRowContext(bg, subID, w.now).Scan(&leaseEnd, &readyNow, &due, &winEnd); err != nil {
+			return nil, 0, err
+		}
+		if !ordered && !leaseEnd.Valid && !readyNow && !due.Valid && (!winEnd.Valid || winEnd.Int64 >= w.now) {
+			w.setQuiet(subID, winEnd.Int64)
+		}
 	}
 	var out []*transport.Delivery
 	var err error

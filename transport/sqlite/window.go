@@ -142,6 +142,7 @@ func (w *writer) openWindows(subID int64, seqs []int64, until int64, out []*tran
 		return nil, err
 	}
 	first := fromNanos(w.now)
+	w.quietWindow(subID, until)
 	for rest := seqs; len(rest) > 0; {
 		part := rest[:min(len(rest), windowMax)]
 		rest = rest[len(part):]

@@ -345,3 +345,27 @@ func TestEventCacheBytesBound(t *testing.T) {
 		t.Fatalf("after %d small events: %d cached, %d bytes; want %d and %d", small, len(c.m), c.bytes, eventCacheSize, eventCacheSize)
 	}
 }
+
+// A row written by another process (here a connection without the
+// driver) is seen by a subscription this process had found without rows:
+// its next lease does not trust that memory once the file changed.
+func TestQuietSeesForeignRows(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "two.db")
+	d := open(t, path, transport.Config{})
+	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "w.>"})
+	m := msg("w.e")
+	publish(t, d, m)
+	ds := receive(t, s, 1, 5*time.Second)
+	completeAll(t, s, ds)
+	receiveNone(t, s, 50*time.Millisecond) // h is known without rows
+	raw := rawDB(t, path)
+	defer raw.Close()
+	if _, err := raw.Exec(`INSERT INTO deliveries (sub_id, event_seq, state, run_at, priority, key, attempts, gen)
+		SELECT id, ?, 0, 0, 0, '', 0, 1 FROM subscriptions WHERE name = 'h'`, ds[0].Token.(token).seq); err != nil {
+		t.Fatal(err)
+	}
+	again := receive(t, s, 1, 5*time.Second)
+	if len(again) != 1 || again[0].ID != m.ID {
+		t.Fatalf("received %v, want %s again", ids(again), m.ID)
+	}
+}

@@ -142,6 +142,9 @@ type writer struct {
 	// deliveries they took, so they can see the leases' size.
 	batches, batched atomic.Int64
 	leases, leased   atomic.Int64
+	// quiet and quietEpoch: see quiet.go.
+	quiet      map[int64]quietRec
+	quietEpoch uint64
 }
 
 type stmts struct {
@@ -178,6 +181,10 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		insDeliveries: map[int]*sql.Stmt{},
 		completes:     map[int]*sql.Stmt{},
 		patMatch:      map[string]bool{},
+		quiet:         map[int64]quietRec{},
+	}
+	if err := createQuietTriggers(ctx, conn); err != nil {
+		return nil, err
 	}
 	prep := []struct {
 		dst **sql.Stmt
@@ -590,6 +597,11 @@ func (w *writer) tryTx(ops []*op) error {
 	w.fresh = w.fresh[:0]
 	w.subsChecked = false
 	w.beganVersion = w.fileDataVersion()
+	if w.beganVersion == 0 || w.beganVersion != w.dataVersion {
+		// Another connection wrote since this one's last commit (or it
+		// cannot be told): it may have written rows.
+		w.forgetQuiet()
+	}
 	for i := 0; i < len(ops); {
 		o := ops[i]
 		var err error
@@ -654,6 +666,7 @@ func (w *writer) tryTx(ops []*op) error {
 func (w *writer) abort() {
 	_, _ = w.st.rollback.ExecContext(context.Background())
 	w.subsVersion = -1
+	w.forgetQuiet() // a rollback can bring rows back
 }
 
 func (w *writer) touch(subID int64) { w.touched[subID] = struct{}{} }
