@@ -136,6 +136,14 @@
 //	   └─ lease runs out (process killed) ► the window's open events
 //	      become ready rows, their attempt counted, and are leased again
 //
+// A lease looks at the rows first (one read), except for a subscription
+// the writer knows to have none: found so by an earlier lease, with no
+// row written since on its connection (temp triggers say so), no commit
+// by any other connection or process since (the file's data version says
+// so), and no window of its lease past its end. The log entries this
+// process published are walked in its memory rather than scanned from
+// the file, and the events read back only when not there.
+//
 // A lease takes, in order: rows whose lease ran out; waiting rows of
 // priority 0 and above (highest first); the log after the head; waiting
 // rows of negative priority. A subscription sees every event published
