@@ -123,16 +123,20 @@ func (c *handlerCtx) AfterFunc(f func()) (stop func() bool) {
 
 // A flight is one running handler attempt.
 type flight struct {
-	d     *transport.Delivery
-	ctx   *handlerCtx
-	start time.Time
-	// ev and hctx are the storage behind the handler's event and ctx, so
-	// that a delivery costs one allocation for all three.
-	ev   Event
-	hctx handlerCtx
+	d *transport.Delivery
+	// ev and ctx are the storage behind the handler's event and ctx, so
+	// that a delivery costs one allocation for all three. The attempt
+	// started Timeout before ctx's deadline (see start).
+	ev  Event
+	ctx handlerCtx
 	// state: 0 running, 1 returned, 2 abandoned. Whoever moves it from 0
 	// settles the attempt and frees the slot.
 	state atomic.Int32
+}
+
+// start is when the attempt started: its deadline less the timeout.
+func (f *flight) start(timeout time.Duration) time.Time {
+	return f.ctx.deadline.Add(-timeout)
 }
 
 // watchTick is how often the watch loop looks for overdue handlers.
@@ -182,5 +186,5 @@ func (r *runner) abandon(f *flight) {
 			"handler", r.name, "event", f.ctx.ev.ID, "timeout", r.cfg.timeout)
 	}
 	err := fmt.Errorf("handler did not return within %s of its %s timeout", abandonGrace, r.cfg.timeout)
-	r.finish(f.d, f.ctx.ev, err, true, time.Since(f.start))
+	r.finish(f.d, f.ctx.ev, err, true, time.Since(f.start(r.cfg.timeout)))
 }
