@@ -498,11 +498,8 @@ func (r *runner) heartbeat() {
 // abandoned by the watch loop, which settles the attempt and frees the
 // slot.
 func (r *runner) handle(d *transport.Delivery) {
-	f := &flight{d: d}
-	f.ev.setFromMessage(&d.Message)
-	ev := &f.ev
-	ev.Attempt = d.Attempt
-	ev.Handler = r.name
+	evv := handlerEvent(d, r.name)
+	ev := &evv
 
 	// An idempotent handler's claim comes first: an event whose last
 	// attempt succeeded but was never acknowledged is done, whatever its
@@ -536,7 +533,8 @@ func (r *runner) handle(d *transport.Delivery) {
 	}
 
 	start := time.Now()
-	f.ctx = handlerCtx{ev: ev, deadline: start.Add(r.cfg.timeout), values: r.values}
+	f := &flight{d: d}
+	f.ctx = handlerCtx{d: d, handler: r.name, deadline: start.Add(r.cfg.timeout), values: r.values}
 	r.mu.Lock()
 	if _, mine := r.inflight[d]; !mine {
 		// abort released the delivery before the handler started: its
@@ -689,8 +687,12 @@ func (r *runner) finish(d *transport.Delivery, ev *Event, err error, abandoned b
 	// The hooks hear of the outcome once the store holds it: not when a
 	// shutdown took the delivery back first (it is delivered again), nor
 	// when the transport fails to record it.
-	res := queuedOutcome{ev: ev, outcome: outcome, err: err, elapsed: elapsed}
+	res := queuedOutcome{outcome: outcome, err: err, elapsed: elapsed}
 	if len(r.bus.handleHooks) > 0 {
+		// Only the hooks are told of the event: without them it stays
+		// on the handling goroutine's stack.
+		kept := *ev
+		res.ev = &kept
 		res.latency = time.Since(ev.Time)
 	}
 	r.settle(d, s, &res)
@@ -747,6 +749,17 @@ type eventKey struct{}
 func eventFromContext(ctx context.Context) *Event {
 	e, _ := ctx.Value(eventKey{}).(*Event)
 	return e
+}
+
+// parentEvent returns, when ctx is (or derives from) a handler's context,
+// the id, correlation id and trace context of the event being handled.
+func parentEvent(ctx context.Context) (id, correlationID, traceParent string, ok bool) {
+	c, _ := ctx.Value(handlerCtxKey{}).(*handlerCtx)
+	if c == nil {
+		return "", "", "", false
+	}
+	id, correlationID, traceParent = c.parent()
+	return id, correlationID, traceParent, true
 }
 
 // EventFromContext returns the event being handled, when ctx is (or
