@@ -99,7 +99,7 @@ type store struct {
 	subs     map[string]*sub
 	history  []histEntry // publish order, for dedup expiry and replay; live from histHead
 	histHead int
-	ids      map[string]*transport.Message // by transport.IdentityKey
+	ids      map[identity]*transport.Message
 	claims   map[claimKey]*claim
 	limits   map[string]*ratewindow.Window // rate limits by handler
 	// routes caches, by event type, the subscriptions whose pattern
@@ -139,8 +139,12 @@ type histEntry struct {
 	msg *transport.Message
 	at  time.Time
 	seq uint64
-	key string // transport.IdentityKey of msg, its key in ids
+	key identity // msg's key in ids
 }
+
+// identity is an event's identity, its source and id: the key of ids. Its
+// strings are the message's own, so keying on it allocates nothing.
+type identity struct{ source, id string }
 
 type claimKey struct{ handler, id string }
 
@@ -155,7 +159,7 @@ func newStore(r transport.Retention, name string) *store {
 		refs:   1,
 		ret:    r.Resolve(),
 		subs:   map[string]*sub{},
-		ids:    map[string]*transport.Message{},
+		ids:    map[identity]*transport.Message{},
 		claims: map[claimKey]*claim{},
 		limits: map[string]*ratewindow.Window{},
 		routes: map[string][]*sub{},
@@ -224,7 +228,7 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	nowTick := s.tick(now)
 	s.expireHistory(now)
 	for _, m := range msgs {
-		key := transport.IdentityKey(m.Source(), m.ID)
+		key := identity{m.Source(), m.ID}
 		if kept, dup := s.ids[key]; dup {
 			m.Duplicate = copyMessage(kept)
 			continue
@@ -404,6 +408,10 @@ type sub struct {
 	keys    map[string][]*entry
 	done    []*entry
 	dead    []*entry
+	// doneBuf and deadBuf are the arrays behind done and dead (see
+	// appendKept).
+	doneBuf []*entry
+	deadBuf []*entry
 	// agedAt is when retain last trimmed by age.
 	agedAt  tick
 	changed chan struct{}
@@ -517,6 +525,27 @@ func (sb *sub) retain(now tick) {
 	}
 	sb.done = trim(sb.done, r.CompletedCount, r.CompletedAge, now, byAge)
 	sb.dead = trim(sb.dead, r.DeadCount, r.DeadAge, now, byAge)
+}
+
+// appendKept appends e to list, a list that trim shortens from the front,
+// whose array is *buf. When list reaches the end of its array it moves
+// back to the start of *buf, which is replaced by one twice as long as the
+// list only when it is shorter than that: a list kept at its retention
+// count reuses one array instead of allocating as its start moves on.
+func appendKept(list []*entry, buf *[]*entry, e *entry) []*entry {
+	if len(list) == cap(list) {
+		b := *buf
+		if cap(b) < max(2*len(list), 16) {
+			b = make([]*entry, max(2*len(list), 16))
+		} else {
+			b = b[:cap(b)]
+		}
+		n := copy(b, list)
+		clear(b[n:]) // the old places of entries now at the front
+		*buf = b
+		list = b[:n]
+	}
+	return append(list, e)
 }
 
 func trim(list []*entry, count int, age time.Duration, now tick, byAge bool) []*entry {
@@ -644,13 +673,13 @@ func (r *receiver) Settle(ctx context.Context, ss []transport.Settlement) error 
 		switch st.Outcome {
 		case transport.Complete:
 			e.state, e.finished = stDone, now
-			r.sb.done = append(r.sb.done, e)
+			r.sb.done = appendKept(r.sb.done, &r.sb.doneBuf, e)
 			r.sb.finish(e, now)
 			woke = true
 		case transport.Dead:
 			e.failures++
 			e.state, e.finished, e.lastErr = stDead, now, st.Error
-			r.sb.dead = append(r.sb.dead, e)
+			r.sb.dead = appendKept(r.sb.dead, &r.sb.deadBuf, e)
 			r.sb.finish(e, now)
 			woke = true
 		case transport.Retry, transport.Release:
@@ -1038,6 +1067,18 @@ func (q *readyQueue) push(e *entry) {
 		i := sort.Search(len(q.prios), func(i int) bool { return q.prios[i] < p })
 		q.prios = slices.Insert(q.prios, i, p)
 	}
+	if len(b.items) == cap(b.items) {
+		if b.head > 0 && b.head >= len(b.items)/2 {
+			// Half the array is popped: move the queue to its start.
+			n := copy(b.items, b.items[b.head:])
+			clear(b.items[n:])
+			b.items, b.head = b.items[:n], 0
+		} else {
+			// Double, where append grows a large slice by a quarter, so
+			// that a growing backlog copies each entry about once.
+			b.items = slices.Grow(b.items, len(b.items))
+		}
+	}
 	b.items = append(b.items, e)
 	q.n++
 }
@@ -1176,5 +1217,6 @@ func (s *store) deleteSub(sb *sub) {
 	}
 	sb.ready, sb.delayed.items, sb.active.items = readyQueue{}, nil, nil
 	sb.keys, sb.done, sb.dead = map[string][]*entry{}, nil, nil
+	sb.doneBuf, sb.deadBuf = nil, nil
 	sb.wake()
 }
