@@ -221,21 +221,31 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// The store keeps its own copies, the caller may reuse its buffers:
+	// made before the store is locked, so that other publishers and the
+	// receivers do not wait for them.
+	var one [1]*transport.Message
+	copies := one[:]
+	if len(msgs) > 1 {
+		copies = make([]*transport.Message, len(msgs))
+	}
+	for i, m := range msgs {
+		copies[i] = copyMessage(m)
+	}
 	s := d.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
 	nowTick := s.tick(now)
 	s.expireHistory(now)
-	for _, m := range msgs {
+	for i, m := range msgs {
 		key := identity{m.Source(), m.ID}
 		if kept, dup := s.ids[key]; dup {
 			m.Duplicate = copyMessage(kept)
 			continue
 		}
 		m.Duplicate = nil
-		// The store keeps its own copy: the caller may reuse its buffers.
-		m = copyMessage(m)
+		m = copies[i]
 		s.seq++
 		s.ids[key] = m
 		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq, key: key})
@@ -579,6 +589,7 @@ type token struct {
 type leased struct {
 	d   transport.Delivery
 	tok token
+	msg *transport.Message // what d is built from
 }
 
 func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Delivery, error) {
@@ -607,8 +618,16 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 				}
 				heap.Push(&r.sb.active, e)
 				ls[i].tok = token{e, e.gen}
+				ls[i].msg = e.msg
+				ls[i].d.Attempt = int(e.attempts)
+				ls[i].d.FirstDelivered = s.time(e.first)
 				size += len(e.msg.Data)
 			}
+			s.mu.Unlock()
+			// The deliveries are built with the store unlocked, from what
+			// does not change once stored: the message, and the attempt
+			// and first delivery as this lease saw them.
+			//
 			// The handler gets its own copy of the data, which it may
 			// write to. Attrs is shared with the store: the core only
 			// reads a delivery's attributes (into the Event's fields and a
@@ -616,16 +635,16 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 			buf := make([]byte, 0, size)
 			for i := range ls {
 				l := &ls[i]
-				e := l.tok.e
-				l.d = transport.Delivery{Message: *e.msg, Attempt: int(e.attempts), FirstDelivered: s.time(e.first), Token: &l.tok}
-				if e.msg.Data != nil {
+				msg := l.msg
+				l.d.Message = *msg
+				l.d.Token = &l.tok
+				if msg.Data != nil {
 					at := len(buf)
-					buf = append(buf, e.msg.Data...)
+					buf = append(buf, msg.Data...)
 					l.d.Data = buf[at:len(buf):len(buf)]
 				}
 				out[i] = &l.d
 			}
-			s.mu.Unlock()
 			return out, nil
 		}
 		ch := r.sb.changed
