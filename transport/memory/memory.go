@@ -137,7 +137,7 @@ func (k tick) add(d time.Duration) tick {
 
 type histEntry struct {
 	msg *transport.Message
-	at  time.Time
+	at  tick // when stored
 	seq uint64
 	key identity // msg's key in ids
 }
@@ -235,9 +235,8 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	s := d.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
-	nowTick := s.tick(now)
-	s.expireHistory(now)
+	nowTick := s.tick(s.now())
+	s.expireHistory(nowTick)
 	for i, m := range msgs {
 		key := identity{m.Source(), m.ID}
 		if kept, dup := s.ids[key]; dup {
@@ -248,7 +247,7 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 		m = copies[i]
 		s.seq++
 		s.ids[key] = m
-		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq, key: key})
+		s.history = append(s.history, histEntry{msg: m, at: nowTick, seq: s.seq, key: key})
 		subs := s.route(m.Type)
 		// One allocation for the event's entries in every subscription.
 		es := make([]entry, len(subs))
@@ -296,9 +295,9 @@ func (s *store) route(typ string) []*sub {
 // than this starts it afresh.
 const maxRoutes = 4096
 
-func (s *store) expireHistory(now time.Time) {
+func (s *store) expireHistory(now tick) {
 	h := s.histHead
-	for h < len(s.history) && (len(s.history)-h > MaxHistory || now.Sub(s.history[h].at) > s.ret.DedupWindow) {
+	for h < len(s.history) && (len(s.history)-h > MaxHistory || now-s.history[h].at > tick(s.ret.DedupWindow)) {
 		delete(s.ids, s.history[h].key)
 		s.history[h] = histEntry{}
 		h++
@@ -361,11 +360,10 @@ func article(ephemeral bool) string {
 // startFrom gives a new subscription every retained message of its
 // pattern published at or after from. s.mu must be held.
 func (s *store) startFrom(sb *sub, from time.Time) {
-	now := s.tick(s.now())
+	now, fromTick := s.tick(s.now()), s.tick(from)
 	for _, h := range s.history[s.histHead:] {
-		if !h.at.Before(from) && transport.Match(sb.pattern, h.msg.Type) {
-			at := s.tick(h.at)
-			sb.add(&entry{msg: h.msg, seq: h.seq, runAt: at.add(h.msg.Delay), published: at}, now)
+		if h.at >= fromTick && transport.Match(sb.pattern, h.msg.Type) {
+			sb.add(&entry{msg: h.msg, seq: h.seq, runAt: h.at.add(h.msg.Delay), published: h.at}, now)
 		}
 	}
 }
@@ -954,7 +952,7 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 		n++
 	}
 	for _, h := range d.s.history[d.s.histHead:] {
-		replay(h.msg, h.seq, d.s.tick(h.at))
+		replay(h.msg, h.seq, h.at)
 	}
 	// Finished events kept longer than the publish history (dead letters
 	// are kept for DeadAge) are replayed from their own entries.
