@@ -442,15 +442,15 @@ func (b *Bus) prepare(ctx context.Context, eventType string, data any, opts []Pu
 	if ev.Source == "" {
 		ev.Source = b.cfg.source
 	}
-	if parent := eventFromContext(ctx); parent != nil {
+	if id, correlationID, traceParent, ok := parentEvent(ctx); ok {
 		if ev.CorrelationID == "" {
-			ev.CorrelationID = parent.CorrelationID
+			ev.CorrelationID = correlationID
 		}
 		if ev.CausationID == "" {
-			ev.CausationID = parent.ID
+			ev.CausationID = id
 		}
 		if ev.TraceParent == "" {
-			ev.TraceParent = parent.TraceParent
+			ev.TraceParent = traceParent
 		}
 	}
 	if ev.CorrelationID == "" {

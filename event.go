@@ -384,8 +384,14 @@ func (e *Event) setFromMessage(m *transport.Message) {
 		e.DataContentType = v
 		known++
 	}
+	// Publish sets a correlation id on every event (its own id unless the
+	// publisher or a parent event gave one).
+	if v, ok := a[attrCorrelationID]; ok {
+		e.CorrelationID = v
+		known++
+	}
 	if known == len(a) {
-		return // the common case: a source and a content type, nothing else
+		return // the common case: a source, a content type and a correlation id
 	}
 	if v, ok := a[attrSubject]; ok {
 		e.Subject = v
@@ -397,10 +403,6 @@ func (e *Event) setFromMessage(m *transport.Message) {
 	}
 	if v, ok := a[attrDataVersion]; ok {
 		e.DataVersion, _ = strconv.Atoi(v)
-		known++
-	}
-	if v, ok := a[attrCorrelationID]; ok {
-		e.CorrelationID = v
 		known++
 	}
 	if v, ok := a[attrCausationID]; ok {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -240,14 +241,15 @@ func (r *runner) loop() {
 		want := 1
 		limited := r.limiter != nil || r.shared != nil
 		if !limited {
-		fill:
-			for want < maxReceiveBatch {
-				select {
-				case r.slots <- struct{}{}:
-					want++
-				default:
-					break fill
-				}
+			want += r.takeSlots(maxReceiveBatch - 1)
+			if want == 1 {
+				// One slot free: let the goroutines ready to run go first.
+				// On a busy process they include this handler's, about to
+				// free their slots, so that one Receive leases for several
+				// of them instead of a wake-up and a Receive each. On an
+				// idle one this returns at once.
+				runtime.Gosched()
+				want += r.takeSlots(maxReceiveBatch - 1)
 			}
 		}
 		pctx := r.poll()
@@ -282,6 +284,19 @@ func (r *runner) loop() {
 		}
 		failures = 0
 	}
+}
+
+// takeSlots takes up to n more free slots without waiting and returns how
+// many it took.
+func (r *runner) takeSlots(n int) int {
+	for i := range n {
+		select {
+		case r.slots <- struct{}{}:
+		default:
+			return i
+		}
+	}
+	return n
 }
 
 // poll returns the ctx for the next Receive.
@@ -483,11 +498,8 @@ func (r *runner) heartbeat() {
 // abandoned by the watch loop, which settles the attempt and frees the
 // slot.
 func (r *runner) handle(d *transport.Delivery) {
-	f := &flight{d: d}
-	f.ev.setFromMessage(&d.Message)
-	ev := &f.ev
-	ev.Attempt = d.Attempt
-	ev.Handler = r.name
+	evv := handlerEvent(d, r.name)
+	ev := &evv
 
 	// An idempotent handler's claim comes first: an event whose last
 	// attempt succeeded but was never acknowledged is done, whatever its
@@ -520,9 +532,9 @@ func (r *runner) handle(d *transport.Delivery) {
 		return
 	}
 
-	f.start = time.Now()
-	f.hctx = handlerCtx{ev: ev, deadline: f.start.Add(r.cfg.timeout), values: r.values}
-	f.ctx = &f.hctx
+	start := time.Now()
+	f := &flight{d: d}
+	f.ctx = handlerCtx{d: d, handler: r.name, deadline: start.Add(r.cfg.timeout), values: r.values}
 	r.mu.Lock()
 	if _, mine := r.inflight[d]; !mine {
 		// abort released the delivery before the handler started: its
@@ -536,7 +548,7 @@ func (r *runner) handle(d *transport.Delivery) {
 	}
 	r.inflight[d] = f
 	r.mu.Unlock()
-	err := r.call(f.ctx, ev)
+	err := r.call(&f.ctx, ev)
 	timedOut := f.ctx.Err() == context.DeadlineExceeded
 	f.ctx.cancel(context.Canceled) // ends contexts the handler derived
 	if !f.state.CompareAndSwap(0, 1) {
@@ -547,7 +559,7 @@ func (r *runner) handle(d *transport.Delivery) {
 		// but only well before the claim expires: after that another
 		// attempt may hold it, and giving it up would let a third run
 		// beside that one.
-		if r.claimer != nil && (err == nil || time.Since(f.start)+claimMargin < r.claimTTL()) {
+		if r.claimer != nil && (err == nil || time.Since(start)+claimMargin < r.claimTTL()) {
 			r.finishClaim(ev, err == nil)
 		}
 		return
@@ -559,7 +571,7 @@ func (r *runner) handle(d *transport.Delivery) {
 	if len(r.bus.handleHooks) > 0 {
 		// Only the hooks are told how long the handler ran: without them
 		// a clock read per delivery is spared.
-		elapsed = time.Since(f.start)
+		elapsed = time.Since(start)
 	}
 	r.finish(d, ev, err, false, elapsed)
 }
@@ -675,8 +687,12 @@ func (r *runner) finish(d *transport.Delivery, ev *Event, err error, abandoned b
 	// The hooks hear of the outcome once the store holds it: not when a
 	// shutdown took the delivery back first (it is delivered again), nor
 	// when the transport fails to record it.
-	res := queuedOutcome{ev: ev, outcome: outcome, err: err, elapsed: elapsed}
+	res := queuedOutcome{outcome: outcome, err: err, elapsed: elapsed}
 	if len(r.bus.handleHooks) > 0 {
+		// Only the hooks are told of the event: without them it stays
+		// on the handling goroutine's stack.
+		kept := *ev
+		res.ev = &kept
 		res.latency = time.Since(ev.Time)
 	}
 	r.settle(d, s, &res)
@@ -733,6 +749,17 @@ type eventKey struct{}
 func eventFromContext(ctx context.Context) *Event {
 	e, _ := ctx.Value(eventKey{}).(*Event)
 	return e
+}
+
+// parentEvent returns, when ctx is (or derives from) a handler's context,
+// the id, correlation id and trace context of the event being handled.
+func parentEvent(ctx context.Context) (id, correlationID, traceParent string, ok bool) {
+	c, _ := ctx.Value(handlerCtxKey{}).(*handlerCtx)
+	if c == nil {
+		return "", "", "", false
+	}
+	id, correlationID, traceParent = c.parent()
+	return id, correlationID, traceParent, true
 }
 
 // EventFromContext returns the event being handled, when ctx is (or

@@ -18,7 +18,11 @@ import (
 // second); Deadline reports the exact time, so libraries that set their
 // own timers from it are exact.
 type handlerCtx struct {
-	ev       *Event
+	// d is the delivery being handled and handler the handler's name:
+	// the event the ctx carries (EventFromContext) is built from them
+	// when first asked for, into ev, since most handlers never ask.
+	d        *transport.Delivery
+	handler  string
 	deadline time.Time
 	// values is the ctx given to Start or Run: a handler's ctx carries its
 	// values, so that loggers, tenants and tracing providers put there
@@ -29,7 +33,13 @@ type handlerCtx struct {
 	done   chan struct{} // made on the first Done, or closed at cancel
 	err    error
 	afters []*afterFunc
+	ev     *Event // the event, once built
 }
+
+// handlerCtxKey is the key under which a handler's ctx gives itself, so
+// that a publish from a handler reads the few attributes it passes on
+// without building the whole event.
+type handlerCtxKey struct{}
 
 type afterFunc struct{ f func() }
 
@@ -63,13 +73,48 @@ func (c *handlerCtx) Err() error {
 }
 
 func (c *handlerCtx) Value(key any) any {
-	if key == any(eventKey{}) {
-		return c.ev
+	switch key {
+	case any(eventKey{}):
+		return c.event()
+	case any(handlerCtxKey{}):
+		return c
 	}
 	if c.values != nil {
 		return c.values.Value(key)
 	}
 	return nil
+}
+
+// event returns the event being handled, built on the first call.
+func (c *handlerCtx) event() *Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ev == nil {
+		ev := handlerEvent(c.d, c.handler)
+		c.ev = &ev
+	}
+	return c.ev
+}
+
+// parent returns what a publish from the handler takes from the event
+// being handled: its id, correlation id and trace context.
+func (c *handlerCtx) parent() (id, correlationID, traceParent string) {
+	c.mu.Lock()
+	ev := c.ev
+	c.mu.Unlock()
+	if ev != nil {
+		return ev.ID, ev.CorrelationID, ev.TraceParent
+	}
+	return c.d.ID, c.d.Attrs[attrCorrelationID], c.d.Attrs[attrTraceParent]
+}
+
+// handlerEvent is the event a handler named handler gets for d.
+func handlerEvent(d *transport.Delivery, handler string) Event {
+	var ev Event
+	ev.setFromMessage(&d.Message)
+	ev.Attempt = d.Attempt
+	ev.Handler = handler
+	return ev
 }
 
 func (c *handlerCtx) String() string { return "ripple.handlerContext" }
@@ -123,16 +168,19 @@ func (c *handlerCtx) AfterFunc(f func()) (stop func() bool) {
 
 // A flight is one running handler attempt.
 type flight struct {
-	d     *transport.Delivery
-	ctx   *handlerCtx
-	start time.Time
-	// ev and hctx are the storage behind the handler's event and ctx, so
-	// that a delivery costs one allocation for all three.
-	ev   Event
-	hctx handlerCtx
+	d *transport.Delivery
+	// ctx is the handler's ctx, in the flight's allocation. The attempt
+	// started Timeout before its deadline (see start). The handler's event
+	// lives on the handling goroutine's stack.
+	ctx handlerCtx
 	// state: 0 running, 1 returned, 2 abandoned. Whoever moves it from 0
 	// settles the attempt and frees the slot.
 	state atomic.Int32
+}
+
+// start is when the attempt started: its deadline less the timeout.
+func (f *flight) start(timeout time.Duration) time.Time {
+	return f.ctx.deadline.Add(-timeout)
 }
 
 // watchTick is how often the watch loop looks for overdue handlers.
@@ -179,8 +227,9 @@ func (r *runner) abandon(f *flight) {
 	}
 	if !r.isAborted() {
 		r.bus.log.Error("ripple: handler ignored its cancelled context and was abandoned; its slot is freed and the attempt counts as failed",
-			"handler", r.name, "event", f.ctx.ev.ID, "timeout", r.cfg.timeout)
+			"handler", r.name, "event", f.d.ID, "timeout", r.cfg.timeout)
 	}
 	err := fmt.Errorf("handler did not return within %s of its %s timeout", abandonGrace, r.cfg.timeout)
-	r.finish(f.d, f.ctx.ev, err, true, time.Since(f.start))
+	ev := handlerEvent(f.d, r.name)
+	r.finish(f.d, &ev, err, true, time.Since(f.start(r.cfg.timeout)))
 }

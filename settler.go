@@ -1,6 +1,7 @@
 package ripple
 
 import (
+	"runtime"
 	"sync"
 	"time"
 
@@ -124,8 +125,21 @@ func (r *runner) settle(d *transport.Delivery, s transport.Settlement, res *queu
 func (r *runner) flush() {
 	var batch []queuedOutcome
 	var ss []transport.Settlement
+	yielded := false
 	for {
 		r.set.mu.Lock()
+		if len(r.set.queue) == 0 && !yielded && r.runCtx.Err() == nil {
+			// Before sleeping, let the goroutines ready to run go first:
+			// on a busy process they are the handlers about to queue
+			// outcomes, which the next Settle then takes in one batch
+			// instead of a wake-up and a Settle each. On an idle one this
+			// returns at once, so a lone outcome is not held back.
+			r.set.mu.Unlock()
+			yielded = true
+			runtime.Gosched()
+			continue
+		}
+		yielded = false
 		if len(r.set.queue) == 0 {
 			if r.runCtx.Err() != nil {
 				// Stopped: an outcome queued after this (none is, once
@@ -182,10 +196,12 @@ func (r *runner) record(batch []queuedOutcome, ss []transport.Settlement) []tran
 			<-r.slots
 		}
 		<-r.set.space
-		r.busy.Add(-1)
-		r.handlers.Done()
-		r.set.pending.Done()
 	}
+	// The batch's deliveries end together: one update of each count.
+	n := len(batch)
+	r.busy.Add(-int64(n))
+	r.handlers.Add(-n)
+	r.set.pending.Add(-n)
 	return ss
 }
 

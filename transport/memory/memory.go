@@ -36,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -98,7 +99,7 @@ type store struct {
 	subs     map[string]*sub
 	history  []histEntry // publish order, for dedup expiry and replay; live from histHead
 	histHead int
-	ids      map[string]*transport.Message // by transport.IdentityKey
+	ids      map[identity]*transport.Message
 	claims   map[claimKey]*claim
 	limits   map[string]*ratewindow.Window // rate limits by handler
 	// routes caches, by event type, the subscriptions whose pattern
@@ -106,14 +107,44 @@ type store struct {
 	routes map[string][]*sub
 	seq    uint64
 	now    func() time.Time
+	// epoch is the origin of the store's ticks.
+	epoch time.Time
+}
+
+// A tick is a time on a store's clock: nanoseconds since its epoch, on
+// the monotonic clock. Entries keep their times as ticks, 8 bytes without
+// a pointer where a time.Time takes 24 with one, so that the entries of
+// a busy store take less memory and less of the garbage collector's time.
+// Every tick of a store is positive: zero means unset.
+type tick int64
+
+// tick converts t to the store's clock.
+func (s *store) tick(t time.Time) tick { return tick(t.Sub(s.epoch)) }
+
+// time converts k back to a time.
+func (s *store) time(k tick) time.Time { return s.epoch.Add(time.Duration(k)) }
+
+// add returns k+d, saturating instead of overflowing for huge d.
+func (k tick) add(d time.Duration) tick {
+	if r := k + tick(d); (d > 0) == (r > k) || d == 0 {
+		return r
+	}
+	if d > 0 {
+		return math.MaxInt64
+	}
+	return math.MinInt64
 }
 
 type histEntry struct {
 	msg *transport.Message
-	at  time.Time
+	at  tick // when stored
 	seq uint64
-	key string // transport.IdentityKey of msg, its key in ids
+	key identity // msg's key in ids
 }
+
+// identity is an event's identity, its source and id: the key of ids. Its
+// strings are the message's own, so keying on it allocates nothing.
+type identity struct{ source, id string }
 
 type claimKey struct{ handler, id string }
 
@@ -128,11 +159,13 @@ func newStore(r transport.Retention, name string) *store {
 		refs:   1,
 		ret:    r.Resolve(),
 		subs:   map[string]*sub{},
-		ids:    map[string]*transport.Message{},
+		ids:    map[identity]*transport.Message{},
 		claims: map[claimKey]*claim{},
 		limits: map[string]*ratewindow.Window{},
 		routes: map[string][]*sub{},
 		now:    time.Now,
+		// A second back, so that every tick is positive.
+		epoch: time.Now().Add(-time.Second),
 	}
 }
 
@@ -188,33 +221,42 @@ func (d *driver) Publish(ctx context.Context, msgs []*transport.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// The store keeps its own copies, the caller may reuse its buffers:
+	// made before the store is locked, so that other publishers and the
+	// receivers do not wait for them.
+	var one [1]*transport.Message
+	copies := one[:]
+	if len(msgs) > 1 {
+		copies = make([]*transport.Message, len(msgs))
+	}
+	for i, m := range msgs {
+		copies[i] = copyMessage(m)
+	}
 	s := d.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
-	s.expireHistory(now)
-	for _, m := range msgs {
-		key := transport.IdentityKey(m.Source(), m.ID)
+	nowTick := s.tick(s.now())
+	s.expireHistory(nowTick)
+	for i, m := range msgs {
+		key := identity{m.Source(), m.ID}
 		if kept, dup := s.ids[key]; dup {
 			m.Duplicate = copyMessage(kept)
 			continue
 		}
 		m.Duplicate = nil
-		// The store keeps its own copy: the caller may reuse its buffers.
-		m = copyMessage(m)
+		m = copies[i]
 		s.seq++
 		s.ids[key] = m
-		s.history = append(s.history, histEntry{msg: m, at: now, seq: s.seq, key: key})
+		s.history = append(s.history, histEntry{msg: m, at: nowTick, seq: s.seq, key: key})
 		subs := s.route(m.Type)
 		// One allocation for the event's entries in every subscription.
 		es := make([]entry, len(subs))
 		for i, sb := range subs {
-			es[i] = entry{msg: m, seq: s.seq, runAt: now.Add(m.Delay), published: now}
-			sb.add(&es[i], now)
+			es[i] = entry{msg: m, seq: s.seq, runAt: nowTick.add(m.Delay), published: nowTick}
+			sb.add(&es[i], nowTick)
+			// Only the subscriptions that got the event need waking.
+			sb.wake()
 		}
-	}
-	for _, sb := range s.subs {
-		sb.wake()
 	}
 	return nil
 }
@@ -253,9 +295,9 @@ func (s *store) route(typ string) []*sub {
 // than this starts it afresh.
 const maxRoutes = 4096
 
-func (s *store) expireHistory(now time.Time) {
+func (s *store) expireHistory(now tick) {
 	h := s.histHead
-	for h < len(s.history) && (len(s.history)-h > MaxHistory || now.Sub(s.history[h].at) > s.ret.DedupWindow) {
+	for h < len(s.history) && (len(s.history)-h > MaxHistory || now-s.history[h].at > tick(s.ret.DedupWindow)) {
 		delete(s.ids, s.history[h].key)
 		s.history[h] = histEntry{}
 		h++
@@ -318,17 +360,17 @@ func article(ephemeral bool) string {
 // startFrom gives a new subscription every retained message of its
 // pattern published at or after from. s.mu must be held.
 func (s *store) startFrom(sb *sub, from time.Time) {
-	now := s.now()
+	now, fromTick := s.tick(s.now()), s.tick(from)
 	for _, h := range s.history[s.histHead:] {
-		if !h.at.Before(from) && transport.Match(sb.pattern, h.msg.Type) {
-			sb.add(&entry{msg: h.msg, seq: h.seq, runAt: h.at.Add(h.msg.Delay), published: h.at}, now)
+		if h.at >= fromTick && transport.Match(sb.pattern, h.msg.Type) {
+			sb.add(&entry{msg: h.msg, seq: h.seq, runAt: h.at.add(h.msg.Delay), published: h.at}, now)
 		}
 	}
 }
 
 // ---- subscriptions ----
 
-type state int
+type state uint8
 
 const (
 	stReady state = iota
@@ -339,20 +381,22 @@ const (
 	stDead
 )
 
+// An entry is one event in one subscription: every subscription of the
+// event has its own. Its fields are sized so that it fits in 96 bytes.
 type entry struct {
 	msg       *transport.Message
 	seq       uint64
-	state     state
-	attempts  int
-	runAt     time.Time
-	leaseEnd  time.Time
 	gen       uint64
-	published time.Time
-	first     time.Time
+	runAt     tick
+	leaseEnd  tick
+	published tick
+	first     tick // zero until first delivered
+	finished  tick
 	lastErr   string
-	failures  int
-	finished  time.Time
-	index     int // position in the heap it is in, or -1
+	attempts  int32
+	failures  int32
+	index     int32 // position in the heap it is in, or -1
+	state     state
 }
 
 type sub struct {
@@ -372,8 +416,12 @@ type sub struct {
 	keys    map[string][]*entry
 	done    []*entry
 	dead    []*entry
+	// doneBuf and deadBuf are the arrays behind done and dead (see
+	// appendKept).
+	doneBuf []*entry
+	deadBuf []*entry
 	// agedAt is when retain last trimmed by age.
-	agedAt  time.Time
+	agedAt  tick
 	changed chan struct{}
 	waiters int
 }
@@ -381,8 +429,7 @@ type sub struct {
 func newSub(s *store, spec transport.SubscriptionSpec) *sub {
 	return &sub{
 		s: s, name: spec.Name, pattern: spec.Pattern, ordered: spec.Ordered, ephemeral: spec.Ephemeral,
-		delayed: timeHeap{at: func(e *entry) time.Time { return e.runAt }},
-		active:  timeHeap{at: func(e *entry) time.Time { return e.leaseEnd }},
+		active:  timeHeap{byLease: true},
 		keys:    map[string][]*entry{},
 		changed: make(chan struct{}),
 	}
@@ -397,7 +444,7 @@ func (sb *sub) wake() {
 }
 
 // add places a new entry, honouring per-key order.
-func (sb *sub) add(e *entry, now time.Time) {
+func (sb *sub) add(e *entry, now tick) {
 	e.index = -1
 	if sb.ordered && e.msg.Key != "" {
 		q := sb.keys[e.msg.Key]
@@ -411,8 +458,8 @@ func (sb *sub) add(e *entry, now time.Time) {
 }
 
 // schedule puts an entry in the ready or delayed heap by its runAt.
-func (sb *sub) schedule(e *entry, now time.Time) {
-	if e.runAt.After(now) {
+func (sb *sub) schedule(e *entry, now tick) {
+	if e.runAt > now {
 		e.state = stDelayed
 		heap.Push(&sb.delayed, e)
 	} else {
@@ -422,13 +469,13 @@ func (sb *sub) schedule(e *entry, now time.Time) {
 }
 
 // promote moves due delayed entries and expired leases to ready.
-func (sb *sub) promote(now time.Time) {
-	for sb.delayed.Len() > 0 && !sb.delayed.items[0].runAt.After(now) {
+func (sb *sub) promote(now tick) {
+	for sb.delayed.Len() > 0 && sb.delayed.items[0].runAt <= now {
 		e := heap.Pop(&sb.delayed).(*entry)
 		e.state = stReady
 		sb.ready.push(e)
 	}
-	for sb.active.Len() > 0 && sb.active.items[0].leaseEnd.Before(now) {
+	for sb.active.Len() > 0 && sb.active.items[0].leaseEnd < now {
 		e := heap.Pop(&sb.active).(*entry)
 		e.gen++ // the old lease can no longer settle
 		e.state = stReady
@@ -436,14 +483,15 @@ func (sb *sub) promote(now time.Time) {
 	}
 }
 
-// nextWake is when something becomes deliverable without a publish.
-func (sb *sub) nextWake() time.Time {
-	var t time.Time
+// nextWake is when something becomes deliverable without a publish, or
+// zero when nothing will.
+func (sb *sub) nextWake() tick {
+	var t tick
 	if sb.delayed.Len() > 0 {
 		t = sb.delayed.items[0].runAt
 	}
 	if sb.active.Len() > 0 {
-		if a := sb.active.items[0].leaseEnd; t.IsZero() || a.Before(t) {
+		if a := sb.active.items[0].leaseEnd; t == 0 || a < t {
 			t = a
 		}
 	}
@@ -451,7 +499,7 @@ func (sb *sub) nextWake() time.Time {
 }
 
 // finish removes an entry from its key queue and schedules the next one.
-func (sb *sub) finish(e *entry, now time.Time) {
+func (sb *sub) finish(e *entry, now tick) {
 	if !sb.ordered || e.msg.Key == "" {
 		return
 	}
@@ -476,10 +524,10 @@ func (sb *sub) finish(e *entry, now time.Time) {
 // to the retention ages at most every tenth of the shorter age (and at
 // least once a second): reading the age of the oldest entry is a cache
 // miss every settlement would pay.
-func (sb *sub) retain(now time.Time) {
+func (sb *sub) retain(now tick) {
 	r := sb.s.ret
-	every := min(time.Second, min(r.CompletedAge, r.DeadAge)/10)
-	byAge := now.Sub(sb.agedAt) >= every || now.Before(sb.agedAt)
+	every := tick(min(time.Second, min(r.CompletedAge, r.DeadAge)/10))
+	byAge := now-sb.agedAt >= every || now < sb.agedAt
 	if byAge {
 		sb.agedAt = now
 	}
@@ -487,9 +535,30 @@ func (sb *sub) retain(now time.Time) {
 	sb.dead = trim(sb.dead, r.DeadCount, r.DeadAge, now, byAge)
 }
 
-func trim(list []*entry, count int, age time.Duration, now time.Time, byAge bool) []*entry {
+// appendKept appends e to list, a list that trim shortens from the front,
+// whose array is *buf. When list reaches the end of its array it moves
+// back to the start of *buf, which is replaced by one twice as long as the
+// list only when it is shorter than that: a list kept at its retention
+// count reuses one array instead of allocating as its start moves on.
+func appendKept(list []*entry, buf *[]*entry, e *entry) []*entry {
+	if len(list) == cap(list) {
+		b := *buf
+		if cap(b) < max(2*len(list), 16) {
+			b = make([]*entry, max(2*len(list), 16))
+		} else {
+			b = b[:cap(b)]
+		}
+		n := copy(b, list)
+		clear(b[n:]) // the old places of entries now at the front
+		*buf = b
+		list = b[:n]
+	}
+	return append(list, e)
+}
+
+func trim(list []*entry, count int, age time.Duration, now tick, byAge bool) []*entry {
 	cut := max(len(list)-count, 0)
-	for byAge && cut < len(list) && now.Sub(list[cut].finished) > age {
+	for byAge && cut < len(list) && now-list[cut].finished > tick(age) {
 		cut++
 	}
 	if cut == 0 {
@@ -518,6 +587,7 @@ type token struct {
 type leased struct {
 	d   transport.Delivery
 	tok token
+	msg *transport.Message // what d is built from
 }
 
 func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Delivery, error) {
@@ -527,7 +597,7 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 			return nil, ErrClosed
 		}
 		s.mu.Lock()
-		now := s.now()
+		now := s.tick(s.now())
 		r.sb.promote(now)
 		if n := min(r.sb.ready.Len(), limit); n > 0 && !r.sb.paused {
 			out := make([]*transport.Delivery, n)
@@ -540,14 +610,22 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 				e.state = stActive
 				e.attempts++
 				e.gen++
-				e.leaseEnd = now.Add(r.lease)
-				if e.first.IsZero() {
+				e.leaseEnd = now.add(r.lease)
+				if e.first == 0 {
 					e.first = now
 				}
 				heap.Push(&r.sb.active, e)
 				ls[i].tok = token{e, e.gen}
+				ls[i].msg = e.msg
+				ls[i].d.Attempt = int(e.attempts)
+				ls[i].d.FirstDelivered = s.time(e.first)
 				size += len(e.msg.Data)
 			}
+			s.mu.Unlock()
+			// The deliveries are built with the store unlocked, from what
+			// does not change once stored: the message, and the attempt
+			// and first delivery as this lease saw them.
+			//
 			// The handler gets its own copy of the data, which it may
 			// write to. Attrs is shared with the store: the core only
 			// reads a delivery's attributes (into the Event's fields and a
@@ -555,16 +633,16 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 			buf := make([]byte, 0, size)
 			for i := range ls {
 				l := &ls[i]
-				e := l.tok.e
-				l.d = transport.Delivery{Message: *e.msg, Attempt: e.attempts, FirstDelivered: e.first, Token: &l.tok}
-				if e.msg.Data != nil {
+				msg := l.msg
+				l.d.Message = *msg
+				l.d.Token = &l.tok
+				if msg.Data != nil {
 					at := len(buf)
-					buf = append(buf, e.msg.Data...)
+					buf = append(buf, msg.Data...)
 					l.d.Data = buf[at:len(buf):len(buf)]
 				}
 				out[i] = &l.d
 			}
-			s.mu.Unlock()
 			return out, nil
 		}
 		ch := r.sb.changed
@@ -574,8 +652,8 @@ func (r *receiver) Receive(ctx context.Context, limit int) ([]*transport.Deliver
 
 		var timer *time.Timer
 		var due <-chan time.Time
-		if !wakeAt.IsZero() {
-			timer = time.NewTimer(max(time.Until(wakeAt), 0) + time.Millisecond)
+		if wakeAt != 0 {
+			timer = time.NewTimer(max(time.Until(s.time(wakeAt)), 0) + time.Millisecond)
 			due = timer.C
 		}
 		select {
@@ -599,7 +677,7 @@ func (r *receiver) Settle(ctx context.Context, ss []transport.Settlement) error 
 	s := r.sb.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
+	now := s.tick(s.now())
 	woke := false
 	for _, st := range ss {
 		tk, ok := st.Delivery.Token.(*token)
@@ -607,18 +685,18 @@ func (r *receiver) Settle(ctx context.Context, ss []transport.Settlement) error 
 			continue // lease lost to another receiver
 		}
 		e := tk.e
-		heap.Remove(&r.sb.active, e.index)
+		heap.Remove(&r.sb.active, int(e.index))
 		e.gen++
 		switch st.Outcome {
 		case transport.Complete:
 			e.state, e.finished = stDone, now
-			r.sb.done = append(r.sb.done, e)
+			r.sb.done = appendKept(r.sb.done, &r.sb.doneBuf, e)
 			r.sb.finish(e, now)
 			woke = true
 		case transport.Dead:
 			e.failures++
 			e.state, e.finished, e.lastErr = stDead, now, st.Error
-			r.sb.dead = append(r.sb.dead, e)
+			r.sb.dead = appendKept(r.sb.dead, &r.sb.deadBuf, e)
 			r.sb.finish(e, now)
 			woke = true
 		case transport.Retry, transport.Release:
@@ -628,7 +706,7 @@ func (r *receiver) Settle(ctx context.Context, ss []transport.Settlement) error 
 				e.failures++
 				e.lastErr = st.Error
 			}
-			e.runAt = now.Add(st.Delay)
+			e.runAt = now.add(st.Delay)
 			r.sb.schedule(e, now)
 			woke = true
 		default:
@@ -649,14 +727,14 @@ func (r *receiver) Extend(ctx context.Context, ds []*transport.Delivery, lease t
 	s := r.sb.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
+	now := s.tick(s.now())
 	for _, d := range ds {
 		tk, ok := d.Token.(*token)
 		if !ok || tk.e.gen != tk.gen || tk.e.state != stActive {
 			continue
 		}
-		tk.e.leaseEnd = now.Add(lease)
-		heap.Fix(&r.sb.active, tk.e.index)
+		tk.e.leaseEnd = now.add(lease)
+		heap.Fix(&r.sb.active, int(tk.e.index))
 	}
 	return nil
 }
@@ -690,7 +768,7 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 	s := d.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
+	now := s.tick(s.now())
 	out := make([]transport.Stats, 0, len(s.subs))
 	for _, sb := range s.subs {
 		sb.promote(now)
@@ -710,14 +788,14 @@ func (d *driver) Stats(ctx context.Context) ([]transport.Stats, error) {
 				}
 			}
 		}
-		var oldest time.Time
+		var oldest tick
 		for _, e := range sb.ready.all() {
-			if oldest.IsZero() || e.published.Before(oldest) {
+			if oldest == 0 || e.published < oldest {
 				oldest = e.published
 			}
 		}
-		if !oldest.IsZero() {
-			st.OldestWaiting = now.Sub(oldest)
+		if oldest != 0 {
+			st.OldestWaiting = time.Duration(now - oldest)
 		}
 		for _, list := range [][]*entry{sb.ready.all(), sb.delayed.items, sb.active.items, sb.done, sb.dead} {
 			for _, e := range list {
@@ -761,7 +839,7 @@ func (d *driver) DeadLetters(ctx context.Context, handler string, limit int) ([]
 		if len(out) == limit {
 			break
 		}
-		out = append(out, transport.DeadLetter{Message: *copyMessage(e.msg), Handler: handler, Attempts: e.attempts, Error: e.lastErr, FirstAttempt: e.first, DeadAt: e.finished})
+		out = append(out, transport.DeadLetter{Message: *copyMessage(e.msg), Handler: handler, Attempts: int(e.attempts), Error: e.lastErr, FirstAttempt: d.s.time(e.first), DeadAt: d.s.time(e.finished)})
 	}
 	return out, nil
 }
@@ -784,7 +862,7 @@ func (d *driver) Requeue(ctx context.Context, handler string, ids []string) (int
 	if err != nil {
 		return 0, err
 	}
-	now := d.s.now()
+	now := d.s.tick(d.s.now())
 	taken := sb.takeDead(ids)
 	for _, e := range taken {
 		sb.add(&entry{msg: e.msg, seq: e.seq, runAt: now, published: e.published}, now)
@@ -851,12 +929,13 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 	if err != nil {
 		return 0, err
 	}
-	now := d.s.now()
+	now := d.s.tick(d.s.now())
+	sinceTick := d.s.tick(since)
 	n := 0
 	busy := sb.unfinished()
 	// The failed attempts of a finished event stay counted when it is
 	// replayed.
-	failures := map[uint64]int{}
+	failures := map[uint64]int32{}
 	for _, e := range sb.done {
 		failures[e.seq] += e.failures
 	}
@@ -864,8 +943,8 @@ func (d *driver) Replay(ctx context.Context, handler string, since time.Time) (i
 		failures[e.seq] += e.failures
 	}
 	replayed := map[uint64]bool{}
-	replay := func(msg *transport.Message, seq uint64, at time.Time) {
-		if at.Before(since) || !transport.Match(sb.pattern, msg.Type) || busy[seq] || replayed[seq] {
+	replay := func(msg *transport.Message, seq uint64, at tick) {
+		if at < sinceTick || !transport.Match(sb.pattern, msg.Type) || busy[seq] || replayed[seq] {
 			return
 		}
 		replayed[seq] = true
@@ -1005,6 +1084,18 @@ func (q *readyQueue) push(e *entry) {
 		i := sort.Search(len(q.prios), func(i int) bool { return q.prios[i] < p })
 		q.prios = slices.Insert(q.prios, i, p)
 	}
+	if len(b.items) == cap(b.items) {
+		if b.head > 0 && b.head >= len(b.items)/2 {
+			// Half the array is popped: move the queue to its start.
+			n := copy(b.items, b.items[b.head:])
+			clear(b.items[n:])
+			b.items, b.head = b.items[:n], 0
+		} else {
+			// Double, where append grows a large slice by a quarter, so
+			// that a growing backlog copies each entry about once.
+			b.items = slices.Grow(b.items, len(b.items))
+		}
+	}
 	b.items = append(b.items, e)
 	q.n++
 }
@@ -1049,24 +1140,34 @@ func (q *readyQueue) all() []*entry {
 	return out
 }
 
+// timeHeap orders entries by runAt, or by leaseEnd when byLease, and by
+// seq within a tick.
 type timeHeap struct {
-	items []*entry
-	at    func(*entry) time.Time
+	items   []*entry
+	byLease bool
 }
 
 func (h timeHeap) Len() int { return len(h.items) }
 func (h timeHeap) Less(i, j int) bool {
-	a, b := h.at(h.items[i]), h.at(h.items[j])
-	if !a.Equal(b) {
-		return a.Before(b)
+	x, y := h.items[i], h.items[j]
+	a, b := x.runAt, y.runAt
+	if h.byLease {
+		a, b = x.leaseEnd, y.leaseEnd
 	}
-	return h.items[i].seq < h.items[j].seq
+	if a != b {
+		return a < b
+	}
+	return x.seq < y.seq
 }
 func (h timeHeap) Swap(i, j int) {
 	h.items[i], h.items[j] = h.items[j], h.items[i]
-	h.items[i].index, h.items[j].index = i, j
+	h.items[i].index, h.items[j].index = int32(i), int32(j)
 }
-func (h *timeHeap) Push(x any) { e := x.(*entry); e.index = len(h.items); h.items = append(h.items, e) }
+func (h *timeHeap) Push(x any) {
+	e := x.(*entry)
+	e.index = int32(len(h.items))
+	h.items = append(h.items, e)
+}
 func (h *timeHeap) Pop() any {
 	n := len(h.items) - 1
 	e := h.items[n]
@@ -1133,5 +1234,6 @@ func (s *store) deleteSub(sb *sub) {
 	}
 	sb.ready, sb.delayed.items, sb.active.items = readyQueue{}, nil, nil
 	sb.keys, sb.done, sb.dead = map[string][]*entry{}, nil, nil
+	sb.doneBuf, sb.deadBuf = nil, nil
 	sb.wake()
 }
