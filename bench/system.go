@@ -46,6 +46,11 @@ type System struct {
 	// subscribed to EventType, each at concurrency 10 and each calling h
 	// once per delivery. Systems that cannot fan out fail for handlers > 1.
 	Open func(ctx context.Context, dir string, handlers int, h HandleFunc) (Instance, error)
+	// BusURL, for Ripple's own transports, returns the bus URL of an
+	// instance whose files live in dir. The growth and bounded scenarios
+	// open their buses with it; they run on the systems whose URL is
+	// sqlite://.
+	BusURL func(dir string) string
 	// Measure, when set, replaces Open for a system that runs outside this
 	// process (BullMQ, in Node.js) and measures a scenario itself, with the
 	// same workload and cfg. Open is then nil.
