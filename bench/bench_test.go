@@ -402,6 +402,7 @@ func TestStorageScenariosShort(t *testing.T) {
 		Scenarios: []Scenario{Growth, Bounded},
 		Backlogs:  []int{2000, 200}, Drained: 1000, BacklogPublishers: 8,
 		BoundedN: 2000, BoundedEvery: 200, ShortRetention: time.Second,
+		GrowthRounds: 2, BoundedMaxWaiting: 100,
 	}
 	res := Run(context.Background(), systems, cfg)
 	if len(res) != 1 {
@@ -421,8 +422,13 @@ func TestStorageScenariosShort(t *testing.T) {
 		if want := []int{200, 2000}[i]; p.Backlog != want {
 			t.Errorf("point %d: backlog %d, want %d", i, p.Backlog, want)
 		}
-		if p.Handled < 200 || p.PerSec <= 0 || p.Elapsed <= 0 || p.Publish <= 0 {
-			t.Errorf("point %d: %+v; want at least 200 handled at a positive rate", i, p)
+		if p.Handled != 200 || p.PerSec <= 0 || p.Publish <= 0 || len(p.Rounds) != 2 {
+			t.Errorf("point %d: %+v; want 200 handled in each of 2 rounds at a positive rate", i, p)
+		}
+		for j, r := range p.Rounds {
+			if r.Handled != 200 || r.Elapsed <= 0 || r.PerSec <= 0 {
+				t.Errorf("point %d round %d: %+v", i, j, r)
+			}
 		}
 		if p.Files.DB <= 0 || p.BytesPerEvent <= 0 {
 			t.Errorf("point %d: files %+v, %.0f bytes per event; want positive sizes", i, p.Files, p.BytesPerEvent)
@@ -447,9 +453,14 @@ func TestStorageScenariosShort(t *testing.T) {
 			t.Errorf("run %d (%s): %d samples, want one every 200 of 2000 handled events", i, r.Retention, len(r.Samples))
 		}
 		for j, s := range r.Samples {
-			if s.Handled != int64(200*(j+1)) || s.Files.DB <= 0 {
+			if s.Handled != int64(200*(j+1)) || s.Published < s.Handled || s.Files.DB <= 0 {
 				t.Errorf("run %d sample %d: %+v", i, j, s)
 			}
+		}
+		// Publishers wait while 100 events are not handled; each of the
+		// 16 may have passed the check before the others' publishes count.
+		if r.MaxWaiting != 100 || r.PeakWaiting <= 0 || r.PeakWaiting > 100+16 {
+			t.Errorf("run %d (%s): at most %d waited (limit %d), want 1 to 116", i, r.Retention, r.PeakWaiting, r.MaxWaiting)
 		}
 		if r.Final.Total() <= 0 || r.Max < r.Final.Total() || r.BytesPerEvent <= 0 || r.Closed.DB <= 0 {
 			t.Errorf("run %d (%s): final %+v, max %d, closed %+v, %.0f bytes/event; want positive sizes and max ≥ final", i, r.Retention, r.Final, r.Max, r.Closed, r.BytesPerEvent)
@@ -463,7 +474,7 @@ func TestStorageScenariosShort(t *testing.T) {
 	WriteGrowth(&out, res)
 	WriteBounded(&out, res)
 	WriteTable(&out, res)
-	for _, want := range []string{"| ripple-sqlite-full | 2,000 |", "bytes on disk per waiting event", "| 2,000 |", "KeepCompleted(1000, 1s)"} {
+	for _, want := range []string{"| ripple-sqlite-full | 2,000 |", "bytes on disk per waiting event", "| 2,000 |", "KeepCompleted(1000, 1s)", "publishers waited at 100"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -39,6 +40,7 @@ var StorageScenarios = []Scenario{Growth, Bounded}
 // Defaults of the storage scenarios.
 const (
 	DefaultDrained           = 20_000
+	DefaultGrowthRounds      = 5
 	DefaultBacklogPublishers = 64
 	DefaultBoundedN          = 1_000_000
 	DefaultBoundedEvery      = 100_000
@@ -100,8 +102,23 @@ type GrowthPoint struct {
 	Files FileSizes
 	// BytesPerEvent is Files.Total() divided by Backlog.
 	BytesPerEvent float64
-	// Handled is how many events the timed part handled: the first ones of
-	// the backlog.
+	// Handled is how many events each round's timed part handled: the
+	// first ones of the backlog.
+	Handled int64
+	// Rounds holds the timed drains, each from a backlog topped up to
+	// Backlog waiting events.
+	Rounds []GrowthRound
+	// PerSec is the median of the rounds' rates.
+	PerSec float64
+	// CPUPerEvent is the median of the rounds' CPU time per event, zero
+	// where it cannot be read. On a machine that other work shares, it
+	// compares backlog sizes better than the rates do.
+	CPUPerEvent time.Duration
+}
+
+// GrowthRound is one timed drain of the growth scenario.
+type GrowthRound struct {
+	// Handled is how many events were timed.
 	Handled int64
 	// Elapsed runs from the call to Start until the handler had counted
 	// Handled events.
@@ -118,16 +135,21 @@ type GrowthResult struct {
 	// Points holds one measurement per backlog size, smallest first.
 	Points []GrowthPoint
 	// Ratio is the rate with the largest backlog divided by the rate with
-	// the smallest.
+	// the smallest (medians of the rounds).
 	Ratio float64
+	// CPURatio is the CPU time per event with the largest backlog divided
+	// by that with the smallest, zero where it cannot be read.
+	CPURatio float64
 }
 
 // BoundedSample is the database's size once a number of events were
 // handled.
 type BoundedSample struct {
-	Handled int64
-	At      time.Duration
-	Files   FileSizes
+	// Handled and Published are the events handled and published by then.
+	Handled, Published int64
+	// At is the time since the handler started.
+	At    time.Duration
+	Files FileSizes
 }
 
 // BoundedRun is one run of the bounded scenario.
@@ -154,6 +176,15 @@ type BoundedRun struct {
 	// Completed is the completed deliveries the handler retained at the
 	// end, from Stats.
 	Completed int64
+	// MaxWaiting is Config.BoundedMaxWaiting, zero when publishers did not
+	// wait.
+	MaxWaiting int
+	// PeakWaiting is the most events seen published and not handled yet
+	// (at the samples and the 100 ms checks).
+	PeakWaiting int64
+	// PublishedAt is how many events were handled when the last publish
+	// returned: the file grew with the backlog until then.
+	PublishedAt int64
 	// Note flags a run that did not go as planned.
 	Note string
 }
@@ -200,8 +231,10 @@ func onCounting(bus *ripple.Bus, h HandleFunc) error {
 }
 
 // publishMany publishes n events on bus from pubs goroutines, without a
-// time cap, and returns how long that took.
-func publishMany(ctx context.Context, bus *ripple.Bus, pubs int, n int64) (time.Duration, error) {
+// time cap, and returns how long that took. published, when not nil,
+// counts the events published; gate, when not nil, is called before each
+// publish and may hold it back.
+func publishMany(ctx context.Context, bus *ripple.Bus, pubs int, n int64, published *atomic.Int64, gate func()) (time.Duration, error) {
 	var (
 		next     atomic.Int64
 		firstErr error
@@ -215,9 +248,15 @@ func publishMany(ctx context.Context, bus *ripple.Bus, pubs int, n int64) (time.
 		go func() {
 			defer wg.Done()
 			for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
+				if gate != nil {
+					gate()
+				}
 				if _, err := bus.Publish(ctx, EventType, json.RawMessage(NewPayload(i, now))); err != nil {
 					errOnce.Do(func() { firstErr = fmt.Errorf("publish event %d: %w", i, err) })
 					return
+				}
+				if published != nil {
+					published.Add(1)
 				}
 			}
 		}()
@@ -250,17 +289,36 @@ func runGrowth(ctx context.Context, s System, cfg Config) Measurement {
 	if first.PerSec > 0 {
 		res.Ratio = last.PerSec / first.PerSec
 	}
-	return Measurement{Events: last.Handled, Elapsed: last.Elapsed, PerSec: last.PerSec, CPU: last.CPU, Growth: res}
+	if first.CPUPerEvent > 0 {
+		res.CPURatio = float64(last.CPUPerEvent) / float64(first.CPUPerEvent)
+	}
+	return Measurement{Events: last.Handled, PerSec: last.PerSec, Growth: res}
 }
 
 // String formats one backlog's measurement for progress output.
 func (p GrowthPoint) String() string {
-	s := fmt.Sprintf("%d waiting (published in %v, %.0f bytes/event on disk): first %d handled in %v, %.0f/s",
-		p.Backlog, p.Publish.Round(time.Millisecond), p.BytesPerEvent, p.Handled, p.Elapsed.Round(time.Millisecond), p.PerSec)
-	if p.CPU > 0 && p.Handled > 0 {
-		s += fmt.Sprintf(", %.2f µs CPU per event", float64(p.CPU)/float64(p.Handled)/float64(time.Microsecond))
+	s := fmt.Sprintf("%d waiting (published in %v, %.0f bytes/event on disk): first %d handled in %d rounds, median %.0f/s (%s)",
+		p.Backlog, p.Publish.Round(time.Millisecond), p.BytesPerEvent, p.Handled, len(p.Rounds), p.PerSec, p.rateRange())
+	if p.CPUPerEvent > 0 {
+		s += fmt.Sprintf(", median %.2f µs CPU per event", us(p.CPUPerEvent))
 	}
 	return s
+}
+
+// rateRange formats the slowest and fastest round's rates.
+func (p GrowthPoint) rateRange() string {
+	if len(p.Rounds) == 0 {
+		return "no round"
+	}
+	lo, hi := p.Rounds[0].PerSec, p.Rounds[0].PerSec
+	for _, r := range p.Rounds {
+		lo, hi = min(lo, r.PerSec), max(hi, r.PerSec)
+	}
+	return count(lo) + "–" + count(hi)
+}
+
+func us(d time.Duration) float64 {
+	return float64(d) / float64(time.Microsecond)
 }
 
 func growthOnce(ctx context.Context, s System, cfg Config, backlog int) (p GrowthPoint, err error) {
@@ -270,14 +328,13 @@ func growthOnce(ctx context.Context, s System, cfg Config, backlog int) (p Growt
 	}
 	defer os.RemoveAll(dir)
 	path, _ := sqlitePath(s, dir)
-	k := &sink{done: make(chan struct{}, 1)}
 
 	// Create the handler's subscription before anything is published.
 	sub, err := openStorageBus(ctx, s, dir)
 	if err != nil {
 		return p, fmt.Errorf("open: %w", err)
 	}
-	err = onCounting(sub, k.handle)
+	err = onCounting(sub, func([]byte) {})
 	if err == nil {
 		err = sub.Start(ctx)
 	}
@@ -285,53 +342,146 @@ func growthOnce(ctx context.Context, s System, cfg Config, backlog int) (p Growt
 		return p, fmt.Errorf("subscribe: %w", err)
 	}
 
+	p.Backlog = backlog
+	p.Handled = cfg.drained()
+	for round := range cfg.GrowthRounds {
+		r, err := growthRound(ctx, s, cfg, dir, path, round, &p)
+		if err != nil {
+			return p, fmt.Errorf("round %d: %w", round+1, err)
+		}
+		p.Rounds = append(p.Rounds, r)
+	}
+	rates := make([]float64, len(p.Rounds))
+	cpus := make([]time.Duration, len(p.Rounds))
+	for i, r := range p.Rounds {
+		rates[i] = r.PerSec
+		if r.CPU > 0 {
+			cpus[i] = r.CPU / time.Duration(r.Handled)
+		}
+	}
+	p.PerSec = median(rates)
+	p.CPUPerEvent = median(cpus)
+	return p, nil
+}
+
+// growthRound tops the backlog up to p.Backlog waiting events (the whole
+// backlog in the first round), checks with Stats that they wait for the
+// handler, then starts the handler on a fresh bus and times it until it
+// has counted p.Handled events, and closes the bus.
+func growthRound(ctx context.Context, s System, cfg Config, dir, path string, round int, p *GrowthPoint) (r GrowthRound, err error) {
 	bus, err := openStorageBus(ctx, s, dir)
 	if err != nil {
-		return p, fmt.Errorf("open: %w", err)
+		return r, fmt.Errorf("open: %w", err)
 	}
+	closed := false
 	defer func() {
-		if cerr := bus.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("close: %w", cerr)
+		if !closed {
+			_ = bus.Close()
 		}
 	}()
-	p.Backlog = backlog
-	if p.Publish, err = publishMany(ctx, bus, cfg.BacklogPublishers, int64(backlog)); err != nil {
-		return p, err
+	waiting := func() (int64, error) {
+		stats, err := bus.Stats(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("stats: %w", err)
+		}
+		for _, h := range stats {
+			if h.Handler == "bench-counter-1" {
+				return h.Waiting, nil
+			}
+		}
+		return 0, fmt.Errorf("Stats reports no handler bench-counter-1: %+v", stats)
 	}
-	p.Files = statFiles(path)
-	p.BytesPerEvent = float64(p.Files.Total()) / float64(backlog)
-	if err := onCounting(bus, k.handle); err != nil {
-		return p, err
-	}
-	stats, err := bus.Stats(ctx)
+	w, err := waiting()
 	if err != nil {
-		return p, fmt.Errorf("stats: %w", err)
+		return r, err
 	}
-	i := slices.IndexFunc(stats, func(h ripple.HandlerStats) bool { return h.Handler == "bench-counter-1" })
-	if i < 0 || stats[i].Waiting != int64(backlog) {
-		return p, fmt.Errorf("before the handler starts, Stats reports %+v; want %d events waiting for bench-counter-1", stats, backlog)
+	if top := int64(p.Backlog) - w; top > 0 {
+		took, err := publishMany(ctx, bus, cfg.BacklogPublishers, top, nil, nil)
+		if err != nil {
+			return r, err
+		}
+		if round == 0 {
+			p.Publish = took
+			p.Files = statFiles(path)
+			p.BytesPerEvent = float64(p.Files.Total()) / float64(p.Backlog)
+		}
 	}
-	if k.handled.Load() != 0 {
-		return p, fmt.Errorf("the handler counted %d events before the backlog was published", k.handled.Load())
+	if w, err = waiting(); err != nil {
+		return r, err
+	}
+	if w != int64(p.Backlog) {
+		return r, fmt.Errorf("before the handler starts, %d events wait for it; want %d", w, p.Backlog)
+	}
+	k := &sink{done: make(chan struct{}, 1)}
+	if err := onCounting(bus, k.handle); err != nil {
+		return r, err
 	}
 
-	want := cfg.drained()
+	stopProfile := func() error { return nil }
+	if cfg.DrainProfile != "" {
+		name := fmt.Sprintf("%s-%s-%d-r%d.pprof", cfg.DrainProfile, s.Name, p.Backlog, round+1)
+		if stopProfile, err = startProfile(name); err != nil {
+			return r, err
+		}
+	}
 	runtime.GC()
 	start, cpu0 := time.Now(), processCPU()
 	if err := bus.Start(ctx); err != nil {
-		return p, fmt.Errorf("start: %w", err)
+		_ = stopProfile()
+		return r, fmt.Errorf("start: %w", err)
 	}
-	ok := k.wait(want, cfg.storageWait())
-	p.Elapsed = time.Since(start)
+	ok := k.wait(p.Handled, cfg.storageWait())
+	r.Elapsed = time.Since(start)
 	if cpu0 > 0 {
-		p.CPU = processCPU() - cpu0
+		r.CPU = processCPU() - cpu0
 	}
-	p.Handled = k.handled.Load()
+	if err := stopProfile(); err != nil {
+		return r, err
+	}
+	r.Handled = k.handled.Load()
 	if !ok {
-		return p, fmt.Errorf("handled %d of the first %d events in %v", p.Handled, want, cfg.storageWait())
+		return r, fmt.Errorf("handled %d of the first %d events in %v", r.Handled, p.Handled, cfg.storageWait())
 	}
-	p.PerSec = float64(p.Handled) / p.Elapsed.Seconds()
-	return p, nil
+	// Events handled after the count was reached (the handler's in-flight
+	// events) were not timed.
+	r.Handled = p.Handled
+	r.PerSec = float64(r.Handled) / r.Elapsed.Seconds()
+	closed = true
+	if err := bus.Close(); err != nil {
+		return r, fmt.Errorf("close: %w", err)
+	}
+	return r, nil
+}
+
+// median returns the median of vs (the mean of the middle two for an even
+// count), or zero for none.
+func median[T int64 | float64 | time.Duration](vs []T) T {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// startProfile starts a CPU profile written to path and returns the
+// function that stops it and closes the file.
+func startProfile(path string) (func() error, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("drain profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 // runBounded runs the bounded scenario: with the default retention, then
@@ -381,30 +531,45 @@ func boundedOnce(ctx context.Context, s System, cfg Config, opts ...ripple.Optio
 	n, every := int64(cfg.BoundedN), int64(cfg.BoundedEvery)
 
 	var (
-		mu      sync.Mutex
-		samples []BoundedSample
-		maxSize atomic.Int64
-		start   time.Time
+		mu          sync.Mutex
+		samples     []BoundedSample
+		maxSize     atomic.Int64
+		peakWaiting atomic.Int64
+		start       time.Time
+		handled     atomic.Int64
+		published   atomic.Int64
 	)
-	observe := func(f FileSizes) {
-		for t := f.Total(); ; {
-			m := maxSize.Load()
-			if t <= m || maxSize.CompareAndSwap(m, t) {
+	raise := func(v *atomic.Int64, to int64) {
+		for {
+			m := v.Load()
+			if to <= m || v.CompareAndSwap(m, to) {
 				return
 			}
 		}
 	}
+	observe := func(f FileSizes) {
+		raise(&maxSize, f.Total())
+		raise(&peakWaiting, published.Load()-handled.Load())
+	}
 	k := &sink{done: make(chan struct{}, 1)}
-	var handled atomic.Int64
 	count := func(data []byte) {
 		if c := handled.Add(1); c%every == 0 {
 			f := statFiles(path)
 			observe(f)
 			mu.Lock()
-			samples = append(samples, BoundedSample{Handled: c, At: time.Since(start), Files: f})
+			samples = append(samples, BoundedSample{Handled: c, Published: published.Load(), At: time.Since(start), Files: f})
 			mu.Unlock()
 		}
 		k.handle(data)
+	}
+	var gate func()
+	if limit := int64(cfg.BoundedMaxWaiting); limit > 0 {
+		r.MaxWaiting = cfg.BoundedMaxWaiting
+		gate = func() {
+			for published.Load()-handled.Load() >= limit && ctx.Err() == nil {
+				time.Sleep(200 * time.Microsecond)
+			}
+		}
 	}
 
 	bus, err := openStorageBus(ctx, s, dir, opts...)
@@ -441,7 +606,8 @@ func boundedOnce(ctx context.Context, s System, cfg Config, opts ...ripple.Optio
 			}
 		}
 	}()
-	_, perr := publishMany(ctx, bus, cfg.Publishers, n)
+	_, perr := publishMany(ctx, bus, cfg.Publishers, n, &published, gate)
+	r.PublishedAt = handled.Load()
 	ok := perr == nil && k.wait(n, cfg.storageWait())
 	r.Elapsed = time.Since(start)
 	close(stop)
@@ -473,6 +639,7 @@ func boundedOnce(ctx context.Context, s System, cfg Config, opts ...ripple.Optio
 	r.Samples = slices.Clone(samples)
 	mu.Unlock()
 	r.Max = maxSize.Load()
+	r.PeakWaiting = peakWaiting.Load()
 	return r, nil
 }
 
@@ -492,22 +659,26 @@ func WriteGrowth(w io.Writer, results []Result) {
 			continue
 		}
 		if b.Len() == 0 {
-			b.WriteString("| system | waiting | publish of the backlog (untimed) | db + wal + shm after publishing | bytes on disk per waiting event | handled (the front of the backlog) | drain (ev/s) | CPU per event | rate / rate with the smallest backlog |\n")
-			b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+			b.WriteString("| system | waiting | publish of the backlog (untimed) | db + wal + shm after publishing | bytes on disk per waiting event | handled per round × rounds | drain, median of rounds (slowest–fastest) (ev/s) | CPU per event, median | rate / rate with the smallest backlog | CPU per event / with the smallest backlog |\n")
+			b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		}
 		if m.Err != nil {
-			fmt.Fprintf(&b, "| %s | error: %v | | | | | | | |\n", r.System.Name, m.Err)
+			fmt.Fprintf(&b, "| %s | error: %v | | | | | | | | |\n", r.System.Name, m.Err)
 			continue
 		}
+		first := m.Growth.Points[0]
 		for _, p := range m.Growth.Points {
-			cpu := "—"
-			if p.CPU > 0 {
-				cpu = fmt.Sprintf("%.1f µs", float64(p.CPU)/float64(p.Handled)/float64(time.Microsecond))
+			cpu, cpuRatio := "—", "—"
+			if p.CPUPerEvent > 0 {
+				cpu = fmt.Sprintf("%.1f µs", us(p.CPUPerEvent))
+				if first.CPUPerEvent > 0 {
+					cpuRatio = fmt.Sprintf("%.2f×", float64(p.CPUPerEvent)/float64(first.CPUPerEvent))
+				}
 			}
-			fmt.Fprintf(&b, "| %s | %s | %v (%s/s) | %s + %s + %s | %.0f | %s | %s | %s | %.2f× |\n",
+			fmt.Fprintf(&b, "| %s | %s | %v (%s/s) | %s + %s + %s | %.0f | %s × %d | %s (%s) | %s | %.2f× | %s |\n",
 				r.System.Name, count(float64(p.Backlog)), p.Publish.Round(100*time.Millisecond), count(float64(p.Backlog)/p.Publish.Seconds()),
 				mb(p.Files.DB), mb(p.Files.WAL), mb(p.Files.SHM), p.BytesPerEvent,
-				count(float64(p.Handled)), count(p.PerSec), cpu, p.PerSec/m.Growth.Points[0].PerSec)
+				count(float64(p.Handled)), len(p.Rounds), count(p.PerSec), p.rateRange(), cpu, p.PerSec/first.PerSec, cpuRatio)
 		}
 	}
 	_, _ = io.WriteString(w, b.String())
@@ -530,11 +701,15 @@ func WriteBounded(w io.Writer, results []Result) {
 		for _, run := range m.Bounded.Runs {
 			fmt.Fprintf(&b, "\n%s, retention %s: %s events published by the publishers and handled in %v (%s/s end to end)\n\n",
 				r.System.Name, run.Retention, count(float64(run.Events)), run.Elapsed.Round(100*time.Millisecond), count(run.PerSec))
-			b.WriteString("| handled | at | db | wal | db + wal + shm |\n|---:|---:|---:|---:|---:|\n")
+			b.WriteString("| handled | published | at | db | wal | db + wal + shm |\n|---:|---:|---:|---:|---:|---:|\n")
 			for _, s := range run.Samples {
-				fmt.Fprintf(&b, "| %s | %v | %s | %s | %s |\n", count(float64(s.Handled)), s.At.Round(100*time.Millisecond), mb(s.Files.DB), mb(s.Files.WAL), mb(s.Files.Total()))
+				fmt.Fprintf(&b, "| %s | %s | %v | %s | %s | %s |\n", count(float64(s.Handled)), count(float64(s.Published)), s.At.Round(100*time.Millisecond), mb(s.Files.DB), mb(s.Files.WAL), mb(s.Files.Total()))
 			}
-			fmt.Fprintf(&b, "\nmax %s; final %s (db %s, wal %s) = %.0f bytes per handled event; %s after Close; %s completed deliveries retained\n",
+			fmt.Fprintf(&b, "\npublishing ended with %s events handled; at most %s events waited (published, not handled yet)", count(float64(run.PublishedAt)), count(float64(run.PeakWaiting)))
+			if run.MaxWaiting > 0 {
+				fmt.Fprintf(&b, " (publishers waited at %s)", count(float64(run.MaxWaiting)))
+			}
+			fmt.Fprintf(&b, ";\nmax %s; final %s (db %s, wal %s) = %.0f bytes per handled event; %s after Close; %s completed deliveries retained\n",
 				mb(run.Max), mb(run.Final.Total()), mb(run.Final.DB), mb(run.Final.WAL), run.BytesPerEvent, mb(run.Closed.Total()), count(float64(run.Completed)))
 			if run.Note != "" {
 				fmt.Fprintf(&b, "\n* %s\n", run.Note)
@@ -553,21 +728,25 @@ func checkStorage(results []Result) []Verdict {
 			first, last := m.Growth.Points[0], m.Growth.Points[len(m.Growth.Points)-1]
 			out = append(out, Verdict{
 				Target: fmt.Sprintf("drain with %s waiting within 20%% of the drain with %s waiting (%s)", count(float64(last.Backlog)), count(float64(first.Backlog)), r.System.Name),
-				Measured: fmt.Sprintf("%s/s / %s/s = %.2f×; %.0f bytes on disk per waiting event at %s",
-					count(last.PerSec), count(first.PerSec), m.Growth.Ratio, last.BytesPerEvent, count(float64(last.Backlog))),
+				Measured: fmt.Sprintf("%s/s / %s/s = %.2f× (medians of %d drains of %s); CPU per event %.1f / %.1f µs = %.2f×; %.0f bytes on disk per waiting event at %s",
+					count(last.PerSec), count(first.PerSec), m.Growth.Ratio, len(last.Rounds), count(float64(last.Handled)),
+					us(last.CPUPerEvent), us(first.CPUPerEvent), m.Growth.CPURatio, last.BytesPerEvent, count(float64(last.Backlog))),
 				Pass: m.Growth.Ratio >= 0.8,
 			})
 		}
 		if m, ok := r.Get(Bounded); ok {
 			for _, run := range m.Bounded.Runs {
+				// The size at half-way says what handling alone adds only
+				// when publishing still ran: a run whose publishers finished
+				// early holds its whole backlog from then on.
 				half, ok := halfway(run)
-				if !ok {
+				if !ok || run.PublishedAt < half.Handled {
 					continue
 				}
 				out = append(out, Verdict{
 					Target: fmt.Sprintf("file bounded over %s handled events, retention %s (%s): final size ≤ 1.25× the size at half-way", count(float64(run.Events)), run.Retention, r.System.Name),
-					Measured: fmt.Sprintf("%s at %s handled, %s at the end (%.2f×), max %s",
-						mb(half.Files.Total()), count(float64(half.Handled)), mb(run.Final.Total()), float64(run.Final.Total())/float64(half.Files.Total()), mb(run.Max)),
+					Measured: fmt.Sprintf("%s at %s handled, %s at the end (%.2f×), max %s; at most %s events waited",
+						mb(half.Files.Total()), count(float64(half.Handled)), mb(run.Final.Total()), float64(run.Final.Total())/float64(half.Files.Total()), mb(run.Max), count(float64(run.PeakWaiting))),
 					Pass: run.Note == "" && float64(run.Final.Total()) <= 1.25*float64(half.Files.Total()),
 				})
 			}

@@ -84,6 +84,10 @@ type Config struct {
 	// front of each backlog, capped at the smallest backlog so that every
 	// size is measured on the same count. Default 20,000.
 	Drained int
+	// GrowthRounds is how many timed drains the growth scenario runs per
+	// backlog size, each after topping the backlog up again; it reports
+	// their median. Default 5.
+	GrowthRounds int
 	// BacklogPublishers is how many goroutines publish the growth
 	// scenario's backlog. Default 64.
 	BacklogPublishers int
@@ -94,9 +98,18 @@ type Config struct {
 	// samples of the bounded scenario. Default 100,000 (capped at
 	// BoundedN).
 	BoundedEvery int
+	// BoundedMaxWaiting, when positive, makes the bounded scenario's
+	// publishers wait while that many published events are not handled
+	// yet, so that the file size shows retention rather than a backlog.
+	// Default 0: publishers never wait.
+	BoundedMaxWaiting int
 	// ShortRetention is the DedupWindow and KeepCompleted age of the
 	// bounded scenario's second run. Default 10 s.
 	ShortRetention time.Duration
+	// DrainProfile, when set, makes the growth scenario write a CPU
+	// profile of each timed drain to DrainProfile-SYSTEM-BACKLOG.pprof.
+	// The process must not be profiling already.
+	DrainProfile string
 }
 
 func (c Config) withDefaults() Config {
@@ -126,6 +139,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Drained <= 0 {
 		c.Drained = DefaultDrained
+	}
+	if c.GrowthRounds <= 0 {
+		c.GrowthRounds = DefaultGrowthRounds
 	}
 	if c.BacklogPublishers <= 0 {
 		c.BacklogPublishers = DefaultBacklogPublishers

@@ -74,9 +74,12 @@ func run() error {
 		relayN     = flag.Int("relay-n", 50_000, "events the outbox relay measurement moves")
 		backlogs   = flag.String("backlogs", "10000,1000000", "growth: comma-separated backlog sizes, events waiting when the handler starts")
 		drained    = flag.Int("drained", bench.DefaultDrained, "growth: events handled from the front of each backlog (capped at the smallest backlog)")
+		rounds     = flag.Int("growth-rounds", bench.DefaultGrowthRounds, "growth: timed drains per backlog size, each after topping the backlog up again (the median is reported)")
+		maxWaiting = flag.Int("bounded-max-waiting", 0, "bounded: when positive, publishers wait while this many published events are not handled yet (0: they never wait)")
 		backlogPub = flag.Int("backlog-publishers", bench.DefaultBacklogPublishers, "growth: goroutines publishing the backlog (untimed)")
 		boundedN   = flag.Int("bounded-n", bench.DefaultBoundedN, "bounded: events published and handled in each run")
 		boundedEv  = flag.Int("bounded-every", bench.DefaultBoundedEvery, "bounded: handled events between two file size samples")
+		drainProf  = flag.String("drain-cpuprofile", "", "growth: write a CPU profile of each timed drain to PREFIX-SYSTEM-BACKLOG.pprof (not with -cpuprofile)")
 		shortRet   = flag.Duration("short-retention", bench.DefaultShortRetention, "bounded: DedupWindow and KeepCompleted age of the second run")
 	)
 	flag.Parse()
@@ -101,6 +104,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if *rounds < 1 || *maxWaiting < 0 {
+		return fmt.Errorf("-growth-rounds must be at least 1 and -bounded-max-waiting at least 0")
+	}
 	if *drained < 1 || *backlogPub < 1 || *boundedN < 1 || *boundedEv < 1 || *shortRet <= 0 {
 		return fmt.Errorf("-drained, -backlog-publishers, -bounded-n, -bounded-every and -short-retention must be positive")
 	}
@@ -109,6 +115,10 @@ func run() error {
 		LatencyFor: *latencyFor, Warmup: *warmup, Scenarios: scs,
 		Backlogs: sizes, Drained: *drained, BacklogPublishers: *backlogPub,
 		BoundedN: *boundedN, BoundedEvery: *boundedEv, ShortRetention: *shortRet,
+		DrainProfile: *drainProf, GrowthRounds: *rounds, BoundedMaxWaiting: *maxWaiting,
+	}
+	if *drainProf != "" && *cpuprofile != "" {
+		return fmt.Errorf("-drain-cpuprofile and -cpuprofile cannot be used together: the process has one CPU profile at a time")
 	}
 	if !*quiet {
 		cfg.Progress = os.Stderr
@@ -167,13 +177,17 @@ func run() error {
 	if growth := slices.Contains(scs, bench.Growth); growth || slices.Contains(scs, bench.Bounded) {
 		fmt.Fprintln(w)
 		if growth {
-			fmt.Fprintf(w, "Growth: for each backlog size, a fresh file; the handler subscribes, the backlog is published by %d publishers with no handler running, then the handler starts and handles the first %d events (from Start to the last of them counted).\n\n",
-				*backlogPub, min(*drained, slices.Min(sizes)))
+			fmt.Fprintf(w, "Growth: for each backlog size, a fresh file; the handler subscribes, the backlog is published by %d publishers with no handler running, then, %d times, the handler starts on a fresh bus and handles the first %d events (timed from Start to the last of them counted) and the bus closes, and the backlog is topped up again.\n\n",
+				*backlogPub, *rounds, min(*drained, slices.Min(sizes)))
 			bench.WriteGrowth(w, results)
 		}
 		if slices.Contains(scs, bench.Bounded) {
-			fmt.Fprintf(w, "\nBounded: %d events published by %d publishers at full speed to one running handler; file sizes every %d handled events.\n",
-				*boundedN, 16, min(*boundedEv, *boundedN))
+			pace := "at full speed"
+			if *maxWaiting > 0 {
+				pace = fmt.Sprintf("waiting while %d published events are not handled yet", *maxWaiting)
+			}
+			fmt.Fprintf(w, "\nBounded: %d events published by 16 publishers %s to one running handler; file sizes every %d handled events.\n",
+				*boundedN, pace, min(*boundedEv, *boundedN))
 			bench.WriteBounded(w, results)
 		}
 	}
