@@ -389,7 +389,7 @@ func growthRound(ctx context.Context, s System, cfg Config, dir, path string, ro
 				return h.Waiting, nil
 			}
 		}
-		return 0, fmt.Errorf("Stats reports no handler bench-counter-1: %+v", stats)
+		return 0, fmt.Errorf("stats reports no handler bench-counter-1: %+v", stats)
 	}
 	w, err := waiting()
 	if err != nil {
