@@ -395,8 +395,15 @@ func TestStorageScenariosShort(t *testing.T) {
 	if !Applies(systems[0], Growth) || !Applies(systems[0], Bounded) {
 		t.Fatal("the storage scenarios do not apply to ripple-sqlite-full")
 	}
-	if mem, _, _ := Select("ripple-memory", Env{}); Applies(mem[0], Growth) || Applies(mem[0], Bounded) {
-		t.Fatal("the storage scenarios apply to ripple-memory, which keeps no file")
+	all, _ := Systems(Env{})
+	var storage []string
+	for _, s := range all {
+		if Applies(s, Growth) || Applies(s, Bounded) {
+			storage = append(storage, s.Name)
+		}
+	}
+	if want := []string{"ripple-sqlite-full", "ripple-sqlite-normal"}; !slices.Equal(storage, want) {
+		t.Fatalf("the storage scenarios apply to %v, want %v", storage, want)
 	}
 	cfg := Config{
 		Scenarios: []Scenario{Growth, Bounded},

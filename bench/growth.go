@@ -56,10 +56,10 @@ var DefaultBacklogs = []int{10_000, 1_000_000}
 // sqlitePath returns the database file of a Ripple system's instance in
 // dir, and false for a system that keeps no SQLite file.
 func sqlitePath(s System, dir string) (string, bool) {
-	if s.BusURL == nil {
+	if s.SQLiteURL == nil {
 		return "", false
 	}
-	rest, ok := strings.CutPrefix(s.BusURL(dir), "sqlite://")
+	rest, ok := strings.CutPrefix(s.SQLiteURL(dir), "sqlite://")
 	if !ok {
 		return "", false
 	}
@@ -217,7 +217,7 @@ func (c Config) storageWait() time.Duration {
 
 // openStorageBus opens a bus on the system's URL in dir with opts.
 func openStorageBus(ctx context.Context, s System, dir string, opts ...ripple.Option) (*ripple.Bus, error) {
-	return ripple.Open(ctx, s.BusURL(dir), append([]ripple.Option{quietLogger()}, opts...)...)
+	return ripple.Open(ctx, s.SQLiteURL(dir), append([]ripple.Option{quietLogger()}, opts...)...)
 }
 
 // onCounting registers the e2e scenarios' handler shape on bus: one

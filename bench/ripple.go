@@ -52,7 +52,6 @@ func RippleSystem(name, notes string, url func(dir string) string) System {
 		Ripple:   true,
 		Consumes: true,
 		Notes:    notes,
-		BusURL:   url,
 		Open: func(ctx context.Context, dir string, handlers int, h HandleFunc) (Instance, error) {
 			u := url(dir)
 			bus, err := openCounting(ctx, u, handlers, h)
