@@ -676,7 +676,7 @@ func WriteGrowth(w io.Writer, results []Result) {
 				}
 			}
 			fmt.Fprintf(&b, "| %s | %s | %v (%s/s) | %s + %s + %s | %.0f | %s × %d | %s (%s) | %s | %.2f× | %s |\n",
-				r.System.Name, count(float64(p.Backlog)), p.Publish.Round(100*time.Millisecond), count(float64(p.Backlog)/p.Publish.Seconds()),
+				r.System.Name, count(float64(p.Backlog)), p.Publish.Round(time.Millisecond), count(float64(p.Backlog)/p.Publish.Seconds()),
 				mb(p.Files.DB), mb(p.Files.WAL), mb(p.Files.SHM), p.BytesPerEvent,
 				count(float64(p.Handled)), len(p.Rounds), count(p.PerSec), p.rateRange(), cpu, p.PerSec/first.PerSec, cpuRatio)
 		}

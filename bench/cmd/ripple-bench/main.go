@@ -171,8 +171,13 @@ func run() error {
 	defer w.Flush()
 	fmt.Fprintf(w, "Machine: %s, %d CPUs (GOMAXPROCS %d), %s, %s/%s\n\n",
 		cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	fmt.Fprintf(w, "Workload: %d-byte JSON events, one counting handler at concurrency %d; up to %d events or %v per publish phase, %d warm-up events; latency paced at %d events/s for %v. Run took %v.\n\n",
-		bench.PayloadSize, bench.HandlerConcurrency, *n, *maxPublish, *warmup, *rate, *latencyFor, time.Since(start).Round(time.Second))
+	if slices.ContainsFunc(scs, func(sc bench.Scenario) bool { return slices.Contains(bench.AllScenarios, sc) }) {
+		fmt.Fprintf(w, "Workload: %d-byte JSON events, one counting handler at concurrency %d; up to %d events or %v per publish phase, %d warm-up events; latency paced at %d events/s for %v. Run took %v.\n\n",
+			bench.PayloadSize, bench.HandlerConcurrency, *n, *maxPublish, *warmup, *rate, *latencyFor, time.Since(start).Round(time.Second))
+	} else {
+		fmt.Fprintf(w, "Workload: %d-byte JSON events, one counting handler at concurrency %d. Run took %v.\n",
+			bench.PayloadSize, bench.HandlerConcurrency, time.Since(start).Round(time.Second))
+	}
 	bench.WriteTable(w, results)
 	if growth := slices.Contains(scs, bench.Growth); growth || slices.Contains(scs, bench.Bounded) {
 		fmt.Fprintln(w)
