@@ -383,3 +383,125 @@ func TestCheckFanOutOnMemory(t *testing.T) {
 		t.Errorf("cost verdict %+v: want a pass at 4.00×", *cost)
 	}
 }
+
+// TestStorageScenariosShort runs the growth and bounded scenarios with tiny
+// sizes on ripple-sqlite-full and checks that every number they report is
+// present and sane.
+func TestStorageScenariosShort(t *testing.T) {
+	systems, _, err := Select("ripple-sqlite-full", Env{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Applies(systems[0], Growth) || !Applies(systems[0], Bounded) {
+		t.Fatal("the storage scenarios do not apply to ripple-sqlite-full")
+	}
+	all, _ := Systems(Env{})
+	var storage []string
+	for _, s := range all {
+		if Applies(s, Growth) || Applies(s, Bounded) {
+			storage = append(storage, s.Name)
+		}
+	}
+	if want := []string{"ripple-sqlite-full", "ripple-sqlite-normal"}; !slices.Equal(storage, want) {
+		t.Fatalf("the storage scenarios apply to %v, want %v", storage, want)
+	}
+	cfg := Config{
+		Scenarios: []Scenario{Growth, Bounded},
+		Backlogs:  []int{2000, 200}, Drained: 1000, BacklogPublishers: 8,
+		BoundedN: 2000, BoundedEvery: 200, ShortRetention: time.Second,
+		GrowthRounds: 2, BoundedMaxWaiting: 100,
+	}
+	res := Run(context.Background(), systems, cfg)
+	if len(res) != 1 {
+		t.Fatalf("Run returned %d results, want 1", len(res))
+	}
+
+	g, ok := res[0].Get(Growth)
+	if !ok {
+		t.Fatalf("growth: %+v", res[0].By[Growth])
+	}
+	if g.Growth == nil || len(g.Growth.Points) != 2 {
+		t.Fatalf("growth: %+v, want two backlog sizes", g.Growth)
+	}
+	for i, p := range g.Growth.Points {
+		// Sizes are sorted, and every size handles the same count, capped
+		// at the smallest backlog.
+		if want := []int{200, 2000}[i]; p.Backlog != want {
+			t.Errorf("point %d: backlog %d, want %d", i, p.Backlog, want)
+		}
+		if p.Handled != 200 || p.PerSec <= 0 || p.Publish <= 0 || len(p.Rounds) != 2 {
+			t.Errorf("point %d: %+v; want 200 handled in each of 2 rounds at a positive rate", i, p)
+		}
+		for j, r := range p.Rounds {
+			if r.Handled != 200 || r.Elapsed <= 0 || r.PerSec <= 0 {
+				t.Errorf("point %d round %d: %+v", i, j, r)
+			}
+		}
+		if p.Files.DB <= 0 || p.BytesPerEvent <= 0 {
+			t.Errorf("point %d: files %+v, %.0f bytes per event; want positive sizes", i, p.Files, p.BytesPerEvent)
+		}
+	}
+	if g.Growth.Ratio <= 0 {
+		t.Errorf("growth ratio %v, want > 0", g.Growth.Ratio)
+	}
+
+	b, ok := res[0].Get(Bounded)
+	if !ok {
+		t.Fatalf("bounded: %+v", res[0].By[Bounded])
+	}
+	if b.Bounded == nil || len(b.Bounded.Runs) != 2 {
+		t.Fatalf("bounded: %+v, want a run with the default retention and one with a short retention", b.Bounded)
+	}
+	for i, r := range b.Bounded.Runs {
+		if r.Events != 2000 || r.Note != "" || r.PerSec <= 0 {
+			t.Errorf("run %d (%s): %d events, %.0f/s, note %q; want 2000 handled", i, r.Retention, r.Events, r.PerSec, r.Note)
+		}
+		if len(r.Samples) != 10 {
+			t.Errorf("run %d (%s): %d samples, want one every 200 of 2000 handled events", i, r.Retention, len(r.Samples))
+		}
+		for j, s := range r.Samples {
+			if s.Handled != int64(200*(j+1)) || s.Published < s.Handled || s.Files.DB <= 0 {
+				t.Errorf("run %d sample %d: %+v", i, j, s)
+			}
+		}
+		// Publishers wait while 100 events are not handled; each of the
+		// 16 may have passed the check before the others' publishes count.
+		if r.MaxWaiting != 100 || r.PeakWaiting <= 0 || r.PeakWaiting > 100+16 {
+			t.Errorf("run %d (%s): at most %d waited (limit %d), want 1 to 116", i, r.Retention, r.PeakWaiting, r.MaxWaiting)
+		}
+		if r.Final.Total() <= 0 || r.Max < r.Final.Total() || r.BytesPerEvent <= 0 || r.Closed.DB <= 0 {
+			t.Errorf("run %d (%s): final %+v, max %d, closed %+v, %.0f bytes/event; want positive sizes and max ≥ final", i, r.Retention, r.Final, r.Max, r.Closed, r.BytesPerEvent)
+		}
+	}
+	if !strings.Contains(b.Bounded.Runs[1].Retention, "DedupWindow(1s)") {
+		t.Errorf("second run's retention %q, want the short window", b.Bounded.Runs[1].Retention)
+	}
+
+	var out bytes.Buffer
+	WriteGrowth(&out, res)
+	WriteBounded(&out, res)
+	WriteTable(&out, res)
+	for _, want := range []string{"| ripple-sqlite-full | 2,000 |", "bytes on disk per waiting event", "| 2,000 |", "KeepCompleted(1000, 1s)", "publishers waited at 100"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "publish, 1 publisher") {
+		t.Errorf("the scenario table is written for a run of the storage scenarios alone:\n%s", out.String())
+	}
+	vs := checkStorage(res)
+	if len(vs) != 3 {
+		t.Errorf("checkStorage gave %d verdicts, want one on growth and one per bounded run: %+v", len(vs), vs)
+	}
+}
+
+func TestParseStorageScenarios(t *testing.T) {
+	all, err := ParseScenarios("all")
+	if err != nil || slices.Contains(all, Growth) || slices.Contains(all, Bounded) {
+		t.Fatalf("ParseScenarios(all) = %v, %v; want the six comparison scenarios only", all, err)
+	}
+	got, err := ParseScenarios("growth, bounded")
+	if err != nil || !slices.Equal(got, []Scenario{Growth, Bounded}) {
+		t.Fatalf("ParseScenarios(growth, bounded) = %v, %v", got, err)
+	}
+}

@@ -20,6 +20,27 @@
 //     e2e16 with one; reported as events/s and deliveries/s (five per
 //     event).
 //
+// Two storage scenarios run only on the sqlite systems, and only when
+// named (Config.Scenarios, -scenarios growth,bounded), since each handles a
+// million events by default:
+//
+//   - growth: for each backlog size (10,000 and 1,000,000), in a fresh
+//     file, the handler subscribes, the backlog is published by 64
+//     publishers while no handler runs (untimed), and then, five times,
+//     the handler starts on a fresh bus and handles the first events of
+//     the backlog (20,000, capped at the smallest backlog so that every
+//     size handles the same count), and the backlog is topped up again;
+//     reported as the median drain rate and CPU time per event per size,
+//     their ratios to the smallest backlog's, and the database, WAL and
+//     shared-memory files' bytes per waiting event once the backlog is
+//     published;
+//   - bounded: 1,000,000 events published by 16 publishers to one running
+//     handler, at full speed or (Config.BoundedMaxWaiting) waiting while a
+//     number of events are not handled yet, the file sizes sampled every
+//     100,000 handled events and every 100 ms for the maximum; once with
+//     the default retention and once with DedupWindow and KeepCompleted
+//     at 10 s.
+//
 // Handlers keep running while the publish-only scenarios publish, as they
 // would in a deployed system. A publish phase stops after N events or after
 // its time cap, whichever comes first, so slow systems still finish.

@@ -23,6 +23,18 @@ var columns = []struct {
 // a column per scenario, followed by notes on measurements that did not run
 // as planned.
 func WriteTable(w io.Writer, results []Result) {
+	// A run of the storage scenarios alone has no column here.
+	has := false
+	for _, r := range results {
+		for _, c := range columns {
+			if _, ok := r.By[c.sc]; ok {
+				has = true
+			}
+		}
+	}
+	if !has {
+		return
+	}
 	var b strings.Builder
 	b.WriteString("| system |")
 	for _, c := range columns {
@@ -239,6 +251,7 @@ func Check(results []Result) []Verdict {
 			Pass:     m.P99 <= time.Millisecond && m.Note == "",
 		})
 	}
+	out = append(out, checkStorage(results)...)
 	return append(append(append(append(out, checkNATS(find)...), checkAMQP(find)...), checkPostgres(find)...), checkKafka(find)...)
 }
 

@@ -30,20 +30,22 @@ const (
 // AllScenarios lists every scenario in run order.
 var AllScenarios = []Scenario{Pub1, Pub16, E2E1, E2E16, Fan5, Latency}
 
-// ParseScenarios parses a comma-separated list of scenario names, or "all".
+// ParseScenarios parses a comma-separated list of scenario names, or "all"
+// (AllScenarios; the StorageScenarios run only when named).
 func ParseScenarios(list string) ([]Scenario, error) {
 	if list == "" || list == "all" {
 		return AllScenarios, nil
 	}
+	known := append(slices.Clone(AllScenarios), StorageScenarios...)
 	var out []Scenario
 	for _, s := range strings.Split(list, ",") {
 		sc := Scenario(strings.TrimSpace(s))
-		if !slices.Contains(AllScenarios, sc) {
-			names := make([]string, len(AllScenarios))
-			for i, a := range AllScenarios {
+		if !slices.Contains(known, sc) {
+			names := make([]string, len(known))
+			for i, a := range known {
 				names[i] = string(a)
 			}
-			return nil, fmt.Errorf("unknown scenario %q; known scenarios: %s, or all", s, strings.Join(names, ", "))
+			return nil, fmt.Errorf("unknown scenario %q; known scenarios: %s, or all (every scenario but %s and %s)", s, strings.Join(names, ", "), Growth, Bounded)
 		}
 		out = append(out, sc)
 	}
@@ -74,6 +76,40 @@ type Config struct {
 	Scenarios []Scenario
 	// Progress, when set, receives one line per finished measurement.
 	Progress io.Writer
+
+	// Backlogs are the growth scenario's backlog sizes. Default
+	// DefaultBacklogs (10,000 and 1,000,000).
+	Backlogs []int
+	// Drained is how many events the growth scenario handles from the
+	// front of each backlog, capped at the smallest backlog so that every
+	// size is measured on the same count. Default 20,000.
+	Drained int
+	// GrowthRounds is how many timed drains the growth scenario runs per
+	// backlog size, each after topping the backlog up again; it reports
+	// their median. Default 5.
+	GrowthRounds int
+	// BacklogPublishers is how many goroutines publish the growth
+	// scenario's backlog. Default 64.
+	BacklogPublishers int
+	// BoundedN is how many events the bounded scenario publishes and
+	// handles in each run. Default 1,000,000.
+	BoundedN int
+	// BoundedEvery is how many handled events separate two file size
+	// samples of the bounded scenario. Default 100,000 (capped at
+	// BoundedN).
+	BoundedEvery int
+	// BoundedMaxWaiting, when positive, makes the bounded scenario's
+	// publishers wait while that many published events are not handled
+	// yet, so that the file size shows retention rather than a backlog.
+	// Default 0: publishers never wait.
+	BoundedMaxWaiting int
+	// ShortRetention is the DedupWindow and KeepCompleted age of the
+	// bounded scenario's second run. Default 10 s.
+	ShortRetention time.Duration
+	// DrainProfile, when set, makes the growth scenario write a CPU
+	// profile of each timed drain to DrainProfile-SYSTEM-BACKLOG.pprof.
+	// The process must not be profiling already.
+	DrainProfile string
 }
 
 func (c Config) withDefaults() Config {
@@ -100,6 +136,25 @@ func (c Config) withDefaults() Config {
 	}
 	if len(c.Scenarios) == 0 {
 		c.Scenarios = AllScenarios
+	}
+	if c.Drained <= 0 {
+		c.Drained = DefaultDrained
+	}
+	if c.GrowthRounds <= 0 {
+		c.GrowthRounds = DefaultGrowthRounds
+	}
+	if c.BacklogPublishers <= 0 {
+		c.BacklogPublishers = DefaultBacklogPublishers
+	}
+	if c.BoundedN <= 0 {
+		c.BoundedN = DefaultBoundedN
+	}
+	if c.BoundedEvery <= 0 {
+		c.BoundedEvery = DefaultBoundedEvery
+	}
+	c.BoundedEvery = min(c.BoundedEvery, c.BoundedN)
+	if c.ShortRetention <= 0 {
+		c.ShortRetention = DefaultShortRetention
 	}
 	return c
 }
@@ -134,6 +189,12 @@ type Measurement struct {
 	Note string
 	// Err is set when the scenario failed.
 	Err error
+	// Growth holds the growth scenario's measurements (Events, Elapsed
+	// and PerSec then describe its largest backlog).
+	Growth *GrowthResult
+	// Bounded holds the bounded scenario's runs (Events, Elapsed and
+	// PerSec then describe the run with the default retention).
+	Bounded *BoundedResult
 }
 
 // Result holds every measurement of one system.
@@ -155,6 +216,9 @@ func Applies(s System, sc Scenario) bool {
 	switch sc {
 	case Pub1, Pub16:
 		return true
+	case Growth, Bounded:
+		_, ok := sqlitePath(s, "dir")
+		return ok
 	case Fan5:
 		return s.Ripple || s.FanOut
 	default:
@@ -191,6 +255,16 @@ func (m Measurement) String() string {
 	if m.Err != nil {
 		return "error: " + m.Err.Error()
 	}
+	if m.Growth != nil && len(m.Growth.Points) > 0 {
+		return fmt.Sprintf("drain rate with the largest backlog / with the smallest = %.2f×", m.Growth.Ratio)
+	}
+	if m.Bounded != nil {
+		var parts []string
+		for _, r := range m.Bounded.Runs {
+			parts = append(parts, fmt.Sprintf("%s: max %s, final %s", r.Retention, mb(r.Max), mb(r.Final.Total())))
+		}
+		return strings.Join(parts, "; ")
+	}
 	s := fmt.Sprintf("%d events in %v: %.0f/s", m.Events, m.Elapsed.Round(time.Millisecond), m.PerSec)
 	if m.Deliveries > 0 && m.CPU > 0 {
 		s += fmt.Sprintf(", %d deliveries, %s CPU per delivery", m.Deliveries, perDelivery(m))
@@ -205,6 +279,12 @@ func (m Measurement) String() string {
 }
 
 func runScenario(ctx context.Context, s System, sc Scenario, cfg Config) (m Measurement) {
+	switch sc {
+	case Growth:
+		return runGrowth(ctx, s, cfg)
+	case Bounded:
+		return runBounded(ctx, s, cfg)
+	}
 	if s.Measure != nil {
 		return s.Measure(ctx, sc, cfg)
 	}

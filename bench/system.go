@@ -46,6 +46,11 @@ type System struct {
 	// subscribed to EventType, each at concurrency 10 and each calling h
 	// once per delivery. Systems that cannot fan out fail for handlers > 1.
 	Open func(ctx context.Context, dir string, handlers int, h HandleFunc) (Instance, error)
+	// SQLiteURL, set for Ripple's sqlite systems only, returns the
+	// sqlite:// URL of an instance whose file lives in dir. The growth and
+	// bounded scenarios run on the systems that set it and open their
+	// buses with it.
+	SQLiteURL func(dir string) string
 	// Measure, when set, replaces Open for a system that runs outside this
 	// process (BullMQ, in Node.js) and measures a scenario itself, with the
 	// same workload and cfg. Open is then nil.
@@ -90,9 +95,9 @@ func Systems(env Env) ([]System, []string) {
 	out := []System{
 		RippleSystem("ripple-memory", "in-process transport, not durable",
 			func(string) string { return "memory://" }),
-		RippleSystem("ripple-sqlite-full", "sqlite transport, synchronous=FULL (default)",
+		rippleSQLite("ripple-sqlite-full", "sqlite transport, synchronous=FULL (default)",
 			func(dir string) string { return "sqlite://" + dir + "/ripple.db" }),
-		RippleSystem("ripple-sqlite-normal", "sqlite transport, synchronous=NORMAL",
+		rippleSQLite("ripple-sqlite-normal", "sqlite transport, synchronous=NORMAL",
 			func(dir string) string { return "sqlite://" + dir + "/ripple.db?synchronous=normal" }),
 		SQLite2Bus(),
 		WatermillGoChannel(),
@@ -124,6 +129,14 @@ func Systems(env Env) ([]System, []string) {
 		out = append(out, AMQPSystems(env.AMQPURL)...)
 	}
 	return out, notes
+}
+
+// rippleSQLite is RippleSystem for a sqlite:// URL, which the storage
+// scenarios also run on.
+func rippleSQLite(name, notes string, url func(dir string) string) System {
+	s := RippleSystem(name, notes, url)
+	s.SQLiteURL = url
+	return s
 }
 
 // Groups lists the names that select a family of systems, besides "all".

@@ -6,6 +6,14 @@
 //	go run ./cmd/ripple-bench -systems ripple-sqlite-full,sqlite-raw-full -scenarios pub1
 //	go run ./cmd/ripple-bench -systems ripple-sqlite-full -scenarios e2e16 -cpuprofile cpu.out
 //	go run ./cmd/ripple-bench -systems redis -redis redis://127.0.0.1:6379/0
+//	go run ./cmd/ripple-bench -systems ripple-sqlite-full,ripple-sqlite-normal -scenarios growth,bounded
+//
+// The storage scenarios growth and bounded run only on the sqlite systems
+// and only when named in -scenarios ("all" leaves them out): growth drains
+// the front of a backlog of each -backlogs size and reports the ratio of
+// the rates and the bytes on disk per waiting event; bounded handles
+// -bounded-n events while publishers run and samples the file size, with
+// the default retention and then with -short-retention.
 //
 // The Redis systems (ripple-redis, watermill-redis, asynq, bullmq and the
 // raw XADD ceilings; the group name "redis" selects them all) share the one
@@ -30,6 +38,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,7 +59,7 @@ func run() error {
 		natsURL    = flag.String("nats", bench.NATSURLFromEnv(), "NATS server (JetStream enabled) for the NATS systems, nats://HOST:PORT (default $RIPPLE_BENCH_NATS_URL, else $RIPPLE_TEST_NATS_URL)")
 		amqpURL    = flag.String("amqp", bench.AMQPURLFromEnv(), "RabbitMQ broker for the amqp systems, amqp://USER:PASS@HOST:PORT/ (default $RIPPLE_BENCH_AMQP_URL, else $RIPPLE_TEST_AMQP_URL)")
 		pgURL      = flag.String("postgres", bench.PostgresURLFromEnv(), "PostgreSQL server for the PostgreSQL systems, postgres://… (default $RIPPLE_BENCH_POSTGRES_URL, else $RIPPLE_TEST_POSTGRES_URL)")
-		scenarios  = flag.String("scenarios", "all", "comma-separated scenarios: pub1, pub16, e2e1, e2e16, fan5, latency, or all")
+		scenarios  = flag.String("scenarios", "all", "comma-separated scenarios: pub1, pub16, e2e1, e2e16, fan5, latency, or all (those six); and the sqlite storage scenarios growth, bounded, which run only when named")
 		n          = flag.Int("n", 100_000, "events per throughput scenario, at most")
 		maxPublish = flag.Duration("max-publish", 5*time.Second, "time cap of each publish phase")
 		drain      = flag.Duration("drain", 60*time.Second, "how long to wait for handlers to finish the published events")
@@ -63,6 +72,15 @@ func run() error {
 		pgExtras   = flag.Bool("postgres-extras", true, "when ripple-postgres runs, also measure what PublishTx adds to a one-row transaction and, with -redis, the outbox relay rate to Redis")
 		txN        = flag.Int("tx-n", 2000, "transactions of each kind in the PublishTx overhead measurement")
 		relayN     = flag.Int("relay-n", 50_000, "events the outbox relay measurement moves")
+		backlogs   = flag.String("backlogs", "10000,1000000", "growth: comma-separated backlog sizes, events waiting when the handler starts")
+		drained    = flag.Int("drained", bench.DefaultDrained, "growth: events handled from the front of each backlog (capped at the smallest backlog)")
+		rounds     = flag.Int("growth-rounds", bench.DefaultGrowthRounds, "growth: timed drains per backlog size, each after topping the backlog up again (the median is reported)")
+		maxWaiting = flag.Int("bounded-max-waiting", 0, "bounded: when positive, publishers wait while this many published events are not handled yet (0: they never wait)")
+		backlogPub = flag.Int("backlog-publishers", bench.DefaultBacklogPublishers, "growth: goroutines publishing the backlog (untimed)")
+		boundedN   = flag.Int("bounded-n", bench.DefaultBoundedN, "bounded: events published and handled in each run")
+		boundedEv  = flag.Int("bounded-every", bench.DefaultBoundedEvery, "bounded: handled events between two file size samples")
+		drainProf  = flag.String("drain-cpuprofile", "", "growth: write a CPU profile of each timed drain to PREFIX-SYSTEM-BACKLOG.pprof (not with -cpuprofile)")
+		shortRet   = flag.Duration("short-retention", bench.DefaultShortRetention, "bounded: DedupWindow and KeepCompleted age of the second run")
 	)
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -82,9 +100,25 @@ func run() error {
 	if *n < 1 || *rate < 1 || *warmup < 1 {
 		return fmt.Errorf("-n, -rate and -warmup must be at least 1")
 	}
+	sizes, err := parseSizes(*backlogs)
+	if err != nil {
+		return err
+	}
+	if *rounds < 1 || *maxWaiting < 0 {
+		return fmt.Errorf("-growth-rounds must be at least 1 and -bounded-max-waiting at least 0")
+	}
+	if *drained < 1 || *backlogPub < 1 || *boundedN < 1 || *boundedEv < 1 || *shortRet <= 0 {
+		return fmt.Errorf("-drained, -backlog-publishers, -bounded-n, -bounded-every and -short-retention must be positive")
+	}
 	cfg := bench.Config{
 		N: *n, MaxPublish: *maxPublish, Drain: *drain, Rate: *rate,
 		LatencyFor: *latencyFor, Warmup: *warmup, Scenarios: scs,
+		Backlogs: sizes, Drained: *drained, BacklogPublishers: *backlogPub,
+		BoundedN: *boundedN, BoundedEvery: *boundedEv, ShortRetention: *shortRet,
+		DrainProfile: *drainProf, GrowthRounds: *rounds, BoundedMaxWaiting: *maxWaiting,
+	}
+	if *drainProf != "" && *cpuprofile != "" {
+		return fmt.Errorf("-drain-cpuprofile and -cpuprofile cannot be used together: the process has one CPU profile at a time")
 	}
 	if !*quiet {
 		cfg.Progress = os.Stderr
@@ -137,9 +171,31 @@ func run() error {
 	defer w.Flush()
 	fmt.Fprintf(w, "Machine: %s, %d CPUs (GOMAXPROCS %d), %s, %s/%s\n\n",
 		cpuModel(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	fmt.Fprintf(w, "Workload: %d-byte JSON events, one counting handler at concurrency %d; up to %d events or %v per publish phase, %d warm-up events; latency paced at %d events/s for %v. Run took %v.\n\n",
-		bench.PayloadSize, bench.HandlerConcurrency, *n, *maxPublish, *warmup, *rate, *latencyFor, time.Since(start).Round(time.Second))
+	if slices.ContainsFunc(scs, func(sc bench.Scenario) bool { return slices.Contains(bench.AllScenarios, sc) }) {
+		fmt.Fprintf(w, "Workload: %d-byte JSON events, one counting handler at concurrency %d; up to %d events or %v per publish phase, %d warm-up events; latency paced at %d events/s for %v. Run took %v.\n\n",
+			bench.PayloadSize, bench.HandlerConcurrency, *n, *maxPublish, *warmup, *rate, *latencyFor, time.Since(start).Round(time.Second))
+	} else {
+		fmt.Fprintf(w, "Workload: %d-byte JSON events, one counting handler at concurrency %d. Run took %v.\n",
+			bench.PayloadSize, bench.HandlerConcurrency, time.Since(start).Round(time.Second))
+	}
 	bench.WriteTable(w, results)
+	if growth := slices.Contains(scs, bench.Growth); growth || slices.Contains(scs, bench.Bounded) {
+		fmt.Fprintln(w)
+		if growth {
+			fmt.Fprintf(w, "Growth: for each backlog size, a fresh file; the handler subscribes, the backlog is published by %d publishers with no handler running, then, %d times, the handler starts on a fresh bus and handles the first %d events (timed from Start to the last of them counted) and the bus closes, and the backlog is topped up again.\n\n",
+				*backlogPub, *rounds, min(*drained, slices.Min(sizes)))
+			bench.WriteGrowth(w, results)
+		}
+		if slices.Contains(scs, bench.Bounded) {
+			pace := "at full speed"
+			if *maxWaiting > 0 {
+				pace = fmt.Sprintf("waiting while %d published events are not handled yet", *maxWaiting)
+			}
+			fmt.Fprintf(w, "\nBounded: %d events published by 16 publishers %s to one running handler; file sizes every %d handled events.\n",
+				*boundedN, pace, min(*boundedEv, *boundedN))
+			bench.WriteBounded(w, results)
+		}
+	}
 	fmt.Fprintln(w)
 	bench.WriteSetup(w, results)
 	for _, n := range notes {
@@ -168,6 +224,19 @@ func run() error {
 		bench.WriteVerdicts(w, vs)
 	}
 	return nil
+}
+
+// parseSizes parses a comma-separated list of positive event counts.
+func parseSizes(list string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < 1 {
+			return nil, fmt.Errorf("-backlogs %q: each size must be a positive number of events, such as 10000,1000000", list)
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // cpuModel reads the processor's name from /proc/cpuinfo where there is one.
