@@ -93,7 +93,7 @@ func TestLogFarRetryDoesNotHoldRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The far retry's event, the 5 completed ones retention keeps, and
-	// the newest event (never deleted, see pruneEventSQL).
+	// the newest event (never deleted, see pruneBoundSQL).
 	if events > 7 {
 		t.Fatalf("%d events left of %d after pruning, want at most 7 (the far retry's, 5 retained, the newest)", events, total+1)
 	}

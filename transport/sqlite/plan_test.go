@@ -25,13 +25,26 @@ func TestQueryPlans(t *testing.T) {
 		"log scan":      logScanSQL,
 		"log get":       logGetSQL,
 		"complete":      completeSQL(1),
-		"prune event":   pruneEventSQL,
+		"prune events":  pruneEventsSQL,
+		"prune bound":   pruneBoundSQL,
+		"win complete":  winCompleteSQL,
+		"win settle":    winSettleOneSQL,
+		"win expired":   winExpiredSQL,
+		"win extend":    winExtendSQL,
 		"prune done":    pruneSQL[2].age,
 		"prune dead":    pruneSQL[3].cut,
 		"cutoff":        pruneSQL[2].cutoff,
 	}
 	for name, q := range plans {
-		rows, err := d.rdb.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+q, 1, 2, 3, 4)
+		n := maxParam(q)
+		if n == 0 {
+			n = strings.Count(q, "?")
+		}
+		args := make([]any, n)
+		for i := range args {
+			args[i] = i + 1
+		}
+		rows, err := d.rdb.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+q, args...)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -63,6 +76,17 @@ func TestQueryPlans(t *testing.T) {
 			}
 		}
 	}
+}
+
+// maxParam returns the highest ?N in q, or 0 when it numbers none.
+func maxParam(q string) int {
+	n := 0
+	for i := 0; i+1 < len(q); i++ {
+		if q[i] == '?' && q[i+1] >= '1' && q[i+1] <= '9' {
+			n = max(n, int(q[i+1]-'0'))
+		}
+	}
+	return n
 }
 
 // TestSoftCommitsOnly checks that only lease bookkeeping commits without

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -41,23 +42,33 @@ var pruneSQL = func() map[int]struct{ age, cut, cutoff string } {
 	return m
 }()
 
-// pruneEventSQL deletes one event unless a delivery refers to it. The IN
-// over subscriptions turns the check into one primary-key probe per
-// subscription, so deliveries needs no index on event_seq.
+// pruneEventsSQL deletes, among the next ?3 events after the cursor ?1
+// up to the bound ?2, those published before ?4 that no deliveries row
+// refers to. The IN over subscriptions turns the check into one
+// primary-key probe per subscription, so deliveries needs no index on
+// event_seq.
+const pruneEventsSQL = `DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)
+	AND published_at < ?4 AND NOT EXISTS
+	(SELECT 1 FROM deliveries WHERE sub_id IN (SELECT id FROM subscriptions) AND event_seq = events.seq)`
+
+// pruneBoundSQL is the highest seq the pruner may delete:
 //
-// The newest event is never deleted: SQLite numbers a new row one above
-// the highest in the table, so deleting the newest would hand its seq to
-// the next event, and a process that cached the old event by seq (see
-// writer.recent) would deliver the old contents under the new event.
-//
-// An event after some unordered subscription's head is still waiting in
-// the log for it and is never deleted (an ordered subscription has a row
-// for each of its events instead), and neither is one at or after the
-// first event of an open lease window.
-const pruneEventSQL = `DELETE FROM events WHERE seq = ?1 AND seq < (SELECT max(seq) FROM events)
-	AND seq <= (SELECT coalesce(min(head), ?1) FROM subscriptions WHERE ordered = 0)
-	AND seq < (SELECT coalesce(min(lo), ?1 + 1) FROM windows WHERE open_n > 0) AND NOT EXISTS
-	(SELECT 1 FROM deliveries WHERE sub_id IN (SELECT id FROM subscriptions) AND event_seq = ?1)`
+//   - never the newest event: SQLite numbers a new row one above the
+//     highest in the table, so deleting the newest would hand its seq to
+//     the next event, and a process that cached the old event by seq (see
+//     writer.recent) would deliver the old contents under the new event;
+//   - nothing after an unordered subscription's head: it is still waiting
+//     in the log for it (an ordered subscription has rows instead);
+//   - nothing at or after the first event of an open lease window.
+const pruneBoundSQL = `SELECT min((SELECT coalesce(max(seq), 0) - 1 FROM events),
+	coalesce((SELECT min(head) FROM subscriptions WHERE ordered = 0), 9223372036854775807),
+	coalesce((SELECT min(lo) - 1 FROM windows WHERE open_n > 0), 9223372036854775807))`
+
+// pruneEventsBatch bounds the events one pass examines: one statement
+// deletes those no one needs among them, in milliseconds, and a pruner
+// that is behind runs a pass every pruneCatchUp, which keeps up with tens
+// of thousands of events a second.
+const pruneEventsBatch = 2048
 
 // runPrune runs one bounded pruning pass in its own transaction and returns
 // when the next pass is due.
@@ -174,51 +185,41 @@ func (w *writer) pruneFinished(sub int64, state, count int, age time.Duration) (
 }
 
 // pruneEvents deletes events older than the dedup window that no delivery
-// needs any more. It walks events in seq order from a cursor, pass by pass,
-// and starts over once it reaches events inside the window: seq order is
-// publish order, so that is where the old ones end.
+// needs any more. It walks events in seq order from a cursor, a batch a
+// pass, up to the bound (pruneBoundSQL) and the last event published
+// before the window (found by bisecting the log, which is in publish
+// order), and starts over from the beginning once it reaches that: the
+// events it kept (a delivery row refers to them) are looked at again then.
 func (w *writer) pruneEvents() (bool, error) {
 	bg := context.Background()
 	cutoff := w.now - int64(w.d.ret.DedupWindow)
-	rows, err := w.conn.QueryContext(bg, `SELECT seq, published_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?`,
-		w.prune.seq, pruneBatch)
+	var bound int64
+	if err := w.conn.QueryRowContext(bg, pruneBoundSQL).Scan(&bound); err != nil {
+		return false, err
+	}
+	first, err := w.firstPublishedAt(cutoff)
 	if err != nil {
 		return false, err
 	}
-	var seqs []int64
-	n, reachedWindow := 0, false
-	for rows.Next() {
-		var seq, pub int64
-		if err := rows.Scan(&seq, &pub); err != nil {
-			rows.Close()
-			return false, err
-		}
-		n++
-		if pub >= cutoff {
-			reachedWindow = true
-			break
-		}
-		seqs = append(seqs, seq)
-		w.prune.seq = seq
-	}
-	if err := rows.Close(); err != nil {
-		return false, err
-	}
-	if reachedWindow || n < pruneBatch {
+	bound = min(bound, first-1)
+	if bound <= w.prune.seq {
 		w.prune.seq = 0 // sweep done; start over next time
-	}
-	if len(seqs) == 0 {
 		return false, nil
 	}
-	st, err := w.conn.PrepareContext(bg, pruneEventSQL)
-	if err != nil {
+	// Where this pass ends: the batch's last event, or the bound.
+	last := bound
+	err = w.conn.QueryRowContext(bg, `SELECT seq FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1 OFFSET ?`,
+		w.prune.seq, bound, pruneEventsBatch-1).Scan(&last)
+	more := err == nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return false, err
 	}
-	defer st.Close()
-	for _, s := range seqs {
-		if _, err := st.ExecContext(bg, s); err != nil {
-			return false, err
-		}
+	if _, err := w.conn.ExecContext(bg, pruneEventsSQL, w.prune.seq, last, pruneEventsBatch, cutoff); err != nil {
+		return false, err
 	}
-	return w.prune.seq != 0, nil
+	w.prune.seq = last
+	if !more {
+		w.prune.seq = 0
+	}
+	return more, nil
 }

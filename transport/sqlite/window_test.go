@@ -369,3 +369,44 @@ func TestQuietSeesForeignRows(t *testing.T) {
 		t.Fatalf("received %v, want %s again", ids(again), m.ID)
 	}
 }
+
+// The pruner deletes the events no one needs a batch of pruneEventsBatch
+// at a time, so a few passes catch up with thousands of handled events,
+// and it never deletes one an open window or a row still needs.
+func TestPruneEventsInBatches(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "prune.db")
+	d := open(t, path, transport.Config{Retention: transport.Retention{DedupWindow: -1, DeadCount: 1000}})
+	s := subscribe(t, d, transport.SubscriptionSpec{Name: "h", Pattern: "w.>"})
+	const n = 5 * pruneEventsBatch
+	for i := 0; i < n; i += 500 {
+		var ms []*transport.Message
+		for range min(500, n-i) {
+			ms = append(ms, msg("w.e"))
+		}
+		publish(t, d, ms...)
+	}
+	ds := receiveN(t, s, n)
+	settle(t, s, ds[0], transport.Dead, 0, "kept as a dead letter")
+	completeAll(t, s, ds[1:n-10])
+	open := ds[n-10:] // an open window at the end of the log
+	for range 6 {
+		d.pruneNow(t)
+	}
+	// The open window keeps the log from its first event on.
+	lo := count(t, d, `SELECT min(lo) FROM windows WHERE open_n > 0`)
+	if lo > int(open[0].Token.(token).seq) || lo < n-windowMax {
+		t.Fatalf("open window from %d; the open events start at %d", lo, open[0].Token.(token).seq)
+	}
+	if got, want := count(t, d, `SELECT count(*) FROM events`), 1+n-lo+1; got != want {
+		t.Fatalf("%d events left after six passes, want %d (the dead letter's and the open window's)", got, want)
+	}
+	completeAll(t, s, open)
+	d.pruneNow(t)
+	d.pruneNow(t)
+	if got := count(t, d, `SELECT count(*) FROM events`); got != 2 {
+		t.Fatalf("%d events left, want 2 (the dead letter's and the newest)", got)
+	}
+	if dead, err := d.DeadLetters(context.Background(), "h", 0); err != nil || len(dead) != 1 || dead[0].ID != ds[0].ID {
+		t.Fatalf("dead letters %v %v, want %s", dead, err, ds[0].ID)
+	}
+}
