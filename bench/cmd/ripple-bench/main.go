@@ -29,6 +29,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"time"
@@ -58,6 +59,7 @@ func run() error {
 		latencyFor = flag.Duration("latency-for", 4*time.Second, "how long the latency scenario publishes")
 		warmup     = flag.Int("warmup", 200, "events each fresh instance handles before measuring")
 		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+		traceFile  = flag.String("trace", "", "write an execution trace of the whole run to this file (go tool trace: where goroutines wait)")
 		quiet      = flag.Bool("q", false, "do not print progress lines")
 		redisMem   = flag.Bool("redis-memory", true, "when ripple-redis runs, measure its Redis memory per event after the scenarios")
 		pgExtras   = flag.Bool("postgres-extras", true, "when ripple-postgres runs, also measure what PublishTx adds to a one-row transaction and, with -redis, the outbox relay rate to Redis")
@@ -100,6 +102,18 @@ func run() error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
