@@ -160,3 +160,54 @@ func TestParkedCommitsWithoutPublish(t *testing.T) {
 		t.Fatal("a Receive parked at Close never returned")
 	}
 }
+
+// TestLockYieldedToAnotherProcess: a driver that commits back to back
+// leaves the write lock to another driver on the file (another process)
+// that asked for it, instead of keeping it waiting while it has work.
+func TestLockYieldedToAnotherProcess(t *testing.T) {
+	a, path := newDB(t)
+	b := open(t, path, transport.Config{})
+	ctx := context.Background()
+	// a commits back to back, each transaction holding the lock for a
+	// few milliseconds, until b's write is done.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := a.exec(ctx, func(w *writer) error {
+					_, err := w.conn.ExecContext(ctx, `UPDATE ripple_meta SET value = value WHERE key = 'subs_version'`)
+					time.Sleep(3 * time.Millisecond)
+					return err
+				}, 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	// Let a get going, then write from b.
+	deadline := time.Now().Add(time.Minute)
+	for a.w.commits.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	// A write that finds the lock free between two of a's transactions
+	// asks nothing: write until one has had to ask.
+	for i := 0; i < 20 && a.w.yields.Load() == 0; i++ {
+		if err := b.Publish(ctx, []*transport.Message{msg("sched.event")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.w.yields.Load() == 0 {
+		t.Fatal("b's writes waited for the lock, but a never yielded it")
+	}
+}
