@@ -36,8 +36,6 @@ const (
 	// openTries bounds Open's retries when the last member removes the
 	// directory between Open making it and binding in it.
 	openTries = 10
-	// wantByte follows the sender's id in a want datagram (see Want).
-	wantByte = 'W'
 )
 
 // Notifier is one process's membership of the group sharing a database
@@ -55,14 +53,10 @@ type Notifier struct {
 	sendFD int           // unbound datagram socket the sender sends from
 
 	kick chan struct{} // a round is pending (capacity 1)
-	want chan struct{} // a round of want datagrams is pending (capacity 1)
 	c    chan struct{} // capacity 1
-	// wantAt is when another member last asked for the write lock
-	// (unix nanoseconds; see Want).
-	wantAt atomic.Int64
-	done   chan struct{}
-	wg     sync.WaitGroup
-	once   sync.Once
+	done chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
 
 	// Sender goroutine state.
 	members  []string
@@ -77,7 +71,6 @@ type Notifier struct {
 	removed   atomic.Int64 // dead members' sockets removed
 	swept     atomic.Bool  // the sweep at joining is done
 	received  atomic.Int64 // datagrams received from other members
-	wants     atomic.Int64 // want datagrams received from other members
 	selfWakes atomic.Int64 // datagrams received from this member (ignored)
 }
 
@@ -102,7 +95,6 @@ func Open(path string) (*Notifier, error) {
 		dir:  dir,
 		id:   binary.LittleEndian.Uint64(idb[:]),
 		kick: make(chan struct{}, 1),
-		want: make(chan struct{}, 1),
 		c:    make(chan struct{}, 1),
 		done: make(chan struct{}),
 	}
@@ -213,34 +205,6 @@ func (n *Notifier) Notify() {
 	}
 }
 
-// Want tells the other members that this one is waiting for the
-// database's write lock, which SQLite gives to whoever asks at the right
-// moment, not to whoever has waited longest: a member that commits back to
-// back can keep another waiting for as long as it has work. A member that
-// sees Wanted move can leave a moment between two of its transactions for
-// the waiter to take the lock. Like Notify it never blocks and calls made
-// while a round is pending coalesce; it wakes no one (C does not fire).
-func (n *Notifier) Want() {
-	if n == nil {
-		return
-	}
-	select {
-	case n.want <- struct{}{}:
-	default:
-	}
-}
-
-// Wanted returns when another member last called Want, or the zero time.
-func (n *Notifier) Wanted() time.Time {
-	if n == nil {
-		return time.Time{}
-	}
-	if at := n.wantAt.Load(); at != 0 {
-		return time.Unix(0, at)
-	}
-	return time.Time{}
-}
-
 // C receives when another member called Notify. Its capacity is one, so
 // wake-ups that arrive while one is pending coalesce. It never fires after
 // Close and is never closed. A nil Notifier's C is nil, which never fires
@@ -311,13 +275,8 @@ func (n *Notifier) readLoop() {
 				continue
 			}
 		}
-		if k >= 8 && binary.LittleEndian.Uint64(buf[:8]) == n.id {
+		if k == 8 && binary.LittleEndian.Uint64(buf[:8]) == n.id {
 			n.selfWakes.Add(1)
-			continue
-		}
-		if k == 9 && buf[8] == wantByte {
-			n.wants.Add(1)
-			n.wantAt.Store(time.Now().UnixNano())
 			continue
 		}
 		n.received.Add(1)
@@ -333,21 +292,15 @@ func (n *Notifier) sendLoop() {
 	defer n.wg.Done()
 	msg := make([]byte, 8)
 	binary.LittleEndian.PutUint64(msg, n.id)
-	// A want datagram is the id and wantByte: a member that predates it
-	// reads a datagram of another length as a wake-up, which costs it one
-	// look at the database.
-	wantMsg := append(append([]byte{}, msg...), wantByte)
 	n.sweep()
 	for {
 		select {
 		case <-n.done:
 			return
 		case <-n.kick:
-			n.round(msg)
-			n.rounds.Add(1)
-		case <-n.want:
-			n.round(wantMsg)
 		}
+		n.round(msg)
+		n.rounds.Add(1)
 	}
 }
 

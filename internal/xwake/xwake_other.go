@@ -2,8 +2,6 @@
 
 package xwake
 
-import "time"
-
 // Notifier is one process's membership of the group sharing a database
 // file. On this platform it wakes no one: Notify does nothing and C never
 // fires, so a user's poll is what notices other processes' commits.
@@ -28,14 +26,6 @@ func (n *Notifier) C() <-chan struct{} {
 	}
 	return n.c
 }
-
-// Want tells the other members that this one waits for the write lock;
-// on this platform it does nothing.
-func (n *Notifier) Want() {}
-
-// Wanted returns when another member last called Want; on this platform
-// it is always the zero time.
-func (n *Notifier) Wanted() time.Time { return time.Time{} }
 
 // Close leaves the group. It is idempotent.
 func (n *Notifier) Close() error { return nil }

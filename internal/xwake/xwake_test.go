@@ -556,30 +556,3 @@ func TestManyMembers(t *testing.T) {
 		}
 	}
 }
-
-// TestWant: a member's Want reaches the others' Wanted, not itself, and
-// wakes no one.
-func TestWant(t *testing.T) {
-	db := filepath.Join(t.TempDir(), "app.db")
-	a, b := open(t, db), open(t, db)
-	if !a.Wanted().IsZero() || !b.Wanted().IsZero() {
-		t.Fatal("Wanted is set before anyone called Want")
-	}
-	before := time.Now()
-	a.Want()
-	eventually(t, "b sees a's want", func() bool { return !b.Wanted().Before(before) })
-	if !a.Wanted().IsZero() {
-		t.Fatal("a's own Want reached its Wanted")
-	}
-	if pending(b) || pending(a) {
-		t.Fatal("Want woke a member")
-	}
-	if b.wants.Load() != 1 {
-		t.Fatalf("b received %d wants, want 1", b.wants.Load())
-	}
-	var n *Notifier
-	n.Want()
-	if !n.Wanted().IsZero() {
-		t.Fatal("a nil Notifier's Wanted is not zero")
-	}
-}

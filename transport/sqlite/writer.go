@@ -25,13 +25,6 @@ const (
 	// retry loop while another process holds the write lock.
 	busyBackoffMin = 50 * time.Microsecond
 	busyBackoffMax = 2 * time.Millisecond
-	// wantAfter is how long a write waits for another process's lock
-	// before it asks that process to yield; it then retries without
-	// sleeping for wantSpin, and the other process yields for yieldFor
-	// (see runTx and yieldLock).
-	wantAfter = time.Millisecond
-	wantSpin  = 2 * time.Millisecond
-	yieldFor  = 200 * time.Microsecond
 
 	// hotGap is how long after a durable transaction ends its writer
 	// counts as still publishing: an awaiting publisher queues its next
@@ -179,12 +172,6 @@ type writer struct {
 	// parks and joined count parked operations and those a durable
 	// transaction took, for tests.
 	parks, joined atomic.Int64
-
-	// yieldedTo is the request of another process (its time, unix
-	// nanoseconds) this writer last yielded the lock to; yields counts
-	// the yields.
-	yieldedTo int64
-	yields    atomic.Int64
 }
 
 type stmts struct {
@@ -726,7 +713,6 @@ func (w *writer) runTx(ops []*op) error {
 	// taken soon after the other process's commit (SQLite's own busy
 	// handler sleeps up to 100 ms at a time).
 	backoff := busyBackoffMin
-	var wanted time.Time
 	for {
 		err := w.tryTx(ops)
 		if err != nil && txFull(err, ops) {
@@ -738,22 +724,8 @@ func (w *writer) runTx(ops []*op) error {
 			}
 			return err
 		}
-		// SQLite gives the lock to whoever asks when it is free, so a
-		// process committing back to back can keep this one waiting for
-		// as long as it has work. Past wantAfter, ask the others for a
-		// moment between two of their transactions (see yieldLock) and
-		// try again at once, rather than sleep through that moment.
-		now := time.Now()
-		if now.Sub(start) >= wantAfter && now.Sub(wanted) >= wantAfter+wantSpin {
-			w.d.xw.Want()
-			wanted = now
-		}
-		if now.Sub(wanted) < wantSpin {
-			runtime.Gosched()
-		} else {
-			time.Sleep(backoff + rand.N(backoff))
-			backoff = min(backoff*2, busyBackoffMax)
-		}
+		time.Sleep(backoff + rand.N(backoff))
+		backoff = min(backoff*2, busyBackoffMax)
 		for _, o := range ops {
 			if o.ctx.Err() != nil {
 				// A caller gave up: it already has, or will get, its
@@ -790,7 +762,6 @@ func (w *writer) tryTx(ops []*op) error {
 			w.relaxed = soft
 		}
 	}
-	w.yieldLock()
 	if _, err := w.st.begin.ExecContext(w.beginCtx); err != nil {
 		if cerr := w.beginCtx.Err(); cerr != nil {
 			// The cancellation may have been reported after BEGIN
@@ -863,20 +834,6 @@ func (w *writer) tryTx(ops []*op) error {
 		w.d.xw.Notify()
 	}
 	return nil
-}
-
-// yieldLock leaves the write lock free for a moment when another process
-// has asked for it (see runTx), once per request: that process retries
-// without sleeping meanwhile, so it takes the lock between this writer's
-// transactions instead of waiting until this writer runs out of work.
-func (w *writer) yieldLock() {
-	at := w.d.xw.Wanted()
-	if at.IsZero() || at.UnixNano() == w.yieldedTo || time.Since(at) >= wantSpin {
-		return
-	}
-	w.yieldedTo = at.UnixNano()
-	w.yields.Add(1)
-	time.Sleep(yieldFor)
 }
 
 // abort rolls back and forgets what the transaction may have changed in
