@@ -305,14 +305,20 @@ func (w *writer) loop() {
 				return
 			}
 			batch = append(batch[:0], o)
-			var open bool
-			batch, open = w.drain(batch)
-			if open && w.park(batch) {
-				clear(batch)
-				continue
+			open := true
+			if o.soft {
+				// Bookkeeping alone may be parked for a publish to
+				// take (see park), without the connection.
+				batch, open = w.drain(batch)
+				if open && w.park(batch) {
+					clear(batch)
+					continue
+				}
 			}
 			w.lock()
-			batch, open = w.drain(batch)
+			if open {
+				batch, open = w.drain(batch)
+			}
 			// Callers answered by the last commit are usually about to
 			// queue their next write. When the batch is smaller than the
 			// last one, let them run first: a bigger group costs one
@@ -520,9 +526,7 @@ func (w *writer) tryInline(o *op) bool {
 	}
 	batch := append(w.inline[:0], o)
 	batch, _ = w.drain(batch)
-	if !o.soft {
-		batch = w.joinParked(batch)
-	}
+	batch = w.joinParked(batch)
 	if len(batch) == 1 {
 		w.beginCtx = o.ctx
 	}
