@@ -31,12 +31,15 @@ const (
 	// write within microseconds of its answer.
 	hotGap = 200 * time.Microsecond
 	// joinDelay is how long parked soft operations wait before a durable
-	// transaction takes them: meanwhile the handler's next lease and
-	// settlement find more events to take in one statement, so each
-	// publish carries less bookkeeping. maxPark bounds how long they wait
-	// for a durable transaction before they commit on their own.
-	joinDelay = time.Millisecond
-	maxPark   = 2 * time.Millisecond
+	// transaction takes them, unless joinEvents events have been
+	// published since they were parked: meanwhile the handler's next
+	// lease and settlement find more events to take in one statement, so
+	// each publish carries less bookkeeping, and a handler never waits
+	// for more events than a lease takes. maxPark bounds how long they
+	// wait for a durable transaction before they commit on their own.
+	joinDelay  = 2 * time.Millisecond
+	joinEvents = 16
+	maxPark    = 4 * time.Millisecond
 )
 
 // op is one queued write. run executes inside the writer's transaction and
@@ -169,6 +172,9 @@ type writer struct {
 	parked    []*op
 	parkedAt  time.Time
 	parkT     *time.Timer
+	// pubSince counts the events published since parkedAt (guarded by
+	// pmu).
+	pubSince int
 	// parks and joined count parked operations and those a durable
 	// transaction took, for tests.
 	parks, joined atomic.Int64
@@ -436,6 +442,7 @@ func (w *writer) park(batch []*op) bool {
 	}
 	if len(w.parked) == 0 {
 		w.parkedAt = now
+		w.pubSince = 0
 		w.parkT.Reset(hotGap)
 	}
 	w.parks.Add(int64(len(batch)))
@@ -446,21 +453,23 @@ func (w *writer) park(batch []*op) bool {
 // joinParked appends the parked operations to batch, the caller's next
 // transaction (it holds mu): at once if batch is soft, since it commits
 // without fsync anyway, but a durable batch only once they have waited
-// joinDelay.
+// joinDelay or joinEvents events have been published meanwhile (batch's
+// included: the parked operations run after it, in its transaction).
 func (w *writer) joinParked(batch []*op) []*op {
 	w.pmu.Lock()
 	defer w.pmu.Unlock()
 	if len(w.parked) == 0 {
 		return batch
 	}
-	if time.Since(w.parkedAt) < joinDelay {
-		soft := true
-		for _, o := range batch {
-			soft = soft && o.soft
+	soft := true
+	for _, o := range batch {
+		soft = soft && o.soft
+		if o.run == nil {
+			w.pubSince += len(o.msgs)
 		}
-		if !soft {
-			return batch
-		}
+	}
+	if !soft && w.pubSince < joinEvents && time.Since(w.parkedAt) < joinDelay {
+		return batch
 	}
 	room := min(len(w.parked), maxBatch*2-len(batch))
 	w.joined.Add(int64(room))
