@@ -375,6 +375,13 @@ func (d *driver) execOpRaw(ctx context.Context, o *op, f execFlags) error {
 		return err
 	}
 	o.done = make(chan struct{})
+	if !o.soft {
+		// While this is pending, and just after, bookkeeping waits to
+		// join a durable transaction instead of committing in between
+		// (see writer.park).
+		d.w.durableStart()
+		defer d.w.durableEnd()
+	}
 	inline, err := d.submit(o)
 	if err != nil {
 		return err

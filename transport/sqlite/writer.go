@@ -25,6 +25,21 @@ const (
 	// retry loop while another process holds the write lock.
 	busyBackoffMin = 50 * time.Microsecond
 	busyBackoffMax = 2 * time.Millisecond
+
+	// hotGap is how long after a durable transaction ends its writer
+	// counts as still publishing: an awaiting publisher queues its next
+	// write within microseconds of its answer.
+	hotGap = 200 * time.Microsecond
+	// joinDelay is how long parked soft operations wait before a durable
+	// transaction takes them, unless joinEvents events have been
+	// published since they were parked: meanwhile the handler's next
+	// lease and settlement find more events to take in one statement, so
+	// each publish carries less bookkeeping, and a handler never waits
+	// for more events than a lease takes. maxPark bounds how long they
+	// wait for a durable transaction before they commit on their own.
+	joinDelay  = 2 * time.Millisecond
+	joinEvents = 16
+	maxPark    = 4 * time.Millisecond
 )
 
 // op is one queued write. run executes inside the writer's transaction and
@@ -145,6 +160,32 @@ type writer struct {
 	// quiet and quietEpoch: see quiet.go.
 	quiet      map[int64]quietRec
 	quietEpoch uint64
+
+	// Soft operations (delivery bookkeeping) do not make a publisher wait
+	// while it publishes back to back: instead of committing between its
+	// transactions they are parked, and the next durable transaction
+	// runs them before it commits (see park). durable counts the durable
+	// operations submitted and not yet answered; durableAt is when the
+	// last one returned (unix nanoseconds). gapAvg is a moving average of
+	// the time between a durable operation's return and the next one's
+	// submission (nanoseconds; 0 while several are pending): small for a
+	// publisher publishing back to back, about the pace for a paced one.
+	// parked (guarded by pmu) holds the parked operations, the oldest
+	// parked at parkedAt; parkT asks every hotGap whether they should
+	// commit on their own (the publisher stopped, or maxPark passed).
+	durable   atomic.Int32
+	durableAt atomic.Int64
+	gapAvg    atomic.Int64
+	pmu       sync.Mutex
+	parked    []*op
+	parkedAt  time.Time
+	parkT     *time.Timer
+	// pubSince counts the events published since parkedAt (guarded by
+	// pmu).
+	pubSince int
+	// parks and joined count parked operations and those a durable
+	// transaction took, for tests.
+	parks, joined atomic.Int64
 }
 
 type stmts struct {
@@ -182,7 +223,9 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		completes:     map[int]*sql.Stmt{},
 		patMatch:      map[string]bool{},
 		quiet:         map[int64]quietRec{},
+		parkT:         time.NewTimer(time.Hour),
 	}
+	w.parkT.Stop()
 	if err := createQuietTriggers(ctx, conn); err != nil {
 		return nil, err
 	}
@@ -274,12 +317,26 @@ func (w *writer) loop() {
 		select {
 		case o, ok := <-w.ops:
 			if !ok {
+				w.lock()
+				w.runParked()
+				w.mu.Unlock()
 				return
 			}
-			w.lock()
 			batch = append(batch[:0], o)
-			var open bool
-			batch, open = w.drain(batch)
+			open := true
+			if o.soft {
+				// Bookkeeping alone may be parked for a publish to
+				// take (see park), without the connection.
+				batch, open = w.drain(batch)
+				if open && w.park(batch) {
+					clear(batch)
+					continue
+				}
+			}
+			w.lock()
+			if open {
+				batch, open = w.drain(batch)
+			}
 			// Callers answered by the last commit are usually about to
 			// queue their next write. When the batch is smaller than the
 			// last one, let them run first: a bigger group costs one
@@ -293,12 +350,20 @@ func (w *writer) loop() {
 				}
 			}
 			last = len(batch)
+			batch = w.joinParked(batch)
 			w.run(batch)
 			clear(batch)
 			w.maybeCheckpoint()
 			w.mu.Unlock()
 			if !open {
 				return
+			}
+		case <-w.parkT.C:
+			if w.parkedWait() {
+				w.lock()
+				w.runParked()
+				w.maybeCheckpoint()
+				w.mu.Unlock()
 			}
 		case <-w.kick:
 			last = 0
@@ -327,8 +392,137 @@ func (w *writer) lock() {
 func (w *writer) run(batch []*op) {
 	w.batches.Add(1)
 	w.batched.Add(int64(len(batch)))
-	w.grouped.Store(len(batch) > 1)
+	// Concurrent durable writers are worth grouping; soft operations
+	// joined to a lone publisher's transaction are not a sign of them.
+	durable := 0
+	for _, o := range batch {
+		if !o.soft {
+			durable++
+		}
+	}
+	w.grouped.Store(durable > 1)
 	w.runBatch(batch)
+}
+
+// hot reports that a durable operation is pending or has just returned,
+// so another is likely to come within microseconds: an awaiting publisher
+// between two publishes. A paced publisher, idle for longer than hotGap
+// between its publishes on average, is not: its handler's bookkeeping
+// commits at once, as it would without it.
+func (w *writer) hot() bool {
+	if w.gapAvg.Load() >= int64(hotGap) {
+		return false
+	}
+	return w.durable.Load() > 0 || time.Now().UnixNano()-w.durableAt.Load() < int64(hotGap)
+}
+
+// durableStart records that a durable operation is submitted.
+func (w *writer) durableStart() {
+	gap := int64(0)
+	if w.durable.Add(1) == 1 {
+		gap = max(time.Now().UnixNano()-w.durableAt.Load(), 0)
+	}
+	avg := w.gapAvg.Load()
+	// Capped, so that one pause is forgotten after a few quick publishes.
+	w.gapAvg.Store(avg + (min(gap, int64(10*hotGap))-avg)/8)
+}
+
+// durableEnd records that a durable operation returned.
+func (w *writer) durableEnd() {
+	w.durableAt.Store(time.Now().UnixNano())
+	w.durable.Add(-1)
+}
+
+// park sets batch aside for the next durable transaction when it holds
+// only soft operations and a publisher is at work, and reports whether it
+// did. A publisher then pays for one transaction per publish, now and
+// then holding the bookkeeping queued meanwhile, instead of waiting for
+// the bookkeeping's own commits between its publishes (one connection
+// commits one transaction at a time). Parked operations wait at most
+// maxPark, then commit on their own.
+func (w *writer) park(batch []*op) bool {
+	for _, o := range batch {
+		if !o.soft {
+			return false
+		}
+	}
+	now := time.Now()
+	w.pmu.Lock()
+	defer w.pmu.Unlock()
+	if len(w.parked) > 0 && now.Sub(w.parkedAt) >= maxPark || !w.hot() {
+		return false
+	}
+	if len(w.parked) == 0 {
+		w.parkedAt = now
+		w.pubSince = 0
+		w.parkT.Reset(hotGap)
+	}
+	w.parks.Add(int64(len(batch)))
+	w.parked = append(w.parked, batch...)
+	return true
+}
+
+// joinParked appends the parked operations to batch, the caller's next
+// transaction (it holds mu): at once if batch is soft, since it commits
+// without fsync anyway, but a durable batch only once they have waited
+// joinDelay or joinEvents events have been published meanwhile (batch's
+// included: the parked operations run after it, in its transaction).
+func (w *writer) joinParked(batch []*op) []*op {
+	w.pmu.Lock()
+	defer w.pmu.Unlock()
+	if len(w.parked) == 0 {
+		return batch
+	}
+	soft := true
+	for _, o := range batch {
+		soft = soft && o.soft
+		if o.run == nil {
+			w.pubSince += len(o.msgs)
+		}
+	}
+	if !soft && w.pubSince < joinEvents && time.Since(w.parkedAt) < joinDelay {
+		return batch
+	}
+	room := min(len(w.parked), maxBatch*2-len(batch))
+	w.joined.Add(int64(room))
+	batch = append(batch, w.parked[:room]...)
+	n := copy(w.parked, w.parked[room:])
+	clear(w.parked[n:])
+	w.parked = w.parked[:n]
+	if n == 0 {
+		w.parkT.Stop()
+	}
+	return batch
+}
+
+// parkedWait reports whether the parked operations should commit on
+// their own now: the publisher has stopped, or they have waited maxPark.
+// Otherwise it arms parkT to ask again.
+func (w *writer) parkedWait() bool {
+	w.pmu.Lock()
+	defer w.pmu.Unlock()
+	if len(w.parked) == 0 {
+		return false
+	}
+	age := time.Since(w.parkedAt)
+	if age >= maxPark || !w.hot() {
+		return true
+	}
+	w.parkT.Reset(min(hotGap, maxPark-age))
+	return false
+}
+
+// runParked commits the parked operations on their own; the caller holds
+// mu.
+func (w *writer) runParked() {
+	for {
+		batch := w.joinParked(nil)
+		if len(batch) == 0 {
+			return
+		}
+		w.joined.Add(-int64(len(batch)))
+		w.run(batch)
+	}
 }
 
 // tryInline runs o on the calling goroutine when the connection is free
@@ -338,11 +532,22 @@ func (w *writer) run(batch []*op) {
 // last transaction grouped several operations) o is left to the writer
 // goroutine, which waits for stragglers to build bigger groups.
 func (w *writer) tryInline(o *op) bool {
-	if len(w.ops) != 0 || w.grouped.Load() || w.wantLock.Load() || !w.mu.TryLock() {
+	if w.grouped.Load() || w.wantLock.Load() {
+		return false
+	}
+	if o.soft && (len(w.ops) != 0 || w.hot()) {
+		// Queued work goes first; and while a publisher is at work, the
+		// writer goroutine parks o for its next transaction rather than
+		// make it wait for o's commit. A durable operation takes what is
+		// queued into its transaction.
+		return false
+	}
+	if !w.mu.TryLock() {
 		return false
 	}
 	batch := append(w.inline[:0], o)
 	batch, _ = w.drain(batch)
+	batch = w.joinParked(batch)
 	if len(batch) == 1 {
 		w.beginCtx = o.ctx
 	}

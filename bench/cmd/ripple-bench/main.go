@@ -37,6 +37,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -67,6 +68,8 @@ func run() error {
 		latencyFor = flag.Duration("latency-for", 4*time.Second, "how long the latency scenario publishes")
 		warmup     = flag.Int("warmup", 200, "events each fresh instance handles before measuring")
 		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+		commitLat  = flag.Bool("commit-latency", false, "before the systems, measure raw SQLite FULL commits paced like the latency scenario (-rate, -latency-for) and print their p50, p99 and stalls: the disk's share of the sqlite latency tails")
+		traceFile  = flag.String("trace", "", "write an execution trace of the whole run to this file (go tool trace: where goroutines wait)")
 		quiet      = flag.Bool("q", false, "do not print progress lines")
 		redisMem   = flag.Bool("redis-memory", true, "when ripple-redis runs, measure its Redis memory per event after the scenarios")
 		pgExtras   = flag.Bool("postgres-extras", true, "when ripple-postgres runs, also measure what PublishTx adds to a one-row transaction and, with -redis, the outbox relay rate to Redis")
@@ -136,8 +139,27 @@ func run() error {
 		defer pprof.StopCPUProfile()
 	}
 
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if *commitLat {
+		c, err := bench.MeasureCommitLatency(ctx, "FULL", *rate, *latencyFor)
+		if err != nil {
+			return fmt.Errorf("commit latency: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "%-22s %-8s %s\n", "sqlite-raw-full", "commits", c)
+	}
 	start := time.Now()
 	results := bench.Run(ctx, sys, cfg)
 	if ctx.Err() != nil {
