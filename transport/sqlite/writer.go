@@ -625,6 +625,15 @@ func (w *writer) checkpoint() {
 	var busy, frames, done int64
 	c := w.commits.Load()
 	err := w.conn.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &done)
+	if err == nil && done >= frames && frames > 2*walBoundFrames {
+		// Every frame is copied, yet the WAL is twice its bound: the
+		// rewind keeps being missed, as when another process's writer
+		// commits between this one's checkpoint and its next BEGIN.
+		// RESTART makes the next writer, of any process, rewind it; with
+		// busy_timeout 0 it gives up at once if a writer or a reader of
+		// an older snapshot is in the way, and is tried again next time.
+		err = w.conn.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(RESTART)").Scan(&busy, &frames, &done)
+	}
 	if err == nil && done >= frames {
 		w.d.ckptAt.Store(c)
 	}
