@@ -375,42 +375,17 @@ func (e *Event) setFromMessage(m *transport.Message) {
 	// Looking the known attributes up costs less than iterating the map,
 	// whose iterator set-up dominates for the few attributes an event
 	// carries; only other attributes (headers) need the iteration.
-	known := 0
-	if v, ok := a[attrSource]; ok {
-		e.Source = v
-		known++
-	}
-	if v, ok := a[attrDataContentType]; ok {
-		e.DataContentType = v
-		known++
-	}
-	// Publish sets a correlation id on every event (its own id unless the
-	// publisher or a parent event gave one).
-	if v, ok := a[attrCorrelationID]; ok {
-		e.CorrelationID = v
-		known++
-	}
+	known := take(a, attrSource, &e.Source) + take(a, attrDataContentType, &e.DataContentType) +
+		// Publish sets a correlation id on every event (its own id
+		// unless the publisher or a parent event gave one).
+		take(a, attrCorrelationID, &e.CorrelationID)
 	if known == len(a) {
 		return // the common case: a source, a content type and a correlation id
 	}
-	if v, ok := a[attrSubject]; ok {
-		e.Subject = v
-		known++
-	}
-	if v, ok := a[attrDataSchema]; ok {
-		e.DataSchema = v
-		known++
-	}
+	known += take(a, attrSubject, &e.Subject) + take(a, attrDataSchema, &e.DataSchema) +
+		take(a, attrCausationID, &e.CausationID) + take(a, attrTraceParent, &e.TraceParent)
 	if v, ok := a[attrDataVersion]; ok {
 		e.DataVersion, _ = strconv.Atoi(v)
-		known++
-	}
-	if v, ok := a[attrCausationID]; ok {
-		e.CausationID = v
-		known++
-	}
-	if v, ok := a[attrTraceParent]; ok {
-		e.TraceParent = v
 		known++
 	}
 	if known == len(a) {
@@ -424,6 +399,16 @@ func (e *Event) setFromMessage(m *transport.Message) {
 			e.Headers[k] = v
 		}
 	}
+}
+
+// take sets *dst to attribute k of a when a has it, and returns 1 if so.
+func take(a map[string]string, k string, dst *string) int {
+	v, ok := a[k]
+	if !ok {
+		return 0
+	}
+	*dst = v
+	return 1
 }
 
 // encodeData turns a payload into bytes and a content type.

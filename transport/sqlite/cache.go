@@ -10,14 +10,14 @@ import "github.com/ripplehq/ripple/transport"
 // process, or evicted) is read from the file.
 
 // cachedEvent is an event published in the current transaction, which
-// joins the cache after COMMIT (a rolled-back seq may be reused). full
-// says msg is a copy deliverable as it is; otherwise msg carries only the
-// type and routing (a delayed event, one no subscription matched, or one
-// too large to keep).
+// joins the cache after COMMIT (a rolled-back seq may be reused). msg is a
+// copy deliverable as it is, or nil when only the entry's type and
+// routing are kept (a delayed event, one no subscription matched).
 type cachedEvent struct {
-	seq  int64
-	msg  *transport.Message
-	full bool
+	seq    int64
+	msg    *transport.Message
+	typ    string
+	routed bool
 }
 
 // eventCacheSize bounds the recent-events cache by count: enough for the
@@ -29,12 +29,16 @@ const (
 	eventCacheBytes = 16 << 20
 )
 
+// cacheEntry is what the cache keeps of an event: its log entry's type
+// and routing (delayed or prioritised) always, the event itself when it
+// can be delivered from here.
 type cacheEntry struct {
-	msg  *transport.Message
-	full bool
+	msg    *transport.Message
+	typ    string
+	routed bool
 }
 
-// eventCache maps seq to message for the most recent events, up to
+// eventCache maps seq to event for the most recent events, up to
 // eventCacheSize of them and eventCacheBytes of payload, evicting the
 // oldest.
 type eventCache struct {
@@ -44,33 +48,33 @@ type eventCache struct {
 	bytes int
 }
 
-func (c *eventCache) put(seq int64, m *transport.Message, full bool) {
+func (c *eventCache) put(e cachedEvent) {
 	if c.m == nil {
 		c.m = make(map[int64]cacheEntry, eventCacheSize)
 	}
 	c.evict(c.next)
 	size := 0
-	if full {
-		size = len(m.Data)
+	if e.msg != nil {
+		size = len(e.msg.Data)
 	}
 	if size > eventCacheBytes/4 {
 		// Keep what a lease needs to know, and read the event back.
-		m, full, size = &transport.Message{Type: m.Type, Priority: m.Priority, Delay: m.Delay}, false, 0
+		e.msg, size = nil, 0
 	}
 	// Make room by payload: evict the oldest entries after this slot.
 	for i := 1; c.bytes+size > eventCacheBytes && i < eventCacheSize; i++ {
 		c.evict((c.next + i) % eventCacheSize)
 	}
-	c.ring[c.next] = seq
+	c.ring[c.next] = e.seq
 	c.next = (c.next + 1) % eventCacheSize
-	c.m[seq] = cacheEntry{msg: m, full: full}
+	c.m[e.seq] = cacheEntry{msg: e.msg, typ: e.typ, routed: e.routed}
 	c.bytes += size
 }
 
 // evict empties ring slot i.
 func (c *eventCache) evict(i int) {
 	if old := c.ring[i]; old != 0 {
-		if e := c.m[old]; e.full {
+		if e := c.m[old]; e.msg != nil {
 			c.bytes -= len(e.msg.Data)
 		}
 		delete(c.m, old)
@@ -79,13 +83,11 @@ func (c *eventCache) evict(i int) {
 }
 
 // get returns the event of seq when the cache can deliver it, else nil.
-func (c *eventCache) get(seq int64) *transport.Message {
-	if e := c.m[seq]; e.full {
-		return e.msg
-	}
-	return nil
-}
+func (c *eventCache) get(seq int64) *transport.Message { return c.m[seq].msg }
 
-// peek returns what the cache knows of seq's event (its Type, Priority
-// and Delay at least), or nil.
-func (c *eventCache) peek(seq int64) *transport.Message { return c.m[seq].msg }
+// peek returns the type and routing of seq's log entry, and whether the
+// cache knows it.
+func (c *eventCache) peek(seq int64) (typ string, routed, ok bool) {
+	e, ok := c.m[seq]
+	return e.typ, e.routed, ok
+}

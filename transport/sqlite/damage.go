@@ -454,14 +454,11 @@ func salvageWindows(ctx context.Context, in *sql.DB, tx *sql.Tx) (int, error) {
 			}
 			continue
 		}
-		seqs, err := decodeSeqs(lo, b)
+		left, err := unsettled(lo, b, settled)
 		if err != nil {
 			continue
 		}
-		for i, seq := range seqs {
-			if settled&bitOf(uint8(i)) != 0 {
-				continue
-			}
+		for _, seq := range left {
 			res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO deliveries (sub_id, event_seq, state, run_at, priority, key, attempts, gen, first_attempt)
 				SELECT ?1, ?2, 0, ?3, 0, '', 1, 1, ?3 WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = ?1) AND EXISTS (SELECT 1 FROM events WHERE seq = ?2)`,
 				sub, seq, first)

@@ -235,11 +235,7 @@ func (w *writer) loadRange(out []*transport.Delivery, lo, hi int64) error {
 			want[d.Token.(token).seq] = d
 		}
 	}
-	st, err := w.prepared(&w.win.loadRange, loadRangeSQL)
-	if err != nil {
-		return err
-	}
-	rows, err := st.QueryContext(context.Background(), lo, hi)
+	rows, err := w.st.loadRange.QueryContext(context.Background(), lo, hi)
 	if err != nil {
 		return err
 	}

@@ -186,12 +186,12 @@ func (w *writer) leaseFromLog(subID int64, pos subPos, max int, until int64, out
 	// not hold (usually finding nothing more).
 	from := pos.head
 	for n := 0; len(seqs) < max && n < logScanMax; n++ {
-		m := w.recent.peek(from + 1)
-		if m == nil {
+		typ, routed, ok := w.recent.peek(from + 1)
+		if !ok {
 			break
 		}
 		from++
-		if m.Priority == 0 && m.Delay <= 0 && w.matches(pos.pattern, m.Type) {
+		if !routed && w.matches(pos.pattern, typ) {
 			seqs = append(seqs, from)
 		}
 	}

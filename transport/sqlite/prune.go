@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -42,13 +41,11 @@ var pruneSQL = func() map[int]struct{ age, cut, cutoff string } {
 	return m
 }()
 
-// pruneEventsSQL deletes, among the next ?3 events after the cursor ?1
-// up to the bound ?2, those published before ?4 that no deliveries row
-// refers to. The IN over subscriptions turns the check into one
-// primary-key probe per subscription, so deliveries needs no index on
-// event_seq.
-const pruneEventsSQL = `DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3)
-	AND published_at < ?4 AND NOT EXISTS
+// pruneEventsSQL deletes the events with seqs from ?1 (excluded) to ?2
+// published before ?3 that no deliveries row refers to. The IN over
+// subscriptions turns the check into one primary-key probe per
+// subscription, so deliveries needs no index on event_seq.
+const pruneEventsSQL = `DELETE FROM events WHERE seq > ?1 AND seq <= ?2 AND published_at < ?3 AND NOT EXISTS
 	(SELECT 1 FROM deliveries WHERE sub_id IN (SELECT id FROM subscriptions) AND event_seq = events.seq)`
 
 // pruneBoundSQL is the highest seq the pruner may delete:
@@ -64,7 +61,7 @@ const pruneBoundSQL = `SELECT min((SELECT coalesce(max(seq), 0) - 1 FROM events)
 	coalesce((SELECT min(head) FROM subscriptions WHERE ordered = 0), 9223372036854775807),
 	coalesce((SELECT min(lo) - 1 FROM windows WHERE open_n > 0), 9223372036854775807))`
 
-// pruneEventsBatch bounds the events one pass examines: one statement
+// pruneEventsBatch bounds the seqs one pass examines: one statement
 // deletes those no one needs among them, in milliseconds, and a pruner
 // that is behind runs a pass every pruneCatchUp, which keeps up with tens
 // of thousands of events a second.
@@ -206,17 +203,23 @@ func (w *writer) pruneEvents() (bool, error) {
 		w.prune.seq = 0 // sweep done; start over next time
 		return false, nil
 	}
-	// Where this pass ends: the batch's last event, or the bound.
-	last := bound
-	err = w.conn.QueryRowContext(bg, `SELECT seq FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1 OFFSET ?`,
-		w.prune.seq, bound, pruneEventsBatch-1).Scan(&last)
-	more := err == nil
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+	// This pass takes the pruneEventsBatch seqs from the first event after
+	// the cursor (one probe jumps the gaps earlier passes left), or up to
+	// the bound.
+	var from int64
+	err = w.conn.QueryRowContext(bg, `SELECT coalesce(min(seq), 0) FROM events WHERE seq > ?`, w.prune.seq).Scan(&from)
+	if err != nil {
 		return false, err
 	}
-	if _, err := w.conn.ExecContext(bg, pruneEventsSQL, w.prune.seq, last, pruneEventsBatch, cutoff); err != nil {
+	if from == 0 || from > bound {
+		w.prune.seq = 0
+		return false, nil
+	}
+	last := min(bound, from+pruneEventsBatch-1)
+	if _, err := w.conn.ExecContext(bg, pruneEventsSQL, from-1, last, cutoff); err != nil {
 		return false, err
 	}
+	more := last < bound
 	w.prune.seq = last
 	if !more {
 		w.prune.seq = 0

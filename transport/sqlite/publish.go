@@ -133,15 +133,15 @@ func (w *writer) publish(ops []*op) error {
 				dels = append(dels, delRow{sub: s.id, seq: seq, runAt: runAt, priority: m.Priority, delayed: delayed})
 			}
 		}
+		e := cachedEvent{seq: seq, typ: m.Type, routed: routed}
 		if len(subs) > 0 && !delayed {
 			// A copy: the publisher may reuse its message after Publish.
 			c := *m
 			c.Attrs, c.Data = maps.Clone(m.Attrs), bytes.Clone(m.Data)
-			w.fresh = append(w.fresh, cachedEvent{seq: seq, msg: &c, full: true})
-		} else {
-			// The log's entry, for the leases that walk the cache.
-			w.fresh = append(w.fresh, cachedEvent{seq: seq, msg: &transport.Message{Type: m.Type, Priority: m.Priority, Delay: m.Delay}})
+			e.msg = &c
 		}
+		// Without msg, the log's entry for the leases that walk the cache.
+		w.fresh = append(w.fresh, e)
 		return nil
 	}
 	if len(ms) == 1 {

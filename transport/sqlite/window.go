@@ -76,33 +76,6 @@ const (
 	winCloseSQL = `UPDATE windows SET settled = -1, open_n = 0, done_at = ?1 WHERE sub_id = ?2 AND lo = ?3`
 )
 
-// winStmts are the window statements, prepared on first use.
-type winStmts struct {
-	insert, complete, settleOne, exception, extend, expired, close *sql.Stmt
-	loadRange                                                      *sql.Stmt
-}
-
-func (s *winStmts) closeAll() {
-	for _, st := range []*sql.Stmt{s.insert, s.complete, s.settleOne, s.exception, s.extend, s.expired, s.close, s.loadRange} {
-		if st != nil {
-			_ = st.Close()
-		}
-	}
-}
-
-// prepared returns *dst, preparing q into it on first use.
-func (w *writer) prepared(dst **sql.Stmt, q string) (*sql.Stmt, error) {
-	if *dst != nil {
-		return *dst, nil
-	}
-	st, err := w.conn.PrepareContext(context.Background(), q)
-	if err != nil {
-		return nil, err
-	}
-	*dst = st
-	return st, nil
-}
-
 // encodeSeqs packs ascending seqs as varint deltas from the first.
 func encodeSeqs(seqs []int64) []byte {
 	b := make([]byte, 0, len(seqs)*2)
@@ -137,10 +110,7 @@ func bitOf(i uint8) int64 { return int64(uint64(1) << i) }
 // all after the old head) in runs of up to windowMax, and appends their
 // deliveries to out.
 func (w *writer) openWindows(subID int64, seqs []int64, until int64, out []*transport.Delivery) ([]*transport.Delivery, error) {
-	st, err := w.prepared(&w.win.insert, winInsertSQL)
-	if err != nil {
-		return nil, err
-	}
+	st := w.st.winInsert
 	first := fromNanos(w.now)
 	w.quietWindow(subID, until)
 	for rest := seqs; len(rest) > 0; {
@@ -173,12 +143,8 @@ func (w *writer) completeWindows(done []winDone) error {
 	if len(done) == 0 {
 		return nil
 	}
-	st, err := w.prepared(&w.win.complete, winCompleteSQL)
-	if err != nil {
-		return err
-	}
 	for _, d := range done {
-		if _, err := st.ExecContext(context.Background(), d.mask, d.n, w.now, d.sub, d.lo); err != nil {
+		if _, err := w.st.winComplete.ExecContext(context.Background(), d.mask, d.n, w.now, d.sub, d.lo); err != nil {
 			return err
 		}
 	}
@@ -202,22 +168,15 @@ func addWinDone(done []winDone, t token) []winDone {
 // dead, as a leased row would.
 func (w *writer) settleWindowOne(t token, s *transport.Settlement) error {
 	bg := context.Background()
-	one, err := w.prepared(&w.win.settleOne, winSettleOneSQL)
-	if err != nil {
-		return err
-	}
 	var first int64
-	err = one.QueryRowContext(bg, bitOf(t.bit), w.now, t.sub, t.win).Scan(&first)
+	err := w.st.winSettleOne.QueryRowContext(bg, bitOf(t.bit), w.now, t.sub, t.win).Scan(&first)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil // settled already, or its lease ran out and it went back
 	}
 	if err != nil {
 		return err
 	}
-	ins, err := w.prepared(&w.win.exception, winExceptionSQL)
-	if err != nil {
-		return err
-	}
+	ins := w.st.winException
 	runAt := after(w.now, s.Delay)
 	switch s.Outcome {
 	case transport.Retry:
@@ -235,11 +194,7 @@ func (w *writer) settleWindowOne(t token, s *transport.Settlement) error {
 // extendWindows extends the leases of the windows of ds' window
 // deliveries, once per window.
 func (w *writer) extendWindow(t token, until int64) error {
-	st, err := w.prepared(&w.win.extend, winExtendSQL)
-	if err != nil {
-		return err
-	}
-	_, err = st.ExecContext(context.Background(), until, t.sub, t.win)
+	_, err := w.st.winExtend.ExecContext(context.Background(), until, t.sub, t.win)
 	return err
 }
 
@@ -248,22 +203,24 @@ func (w *writer) extendWindow(t token, until int64) error {
 // and closes the windows. It reports whether it wrote any row.
 func (w *writer) expireWindows(subID int64) (bool, error) {
 	bg := context.Background()
-	q, err := w.prepared(&w.win.expired, winExpiredSQL)
-	if err != nil {
-		return false, err
-	}
-	rows, err := q.QueryContext(bg, subID, w.now)
+	rows, err := w.st.winExpired.QueryContext(bg, subID, w.now)
 	if err != nil {
 		return false, err
 	}
 	type expired struct {
-		lo, settled, first int64
-		seqs               []byte
+		lo, first int64
+		open      []int64
 	}
 	var ws []expired
 	for rows.Next() {
 		var e expired
-		if err := rows.Scan(&e.lo, &e.seqs, &e.settled, &e.first); err != nil {
+		var b []byte
+		var settled int64
+		if err := rows.Scan(&e.lo, &b, &settled, &e.first); err != nil {
+			rows.Close()
+			return false, err
+		}
+		if e.open, err = unsettled(e.lo, b, settled); err != nil {
 			rows.Close()
 			return false, err
 		}
@@ -272,34 +229,35 @@ func (w *writer) expireWindows(subID int64) (bool, error) {
 	if err := rows.Close(); err != nil {
 		return false, err
 	}
-	ins, err := w.prepared(&w.win.exception, winExceptionSQL)
-	if err != nil {
-		return false, err
-	}
-	closeSt, err := w.prepared(&w.win.close, winCloseSQL)
-	if err != nil {
-		return false, err
-	}
 	wrote := false
 	for _, e := range ws {
-		seqs, err := decodeSeqs(e.lo, e.seqs)
-		if err != nil {
-			return false, err
-		}
-		for i, seq := range seqs {
-			if e.settled&bitOf(uint8(i)) != 0 {
-				continue
-			}
-			if _, err := ins.ExecContext(bg, subID, seq, 0, w.now, 1, 0, e.first, 0, "", false); err != nil {
+		for _, seq := range e.open {
+			if _, err := w.st.winException.ExecContext(bg, subID, seq, 0, w.now, 1, 0, e.first, 0, "", false); err != nil {
 				return false, err
 			}
 			wrote = true
 		}
-		if _, err := closeSt.ExecContext(bg, w.now, subID, e.lo); err != nil {
+		if _, err := w.st.winClose.ExecContext(bg, w.now, subID, e.lo); err != nil {
 			return false, err
 		}
 	}
 	return wrote, nil
+}
+
+// unsettled returns the seqs of a window's events whose settled bit is
+// not set, from its first seq and its packed list.
+func unsettled(lo int64, b []byte, settled int64) ([]int64, error) {
+	seqs, err := decodeSeqs(lo, b)
+	if err != nil {
+		return nil, err
+	}
+	open := seqs[:0]
+	for i, s := range seqs {
+		if settled&bitOf(uint8(i)) == 0 {
+			open = append(open, s)
+		}
+	}
+	return open, nil
 }
 
 // openWindowSeqs returns the events of the subscription that are leased
@@ -318,14 +276,12 @@ func (w *writer) openWindowSeqs(subID int64) (map[int64]bool, error) {
 		if err := rows.Scan(&lo, &b, &settled); err != nil {
 			return nil, err
 		}
-		seqs, err := decodeSeqs(lo, b)
+		open, err := unsettled(lo, b, settled)
 		if err != nil {
 			return nil, err
 		}
-		for i, s := range seqs {
-			if settled&bitOf(uint8(i)) == 0 {
-				out[s] = true
-			}
+		for _, s := range open {
+			out[s] = true
 		}
 	}
 	return out, rows.Err()

@@ -324,7 +324,7 @@ func TestEventCacheBytesBound(t *testing.T) {
 	var c eventCache
 	big := make([]byte, eventCacheBytes/8)
 	for i := range int64(100) {
-		c.put(i+1, &transport.Message{ID: fmt.Sprint(i), Data: big}, true)
+		c.put(cachedEvent{seq: i + 1, msg: &transport.Message{ID: fmt.Sprint(i), Data: big}})
 		if c.bytes > eventCacheBytes {
 			t.Fatalf("after %d puts the cache holds %d bytes, over its bound %d", i+1, c.bytes, eventCacheBytes)
 		}
@@ -332,13 +332,13 @@ func TestEventCacheBytesBound(t *testing.T) {
 	if c.get(100) == nil || c.get(1) != nil {
 		t.Fatal("the cache should keep the newest events and evict the oldest")
 	}
-	c.put(101, &transport.Message{ID: "huge", Type: "t", Data: make([]byte, eventCacheBytes/2)}, true)
-	if c.get(101) != nil || c.peek(101) == nil || c.peek(101).Type != "t" {
+	c.put(cachedEvent{seq: 101, msg: &transport.Message{ID: "huge", Type: "t", Data: make([]byte, eventCacheBytes/2)}, typ: "t"})
+	if typ, _, ok := c.peek(101); c.get(101) != nil || !ok || typ != "t" {
 		t.Fatal("an event over a quarter of the bound was cached whole, or its type was not kept")
 	}
 	small := 0
 	for i := range int64(eventCacheSize) {
-		c.put(1000+i, &transport.Message{ID: "s", Data: []byte("x")}, true)
+		c.put(cachedEvent{seq: 1000 + i, msg: &transport.Message{ID: "s", Data: []byte("x")}})
 		small++
 	}
 	if len(c.m) != eventCacheSize || c.bytes != eventCacheSize {

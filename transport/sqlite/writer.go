@@ -128,7 +128,6 @@ type writer struct {
 	// doneBuf and winDoneBuf are settle's scratch.
 	doneBuf    []token
 	winDoneBuf []winDone
-	win        winStmts
 	args       []any
 	// logSeqs is leaseFromLog's scratch; patMatch caches pattern matches
 	// by pattern and type.
@@ -204,6 +203,11 @@ type stmts struct {
 
 	retry, release, dead, extend *sql.Stmt
 
+	// The lease windows' statements (see window.go) and the range read
+	// of leased events.
+	winInsert, winComplete, winSettleOne, winException *sql.Stmt
+	winExtend, winExpired, winClose, loadRange         *sql.Stmt
+
 	claim, claimState, finishOK, finishFail *sql.Stmt
 }
 
@@ -253,6 +257,14 @@ func newWriter(ctx context.Context, d *driver, conn *sql.Conn, full bool) (*writ
 		{&w.st.dead, `UPDATE deliveries SET state = 3, done_at = ?1, lease_until = 0, failures = failures + 1, last_error = ?5
 			WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
 		{&w.st.extend, `UPDATE deliveries SET lease_until = ?1 WHERE sub_id = ?2 AND event_seq = ?3 AND gen = ?4 AND state = 1`},
+		{&w.st.winInsert, winInsertSQL},
+		{&w.st.winComplete, winCompleteSQL},
+		{&w.st.winSettleOne, winSettleOneSQL},
+		{&w.st.winException, winExceptionSQL},
+		{&w.st.winExtend, winExtendSQL},
+		{&w.st.winExpired, winExpiredSQL},
+		{&w.st.winClose, winCloseSQL},
+		{&w.st.loadRange, loadRangeSQL},
 		{&w.st.claim, `INSERT INTO claims (handler, event_id, done, expires_at, updated_at) VALUES (?1, ?2, 0, ?3, ?4)
 			ON CONFLICT (handler, event_id) DO UPDATE SET expires_at = excluded.expires_at, updated_at = excluded.updated_at
 			WHERE claims.done = 0 AND claims.expires_at <= excluded.updated_at`},
@@ -279,13 +291,14 @@ func (w *writer) close() error {
 		w.st.logScan, w.st.logGet, w.st.setHead,
 		w.st.rowsState, w.st.loadEvent,
 		w.st.retry, w.st.release, w.st.dead, w.st.extend,
+		w.st.winInsert, w.st.winComplete, w.st.winSettleOne, w.st.winException,
+		w.st.winExtend, w.st.winExpired, w.st.winClose, w.st.loadRange,
 		w.st.claim, w.st.claimState, w.st.finishOK, w.st.finishFail,
 	} {
 		if s != nil {
 			_ = s.Close()
 		}
 	}
-	w.win.closeAll()
 	for _, kind := range w.st.leaseBuckets {
 		for _, s := range kind {
 			if s != nil {
@@ -855,7 +868,7 @@ func (w *writer) tryTx(ops []*op) error {
 	}
 	w.commits.Add(1)
 	for _, e := range w.fresh {
-		w.recent.put(e.seq, e.msg, e.full)
+		w.recent.put(e)
 	}
 	// The commit's data version vouches for the subscription list only if
 	// the list was current when the transaction began: checked in it, or
