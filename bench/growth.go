@@ -373,12 +373,7 @@ func growthRound(ctx context.Context, s System, cfg Config, dir, path string, ro
 	if err != nil {
 		return r, fmt.Errorf("open: %w", err)
 	}
-	closed := false
-	defer func() {
-		if !closed {
-			_ = bus.Close()
-		}
-	}()
+	defer bus.Close() // a second Close after the one below does nothing
 	waiting := func() (int64, error) {
 		stats, err := bus.Stats(ctx)
 		if err != nil {
@@ -446,7 +441,6 @@ func growthRound(ctx context.Context, s System, cfg Config, dir, path string, ro
 	// events) were not timed.
 	r.Handled = p.Handled
 	r.PerSec = float64(r.Handled) / r.Elapsed.Seconds()
-	closed = true
 	if err := bus.Close(); err != nil {
 		return r, fmt.Errorf("close: %w", err)
 	}
@@ -576,12 +570,7 @@ func boundedOnce(ctx context.Context, s System, cfg Config, opts ...ripple.Optio
 	if err != nil {
 		return r, fmt.Errorf("open: %w", err)
 	}
-	closed := false
-	defer func() {
-		if !closed {
-			_ = bus.Close()
-		}
-	}()
+	defer bus.Close() // a second Close after the one below does nothing
 	if err := onCounting(bus, count); err != nil {
 		return r, err
 	}
@@ -630,7 +619,6 @@ func boundedOnce(ctx context.Context, s System, cfg Config, opts ...ripple.Optio
 	} else {
 		r.Note = strings.TrimPrefix(r.Note+"; ", "; ") + "stats: " + err.Error()
 	}
-	closed = true
 	if err := bus.Close(); err != nil {
 		return r, fmt.Errorf("close: %w", err)
 	}
