@@ -67,8 +67,10 @@
 // other session listens on the schema's channel (looked up at most once a
 // second; the look that finds a new listener wakes all its subscriptions
 // once), and a driver's listener skips its own. Each driver keeps one
-// listening connection (reconnected when it drops, after which every
-// receiver looks again); a safety poll of one second covers a notification
+// listening connection, whose application_name is "ripple listener" and a
+// token of the driver's (that is how the look tells it from other
+// processes' listeners), reconnected when it drops (after which every
+// receiver looks again). A safety poll of one second covers a notification
 // lost meanwhile, or one never sent because its process crashed right
 // after the commit. A receiver also wakes exactly when a delay, backoff or
 // lease runs out, and one whose last lease found fewer rows than it asked

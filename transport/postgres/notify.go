@@ -145,13 +145,15 @@ func (n *notifier) send() {
 }
 
 // othersListen reports whether a session other than this driver's
-// listening connection listens on the channel. Sessions of other roles
-// whose statements this role may not read count as listeners, and so does
-// everyone when the server does not track statements (track_activities).
+// listening connection (known by its application_name) listens on the
+// channel. Sessions of other roles whose statements this role may not
+// read count as listeners (their application_name may read NULL), and so
+// does everyone when the server does not track statements
+// (track_activities).
 func (n *notifier) othersListen(ctx context.Context) (bool, error) {
 	var others bool
 	err := n.d.pool.QueryRow(ctx, `SELECT current_setting('track_activities') <> 'on' OR EXISTS (SELECT 1 FROM pg_stat_activity
-		WHERE datname = current_database() AND pid <> $1 AND (query = $2 OR query = '<insufficient privilege>'))`,
-		n.d.listenerPID.Load(), listenSQL(n.d.channel)).Scan(&others)
+		WHERE datname = current_database() AND application_name IS DISTINCT FROM $1 AND (query = $2 OR query = '<insufficient privilege>'))`,
+		n.d.listenerName, listenSQL(n.d.channel)).Scan(&others)
 	return others, err
 }

@@ -83,6 +83,25 @@ func TestNotifyOnlyOtherProcesses(t *testing.T) {
 	receiveN(t, subA, published, 30*time.Second)
 }
 
+// A driver's own listening connection never counts as another process,
+// even while its PID is not known yet (the LISTEN runs before the
+// connection reports it), so a lone driver sends no NOTIFY right after
+// it opens.
+func TestOwnListenerNotOther(t *testing.T) {
+	d := openDriver(t, schemaURL(t))
+	deadline := time.Now().Add(30 * time.Second)
+	for d.listenerPID.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the listening connection did not come up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d.listenerPID.Store(0) // as between its LISTEN and the PID's store
+	if others, err := d.notifier.othersListen(bg); err != nil || others {
+		t.Fatalf("othersListen = %v, %v; want false: the only listener is the driver's own", others, err)
+	}
+}
+
 // The pruner vacuums the deliveries table once leases and settlements
 // have left enough dead rows, instead of leaving their index entries to
 // autovacuum's once-a-minute look.

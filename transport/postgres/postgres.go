@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -109,6 +110,11 @@ type driver struct {
 	notifier *notifier
 	// listenerPID is the server process of the listening connection.
 	listenerPID atomic.Uint32
+	// listenerName is the listening connection's application_name, unique
+	// to this driver: the notifier tells its own listener from other
+	// processes' by it, which holds from the moment the LISTEN runs (the
+	// PID is known only once the connection is up).
+	listenerName string
 	// settles groups concurrent settlements into one statement.
 	settles settler
 
@@ -168,6 +174,7 @@ func Open(ctx context.Context, rawURL string, cfg transport.Config) (transport.D
 		closing:   make(chan struct{}),
 		receivers: map[string]int{},
 	}
+	d.listenerName = "ripple listener " + rand.Text()
 	d.notifier = newNotifier(d)
 	d.settles.d = d
 	d.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
@@ -302,7 +309,9 @@ func payload(ids []int64) string {
 }
 
 func (d *driver) connectListener(ctx context.Context) (*pgx.Conn, error) {
-	c, err := pgx.ConnectConfig(ctx, d.pool.Config().ConnConfig.Copy())
+	cfg := d.pool.Config().ConnConfig.Copy()
+	cfg.RuntimeParams["application_name"] = d.listenerName
+	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, d.wrap(err)
 	}
